@@ -1,0 +1,100 @@
+//! The command line. Each subcommand's handler lives in its own file beside this one.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::project::Project;
+
+mod dag;
+mod gc;
+mod metrics;
+mod run;
+mod runs;
+mod schema;
+mod show;
+mod status;
+mod validate;
+
+/// tsumugi — declarative pipelines for fine-tuning and evaluating cross-encoders with LoRA.
+///
+/// Every stage of a pipeline file is content-hashed and cached: a re-run does only the work
+/// that a change of data, parameters or code invalidates. Runs are recorded in
+/// runs/tsumugi.db.
+#[derive(Debug, Parser)]
+#[command(name = "tsumugi", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct Global {
+    /// Project root: pipeline paths, cache/ and runs/ are relative to it.
+    #[arg(short = 'C', long = "project", global = true, default_value = ".", value_name = "DIR")]
+    pub project: PathBuf,
+    /// More diagnostics on stderr (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a pipeline: stale stages run (in parallel), fresh ones are skipped or restored.
+    Run(run::RunArgs),
+    /// Say which stages are stale and exactly why, without running anything.
+    Status(status::StatusArgs),
+    /// Check a pipeline file and report every error with file:line:column.
+    Validate(validate::ValidateArgs),
+    /// Print the JSON Schema of the pipeline file format (for editors).
+    Schema(schema::SchemaArgs),
+    /// Print a pipeline's stage graph (text, Mermaid or Graphviz dot).
+    Dag(dag::DagArgs),
+    /// List recorded runs, newest first.
+    Runs(runs::RunsArgs),
+    /// Show one run: its stages, their status, timings, logs and metrics.
+    Show(show::ShowArgs),
+    /// Compare the metrics of runs.
+    #[command(subcommand)]
+    Metrics(metrics::MetricsCommand),
+    /// Remove cache objects and entries that no kept run references.
+    Gc(gc::GcArgs),
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.global.verbose);
+    let project = Project::new(&cli.global.project);
+    let result = match cli.command {
+        Command::Run(a) => run::run(&project, a),
+        Command::Status(a) => status::run(&project, a),
+        Command::Validate(a) => validate::run(&project, a),
+        Command::Schema(a) => schema::run(a),
+        Command::Dag(a) => dag::run(&project, a),
+        Command::Runs(a) => runs::run(&project, a),
+        Command::Show(a) => show::run(&project, a),
+        Command::Metrics(a) => metrics::run(&project, a),
+        Command::Gc(a) => gc::run(&project, a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "tsumugi=debug",
+        _ => "tsumugi=trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}

@@ -1,0 +1,27 @@
+//! tsumugi: declarative, content-hashed pipelines for fine-tuning and evaluating
+//! cross-encoders with LoRA.
+//!
+//! The engine's ideas, each in one place, in the order a run goes through them:
+//!
+//! | step | module | what it does |
+//! | --- | --- | --- |
+//! | spec | [`spec`] | YAML pipeline file → validated, interpolated [`spec::Pipeline`] |
+//! | graph | [`graph`] | stages → DAG (edges from references, deps on outs, `needs:`) |
+//! | hashing | [`hash`] | content hashes of files and directories, with a stat cache |
+//! | fingerprint | [`fingerprint`] | a stage's identity: action, params, env, input hashes |
+//! | cache | [`cache`] | content-addressed objects + fingerprint → output manifest |
+//! | executor | [`executor`] | runs the stale stages in parallel under slots, restores the rest |
+//! | run record | [`rundb`] | the SQLite run database, written by one writer task |
+//!
+//! [`project`] knows where things live; [`lock`] keeps two processes from racing.
+
+pub mod cache;
+pub mod cli;
+pub mod executor;
+pub mod fingerprint;
+pub mod graph;
+pub mod hash;
+pub mod lock;
+pub mod project;
+pub mod rundb;
+pub mod spec;

@@ -1,0 +1,5 @@
+//! Pipeline files: YAML → validated, interpolated [`Pipeline`].
+
+mod model;
+
+pub use model::*;

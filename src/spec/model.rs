@@ -1,0 +1,126 @@
+//! The resolved pipeline: what the parser hands to the graph, the fingerprinter and the
+//! executor. Every `${…}` is interpolated, `foreach`/`matrix` are expanded, and every path
+//! is relative to the project root and checked to stay inside it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// A place in a pipeline file, for error messages at any later step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct Span {
+    pub file: PathBuf,
+    /// 1-based line and column.
+    pub line: usize,
+    pub col: usize,
+}
+
+impl std::fmt::Display for Span {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}", self.file.display(), self.line, self.col)
+    }
+}
+
+/// A whole pipeline file, resolved.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pipeline {
+    pub name: String,
+    /// The pipeline file as given on the command line.
+    pub file: PathBuf,
+    /// All parameters after interpolation.
+    pub params: BTreeMap<String, serde_json::Value>,
+    /// Stages in file order (after expansion); names are unique.
+    pub stages: Vec<Stage>,
+    pub triggers: Vec<Trigger>,
+}
+
+impl Pipeline {
+    pub fn stage(&self, name: &str) -> Option<&Stage> {
+        self.stages.iter().find(|s| s.name == name)
+    }
+}
+
+/// What a stage runs.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// A shell command (`cmd:`), run by `sh -c` in the project root.
+    Cmd { cmd: String },
+    /// A built-in kind (`uses:` + `with:`); `version` is the kind's implementation version.
+    Builtin { kind: String, version: u32, with: serde_json::Value },
+}
+
+/// An input whose content goes into the fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dep {
+    /// A file or directory, relative to the project root.
+    Path(PathBuf),
+    /// The rows a query returns from a SQLite file (hashed as rows, not as the file).
+    Sqlite { db: PathBuf, query: String },
+}
+
+/// A declared output: a file or directory, relative to the project root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Out {
+    pub path: PathBuf,
+    /// Stored in the cache (default true). `cache: false` outputs are neither stored nor restored.
+    pub cache: bool,
+}
+
+/// Declared resources; the executor treats them as slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+pub struct Resources {
+    pub gpu: u32,
+    pub cpu: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Retry {
+    /// Extra attempts after the first failure.
+    pub attempts: u32,
+    /// Wait before the first retry; doubled each time.
+    pub backoff: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry { attempts: 0, backoff: Duration::from_secs(1) }
+    }
+}
+
+/// One stage, resolved.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stage {
+    pub name: String,
+    pub action: Action,
+    /// Inputs (deduplicated, sorted). A dep that is another stage's out is an edge.
+    pub deps: Vec<Dep>,
+    /// Declared outputs by key. For `outs: [a, b]` the key is the path as written.
+    pub outs: BTreeMap<String, Out>,
+    /// Metrics files (JSON objects of numbers, or YAML) recorded into the run database.
+    /// They are outputs too.
+    pub metrics: Vec<PathBuf>,
+    /// The parameters this stage uses (`params:` list and every `${params.x}` it references),
+    /// with their resolved values: only these go into its fingerprint.
+    pub params: BTreeMap<String, serde_json::Value>,
+    /// Declared environment: names and values that go into the fingerprint and the process.
+    pub env: BTreeMap<String, String>,
+    /// Explicit ordering edges (`needs:`) and the edges made by references, by stage name.
+    pub needs: Vec<String>,
+    pub resources: Resources,
+    pub retry: Retry,
+    pub timeout: Option<Duration>,
+    /// Where the stage is declared, for messages.
+    pub span: Span,
+}
+
+/// A trigger from the `triggers:` list (issue: watch and schedule).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    Cron { cron: String, when: Option<serde_json::Value>, span: Span },
+    Watch { paths: Vec<PathBuf>, span: Span },
+}

@@ -1,0 +1,36 @@
+//! Descriptors of the built-in stage kinds (`uses:` in a pipeline file).
+//!
+//! A descriptor is what the engine needs without running the kind: its version (part of
+//! every fingerprint, bumped whenever the kind's output for the same inputs may change),
+//! which `with:` fields name input files or directories (hashed, and a DAG edge when they
+//! reference another stage's output), and which outputs it writes.
+
+/// A built-in stage kind, as the engine sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct KindInfo {
+    /// The name used in `uses:`.
+    pub name: &'static str,
+    /// Implementation version, part of the fingerprint.
+    pub version: u32,
+    /// One line for `--help` and the JSON Schema.
+    pub summary: &'static str,
+    /// Top-level `with:` fields whose values are paths of inputs (file or directory).
+    pub input_fields: &'static [&'static str],
+    /// Declared outputs: (output key, file or directory name inside the stage's output directory).
+    pub outputs: &'static [(&'static str, &'static str)],
+    /// The output key holding the stage's metrics JSON, if it writes one.
+    pub metrics: Option<&'static str>,
+}
+
+/// Every built-in kind this build knows about.
+pub fn kinds() -> &'static [KindInfo] {
+    KINDS
+}
+
+/// The kind called `name`, if there is one.
+pub fn kind(name: &str) -> Option<&'static KindInfo> {
+    KINDS.iter().find(|k| k.name == name)
+}
+
+/// Kinds are listed here as their implementations land.
+static KINDS: &[KindInfo] = &[];
