@@ -1,1 +1,498 @@
-//! See the table in lib.rs.
+//! Content hashes: SHA-256 of files (streamed), of directories (a sorted manifest of
+//! relative path + hash + exec bit, itself hashed), and of SQLite query results (the rows,
+//! canonically encoded, not the file). Directory members are hashed on all cores (rayon).
+//!
+//! A [`StatCache`] remembers the hash of a file under its (device, inode, size, mtime,
+//! ctime), so an unchanged file is never read twice. It lives in `cache/statcache.bin` and
+//! is written atomically.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Read buffer for file hashing: large enough that syscalls don't dominate.
+const BUF_SIZE: usize = 1 << 20;
+
+/// Hex-encoded SHA-256.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// SHA-256 of a file's bytes, streamed.
+pub fn hash_file_uncached(path: &Path) -> io::Result<String> {
+    let mut f = File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; BUF_SIZE];
+    loop {
+        let n = match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// One file in a directory manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestEntry {
+    /// Relative to the directory, `/`-separated.
+    pub path: String,
+    pub hash: String,
+    pub size: u64,
+    pub exec: bool,
+}
+
+/// A directory's content: its files sorted by relative path. Empty directories are not
+/// recorded (as in git and DVC).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Manifest {
+    pub entries: Vec<ManifestEntry>,
+}
+
+impl Manifest {
+    /// The canonical bytes: one line per file, `hash size exec path\n`. Paths cannot contain
+    /// a newline here (rejected when walking), so the encoding is unambiguous.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.entries.len() * 100 + 32);
+        out.extend_from_slice(b"tsumugi-manifest-v1\n");
+        for e in &self.entries {
+            out.extend_from_slice(e.hash.as_bytes());
+            out.push(b' ');
+            out.extend_from_slice(e.size.to_string().as_bytes());
+            out.push(b' ');
+            out.push(if e.exec { b'x' } else { b'-' });
+            out.push(b' ');
+            out.extend_from_slice(e.path.as_bytes());
+            out.push(b'\n');
+        }
+        out
+    }
+
+    pub fn parse(bytes: &[u8]) -> Result<Manifest> {
+        let text = std::str::from_utf8(bytes).context("manifest is not UTF-8")?;
+        let mut lines = text.split_terminator('\n');
+        if lines.next() != Some("tsumugi-manifest-v1") {
+            bail!("not a tsumugi manifest (bad header)");
+        }
+        let mut entries = Vec::new();
+        for line in lines {
+            let mut it = line.splitn(4, ' ');
+            let (Some(hash), Some(size), Some(exec), Some(path)) = (it.next(), it.next(), it.next(), it.next())
+            else {
+                bail!("malformed manifest line {line:?}");
+            };
+            entries.push(ManifestEntry {
+                path: path.to_string(),
+                hash: hash.to_string(),
+                size: size.parse().with_context(|| format!("bad size in manifest line {line:?}"))?,
+                exec: exec == "x",
+            });
+        }
+        Ok(Manifest { entries })
+    }
+
+    /// The directory's hash: SHA-256 of the canonical bytes.
+    pub fn hash(&self) -> String {
+        sha256_hex(&self.canonical_bytes())
+    }
+}
+
+/// What a path held when hashed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathHash {
+    File { hash: String, size: u64, exec: bool },
+    Dir { hash: String, manifest: Manifest },
+}
+
+impl PathHash {
+    pub fn hash(&self) -> &str {
+        match self {
+            PathHash::File { hash, .. } | PathHash::Dir { hash, .. } => hash,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct StatKey {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+}
+
+impl StatKey {
+    fn of(md: &fs::Metadata) -> StatKey {
+        StatKey {
+            dev: md.dev(),
+            ino: md.ino(),
+            size: md.size(),
+            mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+            ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
+        }
+    }
+}
+
+const STATCACHE_MAGIC: &[u8; 16] = b"tsumugi-stat-v1\n";
+
+/// Remembers file hashes by (device, inode, size, mtime, ctime), keyed by absolute path.
+///
+/// Entries are only remembered for files whose mtime and ctime are at least
+/// [`StatCache::RACY_WINDOW_NS`] older than the moment they were hashed: a file modified in
+/// the same timestamp tick as our read could otherwise change without changing its key
+/// (git's "racily clean" problem). Such files are simply hashed again next time.
+pub struct StatCache {
+    path: Option<PathBuf>,
+    loaded: HashMap<PathBuf, (StatKey, [u8; 32])>,
+    added: Mutex<HashMap<PathBuf, (StatKey, [u8; 32])>>,
+}
+
+impl StatCache {
+    pub const RACY_WINDOW_NS: i64 = 2_000_000_000;
+
+    /// An empty cache that is never saved (tests, one-off hashing).
+    pub fn in_memory() -> StatCache {
+        StatCache { path: None, loaded: HashMap::new(), added: Mutex::new(HashMap::new()) }
+    }
+
+    /// Loads `path` if it exists. A damaged file is ignored (it is only a cache).
+    pub fn load(path: &Path) -> StatCache {
+        let loaded = match fs::read(path) {
+            Ok(bytes) => match decode_statcache(&bytes) {
+                Some(m) => m,
+                None => {
+                    tracing::warn!("ignoring damaged stat cache {}", path.display());
+                    HashMap::new()
+                }
+            },
+            Err(_) => HashMap::new(),
+        };
+        StatCache { path: Some(path.to_path_buf()), loaded, added: Mutex::new(HashMap::new()) }
+    }
+
+    fn lookup(&self, abs: &Path, key: &StatKey) -> Option<String> {
+        let hit = |e: Option<&(StatKey, [u8; 32])>| e.filter(|(k, _)| k == key).map(|(_, h)| hex::encode(h));
+        if let Some(h) = hit(self.loaded.get(abs)) {
+            return Some(h);
+        }
+        hit(self.added.lock().expect("stat cache poisoned").get(abs))
+    }
+
+    fn remember(&self, abs: &Path, key: StatKey, hash: &str, now_ns: i64) {
+        if now_ns - key.mtime_ns < Self::RACY_WINDOW_NS || now_ns - key.ctime_ns < Self::RACY_WINDOW_NS {
+            return;
+        }
+        let mut raw = [0u8; 32];
+        if hex::decode_to_slice(hash, &mut raw).is_ok() {
+            self.added.lock().expect("stat cache poisoned").insert(abs.to_path_buf(), (key, raw));
+        }
+    }
+
+    /// Writes the cache back (atomically) if anything was added. Entries for files that no
+    /// longer exist are kept until their path is hashed again; the file stays small because
+    /// one path has one entry.
+    pub fn save(&self) -> Result<()> {
+        let Some(path) = &self.path else { return Ok(()) };
+        let added = self.added.lock().expect("stat cache poisoned");
+        if added.is_empty() {
+            return Ok(());
+        }
+        let mut all: Vec<(&PathBuf, &(StatKey, [u8; 32]))> =
+            self.loaded.iter().filter(|(p, _)| !added.contains_key(*p)).chain(added.iter()).collect();
+        all.sort_by(|a, b| a.0.cmp(b.0));
+        let mut out = Vec::with_capacity(all.len() * 120 + 24);
+        out.extend_from_slice(STATCACHE_MAGIC);
+        out.extend_from_slice(&(all.len() as u64).to_le_bytes());
+        for (p, (k, h)) in all {
+            let pb = p.as_os_str().as_bytes();
+            out.extend_from_slice(&(pb.len() as u32).to_le_bytes());
+            out.extend_from_slice(pb);
+            for v in [k.dev, k.ino, k.size, k.mtime_ns as u64, k.ctime_ns as u64] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            out.extend_from_slice(h);
+        }
+        crate::cache::write_atomic(path, &out)
+    }
+}
+
+fn decode_statcache(bytes: &[u8]) -> Option<HashMap<PathBuf, (StatKey, [u8; 32])>> {
+    let rest = bytes.strip_prefix(STATCACHE_MAGIC.as_slice())?;
+    let (n, mut rest) = rest.split_first_chunk::<8>()?;
+    let n = u64::from_le_bytes(*n) as usize;
+    let mut map = HashMap::with_capacity(n.min(10_000_000));
+    for _ in 0..n {
+        let (len, r) = rest.split_first_chunk::<4>()?;
+        let len = u32::from_le_bytes(*len) as usize;
+        if r.len() < len {
+            return None;
+        }
+        let (pb, r) = r.split_at(len);
+        let path = PathBuf::from(std::ffi::OsStr::from_bytes(pb));
+        let mut vals = [0u64; 5];
+        let mut r = r;
+        for v in &mut vals {
+            let (b, r2) = r.split_first_chunk::<8>()?;
+            *v = u64::from_le_bytes(*b);
+            r = r2;
+        }
+        let (h, r) = r.split_first_chunk::<32>()?;
+        rest = r;
+        let key = StatKey { dev: vals[0], ino: vals[1], size: vals[2], mtime_ns: vals[3] as i64, ctime_ns: vals[4] as i64 };
+        map.insert(path, (key, *h));
+    }
+    Some(map)
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
+/// Hashes files and directories, reusing the stat cache.
+pub struct Hasher<'a> {
+    pub stat: &'a StatCache,
+}
+
+impl<'a> Hasher<'a> {
+    pub fn new(stat: &'a StatCache) -> Self {
+        Hasher { stat }
+    }
+
+    /// Hash of one regular file (following symlinks), through the stat cache.
+    pub fn file(&self, abs: &Path) -> io::Result<(String, u64, bool)> {
+        let md = fs::metadata(abs)?;
+        self.file_with_meta(abs, &md)
+    }
+
+    fn file_with_meta(&self, abs: &Path, md: &fs::Metadata) -> io::Result<(String, u64, bool)> {
+        let exec = md.permissions().mode() & 0o111 != 0;
+        let key = StatKey::of(md);
+        if let Some(h) = self.stat.lookup(abs, &key) {
+            return Ok((h, md.size(), exec));
+        }
+        let start = now_ns();
+        let h = hash_file_uncached(abs)?;
+        // Re-stat: if the file changed while we read it, don't remember a hash of a mix.
+        if let Ok(md2) = fs::metadata(abs)
+            && StatKey::of(&md2) == key
+        {
+            self.stat.remember(abs, key, &h, start);
+        }
+        Ok((h, md.size(), exec))
+    }
+
+    /// Hash of a file or directory. Directory members are hashed in parallel.
+    pub fn path(&self, abs: &Path) -> Result<PathHash> {
+        let md = fs::metadata(abs).with_context(|| format!("cannot read {}", abs.display()))?;
+        if md.is_dir() {
+            let manifest = self.manifest(abs)?;
+            Ok(PathHash::Dir { hash: manifest.hash(), manifest })
+        } else if md.is_file() {
+            let (hash, size, exec) =
+                self.file_with_meta(abs, &md).with_context(|| format!("cannot hash {}", abs.display()))?;
+            Ok(PathHash::File { hash, size, exec })
+        } else {
+            bail!("{} is neither a file nor a directory", abs.display())
+        }
+    }
+
+    /// The sorted manifest of every file under `dir` (symlinks followed).
+    pub fn manifest(&self, dir: &Path) -> Result<Manifest> {
+        let mut files: Vec<(String, PathBuf, fs::Metadata)> = Vec::new();
+        for entry in walkdir::WalkDir::new(dir).follow_links(true).sort_by_file_name() {
+            let entry = entry.with_context(|| format!("cannot walk {}", dir.display()))?;
+            if entry.file_type().is_dir() {
+                continue;
+            }
+            let md = entry.metadata().with_context(|| format!("cannot stat {}", entry.path().display()))?;
+            if !md.is_file() {
+                continue; // sockets, fifos: not content
+            }
+            let rel = entry.path().strip_prefix(dir).expect("walkdir yields paths under its root");
+            let rel = rel
+                .to_str()
+                .with_context(|| format!("{} is not valid UTF-8; tsumugi needs UTF-8 paths", entry.path().display()))?;
+            if rel.contains('\n') {
+                bail!("{} contains a newline in its name", entry.path().display());
+            }
+            files.push((rel.replace(std::path::MAIN_SEPARATOR, "/"), entry.into_path(), md));
+        }
+        // walkdir sorts per directory by file name; the manifest sorts by full relative path.
+        files.sort_by(|a, b| a.0.cmp(&b.0));
+        let entries = files
+            .into_par_iter()
+            .map(|(rel, abs, md)| {
+                let (hash, size, exec) =
+                    self.file_with_meta(&abs, &md).with_context(|| format!("cannot hash {}", abs.display()))?;
+                Ok(ManifestEntry { path: rel, hash, size, exec })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Manifest { entries })
+    }
+}
+
+/// Hash of the rows `query` returns from the SQLite database `db` (opened read-only).
+/// Column names, column count and each value with its storage class go into the hash, so
+/// `1` (integer), `1.0` (real) and `'1'` (text) differ.
+pub fn hash_sqlite_query(db: &Path, query: &str) -> Result<String> {
+    use rusqlite::types::ValueRef;
+    let conn = rusqlite::Connection::open_with_flags(
+        db,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("cannot open SQLite database {}", db.display()))?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    let mut stmt = conn.prepare(query).with_context(|| format!("bad query on {}: {query}", db.display()))?;
+    let mut h = Sha256::new();
+    h.update(b"tsumugi-sqlite-rows-v1\n");
+    let ncols = stmt.column_count();
+    h.update((ncols as u64).to_le_bytes());
+    for name in stmt.column_names() {
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+    }
+    let mut rows = stmt.query([]).with_context(|| format!("query failed on {}: {query}", db.display()))?;
+    while let Some(row) = rows.next().with_context(|| format!("query failed on {}: {query}", db.display()))? {
+        h.update(b"R");
+        for i in 0..ncols {
+            match row.get_ref(i)? {
+                ValueRef::Null => h.update(b"n"),
+                ValueRef::Integer(v) => {
+                    h.update(b"i");
+                    h.update(v.to_le_bytes());
+                }
+                ValueRef::Real(v) => {
+                    h.update(b"r");
+                    h.update(v.to_bits().to_le_bytes());
+                }
+                ValueRef::Text(t) => {
+                    h.update(b"t");
+                    h.update((t.len() as u64).to_le_bytes());
+                    h.update(t);
+                }
+                ValueRef::Blob(b) => {
+                    h.update(b"b");
+                    h.update((b.len() as u64).to_le_bytes());
+                    h.update(b);
+                }
+            }
+        }
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Writes `n` bytes of deterministic data (for benches and tests of throughput).
+pub fn write_pattern(path: &Path, n: u64) -> io::Result<()> {
+    let mut f = io::BufWriter::new(File::create(path)?);
+    let mut block = vec![0u8; 1 << 16];
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for b in block.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(block.len() as u64) as usize;
+        f.write_all(&block[..k])?;
+        left -= k as u64;
+    }
+    f.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_hash_matches_known_vector() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a");
+        fs::write(&p, b"abc").unwrap();
+        assert_eq!(
+            hash_file_uncached(&p).unwrap(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn dir_manifest_is_sorted_and_sensitive_to_content_path_and_exec() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("d");
+        fs::create_dir_all(root.join("sub")).unwrap();
+        fs::write(root.join("b.txt"), "b").unwrap();
+        fs::write(root.join("sub/a.txt"), "a").unwrap();
+        fs::write(root.join("a.txt"), "a").unwrap();
+        let sc = StatCache::in_memory();
+        let h = Hasher::new(&sc);
+        let m = h.manifest(&root).unwrap();
+        let paths: Vec<_> = m.entries.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["a.txt", "b.txt", "sub/a.txt"]);
+        let h0 = m.hash();
+        assert_eq!(Manifest::parse(&m.canonical_bytes()).unwrap(), m);
+
+        fs::write(root.join("b.txt"), "B").unwrap();
+        let h1 = h.manifest(&root).unwrap().hash();
+        assert_ne!(h0, h1);
+        fs::rename(root.join("b.txt"), root.join("c.txt")).unwrap();
+        let h2 = h.manifest(&root).unwrap().hash();
+        assert_ne!(h1, h2);
+        fs::set_permissions(root.join("c.txt"), fs::Permissions::from_mode(0o755)).unwrap();
+        let h3 = h.manifest(&root).unwrap().hash();
+        assert_ne!(h2, h3);
+    }
+
+    #[test]
+    fn stat_cache_round_trips_and_skips_racy_files() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        fs::write(&p, "old").unwrap();
+        let cache_path = d.path().join("stat.bin");
+        let sc = StatCache::load(&cache_path);
+        Hasher::new(&sc).file(&p).unwrap();
+        // Just written: inside the racy window, so not remembered.
+        assert!(sc.added.lock().unwrap().is_empty());
+
+        // Pretend the file is old by remembering with a later clock.
+        let md = fs::metadata(&p).unwrap();
+        let key = StatKey::of(&md);
+        sc.remember(&p, key, &hash_file_uncached(&p).unwrap(), key.ctime_ns + 10 * StatCache::RACY_WINDOW_NS);
+        sc.save().unwrap();
+        let sc2 = StatCache::load(&cache_path);
+        assert_eq!(sc2.lookup(&p, &key).unwrap(), hash_file_uncached(&p).unwrap());
+        // A changed key misses.
+        let mut k2 = key;
+        k2.size += 1;
+        assert!(sc2.lookup(&p, &k2).is_none());
+    }
+
+    #[test]
+    fn sqlite_rows_hash_depends_on_rows_and_types_not_file_bytes() {
+        let d = tempfile::tempdir().unwrap();
+        let db = d.path().join("x.db");
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute_batch("CREATE TABLE t(a, b); INSERT INTO t VALUES (1, 'x'); CREATE TABLE other(z);").unwrap();
+        let q = "SELECT a, b FROM t ORDER BY a";
+        let h0 = hash_sqlite_query(&db, q).unwrap();
+        // An unrelated table changes the file but not the rows.
+        c.execute_batch("INSERT INTO other VALUES (42);").unwrap();
+        assert_eq!(hash_sqlite_query(&db, q).unwrap(), h0);
+        c.execute_batch("UPDATE t SET a = 1.0;").unwrap();
+        assert_ne!(hash_sqlite_query(&db, q).unwrap(), h0);
+        assert!(hash_sqlite_query(&db, "SELECT nope FROM t").is_err());
+    }
+}
