@@ -1,1 +1,1403 @@
-//! See the table in lib.rs.
+//! Runs a pipeline: the selected stages in topological order, independent ones in parallel
+//! up to `jobs`, under `resources` slots; fresh stages are skipped or restored from cache.
+//!
+//! A stage is *fresh* iff its fingerprint has an action cache entry. Its fingerprint is
+//! computed only when all its upstream stages are done, from the *content* of their
+//! outputs, so an upstream re-run that wrote identical bytes leaves it fresh (early cutoff).
+//!
+//! Failure policy: without `--keep-going`, the first failure stops scheduling new stages;
+//! stages already running are allowed to finish (their work is valid and gets cached), and
+//! the rest are recorded as `skipped`. With `--keep-going`, only the failed stage's
+//! dependents are skipped. Ctrl-C (or SIGTERM) kills every running stage's process group,
+//! records those stages as `cancelled`, writes no cache entry for them, and returns with
+//! `cancelled` set (the CLI exits 130).
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use tsumugi_stages::{Reporter, Stage as StageImpl, StageInput};
+
+use crate::cache::{ActionEntry, Cache, RestoreError, remove_path};
+use crate::fingerprint::{self, Components, path_str};
+use crate::hash::{Hasher, StatCache};
+use crate::lock::{ProjectLock, Wait};
+use crate::project::Project;
+use crate::rundb::{self, MetricRow, RunDb, StageRecord};
+use crate::spec::{Action, Pipeline, Stage};
+
+/// What started a run; recorded in the run database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TriggerKind {
+    #[default]
+    Manual,
+    Watch,
+    Cron,
+}
+
+impl TriggerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TriggerKind::Manual => "manual",
+            TriggerKind::Watch => "watch",
+            TriggerKind::Cron => "cron",
+        }
+    }
+}
+
+/// How progress is shown on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProgressMode {
+    /// Live bars when stderr is a terminal, plain lines otherwise.
+    #[default]
+    Auto,
+    Plain,
+    Quiet,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Stages to run (with everything they need); empty: all.
+    pub targets: Vec<String>,
+    /// Stages running at once; 0 means the number of cores.
+    pub jobs: usize,
+    pub keep_going: bool,
+    /// Run the selected stages even when fresh (their upstream stays cached).
+    pub force: bool,
+    pub trigger: TriggerKind,
+    /// Say what would run; run nothing, record nothing.
+    pub dry_run: bool,
+    /// GPU slots; `None`: count `CUDA_VISIBLE_DEVICES` or `nvidia-smi -L`.
+    pub gpus: Option<u32>,
+    /// Compute device passed to built-in stages (`cpu`, `cuda:0`, …).
+    pub device: String,
+    /// Wait for the project lock (otherwise fail with [`crate::lock::Locked`]).
+    pub wait_for_lock: bool,
+    /// Catch Ctrl-C / SIGTERM and cancel the run. Long-running callers with their own
+    /// handling set this false and use `cancel`.
+    pub handle_signals: bool,
+    /// Set to cancel the run from outside.
+    pub cancel: Arc<AtomicBool>,
+    pub progress: ProgressMode,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            targets: Vec::new(),
+            jobs: 0,
+            keep_going: false,
+            force: false,
+            trigger: TriggerKind::Manual,
+            dry_run: false,
+            gpus: None,
+            device: "cpu".into(),
+            wait_for_lock: true,
+            handle_signals: true,
+            cancel: Arc::new(AtomicBool::new(false)),
+            progress: ProgressMode::Auto,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageState {
+    /// Executed and committed to the cache.
+    Ran,
+    /// Fresh; outputs already in place.
+    Cached,
+    /// Fresh; one or more outputs were put back from the cache.
+    Restored,
+    Failed,
+    /// Not started: an upstream stage failed, or the run stopped.
+    Skipped,
+    /// Killed by Ctrl-C / cancellation.
+    Cancelled,
+    /// Dry run: would run.
+    WouldRun,
+}
+
+impl StageState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StageState::Ran => "ran",
+            StageState::Cached => "cached",
+            StageState::Restored => "restored",
+            StageState::Failed => "failed",
+            StageState::Skipped => "skipped",
+            StageState::Cancelled => "cancelled",
+            StageState::WouldRun => "would_run",
+        }
+    }
+
+    pub fn is_ok(self) -> bool {
+        matches!(self, StageState::Ran | StageState::Cached | StageState::Restored | StageState::WouldRun)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StageOutcome {
+    pub name: String,
+    pub status: StageState,
+    pub fingerprint: Option<String>,
+    #[serde(serialize_with = "ser_secs")]
+    pub duration: Duration,
+    pub attempts: u32,
+    pub exit_code: Option<i32>,
+    pub log: Option<PathBuf>,
+    /// Why it failed / was skipped, or which outputs were restored.
+    pub message: Option<String>,
+}
+
+fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_f64((d.as_secs_f64() * 1000.0).round() / 1000.0)
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    /// Empty for a dry run (nothing is recorded).
+    pub run_id: String,
+    pub pipeline: String,
+    pub stages: Vec<StageOutcome>,
+    pub success: bool,
+    pub cancelled: bool,
+    #[serde(serialize_with = "ser_secs")]
+    pub duration: Duration,
+}
+
+/// A stage's freshness as `status` reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageStatus {
+    pub name: String,
+    pub fresh: bool,
+    pub reasons: Vec<String>,
+    /// `None` when it cannot be computed yet (an input is missing).
+    pub fingerprint: Option<String>,
+}
+
+/// The built-in stage implementations this build has. The hook for the `stages` crate's
+/// registry: return its implementation of `kind` here once one exists.
+pub fn builtin_stage(kind: &str) -> Option<Box<dyn StageImpl>> {
+    let _ = kind;
+    None
+}
+
+fn stage_impl(stage: &Stage) -> Result<Box<dyn StageImpl>> {
+    match &stage.action {
+        Action::Cmd { cmd } => Ok(Box::new(CmdStage { cmd: cmd.clone() })),
+        Action::Builtin { kind, .. } => builtin_stage(kind)
+            .with_context(|| format!("stage kind {kind} is not available in this build (stage {})", stage.name)),
+    }
+}
+
+/// A failed shell command.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}")]
+pub struct CommandFailed {
+    pub code: Option<i32>,
+    pub what: String,
+}
+
+/// A `cmd:` stage: `sh -c CMD` in the project root, in its own process group so the whole
+/// tree can be killed on cancel or timeout.
+pub struct CmdStage {
+    pub cmd: String,
+}
+
+fn killpg(pgid: i32, sig: i32) {
+    // SAFETY: kill(2) with a negative pid signals a process group; no memory involved.
+    unsafe {
+        libc::kill(-pgid, sig);
+    }
+}
+
+impl StageImpl for CmdStage {
+    fn run(&self, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()> {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(&self.cmd)
+            .current_dir(input.project_root)
+            .envs(input.env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        // SAFETY: prctl is async-signal-safe. If tsumugi dies (even by SIGKILL) the shell is
+        // killed with it, so an orphaned stage cannot write outputs behind a later run's back.
+        // This thread waits for the child, so it outlives it (PDEATHSIG is per thread).
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().context("cannot start sh")?;
+        let pgid = child.id() as i32;
+        let done = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let out = child.stdout.take().expect("piped");
+            let err = child.stderr.take().expect("piped");
+            let r1 = s.spawn(|| pump(out, report));
+            let r2 = s.spawn(|| pump(err, report));
+            let watcher = s.spawn(|| {
+                let mut term_at: Option<Instant> = None;
+                while !done.load(Ordering::Acquire) {
+                    if report.cancelled() {
+                        match term_at {
+                            None => {
+                                killpg(pgid, libc::SIGTERM);
+                                term_at = Some(Instant::now());
+                            }
+                            Some(t) if t.elapsed() > Duration::from_secs(3) => killpg(pgid, libc::SIGKILL),
+                            _ => {}
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            });
+            let status = child.wait();
+            done.store(true, Ordering::Release);
+            // The stage is over: whatever it left running in its group goes too (and the
+            // pipes close, so the readers finish).
+            killpg(pgid, libc::SIGKILL);
+            let _ = watcher.join();
+            let _ = r1.join();
+            let _ = r2.join();
+            let status = status.context("cannot wait for sh")?;
+            if status.success() {
+                return Ok(());
+            }
+            use std::os::unix::process::ExitStatusExt;
+            let what = match (status.code(), status.signal()) {
+                (Some(c), _) => format!("command exited with status {c}"),
+                (None, Some(sig)) => format!("command killed by signal {sig}"),
+                _ => "command failed".to_string(),
+            };
+            Err(CommandFailed { code: status.code(), what }.into())
+        })
+    }
+}
+
+fn pump(r: impl std::io::Read, report: &dyn Reporter) {
+    let mut r = BufReader::new(r);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match r.read_until(b'\n', &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                let line = String::from_utf8_lossy(&buf);
+                report.log(line.trim_end_matches(['\n', '\r']));
+            }
+        }
+    }
+}
+
+/// The engine's side of [`Reporter`] for one stage attempt.
+struct StageReporter {
+    cancel: Arc<AtomicBool>,
+    deadline: Option<Instant>,
+    timed_out: AtomicBool,
+    log: Mutex<Option<File>>,
+    ui: Ui,
+    name: String,
+    metrics: Mutex<Vec<MetricRow>>,
+}
+
+impl Reporter for StageReporter {
+    fn progress(&self, done: u64, total: Option<u64>, message: &str) {
+        let msg = match total {
+            Some(t) => format!("{done}/{t} {message}"),
+            None => format!("{done} {message}"),
+        };
+        self.ui.stage_line(&self.name, &msg);
+    }
+
+    fn metric(&self, name: &str, step: Option<u64>, value: f64) {
+        self.metrics.lock().expect("metrics").push(MetricRow {
+            name: name.into(),
+            step: step.map(|s| s as i64),
+            value,
+        });
+    }
+
+    fn log(&self, line: &str) {
+        if let Some(f) = self.log.lock().expect("log").as_mut() {
+            let _ = writeln!(f, "{line}");
+        }
+        self.ui.stage_line(&self.name, line);
+    }
+
+    fn cancelled(&self) -> bool {
+        if self.cancel.load(Ordering::Relaxed) {
+            return true;
+        }
+        if let Some(d) = self.deadline
+            && Instant::now() >= d
+        {
+            self.timed_out.store(true, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+}
+
+/// Terminal output: live spinners on a TTY, plain lines otherwise, or nothing.
+#[derive(Clone)]
+struct Ui {
+    inner: Arc<UiInner>,
+}
+
+struct UiInner {
+    mode: ProgressMode,
+    multi: Option<indicatif::MultiProgress>,
+    bars: Mutex<HashMap<String, indicatif::ProgressBar>>,
+}
+
+impl Ui {
+    fn new(mode: ProgressMode) -> Ui {
+        let live = mode == ProgressMode::Auto && std::io::stderr().is_terminal();
+        let mode = if mode == ProgressMode::Auto && !live { ProgressMode::Plain } else { mode };
+        Ui {
+            inner: Arc::new(UiInner {
+                mode,
+                multi: live.then(|| indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::stderr())),
+                bars: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    fn println(&self, line: &str) {
+        match (&self.inner.mode, &self.inner.multi) {
+            (ProgressMode::Quiet, _) => {}
+            (_, Some(m)) => {
+                let _ = m.println(line);
+            }
+            _ => eprintln!("{line}"),
+        }
+    }
+
+    fn started(&self, name: &str) {
+        if let Some(m) = &self.inner.multi {
+            let pb = m.add(indicatif::ProgressBar::new_spinner());
+            pb.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} {prefix:.bold} {elapsed:>4} {wide_msg}")
+                    .expect("template"),
+            );
+            pb.set_prefix(name.to_string());
+            pb.enable_steady_tick(Duration::from_millis(120));
+            self.inner.bars.lock().expect("bars").insert(name.to_string(), pb);
+        } else {
+            self.println(&format!("{name}: running"));
+        }
+    }
+
+    fn stage_line(&self, name: &str, line: &str) {
+        if let Some(pb) = self.inner.bars.lock().expect("bars").get(name) {
+            pb.set_message(line.to_string());
+        }
+    }
+
+    fn finished(&self, o: &StageOutcome) {
+        if let Some(pb) = self.inner.bars.lock().expect("bars").remove(&o.name) {
+            pb.finish_and_clear();
+        }
+        let mut line = format!("{}: {}", o.name, o.status.as_str());
+        if matches!(o.status, StageState::Ran | StageState::Failed | StageState::Cancelled) {
+            line.push_str(&format!(" ({:.1}s)", o.duration.as_secs_f64()));
+        }
+        if let Some(m) = &o.message {
+            line.push_str(&format!(" — {m}"));
+        }
+        if let (StageState::Failed, Some(log)) = (o.status, &o.log) {
+            line.push_str(&format!(" [log: {}]", log.display()));
+        }
+        self.println(&line);
+    }
+}
+
+/// GPU slots: `--gpus`, else the entries of `CUDA_VISIBLE_DEVICES`, else `nvidia-smi -L`.
+/// Returns the device ids to hand out.
+pub fn detect_gpus(explicit: Option<u32>) -> Vec<String> {
+    let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+    let listed: Option<Vec<String>> = visible.as_ref().map(|v| {
+        v.split(',').map(str::trim).filter(|s| !s.is_empty() && *s != "-1").map(String::from).collect()
+    });
+    if let Some(n) = explicit {
+        // Map slot i to the parent's i-th visible device when there is one.
+        return (0..n as usize)
+            .map(|i| listed.as_ref().and_then(|l| l.get(i).cloned()).unwrap_or_else(|| i.to_string()))
+            .collect();
+    }
+    if let Some(l) = listed {
+        return l;
+    }
+    match Command::new("nvidia-smi").arg("-L").stderr(Stdio::null()).output() {
+        Ok(o) if o.status.success() => {
+            let n = String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.starts_with("GPU ")).count();
+            (0..n).map(|i| i.to_string()).collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Stages of `pipeline` to consider: `targets` and all they need, in topological order
+/// (file order where the graph allows).
+pub fn select(pipeline: &Pipeline, targets: &[String]) -> Result<Vec<String>> {
+    let names: HashSet<&str> = pipeline.stages.iter().map(|s| s.name.as_str()).collect();
+    let mut wanted: HashSet<String> = HashSet::new();
+    if targets.is_empty() {
+        wanted.extend(pipeline.stages.iter().map(|s| s.name.clone()));
+    } else {
+        let mut q: VecDeque<String> = VecDeque::new();
+        for t in targets {
+            if !names.contains(t.as_str()) {
+                let known: Vec<&str> = pipeline.stages.iter().map(|s| s.name.as_str()).collect();
+                bail!("no stage {t:?} in {} (stages: {})", pipeline.file.display(), known.join(", "));
+            }
+            q.push_back(t.clone());
+        }
+        while let Some(n) = q.pop_front() {
+            if wanted.insert(n.clone())
+                && let Some(st) = pipeline.stage(&n)
+            {
+                q.extend(st.needs.iter().cloned());
+            }
+        }
+    }
+    // Kahn's algorithm, always taking the earliest ready stage in file order.
+    let pos: HashMap<&str, usize> = pipeline.stages.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
+    let mut indeg: HashMap<&str, usize> = HashMap::new();
+    let mut down: HashMap<&str, Vec<&str>> = HashMap::new();
+    for st in pipeline.stages.iter().filter(|s| wanted.contains(&s.name)) {
+        let ups: HashSet<&str> = st.needs.iter().map(String::as_str).filter(|n| wanted.contains(*n)).collect();
+        indeg.insert(&st.name, ups.len());
+        for u in ups {
+            down.entry(u).or_default().push(&st.name);
+        }
+    }
+    let mut ready: std::collections::BTreeSet<(usize, &str)> =
+        indeg.iter().filter(|(_, d)| **d == 0).map(|(n, _)| (pos[n], *n)).collect();
+    let mut order = Vec::new();
+    while let Some((_, n)) = ready.pop_first() {
+        order.push(n.to_string());
+        for d in down.get(n).into_iter().flatten() {
+            let e = indeg.get_mut(d).expect("indegree");
+            *e -= 1;
+            if *e == 0 {
+                ready.insert((pos[d], d));
+            }
+        }
+    }
+    if order.len() != indeg.len() {
+        bail!("the stages of {} form a cycle", pipeline.file.display());
+    }
+    Ok(order)
+}
+
+fn new_run_id() -> String {
+    let t = chrono::Utc::now();
+    let nanos = t.timestamp_subsec_nanos();
+    let salt = (std::process::id() as u64).wrapping_mul(0x9E37_79B9) ^ nanos as u64;
+    format!("{}-{:04x}", t.format("%Y%m%d-%H%M%S"), salt & 0xffff)
+}
+
+/// Shared state of one run.
+struct Ctx {
+    project: Project,
+    pipeline_name: String,
+    run_id: String,
+    cache: Cache,
+    stat: StatCache,
+    db: RunDb,
+    cancel: Arc<AtomicBool>,
+    force: bool,
+    device: String,
+    ui: Ui,
+}
+
+/// Runs `pipeline` (or `opts.targets` and what they need). Takes the project lock for the
+/// whole run. Errors are for things that stop the run from starting or recording (bad
+/// targets, lock refused, unwritable database); stage failures are in the summary.
+pub async fn run(project: &Project, pipeline: &Pipeline, opts: &RunOptions) -> Result<RunSummary> {
+    let t0 = Instant::now();
+    let order = select(pipeline, &opts.targets)?;
+    if opts.dry_run {
+        let st = status_of(project, pipeline, &order, opts.force)?;
+        let stages = st
+            .into_iter()
+            .map(|s| StageOutcome {
+                name: s.name,
+                status: if s.fresh { StageState::Cached } else { StageState::WouldRun },
+                fingerprint: s.fingerprint,
+                duration: Duration::ZERO,
+                attempts: 0,
+                exit_code: None,
+                log: None,
+                message: (!s.reasons.is_empty()).then(|| s.reasons.join("; ")),
+            })
+            .collect();
+        return Ok(RunSummary {
+            run_id: String::new(),
+            pipeline: pipeline.name.clone(),
+            stages,
+            success: true,
+            cancelled: false,
+            duration: t0.elapsed(),
+        });
+    }
+
+    let lock_desc = format!("tsumugi {} {}", if opts.trigger == TriggerKind::Manual { "run" } else { opts.trigger.as_str() }, pipeline.file.display());
+    let wait = if opts.wait_for_lock { Wait::Yes } else { Wait::No };
+    let lp = project.clone();
+    let _lock = tokio::task::spawn_blocking(move || ProjectLock::acquire(&lp, &lock_desc, wait)).await??;
+
+    let run_id = new_run_id();
+    let db = RunDb::start(project)?;
+    db.begin_run(&run_id, &pipeline.name, &path_str(&pipeline.file), opts.trigger.as_str(), &opts.targets);
+    let ctx = Arc::new(Ctx {
+        project: project.clone(),
+        pipeline_name: pipeline.name.clone(),
+        run_id: run_id.clone(),
+        cache: Cache::new(project.cache_dir()),
+        stat: StatCache::load(&project.cache_dir().join("statcache.bin")),
+        db,
+        cancel: opts.cancel.clone(),
+        force: opts.force,
+        device: opts.device.clone(),
+        ui: Ui::new(opts.progress),
+    });
+
+    let outcomes = schedule(&ctx, pipeline, &order, opts).await;
+
+    let cancelled = ctx.cancel.load(Ordering::SeqCst);
+    let success = !cancelled && outcomes.iter().all(|o| o.status.is_ok());
+    let status = if cancelled {
+        "cancelled"
+    } else if success {
+        "success"
+    } else {
+        "failed"
+    };
+    if let Err(e) = ctx.stat.save() {
+        tracing::warn!("could not save the stat cache: {e:#}");
+    }
+    ctx.db.end_run(&run_id, status);
+    let ctx = Arc::into_inner(ctx).expect("all stage tasks have finished");
+    ctx.db.close()?;
+    Ok(RunSummary {
+        run_id,
+        pipeline: pipeline.name.clone(),
+        stages: outcomes,
+        success,
+        cancelled,
+        duration: t0.elapsed(),
+    })
+}
+
+struct Slots {
+    jobs: usize,
+    cpu_free: u32,
+    cpu_total: u32,
+    gpus_free: Vec<String>,
+    gpu_total: usize,
+}
+
+async fn schedule(ctx: &Arc<Ctx>, pipeline: &Pipeline, order: &[String], opts: &RunOptions) -> Vec<StageOutcome> {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let gpus = detect_gpus(opts.gpus);
+    let mut slots = Slots {
+        jobs: if opts.jobs == 0 { cores } else { opts.jobs },
+        cpu_free: cores as u32,
+        cpu_total: cores as u32,
+        gpu_total: gpus.len(),
+        gpus_free: gpus,
+    };
+    let selected: HashSet<&str> = order.iter().map(String::as_str).collect();
+    let pos: HashMap<&str, usize> = order.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
+    let mut waiting: HashMap<&str, usize> = HashMap::new();
+    let mut down: HashMap<&str, Vec<&str>> = HashMap::new();
+    for n in order {
+        let st = pipeline.stage(n).expect("selected stage exists");
+        let ups: HashSet<&str> = st.needs.iter().map(String::as_str).filter(|u| selected.contains(u)).collect();
+        waiting.insert(n, ups.len());
+        for u in ups {
+            down.entry(u).or_default().push(n);
+        }
+    }
+    let mut ready: std::collections::BTreeSet<(usize, &str)> =
+        waiting.iter().filter(|(_, w)| **w == 0).map(|(n, _)| (pos[n], *n)).collect();
+    let mut done: HashMap<String, StageOutcome> = HashMap::new();
+    let mut running = tokio::task::JoinSet::new();
+    let mut held: HashMap<String, (u32, Vec<String>)> = HashMap::new();
+    let mut stop = false;
+    let mut stop_reason = String::new();
+
+    let ctrl_c = async {
+        if opts.handle_signals {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            }
+        } else {
+            std::future::pending::<()>().await
+        }
+    };
+    tokio::pin!(ctrl_c);
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+
+    loop {
+        if ctx.cancel.load(Ordering::SeqCst) && !stop {
+            stop = true;
+            stop_reason = "run cancelled".into();
+        }
+        // Launch what fits, in topological order.
+        if !stop {
+            let mut launched = Vec::new();
+            for &(p, n) in ready.iter() {
+                if running.len() + launched.len() >= slots.jobs {
+                    break;
+                }
+                let st = pipeline.stage(n).expect("stage");
+                let gpu_need = st.resources.gpu as usize;
+                if gpu_need > slots.gpu_total {
+                    let o = outcome(
+                        n,
+                        StageState::Failed,
+                        None,
+                        format!(
+                            "stage needs {gpu_need} GPU(s) but {} are available (none detected via CUDA_VISIBLE_DEVICES or nvidia-smi; pass --gpus N to override)",
+                            slots.gpu_total
+                        ),
+                    );
+                    launched.push((p, n, Err(o)));
+                    continue;
+                }
+                let cpu_need = st.resources.cpu.min(slots.cpu_total);
+                if gpu_need > slots.gpus_free.len() || cpu_need > slots.cpu_free {
+                    continue; // waits for slots; later stages may still fit
+                }
+                slots.cpu_free -= cpu_need;
+                let ids: Vec<String> = slots.gpus_free.drain(..gpu_need).collect();
+                launched.push((p, n, Ok((cpu_need, ids))));
+            }
+            for (p, n, res) in launched {
+                ready.remove(&(p, n));
+                match res {
+                    Err(o) => {
+                        ctx.ui.finished(&o);
+                        record_final(ctx, &o, None);
+                        on_done(&o, &mut done, &mut stop, &mut stop_reason, opts.keep_going);
+                    }
+                    Ok((cpu, ids)) => {
+                        held.insert(n.to_string(), (cpu, ids.clone()));
+                        let st = pipeline.stage(n).expect("stage").clone();
+                        let c = ctx.clone();
+                        running.spawn(async move { run_stage(c, st, ids).await });
+                    }
+                }
+            }
+        }
+        // Newly ready stages from failures handled above may also need a pass; and a stage
+        // whose upstream was skipped is skipped.
+        propagate_skips(order, pipeline, &selected, &mut done, &mut ready, &pos, ctx);
+        if running.is_empty() {
+            let before = ready.len();
+            if stop || before == 0 {
+                break;
+            }
+            // Nothing running and nothing launchable would be a deadlock; slots are always
+            // released, so this only happens for a stage that can never fit (guarded above).
+            continue;
+        }
+        tokio::select! {
+            joined = running.join_next() => {
+                let Some(joined) = joined else { continue };
+                let o = match joined {
+                    Ok(o) => o,
+                    Err(e) => {
+                        // A panicking stage task: record it as failed rather than abort the run.
+                        tracing::error!("stage task panicked: {e}");
+                        continue;
+                    }
+                };
+                if let Some((cpu, ids)) = held.remove(&o.name) {
+                    slots.cpu_free += cpu;
+                    slots.gpus_free.extend(ids);
+                }
+                ctx.ui.finished(&o);
+                let ok = o.status.is_ok();
+                let name = o.name.clone();
+                on_done(&o, &mut done, &mut stop, &mut stop_reason, opts.keep_going);
+                if ok {
+                    for d in down.get(name.as_str()).into_iter().flatten() {
+                        let w = waiting.get_mut(d).expect("waiting");
+                        *w -= 1;
+                        if *w == 0 && !done.contains_key(*d) {
+                            ready.insert((pos[d], d));
+                        }
+                    }
+                }
+            }
+            _ = &mut ctrl_c => {
+                ctx.cancel.store(true, Ordering::SeqCst);
+                ctx.ui.println("interrupted: stopping running stages…");
+            }
+            _ = tick.tick() => {}
+        }
+    }
+    // Whatever never started.
+    let cancelled = ctx.cancel.load(Ordering::SeqCst);
+    for n in order {
+        if !done.contains_key(n) {
+            let reason = if cancelled { "run cancelled".to_string() } else { stop_reason.clone() };
+            let o = outcome(n, StageState::Skipped, None, if reason.is_empty() { "not started".into() } else { reason });
+            ctx.ui.finished(&o);
+            record_final(ctx, &o, None);
+            done.insert(n.clone(), o);
+        }
+    }
+    order.iter().map(|n| done.remove(n).expect("every stage has an outcome")).collect()
+}
+
+fn on_done(
+    o: &StageOutcome,
+    done: &mut HashMap<String, StageOutcome>,
+    stop: &mut bool,
+    stop_reason: &mut String,
+    keep_going: bool,
+) {
+    if !o.status.is_ok() && !keep_going && !*stop {
+        *stop = true;
+        *stop_reason = format!("run stopped after stage {} {}", o.name, o.status.as_str());
+    }
+    done.insert(o.name.clone(), o.clone());
+}
+
+/// Marks stages whose upstream did not succeed as skipped.
+fn propagate_skips<'a>(
+    order: &'a [String],
+    pipeline: &Pipeline,
+    selected: &HashSet<&str>,
+    done: &mut HashMap<String, StageOutcome>,
+    ready: &mut std::collections::BTreeSet<(usize, &'a str)>,
+    pos: &HashMap<&'a str, usize>,
+    ctx: &Arc<Ctx>,
+) {
+    for n in order {
+        if done.contains_key(n) {
+            continue;
+        }
+        let st = pipeline.stage(n).expect("stage");
+        let bad = st
+            .needs
+            .iter()
+            .filter(|u| selected.contains(u.as_str()))
+            .find(|u| done.get(*u).is_some_and(|o| !o.status.is_ok()));
+        if let Some(u) = bad {
+            let o = outcome(n, StageState::Skipped, None, format!("upstream stage {u} {}", done[u].status.as_str()));
+            ctx.ui.finished(&o);
+            record_final(ctx, &o, None);
+            ready.remove(&(pos[n.as_str()], n.as_str()));
+            done.insert(n.clone(), o);
+        }
+    }
+}
+
+fn outcome(name: &str, status: StageState, fp: Option<String>, msg: String) -> StageOutcome {
+    StageOutcome {
+        name: name.to_string(),
+        status,
+        fingerprint: fp,
+        duration: Duration::ZERO,
+        attempts: 0,
+        exit_code: None,
+        log: None,
+        message: Some(msg),
+    }
+}
+
+fn record_final(ctx: &Ctx, o: &StageOutcome, started: Option<chrono::DateTime<chrono::Utc>>) {
+    let end = rundb::now();
+    ctx.db.stage_finished(
+        &ctx.run_id,
+        StageRecord {
+            stage: o.name.clone(),
+            status: o.status.as_str().to_string(),
+            fingerprint: o.fingerprint.clone(),
+            started_at: started.map(rundb::ts),
+            ended_at: Some(rundb::ts(end)),
+            duration_ms: Some(o.duration.as_millis() as i64),
+            exit_code: o.exit_code,
+            log_path: o.log.as_ref().map(|p| p.display().to_string()),
+            attempt: o.attempts.max(1),
+            message: o.message.clone(),
+        },
+    );
+}
+
+/// Decides and does one stage: fingerprint, then cached / restore / run + commit.
+async fn run_stage(ctx: Arc<Ctx>, stage: Stage, gpu_ids: Vec<String>) -> StageOutcome {
+    let started = rundb::now();
+    let t0 = Instant::now();
+    let c = ctx.clone();
+    let st = stage.clone();
+    // Hashing and cache checks are blocking file work.
+    let decision = tokio::task::spawn_blocking(move || decide(&c, &st)).await;
+    let decision = match decision {
+        Ok(Ok(d)) => d,
+        Ok(Err(e)) => {
+            let o = outcome(&stage.name, StageState::Failed, None, format!("{e:#}"));
+            record_final(&ctx, &o, Some(started));
+            return o;
+        }
+        Err(e) => {
+            let o = outcome(&stage.name, StageState::Failed, None, format!("internal error: {e}"));
+            record_final(&ctx, &o, Some(started));
+            return o;
+        }
+    };
+    let (components, fp) = match decision {
+        Decision::Fresh { fp, restored } => {
+            let mut o = outcome(
+                &stage.name,
+                if restored.is_empty() { StageState::Cached } else { StageState::Restored },
+                Some(fp.clone()),
+                String::new(),
+            );
+            o.message = (!restored.is_empty()).then(|| format!("restored {}", restored.join(", ")));
+            o.duration = t0.elapsed();
+            let c = ctx.clone();
+            let st = stage.clone();
+            let _ = tokio::task::spawn_blocking(move || record_outputs(&c, &st, &fp, Vec::new())).await;
+            record_final(&ctx, &o, Some(started));
+            return o;
+        }
+        Decision::Run { components, fp, note } => {
+            if let Some(n) = note {
+                ctx.ui.println(&format!("warning: {n}"));
+                ctx.db.event(Some(&ctx.run_id), Some(&stage.name), "cache_corrupt", &n);
+            }
+            (components, fp)
+        }
+    };
+
+    let log_path = ctx.project.log_path(&ctx.run_id, &stage.name);
+    // Shown and recorded relative to the project root, as every other path is.
+    let log_shown = log_path.strip_prefix(ctx.project.root()).unwrap_or(&log_path).to_path_buf();
+    let mut env = stage.env.clone();
+    if !gpu_ids.is_empty() {
+        env.insert("CUDA_VISIBLE_DEVICES".into(), gpu_ids.join(","));
+    }
+    let max_attempts = 1 + stage.retry.attempts;
+    let mut attempt = 0;
+    let mut last_err: Option<(String, Option<i32>, bool, bool)> = None; // (msg, code, cancelled, timed_out)
+    ctx.ui.started(&stage.name);
+    while attempt < max_attempts {
+        if ctx.cancel.load(Ordering::SeqCst) {
+            break;
+        }
+        attempt += 1;
+        if attempt > 1 {
+            let wait = stage.retry.backoff.saturating_mul(1 << (attempt - 2).min(16));
+            ctx.ui.println(&format!("{}: retrying in {:.1}s (attempt {attempt}/{max_attempts})", stage.name, wait.as_secs_f64()));
+            let until = Instant::now() + wait;
+            while Instant::now() < until && !ctx.cancel.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(50).min(until - Instant::now())).await;
+            }
+            if ctx.cancel.load(Ordering::SeqCst) {
+                break;
+            }
+        }
+        ctx.db.stage_started(&ctx.run_id, &stage.name, Some(&log_shown), attempt);
+        let c = ctx.clone();
+        let st = stage.clone();
+        let env2 = env.clone();
+        let lp = log_path.clone();
+        let res = tokio::task::spawn_blocking(move || execute_once(&c, &st, &env2, &lp, attempt)).await;
+        match res {
+            Ok(Ok(metrics)) => {
+                // Commit: verify and store outputs, then the action entry.
+                let c = ctx.clone();
+                let st = stage.clone();
+                let comps = components.clone();
+                let fp2 = fp.clone();
+                let commit = tokio::task::spawn_blocking(move || commit(&c, &st, &comps, &fp2, metrics)).await;
+                let mut o = outcome(&stage.name, StageState::Ran, Some(fp.clone()), String::new());
+                o.message = None;
+                o.attempts = attempt;
+                o.exit_code = Some(0);
+                o.log = Some(log_shown.clone());
+                o.duration = t0.elapsed();
+                match commit {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        o.status = StageState::Failed;
+                        o.message = Some(format!("{e:#}"));
+                    }
+                    Err(e) => {
+                        o.status = StageState::Failed;
+                        o.message = Some(format!("internal error: {e}"));
+                    }
+                }
+                record_final(&ctx, &o, Some(started));
+                return o;
+            }
+            Ok(Err(failure)) => {
+                let cancelled = failure.cancelled;
+                last_err = Some((failure.message, failure.code, cancelled, failure.timed_out));
+                if cancelled {
+                    break;
+                }
+            }
+            Err(e) => {
+                last_err = Some((format!("internal error: {e}"), None, false, false));
+            }
+        }
+    }
+    let (msg, code, cancelled, _timed_out) =
+        last_err.unwrap_or_else(|| ("run cancelled before the stage started".into(), None, true, false));
+    // Nothing half-written stays behind as if it were an output.
+    for o in stage.outs.values() {
+        let _ = remove_path(&ctx.project.root().join(&o.path));
+    }
+    let mut o = outcome(
+        &stage.name,
+        if cancelled { StageState::Cancelled } else { StageState::Failed },
+        Some(fp),
+        if max_attempts > 1 && !cancelled { format!("{msg} (after {attempt} attempts)") } else { msg },
+    );
+    o.attempts = attempt.max(1);
+    o.exit_code = code;
+    o.log = Some(log_shown);
+    o.duration = t0.elapsed();
+    record_final(&ctx, &o, Some(started));
+    o
+}
+
+enum Decision {
+    Fresh { fp: String, restored: Vec<String> },
+    Run { components: Components, fp: String, note: Option<String> },
+}
+
+fn decide(ctx: &Ctx, stage: &Stage) -> Result<Decision> {
+    let hasher = Hasher::new(&ctx.stat);
+    let components = fingerprint::compute(&ctx.project, &hasher, stage)?;
+    let fp = components.fingerprint();
+    if ctx.force {
+        return Ok(Decision::Run { components, fp, note: None });
+    }
+    let Some(entry) = ctx.cache.get_action(&fp) else {
+        return Ok(Decision::Run { components, fp, note: None });
+    };
+    // An uncached output cannot be restored: if it is gone, the stage must run.
+    for (k, o) in &stage.outs {
+        if !o.cache && !ctx.project.root().join(&o.path).exists() {
+            tracing::debug!("{}: uncached output {k} missing, running", stage.name);
+            return Ok(Decision::Run { components, fp, note: None });
+        }
+    }
+    let mut restored = Vec::new();
+    for (key, rec) in &entry.outs {
+        let abs = ctx.project.root().join(&rec.path);
+        let current = hasher.path(&abs).ok().map(|h| h.hash().to_string());
+        if current.as_deref() == Some(rec.hash.as_str()) {
+            continue;
+        }
+        match ctx.cache.restore(rec, &abs) {
+            Ok(_) => restored.push(rec.path.clone()),
+            Err(RestoreError::Corrupt { object, actual }) => {
+                ctx.cache.discard_object(&object);
+                ctx.cache.remove_action(&fp);
+                let note = format!(
+                    "cache object {object} (output {key} of stage {}) is corrupt (content hashes to {}); re-running {}",
+                    stage.name,
+                    &actual[..12.min(actual.len())],
+                    stage.name
+                );
+                return Ok(Decision::Run { components, fp, note: Some(note) });
+            }
+            Err(RestoreError::Missing { object }) => {
+                ctx.cache.remove_action(&fp);
+                let note = format!(
+                    "cache object {object} (output {key} of stage {}) is missing; re-running {}",
+                    stage.name, stage.name
+                );
+                return Ok(Decision::Run { components, fp, note: Some(note) });
+            }
+            Err(RestoreError::Io(e)) => return Err(e.context(format!("cannot restore {} of stage {}", rec.path, stage.name))),
+        }
+    }
+    Ok(Decision::Fresh { fp, restored })
+}
+
+struct Failure {
+    message: String,
+    code: Option<i32>,
+    cancelled: bool,
+    timed_out: bool,
+}
+
+/// One attempt: clear outputs, run the stage with its log, return metrics it reported.
+fn execute_once(
+    ctx: &Ctx,
+    stage: &Stage,
+    env: &BTreeMap<String, String>,
+    log_path: &Path,
+    attempt: u32,
+) -> std::result::Result<Vec<MetricRow>, Failure> {
+    let fail = |m: String| Failure { message: m, code: None, cancelled: false, timed_out: false };
+    let imp = stage_impl(stage).map_err(|e| fail(format!("{e:#}")))?;
+    let root = ctx.project.root();
+    // Outputs are removed first (as DVC does): a stage never appends to a stale output, and
+    // never writes through a hardlink into the cache.
+    let mut outs = BTreeMap::new();
+    for (k, o) in &stage.outs {
+        let abs = root.join(&o.path);
+        remove_path(&abs).map_err(|e| fail(format!("{e:#}")))?;
+        if let Some(p) = abs.parent() {
+            fs::create_dir_all(p).map_err(|e| fail(format!("cannot create {}: {e}", p.display())))?;
+        }
+        outs.insert(k.clone(), abs);
+    }
+    for m in &stage.metrics {
+        let _ = remove_path(&root.join(m));
+        if let Some(p) = root.join(m).parent() {
+            let _ = fs::create_dir_all(p);
+        }
+    }
+    if let Some(p) = log_path.parent() {
+        fs::create_dir_all(p).map_err(|e| fail(format!("cannot create {}: {e}", p.display())))?;
+    }
+    let mut log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .map_err(|e| fail(format!("cannot open log {}: {e}", log_path.display())))?;
+    if attempt > 1 {
+        let _ = writeln!(log, "--- tsumugi: attempt {attempt} ---");
+    }
+    let with = match &stage.action {
+        Action::Builtin { with, .. } => with.clone(),
+        Action::Cmd { .. } => serde_json::Value::Null,
+    };
+    let reporter = StageReporter {
+        cancel: ctx.cancel.clone(),
+        deadline: stage.timeout.map(|t| Instant::now() + t),
+        timed_out: AtomicBool::new(false),
+        log: Mutex::new(Some(log)),
+        ui: ctx.ui.clone(),
+        name: stage.name.clone(),
+        metrics: Mutex::new(Vec::new()),
+    };
+    let input = StageInput {
+        name: &stage.name,
+        project_root: root,
+        with: &with,
+        outs: &outs,
+        env,
+        device: &ctx.device,
+    };
+    let res = imp.run(&input, &reporter);
+    let timed_out = reporter.timed_out.load(Ordering::Relaxed);
+    let cancelled = ctx.cancel.load(Ordering::SeqCst);
+    match res {
+        Ok(()) => Ok(reporter.metrics.into_inner().expect("metrics")),
+        Err(e) => {
+            let code = e.downcast_ref::<CommandFailed>().and_then(|c| c.code);
+            let message = if timed_out {
+                format!("timed out after {:.1}s", stage.timeout.unwrap_or_default().as_secs_f64())
+            } else if cancelled {
+                "cancelled".to_string()
+            } else {
+                format!("{e:#}")
+            };
+            if let Some(f) = reporter.log.lock().expect("log").as_mut() {
+                let _ = writeln!(f, "--- tsumugi: {message} ---");
+            }
+            Err(Failure { message, code, cancelled: cancelled && !timed_out, timed_out })
+        }
+    }
+}
+
+/// After a successful attempt: every declared output must exist; cached ones go into the
+/// store; then the action entry is written (last, so an entry always has its objects).
+fn commit(ctx: &Ctx, stage: &Stage, components: &Components, fp: &str, metrics: Vec<MetricRow>) -> Result<()> {
+    let root = ctx.project.root();
+    let mut recs = BTreeMap::new();
+    for (k, o) in &stage.outs {
+        let abs = root.join(&o.path);
+        if !abs.exists() {
+            bail!("the stage succeeded but did not write its declared output {} ({k})", path_str(&o.path));
+        }
+        if o.cache {
+            recs.insert(k.clone(), ctx.cache.store_output(&path_str(&o.path), &abs)?);
+        }
+    }
+    for m in &stage.metrics {
+        if !root.join(m).exists() {
+            bail!("the stage succeeded but did not write its metrics file {}", path_str(m));
+        }
+    }
+    let entry = ActionEntry {
+        format: 1,
+        fingerprint: fp.to_string(),
+        pipeline: ctx.pipeline_name.clone(),
+        stage: stage.name.clone(),
+        created_at: rundb::ts(rundb::now()),
+        components: components.clone(),
+        outs: recs,
+    };
+    ctx.cache.put_action(&entry)?;
+    record_outputs(ctx, stage, fp, metrics)
+}
+
+/// Artifacts and metrics of a completed (run or fresh) stage into the run database.
+fn record_outputs(ctx: &Ctx, stage: &Stage, fp: &str, mut metrics: Vec<MetricRow>) -> Result<()> {
+    if let Some(entry) = ctx.cache.get_action(fp) {
+        for (k, r) in &entry.outs {
+            ctx.db.artifact(&ctx.run_id, &stage.name, k, &r.path, &r.hash);
+        }
+    }
+    for m in &stage.metrics {
+        let abs = ctx.project.root().join(m);
+        match read_metrics(&abs) {
+            Ok(rows) => metrics.extend(rows),
+            Err(e) => ctx.ui.println(&format!("warning: stage {}: {e:#}", stage.name)),
+        }
+    }
+    if !metrics.is_empty() {
+        ctx.db.metrics(&ctx.run_id, &stage.name, metrics);
+    }
+    Ok(())
+}
+
+/// Numbers of a metrics file (JSON, or YAML by extension), nested keys joined with `.`;
+/// a list of numbers is a per-step series (step = index).
+pub fn read_metrics(path: &Path) -> Result<Vec<MetricRow>> {
+    let text = fs::read_to_string(path).with_context(|| format!("cannot read metrics file {}", path.display()))?;
+    let is_yaml = matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
+    let v: serde_json::Value = if is_yaml {
+        crate::executor::yaml_metrics::parse(&text).with_context(|| format!("metrics file {} is not valid YAML", path.display()))?
+    } else {
+        serde_json::from_str(&text).with_context(|| format!("metrics file {} is not valid JSON", path.display()))?
+    };
+    if !v.is_object() {
+        bail!("metrics file {} must hold an object of numbers", path.display());
+    }
+    let mut rows = Vec::new();
+    flatten_metrics("", &v, &mut rows);
+    Ok(rows)
+}
+
+fn flatten_metrics(prefix: &str, v: &serde_json::Value, out: &mut Vec<MetricRow>) {
+    use serde_json::Value;
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                flatten_metrics(&key, x, out);
+            }
+        }
+        Value::Number(n) => {
+            if let Some(f) = n.as_f64() {
+                out.push(MetricRow { name: prefix.to_string(), step: None, value: f });
+            }
+        }
+        Value::Bool(b) => out.push(MetricRow { name: prefix.to_string(), step: None, value: f64::from(u8::from(*b)) }),
+        Value::Array(a) if a.iter().all(|x| x.is_number()) => {
+            for (i, x) in a.iter().enumerate() {
+                out.push(MetricRow { name: prefix.to_string(), step: Some(i as i64), value: x.as_f64().unwrap_or(f64::NAN) });
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A small YAML reader for metrics files (mappings, sequences, scalars), on saphyr-parser.
+mod yaml_metrics {
+    use anyhow::{Result, bail};
+    use saphyr_parser::{Event, Parser};
+    use serde_json::{Map, Value};
+
+    enum Frame {
+        Seq(Vec<Value>),
+        Map(Map<String, Value>, Option<String>),
+    }
+
+    fn scalar(text: &str, plain: bool) -> Value {
+        if !plain {
+            return Value::String(text.to_string());
+        }
+        match text {
+            "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
+            "true" | "True" | "TRUE" => return Value::Bool(true),
+            "false" | "False" | "FALSE" => return Value::Bool(false),
+            _ => {}
+        }
+        if let Ok(i) = text.parse::<i64>() {
+            return Value::from(i);
+        }
+        match text.parse::<f64>() {
+            Ok(f) if f.is_finite() => Value::from(f),
+            _ => match text {
+                ".nan" | ".NaN" | ".NAN" => Value::Null,
+                _ => Value::String(text.to_string()),
+            },
+        }
+    }
+
+    fn push(stack: &mut [Frame], root: &mut Option<Value>, v: Value) -> Result<()> {
+        match stack.last_mut() {
+            None => *root = Some(v),
+            Some(Frame::Seq(s)) => s.push(v),
+            Some(Frame::Map(m, key)) => match key.take() {
+                None => match v {
+                    Value::String(s) => *key = Some(s),
+                    other => *key = Some(other.to_string()),
+                },
+                Some(k) => {
+                    m.insert(k, v);
+                }
+            },
+        }
+        Ok(())
+    }
+
+    pub fn parse(text: &str) -> Result<Value> {
+        let mut stack: Vec<Frame> = Vec::new();
+        let mut root = None;
+        for ev in Parser::new_from_str(text) {
+            let (ev, span) = match ev {
+                Ok(x) => x,
+                Err(e) => bail!("{e}"),
+            };
+            let _ = span;
+            match ev {
+                Event::Scalar(t, style, _, _) => {
+                    let v = scalar(&t, style == saphyr_parser::ScalarStyle::Plain);
+                    push(&mut stack, &mut root, v)?;
+                }
+                Event::SequenceStart(..) => stack.push(Frame::Seq(Vec::new())),
+                Event::MappingStart(..) => stack.push(Frame::Map(Map::new(), None)),
+                Event::SequenceEnd | Event::MappingEnd => {
+                    let v = match stack.pop() {
+                        Some(Frame::Seq(s)) => Value::Array(s),
+                        Some(Frame::Map(m, _)) => Value::Object(m),
+                        None => bail!("unbalanced YAML"),
+                    };
+                    push(&mut stack, &mut root, v)?;
+                }
+                Event::Alias(_) => bail!("aliases are not supported in metrics files"),
+                _ => {}
+            }
+        }
+        Ok(root.unwrap_or(Value::Null))
+    }
+}
+
+/// Which stages are stale and why, without running or recording anything.
+pub fn status(project: &Project, pipeline: &Pipeline) -> Result<Vec<StageStatus>> {
+    let order = select(pipeline, &[])?;
+    status_of(project, pipeline, &order, false)
+}
+
+fn status_of(project: &Project, pipeline: &Pipeline, order: &[String], force: bool) -> Result<Vec<StageStatus>> {
+    let cache = Cache::new(project.cache_dir());
+    let stat = StatCache::load(&project.cache_dir().join("statcache.bin"));
+    let hasher = Hasher::new(&stat);
+    let db = rundb::open_read(project).ok().flatten();
+    let mut stale: HashSet<String> = HashSet::new();
+    let mut out = Vec::with_capacity(order.len());
+    // Stages are independent given the workspace, so hash them in parallel, then reason in order.
+    use rayon::prelude::*;
+    let comps: Vec<Result<Components>> = order
+        .par_iter()
+        .map(|n| fingerprint::compute(project, &hasher, pipeline.stage(n).expect("stage")))
+        .collect();
+    for (n, comps) in order.iter().zip(comps) {
+        let stage = pipeline.stage(n).expect("stage");
+        let mut reasons = Vec::new();
+        let upstream_stale: Vec<&String> = stage.needs.iter().filter(|u| stale.contains(*u)).collect();
+        let (fresh, fp) = match comps {
+            Err(e) => {
+                let e = format!("{e:#}");
+                reasons.push(if upstream_stale.is_empty() { e } else { format!("input missing until upstream runs ({e})") });
+                (false, None)
+            }
+            Ok(c) => {
+                let fp = c.fingerprint();
+                if force {
+                    reasons.push("forced".into());
+                    (false, Some(fp))
+                } else if let Some(entry) = cache.get_action(&fp) {
+                    let mut ok = true;
+                    for rec in entry.outs.values() {
+                        let abs = project.root().join(&rec.path);
+                        match hasher.path(&abs) {
+                            Err(_) => {
+                                reasons.push(format!("output {} missing (restorable from cache)", rec.path));
+                                ok = false;
+                            }
+                            Ok(h) if h.hash() != rec.hash => {
+                                reasons.push(format!("output {} modified (restorable from cache)", rec.path));
+                                ok = false;
+                            }
+                            Ok(_) => {}
+                        }
+                    }
+                    for o in stage.outs.values().filter(|o| !o.cache) {
+                        if !project.root().join(&o.path).exists() {
+                            reasons.push(format!("output {} missing (not cached)", path_str(&o.path)));
+                            ok = false;
+                        }
+                    }
+                    (ok, Some(fp))
+                } else {
+                    let prev = db.as_ref().and_then(|c| rundb::last_fingerprint(c, &pipeline.name, n).ok().flatten());
+                    match prev {
+                        None => reasons.push("never run".into()),
+                        Some(p) => match cache.get_action(&p) {
+                            Some(old) => {
+                                let d = fingerprint::diff(&old.components, &c);
+                                if d.is_empty() {
+                                    reasons.push("no cache entry for the current fingerprint".into());
+                                }
+                                reasons.extend(d);
+                            }
+                            None => reasons.push(format!(
+                                "fingerprint changed ({} → {}; the previous cache entry is gone)",
+                                &p[..8.min(p.len())],
+                                &fp[..8]
+                            )),
+                        },
+                    }
+                    (false, Some(fp))
+                }
+            }
+        };
+        for u in &upstream_stale {
+            reasons.push(format!("upstream stage {u} is stale"));
+        }
+        let fresh = fresh && upstream_stale.is_empty();
+        if !fresh {
+            stale.insert(n.clone());
+        }
+        out.push(StageStatus { name: n.clone(), fresh, reasons, fingerprint: fp });
+    }
+    if let Err(e) = stat.save() {
+        tracing::debug!("could not save the stat cache: {e:#}");
+    }
+    Ok(out)
+}

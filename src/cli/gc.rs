@@ -2,11 +2,49 @@ use std::process::ExitCode;
 
 use clap::Args;
 
+use crate::cache::Cache;
+use crate::lock::{ProjectLock, Wait};
 use crate::project::Project;
+use crate::rundb;
 
 #[derive(Debug, Args)]
-pub struct GcArgs {}
+pub struct GcArgs {
+    /// Also keep everything the N newest runs reference (the latest result of every stage
+    /// of every pipeline is always kept).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_last: usize,
+    /// Say what would be removed; remove nothing.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    /// If another tsumugi holds the project lock, fail (exit 3) instead of waiting.
+    #[arg(long)]
+    pub no_wait: bool,
+}
 
-pub fn run(_project: &Project, _args: GcArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`tsumugi gc` is not implemented yet")
+pub fn run(project: &Project, args: GcArgs) -> anyhow::Result<ExitCode> {
+    let wait = if args.no_wait { Wait::No } else { Wait::Yes };
+    let _lock = match ProjectLock::acquire(project, "tsumugi gc", wait) {
+        Ok(l) => l,
+        Err(e) if e.downcast_ref::<crate::lock::Locked>().is_some() => {
+            eprintln!("error: {e:#}");
+            return Ok(ExitCode::from(super::run::EXIT_LOCKED));
+        }
+        Err(e) => return Err(e),
+    };
+    let keep = match rundb::open_read(project)? {
+        Some(c) => rundb::kept_fingerprints(&c, args.keep_last)?,
+        None => Default::default(),
+    };
+    let r = Cache::new(project.cache_dir()).gc(&keep, args.dry_run)?;
+    let verb = if args.dry_run { "would remove" } else { "removed" };
+    println!(
+        "gc: {verb} {} cache entries and {} objects ({:.1} MiB){}; kept {} entries, {} objects",
+        r.actions_removed,
+        r.objects_removed,
+        r.bytes_freed as f64 / (1024.0 * 1024.0),
+        if r.temps_removed > 0 { format!(" and {} temporary files", r.temps_removed) } else { String::new() },
+        r.actions_kept,
+        r.objects_kept
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,8 +1,11 @@
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
+use serde_json::json;
 
 use crate::project::Project;
+use crate::rundb;
 
 #[derive(Debug, Subcommand)]
 pub enum MetricsCommand {
@@ -12,10 +15,78 @@ pub enum MetricsCommand {
 
 #[derive(Debug, Args)]
 pub struct DiffArgs {
+    /// Run id, prefix, `latest` or `latest~N`.
     pub run_a: String,
     pub run_b: String,
+    /// Print JSON on stdout (see docs/json-output.md).
+    #[arg(long)]
+    pub json: bool,
 }
 
-pub fn run(_project: &Project, _cmd: MetricsCommand) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`tsumugi metrics diff` is not implemented yet")
+pub fn run(project: &Project, cmd: MetricsCommand) -> anyhow::Result<ExitCode> {
+    let MetricsCommand::Diff(args) = cmd;
+    let Some(conn) = rundb::open_read(project)? else {
+        eprintln!("error: no runs yet (runs/tsumugi.db does not exist)");
+        return Ok(ExitCode::from(2));
+    };
+    let (a, b) = match (rundb::find_run(&conn, &args.run_a), rundb::find_run(&conn, &args.run_b)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("error: {e:#}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    // Final values only; for a per-step series, its last step.
+    let finals = |run: &str| -> anyhow::Result<BTreeMap<(String, String), f64>> {
+        let mut m: BTreeMap<(String, String), (Option<i64>, f64)> = BTreeMap::new();
+        for r in rundb::run_metrics(&conn, run)? {
+            let k = (r.stage, r.name);
+            let keep = match (m.get(&k), r.step) {
+                (None, _) => true,
+                (Some((Some(_), _)), None) => true,
+                (Some((Some(s), _)), Some(t)) => t >= *s,
+                (Some((None, _)), _) => false,
+            };
+            if keep {
+                m.insert(k, (r.step, r.value));
+            }
+        }
+        Ok(m.into_iter().map(|(k, (_, v))| (k, v)).collect())
+    };
+    let (ma, mb) = (finals(&a.id)?, finals(&b.id)?);
+    let mut keys: Vec<&(String, String)> = ma.keys().chain(mb.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let rows: Vec<_> = keys
+        .iter()
+        .map(|k| {
+            let (va, vb) = (ma.get(*k).copied(), mb.get(*k).copied());
+            let delta = match (va, vb) {
+                (Some(x), Some(y)) => Some(y - x),
+                _ => None,
+            };
+            (k, va, vb, delta)
+        })
+        .collect();
+    if args.json {
+        let v = json!({
+            "run_a": a.id, "run_b": b.id,
+            "metrics": rows.iter().map(|(k, va, vb, d)| json!({
+                "stage": k.0, "name": k.1, "a": va, "b": vb, "delta": d,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if rows.is_empty() {
+        println!("no metrics in either run ({} and {})", a.id, b.id);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let f = |v: Option<f64>| v.map(|x| format!("{x:.6}")).unwrap_or_else(|| "-".into());
+    println!("{:<36} {:>14} {:>14} {:>14}", "METRIC", a.id, b.id, "DELTA");
+    for (k, va, vb, d) in rows {
+        let d = d.map(|x| format!("{x:+.6}")).unwrap_or_else(|| "-".into());
+        println!("{:<36} {:>14} {:>14} {:>14}", format!("{}.{}", k.0, k.1), f(va), f(vb), d);
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,218 @@
+//! Content-hashed caching end to end: what runs, what is skipped, what is restored.
+
+mod engine_support;
+use engine_support::{Proj, sorted};
+
+/// a → b → c, and d on its own. Every stage appends its name to ran.log when it executes.
+const PIPE: &str = r#"
+name: chain
+params: {scale: 2, suffix: "!"}
+stages:
+  a:
+    cmd: echo a >> ran.log && cat data/in.txt > out/a.txt
+    deps: [data/in.txt]
+    outs: [out/a.txt]
+  b:
+    cmd: echo b >> ran.log && sed 's/$/${params.suffix}/' out/a.txt > out/b.txt
+    deps: [out/a.txt]
+    outs: [out/b.txt]
+  c:
+    cmd: echo c >> ran.log && wc -l < out/b.txt > out/c.txt
+    deps: [out/b.txt]
+    outs: [out/c.txt]
+  d:
+    cmd: echo d >> ran.log && mkdir -p out/d && cp data/other.txt out/d/x.txt && echo ${params.scale} > out/d/scale.txt
+    deps: [data/other.txt]
+    outs: [out/d]
+"#;
+
+fn project() -> Proj {
+    let p = Proj::new(PIPE);
+    p.write("data/in.txt", "one\ntwo\n");
+    p.write("data/other.txt", "other\n");
+    p
+}
+
+#[test]
+fn first_run_runs_all_and_second_run_does_nothing() {
+    let p = project();
+    let (code, v, err) = p.run(&[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(Proj::with_status(&v, "ran"), sorted(&["a", "b", "c", "d"]));
+    assert_eq!(p.read("out/b.txt"), "one!\ntwo!\n");
+    for s in v["stages"].as_array().unwrap() {
+        assert_eq!(s["fingerprint"].as_str().unwrap().len(), 64);
+    }
+    p.clear_executions();
+
+    let (code, v, _) = p.run(&[]);
+    assert_eq!(code, 0);
+    assert_eq!(Proj::with_status(&v, "cached"), sorted(&["a", "b", "c", "d"]));
+    assert!(p.executions().is_empty(), "nothing may execute: {:?}", p.executions());
+    let st = p.status_json();
+    assert_eq!(st["stale"], 0);
+}
+
+#[test]
+fn changing_one_input_reruns_exactly_its_downstream() {
+    let p = project();
+    assert_eq!(p.run(&[]).0, 0);
+    p.clear_executions();
+    p.write("data/other.txt", "changed\n");
+
+    let st = p.status_json();
+    let d = st["stages"].as_array().unwrap().iter().find(|s| s["name"] == "d").unwrap();
+    assert_eq!(d["status"], "stale");
+    let reason = d["reasons"][0].as_str().unwrap();
+    assert!(reason.starts_with("dep data/other.txt changed: "), "{reason}");
+    assert_eq!(st["stale"], 1);
+
+    let (code, v, _) = p.run(&[]);
+    assert_eq!(code, 0);
+    assert_eq!(Proj::with_status(&v, "ran"), ["d"]);
+    assert_eq!(p.executions(), ["d"]);
+    assert_eq!(p.read("out/d/x.txt"), "changed\n");
+
+    p.clear_executions();
+    p.write("data/in.txt", "three\n");
+    let (_, v, _) = p.run(&[]);
+    assert_eq!(Proj::with_status(&v, "ran"), sorted(&["a", "b", "c"]));
+    assert_eq!(p.executions(), ["a", "b", "c"]);
+}
+
+#[test]
+fn changing_a_param_reruns_its_stage_and_dependents() {
+    let p = project();
+    assert_eq!(p.run(&[]).0, 0);
+    p.clear_executions();
+    p.set_pipeline(&PIPE.replace(r#"suffix: "!""#, r#"suffix: "?""#));
+
+    let st = p.status_json();
+    let b = st["stages"].as_array().unwrap().iter().find(|s| s["name"] == "b").unwrap();
+    let reasons: Vec<&str> = b["reasons"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
+    assert!(reasons.contains(&"param suffix: ! → ?"), "{reasons:?}");
+
+    let (_, v, _) = p.run(&[]);
+    assert_eq!(Proj::with_status(&v, "ran"), sorted(&["b", "c"]));
+    assert_eq!(Proj::with_status(&v, "cached"), sorted(&["a", "d"]));
+    assert_eq!(p.read("out/b.txt"), "one?\ntwo?\n");
+}
+
+#[test]
+fn byte_identical_rerun_output_stops_the_cascade() {
+    let p = project();
+    assert_eq!(p.run(&[]).0, 0);
+    p.clear_executions();
+    // Same number of lines: b re-runs, its output changes; c re-runs but writes the same count.
+    p.write("data/in.txt", "uno\ndos\n");
+    let (_, v, _) = p.run(&[]);
+    assert_eq!(Proj::with_status(&v, "ran"), sorted(&["a", "b", "c"]));
+    p.clear_executions();
+
+    // Now a change that a's output does not reflect: a re-runs, writes identical bytes, and
+    // b and c stay cached (early cutoff).
+    p.set_pipeline(&PIPE.replace("cat data/in.txt > out/a.txt", "cat < data/in.txt > out/a.txt"));
+    let (_, v, _) = p.run(&[]);
+    assert_eq!(Proj::with_status(&v, "ran"), ["a"]);
+    assert_eq!(Proj::with_status(&v, "cached"), sorted(&["b", "c", "d"]));
+    assert_eq!(p.executions(), ["a"]);
+}
+
+#[test]
+fn deleted_output_is_restored_without_running() {
+    let p = project();
+    assert_eq!(p.run(&[]).0, 0);
+    p.clear_executions();
+    std::fs::remove_file(p.path("out/b.txt")).unwrap();
+    std::fs::remove_dir_all(p.path("out/d")).unwrap();
+
+    let st = p.status_json();
+    let b = st["stages"].as_array().unwrap().iter().find(|s| s["name"] == "b").unwrap();
+    assert_eq!(b["reasons"][0], "output out/b.txt missing (restorable from cache)");
+
+    let (code, v, _) = p.run(&[]);
+    assert_eq!(code, 0);
+    assert_eq!(Proj::with_status(&v, "restored"), sorted(&["b", "d"]));
+    assert!(p.executions().is_empty(), "{:?}", p.executions());
+    assert_eq!(p.read("out/b.txt"), "one!\ntwo!\n");
+    assert_eq!(p.read("out/d/x.txt"), "other\n");
+    assert_eq!(p.read("out/d/scale.txt"), "2\n");
+
+    // A modified output is put back too.
+    std::fs::remove_file(p.path("out/c.txt")).unwrap();
+    p.write("out/c.txt", "tampered\n");
+    let (_, v, _) = p.run(&[]);
+    assert_eq!(Proj::with_status(&v, "restored"), ["c"]);
+    assert_eq!(p.read("out/c.txt").trim(), "2");
+}
+
+#[test]
+fn corrupt_cache_object_is_reported_and_the_stage_reruns() {
+    use std::os::unix::fs::PermissionsExt;
+    let p = project();
+    assert_eq!(p.run(&[]).0, 0);
+    p.clear_executions();
+    let hash = hex_sha256(&p.read("out/b.txt"));
+    let obj = p.path(&format!("cache/objects/{}/{}", &hash[..2], &hash[2..]));
+    std::fs::remove_file(p.path("out/b.txt")).unwrap();
+    std::fs::set_permissions(&obj, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&obj, "bit rot\n").unwrap();
+
+    let (code, v, err) = p.run(&[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains(&format!("cache object {hash} (output out/b.txt of stage b) is corrupt")), "{err}");
+    assert_eq!(Proj::with_status(&v, "ran"), ["b"]);
+    assert_eq!(p.executions(), ["b"]);
+    assert_eq!(p.read("out/b.txt"), "one!\ntwo!\n");
+    // The store was repaired: the object now holds the right bytes again.
+    assert_eq!(hex_sha256(&std::fs::read_to_string(&obj).unwrap()), hash);
+}
+
+#[test]
+fn run_targets_select_a_stage_and_its_upstream_only() {
+    let p = project();
+    let (code, v, _) = p.run(&["b"]);
+    assert_eq!(code, 0);
+    assert_eq!(Proj::with_status(&v, "ran"), sorted(&["a", "b"]));
+    assert_eq!(v["stages"].as_array().unwrap().len(), 2);
+    let out = p.cmd().args(["run", "p.yaml", "nope"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no stage \"nope\""));
+}
+
+#[test]
+fn gc_keeps_what_the_latest_run_references() {
+    let p = project();
+    assert_eq!(p.run(&[]).0, 0);
+    p.write("data/other.txt", "v2\n");
+    assert_eq!(p.run(&[]).0, 0);
+    assert_eq!(p.action_entries().len(), 5);
+    let out = p.cmd().args(["gc"]).output().unwrap();
+    assert!(out.status.success());
+    let msg = String::from_utf8_lossy(&out.stdout);
+    assert!(msg.contains("removed 1 cache entries"), "{msg}");
+    assert_eq!(p.action_entries().len(), 4);
+    // Everything still restores after gc.
+    std::fs::remove_dir_all(p.path("out")).unwrap();
+    p.clear_executions();
+    let (_, v, _) = p.run(&[]);
+    assert_eq!(Proj::with_status(&v, "restored").len(), 4);
+    assert!(p.executions().is_empty());
+}
+
+#[test]
+fn dry_run_says_what_would_run_and_records_nothing() {
+    let p = project();
+    let out = p.cmd().args(["run", "p.yaml", "--dry-run", "--json"]).output().unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["run_id"], serde_json::Value::Null);
+    assert_eq!(Proj::with_status(&v, "would_run").len(), 4);
+    assert!(p.executions().is_empty());
+    assert!(!p.path("runs/tsumugi.db").exists());
+}
+
+fn hex_sha256(s: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(s.as_bytes()))
+}
