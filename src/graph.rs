@@ -9,7 +9,7 @@ use petgraph::algo::{tarjan_scc, toposort};
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::{Dfs, EdgeRef, Reversed};
 
-use crate::spec::{Diagnostic, Pipeline, SpecError, Span};
+use crate::spec::{Diagnostic, Pipeline, Span, SpecError};
 
 #[derive(Debug, Clone)]
 pub struct Dag {
@@ -52,16 +52,33 @@ impl Dag {
                 .into_iter()
                 .map(|cycle| {
                     let first = &graph[cycle[0]];
-                    let span = p.stage(first).map(|s| s.span.clone()).unwrap_or_else(|| Span { file: p.file.clone(), ..Span::default() });
+                    let span = p
+                        .stage(first)
+                        .map(|s| s.span.clone())
+                        .unwrap_or_else(|| Span {
+                            file: p.file.clone(),
+                            ..Span::default()
+                        });
                     let mut names: Vec<&str> = cycle.iter().map(|&i| graph[i].as_str()).collect();
                     names.push(first);
-                    Diagnostic { span, message: format!("dependency cycle: {} (each stage needs the next)", names.join(" -> ")) }
+                    Diagnostic {
+                        span,
+                        message: format!(
+                            "dependency cycle: {} (each stage needs the next)",
+                            names.join(" -> ")
+                        ),
+                    }
                 })
                 .collect();
             return Err(SpecError::new(errors));
         }
         let order = stable_topo(&graph, p.stages.iter().map(|s| index[&s.name]));
-        Ok(Dag { graph, index, order, file: p.file.clone() })
+        Ok(Dag {
+            graph,
+            index,
+            order,
+            file: p.file.clone(),
+        })
     }
 
     /// Every stage, each after all the stages it needs; ties keep file order.
@@ -81,7 +98,12 @@ impl Dag {
                 keep.insert(i);
             }
         }
-        Ok(self.order.iter().filter(|n| keep.contains(&self.index[*n])).map(String::as_str).collect())
+        Ok(self
+            .order
+            .iter()
+            .filter(|n| keep.contains(&self.index[*n]))
+            .map(String::as_str)
+            .collect())
     }
 
     /// Every stage that (transitively) needs `name`, not `name` itself, in topological order.
@@ -94,13 +116,22 @@ impl Dag {
                 keep.insert(i);
             }
         }
-        Ok(self.order.iter().filter(|n| keep.contains(&self.index[*n])).map(String::as_str).collect())
+        Ok(self
+            .order
+            .iter()
+            .filter(|n| keep.contains(&self.index[*n]))
+            .map(String::as_str)
+            .collect())
     }
 
     /// The stages `name` directly needs, sorted by name.
     pub fn dependencies(&self, name: &str) -> Result<Vec<&str>, SpecError> {
         let i = self.node(name)?;
-        let mut v: Vec<&str> = self.graph.neighbors_directed(i, Direction::Incoming).map(|j| self.graph[j].as_str()).collect();
+        let mut v: Vec<&str> = self
+            .graph
+            .neighbors_directed(i, Direction::Incoming)
+            .map(|j| self.graph[j].as_str())
+            .collect();
         v.sort_unstable();
         Ok(v)
     }
@@ -108,16 +139,33 @@ impl Dag {
     /// The stages that directly need `name`, sorted by name.
     pub fn dependents(&self, name: &str) -> Result<Vec<&str>, SpecError> {
         let i = self.node(name)?;
-        let mut v: Vec<&str> = self.graph.neighbors_directed(i, Direction::Outgoing).map(|j| self.graph[j].as_str()).collect();
+        let mut v: Vec<&str> = self
+            .graph
+            .neighbors_directed(i, Direction::Outgoing)
+            .map(|j| self.graph[j].as_str())
+            .collect();
         v.sort_unstable();
         Ok(v)
     }
 
     /// Every edge as (before, after), in topological order of `after`, then `before`.
     pub fn edges(&self) -> Vec<(&str, &str)> {
-        let pos: HashMap<&str, usize> = self.order.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
-        let mut e: Vec<(&str, &str)> =
-            self.graph.edge_references().map(|e| (self.graph[e.source()].as_str(), self.graph[e.target()].as_str())).collect();
+        let pos: HashMap<&str, usize> = self
+            .order
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.as_str(), i))
+            .collect();
+        let mut e: Vec<(&str, &str)> = self
+            .graph
+            .edge_references()
+            .map(|e| {
+                (
+                    self.graph[e.source()].as_str(),
+                    self.graph[e.target()].as_str(),
+                )
+            })
+            .collect();
         e.sort_by_key(|(a, b)| (pos[b], pos[a]));
         e
     }
@@ -138,19 +186,35 @@ impl Dag {
                 .map(|s| format!("; did you mean '{s}'?"))
                 .unwrap_or_default();
             SpecError::single(
-                Span { file: self.file.clone(), line: 0, col: 0 },
-                format!("no stage named '{name}' (stages: {}{hint})", known.join(", ")),
+                Span {
+                    file: self.file.clone(),
+                    line: 0,
+                    col: 0,
+                },
+                format!(
+                    "no stage named '{name}' (stages: {}{hint})",
+                    known.join(", ")
+                ),
             )
         })
     }
 }
 
 /// Kahn's algorithm taking, among the ready stages, the one earliest in the file.
-fn stable_topo(graph: &DiGraph<String, ()>, file_order: impl Iterator<Item = NodeIndex>) -> Vec<String> {
+fn stable_topo(
+    graph: &DiGraph<String, ()>,
+    file_order: impl Iterator<Item = NodeIndex>,
+) -> Vec<String> {
     let rank: HashMap<NodeIndex, usize> = file_order.enumerate().map(|(i, n)| (n, i)).collect();
-    let mut indeg: HashMap<NodeIndex, usize> =
-        graph.node_indices().map(|n| (n, graph.neighbors_directed(n, Direction::Incoming).count())).collect();
-    let mut ready: BTreeSet<(usize, NodeIndex)> = indeg.iter().filter(|(_, d)| **d == 0).map(|(n, _)| (rank[n], *n)).collect();
+    let mut indeg: HashMap<NodeIndex, usize> = graph
+        .node_indices()
+        .map(|n| (n, graph.neighbors_directed(n, Direction::Incoming).count()))
+        .collect();
+    let mut ready: BTreeSet<(usize, NodeIndex)> = indeg
+        .iter()
+        .filter(|(_, d)| **d == 0)
+        .map(|(n, _)| (rank[n], *n))
+        .collect();
     let mut out = Vec::with_capacity(graph.node_count());
     while let Some((r, n)) = ready.iter().next().copied() {
         ready.remove(&(r, n));
@@ -176,13 +240,19 @@ fn cycles(graph: &DiGraph<String, ()>) -> Vec<Vec<NodeIndex>> {
         if scc.len() < 2 && !self_loop {
             continue;
         }
-        let start = *scc.iter().min_by_key(|&&n| &graph[n]).expect("scc is not empty");
+        let start = *scc
+            .iter()
+            .min_by_key(|&&n| &graph[n])
+            .expect("scc is not empty");
         // BFS inside the component from `start` back to `start`: the shortest cycle through it.
         let mut prev: HashMap<NodeIndex, NodeIndex> = HashMap::new();
         let mut queue = std::collections::VecDeque::from([start]);
         let mut found = None;
         'bfs: while let Some(n) = queue.pop_front() {
-            let mut next: Vec<NodeIndex> = graph.neighbors_directed(n, Direction::Incoming).filter(|m| members.contains(m)).collect();
+            let mut next: Vec<NodeIndex> = graph
+                .neighbors_directed(n, Direction::Incoming)
+                .filter(|m| members.contains(m))
+                .collect();
             next.sort_by_key(|&m| &graph[m]);
             for m in next {
                 if m == start {

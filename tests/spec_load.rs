@@ -83,12 +83,27 @@ triggers:
     assert_eq!(p.name, "demo");
     assert_eq!(p.params["lr"], json!(0.0005));
     let prep = p.stage("prep").unwrap();
-    assert_eq!(cmd(&p, "prep"), "python prep.py --lr 0.0005 --layers 6 > out/prep.txt");
-    assert_eq!(prep.deps, vec![Dep::Path("data/raw.csv".into()), Dep::Path("prep.py".into())]);
+    assert_eq!(
+        cmd(&p, "prep"),
+        "python prep.py --lr 0.0005 --layers 6 > out/prep.txt"
+    );
+    assert_eq!(
+        prep.deps,
+        vec![
+            Dep::Path("data/raw.csv".into()),
+            Dep::Path("prep.py".into())
+        ]
+    );
     assert_eq!(prep.outs["out/prep.txt"].path, Path::new("out/prep.txt"));
-    assert_eq!(prep.metrics, vec![Path::new("out/metrics.json").to_path_buf()]);
+    assert_eq!(
+        prep.metrics,
+        vec![Path::new("out/metrics.json").to_path_buf()]
+    );
     // Exactly the params referenced or listed, with values; nested ones by dotted path.
-    assert_eq!(prep.params.keys().collect::<Vec<_>>(), vec!["lr", "model.layers", "rank"]);
+    assert_eq!(
+        prep.params.keys().collect::<Vec<_>>(),
+        vec!["lr", "model.layers", "rank"]
+    );
     assert_eq!(prep.params["model.layers"], json!(6));
     assert_eq!(prep.env["SEED"], "7");
     assert_eq!((prep.resources.gpu, prep.resources.cpu), (1, 2));
@@ -133,7 +148,10 @@ stages:
     assert_eq!(a.env["Q"], "0.1");
     assert_eq!(a.env["S"], "16");
     // `$${` is an escape: not a reference, so not a used param.
-    assert_eq!(a.params.keys().collect::<Vec<_>>(), vec!["lr", "on", "rank", "s"]);
+    assert_eq!(
+        a.params.keys().collect::<Vec<_>>(),
+        vec!["lr", "on", "rank", "s"]
+    );
 }
 
 #[test]
@@ -154,7 +172,10 @@ stages:
     );
     assert_eq!(p.params["out"], json!("runs/v1/x"));
     assert_eq!(p.params["n"], json!(3));
-    assert_eq!(p.params.keys().collect::<Vec<_>>(), vec!["base", "k", "n", "out", "tag"]);
+    assert_eq!(
+        p.params.keys().collect::<Vec<_>>(),
+        vec!["base", "k", "n", "out", "tag"]
+    );
     assert!(p.stage("a").unwrap().outs.contains_key("runs/v1/x"));
 }
 
@@ -191,16 +212,33 @@ stages:
     assert_eq!(
         names,
         vec![
-            "sweep@a", "sweep@b", "lang@en", "lang@ja", "model@small", "model@large", "grid@x-1", "grid@x-2", "grid@y-1",
-            "grid@y-2", "all"
+            "sweep@a",
+            "sweep@b",
+            "lang@en",
+            "lang@ja",
+            "model@small",
+            "model@large",
+            "grid@x-1",
+            "grid@x-2",
+            "grid@y-1",
+            "grid@y-2",
+            "all"
         ]
     );
     assert_eq!(cmd(&p, "sweep@b"), "echo b 1 > out/b.txt");
     assert_eq!(cmd(&p, "model@large"), "train --dim 512 --name large");
     assert_eq!(cmd(&p, "grid@y-1"), "run y 1");
-    assert!(p.stage("grid@x-2").unwrap().outs.contains_key("out/grid-x-2"));
+    assert!(
+        p.stage("grid@x-2")
+            .unwrap()
+            .outs
+            .contains_key("out/grid-x-2")
+    );
     // `needs:` on an expanded base name means all of its stages.
-    assert_eq!(p.stage("all").unwrap().needs, vec!["grid@y-2", "sweep@a", "sweep@b"]);
+    assert_eq!(
+        p.stage("all").unwrap().needs,
+        vec!["grid@y-2", "sweep@a", "sweep@b"]
+    );
     // The list a foreach expands is not a param of each stage: adding a language must not
     // invalidate the stages of the others.
     assert!(p.stage("lang@en").unwrap().params.is_empty());
@@ -231,14 +269,23 @@ stages:
     );
     assert_eq!(p.stage("one").unwrap().needs, vec!["gen"]);
     assert_eq!(p.stage("sum").unwrap().needs, vec!["one"]);
-    assert_eq!(p.stage("sum").unwrap().deps, vec![Dep::Path("one.txt".into()), Dep::Path("src".into())]);
+    assert_eq!(
+        p.stage("sum").unwrap().deps,
+        vec![Dep::Path("one.txt".into()), Dep::Path("src".into())]
+    );
     let dag = Dag::build(&p).unwrap();
     assert_eq!(dag.topo_order(), vec!["gen", "one", "sum", "late"]);
-    assert_eq!(dag.upstream_closure(&["sum"]).unwrap(), vec!["gen", "one", "sum"]);
+    assert_eq!(
+        dag.upstream_closure(&["sum"]).unwrap(),
+        vec!["gen", "one", "sum"]
+    );
     assert_eq!(dag.downstream("gen").unwrap(), vec!["one", "sum", "late"]);
     assert_eq!(dag.dependencies("late").unwrap(), vec!["sum"]);
     let e = dag.upstream_closure(&["summ"]).unwrap_err().to_string();
-    assert!(e.contains("no stage named 'summ'") && e.contains("did you mean 'sum'?"), "{e}");
+    assert!(
+        e.contains("no stage named 'summ'") && e.contains("did you mean 'sum'?"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -255,7 +302,13 @@ stages:
 "#,
     );
     let q = p.stage("q").unwrap();
-    assert_eq!(q.deps, vec![Dep::Sqlite { db: "data/app.db".into(), query: "SELECT * FROM corrections".into() }]);
+    assert_eq!(
+        q.deps,
+        vec![Dep::Sqlite {
+            db: "data/app.db".into(),
+            query: "SELECT * FROM corrections".into()
+        }]
+    );
     assert!(!q.outs["out/q"].cache);
 }
 
@@ -290,7 +343,10 @@ stages:
   b: {cmd: "true", deps: [a.txt], outs: [b.txt]}
 "#,
     );
-    assert_eq!(e, "pipelines/p.yaml:3:3: dependency cycle: a -> b -> a (each stage needs the next)");
+    assert_eq!(
+        e,
+        "pipelines/p.yaml:3:3: dependency cycle: a -> b -> a (each stage needs the next)"
+    );
 }
 
 #[test]
@@ -310,17 +366,30 @@ stages:
     );
     let lines: Vec<&str> = e.lines().collect();
     assert_eq!(lines.len(), 3, "{e}");
-    assert!(lines[0].starts_with("pipelines/p.yaml:4:15: unknown parameter 'params.nope'"), "{e}");
-    assert!(lines[1].starts_with("pipelines/p.yaml:5:5: unknown key 'dep' in stage 'a'"), "{e}");
+    assert!(
+        lines[0].starts_with("pipelines/p.yaml:4:15: unknown parameter 'params.nope'"),
+        "{e}"
+    );
+    assert!(
+        lines[1].starts_with("pipelines/p.yaml:5:5: unknown key 'dep' in stage 'a'"),
+        "{e}"
+    );
     assert!(lines[1].ends_with("did you mean 'deps'?)"), "{e}");
-    assert!(lines[2].starts_with("pipelines/p.yaml:8:14: invalid duration 'soon'"), "{e}");
+    assert!(
+        lines[2].starts_with("pipelines/p.yaml:8:14: invalid duration 'soon'"),
+        "{e}"
+    );
 }
 
 #[test]
 fn errors_expose_each_diagnostic() {
     let (_d, pr) = project(&[]);
     let file = pr.root().join("p.yaml");
-    std::fs::write(&file, "stages: {a: {cmd: x, outs: [/abs]}, b: {outs: [y]}}\n").unwrap();
+    std::fs::write(
+        &file,
+        "stages: {a: {cmd: x, outs: [/abs]}, b: {outs: [y]}}\n",
+    )
+    .unwrap();
     let e = spec::load(Path::new("p.yaml"), &pr).unwrap_err();
     assert_eq!(e.errors().len(), 2);
     assert_eq!(e.errors()[0].span.line, 1);
@@ -336,8 +405,13 @@ fn relative_file_is_read_from_the_project_root() {
     let p = spec::load(Path::new("x.yaml"), &pr).unwrap();
     assert_eq!(p.name, "x");
     assert_eq!(p.file, Path::new("x.yaml"));
-    let e = spec::load(Path::new("missing.yaml"), &pr).unwrap_err().to_string();
-    assert!(e.starts_with("missing.yaml: cannot read pipeline file:"), "{e}");
+    let e = spec::load(Path::new("missing.yaml"), &pr)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("missing.yaml: cannot read pipeline file:"),
+        "{e}"
+    );
 }
 
 #[cfg(unix)]
@@ -348,7 +422,10 @@ fn output_through_symlink_out_of_the_root_is_rejected() {
     std::os::unix::fs::symlink(outside.path(), pr.root().join("link")).unwrap();
     std::fs::create_dir(pr.root().join("inner")).unwrap();
     std::os::unix::fs::symlink(pr.root().join("inner"), pr.root().join("ok")).unwrap();
-    let e = load_err(&pr, "stages:\n  a: {cmd: \"true\", outs: [link/x.txt, ok/y.txt]}\n");
+    let e = load_err(
+        &pr,
+        "stages:\n  a: {cmd: \"true\", outs: [link/x.txt, ok/y.txt]}\n",
+    );
     assert!(e.starts_with("pipelines/p.yaml:2:27: output 'link/x.txt' of stage 'a' leads outside the project root through the symlink 'link'"), "{e}");
     assert_eq!(e.lines().count(), 1, "{e}");
 }

@@ -5,6 +5,9 @@ use clap::Args;
 #[derive(Debug, Args)]
 pub struct SchemaArgs {}
 
+/// Prints the JSON Schema (draft 2020-12) of pipeline files; the same text is shipped as
+/// `schema/pipeline.schema.json`.
 pub fn run(_args: SchemaArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`tsumugi schema` is not implemented yet")
+    println!("{}", crate::spec::schema::pipeline_schema_string());
+    Ok(ExitCode::SUCCESS)
 }

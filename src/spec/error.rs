@@ -32,13 +32,20 @@ impl SpecError {
     /// Sorts by position; `errors` must not be empty (an empty error is no error).
     pub fn new(mut errors: Vec<Diagnostic>) -> Self {
         debug_assert!(!errors.is_empty());
-        errors.sort_by(|a, b| (&a.span.file, a.span.line, a.span.col).cmp(&(&b.span.file, b.span.line, b.span.col)));
+        errors.sort_by(|a, b| {
+            (&a.span.file, a.span.line, a.span.col).cmp(&(&b.span.file, b.span.line, b.span.col))
+        });
         errors.dedup();
         SpecError { errors }
     }
 
     pub fn single(span: Span, message: impl Into<String>) -> Self {
-        SpecError { errors: vec![Diagnostic { span, message: message.into() }] }
+        SpecError {
+            errors: vec![Diagnostic {
+                span,
+                message: message.into(),
+            }],
+        }
     }
 
     pub fn errors(&self) -> &[Diagnostic] {
@@ -61,11 +68,14 @@ impl fmt::Display for SpecError {
 impl std::error::Error for SpecError {}
 
 /// "did you mean 'x'?" for a misspelt name, when one candidate is close enough.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (strsim::damerau_levenshtein(word, c), c))
-        .filter(|(d, c)| *d <= 2.max(c.len() / 3) && *d < c.len().max(word.len()))
+        .filter(|(d, c)| *d <= 1.max(c.len() / 3))
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
 }

@@ -5,45 +5,105 @@
 pub type Keys = &'static [(&'static str, &'static str)];
 
 pub const TOP: Keys = &[
-    ("name", "Pipeline name (letters, digits, '_', '-', '.'); default: the file stem."),
-    ("params", "Parameters, referenced as ${params.NAME} (nested: ${params.A.B})."),
+    (
+        "name",
+        "Pipeline name (letters, digits, '_', '-', '.'); default: the file stem.",
+    ),
+    (
+        "params",
+        "Parameters, referenced as ${params.NAME} (nested: ${params.A.B}).",
+    ),
     ("stages", "Stages by name, in file order."),
-    ("triggers", "When `tsumugi watch`/`tsumugi schedule` run the pipeline."),
+    (
+        "triggers",
+        "When `tsumugi watch`/`tsumugi schedule` run the pipeline.",
+    ),
 ];
 
 pub const STAGE: Keys = &[
-    ("cmd", "Shell command, run with `sh -c` in the project root."),
+    (
+        "cmd",
+        "Shell command, run with `sh -c` in the project root.",
+    ),
     ("uses", "Built-in stage kind (instead of cmd)."),
     ("with", "Settings of the built-in kind named by `uses`."),
-    ("deps", "Inputs: paths (files or directories) or {sqlite: {db, query}}."),
-    ("outs", "Outputs: a list of paths (the key is the path) or a map {KEY: path}; an item may be {path, cache}."),
-    ("metrics", "Metrics files (JSON or YAML objects of numbers) the stage writes; they are outputs too."),
-    ("params", "Parameters the stage uses besides those referenced with ${params.NAME}."),
-    ("env", "Environment variables for the command; part of the fingerprint."),
-    ("needs", "Stages that must run before this one (order by hand)."),
-    ("resources", "Slots the stage takes while it runs: {gpu: N, cpu: N}."),
-    ("retry", "Retries after a failure: a count, or {attempts: N, backoff: DURATION}."),
+    (
+        "deps",
+        "Inputs: paths (files or directories) or {sqlite: {db, query}}.",
+    ),
+    (
+        "outs",
+        "Outputs: a list of paths (the key is the path) or a map {KEY: path}; an item may be {path, cache}.",
+    ),
+    (
+        "metrics",
+        "Metrics files (JSON or YAML objects of numbers) the stage writes; they are outputs too.",
+    ),
+    (
+        "params",
+        "Parameters the stage uses besides those referenced with ${params.NAME}.",
+    ),
+    (
+        "env",
+        "Environment variables for the command; part of the fingerprint.",
+    ),
+    (
+        "needs",
+        "Stages that must run before this one (order by hand).",
+    ),
+    (
+        "resources",
+        "Slots the stage takes while it runs: {gpu: N, cpu: N}.",
+    ),
+    (
+        "retry",
+        "Retries after a failure: a count, or {attempts: N, backoff: DURATION}.",
+    ),
     ("timeout", "Time limit of one attempt: 30s, 10m, 2h, 1h30m."),
-    ("foreach", "Expand into one stage per item of a list or map: ${item}, ${key}; names STAGE@ITEM."),
-    ("matrix", "Expand into one stage per combination: {AXIS: [values]}; ${item.AXIS}; names STAGE@V1-V2."),
+    (
+        "foreach",
+        "Expand into one stage per item of a list or map: ${item}, ${key}; names STAGE@ITEM.",
+    ),
+    (
+        "matrix",
+        "Expand into one stage per combination: {AXIS: [values]}; ${item.AXIS}; names STAGE@V1-V2.",
+    ),
 ];
 
-pub const OUT_ITEM: Keys = &[("path", "Output path, relative to the project root."), ("cache", "Store in the cache (default true).")];
+pub const OUT_ITEM: Keys = &[
+    ("path", "Output path, relative to the project root."),
+    ("cache", "Store in the cache (default true)."),
+];
 
-pub const SQLITE_DEP: Keys = &[("sqlite", "Rows of a query over a SQLite file: {db: PATH, query: SQL}.")];
+pub const SQLITE_DEP: Keys = &[(
+    "sqlite",
+    "Rows of a query over a SQLite file: {db: PATH, query: SQL}.",
+)];
 
-pub const SQLITE_FIELDS: Keys = &[("db", "SQLite database file, relative to the project root."), ("query", "SELECT whose rows are hashed.")];
+pub const SQLITE_FIELDS: Keys = &[
+    ("db", "SQLite database file, relative to the project root."),
+    ("query", "SELECT whose rows are hashed."),
+];
 
-pub const RESOURCES: Keys = &[("gpu", "GPU slots (pins CUDA_VISIBLE_DEVICES)."), ("cpu", "CPU slots.")];
+pub const RESOURCES: Keys = &[
+    ("gpu", "GPU slots (pins CUDA_VISIBLE_DEVICES)."),
+    ("cpu", "CPU slots."),
+];
 
 pub const RETRY: Keys = &[
     ("attempts", "Extra attempts after the first failure."),
-    ("backoff", "Wait before the first retry, doubled each time (default 1s)."),
+    (
+        "backoff",
+        "Wait before the first retry, doubled each time (default 1s).",
+    ),
 ];
 
 pub const CRON_TRIGGER: Keys = &[
     ("cron", "Cron expression (minute hour day month weekday)."),
-    ("when", "Data condition, e.g. {sql: SELECT …, db: PATH}; interpreted by the scheduler."),
+    (
+        "when",
+        "Data condition, e.g. {sql: SELECT …, db: PATH}; interpreted by the scheduler.",
+    ),
 ];
 
 pub const WATCH_TRIGGER: Keys = &[("watch", "Paths whose changes re-run the affected stages.")];

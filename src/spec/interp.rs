@@ -30,7 +30,10 @@ impl Ref {
 pub enum Seg {
     Lit(String),
     /// `offset`: character offset of the `$` in the text, for error positions.
-    Ref { r: Ref, offset: usize },
+    Ref {
+        r: Ref,
+        offset: usize,
+    },
 }
 
 /// A syntax error at a character offset of the text.
@@ -40,7 +43,8 @@ pub struct SyntaxError {
     pub message: String,
 }
 
-pub const EXPECTED: &str = "expected ${params.NAME}, ${stages.STAGE.outs.KEY}, ${item}, ${item.FIELD} or ${key}";
+pub const EXPECTED: &str =
+    "expected ${params.NAME}, ${stages.STAGE.outs.KEY}, ${item}, ${item.FIELD} or ${key}";
 
 /// Splits `text` into literal text and references.
 pub fn parse(text: &str) -> Result<Vec<Seg>, SyntaxError> {
@@ -57,13 +61,23 @@ pub fn parse(text: &str) -> Result<Vec<Seg>, SyntaxError> {
         if chars[i] == '$' && chars.get(i + 1) == Some(&'{') {
             let start = i;
             let Some(close) = (i + 2..chars.len()).find(|&j| chars[j] == '}') else {
-                return Err(SyntaxError { offset: start, message: "unterminated '${' (expected '}'; write '$${' for a literal '${')".into() });
+                return Err(SyntaxError {
+                    offset: start,
+                    message: "unterminated '${' (expected '}'; write '$${' for a literal '${')"
+                        .into(),
+                });
             };
             let inner: String = chars[i + 2..close].iter().collect();
             if inner.contains("${") {
-                return Err(SyntaxError { offset: start, message: "nested '${' inside a reference (references cannot be nested)".into() });
+                return Err(SyntaxError {
+                    offset: start,
+                    message: "nested '${' inside a reference (references cannot be nested)".into(),
+                });
             }
-            let r = parse_ref(inner.trim()).map_err(|message| SyntaxError { offset: start, message })?;
+            let r = parse_ref(inner.trim()).map_err(|message| SyntaxError {
+                offset: start,
+                message,
+            })?;
             if !lit.is_empty() {
                 segs.push(Seg::Lit(std::mem::take(&mut lit)));
             }
@@ -81,7 +95,9 @@ pub fn parse(text: &str) -> Result<Vec<Seg>, SyntaxError> {
 }
 
 fn ident_ok(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '-')
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_alphanumeric() || c == '_' || c == '-')
 }
 
 fn parse_ref(inner: &str) -> Result<Ref, String> {
@@ -112,12 +128,19 @@ fn parse_ref(inner: &str) -> Result<Ref, String> {
     if let Some(rest) = inner.strip_prefix("stages.") {
         // The stage name cannot hold a '.', the key may: split at the first ".outs.".
         let Some((stage, key)) = rest.split_once(".outs.") else {
-            return Err(format!("invalid reference '${{{inner}}}' (expected ${{stages.STAGE.outs.KEY}})"));
+            return Err(format!(
+                "invalid reference '${{{inner}}}' (expected ${{stages.STAGE.outs.KEY}})"
+            ));
         };
         if stage.is_empty() || stage.contains('.') || key.is_empty() {
-            return Err(format!("invalid reference '${{{inner}}}' (expected ${{stages.STAGE.outs.KEY}})"));
+            return Err(format!(
+                "invalid reference '${{{inner}}}' (expected ${{stages.STAGE.outs.KEY}})"
+            ));
         }
-        return Ok(Ref::StageOut { stage: stage.to_owned(), key: key.to_owned() });
+        return Ok(Ref::StageOut {
+            stage: stage.to_owned(),
+            key: key.to_owned(),
+        });
     }
     if inner == "params" || inner == "stages" {
         return Err(bad());
@@ -146,22 +169,61 @@ mod tests {
     fn parses_refs() {
         let s = parse("python x.py --lr ${params.lr} > ${stages.prep.outs.out/prep.txt}").unwrap();
         assert_eq!(s.len(), 4);
-        assert_eq!(s[1], Seg::Ref { r: Ref::Param(vec!["lr".into()]), offset: 17 });
+        assert_eq!(
+            s[1],
+            Seg::Ref {
+                r: Ref::Param(vec!["lr".into()]),
+                offset: 17
+            }
+        );
         assert_eq!(
             s[3],
-            Seg::Ref { r: Ref::StageOut { stage: "prep".into(), key: "out/prep.txt".into() }, offset: 32 }
+            Seg::Ref {
+                r: Ref::StageOut {
+                    stage: "prep".into(),
+                    key: "out/prep.txt".into()
+                },
+                offset: 32
+            }
         );
-        assert_eq!(parse("${ item.model }").unwrap(), vec![Seg::Ref { r: Ref::Item(vec!["model".into()]), offset: 0 }]);
-        assert_eq!(parse("a $${x} b").unwrap(), vec![Seg::Lit("a ${x} b".into())]);
-        assert_eq!(parse("$5 and $HOME").unwrap(), vec![Seg::Lit("$5 and $HOME".into())]);
+        assert_eq!(
+            parse("${ item.model }").unwrap(),
+            vec![Seg::Ref {
+                r: Ref::Item(vec!["model".into()]),
+                offset: 0
+            }]
+        );
+        assert_eq!(
+            parse("a $${x} b").unwrap(),
+            vec![Seg::Lit("a ${x} b".into())]
+        );
+        assert_eq!(
+            parse("$5 and $HOME").unwrap(),
+            vec![Seg::Lit("$5 and $HOME".into())]
+        );
     }
 
     #[test]
     fn syntax_errors() {
         assert_eq!(parse("ab ${params.lr").unwrap_err().offset, 3);
-        assert!(parse("${}").unwrap_err().message.contains("empty reference"));
-        assert!(parse("${foo.bar}").unwrap_err().message.contains("unknown reference '${foo.bar}'"));
-        assert!(parse("${stages.a.b}").unwrap_err().message.contains("expected ${stages.STAGE.outs.KEY}"));
+        assert!(
+            parse("${}")
+                .unwrap_err()
+                .message
+                .contains("empty reference")
+        );
+        assert!(
+            parse("${foo.bar}")
+                .unwrap_err()
+                .message
+                .contains("unknown reference '${foo.bar}'")
+        );
+        assert!(
+            parse("${stages.a.b}")
+                .unwrap_err()
+                .message
+                .contains("expected ${stages.STAGE.outs.KEY}")
+        );
         assert!(parse("${params.}").is_err());
         assert!(parse("${params.a ${b}}").is_err());
     }

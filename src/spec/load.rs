@@ -19,7 +19,14 @@ use crate::project::Project;
 pub fn load(file: &Path, project: &Project) -> Result<Pipeline, SpecError> {
     let path = project.root().join(file);
     let text = std::fs::read_to_string(&path).map_err(|e| {
-        SpecError::single(Span { file: file.to_path_buf(), line: 0, col: 0 }, format!("cannot read pipeline file: {e}"))
+        SpecError::single(
+            Span {
+                file: file.to_path_buf(),
+                line: 0,
+                col: 0,
+            },
+            format!("cannot read pipeline file: {e}"),
+        )
     })?;
     load_str(file, &text, project)
 }
@@ -36,7 +43,14 @@ pub fn load_str(file: &Path, text: &str, project: &Project) -> Result<Pipeline, 
         Some(_) => None,
         None => {
             if cx.errors.is_empty() {
-                cx.err(Pos { line: 1, col: 1, index: 0 }, "empty pipeline file (expected a mapping with 'stages')");
+                cx.err(
+                    Pos {
+                        line: 1,
+                        col: 1,
+                        index: 0,
+                    },
+                    "empty pipeline file (expected a mapping with 'stages')",
+                );
             }
             None
         }
@@ -49,7 +63,10 @@ pub fn load_str(file: &Path, text: &str, project: &Project) -> Result<Pipeline, 
 
 /// Outputs of a built-in kind placed in `dir`: (outs by key, metrics as (key, path)).
 /// The kind's metrics output goes to `metrics`, not `outs`: each path is listed once.
-pub fn builtin_outputs(kind: &KindInfo, dir: &Path) -> (BTreeMap<String, Out>, Vec<(String, PathBuf)>) {
+pub fn builtin_outputs(
+    kind: &KindInfo,
+    dir: &Path,
+) -> (BTreeMap<String, Out>, Vec<(String, PathBuf)>) {
     let mut outs = BTreeMap::new();
     let mut metrics = Vec::new();
     for (key, file) in kind.outputs {
@@ -65,9 +82,14 @@ pub fn builtin_outputs(kind: &KindInfo, dir: &Path) -> (BTreeMap<String, Out>, V
 
 /// The input paths named by a built-in kind's `with:` (its `input_fields`), after
 /// interpolation: a field holds a path or a list of paths. Err: (field, what was found).
-pub fn builtin_inputs(kind: &KindInfo, with: &Value) -> Result<Vec<(String, String)>, (String, String)> {
+pub fn builtin_inputs(
+    kind: &KindInfo,
+    with: &Value,
+) -> Result<Vec<(String, String)>, (String, String)> {
     let mut found = Vec::new();
-    let Some(obj) = with.as_object() else { return Ok(found) };
+    let Some(obj) = with.as_object() else {
+        return Ok(found);
+    };
     for field in kind.input_fields {
         match obj.get(*field) {
             None | Some(Value::Null) => {}
@@ -106,13 +128,17 @@ pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
     let mut total = 0f64;
     let mut rest = s;
     while !rest.is_empty() {
-        let n = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let n = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
         if n == 0 {
             return None;
         }
         let num: f64 = rest[..n].parse().ok()?;
         rest = &rest[n..];
-        let u = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let u = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let scale = match &rest[..u] {
             "ms" => 0.001,
             "s" | "sec" => 1.0,
@@ -130,11 +156,13 @@ pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
     Some(std::time::Duration::from_secs_f64(total))
 }
 
-const DURATION_HINT: &str = "expected a number with a unit: 500ms, 30s, 10m, 2h, 1d, or a sum like 1h30m";
+const DURATION_HINT: &str =
+    "expected a number with a unit: 500ms, 30s, 10m, 2h, 1d, or a sum like 1h30m";
 
 fn name_ok(s: &str) -> bool {
     !s.is_empty()
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
         && !s.starts_with('.')
         && !s.starts_with('-')
 }
@@ -170,10 +198,19 @@ impl Outputs {
         self.outs
             .get(key)
             .map(|(o, _)| o.path.as_path())
-            .or_else(|| self.metrics.iter().find(|(k, _, _)| k == key).map(|(_, p, _)| p.as_path()))
+            .or_else(|| {
+                self.metrics
+                    .iter()
+                    .find(|(k, _, _)| k == key)
+                    .map(|(_, p, _)| p.as_path())
+            })
     }
     fn keys(&self) -> Vec<&str> {
-        self.outs.keys().map(String::as_str).chain(self.metrics.iter().map(|(k, _, _)| k.as_str())).collect()
+        self.outs
+            .keys()
+            .map(String::as_str)
+            .chain(self.metrics.iter().map(|(k, _, _)| k.as_str()))
+            .collect()
     }
 }
 
@@ -208,30 +245,48 @@ impl<'a> Scope<'a> {
     fn lookup(&mut self, r: &Ref) -> Result<Value, String> {
         match r {
             Ref::Param(path) => {
-                let v = index_path(self.params, path).ok_or_else(|| unknown_param(self.params, path))?;
+                let v = index_path(self.params, path)
+                    .ok_or_else(|| unknown_param(self.params, path))?;
                 self.used_params.insert(path.join("."));
                 Ok(v.clone())
             }
             Ref::Item(path) => {
                 let Some(item) = self.item else {
-                    return Err("${item} is only defined in stages with 'foreach' or 'matrix'".into());
+                    return Err(
+                        "${item} is only defined in stages with 'foreach' or 'matrix'".into(),
+                    );
                 };
                 let mut v = item;
                 for (i, p) in path.iter().enumerate() {
                     v = v.as_object().and_then(|o| o.get(p)).ok_or_else(|| {
-                        let have = v.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>().join(", "));
+                        let have = v
+                            .as_object()
+                            .map(|o| o.keys().cloned().collect::<Vec<_>>().join(", "));
                         match have {
-                            Some(h) => format!("item has no field '{}' (fields: {h})", path[..=i].join(".")),
-                            None => format!("item is {}, it has no field '{}'", json_type(v), path[..=i].join(".")),
+                            Some(h) => format!(
+                                "item has no field '{}' (fields: {h})",
+                                path[..=i].join(".")
+                            ),
+                            None => format!(
+                                "item is {}, it has no field '{}'",
+                                json_type(v),
+                                path[..=i].join(".")
+                            ),
                         }
                     })?;
                 }
                 Ok(v.clone())
             }
-            Ref::Key => self.key.cloned().ok_or_else(|| "${key} is only defined in stages with 'foreach'".to_string()),
+            Ref::Key => self
+                .key
+                .cloned()
+                .ok_or_else(|| "${key} is only defined in stages with 'foreach'".to_string()),
             Ref::StageOut { stage, key } => {
                 let Some(outputs) = self.outputs else {
-                    return Err(format!("${{stages.…}} cannot be used in {}", self.no_outputs_reason));
+                    return Err(format!(
+                        "${{stages.…}} cannot be used in {}",
+                        self.no_outputs_reason
+                    ));
                 };
                 let Some(o) = outputs.get(stage) else {
                     if let Some(exp) = self.bases.and_then(|b| b.get(stage)) {
@@ -245,12 +300,21 @@ impl<'a> Scope<'a> {
                     let hint = did_you_mean(stage, names.iter().copied())
                         .map(|s| format!("; did you mean '{s}'?"))
                         .unwrap_or_default();
-                    return Err(format!("unknown stage '{stage}' in '${{{}}}' (stages: {}{hint})", r.display(), names.join(", ")));
+                    return Err(format!(
+                        "unknown stage '{stage}' in '${{{}}}' (stages: {}{hint})",
+                        r.display(),
+                        names.join(", ")
+                    ));
                 };
                 let Some(p) = o.lookup(key) else {
                     let keys = o.keys();
-                    let hint = did_you_mean(key, keys.iter().copied()).map(|s| format!("; did you mean '{s}'?")).unwrap_or_default();
-                    return Err(format!("stage '{stage}' has no output '{key}' (outputs: {}{hint})", keys.join(", ")));
+                    let hint = did_you_mean(key, keys.iter().copied())
+                        .map(|s| format!("; did you mean '{s}'?"))
+                        .unwrap_or_default();
+                    return Err(format!(
+                        "stage '{stage}' has no output '{key}' (outputs: {}{hint})",
+                        keys.join(", ")
+                    ));
                 };
                 self.stage_refs.push((stage.clone(), p.to_path_buf()));
                 Ok(Value::String(path_str(p)))
@@ -270,14 +334,23 @@ fn index_path<'v>(params: &'v Map<String, Value>, path: &[String]) -> Option<&'v
 fn unknown_param(params: &Map<String, Value>, path: &[String]) -> String {
     let full = path.join(".");
     if params.contains_key(&path[0]) {
-        return format!("unknown parameter 'params.{full}' ('{}' has no field '{}')", path[0], path[1..].join("."));
+        return format!(
+            "unknown parameter 'params.{full}' ('{}' has no field '{}')",
+            path[0],
+            path[1..].join(".")
+        );
     }
     let names: Vec<&str> = params.keys().map(String::as_str).collect();
-    let hint = did_you_mean(&path[0], names.iter().copied()).map(|s| format!("; did you mean '{s}'?")).unwrap_or_default();
+    let hint = did_you_mean(&path[0], names.iter().copied())
+        .map(|s| format!("; did you mean '{s}'?"))
+        .unwrap_or_default();
     if names.is_empty() {
         format!("unknown parameter 'params.{full}' (the pipeline has no params)")
     } else {
-        format!("unknown parameter 'params.{full}' (params: {}{hint})", names.join(", "))
+        format!(
+            "unknown parameter 'params.{full}' (params: {}{hint})",
+            names.join(", ")
+        )
     }
 }
 
@@ -292,7 +365,9 @@ fn norm_path(s: &str) -> Result<PathBuf, String> {
     }
     let p = Path::new(s);
     if p.is_absolute() {
-        return Err(format!("absolute path '{s}' (paths are relative to the project root)"));
+        return Err(format!(
+            "absolute path '{s}' (paths are relative to the project root)"
+        ));
     }
     let mut out: Vec<&std::ffi::OsStr> = Vec::new();
     for c in p.components() {
@@ -305,7 +380,9 @@ fn norm_path(s: &str) -> Result<PathBuf, String> {
             }
             Component::Normal(n) => out.push(n),
             Component::RootDir | Component::Prefix(_) => {
-                return Err(format!("absolute path '{s}' (paths are relative to the project root)"));
+                return Err(format!(
+                    "absolute path '{s}' (paths are relative to the project root)"
+                ));
             }
         }
     }
@@ -327,28 +404,55 @@ impl<'a> Cx<'a> {
     fn new(file: &'a Path, text: &str, root: &'a Path) -> Self {
         let src: Vec<char> = text.chars().collect();
         let mut line_starts = vec![0];
-        line_starts.extend(src.iter().enumerate().filter(|(_, c)| **c == '\n').map(|(i, _)| i + 1));
-        Cx { file, src, line_starts, root, errors: Vec::new() }
+        line_starts.extend(
+            src.iter()
+                .enumerate()
+                .filter(|(_, c)| **c == '\n')
+                .map(|(i, _)| i + 1),
+        );
+        Cx {
+            file,
+            src,
+            line_starts,
+            root,
+            errors: Vec::new(),
+        }
     }
 
     fn span(&self, pos: Pos) -> Span {
-        Span { file: self.file.to_path_buf(), line: pos.line, col: pos.col }
+        Span {
+            file: self.file.to_path_buf(),
+            line: pos.line,
+            col: pos.col,
+        }
     }
 
     fn err(&mut self, pos: Pos, msg: impl Into<String>) {
         let span = self.span(pos);
-        self.errors.push(Diagnostic { span, message: msg.into() });
+        self.errors.push(Diagnostic {
+            span,
+            message: msg.into(),
+        });
     }
 
     fn pos_at(&self, index: usize) -> Pos {
         let line = self.line_starts.partition_point(|&s| s <= index).max(1);
-        Pos { line, col: index - self.line_starts[line - 1] + 1, index }
+        Pos {
+            line,
+            col: index - self.line_starts[line - 1] + 1,
+            index,
+        }
     }
 
     /// Position of the `${` at `offset` (in characters) of a scalar's value, found in the
     /// source text of the node; the node's own position if it cannot be found.
     fn ref_pos(&self, node: &Node, text: &str, offset: usize) -> Pos {
-        let nth = text.chars().take(offset).collect::<String>().matches("${").count();
+        let nth = text
+            .chars()
+            .take(offset)
+            .collect::<String>()
+            .matches("${")
+            .count();
         let end = node.end.min(self.src.len());
         let start = node.pos.index.min(end);
         let slice = &self.src[start..end];
@@ -368,22 +472,31 @@ impl<'a> Cx<'a> {
         match &node.kind {
             Kind::Map(e) => Some(e),
             _ => {
-                self.err(node.pos, format!("expected a mapping for {what}, found {}", node.type_name()));
+                self.err(
+                    node.pos,
+                    format!("expected a mapping for {what}, found {}", node.type_name()),
+                );
                 None
             }
         }
     }
 
-    fn expect_list<'n>(&mut self, node: &'n Node, what: &str, example: &str) -> Option<&'n [Node]> {
+    fn expect_list<'n>(&mut self, node: &'n Node, what: &str) -> Option<&'n [Node]> {
         match &node.kind {
             Kind::Seq(v) => Some(v),
             _ if node.is_null() => Some(&[]),
             _ => {
                 let hint = match node.scalar_text() {
-                    Some(t) if !example.is_empty() => format!(" (write a list: [{t}]{example})"),
-                    _ => String::new(),
+                    Some(t) => format!(" (write a list: [{t}])"),
+                    None => String::new(),
                 };
-                self.err(node.pos, format!("expected a list for {what}, found {}{hint}", node.type_name()));
+                self.err(
+                    node.pos,
+                    format!(
+                        "expected a list for {what}, found {}{hint}",
+                        node.type_name()
+                    ),
+                );
                 None
             }
         }
@@ -391,12 +504,22 @@ impl<'a> Cx<'a> {
 
     fn check_keys(&mut self, entries: &[(Node, Node)], keys: Keys, what: &str) {
         for (k, _) in entries {
-            let Some(name) = k.scalar_text() else { continue };
+            let Some(name) = k.scalar_text() else {
+                continue;
+            };
             if format::names(keys).any(|n| n == name) {
                 continue;
             }
-            let hint = did_you_mean(name, format::names(keys)).map(|s| format!("; did you mean '{s}'?")).unwrap_or_default();
-            self.err(k.pos, format!("unknown key '{name}' in {what} (expected one of: {}{hint})", format::list(keys)));
+            let hint = did_you_mean(name, format::names(keys))
+                .map(|s| format!("; did you mean '{s}'?"))
+                .unwrap_or_default();
+            self.err(
+                k.pos,
+                format!(
+                    "unknown key '{name}' in {what} (expected one of: {}{hint})",
+                    format::list(keys)
+                ),
+            );
         }
     }
 
@@ -408,13 +531,22 @@ impl<'a> Cx<'a> {
                 Plain::Null => Value::Null,
                 Plain::Bool(b) => Value::Bool(b),
                 Plain::Int(i) => Value::from(i),
-                Plain::Float(f) => serde_json::Number::from_f64(f).map(Value::Number).unwrap_or(Value::Null),
+                Plain::Float(f) => serde_json::Number::from_f64(f)
+                    .map(Value::Number)
+                    .unwrap_or(Value::Null),
                 Plain::Str => Value::String(text.clone()),
             },
             Kind::Seq(items) => Value::Array(items.iter().map(|n| self.to_json(n)).collect()),
-            Kind::Map(e) => {
-                Value::Object(e.iter().map(|(k, v)| (k.scalar_text().unwrap_or_default().to_owned(), self.to_json(v))).collect())
-            }
+            Kind::Map(e) => Value::Object(
+                e.iter()
+                    .map(|(k, v)| {
+                        (
+                            k.scalar_text().unwrap_or_default().to_owned(),
+                            self.to_json(v),
+                        )
+                    })
+                    .collect(),
+            ),
         }
     }
 
@@ -477,7 +609,8 @@ impl<'a> Cx<'a> {
         for s in &segs {
             match s {
                 Seg::Lit(l) => out.push_str(l),
-                Seg::Ref { r, offset } => match scope.lookup(r).map(|v| (interp::stringify(&v), v)) {
+                Seg::Ref { r, offset } => match scope.lookup(r).map(|v| (interp::stringify(&v), v))
+                {
                     Ok((Ok(s), _)) => out.push_str(&s),
                     Ok((Err(ty), _)) => {
                         let pos = self.ref_pos(node, text, *offset);
@@ -504,20 +637,31 @@ impl<'a> Cx<'a> {
     /// Interpolates a node that must be a string (numbers are accepted as their text).
     fn interp_string(&mut self, node: &Node, what: &str, scope: &mut Scope<'_>) -> Option<String> {
         if !matches!(node.kind, Kind::Scalar { .. }) || node.is_null() {
-            self.err(node.pos, format!("expected a string for {what}, found {}", node.type_name()));
+            self.err(
+                node.pos,
+                format!("expected a string for {what}, found {}", node.type_name()),
+            );
             return None;
         }
         match self.interp(node, scope)? {
             Value::String(s) => Some(s),
             v @ (Value::Number(_) | Value::Bool(_)) => Some(v.to_string()),
             v => {
-                self.err(node.pos, format!("expected a string for {what}, found {}", json_type(&v)));
+                self.err(
+                    node.pos,
+                    format!("expected a string for {what}, found {}", json_type(&v)),
+                );
                 None
             }
         }
     }
 
-    fn interp_path(&mut self, node: &Node, what: &str, scope: &mut Scope<'_>) -> Option<(String, PathBuf)> {
+    fn interp_path(
+        &mut self,
+        node: &Node,
+        what: &str,
+        scope: &mut Scope<'_>,
+    ) -> Option<(String, PathBuf)> {
         let s = self.interp_string(node, what, scope)?;
         match norm_path(&s) {
             Ok(p) => Some((s, p)),
@@ -529,13 +673,15 @@ impl<'a> Cx<'a> {
     }
 
     fn pipeline(&mut self, root: &Node, project: &Project) -> Option<Pipeline> {
-        let Some(top) = self.expect_map(root, "the pipeline (keys: name, params, stages, triggers)") else {
-            return None;
-        };
+        let top = self.expect_map(root, "the pipeline (keys: name, params, stages, triggers)")?;
         self.check_keys(top, format::TOP, "the pipeline");
         let get = |k: &str| top.iter().find(|(key, _)| key.scalar_text() == Some(k));
 
-        let stem = self.file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "pipeline".into());
+        let stem = self
+            .file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "pipeline".into());
         let name = match get("name") {
             None => stem,
             Some((_, n)) => match n.as_str() {
@@ -545,7 +691,10 @@ impl<'a> Cx<'a> {
                     stem
                 }
                 None => {
-                    self.err(n.pos, format!("expected a string for 'name', found {}", n.type_name()));
+                    self.err(
+                        n.pos,
+                        format!("expected a string for 'name', found {}", n.type_name()),
+                    );
                     stem
                 }
             },
@@ -581,7 +730,9 @@ impl<'a> Cx<'a> {
     /// Params may refer to other params; they are resolved in dependency order.
     fn params(&mut self, node: &Node) -> Map<String, Value> {
         let mut resolved = Map::new();
-        let Some(entries) = self.expect_map(node, "'params'") else { return resolved };
+        let Some(entries) = self.expect_map(node, "'params'") else {
+            return resolved;
+        };
         let mut pending: Vec<(&Node, &Node)> = entries.iter().map(|(k, v)| (k, v)).collect();
         loop {
             let before = pending.len();
@@ -589,7 +740,10 @@ impl<'a> Cx<'a> {
             for (k, v) in pending {
                 let name = k.scalar_text().unwrap_or_default().to_owned();
                 let needs = param_refs(v);
-                if needs.iter().all(|n| resolved.contains_key(n) || !entries.iter().any(|(k2, _)| k2.scalar_text() == Some(n))) {
+                if needs.iter().all(|n| {
+                    resolved.contains_key(n)
+                        || !entries.iter().any(|(k2, _)| k2.scalar_text() == Some(n))
+                }) {
                     let mut scope = Scope::params_only(&resolved, "params");
                     if let Some(val) = self.interp(v, &mut scope) {
                         resolved.insert(name, val);
@@ -606,9 +760,22 @@ impl<'a> Cx<'a> {
                 break;
             }
             if pending.len() == before {
-                let names: Vec<&str> = pending.iter().filter_map(|(k, _)| k.scalar_text()).collect();
+                let names: Vec<&str> = pending
+                    .iter()
+                    .filter_map(|(k, _)| k.scalar_text())
+                    .collect();
                 let first = pending[0].0.pos;
-                self.err(first, format!("params refer to each other in a cycle: {}", names.join(", ")));
+                self.err(
+                    first,
+                    format!(
+                        "params refer to each other in a cycle: {}",
+                        names.join(", ")
+                    ),
+                );
+                // Known but unresolved: references to them must not add "unknown" errors.
+                for n in names {
+                    resolved.insert(n.to_owned(), Value::Null);
+                }
                 break;
             }
         }
@@ -624,8 +791,15 @@ impl<'a> Cx<'a> {
         ordered
     }
 
-    fn stages(&mut self, node: &Node, params: &Map<String, Value>, pipeline: &str, project: &Project) -> Vec<Stage> {
-        let Some(entries) = self.expect_map(node, "'stages' (a mapping of stage names to stages)") else {
+    fn stages(
+        &mut self,
+        node: &Node,
+        params: &Map<String, Value>,
+        pipeline: &str,
+        project: &Project,
+    ) -> Vec<Stage> {
+        let Some(entries) = self.expect_map(node, "'stages' (a mapping of stage names to stages)")
+        else {
             return Vec::new();
         };
         if entries.is_empty() {
@@ -635,19 +809,28 @@ impl<'a> Cx<'a> {
         let mut insts: Vec<Inst> = Vec::new();
         let mut bases: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (k, v) in entries {
-            let Some(name) = k.scalar_text() else { continue };
+            let Some(name) = k.scalar_text() else {
+                continue;
+            };
             if !name_ok(name) {
                 self.err(k.pos, format!("invalid stage name '{name}' (expected letters, digits, '_', '-' or '.'; '@' is reserved for foreach)"));
                 continue;
             }
             let what = format!("stage '{name}'");
-            let Some(fields) = self.expect_map(v, &what) else { continue };
+            let Some(fields) = self.expect_map(v, &what) else {
+                continue;
+            };
             self.check_keys(fields, format::STAGE, &what);
-            let fields: HashMap<String, (&Node, &Node)> =
-                fields.iter().filter_map(|(k, v)| Some((k.scalar_text()?.to_owned(), (k, v)))).collect();
+            let fields: HashMap<String, (&Node, &Node)> = fields
+                .iter()
+                .filter_map(|(k, v)| Some((k.scalar_text()?.to_owned(), (k, v))))
+                .collect();
             let expanded = self.expand(name, k.pos, fields, params);
             if fields_expanded(&expanded, name) {
-                bases.insert(name.to_owned(), expanded.iter().map(|i| i.name.clone()).collect());
+                bases.insert(
+                    name.to_owned(),
+                    expanded.iter().map(|i| i.name.clone()).collect(),
+                );
             }
             insts.extend(expanded);
         }
@@ -655,7 +838,12 @@ impl<'a> Cx<'a> {
         insts.retain(|i| {
             if let Some(first) = seen.get(&i.name) {
                 let first = *first;
-                self.err(i.pos, format!("two stages are named '{}' (the other is at line {})", i.name, first.line));
+                let msg = if first == i.pos {
+                    format!("'foreach'/'matrix' makes two stages named '{}' (items must give distinct names)", i.name)
+                } else {
+                    format!("two stages are named '{}' (the other is at line {})", i.name, first.line)
+                };
+                self.err(i.pos, msg);
                 false
             } else {
                 seen.insert(i.name.clone(), i.pos);
@@ -687,20 +875,41 @@ impl<'a> Cx<'a> {
         stages
     }
 
-    fn expand<'n>(&mut self, name: &str, pos: Pos, fields: HashMap<String, (&'n Node, &'n Node)>, params: &Map<String, Value>) -> Vec<Inst<'n>> {
-        let single = |fields| vec![Inst { name: name.to_owned(), pos, fields, item: None, key: None }];
+    fn expand<'n>(
+        &mut self,
+        name: &str,
+        pos: Pos,
+        fields: HashMap<String, (&'n Node, &'n Node)>,
+        params: &Map<String, Value>,
+    ) -> Vec<Inst<'n>> {
+        let single = |fields| {
+            vec![Inst {
+                name: name.to_owned(),
+                pos,
+                fields,
+                item: None,
+                key: None,
+            }]
+        };
         let foreach = fields.get("foreach").map(|(_, v)| *v);
         let matrix = fields.get("matrix").map(|(_, v)| *v);
         match (foreach, matrix) {
             (None, None) => single(fields),
             (Some(_), Some(m)) => {
                 let kp = fields.get("matrix").map(|(k, _)| k.pos).unwrap_or(m.pos);
-                self.err(kp, format!("stage '{name}' has both 'foreach' and 'matrix' (expected one of them)"));
+                self.err(
+                    kp,
+                    format!(
+                        "stage '{name}' has both 'foreach' and 'matrix' (expected one of them)"
+                    ),
+                );
                 Vec::new()
             }
             (Some(f), None) => {
                 let mut scope = Scope::params_only(params, "'foreach'");
-                let Some(v) = self.interp(f, &mut scope) else { return Vec::new() };
+                let Some(v) = self.interp(f, &mut scope) else {
+                    return Vec::new();
+                };
                 let mut items: Vec<(String, Value, Value)> = Vec::new();
                 match v {
                     Value::Array(list) => {
@@ -729,22 +938,33 @@ impl<'a> Cx<'a> {
                     }
                 }
                 if items.is_empty() {
-                    self.err(f.pos, format!("'foreach' of stage '{name}' is empty (it would make no stages)"));
+                    self.err(
+                        f.pos,
+                        format!("'foreach' of stage '{name}' is empty (it would make no stages)"),
+                    );
                 }
                 self.make_insts(name, pos, &fields, items)
             }
             (None, Some(m)) => {
                 let mut scope = Scope::params_only(params, "'matrix'");
-                let Some(v) = self.interp(m, &mut scope) else { return Vec::new() };
+                let Some(v) = self.interp(m, &mut scope) else {
+                    return Vec::new();
+                };
                 let Value::Object(axes) = v else {
                     self.err(m.pos, format!("expected a mapping of axis names to lists for 'matrix' of stage '{name}', found {}", json_type(&v)));
                     return Vec::new();
                 };
                 if axes.is_empty() {
-                    self.err(m.pos, format!("'matrix' of stage '{name}' is empty (expected {{AXIS: [values], …}})"));
+                    self.err(
+                        m.pos,
+                        format!(
+                            "'matrix' of stage '{name}' is empty (expected {{AXIS: [values], …}})"
+                        ),
+                    );
                     return Vec::new();
                 }
-                let mut combos: Vec<(Vec<String>, Map<String, Value>)> = vec![(Vec::new(), Map::new())];
+                let mut combos: Vec<(Vec<String>, Map<String, Value>)> =
+                    vec![(Vec::new(), Map::new())];
                 for (axis, values) in &axes {
                     let Value::Array(values) = values else {
                         let p = axis_pos(m, axis).unwrap_or(m.pos);
@@ -774,7 +994,10 @@ impl<'a> Cx<'a> {
                     }
                     combos = next;
                     if combos.len() > 100_000 {
-                        self.err(m.pos, format!("'matrix' of stage '{name}' makes more than 100000 stages"));
+                        self.err(
+                            m.pos,
+                            format!("'matrix' of stage '{name}' makes more than 100000 stages"),
+                        );
                         return Vec::new();
                     }
                 }
@@ -790,7 +1013,13 @@ impl<'a> Cx<'a> {
         }
     }
 
-    fn make_insts<'n>(&mut self, name: &str, pos: Pos, fields: &HashMap<String, (&'n Node, &'n Node)>, items: Vec<(String, Value, Value)>) -> Vec<Inst<'n>> {
+    fn make_insts<'n>(
+        &mut self,
+        name: &str,
+        pos: Pos,
+        fields: &HashMap<String, (&'n Node, &'n Node)>,
+        items: Vec<(String, Value, Value)>,
+    ) -> Vec<Inst<'n>> {
         items
             .into_iter()
             .map(|(suffix, item, key)| Inst {
@@ -803,7 +1032,12 @@ impl<'a> Cx<'a> {
             .collect()
     }
 
-    fn scope<'s>(&self, inst: &'s Inst<'_>, params: &'s Map<String, Value>, reason: &'s str) -> Scope<'s> {
+    fn scope<'s>(
+        &self,
+        inst: &'s Inst<'_>,
+        params: &'s Map<String, Value>,
+        reason: &'s str,
+    ) -> Scope<'s> {
         Scope {
             params,
             item: inst.item.as_ref(),
@@ -816,7 +1050,13 @@ impl<'a> Cx<'a> {
         }
     }
 
-    fn outputs(&mut self, inst: &Inst, params: &Map<String, Value>, pipeline: &str, project: &Project) -> Outputs {
+    fn outputs(
+        &mut self,
+        inst: &Inst,
+        params: &Map<String, Value>,
+        pipeline: &str,
+        project: &Project,
+    ) -> Outputs {
         let mut o = Outputs::default();
         let name = &inst.name;
         if let Some(uses) = inst.get("uses") {
@@ -831,9 +1071,18 @@ impl<'a> Cx<'a> {
             };
             let Some(kind) = tsumugi_stages::kind(kname) else {
                 let known: Vec<&str> = tsumugi_stages::kinds().iter().map(|k| k.name).collect();
-                let hint = did_you_mean(kname, known.iter().copied()).map(|s| format!("; did you mean '{s}'?")).unwrap_or_default();
-                let list = if known.is_empty() { "none in this build".to_string() } else { known.join(", ") };
-                self.err(uses.pos, format!("unknown stage kind '{kname}' (known: {list}{hint})"));
+                let hint = did_you_mean(kname, known.iter().copied())
+                    .map(|s| format!("; did you mean '{s}'?"))
+                    .unwrap_or_default();
+                let list = if known.is_empty() {
+                    "none in this build".to_string()
+                } else {
+                    known.join(", ")
+                };
+                self.err(
+                    uses.pos,
+                    format!("unknown stage kind '{kname}' (known: {list}{hint})"),
+                );
                 return o;
             };
             let dir = project.builtin_out_dir(pipeline, name);
@@ -857,12 +1106,17 @@ impl<'a> Cx<'a> {
                     }
                 }
                 _ => {
-                    let Some(items) = self.expect_list(outs, &what, "") else { return o };
+                    let Some(items) = self.expect_list(outs, &what) else {
+                        return o;
+                    };
                     for v in items {
                         let mut scope = self.scope(inst, params, reason);
                         if let Some((written, out)) = self.out_item(v, &what, &mut scope) {
                             if o.outs.contains_key(&written) {
-                                self.err(v.pos, format!("output '{written}' is listed twice in stage '{name}'"));
+                                self.err(
+                                    v.pos,
+                                    format!("output '{written}' is listed twice in stage '{name}'"),
+                                );
                                 continue;
                             }
                             o.outs.insert(written, (out, v.pos));
@@ -873,9 +1127,13 @@ impl<'a> Cx<'a> {
         }
         if let Some(m) = inst.get("metrics") {
             let what = format!("'metrics' of stage '{name}'");
-            if let Some(items) = self.expect_list(m, &what, "") {
+            if let Some(items) = self.expect_list(m, &what) {
                 for v in items {
-                    let mut scope = self.scope(inst, params, "'metrics' (outputs cannot depend on other stages' outputs)");
+                    let mut scope = self.scope(
+                        inst,
+                        params,
+                        "'metrics' (outputs cannot depend on other stages' outputs)",
+                    );
                     if let Some((written, p)) = self.interp_path(v, &what, &mut scope) {
                         o.metrics.push((written, p, v.pos));
                     }
@@ -888,7 +1146,11 @@ impl<'a> Cx<'a> {
     /// One `outs` item: a path or {path, cache}. Returns (path as written, Out).
     fn out_item(&mut self, v: &Node, what: &str, scope: &mut Scope<'_>) -> Option<(String, Out)> {
         if let Kind::Map(e) = &v.kind {
-            self.check_keys(e, format::OUT_ITEM, &format!("an output of {}", what.trim_start_matches("'outs' of ")));
+            self.check_keys(
+                e,
+                format::OUT_ITEM,
+                &format!("an output of {}", what.trim_start_matches("'outs' of ")),
+            );
             let path = e.iter().find(|(k, _)| k.scalar_text() == Some("path"));
             let cache = e.iter().find(|(k, _)| k.scalar_text() == Some("cache"));
             let Some((_, pnode)) = path else {
@@ -898,11 +1160,19 @@ impl<'a> Cx<'a> {
             let cache = match cache {
                 None => true,
                 Some((_, c)) => match &c.kind {
-                    Kind::Scalar { text, plain: true } if matches!(yaml::resolve_plain(text), Plain::Bool(_)) => {
+                    Kind::Scalar { text, plain: true }
+                        if matches!(yaml::resolve_plain(text), Plain::Bool(_)) =>
+                    {
                         yaml::resolve_plain(text) == Plain::Bool(true)
                     }
                     _ => {
-                        self.err(c.pos, format!("expected true or false for 'cache', found {}", c.type_name()));
+                        self.err(
+                            c.pos,
+                            format!(
+                                "expected true or false for 'cache', found {}",
+                                c.type_name()
+                            ),
+                        );
                         return None;
                     }
                 },
@@ -938,12 +1208,18 @@ impl<'a> Cx<'a> {
 
         let action = match (inst.get("cmd"), inst.get("uses")) {
             (None, None) => {
-                self.err(inst.pos, format!("stage '{name}' has neither 'cmd' nor 'uses' (expected one of them)"));
+                self.err(
+                    inst.pos,
+                    format!("stage '{name}' has neither 'cmd' nor 'uses' (expected one of them)"),
+                );
                 None
             }
             (Some(_), Some(_)) => {
                 let p = inst.key_pos("uses").unwrap_or(inst.pos);
-                self.err(p, format!("stage '{name}' has both 'cmd' and 'uses' (expected one of them)"));
+                self.err(
+                    p,
+                    format!("stage '{name}' has both 'cmd' and 'uses' (expected one of them)"),
+                );
                 None
             }
             (Some(c), None) => {
@@ -954,7 +1230,10 @@ impl<'a> Cx<'a> {
                 if let Some(cmd) = &cmd
                     && cmd.trim().is_empty()
                 {
-                    self.err(c.pos, format!("'cmd' of stage '{name}' is empty (expected a shell command)"));
+                    self.err(
+                        c.pos,
+                        format!("'cmd' of stage '{name}' is empty (expected a shell command)"),
+                    );
                 }
                 cmd.map(|cmd| Action::Cmd { cmd })
             }
@@ -964,22 +1243,40 @@ impl<'a> Cx<'a> {
                     None => Some(Value::Object(Map::new())),
                     Some(w) => {
                         if !matches!(w.kind, Kind::Map(_)) && !w.is_null() {
-                            self.err(w.pos, format!("expected a mapping for 'with' of stage '{name}', found {}", w.type_name()));
+                            self.err(
+                                w.pos,
+                                format!(
+                                    "expected a mapping for 'with' of stage '{name}', found {}",
+                                    w.type_name()
+                                ),
+                            );
                             None
                         } else {
-                            self.interp(w, &mut scope).map(|v| if v.is_null() { Value::Object(Map::new()) } else { v })
+                            self.interp(w, &mut scope).map(|v| {
+                                if v.is_null() {
+                                    Value::Object(Map::new())
+                                } else {
+                                    v
+                                }
+                            })
                         }
                     }
                 };
                 match (kind, with) {
-                    (Some(kind), Some(with)) => Some(Action::Builtin { kind: kind.name.to_owned(), version: kind.version, with }),
+                    (Some(kind), Some(with)) => Some(Action::Builtin {
+                        kind: kind.name.to_owned(),
+                        version: kind.version,
+                        with,
+                    }),
                     _ => None,
                 }
             }
         };
 
         let mut deps: Vec<(Dep, Pos)> = Vec::new();
-        if let (Some(Action::Builtin { with, .. }), Some(kind)) = (&action, mine.and_then(|o| o.kind)) {
+        if let (Some(Action::Builtin { with, .. }), Some(kind)) =
+            (&action, mine.and_then(|o| o.kind))
+        {
             let wnode = inst.get("with");
             match builtin_inputs(kind, with) {
                 Ok(paths) => {
@@ -987,7 +1284,9 @@ impl<'a> Cx<'a> {
                         let pos = wnode.and_then(|w| axis_pos(w, &field)).unwrap_or(inst.pos);
                         match norm_path(&p) {
                             Ok(p) => deps.push((Dep::Path(p), pos)),
-                            Err(m) => self.err(pos, format!("{m} in 'with.{field}' of stage '{name}'")),
+                            Err(m) => {
+                                self.err(pos, format!("{m} in 'with.{field}' of stage '{name}'"))
+                            }
                         }
                     }
                 }
@@ -1000,7 +1299,7 @@ impl<'a> Cx<'a> {
 
         if let Some(d) = inst.get("deps") {
             let what = format!("'deps' of stage '{name}'");
-            if let Some(items) = self.expect_list(d, &what, "") {
+            if let Some(items) = self.expect_list(d, &what) {
                 for it in items {
                     if let Some(dep) = self.dep(it, &what, &mut scope) {
                         deps.push((dep, it.pos));
@@ -1011,13 +1310,23 @@ impl<'a> Cx<'a> {
 
         if let Some(p) = inst.get("params") {
             let what = format!("'params' of stage '{name}'");
-            if let Some(items) = self.expect_list(p, &what, "") {
+            if let Some(items) = self.expect_list(p, &what) {
                 for it in items {
                     let Some(s) = it.as_str() else {
-                        self.err(it.pos, format!("expected a parameter name for {what}, found {}", it.type_name()));
+                        self.err(
+                            it.pos,
+                            format!(
+                                "expected a parameter name for {what}, found {}",
+                                it.type_name()
+                            ),
+                        );
                         continue;
                     };
-                    let path: Vec<String> = s.trim_start_matches("params.").split('.').map(str::to_owned).collect();
+                    let path: Vec<String> = s
+                        .trim_start_matches("params.")
+                        .split('.')
+                        .map(str::to_owned)
+                        .collect();
                     if path.iter().any(|p| p.is_empty()) {
                         self.err(it.pos, format!("invalid parameter name '{s}' in {what}"));
                         continue;
@@ -1035,13 +1344,18 @@ impl<'a> Cx<'a> {
             if let Some(entries) = self.expect_map(e, &what) {
                 for (k, v) in entries {
                     let key = k.scalar_text().unwrap_or_default();
-                    let valid = key.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    let valid = key
+                        .chars()
+                        .next()
+                        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
                         && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
                     if !valid {
                         self.err(k.pos, format!("invalid environment variable name '{key}' (expected letters, digits and '_')"));
                         continue;
                     }
-                    if let Some(val) = self.interp_string(v, &format!("env '{key}' of stage '{name}'"), &mut scope) {
+                    if let Some(val) =
+                        self.interp_string(v, &format!("env '{key}' of stage '{name}'"), &mut scope)
+                    {
                         env.insert(key.to_owned(), val);
                     }
                 }
@@ -1051,7 +1365,7 @@ impl<'a> Cx<'a> {
         let mut needs: Vec<(String, Pos)> = Vec::new();
         if let Some(n) = inst.get("needs") {
             let what = format!("'needs' of stage '{name}'");
-            if let Some(items) = self.expect_list(n, &what, "") {
+            if let Some(items) = self.expect_list(n, &what) {
                 for it in items {
                     if let Some(s) = self.interp_string(it, &what, &mut scope) {
                         needs.push((s, it.pos));
@@ -1060,13 +1374,24 @@ impl<'a> Cx<'a> {
             }
         }
 
-        let resources = inst.get("resources").map(|r| self.resources(r, name)).unwrap_or_default();
-        let retry = inst.get("retry").map(|r| self.retry(r, name)).unwrap_or_default();
-        let timeout = inst.get("timeout").and_then(|t| self.duration(t, &format!("'timeout' of stage '{name}'")));
+        let resources = inst
+            .get("resources")
+            .map(|r| self.resources(r, name))
+            .unwrap_or_default();
+        let retry = inst
+            .get("retry")
+            .map(|r| self.retry(r, name))
+            .unwrap_or_default();
+        let timeout = inst
+            .get("timeout")
+            .and_then(|t| self.duration(t, &format!("'timeout' of stage '{name}'")));
 
         let (outs, metrics) = match mine {
             Some(o) => (
-                o.outs.iter().map(|(k, (out, _))| (k.clone(), out.clone())).collect(),
+                o.outs
+                    .iter()
+                    .map(|(k, (out, _))| (k.clone(), out.clone()))
+                    .collect(),
                 o.metrics.iter().map(|(_, p, _)| p.clone()).collect(),
             ),
             None => (BTreeMap::new(), Vec::new()),
@@ -1078,7 +1403,13 @@ impl<'a> Cx<'a> {
                 deps.push((Dep::Path(path), inst.pos));
                 needs.push((stage, Pos::default()));
             } else {
-                self.err(inst.pos, format!("stage '{name}' refers to its own output '{}'", path.display()));
+                self.err(
+                    inst.pos,
+                    format!(
+                        "stage '{name}' refers to its own output '{}'",
+                        path.display()
+                    ),
+                );
             }
         }
 
@@ -1116,12 +1447,27 @@ impl<'a> Cx<'a> {
         if let Kind::Map(e) = &it.kind {
             self.check_keys(e, format::SQLITE_DEP, &format!("an item of {what}"));
             let (_, body) = e.iter().find(|(k, _)| k.scalar_text() == Some("sqlite"))?;
-            let fields = self.expect_map(body, &format!("'sqlite' in {what} (expected {{db: PATH, query: SQL}})"))?;
-            self.check_keys(fields, format::SQLITE_FIELDS, &format!("a sqlite dependency of {}", what.trim_start_matches("'deps' of ")));
+            let fields = self.expect_map(
+                body,
+                &format!("'sqlite' in {what} (expected {{db: PATH, query: SQL}})"),
+            )?;
+            self.check_keys(
+                fields,
+                format::SQLITE_FIELDS,
+                &format!(
+                    "a sqlite dependency of {}",
+                    what.trim_start_matches("'deps' of ")
+                ),
+            );
             let db = fields.iter().find(|(k, _)| k.scalar_text() == Some("db"));
-            let query = fields.iter().find(|(k, _)| k.scalar_text() == Some("query"));
+            let query = fields
+                .iter()
+                .find(|(k, _)| k.scalar_text() == Some("query"));
             let (Some((_, db)), Some((_, query))) = (db, query) else {
-                self.err(body.pos, format!("a sqlite dependency needs both 'db' and 'query' in {what}"));
+                self.err(
+                    body.pos,
+                    format!("a sqlite dependency needs both 'db' and 'query' in {what}"),
+                );
                 return None;
             };
             let (_, db) = self.interp_path(db, what, scope)?;
@@ -1139,7 +1485,9 @@ impl<'a> Cx<'a> {
     fn resources(&mut self, node: &Node, name: &str) -> Resources {
         let mut r = Resources::default();
         let what = format!("'resources' of stage '{name}'");
-        let Some(entries) = self.expect_map(node, &what) else { return r };
+        let Some(entries) = self.expect_map(node, &what) else {
+            return r;
+        };
         self.check_keys(entries, format::RESOURCES, &what);
         for (k, v) in entries {
             let slot = match k.scalar_text() {
@@ -1147,7 +1495,13 @@ impl<'a> Cx<'a> {
                 Some("cpu") => &mut r.cpu,
                 _ => continue,
             };
-            match self.count(v, &format!("'resources.{}' of stage '{name}'", k.scalar_text().unwrap_or_default())) {
+            match self.count(
+                v,
+                &format!(
+                    "'resources.{}' of stage '{name}'",
+                    k.scalar_text().unwrap_or_default()
+                ),
+            ) {
                 Some(n) => *slot = n,
                 None => continue,
             }
@@ -1162,10 +1516,19 @@ impl<'a> Cx<'a> {
             if let Ok(n) = u32::try_from(i) {
                 return Some(n);
             }
-            self.err(v.pos, format!("expected a non-negative integer for {what}, found {i}"));
+            self.err(
+                v.pos,
+                format!("expected a non-negative integer for {what}, found {i}"),
+            );
             return None;
         }
-        self.err(v.pos, format!("expected a non-negative integer for {what}, found {}", v.type_name()));
+        self.err(
+            v.pos,
+            format!(
+                "expected a non-negative integer for {what}, found {}",
+                v.type_name()
+            ),
+        );
         None
     }
 
@@ -1192,8 +1555,16 @@ impl<'a> Cx<'a> {
                 }
             }
             Kind::Scalar { .. } => {
-                if let Some(n) = self.count(node, &format!("{what} (or {{attempts: N, backoff: DURATION}})")) {
-                    r.attempts = n;
+                match &node.kind {
+                    Kind::Scalar { text, plain: true } if matches!(yaml::resolve_plain(text), Plain::Int(_)) => {
+                        if let Some(n) = self.count(node, &what) {
+                            r.attempts = n;
+                        }
+                    }
+                    _ => self.err(
+                        node.pos,
+                        format!("expected a number of retries or {{attempts: N, backoff: DURATION}} for {what}, found {}", node.type_name()),
+                    ),
                 }
             }
             Kind::Seq(_) => {
@@ -1207,18 +1578,32 @@ impl<'a> Cx<'a> {
         let text = match &node.kind {
             Kind::Scalar { text, .. } if !node.is_null() => text,
             _ => {
-                self.err(node.pos, format!("expected a duration for {what}, found {} ({DURATION_HINT})", node.type_name()));
+                self.err(
+                    node.pos,
+                    format!(
+                        "expected a duration for {what}, found {} ({DURATION_HINT})",
+                        node.type_name()
+                    ),
+                );
                 return None;
             }
         };
         if node.as_str().is_none() {
-            self.err(node.pos, format!("invalid duration '{text}' for {what}: a unit is missing ({DURATION_HINT})"));
+            self.err(
+                node.pos,
+                format!(
+                    "invalid duration '{text}' for {what}: a unit is missing ({DURATION_HINT})"
+                ),
+            );
             return None;
         }
         match parse_duration(text) {
             Some(d) => Some(d),
             None => {
-                self.err(node.pos, format!("invalid duration '{text}' for {what} ({DURATION_HINT})"));
+                self.err(
+                    node.pos,
+                    format!("invalid duration '{text}' for {what} ({DURATION_HINT})"),
+                );
                 None
             }
         }
@@ -1228,7 +1613,9 @@ impl<'a> Cx<'a> {
     fn check_outputs(&mut self, stages: &[Stage], outputs: &HashMap<String, Outputs>) {
         let mut all: Vec<(PathBuf, &str, Pos)> = Vec::new();
         for st in stages {
-            let Some(o) = outputs.get(&st.name) else { continue };
+            let Some(o) = outputs.get(&st.name) else {
+                continue;
+            };
             for (out, pos) in o.outs.values() {
                 all.push((out.path.clone(), &st.name, *pos));
             }
@@ -1239,11 +1626,23 @@ impl<'a> Cx<'a> {
         let mut by_path: HashMap<&Path, (&str, Pos)> = HashMap::new();
         for (p, s, pos) in &all {
             if let Some((other, opos)) = by_path.get(p.as_path()) {
-                let where_ = if *other == *s { "also".to_string() } else { format!("also an output of stage '{other}'") };
-                let msg = if *other == *s {
-                    format!("output '{}' is listed twice in stage '{s}' ({where_} at line {})", p.display(), opos.line)
+                let where_ = if *other == *s {
+                    "also".to_string()
                 } else {
-                    format!("output '{}' of stage '{s}' is {where_} (line {}): two stages cannot write one output", p.display(), opos.line)
+                    format!("also an output of stage '{other}'")
+                };
+                let msg = if *other == *s {
+                    format!(
+                        "output '{}' is listed twice in stage '{s}' ({where_} at line {})",
+                        p.display(),
+                        opos.line
+                    )
+                } else {
+                    format!(
+                        "output '{}' of stage '{s}' is {where_} (line {}): two stages cannot write one output",
+                        p.display(),
+                        opos.line
+                    )
                 };
                 self.err(*pos, msg);
             } else {
@@ -1269,23 +1668,27 @@ impl<'a> Cx<'a> {
 
     /// An output must not lead out of the project through a symlink in its path.
     fn check_symlinks(&mut self, p: &Path, pos: Pos, stage: &str) {
-        let Ok(root) = self.root.canonicalize() else { return };
+        let Ok(root) = self.root.canonicalize() else {
+            return;
+        };
         let mut cur = self.root.to_path_buf();
         for c in p.components() {
             cur.push(c);
-            let Ok(meta) = std::fs::symlink_metadata(&cur) else { return };
+            let Ok(meta) = std::fs::symlink_metadata(&cur) else {
+                return;
+            };
             if meta.file_type().is_symlink() {
-                let rel = cur.strip_prefix(self.root).unwrap_or(&cur).display().to_string();
+                let rel = cur
+                    .strip_prefix(self.root)
+                    .unwrap_or(&cur)
+                    .display()
+                    .to_string();
                 match cur.canonicalize() {
                     Ok(t) if t.starts_with(&root) => {}
-                    Ok(t) => {
+                    Ok(_) => {
                         self.err(
                             pos,
-                            format!(
-                                "output '{}' of stage '{stage}' leads outside the project root through the symlink '{rel}' (-> {})",
-                                p.display(),
-                                t.display()
-                            ),
+                            format!("output '{}' of stage '{stage}' leads outside the project root through the symlink '{rel}'", p.display()),
                         );
                         return;
                     }
@@ -1327,9 +1730,23 @@ impl<'a> Cx<'a> {
                 } else if let Some(exp) = bases.get(n) {
                     needs.extend(exp.iter().cloned());
                 } else {
-                    let all: Vec<&str> = names.iter().map(String::as_str).chain(bases.keys().map(String::as_str)).collect();
-                    let hint = did_you_mean(n, all.iter().copied()).map(|s| format!("; did you mean '{s}'?")).unwrap_or_default();
-                    self.err(*pos, format!("unknown stage '{n}' in 'needs' of stage '{}'{hint}", st.name));
+                    let all: Vec<&str> = names
+                        .iter()
+                        .map(String::as_str)
+                        .chain(bases.keys().map(String::as_str))
+                        .collect();
+                    let hint = did_you_mean(n, all.iter().copied())
+                        .map(|s| format!("; did you mean '{s}'?"))
+                        .unwrap_or_default();
+                    let list: Vec<&str> = names.iter().map(String::as_str).collect();
+                    self.err(
+                        *pos,
+                        format!(
+                            "unknown stage '{n}' in 'needs' of stage '{}' (stages: {}{hint})",
+                            st.name,
+                            list.join(", ")
+                        ),
+                    );
                 }
             }
             let mut deps: BTreeSet<DepKey> = BTreeSet::new();
@@ -1346,7 +1763,14 @@ impl<'a> Cx<'a> {
                         if *s != st.name {
                             needs.insert(s.clone());
                         } else {
-                            self.err(*pos, format!("stage '{}' depends on its own output '{}'", st.name, path.display()));
+                            self.err(
+                                *pos,
+                                format!(
+                                    "stage '{}' depends on its own output '{}'",
+                                    st.name,
+                                    path.display()
+                                ),
+                            );
                         }
                     }
                 }
@@ -1369,15 +1793,28 @@ impl<'a> Cx<'a> {
 
     fn triggers(&mut self, node: &Node, params: &Map<String, Value>) -> Vec<Trigger> {
         let mut out = Vec::new();
-        let Some(items) = self.expect_list(node, "'triggers'", "") else { return out };
+        let Some(items) = self.expect_list(node, "'triggers'") else {
+            return out;
+        };
         for it in items {
-            let Some(entries) = self.expect_map(it, "a trigger ({cron: …} or {watch: […]})") else { continue };
-            let has = |k: &str| entries.iter().find(|(key, _)| key.scalar_text() == Some(k)).map(|(_, v)| v);
+            let Some(entries) = self.expect_map(it, "a trigger ({cron: …} or {watch: […]})")
+            else {
+                continue;
+            };
+            let has = |k: &str| {
+                entries
+                    .iter()
+                    .find(|(key, _)| key.scalar_text() == Some(k))
+                    .map(|(_, v)| v)
+            };
             let span = self.span(it.pos);
             if let Some(c) = has("cron") {
                 self.check_keys(entries, format::CRON_TRIGGER, "a cron trigger");
                 let Some(expr) = c.as_str() else {
-                    self.err(c.pos, format!("expected a string for 'cron', found {}", c.type_name()));
+                    self.err(
+                        c.pos,
+                        format!("expected a string for 'cron', found {}", c.type_name()),
+                    );
                     continue;
                 };
                 let fields = expr.split_whitespace().count();
@@ -1395,14 +1832,24 @@ impl<'a> Cx<'a> {
                         }
                     }
                 };
-                out.push(Trigger::Cron { cron: expr.to_owned(), when, span });
+                out.push(Trigger::Cron {
+                    cron: expr.to_owned(),
+                    when,
+                    span,
+                });
             } else if let Some(w) = has("watch") {
                 self.check_keys(entries, format::WATCH_TRIGGER, "a watch trigger");
                 let list: Vec<&Node> = match &w.kind {
                     Kind::Seq(v) => v.iter().collect(),
                     Kind::Scalar { .. } if w.as_str().is_some() => vec![w],
                     _ => {
-                        self.err(w.pos, format!("expected a list of paths for 'watch', found {}", w.type_name()));
+                        self.err(
+                            w.pos,
+                            format!(
+                                "expected a list of paths for 'watch', found {}",
+                                w.type_name()
+                            ),
+                        );
                         continue;
                     }
                 };
@@ -1451,7 +1898,10 @@ fn fields_expanded(insts: &[Inst], base: &str) -> bool {
 /// The position of a key's value inside a mapping node.
 fn axis_pos(map: &Node, key: &str) -> Option<Pos> {
     match &map.kind {
-        Kind::Map(e) => e.iter().find(|(k, _)| k.scalar_text() == Some(key)).map(|(_, v)| v.pos),
+        Kind::Map(e) => e
+            .iter()
+            .find(|(k, _)| k.scalar_text() == Some(key))
+            .map(|(_, v)| v.pos),
         _ => None,
     }
 }
@@ -1464,7 +1914,10 @@ fn param_refs(node: &Node) -> Vec<String> {
             Kind::Scalar { text, .. } => {
                 if let Ok(segs) = interp::parse(text) {
                     for s in segs {
-                        if let Seg::Ref { r: Ref::Param(p), .. } = s {
+                        if let Seg::Ref {
+                            r: Ref::Param(p), ..
+                        } = s
+                        {
                             out.push(p[0].clone());
                         }
                     }

@@ -49,7 +49,11 @@ pub enum Action {
     /// A shell command (`cmd:`), run by `sh -c` in the project root.
     Cmd { cmd: String },
     /// A built-in kind (`uses:` + `with:`); `version` is the kind's implementation version.
-    Builtin { kind: String, version: u32, with: serde_json::Value },
+    Builtin {
+        kind: String,
+        version: u32,
+        with: serde_json::Value,
+    },
 }
 
 /// An input whose content goes into the fingerprint.
@@ -87,7 +91,10 @@ pub struct Retry {
 
 impl Default for Retry {
     fn default() -> Self {
-        Retry { attempts: 0, backoff: Duration::from_secs(1) }
+        Retry {
+            attempts: 0,
+            backoff: Duration::from_secs(1),
+        }
     }
 }
 
@@ -121,6 +128,13 @@ pub struct Stage {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Trigger {
-    Cron { cron: String, when: Option<serde_json::Value>, span: Span },
-    Watch { paths: Vec<PathBuf>, span: Span },
+    Cron {
+        cron: String,
+        when: Option<serde_json::Value>,
+        span: Span,
+    },
+    Watch {
+        paths: Vec<PathBuf>,
+        span: Span,
+    },
 }

@@ -1,1 +1,204 @@
-//! JSON Schema of the pipeline format (see `tsumugi schema`).
+//! JSON Schema (draft 2020-12) of the pipeline format, for editors (`tsumugi schema`).
+//!
+//! Keys and their descriptions come from [`super::format`], the tables the loader checks
+//! keys against; this file adds only each key's type. The built-in kinds come from
+//! `tsumugi_stages::kinds()`. A test checks that every key of every table has a type here.
+
+use serde_json::{Map, Value, json};
+
+use super::format::{self, Keys};
+
+const NAME_PATTERN: &str = "^[A-Za-z0-9_][A-Za-z0-9_.-]*$";
+const DURATION_PATTERN: &str = "^([0-9]+(\\.[0-9]+)?(ms|s|sec|m|min|h|d))+$";
+
+/// The type of a key, by table; None for a key this file does not know (a test fails then).
+fn key_type(table: &str, key: &str) -> Option<Value> {
+    let path = json!({"$ref": "#/$defs/path"});
+    let paths = json!({"type": "array", "items": {"$ref": "#/$defs/path"}});
+    let count = json!({"type": "integer", "minimum": 0});
+    let duration = json!({"$ref": "#/$defs/duration"});
+    Some(match (table, key) {
+        ("top", "name") => json!({"type": "string", "pattern": NAME_PATTERN}),
+        ("top", "params") => json!({"type": "object"}),
+        ("top", "stages") => json!({
+            "type": "object",
+            "minProperties": 1,
+            "propertyNames": {"pattern": NAME_PATTERN},
+            "additionalProperties": {"$ref": "#/$defs/stage"}
+        }),
+        ("top", "triggers") => json!({"type": "array", "items": {"$ref": "#/$defs/trigger"}}),
+        ("stage", "cmd") => json!({"type": "string", "minLength": 1}),
+        ("stage", "uses") => {
+            let names: Vec<&str> = tsumugi_stages::kinds().iter().map(|k| k.name).collect();
+            if names.is_empty() {
+                json!({"type": "string"})
+            } else {
+                json!({"enum": names})
+            }
+        }
+        ("stage", "with") => json!({"type": "object"}),
+        ("stage", "deps") => json!({"type": "array", "items": {"$ref": "#/$defs/dep"}}),
+        ("stage", "outs") => json!({
+            "oneOf": [
+                {"type": "array", "items": {"$ref": "#/$defs/out"}},
+                {"type": "object", "additionalProperties": {"$ref": "#/$defs/out"}}
+            ]
+        }),
+        ("stage", "metrics") => paths,
+        ("stage", "params") => json!({"type": "array", "items": {"type": "string"}}),
+        ("stage", "env") => json!({
+            "type": "object",
+            "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+            "additionalProperties": {"type": ["string", "number", "boolean"]}
+        }),
+        ("stage", "needs") => json!({"type": "array", "items": {"type": "string"}}),
+        ("stage", "resources") => obj(format::RESOURCES, "resources", &[]),
+        ("stage", "retry") => json!({"oneOf": [count, obj(format::RETRY, "retry", &[])]}),
+        ("stage", "timeout") => duration,
+        ("stage", "foreach") => json!({"type": ["array", "object", "string"]}),
+        ("stage", "matrix") => json!({
+            "type": ["object", "string"],
+            "additionalProperties": {"type": ["array", "string"]}
+        }),
+        ("out", "path") => path,
+        ("out", "cache") => json!({"type": "boolean", "default": true}),
+        ("sqlite_dep", "sqlite") => obj(format::SQLITE_FIELDS, "sqlite_fields", &["db", "query"]),
+        ("sqlite_fields", "db") => path,
+        ("sqlite_fields", "query") => json!({"type": "string", "minLength": 1}),
+        ("resources", "gpu" | "cpu") => count,
+        ("retry", "attempts") => count,
+        ("retry", "backoff") => duration,
+        ("cron", "cron") => json!({"type": "string"}),
+        ("cron", "when") => json!({"type": "object"}),
+        ("watch", "watch") => json!({"oneOf": [path, paths]}),
+        _ => return None,
+    })
+}
+
+/// A closed object whose properties are a key table.
+fn obj(keys: Keys, table: &str, required: &[&str]) -> Value {
+    let mut props = Map::new();
+    for (k, desc) in keys {
+        let mut t = key_type(table, k).unwrap_or_else(|| json!({}));
+        if let Some(o) = t.as_object_mut() {
+            o.insert("description".into(), Value::String((*desc).into()));
+        }
+        props.insert((*k).into(), t);
+    }
+    let mut o = json!({"type": "object", "additionalProperties": false, "properties": props});
+    if !required.is_empty() {
+        o["required"] = json!(required);
+    }
+    o
+}
+
+/// The schema as a JSON value.
+pub fn pipeline_schema() -> Value {
+    let mut stage = obj(format::STAGE, "stage", &[]);
+    stage["oneOf"] = json!([
+        {"required": ["cmd"], "not": {"required": ["uses"]}},
+        {"required": ["uses"], "not": {"anyOf": [{"required": ["cmd"]}, {"required": ["outs"]}, {"required": ["metrics"]}]}}
+    ]);
+    stage["not"] = json!({"required": ["foreach", "matrix"]});
+    // Per kind: what `with:` holds (its input fields are paths).
+    let per_kind: Vec<Value> = tsumugi_stages::kinds()
+        .iter()
+        .map(|k| {
+            let props: Map<String, Value> =
+                k.input_fields.iter().map(|f| ((*f).to_owned(), json!({"oneOf": [{"$ref": "#/$defs/path"}, {"type": "array", "items": {"$ref": "#/$defs/path"}}]}))).collect();
+            json!({
+                "if": {"properties": {"uses": {"const": k.name}}, "required": ["uses"]},
+                "then": {"properties": {"with": {"type": "object", "description": k.summary, "properties": props}}}
+            })
+        })
+        .collect();
+    if !per_kind.is_empty() {
+        stage["allOf"] = Value::Array(per_kind);
+    }
+    let kinds: Map<String, Value> = tsumugi_stages::kinds()
+        .iter()
+        .map(|k| {
+            let outs: Vec<&str> = k.outputs.iter().map(|(key, _)| *key).collect();
+            (k.name.to_owned(), json!({"description": k.summary, "version": k.version, "inputs": k.input_fields, "outputs": outs}))
+        })
+        .collect();
+
+    let mut top = obj(format::TOP, "top", &["stages"]);
+    let o = top.as_object_mut().expect("obj() makes an object");
+    let mut head = Map::new();
+    head.insert(
+        "$schema".into(),
+        json!("https://json-schema.org/draft/2020-12/schema"),
+    );
+    head.insert(
+        "$id".into(),
+        json!("https://example.invalid/tsumugi/pipeline.schema.json"),
+    );
+    head.insert("title".into(), json!("tsumugi pipeline"));
+    head.insert(
+        "description".into(),
+        json!("A tsumugi pipeline file. Strings may hold ${params.NAME}, ${stages.STAGE.outs.KEY}, ${item}, ${key}; see docs/pipeline-format.md."),
+    );
+    head.extend(std::mem::take(o));
+    head.insert(
+        "$defs".into(),
+        json!({
+            "path": {"type": "string", "minLength": 1, "description": "A path relative to the project root."},
+            "duration": {"type": "string", "pattern": DURATION_PATTERN, "description": "30s, 10m, 2h, 1d, 500ms, 1h30m"},
+            "stage": stage,
+            "dep": {"oneOf": [{"$ref": "#/$defs/path"}, obj(format::SQLITE_DEP, "sqlite_dep", &["sqlite"])]},
+            "out": {"oneOf": [{"$ref": "#/$defs/path"}, obj(format::OUT_ITEM, "out", &["path"])]},
+            "trigger": {"oneOf": [obj(format::CRON_TRIGGER, "cron", &["cron"]), obj(format::WATCH_TRIGGER, "watch", &["watch"])]}
+        }),
+    );
+    // An annotation (unknown keywords are allowed in 2020-12): the kinds of this build.
+    head.insert("x-tsumugi-kinds".into(), Value::Object(kinds));
+    Value::Object(head)
+}
+
+/// The schema as `tsumugi schema` prints it (pretty JSON, no trailing newline).
+pub fn pipeline_schema_string() -> String {
+    serde_json::to_string_pretty(&pipeline_schema()).expect("a JSON value always serialises")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_has_a_type() {
+        let tables: &[(&str, Keys)] = &[
+            ("top", format::TOP),
+            ("stage", format::STAGE),
+            ("out", format::OUT_ITEM),
+            ("sqlite_dep", format::SQLITE_DEP),
+            ("sqlite_fields", format::SQLITE_FIELDS),
+            ("resources", format::RESOURCES),
+            ("retry", format::RETRY),
+            ("cron", format::CRON_TRIGGER),
+            ("watch", format::WATCH_TRIGGER),
+        ];
+        for (t, keys) in tables {
+            for (k, _) in *keys {
+                assert!(
+                    key_type(t, k).is_some(),
+                    "no schema type for key '{k}' of table '{t}'"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn stage_properties_are_the_loader_keys() {
+        let s = pipeline_schema();
+        let props: Vec<&str> = s["$defs"]["stage"]["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(props, format::names(format::STAGE).collect::<Vec<_>>());
+        assert_eq!(s["$schema"], "https://json-schema.org/draft/2020-12/schema");
+        assert_eq!(s["required"], json!(["stages"]));
+    }
+}

@@ -28,7 +28,10 @@ pub struct Node {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Kind {
     /// `plain` is false for quoted and block scalars: those are always strings.
-    Scalar { text: String, plain: bool },
+    Scalar {
+        text: String,
+        plain: bool,
+    },
     Seq(Vec<Node>),
     /// Keys are scalars (checked while building); order as in the file.
     Map(Vec<(Node, Node)>),
@@ -185,17 +188,34 @@ pub fn parse(src: &str) -> (Option<Node>, Vec<YamlError>) {
     }
     if let Some((line, col)) = find_char(src, |c| c == OPEN || c == CLOSE) {
         errors.push(YamlError {
-            pos: Pos { line, col, index: 0 },
-            message: "characters U+E000/U+E001 are reserved (they cannot appear in a pipeline file)".into(),
+            pos: Pos {
+                line,
+                col,
+                index: 0,
+            },
+            message:
+                "characters U+E000/U+E001 are reserved (they cannot appear in a pipeline file)"
+                    .into(),
         });
         return (None, errors);
     }
     let shielded = shield_refs(src);
-    let mut b = Builder { stack: Vec::new(), anchors: HashMap::new(), root: None, docs: 0, nodes: 0, errors: Vec::new() };
+    let mut b = Builder {
+        stack: Vec::new(),
+        anchors: HashMap::new(),
+        root: None,
+        docs: 0,
+        nodes: 0,
+        errors: Vec::new(),
+    };
     for ev in Parser::new_from_str(&shielded) {
         match ev {
             Ok((event, span)) => {
-                let pos = Pos { line: span.start.line(), col: span.start.col() + 1, index: span.start.index() };
+                let pos = Pos {
+                    line: span.start.line(),
+                    col: span.start.col() + 1,
+                    index: span.start.index(),
+                };
                 if let Err(e) = b.event(event, pos, span.end.index()) {
                     b.errors.push(e);
                     return (None, b.errors);
@@ -203,8 +223,15 @@ pub fn parse(src: &str) -> (Option<Node>, Vec<YamlError>) {
             }
             Err(e) => {
                 let m = e.marker();
-                let pos = Pos { line: m.line(), col: m.col() + 1, index: m.index() };
-                b.errors.push(YamlError { pos, message: format!("invalid YAML: {}", unshield(e.info())) });
+                let pos = Pos {
+                    line: m.line(),
+                    col: m.col() + 1,
+                    index: m.index(),
+                };
+                b.errors.push(YamlError {
+                    pos,
+                    message: format!("invalid YAML: {}", unshield(e.info())),
+                });
                 return (None, b.errors);
             }
         }
@@ -227,7 +254,9 @@ fn shield_refs(src: &str) -> String {
     let mut i = 0;
     while i + 1 < chars.len() {
         if chars[i] == '$' && chars[i + 1] == '{' {
-            let close = (i + 2..chars.len()).take_while(|&j| chars[j] != '\n' && chars[j] != '{').find(|&j| chars[j] == '}');
+            let close = (i + 2..chars.len())
+                .take_while(|&j| chars[j] != '\n' && chars[j] != '{')
+                .find(|&j| chars[j] == '}');
             if let Some(j) = close {
                 out[i + 1] = OPEN;
                 out[j] = CLOSE;
@@ -270,13 +299,23 @@ fn tab_indentation(src: &str) -> Option<YamlError> {
         }
         if rest.starts_with('\t') {
             return Some(YamlError {
-                pos: Pos { line: i + 1, col: indent + 1, index: index + indent },
+                pos: Pos {
+                    line: i + 1,
+                    col: indent + 1,
+                    index: index + indent,
+                },
                 message: "tab character in indentation (YAML indents with spaces only)".into(),
             });
         }
         let t = rest.trim_end();
         let t = t.split(" #").next().unwrap_or(t).trim_end();
-        if t.ends_with('|') || t.ends_with('>') || t.ends_with("|-") || t.ends_with(">-") || t.ends_with("|+") || t.ends_with(">+") {
+        if t.ends_with('|')
+            || t.ends_with('>')
+            || t.ends_with("|-")
+            || t.ends_with(">-")
+            || t.ends_with("|+")
+            || t.ends_with(">+")
+        {
             block_indent = Some(indent);
         }
         index += line.chars().count() + 1;
@@ -285,8 +324,18 @@ fn tab_indentation(src: &str) -> Option<YamlError> {
 }
 
 enum Frame {
-    Seq { pos: Pos, anchor: usize, items: Vec<Node> },
-    Map { pos: Pos, anchor: usize, entries: Vec<(Node, Node)>, key: Option<Node>, seen: HashMap<String, Pos> },
+    Seq {
+        pos: Pos,
+        anchor: usize,
+        items: Vec<Node>,
+    },
+    Map {
+        pos: Pos,
+        anchor: usize,
+        entries: Vec<(Node, Node)>,
+        key: Option<Node>,
+        seen: HashMap<String, Pos>,
+    },
 }
 
 struct Builder {
@@ -304,20 +353,39 @@ impl Builder {
             Event::DocumentStart(_) => {
                 self.docs += 1;
                 if self.docs > 1 {
-                    return Err(YamlError { pos, message: "a pipeline file holds one YAML document (found a second '---')".into() });
+                    return Err(YamlError {
+                        pos,
+                        message: "a pipeline file holds one YAML document (found a second '---')"
+                            .into(),
+                    });
                 }
             }
             Event::Scalar(text, style, anchor, tag) => {
                 let mut plain = style == ScalarStyle::Plain;
                 if let Some(tag) = tag {
                     // `!!str 16` is the one tag worth honouring: it forces a string.
-                    if tag.handle == "tag:yaml.org,2002:" && tag.suffix == "str" || tag.handle == "!!" && tag.suffix == "str" {
+                    if (tag.handle == "tag:yaml.org,2002:" || tag.handle == "!!")
+                        && tag.suffix == "str"
+                    {
                         plain = false;
                     } else {
-                        return Err(YamlError { pos, message: format!("unsupported YAML tag '{}{}' (only !!str is accepted)", tag.handle, tag.suffix) });
+                        return Err(YamlError {
+                            pos,
+                            message: format!(
+                                "unsupported YAML tag '{}' (only !!str is accepted)",
+                                tag_text(&tag)
+                            ),
+                        });
                     }
                 }
-                let node = Node { pos, end, kind: Kind::Scalar { text: unshield(&text), plain } };
+                let node = Node {
+                    pos,
+                    end,
+                    kind: Kind::Scalar {
+                        text: unshield(&text),
+                        plain,
+                    },
+                };
                 if anchor != 0 {
                     self.anchors.insert(anchor, node.clone());
                 }
@@ -325,19 +393,39 @@ impl Builder {
             }
             Event::SequenceStart(anchor, tag) => {
                 if let Some(tag) = tag {
-                    return Err(YamlError { pos, message: format!("unsupported YAML tag '{}{}'", tag.handle, tag.suffix) });
+                    return Err(YamlError {
+                        pos,
+                        message: format!("unsupported YAML tag '{}'", tag_text(&tag)),
+                    });
                 }
-                self.stack.push(Frame::Seq { pos, anchor, items: Vec::new() });
+                self.stack.push(Frame::Seq {
+                    pos,
+                    anchor,
+                    items: Vec::new(),
+                });
             }
             Event::MappingStart(anchor, tag) => {
                 if let Some(tag) = tag {
-                    return Err(YamlError { pos, message: format!("unsupported YAML tag '{}{}'", tag.handle, tag.suffix) });
+                    return Err(YamlError {
+                        pos,
+                        message: format!("unsupported YAML tag '{}'", tag_text(&tag)),
+                    });
                 }
-                self.stack.push(Frame::Map { pos, anchor, entries: Vec::new(), key: None, seen: HashMap::new() });
+                self.stack.push(Frame::Map {
+                    pos,
+                    anchor,
+                    entries: Vec::new(),
+                    key: None,
+                    seen: HashMap::new(),
+                });
             }
             Event::SequenceEnd => {
                 if let Some(Frame::Seq { pos, anchor, items }) = self.stack.pop() {
-                    let node = Node { pos, end, kind: Kind::Seq(items) };
+                    let node = Node {
+                        pos,
+                        end,
+                        kind: Kind::Seq(items),
+                    };
                     if anchor != 0 {
                         self.anchors.insert(anchor, node.clone());
                     }
@@ -345,8 +433,18 @@ impl Builder {
                 }
             }
             Event::MappingEnd => {
-                if let Some(Frame::Map { pos, anchor, entries, .. }) = self.stack.pop() {
-                    let node = Node { pos, end, kind: Kind::Map(entries) };
+                if let Some(Frame::Map {
+                    pos,
+                    anchor,
+                    entries,
+                    ..
+                }) = self.stack.pop()
+                {
+                    let node = Node {
+                        pos,
+                        end,
+                        kind: Kind::Map(entries),
+                    };
                     if anchor != 0 {
                         self.anchors.insert(anchor, node.clone());
                     }
@@ -355,12 +453,18 @@ impl Builder {
             }
             Event::Alias(id) => {
                 let Some(target) = self.anchors.get(&id) else {
-                    return Err(YamlError { pos, message: "alias to an unknown anchor".into() });
+                    return Err(YamlError {
+                        pos,
+                        message: "alias to an unknown anchor".into(),
+                    });
                 };
                 let mut node = target.clone();
                 self.nodes += count(&node);
                 if self.nodes > NODE_BUDGET {
-                    return Err(YamlError { pos, message: "aliases expand to too many nodes".into() });
+                    return Err(YamlError {
+                        pos,
+                        message: "aliases expand to too many nodes".into(),
+                    });
                 }
                 // Errors inside the copy point at the alias, where the user wrote it.
                 node.pos = pos;
@@ -377,10 +481,18 @@ impl Builder {
         match self.stack.last_mut() {
             None => self.root = Some(node),
             Some(Frame::Seq { items, .. }) => items.push(node),
-            Some(Frame::Map { entries, key, seen, .. }) => match key.take() {
+            Some(Frame::Map {
+                entries, key, seen, ..
+            }) => match key.take() {
                 None => {
                     if !matches!(node.kind, Kind::Scalar { .. }) {
-                        self.errors.push(YamlError { pos: node.pos, message: format!("mapping keys must be strings, found {}", node.type_name()) });
+                        self.errors.push(YamlError {
+                            pos: node.pos,
+                            message: format!(
+                                "mapping keys must be strings, found {}",
+                                node.type_name()
+                            ),
+                        });
                     }
                     *key = Some(node);
                 }
@@ -391,7 +503,10 @@ impl Builder {
                     if let Some(first) = seen.get(text) {
                         self.errors.push(YamlError {
                             pos: k.pos,
-                            message: format!("duplicate key '{text}' (first defined at line {})", first.line),
+                            message: format!(
+                                "duplicate key '{text}' (first defined at line {})",
+                                first.line
+                            ),
                         });
                     } else {
                         seen.insert(text.clone(), k.pos);
@@ -402,6 +517,16 @@ impl Builder {
         }
         Ok(())
     }
+}
+
+/// `!!int` rather than `tag:yaml.org,2002:int`, as the user wrote it.
+fn tag_text(tag: &saphyr_parser::Tag) -> String {
+    let handle = if tag.handle == "tag:yaml.org,2002:" {
+        "!!"
+    } else {
+        tag.handle.as_str()
+    };
+    format!("{handle}{}", tag.suffix)
 }
 
 fn count(n: &Node) -> usize {
@@ -437,7 +562,13 @@ mod tests {
         let root = root.unwrap();
         assert_eq!(errs.len(), 1);
         assert_eq!(errs[0].pos.line, 4);
-        assert!(errs[0].message.contains("duplicate key 'a' (first defined at line 1)"), "{}", errs[0].message);
+        assert!(
+            errs[0]
+                .message
+                .contains("duplicate key 'a' (first defined at line 1)"),
+            "{}",
+            errs[0].message
+        );
         let Kind::Map(e) = root.kind else { panic!() };
         assert_eq!(e[1].1.pos.line, 3);
         assert_eq!(e[1].1.pos.col, 3);
@@ -459,9 +590,15 @@ mod tests {
     fn references_in_flow_collections() {
         let (root, errs) = parse("a: [out/${item}.txt, x]\nb: {r: ${params.rank}}\nc: '${x}'\n");
         assert!(errs.is_empty(), "{errs:?}");
-        let Kind::Map(e) = root.unwrap().kind else { panic!() };
-        assert!(matches!(&e[0].1.kind, Kind::Seq(v) if v[0].scalar_text() == Some("out/${item}.txt")));
-        assert!(matches!(&e[1].1.kind, Kind::Map(m) if m[0].1.scalar_text() == Some("${params.rank}") && m[0].1.pos.col == 8));
+        let Kind::Map(e) = root.unwrap().kind else {
+            panic!()
+        };
+        assert!(
+            matches!(&e[0].1.kind, Kind::Seq(v) if v[0].scalar_text() == Some("out/${item}.txt"))
+        );
+        assert!(
+            matches!(&e[1].1.kind, Kind::Map(m) if m[0].1.scalar_text() == Some("${params.rank}") && m[0].1.pos.col == 8)
+        );
         assert_eq!(e[2].1.scalar_text(), Some("${x}"));
     }
 
@@ -469,7 +606,9 @@ mod tests {
     fn aliases_expand() {
         let (root, errs) = parse("a: &x [1, 2]\nb: *x\n");
         assert!(errs.is_empty());
-        let Kind::Map(e) = root.unwrap().kind else { panic!() };
+        let Kind::Map(e) = root.unwrap().kind else {
+            panic!()
+        };
         assert!(matches!(&e[1].1.kind, Kind::Seq(v) if v.len() == 2));
     }
 }

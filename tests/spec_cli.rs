@@ -1,0 +1,130 @@
+//! `tsumugi validate`, `schema` and `dag` through the real binary.
+
+use std::path::Path;
+
+use assert_cmd::Command;
+
+fn tsumugi() -> Command {
+    Command::cargo_bin("tsumugi").unwrap()
+}
+
+const PIPELINE: &str = r#"name: cli
+params: {n: 2}
+stages:
+  gen:
+    cmd: seq ${params.n} > out/gen.txt
+    outs: [out/gen.txt]
+  sweep:
+    foreach: [a, b]
+    cmd: cat ${stages.gen.outs.out/gen.txt} > out/${item}.txt
+    outs: [out/${item}.txt]
+  join:
+    cmd: cat out/a.txt out/b.txt > out/join.txt
+    deps: [out/a.txt, out/b.txt]
+    outs: [out/join.txt]
+  lone:
+    cmd: echo lone
+"#;
+
+fn project() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.yaml"), PIPELINE).unwrap();
+    dir
+}
+
+#[test]
+fn schema_file_is_the_command_output() {
+    let out = tsumugi().arg("schema").output().unwrap();
+    assert!(out.status.success());
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("schema/pipeline.schema.json"),
+    )
+    .unwrap();
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        shipped,
+        "schema/pipeline.schema.json is stale: run `cargo run -- schema > schema/pipeline.schema.json`"
+    );
+    let v: serde_json::Value = serde_json::from_str(&shipped).unwrap();
+    assert_eq!(v["$schema"], "https://json-schema.org/draft/2020-12/schema");
+}
+
+#[test]
+fn validate_ok_counts_expanded_stages() {
+    let d = project();
+    tsumugi()
+        .arg("-C")
+        .arg(d.path())
+        .args(["validate", "p.yaml"])
+        .assert()
+        .success()
+        .stdout("ok: 5 stages\n")
+        .stderr("");
+}
+
+#[test]
+fn validate_reports_errors_and_exits_1() {
+    let d = project();
+    std::fs::write(
+        d.path().join("bad.yaml"),
+        "stages:\n  a:\n    cmd: echo\n    outs: [../x]\n",
+    )
+    .unwrap();
+    tsumugi()
+        .arg("-C")
+        .arg(d.path())
+        .args(["validate", "bad.yaml"])
+        .assert()
+        .code(1)
+        .stdout("")
+        .stderr(
+            "bad.yaml:4:12: path '../x' leads outside the project root in 'outs' of stage 'a'\n",
+        );
+}
+
+#[test]
+fn dag_text_mermaid_dot_and_selection() {
+    let d = project();
+    let run = |args: &[&str]| {
+        let out = tsumugi()
+            .arg("-C")
+            .arg(d.path())
+            .arg("dag")
+            .arg("p.yaml")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(
+        run(&[]),
+        "gen\nsweep@a <- gen\nsweep@b <- gen\njoin <- sweep@a, sweep@b\nlone\n"
+    );
+    assert_eq!(run(&["sweep@b"]), "gen\nsweep@b <- gen\n");
+    assert_eq!(
+        run(&["--mermaid", "join"]),
+        "flowchart TD\n    s0[\"gen\"]\n    s1[\"sweep@a\"]\n    s2[\"sweep@b\"]\n    s3[\"join\"]\n    s0 --> s1\n    s0 --> s2\n    s1 --> s3\n    s2 --> s3\n"
+    );
+    let dot = run(&["--dot"]);
+    assert!(dot.starts_with("digraph \"cli\" {\n"), "{dot}");
+    assert!(dot.contains("    \"sweep@a\" -> \"join\";\n"), "{dot}");
+    assert!(dot.contains("    \"lone\";\n"), "{dot}");
+    assert!(dot.ends_with("}\n"));
+}
+
+#[test]
+fn dag_unknown_stage_is_an_error() {
+    let d = project();
+    tsumugi()
+        .arg("-C")
+        .arg(d.path())
+        .args(["dag", "p.yaml", "jion"])
+        .assert()
+        .code(1)
+        .stderr("p.yaml: no stage named 'jion' (stages: gen, sweep@a, sweep@b, join, lone; did you mean 'join'?)\n");
+}
