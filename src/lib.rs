@@ -25,3 +25,4 @@ pub mod lock;
 pub mod project;
 pub mod rundb;
 pub mod spec;
+pub mod trigger;

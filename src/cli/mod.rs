@@ -12,10 +12,12 @@ mod gc;
 mod metrics;
 mod run;
 mod runs;
+mod schedule;
 mod schema;
 mod show;
 mod status;
 mod validate;
+mod watch;
 
 /// tsumugi — declarative pipelines for fine-tuning and evaluating cross-encoders with LoRA.
 ///
@@ -62,6 +64,10 @@ pub enum Command {
     Metrics(metrics::MetricsCommand),
     /// Remove cache objects and entries that no kept run references.
     Gc(gc::GcArgs),
+    /// Run the pipeline's cron triggers: a daemon, or `--once` from crontab.
+    Schedule(schedule::ScheduleArgs),
+    /// Re-run the stages affected by file changes, as they happen.
+    Watch(watch::WatchArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -78,6 +84,8 @@ pub fn main() -> ExitCode {
         Command::Show(a) => show::run(&project, a),
         Command::Metrics(a) => metrics::run(&project, a),
         Command::Gc(a) => gc::run(&project, a),
+        Command::Schedule(a) => schedule::run(&project, a),
+        Command::Watch(a) => watch::run(&project, a),
     };
     match result {
         Ok(code) => code,
