@@ -2,8 +2,9 @@
 //! database (`runs/tsumugi.db`), next to the runs themselves. Every decision is also a log
 //! line on stderr, which systemd's journal or cron's mail picks up.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use chrono::{DateTime, SecondsFormat, Utc};
+use rusqlite::OptionalExtension;
 
 use super::Origin;
 use crate::project::Project;
@@ -78,8 +79,28 @@ impl History {
         &self.pipeline
     }
 
+    /// When `stage` last *ran* and succeeded. A stage that was cached or restored did no
+    /// work, so it does not count: "7 days since the last training" means since the
+    /// training really ran, not since a run found it up to date.
     pub fn last_success(&self, stage: &str) -> Result<Option<DateTime<Utc>>> {
-        rundb::last_success(&self.project, &self.pipeline, stage)
+        let Some(conn) = rundb::open_read(&self.project)? else {
+            return Ok(None);
+        };
+        let t: Option<String> = conn
+            .query_row(
+                "SELECT max(s.ended_at) FROM stage_runs s JOIN runs r ON r.id = s.run_id
+                 WHERE r.pipeline = ?1 AND s.stage = ?2 AND s.status = 'ran'",
+                rusqlite::params![self.pipeline, stage],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten();
+        t.map(|t| {
+            DateTime::parse_from_rfc3339(&t)
+                .map(|t| t.with_timezone(&Utc))
+                .with_context(|| format!("run database: bad time {t:?} for stage {stage}"))
+        })
+        .transpose()
     }
 
     /// Records a decision as an event and prints it as a log line. A failure to record is

@@ -65,6 +65,9 @@ pub struct Scheduler<C: Clock, R: PipelineRunner> {
     /// When the last run this scheduler started began and ended, to tell ticks that passed
     /// during it from ticks missed while the daemon was down.
     last_run: Option<(DateTime<Utc>, DateTime<Utc>, String)>,
+    /// The last evaluation started a run: ticks may have passed during it, so the next
+    /// step evaluates at once instead of sleeping (`run-once` catches up right away).
+    recheck: bool,
 }
 
 struct Env<'a, C: Clock> {
@@ -120,6 +123,7 @@ impl<C: Clock, R: PipelineRunner> Scheduler<C, R> {
             // changes, and never races the executor over cache/statcache.bin.
             stat: StatCache::in_memory(),
             last_run: None,
+            recheck: false,
         })
     }
 
@@ -168,6 +172,7 @@ impl<C: Clock, R: PipelineRunner> Scheduler<C, R> {
     /// Evaluates every trigger whose ticks are due now, and runs the pipeline once if any
     /// fires. Errors only when the state cannot be saved (then nothing is run).
     pub async fn evaluate_due(&mut self) -> Result<Evaluation> {
+        self.recheck = false;
         let now = self.clock.now();
         let mut ev = Evaluation::default();
         // (trigger index, why it fired, snapshots to keep if the run succeeds)
@@ -307,6 +312,7 @@ impl<C: Clock, R: PipelineRunner> Scheduler<C, R> {
             );
         }
 
+        self.recheck = true;
         let started = self.clock.now();
         let result = self
             .runner
@@ -383,11 +389,14 @@ impl<C: Clock, R: PipelineRunner> Scheduler<C, R> {
         Ok(ev)
     }
 
-    /// Sleeps until the next tick and evaluates it. `None` when no trigger has a future
+    /// Sleeps until the next tick and evaluates it — or, right after a run, evaluates at
+    /// once (ticks may have passed during the run). `None` when no trigger has a future
     /// tick (e.g. `0 0 30 2 *`).
     pub async fn step(&mut self) -> Option<Result<Evaluation>> {
-        let wake = self.next_wake()?;
-        self.clock.sleep_until(wake).await;
+        if !self.recheck {
+            let wake = self.next_wake()?;
+            self.clock.sleep_until(wake).await;
+        }
         Some(self.evaluate_due().await)
     }
 
@@ -409,6 +418,16 @@ impl<C: Clock, R: PipelineRunner> Scheduler<C, R> {
                     run_id: None,
                 };
                 self.history.record(&d);
+            }
+            if self.recheck {
+                // Ticks may have passed during the run that just ended.
+                tokio::select! {
+                    biased;
+                    _ = &mut stop => return Ok(()),
+                    _ = std::future::ready(()) => {}
+                }
+                result = self.evaluate_due().await;
+                continue;
             }
             let Some(wake) = self.next_wake() else {
                 eprintln!("no trigger of this pipeline has a future tick; tsumugi schedule stops");
