@@ -432,10 +432,12 @@ async fn sql_conditions_count_with_min_and_boolean() {
     )
     .unwrap();
     let add = |n: usize| {
+        conn.execute_batch("BEGIN").unwrap();
         for _ in 0..n {
             conn.execute("INSERT INTO corrections(used) VALUES (0)", [])
                 .unwrap();
         }
+        conn.execute_batch("COMMIT").unwrap();
     };
     add(99);
     let clock = ManualClock::new(utc("2026-01-01T00:00:00Z"));
