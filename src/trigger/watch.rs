@@ -207,11 +207,13 @@ fn sqlite_sidecar_of(rel: &Path, db: &Path) -> bool {
         .is_some_and(|rest| matches!(rest, "-wal" | "-journal" | "-shm"))
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct WatchOptions {
     pub debounce: Duration,
     /// The longest a run waits after the first change of a burst.
     pub max_delay: Duration,
+    /// Told once every watch is in place (changes from then on are seen).
+    pub ready: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl WatchOptions {
@@ -219,6 +221,7 @@ impl WatchOptions {
         WatchOptions {
             debounce,
             max_delay: (debounce * 20).max(Duration::from_secs(5)),
+            ready: None,
         }
     }
 }
@@ -264,7 +267,7 @@ pub async fn watch<R, F>(
     project: &Project,
     pipeline: Pipeline,
     runner: Arc<R>,
-    opts: WatchOptions,
+    mut opts: WatchOptions,
     mut reload: F,
     stop: impl Future<Output = ()>,
 ) -> Result<WatchReport>
@@ -301,6 +304,9 @@ where
         humantime::format_duration(opts.debounce)
     );
 
+    if let Some(ready) = opts.ready.take() {
+        let _ = ready.send(());
+    }
     let mut report = WatchReport::default();
     let mut pending = Pending::default();
     let mut running: Option<(RunRequest, tokio::task::JoinHandle<Result<RunOutcome>>)> = None;

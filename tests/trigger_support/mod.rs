@@ -48,6 +48,10 @@ pub struct ProcessRunner {
     pub refuse: Arc<AtomicBool>,
     /// Time that passes during each run.
     pub run_takes: Option<(ManualClock, chrono::Duration)>,
+    /// Real seconds each run's process takes (`sleep`), for tests of changes during a run.
+    pub sleep_secs: f64,
+    /// Sent the number of runs so far when a run starts.
+    pub started: Option<tokio::sync::mpsc::UnboundedSender<usize>>,
     /// Sent the number of runs so far after each run.
     pub done: Option<tokio::sync::mpsc::UnboundedSender<usize>>,
 }
@@ -62,6 +66,8 @@ impl ProcessRunner {
             fail: Arc::default(),
             refuse: Arc::default(),
             run_takes: None,
+            sleep_secs: 0.0,
+            started: None,
             done: None,
         }
     }
@@ -88,6 +94,9 @@ impl PipelineRunner for ProcessRunner {
         if self.refuse.load(Ordering::SeqCst) {
             anyhow::bail!("the project is locked by pid 1 (a test)");
         }
+        if let Some(tx) = &self.started {
+            let _ = tx.send(n);
+        }
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_in_flight.fetch_max(now, Ordering::SeqCst);
         let code = if self.fail.load(Ordering::SeqCst) {
@@ -98,7 +107,8 @@ impl PipelineRunner for ProcessRunner {
         let status = tokio::process::Command::new("sh")
             .arg("-c")
             .arg(format!(
-                "echo \"run {n}: $REASON\" >> runs.log; exit {code}"
+                "sleep {}; echo \"run {n}: $REASON\" >> runs.log; exit {code}",
+                self.sleep_secs
             ))
             .env("REASON", &request.reason)
             .current_dir(&self.root)
