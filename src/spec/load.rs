@@ -33,7 +33,18 @@ pub fn load(file: &Path, project: &Project) -> Result<Pipeline, SpecError> {
 
 /// [`load`] on text already in memory; `file` is used for messages and the default name.
 pub fn load_str(file: &Path, text: &str, project: &Project) -> Result<Pipeline, SpecError> {
-    let mut cx = Cx::new(file, text, project.root());
+    load_str_with_kinds(file, text, project, tsumugi_stages::kinds())
+}
+
+/// [`load_str`] against a given list of built-in kinds instead of this build's, so that
+/// the `uses:` path can be tested before (and independently of) the real kinds.
+pub fn load_str_with_kinds(
+    file: &Path,
+    text: &str,
+    project: &Project,
+    kinds: &'static [KindInfo],
+) -> Result<Pipeline, SpecError> {
+    let mut cx = Cx::new(file, text, project.root(), kinds);
     let (root, yaml_errors) = yaml::parse(text);
     for e in yaml_errors {
         cx.err(e.pos, e.message);
@@ -397,11 +408,12 @@ struct Cx<'a> {
     src: Vec<char>,
     line_starts: Vec<usize>,
     root: &'a Path,
+    kinds: &'static [KindInfo],
     errors: Vec<Diagnostic>,
 }
 
 impl<'a> Cx<'a> {
-    fn new(file: &'a Path, text: &str, root: &'a Path) -> Self {
+    fn new(file: &'a Path, text: &str, root: &'a Path, kinds: &'static [KindInfo]) -> Self {
         let src: Vec<char> = text.chars().collect();
         let mut line_starts = vec![0];
         line_starts.extend(
@@ -415,6 +427,7 @@ impl<'a> Cx<'a> {
             src,
             line_starts,
             root,
+            kinds,
             errors: Vec::new(),
         }
     }
@@ -1069,8 +1082,8 @@ impl<'a> Cx<'a> {
                 self.err(uses.pos, format!("expected a string (a built-in kind) for 'uses' of stage '{name}', found {}", uses.type_name()));
                 return o;
             };
-            let Some(kind) = tsumugi_stages::kind(kname) else {
-                let known: Vec<&str> = tsumugi_stages::kinds().iter().map(|k| k.name).collect();
+            let Some(kind) = self.kinds.iter().find(|k| k.name == kname) else {
+                let known: Vec<&str> = self.kinds.iter().map(|k| k.name).collect();
                 let hint = did_you_mean(kname, known.iter().copied())
                     .map(|s| format!("; did you mean '{s}'?"))
                     .unwrap_or_default();
