@@ -141,7 +141,10 @@ impl StageState {
     }
 
     pub fn is_ok(self) -> bool {
-        matches!(self, StageState::Ran | StageState::Cached | StageState::Restored | StageState::WouldRun)
+        matches!(
+            self,
+            StageState::Ran | StageState::Cached | StageState::Restored | StageState::WouldRun
+        )
     }
 }
 
@@ -195,8 +198,12 @@ pub fn builtin_stage(kind: &str) -> Option<Box<dyn StageImpl>> {
 fn stage_impl(stage: &Stage) -> Result<Box<dyn StageImpl>> {
     match &stage.action {
         Action::Cmd { cmd } => Ok(Box::new(CmdStage { cmd: cmd.clone() })),
-        Action::Builtin { kind, .. } => builtin_stage(kind)
-            .with_context(|| format!("stage kind {kind} is not available in this build (stage {})", stage.name)),
+        Action::Builtin { kind, .. } => builtin_stage(kind).with_context(|| {
+            format!(
+                "stage kind {kind} is not available in this build (stage {})",
+                stage.name
+            )
+        }),
     }
 }
 
@@ -258,7 +265,9 @@ impl StageImpl for CmdStage {
                                 killpg(pgid, libc::SIGTERM);
                                 term_at = Some(Instant::now());
                             }
-                            Some(t) if t.elapsed() > Duration::from_secs(3) => killpg(pgid, libc::SIGKILL),
+                            Some(t) if t.elapsed() > Duration::from_secs(3) => {
+                                killpg(pgid, libc::SIGKILL)
+                            }
                             _ => {}
                         }
                     }
@@ -283,7 +292,11 @@ impl StageImpl for CmdStage {
                 (None, Some(sig)) => format!("command killed by signal {sig}"),
                 _ => "command failed".to_string(),
             };
-            Err(CommandFailed { code: status.code(), what }.into())
+            Err(CommandFailed {
+                code: status.code(),
+                what,
+            }
+            .into())
         })
     }
 }
@@ -367,11 +380,19 @@ struct UiInner {
 impl Ui {
     fn new(mode: ProgressMode) -> Ui {
         let live = mode == ProgressMode::Auto && std::io::stderr().is_terminal();
-        let mode = if mode == ProgressMode::Auto && !live { ProgressMode::Plain } else { mode };
+        let mode = if mode == ProgressMode::Auto && !live {
+            ProgressMode::Plain
+        } else {
+            mode
+        };
         Ui {
             inner: Arc::new(UiInner {
                 mode,
-                multi: live.then(|| indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::stderr())),
+                multi: live.then(|| {
+                    indicatif::MultiProgress::with_draw_target(
+                        indicatif::ProgressDrawTarget::stderr(),
+                    )
+                }),
                 bars: Mutex::new(HashMap::new()),
             }),
         }
@@ -391,12 +412,18 @@ impl Ui {
         if let Some(m) = &self.inner.multi {
             let pb = m.add(indicatif::ProgressBar::new_spinner());
             pb.set_style(
-                indicatif::ProgressStyle::with_template("{spinner} {prefix:.bold} {elapsed:>4} {wide_msg}")
-                    .expect("template"),
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} {prefix:.bold} {elapsed:>4} {wide_msg}",
+                )
+                .expect("template"),
             );
             pb.set_prefix(name.to_string());
             pb.enable_steady_tick(Duration::from_millis(120));
-            self.inner.bars.lock().expect("bars").insert(name.to_string(), pb);
+            self.inner
+                .bars
+                .lock()
+                .expect("bars")
+                .insert(name.to_string(), pb);
         } else {
             self.println(&format!("{name}: running"));
         }
@@ -413,7 +440,10 @@ impl Ui {
             pb.finish_and_clear();
         }
         let mut line = format!("{}: {}", o.name, o.status.as_str());
-        if matches!(o.status, StageState::Ran | StageState::Failed | StageState::Cancelled) {
+        if matches!(
+            o.status,
+            StageState::Ran | StageState::Failed | StageState::Cancelled
+        ) {
             line.push_str(&format!(" ({:.1}s)", o.duration.as_secs_f64()));
         }
         if let Some(m) = &o.message {
@@ -431,20 +461,36 @@ impl Ui {
 pub fn detect_gpus(explicit: Option<u32>) -> Vec<String> {
     let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
     let listed: Option<Vec<String>> = visible.as_ref().map(|v| {
-        v.split(',').map(str::trim).filter(|s| !s.is_empty() && *s != "-1").map(String::from).collect()
+        v.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty() && *s != "-1")
+            .map(String::from)
+            .collect()
     });
     if let Some(n) = explicit {
         // Map slot i to the parent's i-th visible device when there is one.
         return (0..n as usize)
-            .map(|i| listed.as_ref().and_then(|l| l.get(i).cloned()).unwrap_or_else(|| i.to_string()))
+            .map(|i| {
+                listed
+                    .as_ref()
+                    .and_then(|l| l.get(i).cloned())
+                    .unwrap_or_else(|| i.to_string())
+            })
             .collect();
     }
     if let Some(l) = listed {
         return l;
     }
-    match Command::new("nvidia-smi").arg("-L").stderr(Stdio::null()).output() {
+    match Command::new("nvidia-smi")
+        .arg("-L")
+        .stderr(Stdio::null())
+        .output()
+    {
         Ok(o) if o.status.success() => {
-            let n = String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.starts_with("GPU ")).count();
+            let n = String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| l.starts_with("GPU "))
+                .count();
             (0..n).map(|i| i.to_string()).collect()
         }
         _ => Vec::new(),
@@ -463,7 +509,11 @@ pub fn select(pipeline: &Pipeline, targets: &[String]) -> Result<Vec<String>> {
         for t in targets {
             if !names.contains(t.as_str()) {
                 let known: Vec<&str> = pipeline.stages.iter().map(|s| s.name.as_str()).collect();
-                bail!("no stage {t:?} in {} (stages: {})", pipeline.file.display(), known.join(", "));
+                bail!(
+                    "no stage {t:?} in {} (stages: {})",
+                    pipeline.file.display(),
+                    known.join(", ")
+                );
             }
             q.push_back(t.clone());
         }
@@ -476,18 +526,31 @@ pub fn select(pipeline: &Pipeline, targets: &[String]) -> Result<Vec<String>> {
         }
     }
     // Kahn's algorithm, always taking the earliest ready stage in file order.
-    let pos: HashMap<&str, usize> = pipeline.stages.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
+    let pos: HashMap<&str, usize> = pipeline
+        .stages
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.as_str(), i))
+        .collect();
     let mut indeg: HashMap<&str, usize> = HashMap::new();
     let mut down: HashMap<&str, Vec<&str>> = HashMap::new();
     for st in pipeline.stages.iter().filter(|s| wanted.contains(&s.name)) {
-        let ups: HashSet<&str> = st.needs.iter().map(String::as_str).filter(|n| wanted.contains(*n)).collect();
+        let ups: HashSet<&str> = st
+            .needs
+            .iter()
+            .map(String::as_str)
+            .filter(|n| wanted.contains(*n))
+            .collect();
         indeg.insert(&st.name, ups.len());
         for u in ups {
             down.entry(u).or_default().push(&st.name);
         }
     }
-    let mut ready: std::collections::BTreeSet<(usize, &str)> =
-        indeg.iter().filter(|(_, d)| **d == 0).map(|(n, _)| (pos[n], *n)).collect();
+    let mut ready: std::collections::BTreeSet<(usize, &str)> = indeg
+        .iter()
+        .filter(|(_, d)| **d == 0)
+        .map(|(n, _)| (pos[n], *n))
+        .collect();
     let mut order = Vec::new();
     while let Some((_, n)) = ready.pop_first() {
         order.push(n.to_string());
@@ -538,7 +601,11 @@ pub async fn run(project: &Project, pipeline: &Pipeline, opts: &RunOptions) -> R
             .into_iter()
             .map(|s| StageOutcome {
                 name: s.name,
-                status: if s.fresh { StageState::Cached } else { StageState::WouldRun },
+                status: if s.fresh {
+                    StageState::Cached
+                } else {
+                    StageState::WouldRun
+                },
                 fingerprint: s.fingerprint,
                 duration: Duration::ZERO,
                 attempts: 0,
@@ -557,14 +624,33 @@ pub async fn run(project: &Project, pipeline: &Pipeline, opts: &RunOptions) -> R
         });
     }
 
-    let lock_desc = format!("tsumugi {} {}", if opts.trigger == TriggerKind::Manual { "run" } else { opts.trigger.as_str() }, pipeline.file.display());
-    let wait = if opts.wait_for_lock { Wait::Yes } else { Wait::No };
+    let lock_desc = format!(
+        "tsumugi {} {}",
+        if opts.trigger == TriggerKind::Manual {
+            "run"
+        } else {
+            opts.trigger.as_str()
+        },
+        pipeline.file.display()
+    );
+    let wait = if opts.wait_for_lock {
+        Wait::Yes
+    } else {
+        Wait::No
+    };
     let lp = project.clone();
-    let _lock = tokio::task::spawn_blocking(move || ProjectLock::acquire(&lp, &lock_desc, wait)).await??;
+    let _lock =
+        tokio::task::spawn_blocking(move || ProjectLock::acquire(&lp, &lock_desc, wait)).await??;
 
     let run_id = new_run_id();
     let db = RunDb::start(project)?;
-    db.begin_run(&run_id, &pipeline.name, &path_str(&pipeline.file), opts.trigger.as_str(), &opts.targets);
+    db.begin_run(
+        &run_id,
+        &pipeline.name,
+        &path_str(&pipeline.file),
+        opts.trigger.as_str(),
+        &opts.targets,
+    );
     let ctx = Arc::new(Ctx {
         project: project.clone(),
         pipeline_name: pipeline.name.clone(),
@@ -613,8 +699,15 @@ struct Slots {
     gpu_total: usize,
 }
 
-async fn schedule(ctx: &Arc<Ctx>, pipeline: &Pipeline, order: &[String], opts: &RunOptions) -> Vec<StageOutcome> {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+async fn schedule(
+    ctx: &Arc<Ctx>,
+    pipeline: &Pipeline,
+    order: &[String],
+    opts: &RunOptions,
+) -> Vec<StageOutcome> {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let gpus = detect_gpus(opts.gpus);
     let mut slots = Slots {
         jobs: if opts.jobs == 0 { cores } else { opts.jobs },
@@ -624,19 +717,31 @@ async fn schedule(ctx: &Arc<Ctx>, pipeline: &Pipeline, order: &[String], opts: &
         gpus_free: gpus,
     };
     let selected: HashSet<&str> = order.iter().map(String::as_str).collect();
-    let pos: HashMap<&str, usize> = order.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
+    let pos: HashMap<&str, usize> = order
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), i))
+        .collect();
     let mut waiting: HashMap<&str, usize> = HashMap::new();
     let mut down: HashMap<&str, Vec<&str>> = HashMap::new();
     for n in order {
         let st = pipeline.stage(n).expect("selected stage exists");
-        let ups: HashSet<&str> = st.needs.iter().map(String::as_str).filter(|u| selected.contains(u)).collect();
+        let ups: HashSet<&str> = st
+            .needs
+            .iter()
+            .map(String::as_str)
+            .filter(|u| selected.contains(u))
+            .collect();
         waiting.insert(n, ups.len());
         for u in ups {
             down.entry(u).or_default().push(n);
         }
     }
-    let mut ready: std::collections::BTreeSet<(usize, &str)> =
-        waiting.iter().filter(|(_, w)| **w == 0).map(|(n, _)| (pos[n], *n)).collect();
+    let mut ready: std::collections::BTreeSet<(usize, &str)> = waiting
+        .iter()
+        .filter(|(_, w)| **w == 0)
+        .map(|(n, _)| (pos[n], *n))
+        .collect();
     let mut done: HashMap<String, StageOutcome> = HashMap::new();
     let mut running = tokio::task::JoinSet::new();
     let mut held: HashMap<String, (u32, Vec<String>)> = HashMap::new();
@@ -645,7 +750,8 @@ async fn schedule(ctx: &Arc<Ctx>, pipeline: &Pipeline, order: &[String], opts: &
 
     let ctrl_c = async {
         if opts.handle_signals {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
@@ -655,6 +761,7 @@ async fn schedule(ctx: &Arc<Ctx>, pipeline: &Pipeline, order: &[String], opts: &
         }
     };
     tokio::pin!(ctrl_c);
+    let mut signalled = false;
     let mut tick = tokio::time::interval(Duration::from_millis(50));
 
     loop {
@@ -750,7 +857,8 @@ async fn schedule(ctx: &Arc<Ctx>, pipeline: &Pipeline, order: &[String], opts: &
                     }
                 }
             }
-            _ = &mut ctrl_c => {
+            _ = &mut ctrl_c, if !signalled => {
+                signalled = true;
                 ctx.cancel.store(true, Ordering::SeqCst);
                 ctx.ui.println("interrupted: stopping running stages…");
             }
@@ -761,14 +869,30 @@ async fn schedule(ctx: &Arc<Ctx>, pipeline: &Pipeline, order: &[String], opts: &
     let cancelled = ctx.cancel.load(Ordering::SeqCst);
     for n in order {
         if !done.contains_key(n) {
-            let reason = if cancelled { "run cancelled".to_string() } else { stop_reason.clone() };
-            let o = outcome(n, StageState::Skipped, None, if reason.is_empty() { "not started".into() } else { reason });
+            let reason = if cancelled {
+                "run cancelled".to_string()
+            } else {
+                stop_reason.clone()
+            };
+            let o = outcome(
+                n,
+                StageState::Skipped,
+                None,
+                if reason.is_empty() {
+                    "not started".into()
+                } else {
+                    reason
+                },
+            );
             ctx.ui.finished(&o);
             record_final(ctx, &o, None);
             done.insert(n.clone(), o);
         }
     }
-    order.iter().map(|n| done.remove(n).expect("every stage has an outcome")).collect()
+    order
+        .iter()
+        .map(|n| done.remove(n).expect("every stage has an outcome"))
+        .collect()
 }
 
 fn on_done(
@@ -806,7 +930,12 @@ fn propagate_skips<'a>(
             .filter(|u| selected.contains(u.as_str()))
             .find(|u| done.get(*u).is_some_and(|o| !o.status.is_ok()));
         if let Some(u) = bad {
-            let o = outcome(n, StageState::Skipped, None, format!("upstream stage {u} {}", done[u].status.as_str()));
+            let o = outcome(
+                n,
+                StageState::Skipped,
+                None,
+                format!("upstream stage {u} {}", done[u].status.as_str()),
+            );
             ctx.ui.finished(&o);
             record_final(ctx, &o, None);
             ready.remove(&(pos[n.as_str()], n.as_str()));
@@ -863,7 +992,12 @@ async fn run_stage(ctx: Arc<Ctx>, stage: Stage, gpu_ids: Vec<String>) -> StageOu
             return o;
         }
         Err(e) => {
-            let o = outcome(&stage.name, StageState::Failed, None, format!("internal error: {e}"));
+            let o = outcome(
+                &stage.name,
+                StageState::Failed,
+                None,
+                format!("internal error: {e}"),
+            );
             record_final(&ctx, &o, Some(started));
             return o;
         }
@@ -872,7 +1006,11 @@ async fn run_stage(ctx: Arc<Ctx>, stage: Stage, gpu_ids: Vec<String>) -> StageOu
         Decision::Fresh { fp, restored } => {
             let mut o = outcome(
                 &stage.name,
-                if restored.is_empty() { StageState::Cached } else { StageState::Restored },
+                if restored.is_empty() {
+                    StageState::Cached
+                } else {
+                    StageState::Restored
+                },
                 Some(fp.clone()),
                 String::new(),
             );
@@ -880,14 +1018,20 @@ async fn run_stage(ctx: Arc<Ctx>, stage: Stage, gpu_ids: Vec<String>) -> StageOu
             o.duration = t0.elapsed();
             let c = ctx.clone();
             let st = stage.clone();
-            let _ = tokio::task::spawn_blocking(move || record_outputs(&c, &st, &fp, Vec::new())).await;
+            let _ =
+                tokio::task::spawn_blocking(move || record_outputs(&c, &st, &fp, Vec::new())).await;
             record_final(&ctx, &o, Some(started));
             return o;
         }
-        Decision::Run { components, fp, note } => {
+        Decision::Run {
+            components,
+            fp,
+            note,
+        } => {
             if let Some(n) = note {
                 ctx.ui.println(&format!("warning: {n}"));
-                ctx.db.event(Some(&ctx.run_id), Some(&stage.name), "cache_corrupt", &n);
+                ctx.db
+                    .event(Some(&ctx.run_id), Some(&stage.name), "cache_corrupt", &n);
             }
             (components, fp)
         }
@@ -895,7 +1039,10 @@ async fn run_stage(ctx: Arc<Ctx>, stage: Stage, gpu_ids: Vec<String>) -> StageOu
 
     let log_path = ctx.project.log_path(&ctx.run_id, &stage.name);
     // Shown and recorded relative to the project root, as every other path is.
-    let log_shown = log_path.strip_prefix(ctx.project.root()).unwrap_or(&log_path).to_path_buf();
+    let log_shown = log_path
+        .strip_prefix(ctx.project.root())
+        .unwrap_or(&log_path)
+        .to_path_buf();
     let mut env = stage.env.clone();
     if !gpu_ids.is_empty() {
         env.insert("CUDA_VISIBLE_DEVICES".into(), gpu_ids.join(","));
@@ -910,8 +1057,15 @@ async fn run_stage(ctx: Arc<Ctx>, stage: Stage, gpu_ids: Vec<String>) -> StageOu
         }
         attempt += 1;
         if attempt > 1 {
-            let wait = stage.retry.backoff.saturating_mul(1 << (attempt - 2).min(16));
-            ctx.ui.println(&format!("{}: retrying in {:.1}s (attempt {attempt}/{max_attempts})", stage.name, wait.as_secs_f64()));
+            let wait = stage
+                .retry
+                .backoff
+                .saturating_mul(1 << (attempt - 2).min(16));
+            ctx.ui.println(&format!(
+                "{}: retrying in {:.1}s (attempt {attempt}/{max_attempts})",
+                stage.name,
+                wait.as_secs_f64()
+            ));
             let until = Instant::now() + wait;
             while Instant::now() < until && !ctx.cancel.load(Ordering::SeqCst) {
                 tokio::time::sleep(Duration::from_millis(50).min(until - Instant::now())).await;
@@ -920,12 +1074,14 @@ async fn run_stage(ctx: Arc<Ctx>, stage: Stage, gpu_ids: Vec<String>) -> StageOu
                 break;
             }
         }
-        ctx.db.stage_started(&ctx.run_id, &stage.name, Some(&log_shown), attempt);
+        ctx.db
+            .stage_started(&ctx.run_id, &stage.name, Some(&log_shown), attempt);
         let c = ctx.clone();
         let st = stage.clone();
         let env2 = env.clone();
         let lp = log_path.clone();
-        let res = tokio::task::spawn_blocking(move || execute_once(&c, &st, &env2, &lp, attempt)).await;
+        let res =
+            tokio::task::spawn_blocking(move || execute_once(&c, &st, &env2, &lp, attempt)).await;
         match res {
             Ok(Ok(metrics)) => {
                 // Commit: verify and store outputs, then the action entry.
@@ -933,8 +1089,15 @@ async fn run_stage(ctx: Arc<Ctx>, stage: Stage, gpu_ids: Vec<String>) -> StageOu
                 let st = stage.clone();
                 let comps = components.clone();
                 let fp2 = fp.clone();
-                let commit = tokio::task::spawn_blocking(move || commit(&c, &st, &comps, &fp2, metrics)).await;
-                let mut o = outcome(&stage.name, StageState::Ran, Some(fp.clone()), String::new());
+                let commit =
+                    tokio::task::spawn_blocking(move || commit(&c, &st, &comps, &fp2, metrics))
+                        .await;
+                let mut o = outcome(
+                    &stage.name,
+                    StageState::Ran,
+                    Some(fp.clone()),
+                    String::new(),
+                );
                 o.message = None;
                 o.attempts = attempt;
                 o.exit_code = Some(0);
@@ -966,17 +1129,31 @@ async fn run_stage(ctx: Arc<Ctx>, stage: Stage, gpu_ids: Vec<String>) -> StageOu
             }
         }
     }
-    let (msg, code, cancelled, _timed_out) =
-        last_err.unwrap_or_else(|| ("run cancelled before the stage started".into(), None, true, false));
+    let (msg, code, cancelled, _timed_out) = last_err.unwrap_or_else(|| {
+        (
+            "run cancelled before the stage started".into(),
+            None,
+            true,
+            false,
+        )
+    });
     // Nothing half-written stays behind as if it were an output.
     for o in stage.outs.values() {
         let _ = remove_path(&ctx.project.root().join(&o.path));
     }
     let mut o = outcome(
         &stage.name,
-        if cancelled { StageState::Cancelled } else { StageState::Failed },
+        if cancelled {
+            StageState::Cancelled
+        } else {
+            StageState::Failed
+        },
         Some(fp),
-        if max_attempts > 1 && !cancelled { format!("{msg} (after {attempt} attempts)") } else { msg },
+        if max_attempts > 1 && !cancelled {
+            format!("{msg} (after {attempt} attempts)")
+        } else {
+            msg
+        },
     );
     o.attempts = attempt.max(1);
     o.exit_code = code;
@@ -987,25 +1164,44 @@ async fn run_stage(ctx: Arc<Ctx>, stage: Stage, gpu_ids: Vec<String>) -> StageOu
 }
 
 enum Decision {
-    Fresh { fp: String, restored: Vec<String> },
-    Run { components: Components, fp: String, note: Option<String> },
+    Fresh {
+        fp: String,
+        restored: Vec<String>,
+    },
+    Run {
+        components: Box<Components>,
+        fp: String,
+        note: Option<String>,
+    },
 }
 
 fn decide(ctx: &Ctx, stage: &Stage) -> Result<Decision> {
     let hasher = Hasher::new(&ctx.stat);
-    let components = fingerprint::compute(&ctx.project, &hasher, stage)?;
+    let components = Box::new(fingerprint::compute(&ctx.project, &hasher, stage)?);
     let fp = components.fingerprint();
     if ctx.force {
-        return Ok(Decision::Run { components, fp, note: None });
+        return Ok(Decision::Run {
+            components,
+            fp,
+            note: None,
+        });
     }
     let Some(entry) = ctx.cache.get_action(&fp) else {
-        return Ok(Decision::Run { components, fp, note: None });
+        return Ok(Decision::Run {
+            components,
+            fp,
+            note: None,
+        });
     };
     // An uncached output cannot be restored: if it is gone, the stage must run.
     for (k, o) in &stage.outs {
         if !o.cache && !ctx.project.root().join(&o.path).exists() {
             tracing::debug!("{}: uncached output {k} missing, running", stage.name);
-            return Ok(Decision::Run { components, fp, note: None });
+            return Ok(Decision::Run {
+                components,
+                fp,
+                note: None,
+            });
         }
     }
     let mut restored = Vec::new();
@@ -1026,7 +1222,11 @@ fn decide(ctx: &Ctx, stage: &Stage) -> Result<Decision> {
                     &actual[..12.min(actual.len())],
                     stage.name
                 );
-                return Ok(Decision::Run { components, fp, note: Some(note) });
+                return Ok(Decision::Run {
+                    components,
+                    fp,
+                    note: Some(note),
+                });
             }
             Err(RestoreError::Missing { object }) => {
                 ctx.cache.remove_action(&fp);
@@ -1034,9 +1234,18 @@ fn decide(ctx: &Ctx, stage: &Stage) -> Result<Decision> {
                     "cache object {object} (output {key} of stage {}) is missing; re-running {}",
                     stage.name, stage.name
                 );
-                return Ok(Decision::Run { components, fp, note: Some(note) });
+                return Ok(Decision::Run {
+                    components,
+                    fp,
+                    note: Some(note),
+                });
             }
-            Err(RestoreError::Io(e)) => return Err(e.context(format!("cannot restore {} of stage {}", rec.path, stage.name))),
+            Err(RestoreError::Io(e)) => {
+                return Err(e.context(format!(
+                    "cannot restore {} of stage {}",
+                    rec.path, stage.name
+                )));
+            }
         }
     }
     Ok(Decision::Fresh { fp, restored })
@@ -1057,7 +1266,12 @@ fn execute_once(
     log_path: &Path,
     attempt: u32,
 ) -> std::result::Result<Vec<MetricRow>, Failure> {
-    let fail = |m: String| Failure { message: m, code: None, cancelled: false, timed_out: false };
+    let fail = |m: String| Failure {
+        message: m,
+        code: None,
+        cancelled: false,
+        timed_out: false,
+    };
     let imp = stage_impl(stage).map_err(|e| fail(format!("{e:#}")))?;
     let root = ctx.project.root();
     // Outputs are removed first (as DVC does): a stage never appends to a stale output, and
@@ -1067,7 +1281,8 @@ fn execute_once(
         let abs = root.join(&o.path);
         remove_path(&abs).map_err(|e| fail(format!("{e:#}")))?;
         if let Some(p) = abs.parent() {
-            fs::create_dir_all(p).map_err(|e| fail(format!("cannot create {}: {e}", p.display())))?;
+            fs::create_dir_all(p)
+                .map_err(|e| fail(format!("cannot create {}: {e}", p.display())))?;
         }
         outs.insert(k.clone(), abs);
     }
@@ -1117,7 +1332,10 @@ fn execute_once(
         Err(e) => {
             let code = e.downcast_ref::<CommandFailed>().and_then(|c| c.code);
             let message = if timed_out {
-                format!("timed out after {:.1}s", stage.timeout.unwrap_or_default().as_secs_f64())
+                format!(
+                    "timed out after {:.1}s",
+                    stage.timeout.unwrap_or_default().as_secs_f64()
+                )
             } else if cancelled {
                 "cancelled".to_string()
             } else {
@@ -1126,20 +1344,34 @@ fn execute_once(
             if let Some(f) = reporter.log.lock().expect("log").as_mut() {
                 let _ = writeln!(f, "--- tsumugi: {message} ---");
             }
-            Err(Failure { message, code, cancelled: cancelled && !timed_out, timed_out })
+            Err(Failure {
+                message,
+                code,
+                cancelled: cancelled && !timed_out,
+                timed_out,
+            })
         }
     }
 }
 
 /// After a successful attempt: every declared output must exist; cached ones go into the
 /// store; then the action entry is written (last, so an entry always has its objects).
-fn commit(ctx: &Ctx, stage: &Stage, components: &Components, fp: &str, metrics: Vec<MetricRow>) -> Result<()> {
+fn commit(
+    ctx: &Ctx,
+    stage: &Stage,
+    components: &Components,
+    fp: &str,
+    metrics: Vec<MetricRow>,
+) -> Result<()> {
     let root = ctx.project.root();
     let mut recs = BTreeMap::new();
     for (k, o) in &stage.outs {
         let abs = root.join(&o.path);
         if !abs.exists() {
-            bail!("the stage succeeded but did not write its declared output {} ({k})", path_str(&o.path));
+            bail!(
+                "the stage succeeded but did not write its declared output {} ({k})",
+                path_str(&o.path)
+            );
         }
         if o.cache {
             recs.insert(k.clone(), ctx.cache.store_output(&path_str(&o.path), &abs)?);
@@ -1147,7 +1379,10 @@ fn commit(ctx: &Ctx, stage: &Stage, components: &Components, fp: &str, metrics: 
     }
     for m in &stage.metrics {
         if !root.join(m).exists() {
-            bail!("the stage succeeded but did not write its metrics file {}", path_str(m));
+            bail!(
+                "the stage succeeded but did not write its metrics file {}",
+                path_str(m)
+            );
         }
     }
     let entry = ActionEntry {
@@ -1167,14 +1402,17 @@ fn commit(ctx: &Ctx, stage: &Stage, components: &Components, fp: &str, metrics: 
 fn record_outputs(ctx: &Ctx, stage: &Stage, fp: &str, mut metrics: Vec<MetricRow>) -> Result<()> {
     if let Some(entry) = ctx.cache.get_action(fp) {
         for (k, r) in &entry.outs {
-            ctx.db.artifact(&ctx.run_id, &stage.name, k, &r.path, &r.hash);
+            ctx.db
+                .artifact(&ctx.run_id, &stage.name, k, &r.path, &r.hash);
         }
     }
     for m in &stage.metrics {
         let abs = ctx.project.root().join(m);
         match read_metrics(&abs) {
             Ok(rows) => metrics.extend(rows),
-            Err(e) => ctx.ui.println(&format!("warning: stage {}: {e:#}", stage.name)),
+            Err(e) => ctx
+                .ui
+                .println(&format!("warning: stage {}: {e:#}", stage.name)),
         }
     }
     if !metrics.is_empty() {
@@ -1186,15 +1424,24 @@ fn record_outputs(ctx: &Ctx, stage: &Stage, fp: &str, mut metrics: Vec<MetricRow
 /// Numbers of a metrics file (JSON, or YAML by extension), nested keys joined with `.`;
 /// a list of numbers is a per-step series (step = index).
 pub fn read_metrics(path: &Path) -> Result<Vec<MetricRow>> {
-    let text = fs::read_to_string(path).with_context(|| format!("cannot read metrics file {}", path.display()))?;
-    let is_yaml = matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
+    let text = fs::read_to_string(path)
+        .with_context(|| format!("cannot read metrics file {}", path.display()))?;
+    let is_yaml = matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml")
+    );
     let v: serde_json::Value = if is_yaml {
-        crate::executor::yaml_metrics::parse(&text).with_context(|| format!("metrics file {} is not valid YAML", path.display()))?
+        crate::executor::yaml_metrics::parse(&text)
+            .with_context(|| format!("metrics file {} is not valid YAML", path.display()))?
     } else {
-        serde_json::from_str(&text).with_context(|| format!("metrics file {} is not valid JSON", path.display()))?
+        serde_json::from_str(&text)
+            .with_context(|| format!("metrics file {} is not valid JSON", path.display()))?
     };
     if !v.is_object() {
-        bail!("metrics file {} must hold an object of numbers", path.display());
+        bail!(
+            "metrics file {} must hold an object of numbers",
+            path.display()
+        );
     }
     let mut rows = Vec::new();
     flatten_metrics("", &v, &mut rows);
@@ -1206,19 +1453,35 @@ fn flatten_metrics(prefix: &str, v: &serde_json::Value, out: &mut Vec<MetricRow>
     match v {
         Value::Object(m) => {
             for (k, x) in m {
-                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 flatten_metrics(&key, x, out);
             }
         }
         Value::Number(n) => {
             if let Some(f) = n.as_f64() {
-                out.push(MetricRow { name: prefix.to_string(), step: None, value: f });
+                out.push(MetricRow {
+                    name: prefix.to_string(),
+                    step: None,
+                    value: f,
+                });
             }
         }
-        Value::Bool(b) => out.push(MetricRow { name: prefix.to_string(), step: None, value: f64::from(u8::from(*b)) }),
+        Value::Bool(b) => out.push(MetricRow {
+            name: prefix.to_string(),
+            step: None,
+            value: f64::from(u8::from(*b)),
+        }),
         Value::Array(a) if a.iter().all(|x| x.is_number()) => {
             for (i, x) in a.iter().enumerate() {
-                out.push(MetricRow { name: prefix.to_string(), step: Some(i as i64), value: x.as_f64().unwrap_or(f64::NAN) });
+                out.push(MetricRow {
+                    name: prefix.to_string(),
+                    step: Some(i as i64),
+                    value: x.as_f64().unwrap_or(f64::NAN),
+                });
             }
         }
         _ => {}
@@ -1313,7 +1576,12 @@ pub fn status(project: &Project, pipeline: &Pipeline) -> Result<Vec<StageStatus>
     status_of(project, pipeline, &order, false)
 }
 
-fn status_of(project: &Project, pipeline: &Pipeline, order: &[String], force: bool) -> Result<Vec<StageStatus>> {
+fn status_of(
+    project: &Project,
+    pipeline: &Pipeline,
+    order: &[String],
+    force: bool,
+) -> Result<Vec<StageStatus>> {
     let cache = Cache::new(project.cache_dir());
     let stat = StatCache::load(&project.cache_dir().join("statcache.bin"));
     let hasher = Hasher::new(&stat);
@@ -1329,11 +1597,16 @@ fn status_of(project: &Project, pipeline: &Pipeline, order: &[String], force: bo
     for (n, comps) in order.iter().zip(comps) {
         let stage = pipeline.stage(n).expect("stage");
         let mut reasons = Vec::new();
-        let upstream_stale: Vec<&String> = stage.needs.iter().filter(|u| stale.contains(*u)).collect();
+        let upstream_stale: Vec<&String> =
+            stage.needs.iter().filter(|u| stale.contains(*u)).collect();
         let (fresh, fp) = match comps {
             Err(e) => {
                 let e = format!("{e:#}");
-                reasons.push(if upstream_stale.is_empty() { e } else { format!("input missing until upstream runs ({e})") });
+                reasons.push(if upstream_stale.is_empty() {
+                    e
+                } else {
+                    format!("input missing until upstream runs ({e})")
+                });
                 (false, None)
             }
             Ok(c) => {
@@ -1347,11 +1620,17 @@ fn status_of(project: &Project, pipeline: &Pipeline, order: &[String], force: bo
                         let abs = project.root().join(&rec.path);
                         match hasher.path(&abs) {
                             Err(_) => {
-                                reasons.push(format!("output {} missing (restorable from cache)", rec.path));
+                                reasons.push(format!(
+                                    "output {} missing (restorable from cache)",
+                                    rec.path
+                                ));
                                 ok = false;
                             }
                             Ok(h) if h.hash() != rec.hash => {
-                                reasons.push(format!("output {} modified (restorable from cache)", rec.path));
+                                reasons.push(format!(
+                                    "output {} modified (restorable from cache)",
+                                    rec.path
+                                ));
                                 ok = false;
                             }
                             Ok(_) => {}
@@ -1359,20 +1638,24 @@ fn status_of(project: &Project, pipeline: &Pipeline, order: &[String], force: bo
                     }
                     for o in stage.outs.values().filter(|o| !o.cache) {
                         if !project.root().join(&o.path).exists() {
-                            reasons.push(format!("output {} missing (not cached)", path_str(&o.path)));
+                            reasons
+                                .push(format!("output {} missing (not cached)", path_str(&o.path)));
                             ok = false;
                         }
                     }
                     (ok, Some(fp))
                 } else {
-                    let prev = db.as_ref().and_then(|c| rundb::last_fingerprint(c, &pipeline.name, n).ok().flatten());
+                    let prev = db
+                        .as_ref()
+                        .and_then(|c| rundb::last_fingerprint(c, &pipeline.name, n).ok().flatten());
                     match prev {
                         None => reasons.push("never run".into()),
                         Some(p) => match cache.get_action(&p) {
                             Some(old) => {
                                 let d = fingerprint::diff(&old.components, &c);
                                 if d.is_empty() {
-                                    reasons.push("no cache entry for the current fingerprint".into());
+                                    reasons
+                                        .push("no cache entry for the current fingerprint".into());
                                 }
                                 reasons.extend(d);
                             }
@@ -1394,7 +1677,12 @@ fn status_of(project: &Project, pipeline: &Pipeline, order: &[String], force: bo
         if !fresh {
             stale.insert(n.clone());
         }
-        out.push(StageStatus { name: n.clone(), fresh, reasons, fingerprint: fp });
+        out.push(StageStatus {
+            name: n.clone(),
+            fresh,
+            reasons,
+            fingerprint: fp,
+        });
     }
     if let Err(e) = stat.save() {
         tracing::debug!("could not save the stat cache: {e:#}");
