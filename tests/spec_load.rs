@@ -429,3 +429,38 @@ fn output_through_symlink_out_of_the_root_is_rejected() {
     assert!(e.starts_with("pipelines/p.yaml:2:27: output 'link/x.txt' of stage 'a' leads outside the project root through the symlink 'link'"), "{e}");
     assert_eq!(e.lines().count(), 1, "{e}");
 }
+
+#[test]
+fn stage_templates_with_merge_keys() {
+    let (_d, pr) = project(&["train.py"]);
+    let p = load(
+        &pr,
+        r#"
+x-train: &train
+  deps: [train.py]
+  resources: {gpu: 1}
+  retry: 2
+  timeout: 2h
+stages:
+  small:
+    <<: *train
+    cmd: python train.py --size small
+    outs: [out/small]
+  large:
+    <<: *train
+    cmd: python train.py --size large
+    timeout: 6h
+    outs: [out/large]
+"#,
+    );
+    let small = p.stage("small").unwrap();
+    let large = p.stage("large").unwrap();
+    assert_eq!(small.deps, vec![Dep::Path("train.py".into())]);
+    assert_eq!((small.resources.gpu, small.retry.attempts), (1, 2));
+    assert_eq!(small.timeout, Some(std::time::Duration::from_secs(7200)));
+    assert_eq!(
+        large.timeout,
+        Some(std::time::Duration::from_secs(6 * 3600))
+    );
+    assert_eq!(large.resources.gpu, 1);
+}

@@ -687,7 +687,13 @@ impl<'a> Cx<'a> {
 
     fn pipeline(&mut self, root: &Node, project: &Project) -> Option<Pipeline> {
         let top = self.expect_map(root, "the pipeline (keys: name, params, stages, triggers)")?;
-        self.check_keys(top, format::TOP, "the pipeline");
+        // `x-…` keys are free for the user: a place for YAML anchors shared by stages.
+        let own: Vec<(Node, Node)> = top
+            .iter()
+            .filter(|(k, _)| !k.scalar_text().is_some_and(|t| t.starts_with("x-")))
+            .cloned()
+            .collect();
+        self.check_keys(&own, format::TOP, "the pipeline");
         let get = |k: &str| top.iter().find(|(key, _)| key.scalar_text() == Some(k));
 
         let stem = self

@@ -124,6 +124,8 @@ pub fn pipeline_schema() -> Value {
         .collect();
 
     let mut top = obj(format::TOP, "top", &["stages"]);
+    // `x-…` keys are the user's (anchors for stage templates).
+    top["patternProperties"] = json!({"^x-": {}});
     let o = top.as_object_mut().expect("obj() makes an object");
     let mut head = Map::new();
     head.insert(
