@@ -1601,12 +1601,22 @@ fn status_of(
             stage.needs.iter().filter(|u| stale.contains(*u)).collect();
         let (fresh, fp) = match comps {
             Err(e) => {
-                let e = format!("{e:#}");
-                reasons.push(if upstream_stale.is_empty() {
-                    e
+                // The usual cause: an input that does not exist (yet). Say which.
+                let missing: Vec<String> = stage
+                    .deps
+                    .iter()
+                    .filter_map(|d| match d {
+                        crate::spec::Dep::Path(p) if !project.root().join(p).exists() => {
+                            Some(format!("dep {} missing", path_str(p)))
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                if missing.is_empty() {
+                    reasons.push(format!("{e:#}"));
                 } else {
-                    format!("input missing until upstream runs ({e})")
-                });
+                    reasons.extend(missing);
+                }
                 (false, None)
             }
             Ok(c) => {

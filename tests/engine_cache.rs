@@ -261,3 +261,101 @@ fn hex_sha256(s: &str) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(s.as_bytes()))
 }
+
+#[test]
+fn sqlite_dep_hashes_query_rows_not_the_file() {
+    let p = Proj::new(
+        r#"
+name: sql
+stages:
+  export:
+    cmd: echo export >> ran.log && echo done > out.txt
+    deps:
+      - sqlite: {db: app.db, query: "SELECT id, text FROM corrections WHERE used = 0 ORDER BY id"}
+    outs: [out.txt]
+"#,
+    );
+    let conn = rusqlite::Connection::open(p.path("app.db")).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE corrections(id INTEGER PRIMARY KEY, text TEXT, used INTEGER);
+         INSERT INTO corrections VALUES (1, 'a', 0); CREATE TABLE other(x);",
+    )
+    .unwrap();
+    assert_eq!(p.run(&[]).0, 0);
+    p.clear_executions();
+    // A write that the query does not see changes the file, not the rows: still fresh.
+    conn.execute_batch("INSERT INTO other VALUES (1); INSERT INTO corrections VALUES (2, 'b', 1);")
+        .unwrap();
+    let (_, v, _) = p.run(&[]);
+    assert_eq!(Proj::with_status(&v, "cached"), ["export"]);
+    // A new unused correction changes the rows: the stage re-runs, and status said why.
+    conn.execute_batch("INSERT INTO corrections VALUES (3, 'c', 0);")
+        .unwrap();
+    let st = p.status_json();
+    let reason = st["stages"][0]["reasons"][0].as_str().unwrap();
+    assert!(
+        reason.starts_with("dep sqlite:app.db?SELECT id, text FROM corrections"),
+        "{reason}"
+    );
+    let (_, v, _) = p.run(&[]);
+    assert_eq!(Proj::with_status(&v, "ran"), ["export"]);
+    assert_eq!(p.executions(), ["export"]);
+}
+
+#[test]
+fn metrics_files_are_recorded_and_diffed() {
+    let p = Proj::new(
+        r#"
+name: m
+params: {lr: 0.5}
+stages:
+  train:
+    cmd: "printf 'rmse: ${params.lr}\nloss: [3, 2, 1]\nnested:\n  f1: 0.75\n' > metrics.yaml"
+    metrics: [metrics.yaml]
+"#,
+    );
+    assert_eq!(p.run(&[]).0, 0);
+    p.set_pipeline(
+        &std::fs::read_to_string(p.path("p.yaml"))
+            .unwrap()
+            .replace("lr: 0.5", "lr: 0.25"),
+    );
+    assert_eq!(p.run(&[]).0, 0);
+    let out = p
+        .cmd()
+        .args(["metrics", "diff", "latest~1", "latest", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = v["metrics"].as_array().unwrap();
+    let get = |n: &str| {
+        rows.iter()
+            .find(|r| r["name"] == n)
+            .unwrap_or_else(|| panic!("{n} in {rows:?}"))
+    };
+    assert_eq!(
+        (get("rmse")["a"].as_f64(), get("rmse")["b"].as_f64()),
+        (Some(0.5), Some(0.25))
+    );
+    assert_eq!(get("rmse")["delta"].as_f64(), Some(-0.25));
+    assert_eq!(
+        get("loss")["b"].as_f64(),
+        Some(1.0),
+        "a series compares its last step"
+    );
+    assert_eq!(get("nested.f1")["a"].as_f64(), Some(0.75));
+    let show = p.cmd().args(["show", "latest", "--json"]).output().unwrap();
+    let s: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    let steps = s["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["name"] == "loss")
+        .count();
+    assert_eq!(steps, 3);
+}
