@@ -464,3 +464,25 @@ stages:
     );
     assert_eq!(large.resources.gpu, 1);
 }
+
+#[test]
+fn dep_on_a_directory_holding_outputs() {
+    let (_d, pr) = project(&[]);
+    let p = load(
+        &pr,
+        r#"
+stages:
+  v1.2:
+    cmd: echo a > out/a.txt
+    outs: {a: out/a.txt}
+  b:
+    cmd: echo b > out/sub/b.txt
+    outs: [out/sub/b.txt]
+  all:
+    cmd: ls out ${stages.v1.2.outs.a}
+    deps: [out]
+"#,
+    );
+    // `out` does not exist yet, but it holds outputs of v1.2 and b: not missing, and edges.
+    assert_eq!(p.stage("all").unwrap().needs, vec!["b", "v1.2"]);
+}
