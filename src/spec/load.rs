@@ -1630,6 +1630,8 @@ impl<'a> Cx<'a> {
 
     /// Two stages writing one output, or one writing inside another's output directory.
     fn check_outputs(&mut self, stages: &[Stage], outputs: &HashMap<String, Outputs>) {
+        // Resolved once: symlinked outputs are compared against the real root.
+        let root = self.root.canonicalize().ok();
         let mut all: Vec<(PathBuf, &str, Pos)> = Vec::new();
         for st in stages {
             let Some(o) = outputs.get(&st.name) else {
@@ -1681,15 +1683,14 @@ impl<'a> Cx<'a> {
                     );
                 }
             }
-            self.check_symlinks(p, *pos, s);
+            if let Some(root) = &root {
+                self.check_symlinks(p, *pos, s, root);
+            }
         }
     }
 
     /// An output must not lead out of the project through a symlink in its path.
-    fn check_symlinks(&mut self, p: &Path, pos: Pos, stage: &str) {
-        let Ok(root) = self.root.canonicalize() else {
-            return;
-        };
+    fn check_symlinks(&mut self, p: &Path, pos: Pos, stage: &str, root: &Path) {
         let mut cur = self.root.to_path_buf();
         for c in p.components() {
             cur.push(c);
@@ -1703,7 +1704,7 @@ impl<'a> Cx<'a> {
                     .display()
                     .to_string();
                 match cur.canonicalize() {
-                    Ok(t) if t.starts_with(&root) => {}
+                    Ok(t) if t.starts_with(root) => {}
                     Ok(_) => {
                         self.err(
                             pos,
@@ -1738,6 +1739,17 @@ impl<'a> Cx<'a> {
             }
             for (_, p, _) in &o.metrics {
                 producer.insert(p.clone(), name.clone());
+            }
+        }
+        // Every directory above an output → the stages whose outputs it holds.
+        let mut holders: HashMap<&Path, BTreeSet<String>> = HashMap::new();
+        for (out, s) in &producer {
+            for anc in out
+                .ancestors()
+                .skip(1)
+                .filter(|a| !a.as_os_str().is_empty())
+            {
+                holders.entry(anc).or_default().insert(s.clone());
             }
         }
         let names: BTreeSet<String> = outputs.keys().cloned().collect();
@@ -1794,10 +1806,20 @@ impl<'a> Cx<'a> {
                     }
                 }
                 // A directory above outputs of other stages: it holds them, so it follows them.
-                for (out, s) in &producer {
-                    if out != path && out.starts_with(path) && *s != st.name {
-                        produced = true;
+                for s in holders.get(path.as_path()).into_iter().flatten() {
+                    produced = true;
+                    if *s != st.name {
                         needs.insert(s.clone());
+                    } else {
+                        // Its own output would change its input: stale forever.
+                        self.err(
+                            *pos,
+                            format!(
+                                "stage '{}' depends on '{}', which holds its own outputs",
+                                st.name,
+                                path.display()
+                            ),
+                        );
                     }
                 }
                 if !produced && !self.root.join(path).exists() {
