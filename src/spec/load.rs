@@ -879,18 +879,22 @@ impl<'a> Cx<'a> {
 
         // 3. Everything else.
         let mut stages = Vec::new();
-        let mut dep_pos: HashMap<String, Vec<(Dep, Pos)>> = HashMap::new();
-        let mut needs_pos: HashMap<String, Vec<(String, Pos)>> = HashMap::new();
+        let mut entries: Vec<Linkable> = Vec::new();
         for inst in &insts {
-            if let Some((st, deps, needs)) = self.stage(inst, params, &outputs, &bases) {
-                dep_pos.insert(st.name.clone(), deps);
-                needs_pos.insert(st.name.clone(), needs);
-                stages.push(st);
-            }
+            let (st, deps, needs) = self.stage(inst, params, &outputs, &bases);
+            entries.push((inst.name.clone(), deps, needs));
+            stages.extend(st);
         }
 
-        self.check_outputs(&stages, &outputs);
-        self.link(&mut stages, &dep_pos, &needs_pos, &bases, &outputs);
+        let order: Vec<&str> = insts.iter().map(|i| i.name.as_str()).collect();
+        self.check_outputs(&order, &outputs);
+        let mut linked = self.link(&entries, &bases, &outputs);
+        for st in &mut stages {
+            if let Some((deps, needs)) = linked.remove(&st.name) {
+                st.deps = deps;
+                st.needs = needs;
+            }
+        }
         stages
     }
 
@@ -1210,7 +1214,7 @@ impl<'a> Cx<'a> {
         params: &Map<String, Value>,
         outputs: &HashMap<String, Outputs>,
         bases: &BTreeMap<String, Vec<String>>,
-    ) -> Option<(Stage, Vec<(Dep, Pos)>, Vec<(String, Pos)>)> {
+    ) -> (Option<Stage>, Vec<(Dep, Pos)>, Vec<(String, Pos)>) {
         let name = inst.name.as_str();
         let before = self.errors.len();
         let mut scope = Scope {
@@ -1441,10 +1445,10 @@ impl<'a> Cx<'a> {
             })
             .collect();
 
-        if self.errors.len() > before {
-            return None;
-        }
-        let action = action?;
+        let action = match action {
+            Some(a) if self.errors.len() == before => a,
+            _ => return (None, deps, needs),
+        };
         let stage = Stage {
             name: name.to_owned(),
             action,
@@ -1459,7 +1463,7 @@ impl<'a> Cx<'a> {
             timeout,
             span: self.span(inst.pos),
         };
-        Some((stage, deps, needs))
+        (Some(stage), deps, needs)
     }
 
     fn dep(&mut self, it: &Node, what: &str, scope: &mut Scope<'_>) -> Option<Dep> {
@@ -1629,19 +1633,19 @@ impl<'a> Cx<'a> {
     }
 
     /// Two stages writing one output, or one writing inside another's output directory.
-    fn check_outputs(&mut self, stages: &[Stage], outputs: &HashMap<String, Outputs>) {
+    fn check_outputs(&mut self, order: &[&str], outputs: &HashMap<String, Outputs>) {
         // Resolved once: symlinked outputs are compared against the real root.
         let root = self.root.canonicalize().ok();
         let mut all: Vec<(PathBuf, &str, Pos)> = Vec::new();
-        for st in stages {
-            let Some(o) = outputs.get(&st.name) else {
+        for name in order {
+            let Some(o) = outputs.get(*name) else {
                 continue;
             };
             for (out, pos) in o.outs.values() {
-                all.push((out.path.clone(), &st.name, *pos));
+                all.push((out.path.clone(), name, *pos));
             }
             for (_, p, pos) in &o.metrics {
-                all.push((p.clone(), &st.name, *pos));
+                all.push((p.clone(), name, *pos));
             }
         }
         let mut by_path: HashMap<&Path, (&str, Pos)> = HashMap::new();
@@ -1723,14 +1727,15 @@ impl<'a> Cx<'a> {
 
     /// Edges: `needs`, references (already in needs), deps on other stages' outputs; and
     /// the "missing deps" check.
+    /// Every stage is linked, those with errors too, so that their bad `needs` and
+    /// missing deps are reported in the same pass. Returns (deps, needs) by stage.
     fn link(
         &mut self,
-        stages: &mut [Stage],
-        dep_pos: &HashMap<String, Vec<(Dep, Pos)>>,
-        needs_pos: &HashMap<String, Vec<(String, Pos)>>,
+        entries: &[Linkable],
         bases: &BTreeMap<String, Vec<String>>,
         outputs: &HashMap<String, Outputs>,
-    ) {
+    ) -> HashMap<String, (Vec<Dep>, Vec<String>)> {
+        let mut linked = HashMap::new();
         // Every output path → its stage, for deps equal to, inside, or above an output.
         let mut producer: HashMap<PathBuf, String> = HashMap::new();
         for (name, o) in outputs {
@@ -1753,9 +1758,9 @@ impl<'a> Cx<'a> {
             }
         }
         let names: BTreeSet<String> = outputs.keys().cloned().collect();
-        for st in stages.iter_mut() {
+        for (name, dep_pos, needs_pos) in entries {
             let mut needs: BTreeSet<String> = BTreeSet::new();
-            for (n, pos) in needs_pos.get(&st.name).into_iter().flatten() {
+            for (n, pos) in needs_pos {
                 if names.contains(n) {
                     needs.insert(n.clone());
                 } else if let Some(exp) = bases.get(n) {
@@ -1774,14 +1779,14 @@ impl<'a> Cx<'a> {
                         *pos,
                         format!(
                             "unknown stage '{n}' in 'needs' of stage '{}' (stages: {}{hint})",
-                            st.name,
+                            *name,
                             list.join(", ")
                         ),
                     );
                 }
             }
             let mut deps: BTreeSet<DepKey> = BTreeSet::new();
-            for (dep, pos) in dep_pos.get(&st.name).into_iter().flatten() {
+            for (dep, pos) in dep_pos {
                 let path = match dep {
                     Dep::Path(p) => p,
                     Dep::Sqlite { db, .. } => db,
@@ -1791,14 +1796,14 @@ impl<'a> Cx<'a> {
                 for anc in path.ancestors() {
                     if let Some(s) = producer.get(anc) {
                         produced = true;
-                        if *s != st.name {
+                        if s != name {
                             needs.insert(s.clone());
                         } else {
                             self.err(
                                 *pos,
                                 format!(
                                     "stage '{}' depends on its own output '{}'",
-                                    st.name,
+                                    *name,
                                     path.display()
                                 ),
                             );
@@ -1808,7 +1813,7 @@ impl<'a> Cx<'a> {
                 // A directory above outputs of other stages: it holds them, so it follows them.
                 for s in holders.get(path.as_path()).into_iter().flatten() {
                     produced = true;
-                    if *s != st.name {
+                    if s != name {
                         needs.insert(s.clone());
                     } else {
                         // Its own output would change its input: stale forever.
@@ -1816,20 +1821,26 @@ impl<'a> Cx<'a> {
                             *pos,
                             format!(
                                 "stage '{}' depends on '{}', which holds its own outputs",
-                                st.name,
+                                *name,
                                 path.display()
                             ),
                         );
                     }
                 }
                 if !produced && !self.root.join(path).exists() {
-                    self.err(*pos, format!("missing dependency '{}' of stage '{}': no such file or directory, and no stage outputs it", path.display(), st.name));
+                    self.err(*pos, format!("missing dependency '{}' of stage '{}': no such file or directory, and no stage outputs it", path.display(), *name));
                 }
                 deps.insert(DepKey(dep.clone()));
             }
-            st.deps = deps.into_iter().map(|d| d.0).collect();
-            st.needs = needs.into_iter().collect();
+            linked.insert(
+                name.clone(),
+                (
+                    deps.into_iter().map(|d| d.0).collect(),
+                    needs.into_iter().collect(),
+                ),
+            );
         }
+        linked
     }
 
     fn triggers(&mut self, node: &Node, params: &Map<String, Value>) -> Vec<Trigger> {
@@ -1909,6 +1920,9 @@ impl<'a> Cx<'a> {
         out
     }
 }
+
+/// A stage's name, its deps and its `needs` (with positions), before linking.
+type Linkable = (String, Vec<(Dep, Pos)>, Vec<(String, Pos)>);
 
 /// Orders deps by path for a stable, deduplicated list.
 #[derive(PartialEq, Eq)]
