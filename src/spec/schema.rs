@@ -191,6 +191,32 @@ mod tests {
     }
 
     #[test]
+    fn every_ref_resolves() {
+        fn walk(v: &Value, refs: &mut Vec<String>) {
+            match v {
+                Value::Object(o) => {
+                    if let Some(Value::String(r)) = o.get("$ref") {
+                        refs.push(r.clone());
+                    }
+                    o.values().for_each(|x| walk(x, refs));
+                }
+                Value::Array(a) => a.iter().for_each(|x| walk(x, refs)),
+                _ => {}
+            }
+        }
+        let s = pipeline_schema();
+        let mut refs = Vec::new();
+        walk(&s, &mut refs);
+        assert!(refs.len() > 5);
+        for r in refs {
+            let name = r
+                .strip_prefix("#/$defs/")
+                .unwrap_or_else(|| panic!("unexpected $ref {r}"));
+            assert!(s["$defs"].get(name).is_some(), "$ref {r} points nowhere");
+        }
+    }
+
+    #[test]
     fn stage_properties_are_the_loader_keys() {
         let s = pipeline_schema();
         let props: Vec<&str> = s["$defs"]["stage"]["properties"]
