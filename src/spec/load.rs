@@ -872,8 +872,11 @@ impl<'a> Cx<'a> {
 
         // 2. Outputs of every stage, so that references can be resolved in any order.
         let mut outputs: HashMap<String, Outputs> = HashMap::new();
+        let mut reported = HashMap::new();
         for inst in &insts {
+            let before = self.errors.len();
             let o = self.outputs(inst, params, pipeline, project);
+            self.once_per_template(&inst.name, before, &mut reported);
             outputs.insert(inst.name.clone(), o);
         }
 
@@ -881,7 +884,9 @@ impl<'a> Cx<'a> {
         let mut stages = Vec::new();
         let mut entries: Vec<Linkable> = Vec::new();
         for inst in &insts {
+            let before = self.errors.len();
             let (st, deps, needs) = self.stage(inst, params, &outputs, &bases);
+            self.once_per_template(&inst.name, before, &mut reported);
             entries.push((inst.name.clone(), deps, needs));
             stages.extend(st);
         }
@@ -896,6 +901,34 @@ impl<'a> Cx<'a> {
             }
         }
         stages
+    }
+
+    /// An error in a `foreach`/`matrix` stage is usually the same in every expansion: keep
+    /// only the first one at each place, not one per item.
+    fn once_per_template(
+        &mut self,
+        name: &str,
+        before: usize,
+        reported: &mut HashMap<String, BTreeSet<(usize, usize)>>,
+    ) {
+        let Some((base, _)) = name.split_once('@') else {
+            return;
+        };
+        let seen = reported.entry(base.to_owned()).or_default();
+        let mut i = before;
+        while i < self.errors.len() {
+            let at = (self.errors[i].span.line, self.errors[i].span.col);
+            if seen.contains(&at) {
+                self.errors.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        seen.extend(
+            self.errors[before..]
+                .iter()
+                .map(|e| (e.span.line, e.span.col)),
+        );
     }
 
     fn expand<'n>(
