@@ -516,11 +516,22 @@ impl<'a> Cx<'a> {
     }
 
     fn check_keys(&mut self, entries: &[(Node, Node)], keys: Keys, what: &str) {
+        self.check_keys_except(entries, keys, what, |_| false);
+    }
+
+    /// [`Self::check_keys`], leaving alone the keys `free` accepts.
+    fn check_keys_except(
+        &mut self,
+        entries: &[(Node, Node)],
+        keys: Keys,
+        what: &str,
+        free: impl Fn(&str) -> bool,
+    ) {
         for (k, _) in entries {
             let Some(name) = k.scalar_text() else {
                 continue;
             };
-            if format::names(keys).any(|n| n == name) {
+            if format::names(keys).any(|n| n == name) || free(name) {
                 continue;
             }
             let hint = did_you_mean(name, format::names(keys))
@@ -622,10 +633,9 @@ impl<'a> Cx<'a> {
         for s in &segs {
             match s {
                 Seg::Lit(l) => out.push_str(l),
-                Seg::Ref { r, offset } => match scope.lookup(r).map(|v| (interp::stringify(&v), v))
-                {
-                    Ok((Ok(s), _)) => out.push_str(&s),
-                    Ok((Err(ty), _)) => {
+                Seg::Ref { r, offset } => match scope.lookup(r).map(|v| interp::stringify(&v)) {
+                    Ok(Ok(s)) => out.push_str(&s),
+                    Ok(Err(ty)) => {
                         let pos = self.ref_pos(node, text, *offset);
                         self.err(
                             pos,
@@ -688,12 +698,7 @@ impl<'a> Cx<'a> {
     fn pipeline(&mut self, root: &Node, project: &Project) -> Option<Pipeline> {
         let top = self.expect_map(root, "the pipeline (keys: name, params, stages, triggers)")?;
         // `x-…` keys are free for the user: a place for YAML anchors shared by stages.
-        let own: Vec<(Node, Node)> = top
-            .iter()
-            .filter(|(k, _)| !k.scalar_text().is_some_and(|t| t.starts_with("x-")))
-            .cloned()
-            .collect();
-        self.check_keys(&own, format::TOP, "the pipeline");
+        self.check_keys_except(top, format::TOP, "the pipeline", |k| k.starts_with("x-"));
         let get = |k: &str| top.iter().find(|(key, _)| key.scalar_text() == Some(k));
 
         let stem = self
