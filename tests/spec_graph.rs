@@ -72,3 +72,12 @@ fn a_cycle_beside_a_valid_part_is_still_an_error() {
         "c.yaml:3:3: dependency cycle: p -> q -> p (each stage needs the next)"
     );
 }
+
+#[test]
+fn a_hand_built_pipeline_with_duplicate_names_is_refused() {
+    let mut p = spec::load_str(Path::new("d.yaml"), DIAMOND, &Project::new(".")).unwrap();
+    let again = p.stages[0].clone();
+    p.stages.push(again);
+    let e = Dag::build(&p).unwrap_err().to_string();
+    assert_eq!(e, "d.yaml:3:3: two stages are named 'side'");
+}
