@@ -486,3 +486,21 @@ stages:
     // `out` does not exist yet, but it holds outputs of v1.2 and b: not missing, and edges.
     assert_eq!(p.stage("all").unwrap().needs, vec!["b", "v1.2"]);
 }
+
+#[test]
+fn outputs_are_found_by_their_normalised_path() {
+    let (_d, pr) = project(&[]);
+    let p = load(
+        &pr,
+        r#"
+stages:
+  a: {cmd: "true", outs: [./out/a.txt], metrics: [out/m.json]}
+  b: {cmd: "cat ${stages.a.outs.out/a.txt} ${stages.a.outs.out/m.json}"}
+"#,
+    );
+    let Action::Cmd { cmd } = &p.stage("b").unwrap().action else {
+        panic!()
+    };
+    assert_eq!(cmd, "cat out/a.txt out/m.json");
+    assert!(p.stage("a").unwrap().outs.contains_key("./out/a.txt"));
+}

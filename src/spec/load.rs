@@ -215,6 +215,15 @@ impl Outputs {
                     .find(|(k, _, _)| k == key)
                     .map(|(_, p, _)| p.as_path())
             })
+            .or_else(|| {
+                // A list-form output keyed `./out/a.txt` is also found as `out/a.txt`.
+                let want = norm_path(key).ok()?;
+                self.outs
+                    .values()
+                    .map(|(o, _)| o.path.as_path())
+                    .chain(self.metrics.iter().map(|(_, p, _)| p.as_path()))
+                    .find(|p| *p == want)
+            })
     }
     fn keys(&self) -> Vec<&str> {
         self.outs
