@@ -176,7 +176,10 @@ stages:
         p.params.keys().collect::<Vec<_>>(),
         vec!["base", "k", "n", "out", "tag"]
     );
-    assert!(p.stage("a").unwrap().outs.contains_key("runs/v1/x"));
+    let a = p.stage("a").unwrap();
+    assert!(a.outs.contains_key("runs/v1/x"));
+    // A param used only in an output path is a param of the stage.
+    assert_eq!(a.params.keys().collect::<Vec<_>>(), vec!["out"]);
 }
 
 #[test]

@@ -199,6 +199,8 @@ impl<'n> Inst<'n> {
 /// A stage's outputs, known before anything refers to them.
 #[derive(Default)]
 struct Outputs {
+    /// Params referenced in `outs`/`metrics`: they are params of the stage too.
+    used_params: BTreeSet<String>,
     outs: BTreeMap<String, (Out, Pos)>,
     metrics: Vec<(String, PathBuf, Pos)>,
     kind: Option<&'static KindInfo>,
@@ -1170,7 +1172,9 @@ impl<'a> Cx<'a> {
                     for (k, v) in entries {
                         let key = k.scalar_text().unwrap_or_default().to_owned();
                         let mut scope = self.scope(inst, params, reason);
-                        if let Some(out) = self.out_item(v, &what, &mut scope) {
+                        let out = self.out_item(v, &what, &mut scope);
+                        o.used_params.append(&mut scope.used_params);
+                        if let Some(out) = out {
                             o.outs.insert(key, (out.1, v.pos));
                         }
                     }
@@ -1181,7 +1185,9 @@ impl<'a> Cx<'a> {
                     };
                     for v in items {
                         let mut scope = self.scope(inst, params, reason);
-                        if let Some((written, out)) = self.out_item(v, &what, &mut scope) {
+                        let out = self.out_item(v, &what, &mut scope);
+                        o.used_params.append(&mut scope.used_params);
+                        if let Some((written, out)) = out {
                             if o.outs.contains_key(&written) {
                                 self.err(
                                     v.pos,
@@ -1204,7 +1210,9 @@ impl<'a> Cx<'a> {
                         params,
                         "'metrics' (outputs cannot depend on other stages' outputs)",
                     );
-                    if let Some((written, p)) = self.interp_path(v, &what, &mut scope) {
+                    let path = self.interp_path(v, &what, &mut scope);
+                    o.used_params.append(&mut scope.used_params);
+                    if let Some((written, p)) = path {
                         o.metrics.push((written, p, v.pos));
                     }
                 }
@@ -1275,6 +1283,9 @@ impl<'a> Cx<'a> {
             stage_refs: Vec::new(),
         };
         let mine = outputs.get(name);
+        if let Some(o) = mine {
+            scope.used_params.extend(o.used_params.iter().cloned());
+        }
 
         let action = match (inst.get("cmd"), inst.get("uses")) {
             (None, None) => {
