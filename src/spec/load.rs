@@ -1934,6 +1934,16 @@ impl<'a> Cx<'a> {
                 }
                 let when = match has("when") {
                     None => None,
+                    Some(w) if !matches!(w.kind, Kind::Map(_)) => {
+                        self.err(
+                            w.pos,
+                            format!(
+                                "expected a mapping for 'when' (e.g. {{sql: \"SELECT …\", db: PATH}}), found {}",
+                                w.type_name()
+                            ),
+                        );
+                        continue;
+                    }
                     Some(w) => {
                         let mut scope = Scope::params_only(params, "triggers");
                         match self.interp(w, &mut scope) {
