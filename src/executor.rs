@@ -439,6 +439,10 @@ impl Ui {
         if let Some(pb) = self.inner.bars.lock().expect("bars").remove(&o.name) {
             pb.finish_and_clear();
         }
+        // Fresh stages are counted in the summary; a line each would drown the ones that ran.
+        if o.status == StageState::Cached {
+            return;
+        }
         let mut line = format!("{}: {}", o.name, o.status.as_str());
         if matches!(
             o.status,
@@ -587,6 +591,10 @@ struct Ctx {
     force: bool,
     device: String,
     ui: Ui,
+    keep_going: bool,
+    /// Set after a failure without --keep-going (or on cancel): start nothing new.
+    stop: AtomicBool,
+    stop_reason: Mutex<String>,
 }
 
 /// Runs `pipeline` (or `opts.targets` and what they need). Takes the project lock for the
@@ -662,6 +670,9 @@ pub async fn run(project: &Project, pipeline: &Pipeline, opts: &RunOptions) -> R
         force: opts.force,
         device: opts.device.clone(),
         ui: Ui::new(opts.progress),
+        keep_going: opts.keep_going,
+        stop: AtomicBool::new(false),
+        stop_reason: Mutex::new(String::new()),
     });
 
     let outcomes = schedule(&ctx, pipeline, &order, opts).await;
@@ -691,12 +702,115 @@ pub async fn run(project: &Project, pipeline: &Pipeline, opts: &RunOptions) -> R
     })
 }
 
-struct Slots {
-    jobs: usize,
-    cpu_free: u32,
+/// Execution slots: jobs, CPU and GPU. A stage takes them only once it knows it must
+/// execute — checking freshness and restoring are not bounded by `--jobs`, so a run of
+/// 1,000 fresh stages is not throttled to `jobs` at a time.
+struct SlotPool {
+    state: Mutex<SlotState>,
+    notify: tokio::sync::Notify,
     cpu_total: u32,
-    gpus_free: Vec<String>,
     gpu_total: usize,
+}
+
+struct SlotState {
+    jobs_free: usize,
+    cpu_free: u32,
+    gpus_free: Vec<String>,
+    /// Stages (by topological index) still checking freshness: they may need slots, and an
+    /// earlier stage goes first, so `-j 1` executes in topological order.
+    deciding: std::collections::BTreeSet<usize>,
+    /// Stages waiting for slots: index → (cpu, gpu).
+    waiters: BTreeMap<usize, (u32, usize)>,
+}
+
+impl SlotState {
+    fn fits(&self, cpu: u32, gpu: usize) -> bool {
+        self.jobs_free > 0 && self.cpu_free >= cpu && self.gpus_free.len() >= gpu
+    }
+}
+
+/// Held while a stage executes; gives its slots back when dropped.
+struct Grant {
+    pool: Arc<SlotPool>,
+    cpu: u32,
+    gpus: Vec<String>,
+}
+
+impl Drop for Grant {
+    fn drop(&mut self) {
+        let mut s = self.pool.state.lock().expect("slots");
+        s.jobs_free += 1;
+        s.cpu_free += self.cpu;
+        s.gpus_free.append(&mut self.gpus);
+        drop(s);
+        self.pool.notify.notify_waiters();
+    }
+}
+
+impl SlotPool {
+    /// Waits for a job slot plus `cpu` CPU and `gpu` GPU slots; `None` if the run stops
+    /// (failure without --keep-going, or cancel) before they are free.
+    async fn acquire(
+        self: &Arc<Self>,
+        index: usize,
+        cpu: u32,
+        gpu: usize,
+        ctx: &Ctx,
+    ) -> Option<Grant> {
+        let cpu = cpu.min(self.cpu_total);
+        {
+            let mut s = self.state.lock().expect("slots");
+            s.deciding.remove(&index);
+            s.waiters.insert(index, (cpu, gpu));
+        }
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            // Register before checking, so a release between check and wait is not missed.
+            notified.as_mut().enable();
+            if ctx.stop.load(Ordering::SeqCst) || ctx.cancel.load(Ordering::SeqCst) {
+                self.state.lock().expect("slots").waiters.remove(&index);
+                self.notify.notify_waiters();
+                return None;
+            }
+            {
+                let mut s = self.state.lock().expect("slots");
+                // An earlier stage that is still deciding, or waiting and able to start now,
+                // goes first; one that cannot fit does not block later ones.
+                let earlier_first = s.deciding.range(..index).next().is_some()
+                    || s.waiters.range(..index).any(|(_, &(c, g))| s.fits(c, g));
+                if !earlier_first && s.fits(cpu, gpu) {
+                    s.waiters.remove(&index);
+                    s.jobs_free -= 1;
+                    s.cpu_free -= cpu;
+                    let gpus: Vec<String> = s.gpus_free.drain(..gpu).collect();
+                    return Some(Grant {
+                        pool: self.clone(),
+                        cpu,
+                        gpus,
+                    });
+                }
+            }
+            tokio::select! {
+                _ = notified => {}
+                // Stop and cancel are flags, not notifications: look again now and then.
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+    }
+
+    fn start_deciding(&self, index: usize) {
+        self.state.lock().expect("slots").deciding.insert(index);
+    }
+
+    /// A stage that turned out fresh (or failed before needing slots) no longer holds up
+    /// later ones.
+    fn done_deciding(&self, index: usize) {
+        let removed = self.state.lock().expect("slots").deciding.remove(&index);
+        if removed {
+            self.notify.notify_waiters();
+        }
+    }
 }
 
 async fn schedule(
@@ -709,15 +823,23 @@ async fn schedule(
         .map(|n| n.get())
         .unwrap_or(1);
     let gpus = detect_gpus(opts.gpus);
-    let mut slots = Slots {
-        jobs: if opts.jobs == 0 { cores } else { opts.jobs },
-        cpu_free: cores as u32,
+    let pool = Arc::new(SlotPool {
         cpu_total: cores as u32,
         gpu_total: gpus.len(),
-        gpus_free: gpus,
-    };
+        state: Mutex::new(SlotState {
+            jobs_free: if opts.jobs == 0 { cores } else { opts.jobs },
+            cpu_free: cores as u32,
+            gpus_free: gpus,
+            deciding: Default::default(),
+            waiters: BTreeMap::new(),
+        }),
+        notify: tokio::sync::Notify::new(),
+    });
+    // Freshness checks hash inputs; a few at a time per core keeps the disk busy without
+    // flooding the blocking pool.
+    let checks = Arc::new(tokio::sync::Semaphore::new(4 * cores));
     let selected: HashSet<&str> = order.iter().map(String::as_str).collect();
-    let pos: HashMap<&str, usize> = order
+    let index: HashMap<&str, usize> = order
         .iter()
         .enumerate()
         .map(|(i, n)| (n.as_str(), i))
@@ -737,16 +859,13 @@ async fn schedule(
             down.entry(u).or_default().push(n);
         }
     }
-    let mut ready: std::collections::BTreeSet<(usize, &str)> = waiting
+    let mut ready: VecDeque<&str> = order
         .iter()
-        .filter(|(_, w)| **w == 0)
-        .map(|(n, _)| (pos[n], *n))
+        .map(String::as_str)
+        .filter(|n| waiting[n] == 0)
         .collect();
     let mut done: HashMap<String, StageOutcome> = HashMap::new();
     let mut running = tokio::task::JoinSet::new();
-    let mut held: HashMap<String, (u32, Vec<String>)> = HashMap::new();
-    let mut stop = false;
-    let mut stop_reason = String::new();
 
     let ctrl_c = async {
         if opts.handle_signals {
@@ -765,68 +884,43 @@ async fn schedule(
     let mut tick = tokio::time::interval(Duration::from_millis(50));
 
     loop {
-        if ctx.cancel.load(Ordering::SeqCst) && !stop {
-            stop = true;
-            stop_reason = "run cancelled".into();
+        if ctx.cancel.load(Ordering::SeqCst) {
+            ctx.stop.store(true, Ordering::SeqCst);
         }
-        // Launch what fits, in topological order.
-        if !stop {
-            let mut launched = Vec::new();
-            for &(p, n) in ready.iter() {
-                if running.len() + launched.len() >= slots.jobs {
-                    break;
-                }
-                let st = pipeline.stage(n).expect("stage");
-                let gpu_need = st.resources.gpu as usize;
-                if gpu_need > slots.gpu_total {
-                    let o = outcome(
-                        n,
-                        StageState::Failed,
-                        None,
-                        format!(
-                            "stage needs {gpu_need} GPU(s) but {} are available (none detected via CUDA_VISIBLE_DEVICES or nvidia-smi; pass --gpus N to override)",
-                            slots.gpu_total
-                        ),
-                    );
-                    launched.push((p, n, Err(o)));
-                    continue;
-                }
-                let cpu_need = st.resources.cpu.min(slots.cpu_total);
-                if gpu_need > slots.gpus_free.len() || cpu_need > slots.cpu_free {
-                    continue; // waits for slots; later stages may still fit
-                }
-                slots.cpu_free -= cpu_need;
-                let ids: Vec<String> = slots.gpus_free.drain(..gpu_need).collect();
-                launched.push((p, n, Ok((cpu_need, ids))));
-            }
-            for (p, n, res) in launched {
-                ready.remove(&(p, n));
-                match res {
-                    Err(o) => {
-                        ctx.ui.finished(&o);
-                        record_final(ctx, &o, None);
-                        on_done(&o, &mut done, &mut stop, &mut stop_reason, opts.keep_going);
-                    }
-                    Ok((cpu, ids)) => {
-                        held.insert(n.to_string(), (cpu, ids.clone()));
-                        let st = pipeline.stage(n).expect("stage").clone();
-                        let c = ctx.clone();
-                        running.spawn(async move { run_stage(c, st, ids).await });
-                    }
-                }
-            }
-        }
-        // Newly ready stages from failures handled above may also need a pass; and a stage
-        // whose upstream was skipped is skipped.
-        propagate_skips(order, pipeline, &selected, &mut done, &mut ready, &pos, ctx);
-        if running.is_empty() {
-            let before = ready.len();
-            if stop || before == 0 {
+        // Everything ready starts its check now; slots are taken inside, if it must execute.
+        while let Some(n) = ready.pop_front() {
+            if ctx.stop.load(Ordering::SeqCst) {
                 break;
             }
-            // Nothing running and nothing launchable would be a deadlock; slots are always
-            // released, so this only happens for a stage that can never fit (guarded above).
-            continue;
+            let st = pipeline.stage(n).expect("stage");
+            let gpu_need = st.resources.gpu as usize;
+            if gpu_need > pool.gpu_total {
+                let o = outcome(
+                    n,
+                    StageState::Failed,
+                    None,
+                    format!(
+                        "stage needs {gpu_need} GPU(s) but {} are available (none detected via CUDA_VISIBLE_DEVICES or nvidia-smi; pass --gpus N to override)",
+                        pool.gpu_total
+                    ),
+                );
+                ctx.ui.finished(&o);
+                record_final(ctx, &o, None);
+                finish(ctx, o, &mut done, &down, opts.keep_going);
+                continue;
+            }
+            let st = st.clone();
+            let (c, p, k) = (ctx.clone(), pool.clone(), checks.clone());
+            let i = index[n];
+            pool.start_deciding(i);
+            running.spawn(async move {
+                let o = run_stage(c, st, i, p.clone(), k).await;
+                p.done_deciding(i);
+                o
+            });
+        }
+        if running.is_empty() {
+            break;
         }
         tokio::select! {
             joined = running.join_next() => {
@@ -834,25 +928,21 @@ async fn schedule(
                 let o = match joined {
                     Ok(o) => o,
                     Err(e) => {
-                        // A panicking stage task: record it as failed rather than abort the run.
+                        // Only a panic gets here; its stage is recorded as skipped below.
                         tracing::error!("stage task panicked: {e}");
                         continue;
                     }
                 };
-                if let Some((cpu, ids)) = held.remove(&o.name) {
-                    slots.cpu_free += cpu;
-                    slots.gpus_free.extend(ids);
-                }
                 ctx.ui.finished(&o);
                 let ok = o.status.is_ok();
                 let name = o.name.clone();
-                on_done(&o, &mut done, &mut stop, &mut stop_reason, opts.keep_going);
+                finish(ctx, o, &mut done, &down, opts.keep_going);
                 if ok {
                     for d in down.get(name.as_str()).into_iter().flatten() {
                         let w = waiting.get_mut(d).expect("waiting");
                         *w -= 1;
                         if *w == 0 && !done.contains_key(*d) {
-                            ready.insert((pos[d], d));
+                            ready.push_back(d);
                         }
                     }
                 }
@@ -867,13 +957,13 @@ async fn schedule(
     }
     // Whatever never started.
     let cancelled = ctx.cancel.load(Ordering::SeqCst);
+    let reason = if cancelled {
+        "run cancelled".to_string()
+    } else {
+        ctx.stop_reason.lock().expect("reason").clone()
+    };
     for n in order {
         if !done.contains_key(n) {
-            let reason = if cancelled {
-                "run cancelled".to_string()
-            } else {
-                stop_reason.clone()
-            };
             let o = outcome(
                 n,
                 StageState::Skipped,
@@ -881,7 +971,7 @@ async fn schedule(
                 if reason.is_empty() {
                     "not started".into()
                 } else {
-                    reason
+                    reason.clone()
                 },
             );
             ctx.ui.finished(&o);
@@ -895,52 +985,52 @@ async fn schedule(
         .collect()
 }
 
-fn on_done(
-    o: &StageOutcome,
+/// Records a finished stage; a failure stops the run (without --keep-going) and skips,
+/// transitively, everything downstream of it.
+fn finish(
+    ctx: &Ctx,
+    o: StageOutcome,
     done: &mut HashMap<String, StageOutcome>,
-    stop: &mut bool,
-    stop_reason: &mut String,
+    down: &HashMap<&str, Vec<&str>>,
     keep_going: bool,
 ) {
-    if !o.status.is_ok() && !keep_going && !*stop {
-        *stop = true;
-        *stop_reason = format!("run stopped after stage {} {}", o.name, o.status.as_str());
+    let ok = o.status.is_ok();
+    let name = o.name.clone();
+    let status = o.status;
+    done.insert(name.clone(), o);
+    if ok {
+        return;
     }
-    done.insert(o.name.clone(), o.clone());
-}
-
-/// Marks stages whose upstream did not succeed as skipped.
-fn propagate_skips<'a>(
-    order: &'a [String],
-    pipeline: &Pipeline,
-    selected: &HashSet<&str>,
-    done: &mut HashMap<String, StageOutcome>,
-    ready: &mut std::collections::BTreeSet<(usize, &'a str)>,
-    pos: &HashMap<&'a str, usize>,
-    ctx: &Arc<Ctx>,
-) {
-    for n in order {
-        if done.contains_key(n) {
+    if !keep_going && !ctx.stop.swap(true, Ordering::SeqCst) {
+        *ctx.stop_reason.lock().expect("reason") =
+            format!("run stopped after stage {name} {}", status.as_str());
+    }
+    let mut q: VecDeque<(String, String)> = down
+        .get(name.as_str())
+        .into_iter()
+        .flatten()
+        .map(|d| (d.to_string(), name.clone()))
+        .collect();
+    while let Some((d, up)) = q.pop_front() {
+        if done.contains_key(&d) {
             continue;
         }
-        let st = pipeline.stage(n).expect("stage");
-        let bad = st
-            .needs
-            .iter()
-            .filter(|u| selected.contains(u.as_str()))
-            .find(|u| done.get(*u).is_some_and(|o| !o.status.is_ok()));
-        if let Some(u) = bad {
-            let o = outcome(
-                n,
-                StageState::Skipped,
-                None,
-                format!("upstream stage {u} {}", done[u].status.as_str()),
-            );
-            ctx.ui.finished(&o);
-            record_final(ctx, &o, None);
-            ready.remove(&(pos[n.as_str()], n.as_str()));
-            done.insert(n.clone(), o);
-        }
+        let up_status = done[&up].status.as_str();
+        let o = outcome(
+            &d,
+            StageState::Skipped,
+            None,
+            format!("upstream stage {up} {up_status}"),
+        );
+        ctx.ui.finished(&o);
+        record_final(ctx, &o, None);
+        done.insert(d.clone(), o);
+        q.extend(
+            down.get(d.as_str())
+                .into_iter()
+                .flatten()
+                .map(|x| (x.to_string(), d.clone())),
+        );
     }
 }
 
@@ -977,13 +1067,24 @@ fn record_final(ctx: &Ctx, o: &StageOutcome, started: Option<chrono::DateTime<ch
 }
 
 /// Decides and does one stage: fingerprint, then cached / restore / run + commit.
-async fn run_stage(ctx: Arc<Ctx>, stage: Stage, gpu_ids: Vec<String>) -> StageOutcome {
+async fn run_stage(
+    ctx: Arc<Ctx>,
+    stage: Stage,
+    index: usize,
+    pool: Arc<SlotPool>,
+    checks: Arc<tokio::sync::Semaphore>,
+) -> StageOutcome {
     let started = rundb::now();
     let t0 = Instant::now();
     let c = ctx.clone();
     let st = stage.clone();
     // Hashing and cache checks are blocking file work.
+    let permit = checks
+        .acquire_owned()
+        .await
+        .expect("semaphore is never closed");
     let decision = tokio::task::spawn_blocking(move || decide(&c, &st)).await;
+    drop(permit);
     let decision = match decision {
         Ok(Ok(d)) => d,
         Ok(Err(e)) => {
@@ -1003,7 +1104,8 @@ async fn run_stage(ctx: Arc<Ctx>, stage: Stage, gpu_ids: Vec<String>) -> StageOu
         }
     };
     let (components, fp) = match decision {
-        Decision::Fresh { fp, restored } => {
+        Decision::Fresh { fp, restored, outs } => {
+            pool.done_deciding(index);
             let mut o = outcome(
                 &stage.name,
                 if restored.is_empty() {
@@ -1018,8 +1120,8 @@ async fn run_stage(ctx: Arc<Ctx>, stage: Stage, gpu_ids: Vec<String>) -> StageOu
             o.duration = t0.elapsed();
             let c = ctx.clone();
             let st = stage.clone();
-            let _ =
-                tokio::task::spawn_blocking(move || record_outputs(&c, &st, &fp, Vec::new())).await;
+            let _ = tokio::task::spawn_blocking(move || record_outputs(&c, &st, &outs, Vec::new()))
+                .await;
             record_final(&ctx, &o, Some(started));
             return o;
         }
@@ -1043,9 +1145,27 @@ async fn run_stage(ctx: Arc<Ctx>, stage: Stage, gpu_ids: Vec<String>) -> StageOu
         .strip_prefix(ctx.project.root())
         .unwrap_or(&log_path)
         .to_path_buf();
+    let Some(grant) = pool
+        .acquire(
+            index,
+            stage.resources.cpu,
+            stage.resources.gpu as usize,
+            &ctx,
+        )
+        .await
+    else {
+        let reason = if ctx.cancel.load(Ordering::SeqCst) {
+            "run cancelled".to_string()
+        } else {
+            ctx.stop_reason.lock().expect("reason").clone()
+        };
+        let o = outcome(&stage.name, StageState::Skipped, Some(fp), reason);
+        record_final(&ctx, &o, Some(started));
+        return o;
+    };
     let mut env = stage.env.clone();
-    if !gpu_ids.is_empty() {
-        env.insert("CUDA_VISIBLE_DEVICES".into(), gpu_ids.join(","));
+    if !grant.gpus.is_empty() {
+        env.insert("CUDA_VISIBLE_DEVICES".into(), grant.gpus.join(","));
     }
     let max_attempts = 1 + stage.retry.attempts;
     let mut attempt = 0;
@@ -1160,6 +1280,12 @@ async fn run_stage(ctx: Arc<Ctx>, stage: Stage, gpu_ids: Vec<String>) -> StageOu
     o.log = Some(log_shown);
     o.duration = t0.elapsed();
     record_final(&ctx, &o, Some(started));
+    // Stop before the slots are given back, so no waiting stage slips in after a failure.
+    if !ctx.keep_going && !ctx.stop.swap(true, Ordering::SeqCst) {
+        *ctx.stop_reason.lock().expect("reason") =
+            format!("run stopped after stage {} {}", o.name, o.status.as_str());
+    }
+    drop(grant);
     o
 }
 
@@ -1167,6 +1293,7 @@ enum Decision {
     Fresh {
         fp: String,
         restored: Vec<String>,
+        outs: BTreeMap<String, crate::cache::OutRecord>,
     },
     Run {
         components: Box<Components>,
@@ -1248,7 +1375,11 @@ fn decide(ctx: &Ctx, stage: &Stage) -> Result<Decision> {
             }
         }
     }
-    Ok(Decision::Fresh { fp, restored })
+    Ok(Decision::Fresh {
+        fp,
+        restored,
+        outs: entry.outs,
+    })
 }
 
 struct Failure {
@@ -1395,16 +1526,19 @@ fn commit(
         outs: recs,
     };
     ctx.cache.put_action(&entry)?;
-    record_outputs(ctx, stage, fp, metrics)
+    record_outputs(ctx, stage, &entry.outs, metrics)
 }
 
 /// Artifacts and metrics of a completed (run or fresh) stage into the run database.
-fn record_outputs(ctx: &Ctx, stage: &Stage, fp: &str, mut metrics: Vec<MetricRow>) -> Result<()> {
-    if let Some(entry) = ctx.cache.get_action(fp) {
-        for (k, r) in &entry.outs {
-            ctx.db
-                .artifact(&ctx.run_id, &stage.name, k, &r.path, &r.hash);
-        }
+fn record_outputs(
+    ctx: &Ctx,
+    stage: &Stage,
+    outs: &BTreeMap<String, crate::cache::OutRecord>,
+    mut metrics: Vec<MetricRow>,
+) -> Result<()> {
+    for (k, r) in outs {
+        ctx.db
+            .artifact(&ctx.run_id, &stage.name, k, &r.path, &r.hash);
     }
     for m in &stage.metrics {
         let abs = ctx.project.root().join(m);

@@ -25,7 +25,7 @@ ENV = dict(os.environ, DVC_NO_ANALYTICS="1", DVC_NOSCM="1")
 
 def sh(args, cwd, check=True, quiet=True):
     r = subprocess.run(args, cwd=cwd, env=ENV, stdout=subprocess.PIPE if quiet else None,
-                       stderr=subprocess.PIPE if quiet else None, text=True)
+                       stderr=subprocess.PIPE if quiet else None, text=True, errors="replace")
     if check and r.returncode != 0:
         raise SystemExit(f"command failed ({r.returncode}): {' '.join(map(str, args))}\n{r.stdout}\n{r.stderr}")
     return r
