@@ -32,7 +32,10 @@ use crate::hash::{Manifest, hash_file_uncached};
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 fn tmp_name(dest: &Path) -> PathBuf {
-    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
     dest.with_file_name(format!(".tmp.{}.{}.{}", std::process::id(), n, name))
 }
@@ -43,7 +46,9 @@ fn fsync_dir(dir: &Path) -> io::Result<()> {
 
 /// Writes `bytes` to `dest` atomically (temp in the same directory, fsync, rename, fsync dir).
 pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = dest.parent().context("destination has no parent directory")?;
+    let dir = dest
+        .parent()
+        .context("destination has no parent directory")?;
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let tmp = tmp_name(dest);
     let res = (|| -> io::Result<()> {
@@ -66,7 +71,11 @@ fn reflink(src: &File, dst: &File) -> io::Result<()> {
     // SAFETY: both descriptors are open for the duration of the call; FICLONE takes the
     // source fd as its argument and touches no memory of ours.
     let rc = unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE as _, src.as_raw_fd()) };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// What one declared output held when it was committed.
@@ -142,7 +151,9 @@ pub struct Cache {
 
 impl Cache {
     pub fn new(cache_dir: impl Into<PathBuf>) -> Cache {
-        Cache { dir: cache_dir.into() }
+        Cache {
+            dir: cache_dir.into(),
+        }
     }
 
     pub fn objects_dir(&self) -> PathBuf {
@@ -169,7 +180,8 @@ impl Cache {
         fs::create_dir_all(&tmp_dir)?;
         let tmp = tmp_name(&tmp_dir.join("incoming"));
         let res = (|| -> Result<(String, u64)> {
-            let mut input = File::open(src).with_context(|| format!("cannot read output {}", src.display()))?;
+            let mut input =
+                File::open(src).with_context(|| format!("cannot read output {}", src.display()))?;
             let mut out = File::create(&tmp)?;
             let mut h = Sha256::new();
             let mut buf = vec![0u8; 1 << 20];
@@ -179,7 +191,9 @@ impl Cache {
                     Ok(0) => break,
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e).with_context(|| format!("cannot read {}", src.display())),
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("cannot read {}", src.display()));
+                    }
                 };
                 h.update(&buf[..n]);
                 out.write_all(&buf[..n])?;
@@ -240,9 +254,17 @@ impl Cache {
         for e in walkdir::WalkDir::new(abs).follow_links(true) {
             let e = e.with_context(|| format!("cannot walk output {rel}"))?;
             if e.file_type().is_file() || (e.path_is_symlink() && e.path().is_file()) {
-                let relp = e.path().strip_prefix(abs).expect("under root").to_str().with_context(|| {
-                    format!("{} is not valid UTF-8; tsumugi needs UTF-8 paths", e.path().display())
-                })?;
+                let relp = e
+                    .path()
+                    .strip_prefix(abs)
+                    .expect("under root")
+                    .to_str()
+                    .with_context(|| {
+                        format!(
+                            "{} is not valid UTF-8; tsumugi needs UTF-8 paths",
+                            e.path().display()
+                        )
+                    })?;
                 if relp.contains('\n') {
                     bail!("{} contains a newline in its name", e.path().display());
                 }
@@ -255,25 +277,43 @@ impl Cache {
             .map(|(relp, p)| {
                 let exec = fs::metadata(&p)?.permissions().mode() & 0o111 != 0;
                 let (hash, size) = self.store_file(&p)?;
-                Ok(crate::hash::ManifestEntry { path: relp, hash, size, exec })
+                Ok(crate::hash::ManifestEntry {
+                    path: relp,
+                    hash,
+                    size,
+                    exec,
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         let manifest = Manifest { entries };
         let size = manifest.entries.iter().map(|e| e.size).sum();
         let nfiles = manifest.entries.len() as u64;
         let hash = self.store_bytes(&manifest.canonical_bytes())?;
-        Ok(OutRecord { path: rel.to_string(), kind: OutKind::Dir, hash, size, exec: false, nfiles: Some(nfiles) })
+        Ok(OutRecord {
+            path: rel.to_string(),
+            kind: OutKind::Dir,
+            hash,
+            size,
+            exec: false,
+            nfiles: Some(nfiles),
+        })
     }
 
     /// Reads a manifest object, verifying it.
     pub fn manifest(&self, hash: &str) -> std::result::Result<Manifest, RestoreError> {
         let p = self.object_path(hash);
-        let bytes = fs::read(&p).map_err(|_| RestoreError::Missing { object: hash.to_string() })?;
+        let bytes = fs::read(&p).map_err(|_| RestoreError::Missing {
+            object: hash.to_string(),
+        })?;
         let actual = crate::hash::sha256_hex(&bytes);
         if actual != hash {
-            return Err(RestoreError::Corrupt { object: hash.to_string(), actual });
+            return Err(RestoreError::Corrupt {
+                object: hash.to_string(),
+                actual,
+            });
         }
-        Manifest::parse(&bytes).map_err(|e| RestoreError::Io(e.context(format!("manifest object {hash}"))))
+        Manifest::parse(&bytes)
+            .map_err(|e| RestoreError::Io(e.context(format!("manifest object {hash}"))))
     }
 
     /// Checks an object's bytes against its name.
@@ -281,9 +321,16 @@ impl Cache {
         let p = self.object_path(hash);
         match hash_file_uncached(&p) {
             Ok(actual) if actual == hash => Ok(()),
-            Ok(actual) => Err(RestoreError::Corrupt { object: hash.to_string(), actual }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(RestoreError::Missing { object: hash.to_string() }),
-            Err(e) => Err(RestoreError::Io(anyhow::Error::from(e).context(format!("cannot read object {hash}")))),
+            Ok(actual) => Err(RestoreError::Corrupt {
+                object: hash.to_string(),
+                actual,
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(RestoreError::Missing {
+                object: hash.to_string(),
+            }),
+            Err(e) => Err(RestoreError::Io(
+                anyhow::Error::from(e).context(format!("cannot read object {hash}")),
+            )),
         }
     }
 
@@ -298,29 +345,38 @@ impl Cache {
             OutKind::File => self.verify_object(&rec.hash),
             OutKind::Dir => {
                 let m = self.manifest(&rec.hash)?;
-                m.entries.par_iter().try_for_each(|e| self.verify_object(&e.hash))
+                m.entries
+                    .par_iter()
+                    .try_for_each(|e| self.verify_object(&e.hash))
             }
         }
     }
 
     /// Puts an output back at `abs` (replacing whatever is there) after verifying its objects.
-    pub fn restore(&self, rec: &OutRecord, abs: &Path) -> std::result::Result<LinkMethod, RestoreError> {
+    pub fn restore(
+        &self,
+        rec: &OutRecord,
+        abs: &Path,
+    ) -> std::result::Result<LinkMethod, RestoreError> {
         self.verify_record(rec)?;
         let parent = abs.parent().context("output has no parent directory")?;
-        fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
         match rec.kind {
             OutKind::File => {
                 let tmp = tmp_name(abs);
                 let method = self.materialize(&rec.hash, rec.exec, &tmp)?;
                 remove_path(abs)?;
-                fs::rename(&tmp, abs).with_context(|| format!("cannot restore {}", abs.display()))?;
+                fs::rename(&tmp, abs)
+                    .with_context(|| format!("cannot restore {}", abs.display()))?;
                 Ok(method)
             }
             OutKind::Dir => {
                 let m = self.manifest(&rec.hash)?;
                 let tmp = tmp_name(abs);
                 let _ = remove_path(&tmp);
-                fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+                fs::create_dir_all(&tmp)
+                    .with_context(|| format!("cannot create {}", tmp.display()))?;
                 let methods = m
                     .entries
                     .par_iter()
@@ -336,8 +392,12 @@ impl Cache {
                         let _ = fs::remove_dir_all(&tmp);
                     })?;
                 remove_path(abs)?;
-                fs::rename(&tmp, abs).with_context(|| format!("cannot restore {}", abs.display()))?;
-                Ok(methods.into_iter().max_by_key(|m| *m as u8).unwrap_or(LinkMethod::Reflink))
+                fs::rename(&tmp, abs)
+                    .with_context(|| format!("cannot restore {}", abs.display()))?;
+                Ok(methods
+                    .into_iter()
+                    .max_by_key(|m| *m as u8)
+                    .unwrap_or(LinkMethod::Reflink))
             }
         }
     }
@@ -358,7 +418,8 @@ impl Cache {
         if !exec && fs::hard_link(&obj, dest).is_ok() {
             return Ok(LinkMethod::Hardlink);
         }
-        fs::copy(&obj, dest).with_context(|| format!("cannot copy object {hash} to {}", dest.display()))?;
+        fs::copy(&obj, dest)
+            .with_context(|| format!("cannot copy object {hash} to {}", dest.display()))?;
         fs::set_permissions(dest, fs::Permissions::from_mode(mode))?;
         Ok(LinkMethod::Copy)
     }
@@ -409,8 +470,10 @@ impl Cache {
                     }
                     continue;
                 }
-                if keep.contains(&name) {
-                    if let Some(entry) = self.get_action(&name) {
+                if keep.contains(&name)
+                    && let Some(entry) = self.get_action(&name)
+                {
+                    {
                         report.actions_kept += 1;
                         for rec in entry.outs.values() {
                             live.insert(rec.hash.clone());
@@ -473,7 +536,9 @@ impl Cache {
 /// Removes a file, symlink or directory tree if present.
 pub fn remove_path(p: &Path) -> Result<()> {
     match fs::symlink_metadata(p) {
-        Ok(md) if md.is_dir() => fs::remove_dir_all(p).with_context(|| format!("cannot remove {}", p.display())),
+        Ok(md) if md.is_dir() => {
+            fs::remove_dir_all(p).with_context(|| format!("cannot remove {}", p.display()))
+        }
         Ok(_) => fs::remove_file(p).with_context(|| format!("cannot remove {}", p.display())),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e).with_context(|| format!("cannot stat {}", p.display())),
@@ -500,7 +565,13 @@ mod tests {
         let rd = cache.store_output("dir", &ws.join("dir")).unwrap();
         assert_eq!(rd.nfiles, Some(2));
         let sc = crate::hash::StatCache::in_memory();
-        assert_eq!(crate::hash::Hasher::new(&sc).path(&ws.join("dir")).unwrap().hash(), rd.hash);
+        assert_eq!(
+            crate::hash::Hasher::new(&sc)
+                .path(&ws.join("dir"))
+                .unwrap()
+                .hash(),
+            rd.hash
+        );
 
         fs::remove_file(ws.join("f.txt")).unwrap();
         fs::remove_dir_all(ws.join("dir")).unwrap();
@@ -508,7 +579,14 @@ mod tests {
         cache.restore(&rd, &ws.join("dir")).unwrap();
         assert_eq!(fs::read_to_string(ws.join("f.txt")).unwrap(), "hello");
         assert_eq!(fs::read_to_string(ws.join("dir/sub/b")).unwrap(), "B");
-        assert!(fs::metadata(ws.join("dir/sub/b")).unwrap().permissions().mode() & 0o100 != 0);
+        assert!(
+            fs::metadata(ws.join("dir/sub/b"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o100
+                != 0
+        );
 
         // Corrupt the object behind f.txt: restore refuses and names it.
         let obj = cache.object_path(&rf.hash);
@@ -557,7 +635,10 @@ mod tests {
         assert_eq!((dry.actions_removed, dry.objects_removed), (1, 1));
         assert!(cache.has_object(&rb.hash));
         let r = cache.gc(&keep, false).unwrap();
-        assert_eq!((r.actions_kept, r.objects_kept, r.objects_removed), (1, 1, 1));
+        assert_eq!(
+            (r.actions_kept, r.objects_kept, r.objects_removed),
+            (1, 1, 1)
+        );
         assert!(cache.has_object(&ra.hash) && !cache.has_object(&rb.hash));
         assert!(cache.get_action("f1").is_some() && cache.get_action("f2").is_none());
     }

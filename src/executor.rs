@@ -141,7 +141,10 @@ impl StageState {
     }
 
     pub fn is_ok(self) -> bool {
-        matches!(self, StageState::Ran | StageState::Cached | StageState::Restored | StageState::WouldRun)
+        matches!(
+            self,
+            StageState::Ran | StageState::Cached | StageState::Restored | StageState::WouldRun
+        )
     }
 }
 
@@ -195,8 +198,12 @@ pub fn builtin_stage(kind: &str) -> Option<Box<dyn StageImpl>> {
 fn stage_impl(stage: &Stage) -> Result<Box<dyn StageImpl>> {
     match &stage.action {
         Action::Cmd { cmd } => Ok(Box::new(CmdStage { cmd: cmd.clone() })),
-        Action::Builtin { kind, .. } => builtin_stage(kind)
-            .with_context(|| format!("stage kind {kind} is not available in this build (stage {})", stage.name)),
+        Action::Builtin { kind, .. } => builtin_stage(kind).with_context(|| {
+            format!(
+                "stage kind {kind} is not available in this build (stage {})",
+                stage.name
+            )
+        }),
     }
 }
 
@@ -258,7 +265,9 @@ impl StageImpl for CmdStage {
                                 killpg(pgid, libc::SIGTERM);
                                 term_at = Some(Instant::now());
                             }
-                            Some(t) if t.elapsed() > Duration::from_secs(3) => killpg(pgid, libc::SIGKILL),
+                            Some(t) if t.elapsed() > Duration::from_secs(3) => {
+                                killpg(pgid, libc::SIGKILL)
+                            }
                             _ => {}
                         }
                     }
@@ -283,7 +292,11 @@ impl StageImpl for CmdStage {
                 (None, Some(sig)) => format!("command killed by signal {sig}"),
                 _ => "command failed".to_string(),
             };
-            Err(CommandFailed { code: status.code(), what }.into())
+            Err(CommandFailed {
+                code: status.code(),
+                what,
+            }
+            .into())
         })
     }
 }
@@ -367,11 +380,19 @@ struct UiInner {
 impl Ui {
     fn new(mode: ProgressMode) -> Ui {
         let live = mode == ProgressMode::Auto && std::io::stderr().is_terminal();
-        let mode = if mode == ProgressMode::Auto && !live { ProgressMode::Plain } else { mode };
+        let mode = if mode == ProgressMode::Auto && !live {
+            ProgressMode::Plain
+        } else {
+            mode
+        };
         Ui {
             inner: Arc::new(UiInner {
                 mode,
-                multi: live.then(|| indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::stderr())),
+                multi: live.then(|| {
+                    indicatif::MultiProgress::with_draw_target(
+                        indicatif::ProgressDrawTarget::stderr(),
+                    )
+                }),
                 bars: Mutex::new(HashMap::new()),
             }),
         }
@@ -391,12 +412,18 @@ impl Ui {
         if let Some(m) = &self.inner.multi {
             let pb = m.add(indicatif::ProgressBar::new_spinner());
             pb.set_style(
-                indicatif::ProgressStyle::with_template("{spinner} {prefix:.bold} {elapsed:>4} {wide_msg}")
-                    .expect("template"),
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} {prefix:.bold} {elapsed:>4} {wide_msg}",
+                )
+                .expect("template"),
             );
             pb.set_prefix(name.to_string());
             pb.enable_steady_tick(Duration::from_millis(120));
-            self.inner.bars.lock().expect("bars").insert(name.to_string(), pb);
+            self.inner
+                .bars
+                .lock()
+                .expect("bars")
+                .insert(name.to_string(), pb);
         } else {
             self.println(&format!("{name}: running"));
         }
@@ -412,8 +439,15 @@ impl Ui {
         if let Some(pb) = self.inner.bars.lock().expect("bars").remove(&o.name) {
             pb.finish_and_clear();
         }
+        // Fresh stages are counted in the summary; a line each would drown the ones that ran.
+        if o.status == StageState::Cached {
+            return;
+        }
         let mut line = format!("{}: {}", o.name, o.status.as_str());
-        if matches!(o.status, StageState::Ran | StageState::Failed | StageState::Cancelled) {
+        if matches!(
+            o.status,
+            StageState::Ran | StageState::Failed | StageState::Cancelled
+        ) {
             line.push_str(&format!(" ({:.1}s)", o.duration.as_secs_f64()));
         }
         if let Some(m) = &o.message {
@@ -431,20 +465,36 @@ impl Ui {
 pub fn detect_gpus(explicit: Option<u32>) -> Vec<String> {
     let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
     let listed: Option<Vec<String>> = visible.as_ref().map(|v| {
-        v.split(',').map(str::trim).filter(|s| !s.is_empty() && *s != "-1").map(String::from).collect()
+        v.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty() && *s != "-1")
+            .map(String::from)
+            .collect()
     });
     if let Some(n) = explicit {
         // Map slot i to the parent's i-th visible device when there is one.
         return (0..n as usize)
-            .map(|i| listed.as_ref().and_then(|l| l.get(i).cloned()).unwrap_or_else(|| i.to_string()))
+            .map(|i| {
+                listed
+                    .as_ref()
+                    .and_then(|l| l.get(i).cloned())
+                    .unwrap_or_else(|| i.to_string())
+            })
             .collect();
     }
     if let Some(l) = listed {
         return l;
     }
-    match Command::new("nvidia-smi").arg("-L").stderr(Stdio::null()).output() {
+    match Command::new("nvidia-smi")
+        .arg("-L")
+        .stderr(Stdio::null())
+        .output()
+    {
         Ok(o) if o.status.success() => {
-            let n = String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.starts_with("GPU ")).count();
+            let n = String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| l.starts_with("GPU "))
+                .count();
             (0..n).map(|i| i.to_string()).collect()
         }
         _ => Vec::new(),
@@ -463,7 +513,11 @@ pub fn select(pipeline: &Pipeline, targets: &[String]) -> Result<Vec<String>> {
         for t in targets {
             if !names.contains(t.as_str()) {
                 let known: Vec<&str> = pipeline.stages.iter().map(|s| s.name.as_str()).collect();
-                bail!("no stage {t:?} in {} (stages: {})", pipeline.file.display(), known.join(", "));
+                bail!(
+                    "no stage {t:?} in {} (stages: {})",
+                    pipeline.file.display(),
+                    known.join(", ")
+                );
             }
             q.push_back(t.clone());
         }
@@ -476,18 +530,31 @@ pub fn select(pipeline: &Pipeline, targets: &[String]) -> Result<Vec<String>> {
         }
     }
     // Kahn's algorithm, always taking the earliest ready stage in file order.
-    let pos: HashMap<&str, usize> = pipeline.stages.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
+    let pos: HashMap<&str, usize> = pipeline
+        .stages
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.as_str(), i))
+        .collect();
     let mut indeg: HashMap<&str, usize> = HashMap::new();
     let mut down: HashMap<&str, Vec<&str>> = HashMap::new();
     for st in pipeline.stages.iter().filter(|s| wanted.contains(&s.name)) {
-        let ups: HashSet<&str> = st.needs.iter().map(String::as_str).filter(|n| wanted.contains(*n)).collect();
+        let ups: HashSet<&str> = st
+            .needs
+            .iter()
+            .map(String::as_str)
+            .filter(|n| wanted.contains(*n))
+            .collect();
         indeg.insert(&st.name, ups.len());
         for u in ups {
             down.entry(u).or_default().push(&st.name);
         }
     }
-    let mut ready: std::collections::BTreeSet<(usize, &str)> =
-        indeg.iter().filter(|(_, d)| **d == 0).map(|(n, _)| (pos[n], *n)).collect();
+    let mut ready: std::collections::BTreeSet<(usize, &str)> = indeg
+        .iter()
+        .filter(|(_, d)| **d == 0)
+        .map(|(n, _)| (pos[n], *n))
+        .collect();
     let mut order = Vec::new();
     while let Some((_, n)) = ready.pop_first() {
         order.push(n.to_string());
@@ -524,6 +591,10 @@ struct Ctx {
     force: bool,
     device: String,
     ui: Ui,
+    keep_going: bool,
+    /// Set after a failure without --keep-going (or on cancel): start nothing new.
+    stop: AtomicBool,
+    stop_reason: Mutex<String>,
 }
 
 /// Runs `pipeline` (or `opts.targets` and what they need). Takes the project lock for the
@@ -538,7 +609,11 @@ pub async fn run(project: &Project, pipeline: &Pipeline, opts: &RunOptions) -> R
             .into_iter()
             .map(|s| StageOutcome {
                 name: s.name,
-                status: if s.fresh { StageState::Cached } else { StageState::WouldRun },
+                status: if s.fresh {
+                    StageState::Cached
+                } else {
+                    StageState::WouldRun
+                },
                 fingerprint: s.fingerprint,
                 duration: Duration::ZERO,
                 attempts: 0,
@@ -557,14 +632,33 @@ pub async fn run(project: &Project, pipeline: &Pipeline, opts: &RunOptions) -> R
         });
     }
 
-    let lock_desc = format!("tsumugi {} {}", if opts.trigger == TriggerKind::Manual { "run" } else { opts.trigger.as_str() }, pipeline.file.display());
-    let wait = if opts.wait_for_lock { Wait::Yes } else { Wait::No };
+    let lock_desc = format!(
+        "tsumugi {} {}",
+        if opts.trigger == TriggerKind::Manual {
+            "run"
+        } else {
+            opts.trigger.as_str()
+        },
+        pipeline.file.display()
+    );
+    let wait = if opts.wait_for_lock {
+        Wait::Yes
+    } else {
+        Wait::No
+    };
     let lp = project.clone();
-    let _lock = tokio::task::spawn_blocking(move || ProjectLock::acquire(&lp, &lock_desc, wait)).await??;
+    let _lock =
+        tokio::task::spawn_blocking(move || ProjectLock::acquire(&lp, &lock_desc, wait)).await??;
 
     let run_id = new_run_id();
     let db = RunDb::start(project)?;
-    db.begin_run(&run_id, &pipeline.name, &path_str(&pipeline.file), opts.trigger.as_str(), &opts.targets);
+    db.begin_run(
+        &run_id,
+        &pipeline.name,
+        &path_str(&pipeline.file),
+        opts.trigger.as_str(),
+        &opts.targets,
+    );
     let ctx = Arc::new(Ctx {
         project: project.clone(),
         pipeline_name: pipeline.name.clone(),
@@ -576,6 +670,9 @@ pub async fn run(project: &Project, pipeline: &Pipeline, opts: &RunOptions) -> R
         force: opts.force,
         device: opts.device.clone(),
         ui: Ui::new(opts.progress),
+        keep_going: opts.keep_going,
+        stop: AtomicBool::new(false),
+        stop_reason: Mutex::new(String::new()),
     });
 
     let outcomes = schedule(&ctx, pipeline, &order, opts).await;
@@ -605,47 +702,175 @@ pub async fn run(project: &Project, pipeline: &Pipeline, opts: &RunOptions) -> R
     })
 }
 
-struct Slots {
-    jobs: usize,
-    cpu_free: u32,
+/// Execution slots: jobs, CPU and GPU. A stage takes them only once it knows it must
+/// execute — checking freshness and restoring are not bounded by `--jobs`, so a run of
+/// 1,000 fresh stages is not throttled to `jobs` at a time.
+struct SlotPool {
+    state: Mutex<SlotState>,
+    notify: tokio::sync::Notify,
     cpu_total: u32,
-    gpus_free: Vec<String>,
     gpu_total: usize,
 }
 
-async fn schedule(ctx: &Arc<Ctx>, pipeline: &Pipeline, order: &[String], opts: &RunOptions) -> Vec<StageOutcome> {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+struct SlotState {
+    jobs_free: usize,
+    cpu_free: u32,
+    gpus_free: Vec<String>,
+    /// Stages (by topological index) still checking freshness: they may need slots, and an
+    /// earlier stage goes first, so `-j 1` executes in topological order.
+    deciding: std::collections::BTreeSet<usize>,
+    /// Stages waiting for slots: index → (cpu, gpu).
+    waiters: BTreeMap<usize, (u32, usize)>,
+}
+
+impl SlotState {
+    fn fits(&self, cpu: u32, gpu: usize) -> bool {
+        self.jobs_free > 0 && self.cpu_free >= cpu && self.gpus_free.len() >= gpu
+    }
+}
+
+/// Held while a stage executes; gives its slots back when dropped.
+struct Grant {
+    pool: Arc<SlotPool>,
+    cpu: u32,
+    gpus: Vec<String>,
+}
+
+impl Drop for Grant {
+    fn drop(&mut self) {
+        let mut s = self.pool.state.lock().expect("slots");
+        s.jobs_free += 1;
+        s.cpu_free += self.cpu;
+        s.gpus_free.append(&mut self.gpus);
+        drop(s);
+        self.pool.notify.notify_waiters();
+    }
+}
+
+impl SlotPool {
+    /// Waits for a job slot plus `cpu` CPU and `gpu` GPU slots; `None` if the run stops
+    /// (failure without --keep-going, or cancel) before they are free.
+    async fn acquire(
+        self: &Arc<Self>,
+        index: usize,
+        cpu: u32,
+        gpu: usize,
+        ctx: &Ctx,
+    ) -> Option<Grant> {
+        let cpu = cpu.min(self.cpu_total);
+        {
+            let mut s = self.state.lock().expect("slots");
+            s.deciding.remove(&index);
+            s.waiters.insert(index, (cpu, gpu));
+        }
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            // Register before checking, so a release between check and wait is not missed.
+            notified.as_mut().enable();
+            if ctx.stop.load(Ordering::SeqCst) || ctx.cancel.load(Ordering::SeqCst) {
+                self.state.lock().expect("slots").waiters.remove(&index);
+                self.notify.notify_waiters();
+                return None;
+            }
+            {
+                let mut s = self.state.lock().expect("slots");
+                // An earlier stage that is still deciding, or waiting and able to start now,
+                // goes first; one that cannot fit does not block later ones.
+                let earlier_first = s.deciding.range(..index).next().is_some()
+                    || s.waiters.range(..index).any(|(_, &(c, g))| s.fits(c, g));
+                if !earlier_first && s.fits(cpu, gpu) {
+                    s.waiters.remove(&index);
+                    s.jobs_free -= 1;
+                    s.cpu_free -= cpu;
+                    let gpus: Vec<String> = s.gpus_free.drain(..gpu).collect();
+                    return Some(Grant {
+                        pool: self.clone(),
+                        cpu,
+                        gpus,
+                    });
+                }
+            }
+            tokio::select! {
+                _ = notified => {}
+                // Stop and cancel are flags, not notifications: look again now and then.
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+    }
+
+    fn start_deciding(&self, index: usize) {
+        self.state.lock().expect("slots").deciding.insert(index);
+    }
+
+    /// A stage that turned out fresh (or failed before needing slots) no longer holds up
+    /// later ones.
+    fn done_deciding(&self, index: usize) {
+        let removed = self.state.lock().expect("slots").deciding.remove(&index);
+        if removed {
+            self.notify.notify_waiters();
+        }
+    }
+}
+
+async fn schedule(
+    ctx: &Arc<Ctx>,
+    pipeline: &Pipeline,
+    order: &[String],
+    opts: &RunOptions,
+) -> Vec<StageOutcome> {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let gpus = detect_gpus(opts.gpus);
-    let mut slots = Slots {
-        jobs: if opts.jobs == 0 { cores } else { opts.jobs },
-        cpu_free: cores as u32,
+    let pool = Arc::new(SlotPool {
         cpu_total: cores as u32,
         gpu_total: gpus.len(),
-        gpus_free: gpus,
-    };
+        state: Mutex::new(SlotState {
+            jobs_free: if opts.jobs == 0 { cores } else { opts.jobs },
+            cpu_free: cores as u32,
+            gpus_free: gpus,
+            deciding: Default::default(),
+            waiters: BTreeMap::new(),
+        }),
+        notify: tokio::sync::Notify::new(),
+    });
+    // Freshness checks hash inputs; a few at a time per core keeps the disk busy without
+    // flooding the blocking pool.
+    let checks = Arc::new(tokio::sync::Semaphore::new(4 * cores));
     let selected: HashSet<&str> = order.iter().map(String::as_str).collect();
-    let pos: HashMap<&str, usize> = order.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
+    let index: HashMap<&str, usize> = order
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), i))
+        .collect();
     let mut waiting: HashMap<&str, usize> = HashMap::new();
     let mut down: HashMap<&str, Vec<&str>> = HashMap::new();
     for n in order {
         let st = pipeline.stage(n).expect("selected stage exists");
-        let ups: HashSet<&str> = st.needs.iter().map(String::as_str).filter(|u| selected.contains(u)).collect();
+        let ups: HashSet<&str> = st
+            .needs
+            .iter()
+            .map(String::as_str)
+            .filter(|u| selected.contains(u))
+            .collect();
         waiting.insert(n, ups.len());
         for u in ups {
             down.entry(u).or_default().push(n);
         }
     }
-    let mut ready: std::collections::BTreeSet<(usize, &str)> =
-        waiting.iter().filter(|(_, w)| **w == 0).map(|(n, _)| (pos[n], *n)).collect();
+    let mut ready: VecDeque<&str> = order
+        .iter()
+        .map(String::as_str)
+        .filter(|n| waiting[n] == 0)
+        .collect();
     let mut done: HashMap<String, StageOutcome> = HashMap::new();
     let mut running = tokio::task::JoinSet::new();
-    let mut held: HashMap<String, (u32, Vec<String>)> = HashMap::new();
-    let mut stop = false;
-    let mut stop_reason = String::new();
 
     let ctrl_c = async {
         if opts.handle_signals {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
@@ -655,71 +880,47 @@ async fn schedule(ctx: &Arc<Ctx>, pipeline: &Pipeline, order: &[String], opts: &
         }
     };
     tokio::pin!(ctrl_c);
+    let mut signalled = false;
     let mut tick = tokio::time::interval(Duration::from_millis(50));
 
     loop {
-        if ctx.cancel.load(Ordering::SeqCst) && !stop {
-            stop = true;
-            stop_reason = "run cancelled".into();
+        if ctx.cancel.load(Ordering::SeqCst) {
+            ctx.stop.store(true, Ordering::SeqCst);
         }
-        // Launch what fits, in topological order.
-        if !stop {
-            let mut launched = Vec::new();
-            for &(p, n) in ready.iter() {
-                if running.len() + launched.len() >= slots.jobs {
-                    break;
-                }
-                let st = pipeline.stage(n).expect("stage");
-                let gpu_need = st.resources.gpu as usize;
-                if gpu_need > slots.gpu_total {
-                    let o = outcome(
-                        n,
-                        StageState::Failed,
-                        None,
-                        format!(
-                            "stage needs {gpu_need} GPU(s) but {} are available (none detected via CUDA_VISIBLE_DEVICES or nvidia-smi; pass --gpus N to override)",
-                            slots.gpu_total
-                        ),
-                    );
-                    launched.push((p, n, Err(o)));
-                    continue;
-                }
-                let cpu_need = st.resources.cpu.min(slots.cpu_total);
-                if gpu_need > slots.gpus_free.len() || cpu_need > slots.cpu_free {
-                    continue; // waits for slots; later stages may still fit
-                }
-                slots.cpu_free -= cpu_need;
-                let ids: Vec<String> = slots.gpus_free.drain(..gpu_need).collect();
-                launched.push((p, n, Ok((cpu_need, ids))));
-            }
-            for (p, n, res) in launched {
-                ready.remove(&(p, n));
-                match res {
-                    Err(o) => {
-                        ctx.ui.finished(&o);
-                        record_final(ctx, &o, None);
-                        on_done(&o, &mut done, &mut stop, &mut stop_reason, opts.keep_going);
-                    }
-                    Ok((cpu, ids)) => {
-                        held.insert(n.to_string(), (cpu, ids.clone()));
-                        let st = pipeline.stage(n).expect("stage").clone();
-                        let c = ctx.clone();
-                        running.spawn(async move { run_stage(c, st, ids).await });
-                    }
-                }
-            }
-        }
-        // Newly ready stages from failures handled above may also need a pass; and a stage
-        // whose upstream was skipped is skipped.
-        propagate_skips(order, pipeline, &selected, &mut done, &mut ready, &pos, ctx);
-        if running.is_empty() {
-            let before = ready.len();
-            if stop || before == 0 {
+        // Everything ready starts its check now; slots are taken inside, if it must execute.
+        while let Some(n) = ready.pop_front() {
+            if ctx.stop.load(Ordering::SeqCst) {
                 break;
             }
-            // Nothing running and nothing launchable would be a deadlock; slots are always
-            // released, so this only happens for a stage that can never fit (guarded above).
-            continue;
+            let st = pipeline.stage(n).expect("stage");
+            let gpu_need = st.resources.gpu as usize;
+            if gpu_need > pool.gpu_total {
+                let o = outcome(
+                    n,
+                    StageState::Failed,
+                    None,
+                    format!(
+                        "stage needs {gpu_need} GPU(s) but {} are available (none detected via CUDA_VISIBLE_DEVICES or nvidia-smi; pass --gpus N to override)",
+                        pool.gpu_total
+                    ),
+                );
+                ctx.ui.finished(&o);
+                record_final(ctx, &o, None);
+                finish(ctx, o, &mut done, &down, opts.keep_going);
+                continue;
+            }
+            let st = st.clone();
+            let (c, p, k) = (ctx.clone(), pool.clone(), checks.clone());
+            let i = index[n];
+            pool.start_deciding(i);
+            running.spawn(async move {
+                let o = run_stage(c, st, i, p.clone(), k).await;
+                p.done_deciding(i);
+                o
+            });
+        }
+        if running.is_empty() {
+            break;
         }
         tokio::select! {
             joined = running.join_next() => {
@@ -727,30 +928,27 @@ async fn schedule(ctx: &Arc<Ctx>, pipeline: &Pipeline, order: &[String], opts: &
                 let o = match joined {
                     Ok(o) => o,
                     Err(e) => {
-                        // A panicking stage task: record it as failed rather than abort the run.
+                        // Only a panic gets here; its stage is recorded as skipped below.
                         tracing::error!("stage task panicked: {e}");
                         continue;
                     }
                 };
-                if let Some((cpu, ids)) = held.remove(&o.name) {
-                    slots.cpu_free += cpu;
-                    slots.gpus_free.extend(ids);
-                }
                 ctx.ui.finished(&o);
                 let ok = o.status.is_ok();
                 let name = o.name.clone();
-                on_done(&o, &mut done, &mut stop, &mut stop_reason, opts.keep_going);
+                finish(ctx, o, &mut done, &down, opts.keep_going);
                 if ok {
                     for d in down.get(name.as_str()).into_iter().flatten() {
                         let w = waiting.get_mut(d).expect("waiting");
                         *w -= 1;
                         if *w == 0 && !done.contains_key(*d) {
-                            ready.insert((pos[d], d));
+                            ready.push_back(d);
                         }
                     }
                 }
             }
-            _ = &mut ctrl_c => {
+            _ = &mut ctrl_c, if !signalled => {
+                signalled = true;
                 ctx.cancel.store(true, Ordering::SeqCst);
                 ctx.ui.println("interrupted: stopping running stages…");
             }
@@ -759,59 +957,80 @@ async fn schedule(ctx: &Arc<Ctx>, pipeline: &Pipeline, order: &[String], opts: &
     }
     // Whatever never started.
     let cancelled = ctx.cancel.load(Ordering::SeqCst);
+    let reason = if cancelled {
+        "run cancelled".to_string()
+    } else {
+        ctx.stop_reason.lock().expect("reason").clone()
+    };
     for n in order {
         if !done.contains_key(n) {
-            let reason = if cancelled { "run cancelled".to_string() } else { stop_reason.clone() };
-            let o = outcome(n, StageState::Skipped, None, if reason.is_empty() { "not started".into() } else { reason });
+            let o = outcome(
+                n,
+                StageState::Skipped,
+                None,
+                if reason.is_empty() {
+                    "not started".into()
+                } else {
+                    reason.clone()
+                },
+            );
             ctx.ui.finished(&o);
             record_final(ctx, &o, None);
             done.insert(n.clone(), o);
         }
     }
-    order.iter().map(|n| done.remove(n).expect("every stage has an outcome")).collect()
+    order
+        .iter()
+        .map(|n| done.remove(n).expect("every stage has an outcome"))
+        .collect()
 }
 
-fn on_done(
-    o: &StageOutcome,
+/// Records a finished stage; a failure stops the run (without --keep-going) and skips,
+/// transitively, everything downstream of it.
+fn finish(
+    ctx: &Ctx,
+    o: StageOutcome,
     done: &mut HashMap<String, StageOutcome>,
-    stop: &mut bool,
-    stop_reason: &mut String,
+    down: &HashMap<&str, Vec<&str>>,
     keep_going: bool,
 ) {
-    if !o.status.is_ok() && !keep_going && !*stop {
-        *stop = true;
-        *stop_reason = format!("run stopped after stage {} {}", o.name, o.status.as_str());
+    let ok = o.status.is_ok();
+    let name = o.name.clone();
+    let status = o.status;
+    done.insert(name.clone(), o);
+    if ok {
+        return;
     }
-    done.insert(o.name.clone(), o.clone());
-}
-
-/// Marks stages whose upstream did not succeed as skipped.
-fn propagate_skips<'a>(
-    order: &'a [String],
-    pipeline: &Pipeline,
-    selected: &HashSet<&str>,
-    done: &mut HashMap<String, StageOutcome>,
-    ready: &mut std::collections::BTreeSet<(usize, &'a str)>,
-    pos: &HashMap<&'a str, usize>,
-    ctx: &Arc<Ctx>,
-) {
-    for n in order {
-        if done.contains_key(n) {
+    if !keep_going && !ctx.stop.swap(true, Ordering::SeqCst) {
+        *ctx.stop_reason.lock().expect("reason") =
+            format!("run stopped after stage {name} {}", status.as_str());
+    }
+    let mut q: VecDeque<(String, String)> = down
+        .get(name.as_str())
+        .into_iter()
+        .flatten()
+        .map(|d| (d.to_string(), name.clone()))
+        .collect();
+    while let Some((d, up)) = q.pop_front() {
+        if done.contains_key(&d) {
             continue;
         }
-        let st = pipeline.stage(n).expect("stage");
-        let bad = st
-            .needs
-            .iter()
-            .filter(|u| selected.contains(u.as_str()))
-            .find(|u| done.get(*u).is_some_and(|o| !o.status.is_ok()));
-        if let Some(u) = bad {
-            let o = outcome(n, StageState::Skipped, None, format!("upstream stage {u} {}", done[u].status.as_str()));
-            ctx.ui.finished(&o);
-            record_final(ctx, &o, None);
-            ready.remove(&(pos[n.as_str()], n.as_str()));
-            done.insert(n.clone(), o);
-        }
+        let up_status = done[&up].status.as_str();
+        let o = outcome(
+            &d,
+            StageState::Skipped,
+            None,
+            format!("upstream stage {up} {up_status}"),
+        );
+        ctx.ui.finished(&o);
+        record_final(ctx, &o, None);
+        done.insert(d.clone(), o);
+        q.extend(
+            down.get(d.as_str())
+                .into_iter()
+                .flatten()
+                .map(|x| (x.to_string(), d.clone())),
+        );
     }
 }
 
@@ -848,13 +1067,24 @@ fn record_final(ctx: &Ctx, o: &StageOutcome, started: Option<chrono::DateTime<ch
 }
 
 /// Decides and does one stage: fingerprint, then cached / restore / run + commit.
-async fn run_stage(ctx: Arc<Ctx>, stage: Stage, gpu_ids: Vec<String>) -> StageOutcome {
+async fn run_stage(
+    ctx: Arc<Ctx>,
+    stage: Stage,
+    index: usize,
+    pool: Arc<SlotPool>,
+    checks: Arc<tokio::sync::Semaphore>,
+) -> StageOutcome {
     let started = rundb::now();
     let t0 = Instant::now();
     let c = ctx.clone();
     let st = stage.clone();
     // Hashing and cache checks are blocking file work.
+    let permit = checks
+        .acquire_owned()
+        .await
+        .expect("semaphore is never closed");
     let decision = tokio::task::spawn_blocking(move || decide(&c, &st)).await;
+    drop(permit);
     let decision = match decision {
         Ok(Ok(d)) => d,
         Ok(Err(e)) => {
@@ -863,16 +1093,26 @@ async fn run_stage(ctx: Arc<Ctx>, stage: Stage, gpu_ids: Vec<String>) -> StageOu
             return o;
         }
         Err(e) => {
-            let o = outcome(&stage.name, StageState::Failed, None, format!("internal error: {e}"));
+            let o = outcome(
+                &stage.name,
+                StageState::Failed,
+                None,
+                format!("internal error: {e}"),
+            );
             record_final(&ctx, &o, Some(started));
             return o;
         }
     };
     let (components, fp) = match decision {
-        Decision::Fresh { fp, restored } => {
+        Decision::Fresh { fp, restored, outs } => {
+            pool.done_deciding(index);
             let mut o = outcome(
                 &stage.name,
-                if restored.is_empty() { StageState::Cached } else { StageState::Restored },
+                if restored.is_empty() {
+                    StageState::Cached
+                } else {
+                    StageState::Restored
+                },
                 Some(fp.clone()),
                 String::new(),
             );
@@ -880,14 +1120,20 @@ async fn run_stage(ctx: Arc<Ctx>, stage: Stage, gpu_ids: Vec<String>) -> StageOu
             o.duration = t0.elapsed();
             let c = ctx.clone();
             let st = stage.clone();
-            let _ = tokio::task::spawn_blocking(move || record_outputs(&c, &st, &fp, Vec::new())).await;
+            let _ = tokio::task::spawn_blocking(move || record_outputs(&c, &st, &outs, Vec::new()))
+                .await;
             record_final(&ctx, &o, Some(started));
             return o;
         }
-        Decision::Run { components, fp, note } => {
+        Decision::Run {
+            components,
+            fp,
+            note,
+        } => {
             if let Some(n) = note {
                 ctx.ui.println(&format!("warning: {n}"));
-                ctx.db.event(Some(&ctx.run_id), Some(&stage.name), "cache_corrupt", &n);
+                ctx.db
+                    .event(Some(&ctx.run_id), Some(&stage.name), "cache_corrupt", &n);
             }
             (components, fp)
         }
@@ -895,10 +1141,31 @@ async fn run_stage(ctx: Arc<Ctx>, stage: Stage, gpu_ids: Vec<String>) -> StageOu
 
     let log_path = ctx.project.log_path(&ctx.run_id, &stage.name);
     // Shown and recorded relative to the project root, as every other path is.
-    let log_shown = log_path.strip_prefix(ctx.project.root()).unwrap_or(&log_path).to_path_buf();
+    let log_shown = log_path
+        .strip_prefix(ctx.project.root())
+        .unwrap_or(&log_path)
+        .to_path_buf();
+    let Some(grant) = pool
+        .acquire(
+            index,
+            stage.resources.cpu,
+            stage.resources.gpu as usize,
+            &ctx,
+        )
+        .await
+    else {
+        let reason = if ctx.cancel.load(Ordering::SeqCst) {
+            "run cancelled".to_string()
+        } else {
+            ctx.stop_reason.lock().expect("reason").clone()
+        };
+        let o = outcome(&stage.name, StageState::Skipped, Some(fp), reason);
+        record_final(&ctx, &o, Some(started));
+        return o;
+    };
     let mut env = stage.env.clone();
-    if !gpu_ids.is_empty() {
-        env.insert("CUDA_VISIBLE_DEVICES".into(), gpu_ids.join(","));
+    if !grant.gpus.is_empty() {
+        env.insert("CUDA_VISIBLE_DEVICES".into(), grant.gpus.join(","));
     }
     let max_attempts = 1 + stage.retry.attempts;
     let mut attempt = 0;
@@ -910,8 +1177,15 @@ async fn run_stage(ctx: Arc<Ctx>, stage: Stage, gpu_ids: Vec<String>) -> StageOu
         }
         attempt += 1;
         if attempt > 1 {
-            let wait = stage.retry.backoff.saturating_mul(1 << (attempt - 2).min(16));
-            ctx.ui.println(&format!("{}: retrying in {:.1}s (attempt {attempt}/{max_attempts})", stage.name, wait.as_secs_f64()));
+            let wait = stage
+                .retry
+                .backoff
+                .saturating_mul(1 << (attempt - 2).min(16));
+            ctx.ui.println(&format!(
+                "{}: retrying in {:.1}s (attempt {attempt}/{max_attempts})",
+                stage.name,
+                wait.as_secs_f64()
+            ));
             let until = Instant::now() + wait;
             while Instant::now() < until && !ctx.cancel.load(Ordering::SeqCst) {
                 tokio::time::sleep(Duration::from_millis(50).min(until - Instant::now())).await;
@@ -920,12 +1194,14 @@ async fn run_stage(ctx: Arc<Ctx>, stage: Stage, gpu_ids: Vec<String>) -> StageOu
                 break;
             }
         }
-        ctx.db.stage_started(&ctx.run_id, &stage.name, Some(&log_shown), attempt);
+        ctx.db
+            .stage_started(&ctx.run_id, &stage.name, Some(&log_shown), attempt);
         let c = ctx.clone();
         let st = stage.clone();
         let env2 = env.clone();
         let lp = log_path.clone();
-        let res = tokio::task::spawn_blocking(move || execute_once(&c, &st, &env2, &lp, attempt)).await;
+        let res =
+            tokio::task::spawn_blocking(move || execute_once(&c, &st, &env2, &lp, attempt)).await;
         match res {
             Ok(Ok(metrics)) => {
                 // Commit: verify and store outputs, then the action entry.
@@ -933,8 +1209,15 @@ async fn run_stage(ctx: Arc<Ctx>, stage: Stage, gpu_ids: Vec<String>) -> StageOu
                 let st = stage.clone();
                 let comps = components.clone();
                 let fp2 = fp.clone();
-                let commit = tokio::task::spawn_blocking(move || commit(&c, &st, &comps, &fp2, metrics)).await;
-                let mut o = outcome(&stage.name, StageState::Ran, Some(fp.clone()), String::new());
+                let commit =
+                    tokio::task::spawn_blocking(move || commit(&c, &st, &comps, &fp2, metrics))
+                        .await;
+                let mut o = outcome(
+                    &stage.name,
+                    StageState::Ran,
+                    Some(fp.clone()),
+                    String::new(),
+                );
                 o.message = None;
                 o.attempts = attempt;
                 o.exit_code = Some(0);
@@ -966,46 +1249,86 @@ async fn run_stage(ctx: Arc<Ctx>, stage: Stage, gpu_ids: Vec<String>) -> StageOu
             }
         }
     }
-    let (msg, code, cancelled, _timed_out) =
-        last_err.unwrap_or_else(|| ("run cancelled before the stage started".into(), None, true, false));
+    let (msg, code, cancelled, _timed_out) = last_err.unwrap_or_else(|| {
+        (
+            "run cancelled before the stage started".into(),
+            None,
+            true,
+            false,
+        )
+    });
     // Nothing half-written stays behind as if it were an output.
     for o in stage.outs.values() {
         let _ = remove_path(&ctx.project.root().join(&o.path));
     }
     let mut o = outcome(
         &stage.name,
-        if cancelled { StageState::Cancelled } else { StageState::Failed },
+        if cancelled {
+            StageState::Cancelled
+        } else {
+            StageState::Failed
+        },
         Some(fp),
-        if max_attempts > 1 && !cancelled { format!("{msg} (after {attempt} attempts)") } else { msg },
+        if max_attempts > 1 && !cancelled {
+            format!("{msg} (after {attempt} attempts)")
+        } else {
+            msg
+        },
     );
     o.attempts = attempt.max(1);
     o.exit_code = code;
     o.log = Some(log_shown);
     o.duration = t0.elapsed();
     record_final(&ctx, &o, Some(started));
+    // Stop before the slots are given back, so no waiting stage slips in after a failure.
+    if !ctx.keep_going && !ctx.stop.swap(true, Ordering::SeqCst) {
+        *ctx.stop_reason.lock().expect("reason") =
+            format!("run stopped after stage {} {}", o.name, o.status.as_str());
+    }
+    drop(grant);
     o
 }
 
 enum Decision {
-    Fresh { fp: String, restored: Vec<String> },
-    Run { components: Components, fp: String, note: Option<String> },
+    Fresh {
+        fp: String,
+        restored: Vec<String>,
+        outs: BTreeMap<String, crate::cache::OutRecord>,
+    },
+    Run {
+        components: Box<Components>,
+        fp: String,
+        note: Option<String>,
+    },
 }
 
 fn decide(ctx: &Ctx, stage: &Stage) -> Result<Decision> {
     let hasher = Hasher::new(&ctx.stat);
-    let components = fingerprint::compute(&ctx.project, &hasher, stage)?;
+    let components = Box::new(fingerprint::compute(&ctx.project, &hasher, stage)?);
     let fp = components.fingerprint();
     if ctx.force {
-        return Ok(Decision::Run { components, fp, note: None });
+        return Ok(Decision::Run {
+            components,
+            fp,
+            note: None,
+        });
     }
     let Some(entry) = ctx.cache.get_action(&fp) else {
-        return Ok(Decision::Run { components, fp, note: None });
+        return Ok(Decision::Run {
+            components,
+            fp,
+            note: None,
+        });
     };
     // An uncached output cannot be restored: if it is gone, the stage must run.
     for (k, o) in &stage.outs {
         if !o.cache && !ctx.project.root().join(&o.path).exists() {
             tracing::debug!("{}: uncached output {k} missing, running", stage.name);
-            return Ok(Decision::Run { components, fp, note: None });
+            return Ok(Decision::Run {
+                components,
+                fp,
+                note: None,
+            });
         }
     }
     let mut restored = Vec::new();
@@ -1026,7 +1349,11 @@ fn decide(ctx: &Ctx, stage: &Stage) -> Result<Decision> {
                     &actual[..12.min(actual.len())],
                     stage.name
                 );
-                return Ok(Decision::Run { components, fp, note: Some(note) });
+                return Ok(Decision::Run {
+                    components,
+                    fp,
+                    note: Some(note),
+                });
             }
             Err(RestoreError::Missing { object }) => {
                 ctx.cache.remove_action(&fp);
@@ -1034,12 +1361,25 @@ fn decide(ctx: &Ctx, stage: &Stage) -> Result<Decision> {
                     "cache object {object} (output {key} of stage {}) is missing; re-running {}",
                     stage.name, stage.name
                 );
-                return Ok(Decision::Run { components, fp, note: Some(note) });
+                return Ok(Decision::Run {
+                    components,
+                    fp,
+                    note: Some(note),
+                });
             }
-            Err(RestoreError::Io(e)) => return Err(e.context(format!("cannot restore {} of stage {}", rec.path, stage.name))),
+            Err(RestoreError::Io(e)) => {
+                return Err(e.context(format!(
+                    "cannot restore {} of stage {}",
+                    rec.path, stage.name
+                )));
+            }
         }
     }
-    Ok(Decision::Fresh { fp, restored })
+    Ok(Decision::Fresh {
+        fp,
+        restored,
+        outs: entry.outs,
+    })
 }
 
 struct Failure {
@@ -1057,7 +1397,12 @@ fn execute_once(
     log_path: &Path,
     attempt: u32,
 ) -> std::result::Result<Vec<MetricRow>, Failure> {
-    let fail = |m: String| Failure { message: m, code: None, cancelled: false, timed_out: false };
+    let fail = |m: String| Failure {
+        message: m,
+        code: None,
+        cancelled: false,
+        timed_out: false,
+    };
     let imp = stage_impl(stage).map_err(|e| fail(format!("{e:#}")))?;
     let root = ctx.project.root();
     // Outputs are removed first (as DVC does): a stage never appends to a stale output, and
@@ -1067,7 +1412,8 @@ fn execute_once(
         let abs = root.join(&o.path);
         remove_path(&abs).map_err(|e| fail(format!("{e:#}")))?;
         if let Some(p) = abs.parent() {
-            fs::create_dir_all(p).map_err(|e| fail(format!("cannot create {}: {e}", p.display())))?;
+            fs::create_dir_all(p)
+                .map_err(|e| fail(format!("cannot create {}: {e}", p.display())))?;
         }
         outs.insert(k.clone(), abs);
     }
@@ -1117,7 +1463,10 @@ fn execute_once(
         Err(e) => {
             let code = e.downcast_ref::<CommandFailed>().and_then(|c| c.code);
             let message = if timed_out {
-                format!("timed out after {:.1}s", stage.timeout.unwrap_or_default().as_secs_f64())
+                format!(
+                    "timed out after {:.1}s",
+                    stage.timeout.unwrap_or_default().as_secs_f64()
+                )
             } else if cancelled {
                 "cancelled".to_string()
             } else {
@@ -1126,20 +1475,34 @@ fn execute_once(
             if let Some(f) = reporter.log.lock().expect("log").as_mut() {
                 let _ = writeln!(f, "--- tsumugi: {message} ---");
             }
-            Err(Failure { message, code, cancelled: cancelled && !timed_out, timed_out })
+            Err(Failure {
+                message,
+                code,
+                cancelled: cancelled && !timed_out,
+                timed_out,
+            })
         }
     }
 }
 
 /// After a successful attempt: every declared output must exist; cached ones go into the
 /// store; then the action entry is written (last, so an entry always has its objects).
-fn commit(ctx: &Ctx, stage: &Stage, components: &Components, fp: &str, metrics: Vec<MetricRow>) -> Result<()> {
+fn commit(
+    ctx: &Ctx,
+    stage: &Stage,
+    components: &Components,
+    fp: &str,
+    metrics: Vec<MetricRow>,
+) -> Result<()> {
     let root = ctx.project.root();
     let mut recs = BTreeMap::new();
     for (k, o) in &stage.outs {
         let abs = root.join(&o.path);
         if !abs.exists() {
-            bail!("the stage succeeded but did not write its declared output {} ({k})", path_str(&o.path));
+            bail!(
+                "the stage succeeded but did not write its declared output {} ({k})",
+                path_str(&o.path)
+            );
         }
         if o.cache {
             recs.insert(k.clone(), ctx.cache.store_output(&path_str(&o.path), &abs)?);
@@ -1147,7 +1510,10 @@ fn commit(ctx: &Ctx, stage: &Stage, components: &Components, fp: &str, metrics: 
     }
     for m in &stage.metrics {
         if !root.join(m).exists() {
-            bail!("the stage succeeded but did not write its metrics file {}", path_str(m));
+            bail!(
+                "the stage succeeded but did not write its metrics file {}",
+                path_str(m)
+            );
         }
     }
     let entry = ActionEntry {
@@ -1160,21 +1526,27 @@ fn commit(ctx: &Ctx, stage: &Stage, components: &Components, fp: &str, metrics: 
         outs: recs,
     };
     ctx.cache.put_action(&entry)?;
-    record_outputs(ctx, stage, fp, metrics)
+    record_outputs(ctx, stage, &entry.outs, metrics)
 }
 
 /// Artifacts and metrics of a completed (run or fresh) stage into the run database.
-fn record_outputs(ctx: &Ctx, stage: &Stage, fp: &str, mut metrics: Vec<MetricRow>) -> Result<()> {
-    if let Some(entry) = ctx.cache.get_action(fp) {
-        for (k, r) in &entry.outs {
-            ctx.db.artifact(&ctx.run_id, &stage.name, k, &r.path, &r.hash);
-        }
+fn record_outputs(
+    ctx: &Ctx,
+    stage: &Stage,
+    outs: &BTreeMap<String, crate::cache::OutRecord>,
+    mut metrics: Vec<MetricRow>,
+) -> Result<()> {
+    for (k, r) in outs {
+        ctx.db
+            .artifact(&ctx.run_id, &stage.name, k, &r.path, &r.hash);
     }
     for m in &stage.metrics {
         let abs = ctx.project.root().join(m);
         match read_metrics(&abs) {
             Ok(rows) => metrics.extend(rows),
-            Err(e) => ctx.ui.println(&format!("warning: stage {}: {e:#}", stage.name)),
+            Err(e) => ctx
+                .ui
+                .println(&format!("warning: stage {}: {e:#}", stage.name)),
         }
     }
     if !metrics.is_empty() {
@@ -1186,15 +1558,24 @@ fn record_outputs(ctx: &Ctx, stage: &Stage, fp: &str, mut metrics: Vec<MetricRow
 /// Numbers of a metrics file (JSON, or YAML by extension), nested keys joined with `.`;
 /// a list of numbers is a per-step series (step = index).
 pub fn read_metrics(path: &Path) -> Result<Vec<MetricRow>> {
-    let text = fs::read_to_string(path).with_context(|| format!("cannot read metrics file {}", path.display()))?;
-    let is_yaml = matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
+    let text = fs::read_to_string(path)
+        .with_context(|| format!("cannot read metrics file {}", path.display()))?;
+    let is_yaml = matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml")
+    );
     let v: serde_json::Value = if is_yaml {
-        crate::executor::yaml_metrics::parse(&text).with_context(|| format!("metrics file {} is not valid YAML", path.display()))?
+        crate::executor::yaml_metrics::parse(&text)
+            .with_context(|| format!("metrics file {} is not valid YAML", path.display()))?
     } else {
-        serde_json::from_str(&text).with_context(|| format!("metrics file {} is not valid JSON", path.display()))?
+        serde_json::from_str(&text)
+            .with_context(|| format!("metrics file {} is not valid JSON", path.display()))?
     };
     if !v.is_object() {
-        bail!("metrics file {} must hold an object of numbers", path.display());
+        bail!(
+            "metrics file {} must hold an object of numbers",
+            path.display()
+        );
     }
     let mut rows = Vec::new();
     flatten_metrics("", &v, &mut rows);
@@ -1206,19 +1587,35 @@ fn flatten_metrics(prefix: &str, v: &serde_json::Value, out: &mut Vec<MetricRow>
     match v {
         Value::Object(m) => {
             for (k, x) in m {
-                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 flatten_metrics(&key, x, out);
             }
         }
         Value::Number(n) => {
             if let Some(f) = n.as_f64() {
-                out.push(MetricRow { name: prefix.to_string(), step: None, value: f });
+                out.push(MetricRow {
+                    name: prefix.to_string(),
+                    step: None,
+                    value: f,
+                });
             }
         }
-        Value::Bool(b) => out.push(MetricRow { name: prefix.to_string(), step: None, value: f64::from(u8::from(*b)) }),
+        Value::Bool(b) => out.push(MetricRow {
+            name: prefix.to_string(),
+            step: None,
+            value: f64::from(u8::from(*b)),
+        }),
         Value::Array(a) if a.iter().all(|x| x.is_number()) => {
             for (i, x) in a.iter().enumerate() {
-                out.push(MetricRow { name: prefix.to_string(), step: Some(i as i64), value: x.as_f64().unwrap_or(f64::NAN) });
+                out.push(MetricRow {
+                    name: prefix.to_string(),
+                    step: Some(i as i64),
+                    value: x.as_f64().unwrap_or(f64::NAN),
+                });
             }
         }
         _ => {}
@@ -1313,7 +1710,12 @@ pub fn status(project: &Project, pipeline: &Pipeline) -> Result<Vec<StageStatus>
     status_of(project, pipeline, &order, false)
 }
 
-fn status_of(project: &Project, pipeline: &Pipeline, order: &[String], force: bool) -> Result<Vec<StageStatus>> {
+fn status_of(
+    project: &Project,
+    pipeline: &Pipeline,
+    order: &[String],
+    force: bool,
+) -> Result<Vec<StageStatus>> {
     let cache = Cache::new(project.cache_dir());
     let stat = StatCache::load(&project.cache_dir().join("statcache.bin"));
     let hasher = Hasher::new(&stat);
@@ -1329,11 +1731,26 @@ fn status_of(project: &Project, pipeline: &Pipeline, order: &[String], force: bo
     for (n, comps) in order.iter().zip(comps) {
         let stage = pipeline.stage(n).expect("stage");
         let mut reasons = Vec::new();
-        let upstream_stale: Vec<&String> = stage.needs.iter().filter(|u| stale.contains(*u)).collect();
+        let upstream_stale: Vec<&String> =
+            stage.needs.iter().filter(|u| stale.contains(*u)).collect();
         let (fresh, fp) = match comps {
             Err(e) => {
-                let e = format!("{e:#}");
-                reasons.push(if upstream_stale.is_empty() { e } else { format!("input missing until upstream runs ({e})") });
+                // The usual cause: an input that does not exist (yet). Say which.
+                let missing: Vec<String> = stage
+                    .deps
+                    .iter()
+                    .filter_map(|d| match d {
+                        crate::spec::Dep::Path(p) if !project.root().join(p).exists() => {
+                            Some(format!("dep {} missing", path_str(p)))
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                if missing.is_empty() {
+                    reasons.push(format!("{e:#}"));
+                } else {
+                    reasons.extend(missing);
+                }
                 (false, None)
             }
             Ok(c) => {
@@ -1347,11 +1764,17 @@ fn status_of(project: &Project, pipeline: &Pipeline, order: &[String], force: bo
                         let abs = project.root().join(&rec.path);
                         match hasher.path(&abs) {
                             Err(_) => {
-                                reasons.push(format!("output {} missing (restorable from cache)", rec.path));
+                                reasons.push(format!(
+                                    "output {} missing (restorable from cache)",
+                                    rec.path
+                                ));
                                 ok = false;
                             }
                             Ok(h) if h.hash() != rec.hash => {
-                                reasons.push(format!("output {} modified (restorable from cache)", rec.path));
+                                reasons.push(format!(
+                                    "output {} modified (restorable from cache)",
+                                    rec.path
+                                ));
                                 ok = false;
                             }
                             Ok(_) => {}
@@ -1359,20 +1782,24 @@ fn status_of(project: &Project, pipeline: &Pipeline, order: &[String], force: bo
                     }
                     for o in stage.outs.values().filter(|o| !o.cache) {
                         if !project.root().join(&o.path).exists() {
-                            reasons.push(format!("output {} missing (not cached)", path_str(&o.path)));
+                            reasons
+                                .push(format!("output {} missing (not cached)", path_str(&o.path)));
                             ok = false;
                         }
                     }
                     (ok, Some(fp))
                 } else {
-                    let prev = db.as_ref().and_then(|c| rundb::last_fingerprint(c, &pipeline.name, n).ok().flatten());
+                    let prev = db
+                        .as_ref()
+                        .and_then(|c| rundb::last_fingerprint(c, &pipeline.name, n).ok().flatten());
                     match prev {
                         None => reasons.push("never run".into()),
                         Some(p) => match cache.get_action(&p) {
                             Some(old) => {
                                 let d = fingerprint::diff(&old.components, &c);
                                 if d.is_empty() {
-                                    reasons.push("no cache entry for the current fingerprint".into());
+                                    reasons
+                                        .push("no cache entry for the current fingerprint".into());
                                 }
                                 reasons.extend(d);
                             }
@@ -1394,7 +1821,12 @@ fn status_of(project: &Project, pipeline: &Pipeline, order: &[String], force: bo
         if !fresh {
             stale.insert(n.clone());
         }
-        out.push(StageStatus { name: n.clone(), fresh, reasons, fingerprint: fp });
+        out.push(StageStatus {
+            name: n.clone(),
+            fresh,
+            reasons,
+            fingerprint: fp,
+        });
     }
     if let Err(e) = stat.save() {
         tracing::debug!("could not save the stat cache: {e:#}");

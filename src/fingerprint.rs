@@ -28,8 +28,14 @@ pub const FINGERPRINT_VERSION: u32 = 1;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ActionComponent {
-    Cmd { cmd: String },
-    Builtin { kind: String, version: u32, with: Value },
+    Cmd {
+        cmd: String,
+    },
+    Builtin {
+        kind: String,
+        version: u32,
+        with: Value,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,7 +116,11 @@ pub fn hash_dep(project: &Project, hasher: &Hasher<'_>, dep: &Dep) -> Result<Str
     match dep {
         Dep::Path(p) => {
             let abs = project.root().join(p);
-            Ok(hasher.path(&abs).with_context(|| format!("dependency {}", path_str(p)))?.hash().to_string())
+            Ok(hasher
+                .path(&abs)
+                .with_context(|| format!("dependency {}", path_str(p)))?
+                .hash()
+                .to_string())
         }
         Dep::Sqlite { db, query } => hash_sqlite_query(&project.root().join(db), query),
     }
@@ -120,9 +130,15 @@ pub fn hash_dep(project: &Project, hasher: &Hasher<'_>, dep: &Dep) -> Result<Str
 pub fn action_component(stage: &Stage) -> ActionComponent {
     match &stage.action {
         Action::Cmd { cmd } => ActionComponent::Cmd { cmd: cmd.clone() },
-        Action::Builtin { kind, version, with } => {
-            ActionComponent::Builtin { kind: kind.clone(), version: *version, with: with.clone() }
-        }
+        Action::Builtin {
+            kind,
+            version,
+            with,
+        } => ActionComponent::Builtin {
+            kind: kind.clone(),
+            version: *version,
+            with: with.clone(),
+        },
     }
 }
 
@@ -137,7 +153,15 @@ pub fn components(stage: &Stage, dep_hashes: BTreeMap<String, String>) -> Compon
         outs: stage
             .outs
             .iter()
-            .map(|(k, o)| (k.clone(), OutDecl { path: path_str(&o.path), cache: o.cache }))
+            .map(|(k, o)| {
+                (
+                    k.clone(),
+                    OutDecl {
+                        path: path_str(&o.path),
+                        cache: o.cache,
+                    },
+                )
+            })
             .collect(),
     }
 }
@@ -153,7 +177,11 @@ pub fn compute(project: &Project, hasher: &Hasher<'_>, stage: &Stage) -> Result<
 }
 
 fn short(h: &str) -> String {
-    if h.len() > 8 { format!("{}…", &h[..8]) } else { h.to_string() }
+    if h.len() > 8 {
+        format!("{}…", &h[..8])
+    } else {
+        h.to_string()
+    }
 }
 
 fn show_value(v: &Value) -> String {
@@ -161,14 +189,22 @@ fn show_value(v: &Value) -> String {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     };
-    if s.chars().count() > 60 { format!("{}…", s.chars().take(60).collect::<String>()) } else { s }
+    if s.chars().count() > 60 {
+        format!("{}…", s.chars().take(60).collect::<String>())
+    } else {
+        s
+    }
 }
 
 fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, Value>) {
     match v {
         Value::Object(m) if !m.is_empty() => {
             for (k, x) in m {
-                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 flatten(&key, x, out);
             }
         }
@@ -203,15 +239,30 @@ fn diff_maps<V: PartialEq>(
 pub fn diff(old: &Components, new: &Components) -> Vec<String> {
     let mut out = Vec::new();
     if old.version != new.version {
-        out.push(format!("fingerprint format changed (v{} → v{})", old.version, new.version));
+        out.push(format!(
+            "fingerprint format changed (v{} → v{})",
+            old.version, new.version
+        ));
     }
     match (&old.action, &new.action) {
         (ActionComponent::Cmd { cmd: a }, ActionComponent::Cmd { cmd: b }) if a != b => {
-            out.push(format!("command changed: `{}` → `{}`", show_value(&Value::from(a.as_str())), show_value(&Value::from(b.as_str()))));
+            out.push(format!(
+                "command changed: `{}` → `{}`",
+                show_value(&Value::from(a.as_str())),
+                show_value(&Value::from(b.as_str()))
+            ));
         }
         (
-            ActionComponent::Builtin { kind: ka, version: va, with: wa },
-            ActionComponent::Builtin { kind: kb, version: vb, with: wb },
+            ActionComponent::Builtin {
+                kind: ka,
+                version: va,
+                with: wa,
+            },
+            ActionComponent::Builtin {
+                kind: kb,
+                version: vb,
+                with: wb,
+            },
         ) => {
             if ka != kb {
                 out.push(format!("kind changed: {ka} → {kb}"));
@@ -233,7 +284,9 @@ pub fn diff(old: &Components, new: &Components) -> Vec<String> {
     for (k, nh) in &new.deps {
         match old.deps.get(k) {
             None => out.push(format!("new dep {k} ({})", short(nh))),
-            Some(oh) if oh != nh => out.push(format!("dep {k} changed: {} → {}", short(oh), short(nh))),
+            Some(oh) if oh != nh => {
+                out.push(format!("dep {k} changed: {} → {}", short(oh), short(nh)))
+            }
             _ => {}
         }
     }
@@ -257,20 +310,37 @@ mod tests {
     fn comps() -> Components {
         Components {
             version: FINGERPRINT_VERSION,
-            action: ActionComponent::Cmd { cmd: "cp a b".into() },
+            action: ActionComponent::Cmd {
+                cmd: "cp a b".into(),
+            },
             params: [("lr".to_string(), json!(0.0005))].into(),
             env: BTreeMap::new(),
             deps: [("data/x.csv".to_string(), "3f2a1b0c99".to_string())].into(),
-            outs: [("b".to_string(), OutDecl { path: "b".into(), cache: true })].into(),
+            outs: [(
+                "b".to_string(),
+                OutDecl {
+                    path: "b".into(),
+                    cache: true,
+                },
+            )]
+            .into(),
         }
     }
 
     #[test]
     fn fingerprint_is_stable_and_key_order_independent() {
         let mut a = comps();
-        a.action = ActionComponent::Builtin { kind: "k".into(), version: 1, with: json!({"x": 1, "y": {"b": 2, "a": 3}}) };
+        a.action = ActionComponent::Builtin {
+            kind: "k".into(),
+            version: 1,
+            with: json!({"x": 1, "y": {"b": 2, "a": 3}}),
+        };
         let mut b = a.clone();
-        b.action = ActionComponent::Builtin { kind: "k".into(), version: 1, with: json!({"y": {"a": 3, "b": 2}, "x": 1}) };
+        b.action = ActionComponent::Builtin {
+            kind: "k".into(),
+            version: 1,
+            with: json!({"y": {"a": 3, "b": 2}, "x": 1}),
+        };
         assert_eq!(a.fingerprint(), b.fingerprint());
         assert_eq!(a.fingerprint().len(), 64);
     }
@@ -282,7 +352,10 @@ mod tests {
         let mut c = base.clone();
         c.deps.insert("data/x.csv".into(), "91bc77d2aa".into());
         assert_ne!(c.fingerprint(), f0);
-        assert_eq!(diff(&base, &c), ["dep data/x.csv changed: 3f2a1b0c… → 91bc77d2…"]);
+        assert_eq!(
+            diff(&base, &c),
+            ["dep data/x.csv changed: 3f2a1b0c… → 91bc77d2…"]
+        );
 
         let mut c = base.clone();
         c.params.insert("lr".into(), json!(0.001));
@@ -290,7 +363,9 @@ mod tests {
         assert_eq!(diff(&base, &c), ["param lr: 0.0005 → 0.001"]);
 
         let mut c = base.clone();
-        c.action = ActionComponent::Cmd { cmd: "cp a c".into() };
+        c.action = ActionComponent::Cmd {
+            cmd: "cp a c".into(),
+        };
         assert_ne!(c.fingerprint(), f0);
         assert_eq!(diff(&base, &c), ["command changed: `cp a b` → `cp a c`"]);
 
@@ -300,7 +375,13 @@ mod tests {
         assert_eq!(diff(&base, &c), ["env SEED added: 1"]);
 
         let mut c = base.clone();
-        c.outs.insert("b".into(), OutDecl { path: "c".into(), cache: true });
+        c.outs.insert(
+            "b".into(),
+            OutDecl {
+                path: "c".into(),
+                cache: true,
+            },
+        );
         assert_ne!(c.fingerprint(), f0);
         assert_eq!(diff(&base, &c), ["output b: b → c"]);
     }

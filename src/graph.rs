@@ -26,10 +26,18 @@ impl Dag {
     pub fn build(p: &Pipeline) -> Result<Dag, SpecError> {
         let mut graph = DiGraph::new();
         let mut index = HashMap::new();
+        let mut errors = Vec::new();
         for st in &p.stages {
+            // The loader never makes two stages with one name; a hand-built Pipeline might.
+            if index.contains_key(&st.name) {
+                errors.push(Diagnostic {
+                    span: st.span.clone(),
+                    message: format!("two stages are named '{}'", st.name),
+                });
+                continue;
+            }
             index.insert(st.name.clone(), graph.add_node(st.name.clone()));
         }
-        let mut errors = Vec::new();
         for st in &p.stages {
             let to = index[&st.name];
             for n in &st.needs {

@@ -90,14 +90,17 @@ impl Manifest {
         let mut entries = Vec::new();
         for line in lines {
             let mut it = line.splitn(4, ' ');
-            let (Some(hash), Some(size), Some(exec), Some(path)) = (it.next(), it.next(), it.next(), it.next())
+            let (Some(hash), Some(size), Some(exec), Some(path)) =
+                (it.next(), it.next(), it.next(), it.next())
             else {
                 bail!("malformed manifest line {line:?}");
             };
             entries.push(ManifestEntry {
                 path: path.to_string(),
                 hash: hash.to_string(),
-                size: size.parse().with_context(|| format!("bad size in manifest line {line:?}"))?,
+                size: size
+                    .parse()
+                    .with_context(|| format!("bad size in manifest line {line:?}"))?,
                 exec: exec == "x",
             });
         }
@@ -165,7 +168,11 @@ impl StatCache {
 
     /// An empty cache that is never saved (tests, one-off hashing).
     pub fn in_memory() -> StatCache {
-        StatCache { path: None, loaded: HashMap::new(), added: Mutex::new(HashMap::new()) }
+        StatCache {
+            path: None,
+            loaded: HashMap::new(),
+            added: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Loads `path` if it exists. A damaged file is ignored (it is only a cache).
@@ -180,11 +187,17 @@ impl StatCache {
             },
             Err(_) => HashMap::new(),
         };
-        StatCache { path: Some(path.to_path_buf()), loaded, added: Mutex::new(HashMap::new()) }
+        StatCache {
+            path: Some(path.to_path_buf()),
+            loaded,
+            added: Mutex::new(HashMap::new()),
+        }
     }
 
     fn lookup(&self, abs: &Path, key: &StatKey) -> Option<String> {
-        let hit = |e: Option<&(StatKey, [u8; 32])>| e.filter(|(k, _)| k == key).map(|(_, h)| hex::encode(h));
+        let hit = |e: Option<&(StatKey, [u8; 32])>| {
+            e.filter(|(k, _)| k == key).map(|(_, h)| hex::encode(h))
+        };
         if let Some(h) = hit(self.loaded.get(abs)) {
             return Some(h);
         }
@@ -192,12 +205,17 @@ impl StatCache {
     }
 
     fn remember(&self, abs: &Path, key: StatKey, hash: &str, now_ns: i64) {
-        if now_ns - key.mtime_ns < Self::RACY_WINDOW_NS || now_ns - key.ctime_ns < Self::RACY_WINDOW_NS {
+        if now_ns - key.mtime_ns < Self::RACY_WINDOW_NS
+            || now_ns - key.ctime_ns < Self::RACY_WINDOW_NS
+        {
             return;
         }
         let mut raw = [0u8; 32];
         if hex::decode_to_slice(hash, &mut raw).is_ok() {
-            self.added.lock().expect("stat cache poisoned").insert(abs.to_path_buf(), (key, raw));
+            self.added
+                .lock()
+                .expect("stat cache poisoned")
+                .insert(abs.to_path_buf(), (key, raw));
         }
     }
 
@@ -205,13 +223,19 @@ impl StatCache {
     /// longer exist are kept until their path is hashed again; the file stays small because
     /// one path has one entry.
     pub fn save(&self) -> Result<()> {
-        let Some(path) = &self.path else { return Ok(()) };
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
         let added = self.added.lock().expect("stat cache poisoned");
         if added.is_empty() {
             return Ok(());
         }
-        let mut all: Vec<(&PathBuf, &(StatKey, [u8; 32]))> =
-            self.loaded.iter().filter(|(p, _)| !added.contains_key(*p)).chain(added.iter()).collect();
+        let mut all: Vec<(&PathBuf, &(StatKey, [u8; 32]))> = self
+            .loaded
+            .iter()
+            .filter(|(p, _)| !added.contains_key(*p))
+            .chain(added.iter())
+            .collect();
         all.sort_by(|a, b| a.0.cmp(b.0));
         let mut out = Vec::with_capacity(all.len() * 120 + 24);
         out.extend_from_slice(STATCACHE_MAGIC);
@@ -251,14 +275,23 @@ fn decode_statcache(bytes: &[u8]) -> Option<HashMap<PathBuf, (StatKey, [u8; 32])
         }
         let (h, r) = r.split_first_chunk::<32>()?;
         rest = r;
-        let key = StatKey { dev: vals[0], ino: vals[1], size: vals[2], mtime_ns: vals[3] as i64, ctime_ns: vals[4] as i64 };
+        let key = StatKey {
+            dev: vals[0],
+            ino: vals[1],
+            size: vals[2],
+            mtime_ns: vals[3] as i64,
+            ctime_ns: vals[4] as i64,
+        };
         map.insert(path, (key, *h));
     }
     Some(map)
 }
 
 fn now_ns() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
 }
 
 /// Hashes files and directories, reusing the stat cache.
@@ -299,10 +332,14 @@ impl<'a> Hasher<'a> {
         let md = fs::metadata(abs).with_context(|| format!("cannot read {}", abs.display()))?;
         if md.is_dir() {
             let manifest = self.manifest(abs)?;
-            Ok(PathHash::Dir { hash: manifest.hash(), manifest })
+            Ok(PathHash::Dir {
+                hash: manifest.hash(),
+                manifest,
+            })
         } else if md.is_file() {
-            let (hash, size, exec) =
-                self.file_with_meta(abs, &md).with_context(|| format!("cannot hash {}", abs.display()))?;
+            let (hash, size, exec) = self
+                .file_with_meta(abs, &md)
+                .with_context(|| format!("cannot hash {}", abs.display()))?;
             Ok(PathHash::File { hash, size, exec })
         } else {
             bail!("{} is neither a file nor a directory", abs.display())
@@ -312,32 +349,53 @@ impl<'a> Hasher<'a> {
     /// The sorted manifest of every file under `dir` (symlinks followed).
     pub fn manifest(&self, dir: &Path) -> Result<Manifest> {
         let mut files: Vec<(String, PathBuf, fs::Metadata)> = Vec::new();
-        for entry in walkdir::WalkDir::new(dir).follow_links(true).sort_by_file_name() {
+        for entry in walkdir::WalkDir::new(dir)
+            .follow_links(true)
+            .sort_by_file_name()
+        {
             let entry = entry.with_context(|| format!("cannot walk {}", dir.display()))?;
             if entry.file_type().is_dir() {
                 continue;
             }
-            let md = entry.metadata().with_context(|| format!("cannot stat {}", entry.path().display()))?;
+            let md = entry
+                .metadata()
+                .with_context(|| format!("cannot stat {}", entry.path().display()))?;
             if !md.is_file() {
                 continue; // sockets, fifos: not content
             }
-            let rel = entry.path().strip_prefix(dir).expect("walkdir yields paths under its root");
-            let rel = rel
-                .to_str()
-                .with_context(|| format!("{} is not valid UTF-8; tsumugi needs UTF-8 paths", entry.path().display()))?;
+            let rel = entry
+                .path()
+                .strip_prefix(dir)
+                .expect("walkdir yields paths under its root");
+            let rel = rel.to_str().with_context(|| {
+                format!(
+                    "{} is not valid UTF-8; tsumugi needs UTF-8 paths",
+                    entry.path().display()
+                )
+            })?;
             if rel.contains('\n') {
                 bail!("{} contains a newline in its name", entry.path().display());
             }
-            files.push((rel.replace(std::path::MAIN_SEPARATOR, "/"), entry.into_path(), md));
+            files.push((
+                rel.replace(std::path::MAIN_SEPARATOR, "/"),
+                entry.into_path(),
+                md,
+            ));
         }
         // walkdir sorts per directory by file name; the manifest sorts by full relative path.
         files.sort_by(|a, b| a.0.cmp(&b.0));
         let entries = files
             .into_par_iter()
             .map(|(rel, abs, md)| {
-                let (hash, size, exec) =
-                    self.file_with_meta(&abs, &md).with_context(|| format!("cannot hash {}", abs.display()))?;
-                Ok(ManifestEntry { path: rel, hash, size, exec })
+                let (hash, size, exec) = self
+                    .file_with_meta(&abs, &md)
+                    .with_context(|| format!("cannot hash {}", abs.display()))?;
+                Ok(ManifestEntry {
+                    path: rel,
+                    hash,
+                    size,
+                    exec,
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Manifest { entries })
@@ -355,7 +413,9 @@ pub fn hash_sqlite_query(db: &Path, query: &str) -> Result<String> {
     )
     .with_context(|| format!("cannot open SQLite database {}", db.display()))?;
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
-    let mut stmt = conn.prepare(query).with_context(|| format!("bad query on {}: {query}", db.display()))?;
+    let mut stmt = conn
+        .prepare(query)
+        .with_context(|| format!("bad query on {}: {query}", db.display()))?;
     let mut h = Sha256::new();
     h.update(b"tsumugi-sqlite-rows-v1\n");
     let ncols = stmt.column_count();
@@ -364,8 +424,13 @@ pub fn hash_sqlite_query(db: &Path, query: &str) -> Result<String> {
         h.update((name.len() as u64).to_le_bytes());
         h.update(name.as_bytes());
     }
-    let mut rows = stmt.query([]).with_context(|| format!("query failed on {}: {query}", db.display()))?;
-    while let Some(row) = rows.next().with_context(|| format!("query failed on {}: {query}", db.display()))? {
+    let mut rows = stmt
+        .query([])
+        .with_context(|| format!("query failed on {}: {query}", db.display()))?;
+    while let Some(row) = rows
+        .next()
+        .with_context(|| format!("query failed on {}: {query}", db.display()))?
+    {
         h.update(b"R");
         for i in 0..ncols {
             match row.get_ref(i)? {
@@ -470,10 +535,18 @@ mod tests {
         // Pretend the file is old by remembering with a later clock.
         let md = fs::metadata(&p).unwrap();
         let key = StatKey::of(&md);
-        sc.remember(&p, key, &hash_file_uncached(&p).unwrap(), key.ctime_ns + 10 * StatCache::RACY_WINDOW_NS);
+        sc.remember(
+            &p,
+            key,
+            &hash_file_uncached(&p).unwrap(),
+            key.ctime_ns + 10 * StatCache::RACY_WINDOW_NS,
+        );
         sc.save().unwrap();
         let sc2 = StatCache::load(&cache_path);
-        assert_eq!(sc2.lookup(&p, &key).unwrap(), hash_file_uncached(&p).unwrap());
+        assert_eq!(
+            sc2.lookup(&p, &key).unwrap(),
+            hash_file_uncached(&p).unwrap()
+        );
         // A changed key misses.
         let mut k2 = key;
         k2.size += 1;
@@ -485,7 +558,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let db = d.path().join("x.db");
         let c = rusqlite::Connection::open(&db).unwrap();
-        c.execute_batch("CREATE TABLE t(a, b); INSERT INTO t VALUES (1, 'x'); CREATE TABLE other(z);").unwrap();
+        c.execute_batch(
+            "CREATE TABLE t(a, b); INSERT INTO t VALUES (1, 'x'); CREATE TABLE other(z);",
+        )
+        .unwrap();
         let q = "SELECT a, b FROM t ORDER BY a";
         let h0 = hash_sqlite_query(&db, q).unwrap();
         // An unrelated table changes the file but not the rows.

@@ -40,7 +40,11 @@ fn describe_holder(file: &mut File) -> String {
     match (lines.next(), lines.next(), lines.next()) {
         (Some(pid), Some(cmd), Some(since)) => {
             let since = chrono::DateTime::parse_from_rfc3339(since)
-                .map(|t| t.with_timezone(&chrono::Local).format("%H:%M:%S").to_string())
+                .map(|t| {
+                    t.with_timezone(&chrono::Local)
+                        .format("%H:%M:%S")
+                        .to_string()
+                })
                 .unwrap_or_else(|_| since.to_string());
             format!("pid {pid} ({cmd}, since {since})")
         }
@@ -53,7 +57,8 @@ impl ProjectLock {
     /// in which case a held lock is a [`Locked`] error.
     pub fn acquire(project: &Project, command: &str, wait: Wait) -> Result<ProjectLock> {
         let dir = project.runs_dir();
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
         let path = dir.join(".lock");
         let mut file = OpenOptions::new()
             .read(true)
@@ -84,7 +89,13 @@ impl ProjectLock {
         }
         file.set_len(0)?;
         file.seek(SeekFrom::Start(0))?;
-        write!(file, "{}\n{}\n{}\n", std::process::id(), command, crate::rundb::ts(crate::rundb::now()))?;
+        write!(
+            file,
+            "{}\n{}\n{}\n",
+            std::process::id(),
+            command,
+            crate::rundb::ts(crate::rundb::now())
+        )?;
         file.flush()?;
         Ok(ProjectLock { _file: file })
     }
@@ -101,7 +112,10 @@ mod tests {
         let held = ProjectLock::acquire(&p, "tsumugi run a.yaml", Wait::No).unwrap();
         let err = ProjectLock::acquire(&p, "tsumugi run b.yaml", Wait::No).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains(&format!("pid {}", std::process::id())), "{msg}");
+        assert!(
+            msg.contains(&format!("pid {}", std::process::id())),
+            "{msg}"
+        );
         assert!(msg.contains("tsumugi run a.yaml"), "{msg}");
         drop(held);
         ProjectLock::acquire(&p, "tsumugi run b.yaml", Wait::No).unwrap();

@@ -100,9 +100,12 @@ pub fn open(path: &Path) -> Result<Connection> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let mut conn = Connection::open(path).with_context(|| format!("cannot open run database {}", path.display()))?;
-    configure(&conn).with_context(|| format!("cannot configure run database {}", path.display()))?;
-    migrate(&mut conn).with_context(|| format!("cannot migrate run database {}", path.display()))?;
+    let mut conn = Connection::open(path)
+        .with_context(|| format!("cannot open run database {}", path.display()))?;
+    configure(&conn)
+        .with_context(|| format!("cannot configure run database {}", path.display()))?;
+    migrate(&mut conn)
+        .with_context(|| format!("cannot migrate run database {}", path.display()))?;
     Ok(conn)
 }
 
@@ -115,17 +118,42 @@ pub fn open_read(project: &Project) -> Result<Option<Connection>> {
     open(&path).map(Some)
 }
 
+fn schema_version(conn: &Connection) -> Result<usize> {
+    let has: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has {
+        return Ok(0);
+    }
+    let v: Option<i64> =
+        conn.query_row("SELECT max(version) FROM schema_version", [], |r| r.get(0))?;
+    Ok(v.unwrap_or(0) as usize)
+}
+
 fn migrate(conn: &mut Connection) -> Result<()> {
+    // Readers (status, runs, show) must not take the write lock when nothing is to migrate.
+    if schema_version(conn)? == MIGRATIONS.len() {
+        return Ok(());
+    }
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     tx.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
-    let v: Option<i64> = tx.query_row("SELECT max(version) FROM schema_version", [], |r| r.get(0))?;
+    let v: Option<i64> =
+        tx.query_row("SELECT max(version) FROM schema_version", [], |r| r.get(0))?;
     let v = v.unwrap_or(0) as usize;
     if v > MIGRATIONS.len() {
-        bail!("the run database has schema version {v}, newer than this tsumugi knows ({})", MIGRATIONS.len());
+        bail!(
+            "the run database has schema version {v}, newer than this tsumugi knows ({})",
+            MIGRATIONS.len()
+        );
     }
     for (i, m) in MIGRATIONS.iter().enumerate().skip(v) {
         tx.execute_batch(m)?;
-        tx.execute("INSERT INTO schema_version(version) VALUES (?1)", [i as i64 + 1])?;
+        tx.execute(
+            "INSERT INTO schema_version(version) VALUES (?1)",
+            [i as i64 + 1],
+        )?;
     }
     tx.commit()?;
     Ok(())
@@ -154,13 +182,48 @@ pub struct MetricRow {
 }
 
 enum Msg {
-    BeginRun { id: String, pipeline: String, file: String, trigger: String, targets: String, at: String },
-    StageStarted { run: String, stage: String, at: String, log: Option<String>, attempt: u32 },
-    StageFinished { run: String, rec: StageRecord },
-    Metrics { run: String, stage: String, rows: Vec<MetricRow> },
-    Artifact { run: String, stage: String, key: String, path: String, hash: String },
-    Event { run: Option<String>, stage: Option<String>, kind: String, message: String },
-    EndRun { id: String, status: String, at: String },
+    BeginRun {
+        id: String,
+        pipeline: String,
+        file: String,
+        trigger: String,
+        targets: String,
+        at: String,
+    },
+    StageStarted {
+        run: String,
+        stage: String,
+        at: String,
+        log: Option<String>,
+        attempt: u32,
+    },
+    StageFinished {
+        run: String,
+        rec: StageRecord,
+    },
+    Metrics {
+        run: String,
+        stage: String,
+        rows: Vec<MetricRow>,
+    },
+    Artifact {
+        run: String,
+        stage: String,
+        key: String,
+        path: String,
+        hash: String,
+    },
+    Event {
+        run: Option<String>,
+        stage: Option<String>,
+        kind: String,
+        message: String,
+    },
+    EndRun {
+        id: String,
+        status: String,
+        at: String,
+    },
     Flush(mpsc::Sender<()>),
 }
 
@@ -183,10 +246,19 @@ impl RunDb {
             "UPDATE stage_runs SET status = 'cancelled', ended_at = ?1, message = 'tsumugi was killed while this stage ran' WHERE status = 'running'",
             [&at],
         )?;
-        conn.execute("UPDATE runs SET status = 'interrupted', ended_at = ?1 WHERE status = 'running'", [&at])?;
+        conn.execute(
+            "UPDATE runs SET status = 'interrupted', ended_at = ?1 WHERE status = 'running'",
+            [&at],
+        )?;
         let (tx, rx) = mpsc::channel::<Msg>();
-        let thread = std::thread::Builder::new().name("tsumugi-rundb".into()).spawn(move || writer(conn, rx))?;
-        Ok(RunDb { tx: Some(tx), thread: Some(thread), path })
+        let thread = std::thread::Builder::new()
+            .name("tsumugi-rundb".into())
+            .spawn(move || writer(conn, rx))?;
+        Ok(RunDb {
+            tx: Some(tx),
+            thread: Some(thread),
+            path,
+        })
     }
 
     fn send(&self, m: Msg) {
@@ -196,7 +268,14 @@ impl RunDb {
         }
     }
 
-    pub fn begin_run(&self, id: &str, pipeline: &str, file: &str, trigger: &str, targets: &[String]) {
+    pub fn begin_run(
+        &self,
+        id: &str,
+        pipeline: &str,
+        file: &str,
+        trigger: &str,
+        targets: &[String],
+    ) {
         self.send(Msg::BeginRun {
             id: id.into(),
             pipeline: pipeline.into(),
@@ -218,11 +297,18 @@ impl RunDb {
     }
 
     pub fn stage_finished(&self, run: &str, rec: StageRecord) {
-        self.send(Msg::StageFinished { run: run.into(), rec });
+        self.send(Msg::StageFinished {
+            run: run.into(),
+            rec,
+        });
     }
 
     pub fn metrics(&self, run: &str, stage: &str, rows: Vec<MetricRow>) {
-        self.send(Msg::Metrics { run: run.into(), stage: stage.into(), rows });
+        self.send(Msg::Metrics {
+            run: run.into(),
+            stage: stage.into(),
+            rows,
+        });
     }
 
     pub fn artifact(&self, run: &str, stage: &str, key: &str, path: &str, hash: &str) {
@@ -245,7 +331,11 @@ impl RunDb {
     }
 
     pub fn end_run(&self, id: &str, status: &str) {
-        self.send(Msg::EndRun { id: id.into(), status: status.into(), at: ts(now()) });
+        self.send(Msg::EndRun {
+            id: id.into(),
+            status: status.into(),
+            at: ts(now()),
+        });
     }
 
     /// Waits until everything sent so far is committed.
@@ -282,14 +372,46 @@ impl Drop for RunDb {
 
 fn writer(mut conn: Connection, rx: mpsc::Receiver<Msg>) -> Result<()> {
     let mut first_err: Option<anyhow::Error> = None;
+    // Group commit: everything queued by the time a transaction starts goes into it, so a
+    // run of 1,000 cached stages costs a handful of fsyncs, not 1,000. Each message is
+    // still applied whole or not at all (a savepoint per message).
     while let Ok(m) = rx.recv() {
-        if let Msg::Flush(done) = m {
-            let _ = done.send(());
-            continue;
+        let mut batch = vec![m];
+        while let Ok(m) = rx.try_recv() {
+            batch.push(m);
+            if batch.len() >= 4096 {
+                break;
+            }
         }
-        if let Err(e) = apply(&mut conn, m) {
+        let mut flushes = Vec::new();
+        let res = (|| -> Result<()> {
+            let mut tx =
+                conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            for m in batch {
+                match m {
+                    Msg::Flush(done) => flushes.push(done),
+                    m => {
+                        let sp = tx.savepoint()?;
+                        match apply(&sp, m) {
+                            Ok(()) => sp.commit()?,
+                            Err(e) => {
+                                drop(sp); // rolls back this message only
+                                tracing::error!("run database write failed: {e:#}");
+                                first_err.get_or_insert(e);
+                            }
+                        }
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })();
+        if let Err(e) = res {
             tracing::error!("run database write failed: {e:#}");
             first_err.get_or_insert(e);
+        }
+        for done in flushes {
+            let _ = done.send(());
         }
     }
     match first_err {
@@ -298,11 +420,19 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Msg>) -> Result<()> {
     }
 }
 
-fn apply(conn: &mut Connection, m: Msg) -> Result<()> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+fn apply(tx: &Connection, m: Msg) -> Result<()> {
     match m {
-        Msg::BeginRun { id, pipeline, file, trigger, targets, at } => {
-            let seq: i64 = tx.query_row("SELECT coalesce(max(seq), 0) + 1 FROM runs", [], |r| r.get(0))?;
+        Msg::BeginRun {
+            id,
+            pipeline,
+            file,
+            trigger,
+            targets,
+            at,
+        } => {
+            let seq: i64 = tx.query_row("SELECT coalesce(max(seq), 0) + 1 FROM runs", [], |r| {
+                r.get(0)
+            })?;
             tx.execute(
                 "INSERT INTO runs(id, seq, pipeline, pipeline_file, trigger, targets, started_at, status, pid) VALUES (?1,?2,?3,?4,?5,?6,?7,'running',?8)",
                 params![id, seq, pipeline, file, trigger, targets, at, std::process::id()],
@@ -312,7 +442,13 @@ fn apply(conn: &mut Connection, m: Msg) -> Result<()> {
                 params![at, id, format!("{trigger} run of {pipeline}")],
             )?;
         }
-        Msg::StageStarted { run, stage, at, log, attempt } => {
+        Msg::StageStarted {
+            run,
+            stage,
+            at,
+            log,
+            attempt,
+        } => {
             tx.execute(
                 "INSERT INTO stage_runs(run_id, stage, status, started_at, log_path, attempt) VALUES (?1,?2,'running',?3,?4,?5)
                  ON CONFLICT(run_id, stage) DO UPDATE SET status='running', started_at=excluded.started_at, log_path=excluded.log_path, attempt=excluded.attempt",
@@ -346,25 +482,41 @@ fn apply(conn: &mut Connection, m: Msg) -> Result<()> {
             )?;
         }
         Msg::Metrics { run, stage, rows } => {
-            let mut st = tx.prepare("INSERT INTO metrics(run_id, stage, name, step, value) VALUES (?1,?2,?3,?4,?5)")?;
+            let mut st = tx.prepare(
+                "INSERT INTO metrics(run_id, stage, name, step, value) VALUES (?1,?2,?3,?4,?5)",
+            )?;
             for r in rows {
                 st.execute(params![run, stage, r.name, r.step, r.value])?;
             }
         }
-        Msg::Artifact { run, stage, key, path, hash } => {
+        Msg::Artifact {
+            run,
+            stage,
+            key,
+            path,
+            hash,
+        } => {
             tx.execute(
                 "INSERT INTO artifacts(run_id, stage, out_key, path, hash) VALUES (?1,?2,?3,?4,?5)",
                 params![run, stage, key, path, hash],
             )?;
         }
-        Msg::Event { run, stage, kind, message } => {
+        Msg::Event {
+            run,
+            stage,
+            kind,
+            message,
+        } => {
             tx.execute(
                 "INSERT INTO events(at, run_id, stage, kind, message) VALUES (?1,?2,?3,?4,?5)",
                 params![ts(now()), run, stage, kind, message],
             )?;
         }
         Msg::EndRun { id, status, at } => {
-            tx.execute("UPDATE runs SET status = ?2, ended_at = ?3 WHERE id = ?1", params![id, status, at])?;
+            tx.execute(
+                "UPDATE runs SET status = ?2, ended_at = ?3 WHERE id = ?1",
+                params![id, status, at],
+            )?;
             tx.execute(
                 "INSERT INTO events(at, run_id, kind, message) VALUES (?1, ?2, 'run_finished', ?3)",
                 params![at, id, status],
@@ -372,13 +524,18 @@ fn apply(conn: &mut Connection, m: Msg) -> Result<()> {
         }
         Msg::Flush(_) => {}
     }
-    tx.commit()?;
     Ok(())
 }
 
 /// Appends one event from outside a run (watch, schedule). Opens its own connection; safe
 /// next to a running writer (WAL + busy timeout).
-pub fn record_event(project: &Project, run: Option<&str>, stage: Option<&str>, kind: &str, message: &str) -> Result<()> {
+pub fn record_event(
+    project: &Project,
+    run: Option<&str>,
+    stage: Option<&str>,
+    kind: &str,
+    message: &str,
+) -> Result<()> {
     let conn = open(&project.db_path())?;
     conn.execute(
         "INSERT INTO events(at, run_id, stage, kind, message) VALUES (?1,?2,?3,?4,?5)",
@@ -388,8 +545,14 @@ pub fn record_event(project: &Project, run: Option<&str>, stage: Option<&str>, k
 }
 
 /// When `stage` of `pipeline` last succeeded (ran, cached or restored) with status `ok`.
-pub fn last_success(project: &Project, pipeline: &str, stage: &str) -> Result<Option<DateTime<Utc>>> {
-    let Some(conn) = open_read(project)? else { return Ok(None) };
+pub fn last_success(
+    project: &Project,
+    pipeline: &str,
+    stage: &str,
+) -> Result<Option<DateTime<Utc>>> {
+    let Some(conn) = open_read(project)? else {
+        return Ok(None);
+    };
     let t: Option<String> = conn
         .query_row(
             "SELECT max(coalesce(s.ended_at, r.started_at)) FROM stage_runs s JOIN runs r ON r.id = s.run_id
@@ -399,17 +562,25 @@ pub fn last_success(project: &Project, pipeline: &str, stage: &str) -> Result<Op
         )
         .optional()?
         .flatten();
-    Ok(t.and_then(|t| DateTime::parse_from_rfc3339(&t).ok()).map(|t| t.with_timezone(&Utc)))
+    Ok(t.and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+        .map(|t| t.with_timezone(&Utc)))
 }
 
 /// When the last successful run of `pipeline` ended.
 pub fn last_successful_run(project: &Project, pipeline: &str) -> Result<Option<DateTime<Utc>>> {
-    let Some(conn) = open_read(project)? else { return Ok(None) };
+    let Some(conn) = open_read(project)? else {
+        return Ok(None);
+    };
     let t: Option<String> = conn
-        .query_row("SELECT max(ended_at) FROM runs WHERE pipeline = ?1 AND status = 'success'", [pipeline], |r| r.get(0))
+        .query_row(
+            "SELECT max(ended_at) FROM runs WHERE pipeline = ?1 AND status = 'success'",
+            [pipeline],
+            |r| r.get(0),
+        )
         .optional()?
         .flatten();
-    Ok(t.and_then(|t| DateTime::parse_from_rfc3339(&t).ok()).map(|t| t.with_timezone(&Utc)))
+    Ok(t.and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+        .map(|t| t.with_timezone(&Utc)))
 }
 
 /// The fingerprint `stage` of `pipeline` had the last time it completed.
@@ -452,29 +623,49 @@ fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
     })
 }
 
-const RUN_COLS: &str = "id, seq, pipeline, pipeline_file, trigger, targets, started_at, ended_at, status";
+const RUN_COLS: &str =
+    "id, seq, pipeline, pipeline_file, trigger, targets, started_at, ended_at, status";
 
 pub fn list_runs(conn: &Connection, limit: usize) -> Result<Vec<RunRow>> {
-    let mut st = conn.prepare(&format!("SELECT {RUN_COLS} FROM runs ORDER BY seq DESC LIMIT ?1"))?;
-    Ok(st.query_map([limit as i64], run_row)?.collect::<rusqlite::Result<_>>()?)
+    let mut st = conn.prepare(&format!(
+        "SELECT {RUN_COLS} FROM runs ORDER BY seq DESC LIMIT ?1"
+    ))?;
+    Ok(st
+        .query_map([limit as i64], run_row)?
+        .collect::<rusqlite::Result<_>>()?)
 }
 
 /// A run by id, unique id prefix, `latest`, or `latest~N`.
 pub fn find_run(conn: &Connection, spec: &str) -> Result<RunRow> {
     if let Some(rest) = spec.strip_prefix("latest") {
         let back: i64 = match rest.strip_prefix('~') {
-            Some(n) => n.parse().with_context(|| format!("bad run reference {spec:?} (expected latest~N)"))?,
+            Some(n) => n
+                .parse()
+                .with_context(|| format!("bad run reference {spec:?} (expected latest~N)"))?,
             None if rest.is_empty() => 0,
             None => bail!("bad run reference {spec:?} (expected a run id, `latest` or `latest~N`)"),
         };
         return conn
-            .query_row(&format!("SELECT {RUN_COLS} FROM runs ORDER BY seq DESC LIMIT 1 OFFSET ?1"), [back], run_row)
+            .query_row(
+                &format!("SELECT {RUN_COLS} FROM runs ORDER BY seq DESC LIMIT 1 OFFSET ?1"),
+                [back],
+                run_row,
+            )
             .optional()?
             .with_context(|| format!("no run {spec} (the database has fewer runs)"));
     }
-    let mut st = conn.prepare(&format!("SELECT {RUN_COLS} FROM runs WHERE id = ?1 OR id LIKE ?2 ESCAPE '\\' LIMIT 2"))?;
-    let like = format!("{}%", spec.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
-    let rows: Vec<RunRow> = st.query_map(params![spec, like], run_row)?.collect::<rusqlite::Result<_>>()?;
+    let mut st = conn.prepare(&format!(
+        "SELECT {RUN_COLS} FROM runs WHERE id = ?1 OR id LIKE ?2 ESCAPE '\\' LIMIT 2"
+    ))?;
+    let like = format!(
+        "{}%",
+        spec.replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_")
+    );
+    let rows: Vec<RunRow> = st
+        .query_map(params![spec, like], run_row)?
+        .collect::<rusqlite::Result<_>>()?;
     match rows.len() {
         0 => bail!("no run {spec:?} (see `tsumugi runs`)"),
         1 => Ok(rows.into_iter().next().expect("one row")),
@@ -517,10 +708,18 @@ pub struct MetricRecord {
 }
 
 pub fn run_metrics(conn: &Connection, run: &str) -> Result<Vec<MetricRecord>> {
-    let mut st =
-        conn.prepare("SELECT stage, name, step, value FROM metrics WHERE run_id = ?1 ORDER BY stage, name, step")?;
+    let mut st = conn.prepare(
+        "SELECT stage, name, step, value FROM metrics WHERE run_id = ?1 ORDER BY stage, name, step",
+    )?;
     Ok(st
-        .query_map([run], |r| Ok(MetricRecord { stage: r.get(0)?, name: r.get(1)?, step: r.get(2)?, value: r.get(3)? }))?
+        .query_map([run], |r| {
+            Ok(MetricRecord {
+                stage: r.get(0)?,
+                name: r.get(1)?,
+                step: r.get(2)?,
+                value: r.get(3)?,
+            })
+        })?
         .collect::<rusqlite::Result<_>>()?)
 }
 
@@ -536,13 +735,23 @@ pub fn run_artifacts(conn: &Connection, run: &str) -> Result<Vec<ArtifactRecord>
     let mut st =
         conn.prepare("SELECT stage, out_key, path, hash FROM artifacts WHERE run_id = ?1 ORDER BY stage, out_key")?;
     Ok(st
-        .query_map([run], |r| Ok(ArtifactRecord { stage: r.get(0)?, out_key: r.get(1)?, path: r.get(2)?, hash: r.get(3)? }))?
+        .query_map([run], |r| {
+            Ok(ArtifactRecord {
+                stage: r.get(0)?,
+                out_key: r.get(1)?,
+                path: r.get(2)?,
+                hash: r.get(3)?,
+            })
+        })?
         .collect::<rusqlite::Result<_>>()?)
 }
 
 /// Fingerprints `gc` must keep: every stage's latest completed fingerprint per pipeline, and
 /// every fingerprint of the `keep_last` newest runs.
-pub fn kept_fingerprints(conn: &Connection, keep_last: usize) -> Result<std::collections::HashSet<String>> {
+pub fn kept_fingerprints(
+    conn: &Connection,
+    keep_last: usize,
+) -> Result<std::collections::HashSet<String>> {
     let mut keep = std::collections::HashSet::new();
     let mut st = conn.prepare(
         "SELECT s.fingerprint FROM stage_runs s JOIN runs r ON r.id = s.run_id
@@ -589,7 +798,15 @@ mod tests {
                 message: None,
             },
         );
-        db.metrics("r1", "a", vec![MetricRow { name: "acc".into(), step: None, value: 0.5 }]);
+        db.metrics(
+            "r1",
+            "a",
+            vec![MetricRow {
+                name: "acc".into(),
+                step: None,
+                value: 0.5,
+            }],
+        );
         db.end_run("r1", "success");
         db.close().unwrap();
 
@@ -598,11 +815,16 @@ mod tests {
         assert_eq!((run.id.as_str(), run.status.as_str()), ("r1", "success"));
         let st = stage_records(&conn, "r1").unwrap();
         assert_eq!(st[0].status, "ran");
-        assert_eq!(last_fingerprint(&conn, "p", "a").unwrap().as_deref(), Some("f"));
+        assert_eq!(
+            last_fingerprint(&conn, "p", "a").unwrap().as_deref(),
+            Some("f")
+        );
         assert!(last_success(&project, "p", "a").unwrap().is_some());
         assert_eq!(run_metrics(&conn, "r1").unwrap()[0].value, 0.5);
         assert!(conn.execute("DELETE FROM events", []).is_err());
-        let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(mode, "wal");
         assert!(kept_fingerprints(&conn, 0).unwrap().contains("f"));
     }

@@ -47,8 +47,15 @@ fn first_run_runs_all_and_second_run_does_nothing() {
 
     let (code, v, _) = p.run(&[]);
     assert_eq!(code, 0);
-    assert_eq!(Proj::with_status(&v, "cached"), sorted(&["a", "b", "c", "d"]));
-    assert!(p.executions().is_empty(), "nothing may execute: {:?}", p.executions());
+    assert_eq!(
+        Proj::with_status(&v, "cached"),
+        sorted(&["a", "b", "c", "d"])
+    );
+    assert!(
+        p.executions().is_empty(),
+        "nothing may execute: {:?}",
+        p.executions()
+    );
     let st = p.status_json();
     assert_eq!(st["stale"], 0);
 }
@@ -61,10 +68,18 @@ fn changing_one_input_reruns_exactly_its_downstream() {
     p.write("data/other.txt", "changed\n");
 
     let st = p.status_json();
-    let d = st["stages"].as_array().unwrap().iter().find(|s| s["name"] == "d").unwrap();
+    let d = st["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "d")
+        .unwrap();
     assert_eq!(d["status"], "stale");
     let reason = d["reasons"][0].as_str().unwrap();
-    assert!(reason.starts_with("dep data/other.txt changed: "), "{reason}");
+    assert!(
+        reason.starts_with("dep data/other.txt changed: "),
+        "{reason}"
+    );
     assert_eq!(st["stale"], 1);
 
     let (code, v, _) = p.run(&[]);
@@ -88,8 +103,18 @@ fn changing_a_param_reruns_its_stage_and_dependents() {
     p.set_pipeline(&PIPE.replace(r#"suffix: "!""#, r#"suffix: "?""#));
 
     let st = p.status_json();
-    let b = st["stages"].as_array().unwrap().iter().find(|s| s["name"] == "b").unwrap();
-    let reasons: Vec<&str> = b["reasons"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
+    let b = st["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "b")
+        .unwrap();
+    let reasons: Vec<&str> = b["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
     assert!(reasons.contains(&"param suffix: ! → ?"), "{reasons:?}");
 
     let (_, v, _) = p.run(&[]);
@@ -111,7 +136,10 @@ fn byte_identical_rerun_output_stops_the_cascade() {
 
     // Now a change that a's output does not reflect: a re-runs, writes identical bytes, and
     // b and c stay cached (early cutoff).
-    p.set_pipeline(&PIPE.replace("cat data/in.txt > out/a.txt", "cat < data/in.txt > out/a.txt"));
+    p.set_pipeline(&PIPE.replace(
+        "cat data/in.txt > out/a.txt",
+        "cat < data/in.txt > out/a.txt",
+    ));
     let (_, v, _) = p.run(&[]);
     assert_eq!(Proj::with_status(&v, "ran"), ["a"]);
     assert_eq!(Proj::with_status(&v, "cached"), sorted(&["b", "c", "d"]));
@@ -127,8 +155,16 @@ fn deleted_output_is_restored_without_running() {
     std::fs::remove_dir_all(p.path("out/d")).unwrap();
 
     let st = p.status_json();
-    let b = st["stages"].as_array().unwrap().iter().find(|s| s["name"] == "b").unwrap();
-    assert_eq!(b["reasons"][0], "output out/b.txt missing (restorable from cache)");
+    let b = st["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "b")
+        .unwrap();
+    assert_eq!(
+        b["reasons"][0],
+        "output out/b.txt missing (restorable from cache)"
+    );
 
     let (code, v, _) = p.run(&[]);
     assert_eq!(code, 0);
@@ -160,7 +196,12 @@ fn corrupt_cache_object_is_reported_and_the_stage_reruns() {
 
     let (code, v, err) = p.run(&[]);
     assert_eq!(code, 0, "{err}");
-    assert!(err.contains(&format!("cache object {hash} (output out/b.txt of stage b) is corrupt")), "{err}");
+    assert!(
+        err.contains(&format!(
+            "cache object {hash} (output out/b.txt of stage b) is corrupt"
+        )),
+        "{err}"
+    );
     assert_eq!(Proj::with_status(&v, "ran"), ["b"]);
     assert_eq!(p.executions(), ["b"]);
     assert_eq!(p.read("out/b.txt"), "one!\ntwo!\n");
@@ -203,7 +244,11 @@ fn gc_keeps_what_the_latest_run_references() {
 #[test]
 fn dry_run_says_what_would_run_and_records_nothing() {
     let p = project();
-    let out = p.cmd().args(["run", "p.yaml", "--dry-run", "--json"]).output().unwrap();
+    let out = p
+        .cmd()
+        .args(["run", "p.yaml", "--dry-run", "--json"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["run_id"], serde_json::Value::Null);
@@ -215,4 +260,102 @@ fn dry_run_says_what_would_run_and_records_nothing() {
 fn hex_sha256(s: &str) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(s.as_bytes()))
+}
+
+#[test]
+fn sqlite_dep_hashes_query_rows_not_the_file() {
+    let p = Proj::new(
+        r#"
+name: sql
+stages:
+  export:
+    cmd: echo export >> ran.log && echo done > out.txt
+    deps:
+      - sqlite: {db: app.db, query: "SELECT id, text FROM corrections WHERE used = 0 ORDER BY id"}
+    outs: [out.txt]
+"#,
+    );
+    let conn = rusqlite::Connection::open(p.path("app.db")).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE corrections(id INTEGER PRIMARY KEY, text TEXT, used INTEGER);
+         INSERT INTO corrections VALUES (1, 'a', 0); CREATE TABLE other(x);",
+    )
+    .unwrap();
+    assert_eq!(p.run(&[]).0, 0);
+    p.clear_executions();
+    // A write that the query does not see changes the file, not the rows: still fresh.
+    conn.execute_batch("INSERT INTO other VALUES (1); INSERT INTO corrections VALUES (2, 'b', 1);")
+        .unwrap();
+    let (_, v, _) = p.run(&[]);
+    assert_eq!(Proj::with_status(&v, "cached"), ["export"]);
+    // A new unused correction changes the rows: the stage re-runs, and status said why.
+    conn.execute_batch("INSERT INTO corrections VALUES (3, 'c', 0);")
+        .unwrap();
+    let st = p.status_json();
+    let reason = st["stages"][0]["reasons"][0].as_str().unwrap();
+    assert!(
+        reason.starts_with("dep sqlite:app.db?SELECT id, text FROM corrections"),
+        "{reason}"
+    );
+    let (_, v, _) = p.run(&[]);
+    assert_eq!(Proj::with_status(&v, "ran"), ["export"]);
+    assert_eq!(p.executions(), ["export"]);
+}
+
+#[test]
+fn metrics_files_are_recorded_and_diffed() {
+    let p = Proj::new(
+        r#"
+name: m
+params: {lr: 0.5}
+stages:
+  train:
+    cmd: "printf 'rmse: ${params.lr}\nloss: [3, 2, 1]\nnested:\n  f1: 0.75\n' > metrics.yaml"
+    metrics: [metrics.yaml]
+"#,
+    );
+    assert_eq!(p.run(&[]).0, 0);
+    p.set_pipeline(
+        &std::fs::read_to_string(p.path("p.yaml"))
+            .unwrap()
+            .replace("lr: 0.5", "lr: 0.25"),
+    );
+    assert_eq!(p.run(&[]).0, 0);
+    let out = p
+        .cmd()
+        .args(["metrics", "diff", "latest~1", "latest", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = v["metrics"].as_array().unwrap();
+    let get = |n: &str| {
+        rows.iter()
+            .find(|r| r["name"] == n)
+            .unwrap_or_else(|| panic!("{n} in {rows:?}"))
+    };
+    assert_eq!(
+        (get("rmse")["a"].as_f64(), get("rmse")["b"].as_f64()),
+        (Some(0.5), Some(0.25))
+    );
+    assert_eq!(get("rmse")["delta"].as_f64(), Some(-0.25));
+    assert_eq!(
+        get("loss")["b"].as_f64(),
+        Some(1.0),
+        "a series compares its last step"
+    );
+    assert_eq!(get("nested.f1")["a"].as_f64(), Some(0.75));
+    let show = p.cmd().args(["show", "latest", "--json"]).output().unwrap();
+    let s: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    let steps = s["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["name"] == "loss")
+        .count();
+    assert_eq!(steps, 3);
 }

@@ -176,7 +176,10 @@ stages:
         p.params.keys().collect::<Vec<_>>(),
         vec!["base", "k", "n", "out", "tag"]
     );
-    assert!(p.stage("a").unwrap().outs.contains_key("runs/v1/x"));
+    let a = p.stage("a").unwrap();
+    assert!(a.outs.contains_key("runs/v1/x"));
+    // A param used only in an output path is a param of the stage.
+    assert_eq!(a.params.keys().collect::<Vec<_>>(), vec!["out"]);
 }
 
 #[test]
@@ -428,4 +431,79 @@ fn output_through_symlink_out_of_the_root_is_rejected() {
     );
     assert!(e.starts_with("pipelines/p.yaml:2:27: output 'link/x.txt' of stage 'a' leads outside the project root through the symlink 'link'"), "{e}");
     assert_eq!(e.lines().count(), 1, "{e}");
+}
+
+#[test]
+fn stage_templates_with_merge_keys() {
+    let (_d, pr) = project(&["train.py"]);
+    let p = load(
+        &pr,
+        r#"
+x-train: &train
+  deps: [train.py]
+  resources: {gpu: 1}
+  retry: 2
+  timeout: 2h
+stages:
+  small:
+    <<: *train
+    cmd: python train.py --size small
+    outs: [out/small]
+  large:
+    <<: *train
+    cmd: python train.py --size large
+    timeout: 6h
+    outs: [out/large]
+"#,
+    );
+    let small = p.stage("small").unwrap();
+    let large = p.stage("large").unwrap();
+    assert_eq!(small.deps, vec![Dep::Path("train.py".into())]);
+    assert_eq!((small.resources.gpu, small.retry.attempts), (1, 2));
+    assert_eq!(small.timeout, Some(std::time::Duration::from_secs(7200)));
+    assert_eq!(
+        large.timeout,
+        Some(std::time::Duration::from_secs(6 * 3600))
+    );
+    assert_eq!(large.resources.gpu, 1);
+}
+
+#[test]
+fn dep_on_a_directory_holding_outputs() {
+    let (_d, pr) = project(&[]);
+    let p = load(
+        &pr,
+        r#"
+stages:
+  v1.2:
+    cmd: echo a > out/a.txt
+    outs: {a: out/a.txt}
+  b:
+    cmd: echo b > out/sub/b.txt
+    outs: [out/sub/b.txt]
+  all:
+    cmd: ls out ${stages.v1.2.outs.a}
+    deps: [out]
+"#,
+    );
+    // `out` does not exist yet, but it holds outputs of v1.2 and b: not missing, and edges.
+    assert_eq!(p.stage("all").unwrap().needs, vec!["b", "v1.2"]);
+}
+
+#[test]
+fn outputs_are_found_by_their_normalised_path() {
+    let (_d, pr) = project(&[]);
+    let p = load(
+        &pr,
+        r#"
+stages:
+  a: {cmd: "true", outs: [./out/a.txt], metrics: [out/m.json]}
+  b: {cmd: "cat ${stages.a.outs.out/a.txt} ${stages.a.outs.out/m.json}"}
+"#,
+    );
+    let Action::Cmd { cmd } = &p.stage("b").unwrap().action else {
+        panic!()
+    };
+    assert_eq!(cmd, "cat out/a.txt out/m.json");
+    assert!(p.stage("a").unwrap().outs.contains_key("./out/a.txt"));
 }

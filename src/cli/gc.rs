@@ -36,13 +36,21 @@ pub fn run(project: &Project, args: GcArgs) -> anyhow::Result<ExitCode> {
         None => Default::default(),
     };
     let r = Cache::new(project.cache_dir()).gc(&keep, args.dry_run)?;
-    let verb = if args.dry_run { "would remove" } else { "removed" };
+    let verb = if args.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
     println!(
         "gc: {verb} {} cache entries and {} objects ({:.1} MiB){}; kept {} entries, {} objects",
         r.actions_removed,
         r.objects_removed,
         r.bytes_freed as f64 / (1024.0 * 1024.0),
-        if r.temps_removed > 0 { format!(" and {} temporary files", r.temps_removed) } else { String::new() },
+        if r.temps_removed > 0 {
+            format!(" and {} temporary files", r.temps_removed)
+        } else {
+            String::new()
+        },
         r.actions_kept,
         r.objects_kept
     );

@@ -29,7 +29,10 @@ pub fn run(project: &Project, cmd: MetricsCommand) -> anyhow::Result<ExitCode> {
         eprintln!("error: no runs yet (runs/tsumugi.db does not exist)");
         return Ok(ExitCode::from(2));
     };
-    let (a, b) = match (rundb::find_run(&conn, &args.run_a), rundb::find_run(&conn, &args.run_b)) {
+    let (a, b) = match (
+        rundb::find_run(&conn, &args.run_a),
+        rundb::find_run(&conn, &args.run_b),
+    ) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => {
             eprintln!("error: {e:#}");
@@ -86,7 +89,13 @@ pub fn run(project: &Project, cmd: MetricsCommand) -> anyhow::Result<ExitCode> {
     println!("{:<36} {:>14} {:>14} {:>14}", "METRIC", a.id, b.id, "DELTA");
     for (k, va, vb, d) in rows {
         let d = d.map(|x| format!("{x:+.6}")).unwrap_or_else(|| "-".into());
-        println!("{:<36} {:>14} {:>14} {:>14}", format!("{}.{}", k.0, k.1), f(va), f(vb), d);
+        println!(
+            "{:<36} {:>14} {:>14} {:>14}",
+            format!("{}.{}", k.0, k.1),
+            f(va),
+            f(vb),
+            d
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

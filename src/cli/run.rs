@@ -49,7 +49,10 @@ pub struct RunArgs {
 pub const EXIT_LOCKED: u8 = 3;
 
 /// `[FILE] [STAGES…]`: the first argument is the file if it looks like one.
-pub(super) fn split_file_and_stages(project: &Project, args: &[String]) -> anyhow::Result<(PathBuf, Vec<String>)> {
+pub(super) fn split_file_and_stages(
+    project: &Project,
+    args: &[String],
+) -> anyhow::Result<(PathBuf, Vec<String>)> {
     if let Some(first) = args.first() {
         let looks_like_file = first.ends_with(".yaml")
             || first.ends_with(".yml")
@@ -75,7 +78,15 @@ fn default_pipeline(project: &Project) -> anyhow::Result<PathBuf> {
         0 => anyhow::bail!("no pipeline file given and none in pipelines/"),
         _ => anyhow::bail!(
             "no pipeline file given and pipelines/ holds several: {}",
-            found.iter().map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned()).collect::<Vec<_>>().join(", ")
+            found
+                .iter()
+                .map(|p| p
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     }
 }
@@ -92,7 +103,9 @@ pub(super) fn load(project: &Project, file: &Path) -> Result<Pipeline, ExitCode>
 }
 
 pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 pub fn run(project: &Project, args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -111,7 +124,11 @@ pub fn run(project: &Project, args: RunArgs) -> anyhow::Result<ExitCode> {
         gpus: args.gpus,
         device: args.device,
         wait_for_lock: !args.no_wait,
-        progress: if args.quiet { ProgressMode::Quiet } else { ProgressMode::Auto },
+        progress: if args.quiet {
+            ProgressMode::Quiet
+        } else {
+            ProgressMode::Auto
+        },
         ..RunOptions::default()
     };
     if let Err(e) = executor::select(&pipeline, &opts.targets) {
@@ -148,13 +165,32 @@ fn print_summary(s: &RunSummary, dry_run: bool) {
     let count = |st: &str| s.stages.iter().filter(|o| o.status.as_str() == st).count();
     if dry_run {
         for o in &s.stages {
-            println!("{:<10} {}{}", o.status.as_str(), o.name, o.message.as_ref().map(|m| format!(": {m}")).unwrap_or_default());
+            println!(
+                "{:<10} {}{}",
+                o.status.as_str(),
+                o.name,
+                o.message
+                    .as_ref()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default()
+            );
         }
-        println!("dry run: {} would run, {} fresh", count("would_run"), count("cached"));
+        println!(
+            "dry run: {} would run, {} fresh",
+            count("would_run"),
+            count("cached")
+        );
         return;
     }
     let mut parts = Vec::new();
-    for st in ["ran", "cached", "restored", "failed", "skipped", "cancelled"] {
+    for st in [
+        "ran",
+        "cached",
+        "restored",
+        "failed",
+        "skipped",
+        "cancelled",
+    ] {
         let n = count(st);
         if n > 0 {
             parts.push(format!("{n} {st}"));
@@ -167,7 +203,16 @@ fn print_summary(s: &RunSummary, dry_run: bool) {
     } else {
         "failed"
     };
-    println!("run {} {verdict} in {:.1}s: {}", s.run_id, s.duration.as_secs_f64(), if parts.is_empty() { "nothing to do".into() } else { parts.join(", ") });
+    println!(
+        "run {} {verdict} in {:.1}s: {}",
+        s.run_id,
+        s.duration.as_secs_f64(),
+        if parts.is_empty() {
+            "nothing to do".into()
+        } else {
+            parts.join(", ")
+        }
+    );
 }
 
 /// The stable `--json` shape of a run (docs/json-output.md).

@@ -28,9 +28,15 @@ pub fn run(project: &Project, args: RunsArgs) -> anyhow::Result<ExitCode> {
         println!("no runs yet");
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<22} {:<20} {:<8} {:<11} {:<24} {}", "RUN", "PIPELINE", "TRIGGER", "STATUS", "STARTED", "TARGETS");
+    println!(
+        "{:<22} {:<20} {:<8} {:<11} {:<24} TARGETS",
+        "RUN", "PIPELINE", "TRIGGER", "STATUS", "STARTED"
+    );
     for r in runs {
-        println!("{:<22} {:<20} {:<8} {:<11} {:<24} {}", r.id, r.pipeline, r.trigger, r.status, r.started_at, r.targets);
+        println!(
+            "{:<22} {:<20} {:<8} {:<11} {:<24} {}",
+            r.id, r.pipeline, r.trigger, r.status, r.started_at, r.targets
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -40,7 +40,10 @@ pub fn run(project: &Project, args: ShowArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("run {} — {} ({} trigger) {}", r.id, r.pipeline, r.trigger, r.status);
+    println!(
+        "run {} — {} ({} trigger) {}",
+        r.id, r.pipeline, r.trigger, r.status
+    );
     println!("  file:    {}", r.pipeline_file);
     println!("  started: {}", r.started_at);
     if let Some(e) = &r.ended_at {
@@ -48,14 +51,23 @@ pub fn run(project: &Project, args: ShowArgs) -> anyhow::Result<ExitCode> {
     }
     println!();
     for s in &stages {
-        let dur = s.duration_ms.map(|d| format!("{:.1}s", d as f64 / 1000.0)).unwrap_or_default();
+        let dur = s
+            .duration_ms
+            .map(|d| format!("{:.1}s", d as f64 / 1000.0))
+            .unwrap_or_default();
         println!(
             "  {:<10} {:<20} {:>7}  {}{}",
             s.status,
             s.stage,
             dur,
-            s.fingerprint.as_deref().map(|f| &f[..12.min(f.len())]).unwrap_or("-"),
-            s.message.as_ref().map(|m| format!("  {m}")).unwrap_or_default()
+            s.fingerprint
+                .as_deref()
+                .map(|f| &f[..12.min(f.len())])
+                .unwrap_or("-"),
+            s.message
+                .as_ref()
+                .map(|m| format!("  {m}"))
+                .unwrap_or_default()
         );
         if let Some(l) = &s.log_path
             && (s.status == "failed" || s.status == "ran")

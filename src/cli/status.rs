@@ -55,7 +55,11 @@ pub fn run(project: &Project, args: StatusArgs) -> anyhow::Result<ExitCode> {
             }
         }
         if stale == 0 {
-            println!("{}: everything is up to date ({} stages)", pipeline.name, st.len());
+            println!(
+                "{}: everything is up to date ({} stages)",
+                pipeline.name,
+                st.len()
+            );
         } else {
             println!("{}: {stale} of {} stages stale", pipeline.name, st.len());
         }

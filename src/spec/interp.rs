@@ -126,13 +126,13 @@ fn parse_ref(inner: &str) -> Result<Ref, String> {
         return Err(bad());
     }
     if let Some(rest) = inner.strip_prefix("stages.") {
-        // The stage name cannot hold a '.', the key may: split at the first ".outs.".
+        // Split at the first ".outs.": keys often hold dots (out/prep.txt), stage names rarely.
         let Some((stage, key)) = rest.split_once(".outs.") else {
             return Err(format!(
                 "invalid reference '${{{inner}}}' (expected ${{stages.STAGE.outs.KEY}})"
             ));
         };
-        if stage.is_empty() || stage.contains('.') || key.is_empty() {
+        if stage.is_empty() || key.is_empty() {
             return Err(format!(
                 "invalid reference '${{{inner}}}' (expected ${{stages.STAGE.outs.KEY}})"
             ));

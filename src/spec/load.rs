@@ -33,7 +33,18 @@ pub fn load(file: &Path, project: &Project) -> Result<Pipeline, SpecError> {
 
 /// [`load`] on text already in memory; `file` is used for messages and the default name.
 pub fn load_str(file: &Path, text: &str, project: &Project) -> Result<Pipeline, SpecError> {
-    let mut cx = Cx::new(file, text, project.root());
+    load_str_with_kinds(file, text, project, tsumugi_stages::kinds())
+}
+
+/// [`load_str`] against a given list of built-in kinds instead of this build's, so that
+/// the `uses:` path can be tested before (and independently of) the real kinds.
+pub fn load_str_with_kinds(
+    file: &Path,
+    text: &str,
+    project: &Project,
+    kinds: &'static [KindInfo],
+) -> Result<Pipeline, SpecError> {
+    let mut cx = Cx::new(file, text, project.root(), kinds);
     let (root, yaml_errors) = yaml::parse(text);
     for e in yaml_errors {
         cx.err(e.pos, e.message);
@@ -188,6 +199,8 @@ impl<'n> Inst<'n> {
 /// A stage's outputs, known before anything refers to them.
 #[derive(Default)]
 struct Outputs {
+    /// Params referenced in `outs`/`metrics`: they are params of the stage too.
+    used_params: BTreeSet<String>,
     outs: BTreeMap<String, (Out, Pos)>,
     metrics: Vec<(String, PathBuf, Pos)>,
     kind: Option<&'static KindInfo>,
@@ -203,6 +216,15 @@ impl Outputs {
                     .iter()
                     .find(|(k, _, _)| k == key)
                     .map(|(_, p, _)| p.as_path())
+            })
+            .or_else(|| {
+                // A list-form output keyed `./out/a.txt` is also found as `out/a.txt`.
+                let want = norm_path(key).ok()?;
+                self.outs
+                    .values()
+                    .map(|(o, _)| o.path.as_path())
+                    .chain(self.metrics.iter().map(|(_, p, _)| p.as_path()))
+                    .find(|p| *p == want)
             })
     }
     fn keys(&self) -> Vec<&str> {
@@ -397,11 +419,12 @@ struct Cx<'a> {
     src: Vec<char>,
     line_starts: Vec<usize>,
     root: &'a Path,
+    kinds: &'static [KindInfo],
     errors: Vec<Diagnostic>,
 }
 
 impl<'a> Cx<'a> {
-    fn new(file: &'a Path, text: &str, root: &'a Path) -> Self {
+    fn new(file: &'a Path, text: &str, root: &'a Path, kinds: &'static [KindInfo]) -> Self {
         let src: Vec<char> = text.chars().collect();
         let mut line_starts = vec![0];
         line_starts.extend(
@@ -415,6 +438,7 @@ impl<'a> Cx<'a> {
             src,
             line_starts,
             root,
+            kinds,
             errors: Vec::new(),
         }
     }
@@ -503,11 +527,22 @@ impl<'a> Cx<'a> {
     }
 
     fn check_keys(&mut self, entries: &[(Node, Node)], keys: Keys, what: &str) {
+        self.check_keys_except(entries, keys, what, |_| false);
+    }
+
+    /// [`Self::check_keys`], leaving alone the keys `free` accepts.
+    fn check_keys_except(
+        &mut self,
+        entries: &[(Node, Node)],
+        keys: Keys,
+        what: &str,
+        free: impl Fn(&str) -> bool,
+    ) {
         for (k, _) in entries {
             let Some(name) = k.scalar_text() else {
                 continue;
             };
-            if format::names(keys).any(|n| n == name) {
+            if format::names(keys).any(|n| n == name) || free(name) {
                 continue;
             }
             let hint = did_you_mean(name, format::names(keys))
@@ -609,10 +644,9 @@ impl<'a> Cx<'a> {
         for s in &segs {
             match s {
                 Seg::Lit(l) => out.push_str(l),
-                Seg::Ref { r, offset } => match scope.lookup(r).map(|v| (interp::stringify(&v), v))
-                {
-                    Ok((Ok(s), _)) => out.push_str(&s),
-                    Ok((Err(ty), _)) => {
+                Seg::Ref { r, offset } => match scope.lookup(r).map(|v| interp::stringify(&v)) {
+                    Ok(Ok(s)) => out.push_str(&s),
+                    Ok(Err(ty)) => {
                         let pos = self.ref_pos(node, text, *offset);
                         self.err(
                             pos,
@@ -674,7 +708,8 @@ impl<'a> Cx<'a> {
 
     fn pipeline(&mut self, root: &Node, project: &Project) -> Option<Pipeline> {
         let top = self.expect_map(root, "the pipeline (keys: name, params, stages, triggers)")?;
-        self.check_keys(top, format::TOP, "the pipeline");
+        // `x-…` keys are free for the user: a place for YAML anchors shared by stages.
+        self.check_keys_except(top, format::TOP, "the pipeline", |k| k.starts_with("x-"));
         let get = |k: &str| top.iter().find(|(key, _)| key.scalar_text() == Some(k));
 
         let stem = self
@@ -853,26 +888,63 @@ impl<'a> Cx<'a> {
 
         // 2. Outputs of every stage, so that references can be resolved in any order.
         let mut outputs: HashMap<String, Outputs> = HashMap::new();
+        let mut reported = HashMap::new();
         for inst in &insts {
+            let before = self.errors.len();
             let o = self.outputs(inst, params, pipeline, project);
+            self.once_per_template(&inst.name, before, &mut reported);
             outputs.insert(inst.name.clone(), o);
         }
 
         // 3. Everything else.
         let mut stages = Vec::new();
-        let mut dep_pos: HashMap<String, Vec<(Dep, Pos)>> = HashMap::new();
-        let mut needs_pos: HashMap<String, Vec<(String, Pos)>> = HashMap::new();
+        let mut entries: Vec<Linkable> = Vec::new();
         for inst in &insts {
-            if let Some((st, deps, needs)) = self.stage(inst, params, &outputs, &bases) {
-                dep_pos.insert(st.name.clone(), deps);
-                needs_pos.insert(st.name.clone(), needs);
-                stages.push(st);
-            }
+            let before = self.errors.len();
+            let (st, deps, needs) = self.stage(inst, params, &outputs, &bases);
+            self.once_per_template(&inst.name, before, &mut reported);
+            entries.push((inst.name.clone(), deps, needs));
+            stages.extend(st);
         }
 
-        self.check_outputs(&stages, &outputs);
-        self.link(&mut stages, &dep_pos, &needs_pos, &bases, &outputs);
+        let order: Vec<&str> = insts.iter().map(|i| i.name.as_str()).collect();
+        self.check_outputs(&order, &outputs);
+        let mut linked = self.link(&entries, &bases, &outputs);
+        for st in &mut stages {
+            if let Some((deps, needs)) = linked.remove(&st.name) {
+                st.deps = deps;
+                st.needs = needs;
+            }
+        }
         stages
+    }
+
+    /// An error in a `foreach`/`matrix` stage is usually the same in every expansion: keep
+    /// only the first one at each place, not one per item.
+    fn once_per_template(
+        &mut self,
+        name: &str,
+        before: usize,
+        reported: &mut HashMap<String, BTreeSet<(usize, usize)>>,
+    ) {
+        let Some((base, _)) = name.split_once('@') else {
+            return;
+        };
+        let seen = reported.entry(base.to_owned()).or_default();
+        let mut i = before;
+        while i < self.errors.len() {
+            let at = (self.errors[i].span.line, self.errors[i].span.col);
+            if seen.contains(&at) {
+                self.errors.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        seen.extend(
+            self.errors[before..]
+                .iter()
+                .map(|e| (e.span.line, e.span.col)),
+        );
     }
 
     fn expand<'n>(
@@ -1069,8 +1141,8 @@ impl<'a> Cx<'a> {
                 self.err(uses.pos, format!("expected a string (a built-in kind) for 'uses' of stage '{name}', found {}", uses.type_name()));
                 return o;
             };
-            let Some(kind) = tsumugi_stages::kind(kname) else {
-                let known: Vec<&str> = tsumugi_stages::kinds().iter().map(|k| k.name).collect();
+            let Some(kind) = self.kinds.iter().find(|k| k.name == kname) else {
+                let known: Vec<&str> = self.kinds.iter().map(|k| k.name).collect();
                 let hint = did_you_mean(kname, known.iter().copied())
                     .map(|s| format!("; did you mean '{s}'?"))
                     .unwrap_or_default();
@@ -1100,7 +1172,9 @@ impl<'a> Cx<'a> {
                     for (k, v) in entries {
                         let key = k.scalar_text().unwrap_or_default().to_owned();
                         let mut scope = self.scope(inst, params, reason);
-                        if let Some(out) = self.out_item(v, &what, &mut scope) {
+                        let out = self.out_item(v, &what, &mut scope);
+                        o.used_params.append(&mut scope.used_params);
+                        if let Some(out) = out {
                             o.outs.insert(key, (out.1, v.pos));
                         }
                     }
@@ -1111,7 +1185,9 @@ impl<'a> Cx<'a> {
                     };
                     for v in items {
                         let mut scope = self.scope(inst, params, reason);
-                        if let Some((written, out)) = self.out_item(v, &what, &mut scope) {
+                        let out = self.out_item(v, &what, &mut scope);
+                        o.used_params.append(&mut scope.used_params);
+                        if let Some((written, out)) = out {
                             if o.outs.contains_key(&written) {
                                 self.err(
                                     v.pos,
@@ -1134,7 +1210,9 @@ impl<'a> Cx<'a> {
                         params,
                         "'metrics' (outputs cannot depend on other stages' outputs)",
                     );
-                    if let Some((written, p)) = self.interp_path(v, &what, &mut scope) {
+                    let path = self.interp_path(v, &what, &mut scope);
+                    o.used_params.append(&mut scope.used_params);
+                    if let Some((written, p)) = path {
                         o.metrics.push((written, p, v.pos));
                     }
                 }
@@ -1191,7 +1269,7 @@ impl<'a> Cx<'a> {
         params: &Map<String, Value>,
         outputs: &HashMap<String, Outputs>,
         bases: &BTreeMap<String, Vec<String>>,
-    ) -> Option<(Stage, Vec<(Dep, Pos)>, Vec<(String, Pos)>)> {
+    ) -> (Option<Stage>, Vec<(Dep, Pos)>, Vec<(String, Pos)>) {
         let name = inst.name.as_str();
         let before = self.errors.len();
         let mut scope = Scope {
@@ -1205,6 +1283,9 @@ impl<'a> Cx<'a> {
             stage_refs: Vec::new(),
         };
         let mine = outputs.get(name);
+        if let Some(o) = mine {
+            scope.used_params.extend(o.used_params.iter().cloned());
+        }
 
         let action = match (inst.get("cmd"), inst.get("uses")) {
             (None, None) => {
@@ -1422,10 +1503,10 @@ impl<'a> Cx<'a> {
             })
             .collect();
 
-        if self.errors.len() > before {
-            return None;
-        }
-        let action = action?;
+        let action = match action {
+            Some(a) if self.errors.len() == before => a,
+            _ => return (None, deps, needs),
+        };
         let stage = Stage {
             name: name.to_owned(),
             action,
@@ -1440,7 +1521,7 @@ impl<'a> Cx<'a> {
             timeout,
             span: self.span(inst.pos),
         };
-        Some((stage, deps, needs))
+        (Some(stage), deps, needs)
     }
 
     fn dep(&mut self, it: &Node, what: &str, scope: &mut Scope<'_>) -> Option<Dep> {
@@ -1610,17 +1691,19 @@ impl<'a> Cx<'a> {
     }
 
     /// Two stages writing one output, or one writing inside another's output directory.
-    fn check_outputs(&mut self, stages: &[Stage], outputs: &HashMap<String, Outputs>) {
+    fn check_outputs(&mut self, order: &[&str], outputs: &HashMap<String, Outputs>) {
+        // Resolved once: symlinked outputs are compared against the real root.
+        let root = self.root.canonicalize().ok();
         let mut all: Vec<(PathBuf, &str, Pos)> = Vec::new();
-        for st in stages {
-            let Some(o) = outputs.get(&st.name) else {
+        for name in order {
+            let Some(o) = outputs.get(*name) else {
                 continue;
             };
             for (out, pos) in o.outs.values() {
-                all.push((out.path.clone(), &st.name, *pos));
+                all.push((out.path.clone(), name, *pos));
             }
             for (_, p, pos) in &o.metrics {
-                all.push((p.clone(), &st.name, *pos));
+                all.push((p.clone(), name, *pos));
             }
         }
         let mut by_path: HashMap<&Path, (&str, Pos)> = HashMap::new();
@@ -1662,15 +1745,14 @@ impl<'a> Cx<'a> {
                     );
                 }
             }
-            self.check_symlinks(p, *pos, s);
+            if let Some(root) = &root {
+                self.check_symlinks(p, *pos, s, root);
+            }
         }
     }
 
     /// An output must not lead out of the project through a symlink in its path.
-    fn check_symlinks(&mut self, p: &Path, pos: Pos, stage: &str) {
-        let Ok(root) = self.root.canonicalize() else {
-            return;
-        };
+    fn check_symlinks(&mut self, p: &Path, pos: Pos, stage: &str, root: &Path) {
         let mut cur = self.root.to_path_buf();
         for c in p.components() {
             cur.push(c);
@@ -1684,7 +1766,7 @@ impl<'a> Cx<'a> {
                     .display()
                     .to_string();
                 match cur.canonicalize() {
-                    Ok(t) if t.starts_with(&root) => {}
+                    Ok(t) if t.starts_with(root) => {}
                     Ok(_) => {
                         self.err(
                             pos,
@@ -1703,14 +1785,15 @@ impl<'a> Cx<'a> {
 
     /// Edges: `needs`, references (already in needs), deps on other stages' outputs; and
     /// the "missing deps" check.
+    /// Every stage is linked, those with errors too, so that their bad `needs` and
+    /// missing deps are reported in the same pass. Returns (deps, needs) by stage.
     fn link(
         &mut self,
-        stages: &mut [Stage],
-        dep_pos: &HashMap<String, Vec<(Dep, Pos)>>,
-        needs_pos: &HashMap<String, Vec<(String, Pos)>>,
+        entries: &[Linkable],
         bases: &BTreeMap<String, Vec<String>>,
         outputs: &HashMap<String, Outputs>,
-    ) {
+    ) -> HashMap<String, (Vec<Dep>, Vec<String>)> {
+        let mut linked = HashMap::new();
         // Every output path → its stage, for deps equal to, inside, or above an output.
         let mut producer: HashMap<PathBuf, String> = HashMap::new();
         for (name, o) in outputs {
@@ -1721,10 +1804,21 @@ impl<'a> Cx<'a> {
                 producer.insert(p.clone(), name.clone());
             }
         }
+        // Every directory above an output → the stages whose outputs it holds.
+        let mut holders: HashMap<&Path, BTreeSet<String>> = HashMap::new();
+        for (out, s) in &producer {
+            for anc in out
+                .ancestors()
+                .skip(1)
+                .filter(|a| !a.as_os_str().is_empty())
+            {
+                holders.entry(anc).or_default().insert(s.clone());
+            }
+        }
         let names: BTreeSet<String> = outputs.keys().cloned().collect();
-        for st in stages.iter_mut() {
+        for (name, dep_pos, needs_pos) in entries {
             let mut needs: BTreeSet<String> = BTreeSet::new();
-            for (n, pos) in needs_pos.get(&st.name).into_iter().flatten() {
+            for (n, pos) in needs_pos {
                 if names.contains(n) {
                     needs.insert(n.clone());
                 } else if let Some(exp) = bases.get(n) {
@@ -1743,14 +1837,14 @@ impl<'a> Cx<'a> {
                         *pos,
                         format!(
                             "unknown stage '{n}' in 'needs' of stage '{}' (stages: {}{hint})",
-                            st.name,
+                            *name,
                             list.join(", ")
                         ),
                     );
                 }
             }
             let mut deps: BTreeSet<DepKey> = BTreeSet::new();
-            for (dep, pos) in dep_pos.get(&st.name).into_iter().flatten() {
+            for (dep, pos) in dep_pos {
                 let path = match dep {
                     Dep::Path(p) => p,
                     Dep::Sqlite { db, .. } => db,
@@ -1760,14 +1854,14 @@ impl<'a> Cx<'a> {
                 for anc in path.ancestors() {
                     if let Some(s) = producer.get(anc) {
                         produced = true;
-                        if *s != st.name {
+                        if s != name {
                             needs.insert(s.clone());
                         } else {
                             self.err(
                                 *pos,
                                 format!(
                                     "stage '{}' depends on its own output '{}'",
-                                    st.name,
+                                    *name,
                                     path.display()
                                 ),
                             );
@@ -1775,20 +1869,36 @@ impl<'a> Cx<'a> {
                     }
                 }
                 // A directory above outputs of other stages: it holds them, so it follows them.
-                for (out, s) in &producer {
-                    if out != path && out.starts_with(path) && *s != st.name {
-                        produced = true;
+                for s in holders.get(path.as_path()).into_iter().flatten() {
+                    produced = true;
+                    if s != name {
                         needs.insert(s.clone());
+                    } else {
+                        // Its own output would change its input: stale forever.
+                        self.err(
+                            *pos,
+                            format!(
+                                "stage '{}' depends on '{}', which holds its own outputs",
+                                *name,
+                                path.display()
+                            ),
+                        );
                     }
                 }
                 if !produced && !self.root.join(path).exists() {
-                    self.err(*pos, format!("missing dependency '{}' of stage '{}': no such file or directory, and no stage outputs it", path.display(), st.name));
+                    self.err(*pos, format!("missing dependency '{}' of stage '{}': no such file or directory, and no stage outputs it", path.display(), *name));
                 }
                 deps.insert(DepKey(dep.clone()));
             }
-            st.deps = deps.into_iter().map(|d| d.0).collect();
-            st.needs = needs.into_iter().collect();
+            linked.insert(
+                name.clone(),
+                (
+                    deps.into_iter().map(|d| d.0).collect(),
+                    needs.into_iter().collect(),
+                ),
+            );
         }
+        linked
     }
 
     fn triggers(&mut self, node: &Node, params: &Map<String, Value>) -> Vec<Trigger> {
@@ -1824,6 +1934,16 @@ impl<'a> Cx<'a> {
                 }
                 let when = match has("when") {
                     None => None,
+                    Some(w) if !matches!(w.kind, Kind::Map(_)) => {
+                        self.err(
+                            w.pos,
+                            format!(
+                                "expected a mapping for 'when' (e.g. {{sql: \"SELECT …\", db: PATH}}), found {}",
+                                w.type_name()
+                            ),
+                        );
+                        continue;
+                    }
                     Some(w) => {
                         let mut scope = Scope::params_only(params, "triggers");
                         match self.interp(w, &mut scope) {
@@ -1868,6 +1988,9 @@ impl<'a> Cx<'a> {
         out
     }
 }
+
+/// A stage's name, its deps and its `needs` (with positions), before linking.
+type Linkable = (String, Vec<(Dep, Pos)>, Vec<(String, Pos)>);
 
 /// Orders deps by path for a stable, deduplicated list.
 #[derive(PartialEq, Eq)]

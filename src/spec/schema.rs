@@ -124,6 +124,8 @@ pub fn pipeline_schema() -> Value {
         .collect();
 
     let mut top = obj(format::TOP, "top", &["stages"]);
+    // `x-…` keys are the user's (anchors for stage templates).
+    top["patternProperties"] = json!({"^x-": {}});
     let o = top.as_object_mut().expect("obj() makes an object");
     let mut head = Map::new();
     head.insert(
@@ -185,6 +187,32 @@ mod tests {
                     "no schema type for key '{k}' of table '{t}'"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn every_ref_resolves() {
+        fn walk(v: &Value, refs: &mut Vec<String>) {
+            match v {
+                Value::Object(o) => {
+                    if let Some(Value::String(r)) = o.get("$ref") {
+                        refs.push(r.clone());
+                    }
+                    o.values().for_each(|x| walk(x, refs));
+                }
+                Value::Array(a) => a.iter().for_each(|x| walk(x, refs)),
+                _ => {}
+            }
+        }
+        let s = pipeline_schema();
+        let mut refs = Vec::new();
+        walk(&s, &mut refs);
+        assert!(refs.len() > 5);
+        for r in refs {
+            let name = r
+                .strip_prefix("#/$defs/")
+                .unwrap_or_else(|| panic!("unexpected $ref {r}"));
+            assert!(s["$defs"].get(name).is_some(), "$ref {r} points nowhere");
         }
     }
 

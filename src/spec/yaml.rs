@@ -443,7 +443,7 @@ impl Builder {
                     let node = Node {
                         pos,
                         end,
-                        kind: Kind::Map(entries),
+                        kind: Kind::Map(merge_keys(entries)?),
                     };
                     if anchor != 0 {
                         self.anchors.insert(anchor, node.clone());
@@ -517,6 +517,59 @@ impl Builder {
         }
         Ok(())
     }
+}
+
+/// YAML merge keys (`<<: *base`, `<<: [*a, *b]`): the merged mappings' entries are added
+/// unless the mapping sets the key itself; earlier merged mappings win over later ones.
+/// This is how a pipeline shares settings between stages (a stage template).
+fn merge_keys(entries: Vec<(Node, Node)>) -> Result<Vec<(Node, Node)>, YamlError> {
+    let is_merge = |k: &Node| matches!(&k.kind, Kind::Scalar { text, plain: true } if text == "<<");
+    if !entries.iter().any(|(k, _)| is_merge(k)) {
+        return Ok(entries);
+    }
+    let mut out = Vec::new();
+    let mut merged = Vec::new();
+    for (k, v) in entries {
+        if !is_merge(&k) {
+            out.push((k, v));
+            continue;
+        }
+        let maps = match v.kind {
+            Kind::Map(e) => vec![e],
+            Kind::Seq(items) => {
+                let mut maps = Vec::new();
+                for it in items {
+                    match it.kind {
+                        Kind::Map(e) => maps.push(e),
+                        _ => {
+                            return Err(YamlError {
+                                pos: it.pos,
+                                message: format!("'<<' merges mappings, found {}", it.type_name()),
+                            });
+                        }
+                    }
+                }
+                maps
+            }
+            _ => {
+                return Err(YamlError {
+                    pos: v.pos,
+                    message: format!(
+                        "'<<' merges a mapping or a list of mappings, found {}",
+                        v.type_name()
+                    ),
+                });
+            }
+        };
+        merged.extend(maps.into_iter().flatten());
+    }
+    for (k, v) in merged {
+        let text = k.scalar_text();
+        if !out.iter().any(|(k2, _)| k2.scalar_text() == text) {
+            out.push((k, v));
+        }
+    }
+    Ok(out)
 }
 
 /// `!!int` rather than `tag:yaml.org,2002:int`, as the user wrote it.
@@ -600,6 +653,30 @@ mod tests {
             matches!(&e[1].1.kind, Kind::Map(m) if m[0].1.scalar_text() == Some("${params.rank}") && m[0].1.pos.col == 8)
         );
         assert_eq!(e[2].1.scalar_text(), Some("${x}"));
+    }
+
+    #[test]
+    fn merge_keys_share_settings() {
+        let (root, errs) = parse(
+            "base: &b {cmd: x, timeout: 1m}\ns:\n  <<: *b\n  cmd: y\nt: {<<: [*b], deps: [a]}\n",
+        );
+        assert!(errs.is_empty(), "{errs:?}");
+        let Kind::Map(e) = root.unwrap().kind else {
+            panic!()
+        };
+        let Kind::Map(s) = &e[1].1.kind else { panic!() };
+        let keys: Vec<_> = s
+            .iter()
+            .map(|(k, v)| (k.scalar_text().unwrap(), v.scalar_text().unwrap()))
+            .collect();
+        assert_eq!(keys, vec![("cmd", "y"), ("timeout", "1m")]);
+        let Kind::Map(t) = &e[2].1.kind else { panic!() };
+        assert_eq!(t.len(), 3);
+        let (_, errs) = parse("a: {<<: 3}\n");
+        assert!(
+            errs[0].message.contains("'<<' merges a mapping"),
+            "{errs:?}"
+        );
     }
 
     #[test]

@@ -50,10 +50,21 @@ impl Proj {
 
     /// `tsumugi run p.yaml ARGS --json`; returns (exit code, parsed JSON summary, stderr).
     pub fn run(&self, args: &[&str]) -> (i32, serde_json::Value, String) {
-        let out: Output = self.cmd().arg("run").arg("p.yaml").args(args).arg("--json").output().unwrap();
+        let out: Output = self
+            .cmd()
+            .arg("run")
+            .arg("p.yaml")
+            .args(args)
+            .arg("--json")
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        let v = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("bad JSON ({e}): {}\nstderr: {stderr}", String::from_utf8_lossy(&out.stdout)));
+        let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "bad JSON ({e}): {}\nstderr: {stderr}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        });
         (out.status.code().unwrap_or(-1), v, stderr)
     }
 
@@ -63,20 +74,37 @@ impl Proj {
             .as_array()
             .unwrap()
             .iter()
-            .map(|s| (s["name"].as_str().unwrap().to_string(), s["status"].as_str().unwrap().to_string()))
+            .map(|s| {
+                (
+                    s["name"].as_str().unwrap().to_string(),
+                    s["status"].as_str().unwrap().to_string(),
+                )
+            })
             .collect()
     }
 
     /// Names of stages with `status` in a run summary, sorted.
     pub fn with_status(v: &serde_json::Value, status: &str) -> Vec<String> {
-        let mut n: Vec<String> = Self::statuses(v).into_iter().filter(|(_, s)| s == status).map(|(n, _)| n).collect();
+        let mut n: Vec<String> = Self::statuses(v)
+            .into_iter()
+            .filter(|(_, s)| s == status)
+            .map(|(n, _)| n)
+            .collect();
         n.sort();
         n
     }
 
     pub fn status_json(&self) -> serde_json::Value {
-        let out = self.cmd().args(["status", "p.yaml", "--json"]).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = self
+            .cmd()
+            .args(["status", "p.yaml", "--json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
@@ -95,7 +123,10 @@ impl Proj {
 
     pub fn action_entries(&self) -> Vec<PathBuf> {
         match std::fs::read_dir(self.path("cache/actions")) {
-            Ok(rd) => rd.map(|e| e.unwrap().path()).filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.')).collect(),
+            Ok(rd) => rd
+                .map(|e| e.unwrap().path())
+                .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+                .collect(),
             Err(_) => Vec::new(),
         }
     }

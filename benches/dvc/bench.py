@@ -1,0 +1,304 @@
+#!/usr/bin/env python3
+"""tsumugi vs DVC 3.x on the same generated projects, side by side, in one run.
+
+Each scenario generates one project holding both a `dvc.yaml` and an equivalent tsumugi
+pipeline (`p.yaml`), brings both tools to the same state, then times the same operation
+with each (median of --reps runs, after one warm-up). See README.md next to this file.
+
+    python3 benches/dvc/bench.py --tsumugi target/release/tsumugi [--out results.json]
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ENV = dict(os.environ, DVC_NO_ANALYTICS="1", DVC_NOSCM="1")
+
+
+def sh(args, cwd, check=True, quiet=True):
+    r = subprocess.run(args, cwd=cwd, env=ENV, stdout=subprocess.PIPE if quiet else None,
+                       stderr=subprocess.PIPE if quiet else None, text=True, errors="replace")
+    if check and r.returncode != 0:
+        raise SystemExit(f"command failed ({r.returncode}): {' '.join(map(str, args))}\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+def timed(args, cwd, reps, setup=None, check=True):
+    """Median wall time of `args` over `reps` runs (after one untimed warm-up)."""
+    times = []
+    for i in range(reps + 1):
+        if setup:
+            setup(i)
+        t0 = time.perf_counter()
+        sh(args, cwd, check=check)
+        dt = time.perf_counter() - t0
+        if i > 0:
+            times.append(dt)
+    return statistics.median(times), times
+
+
+def dvc_init(root):
+    sh(["dvc", "init", "--no-scm", "-q"], root)
+    sh(["dvc", "config", "core.analytics", "false"], root)
+
+
+def write_pipelines(root, name, stages):
+    """stages: list of dicts {name, cmd, deps, outs}; writes dvc.yaml and p.yaml."""
+    with open(root / "dvc.yaml", "w") as f:
+        f.write("stages:\n")
+        for s in stages:
+            f.write(f"  {s['name']}:\n    cmd: {json.dumps(s['cmd'])}\n")
+            if s["deps"]:
+                f.write(f"    deps: {json.dumps(s['deps'])}\n")
+            f.write(f"    outs: {json.dumps(s['outs'])}\n")
+    with open(root / "p.yaml", "w") as f:
+        f.write(f"name: {name}\nstages:\n")
+        for s in stages:
+            f.write(f"  {s['name']}:\n    cmd: {json.dumps(s['cmd'])}\n")
+            if s["deps"]:
+                f.write(f"    deps: {json.dumps(s['deps'])}\n")
+            f.write(f"    outs: {json.dumps(s['outs'])}\n")
+
+
+def scenario_many_stages(tsumugi, base, n, reps):
+    root = base / "many-stages"
+    root.mkdir()
+    (root / "data").mkdir()
+    (root / "out").mkdir()
+    stages = []
+    for i in range(n):
+        (root / "data" / f"{i:05}.txt").write_text(f"input {i}\n")
+        stages.append({"name": f"s{i:05}", "cmd": f"cp data/{i:05}.txt out/{i:05}.txt",
+                       "deps": [f"data/{i:05}.txt"], "outs": [f"out/{i:05}.txt"]})
+    write_pipelines(root, "many", stages)
+    dvc_init(root)
+    t0 = time.perf_counter()
+    sh(["dvc", "repro", "-q"], root)
+    dvc_first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    sh([tsumugi, "run", "p.yaml", "-q"], root)
+    ts_first = time.perf_counter() - t0
+    dvc_status, _ = timed(["dvc", "status"], root, reps)
+    ts_status, _ = timed([tsumugi, "status", "p.yaml"], root, reps)
+
+    # Re-run after one input changes: exactly one stage is stale for both.
+    k = n // 2
+    counter = [0]
+
+    def touch(_i):
+        counter[0] += 1
+        (root / "data" / f"{k:05}.txt").write_text(f"changed {counter[0]}\n")
+
+    dvc_rerun, _ = timed(["dvc", "repro", "-q"], root, reps, setup=touch)
+    ts_rerun, _ = timed([tsumugi, "run", "p.yaml", "-q"], root, reps, setup=touch)
+    return {
+        "stages": n,
+        "first_run_s": {"dvc": dvc_first, "tsumugi": ts_first},
+        "noop_status_s": {"dvc": dvc_status, "tsumugi": ts_status},
+        "rerun_one_changed_s": {"dvc": dvc_rerun, "tsumugi": ts_rerun},
+    }
+
+
+def scenario_many_files(tsumugi, base, nfiles, reps):
+    root = base / "many-files"
+    d = root / "data" / "files"
+    d.mkdir(parents=True)
+    for i in range(nfiles):
+        sub = d / f"{i // 1000:03}"
+        if i % 1000 == 0:
+            sub.mkdir()
+        (sub / f"{i:06}.txt").write_text(f"file {i}\n")
+    stages = [{"name": "count", "cmd": "find data/files -type f | wc -l > count.txt",
+               "deps": ["data/files"], "outs": ["count.txt"]}]
+    write_pipelines(root, "files", stages)
+    dvc_init(root)
+    t0 = time.perf_counter()
+    sh(["dvc", "repro", "-q"], root)
+    dvc_first = time.perf_counter() - t0
+    # Files must be older than tsumugi's racy-timestamp window (2 s) to be remembered by
+    # its stat cache; DVC's state has the same kind of rule.
+    time.sleep(2.5)
+    t0 = time.perf_counter()
+    sh([tsumugi, "run", "p.yaml", "-q"], root)
+    ts_first = time.perf_counter() - t0
+    dvc_status, _ = timed(["dvc", "status"], root, reps)
+    ts_status, _ = timed([tsumugi, "status", "p.yaml"], root, reps)
+    return {
+        "files": nfiles,
+        "first_run_s": {"dvc": dvc_first, "tsumugi": ts_first},
+        "noop_status_s": {"dvc": dvc_status, "tsumugi": ts_status},
+    }
+
+
+def scenario_diamond(tsumugi, base, width, layers, sleep_s, reps):
+    """root -> width parallel -> join -> width parallel -> join ... (`layers` fan-outs)."""
+    root = base / "diamond"
+    root.mkdir()
+    stages = [{"name": "root", "cmd": f"sleep {sleep_s} && echo root > root.txt", "deps": [], "outs": ["root.txt"]}]
+    prev = "root.txt"
+    for l in range(layers):
+        mids = []
+        for w in range(width):
+            out = f"l{l}_{w}.txt"
+            stages.append({"name": f"l{l}_{w}", "cmd": f"sleep {sleep_s} && cat {prev} > {out} && echo {w} >> {out}",
+                           "deps": [prev], "outs": [out]})
+            mids.append(out)
+        join = f"join{l}.txt"
+        stages.append({"name": f"join{l}", "cmd": f"sleep {sleep_s} && cat {' '.join(mids)} > {join}",
+                       "deps": mids, "outs": [join]})
+        prev = join
+    write_pipelines(root, "diamond", stages)
+    dvc_init(root)
+    critical = sleep_s * (1 + 2 * layers)
+
+    def clean(_i):
+        for p in list(root.glob("*.txt")):
+            p.unlink()
+        shutil.rmtree(root / ".dvc" / "cache", ignore_errors=True)
+        shutil.rmtree(root / "cache", ignore_errors=True)
+        (root / "dvc.lock").unlink(missing_ok=True)
+
+    ts_t, ts_all = timed([tsumugi, "run", "p.yaml", "-q", "-j", str(width)], root, reps, setup=clean)
+    dvc_t, _ = timed(["dvc", "repro", "-q"], root, max(1, reps // 3), setup=clean)
+    return {
+        "stages": len(stages), "width": width, "layers": layers, "sleep_s": sleep_s,
+        "critical_path_s": critical,
+        "wall_s": {"dvc": dvc_t, "tsumugi": ts_t},
+        "tsumugi_runs_s": ts_all,
+    }
+
+
+def scenario_hashing(tsumugi, base, total_mib, reps):
+    root = base / "hashing"
+    d = root / "blobs"
+    d.mkdir(parents=True)
+    cores = os.cpu_count() or 1
+    nfiles = max(cores * 2, 4)
+    per = total_mib * 1024 * 1024 // nfiles
+    block = os.urandom(1 << 20)
+    for i in range(nfiles):
+        with open(d / f"b{i}", "wb") as f:
+            left = per
+            while left > 0:
+                f.write(block[: min(left, len(block))])
+                left -= min(left, len(block))
+    total = per * nfiles
+    (root / "p.yaml").write_text(
+        "name: hashing\nstages:\n  h:\n    cmd: ls blobs > list.txt\n    deps: [blobs]\n    outs: [list.txt]\n")
+    # Warm the page cache so both sides measure hashing, not the disk.
+    sh(["cat"] + [str(p) for p in d.iterdir()], root)
+
+    def no_statcache(_i):
+        (root / "cache" / "statcache.bin").unlink(missing_ok=True)
+
+    ts_t, _ = timed([tsumugi, "status", "p.yaml"], root, reps, setup=no_statcache)
+    sha_t, _ = timed(["sha256sum", str(d / "b0")], root, reps)
+    ossl = None
+    if shutil.which("openssl"):
+        ossl, _ = timed(["openssl", "dgst", "-sha256", str(d / "b0")], root, reps)
+    return {
+        "bytes": total, "cores": cores,
+        "tsumugi_status_cold_statcache_s": ts_t,
+        "tsumugi_mib_s": total / ts_t / 2**20,
+        "tsumugi_mib_s_per_core": total / ts_t / 2**20 / cores,
+        "sha256sum_one_file_s": sha_t,
+        "sha256sum_mib_s": per / sha_t / 2**20,
+        "openssl_mib_s": (per / ossl / 2**20) if ossl else None,
+    }
+
+
+def machine():
+    cpu = ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    dvc_v = sh(["dvc", "--version"], ".").stdout.strip()
+    return {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
+            "dvc": dvc_v, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tsumugi", default="target/release/tsumugi")
+    ap.add_argument("--stages", type=int, default=1000)
+    ap.add_argument("--files", type=int, default=100_000)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--sleep", type=float, default=1.0)
+    ap.add_argument("--hash-mib", type=int, default=1024)
+    ap.add_argument("--only", default="stages,files,diamond,hashing")
+    ap.add_argument("--workdir", default=None, help="where to generate (default: a temp dir)")
+    ap.add_argument("--out", default=None, help="write results JSON here")
+    a = ap.parse_args()
+    tsumugi = str(Path(a.tsumugi).resolve())
+    if not shutil.which("dvc"):
+        raise SystemExit("dvc not found: pip install 'dvc>=3,<4'")
+    base = Path(tempfile.mkdtemp(prefix="tsumugi-bench-", dir=a.workdir))
+    results = {"machine": machine()}
+    only = set(a.only.split(","))
+    try:
+        if "stages" in only:
+            print(f"[1/4] {a.stages} stages…", file=sys.stderr)
+            results["many_stages"] = scenario_many_stages(tsumugi, base, a.stages, a.reps)
+        if "files" in only:
+            print(f"[2/4] {a.files} files…", file=sys.stderr)
+            results["many_files"] = scenario_many_files(tsumugi, base, a.files, a.reps)
+        if "diamond" in only:
+            print(f"[3/4] diamond {a.width}×{a.layers}…", file=sys.stderr)
+            results["diamond"] = scenario_diamond(tsumugi, base, a.width, a.layers, a.sleep, a.reps)
+        if "hashing" in only:
+            print(f"[4/4] hashing {a.hash_mib} MiB…", file=sys.stderr)
+            results["hashing"] = scenario_hashing(tsumugi, base, a.hash_mib, a.reps)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    out = json.dumps(results, indent=2)
+    print(out)
+    if a.out:
+        Path(a.out).write_text(out + "\n")
+    report(results)
+
+
+def report(r):
+    print("\n== summary ==", file=sys.stderr)
+    if "many_stages" in r:
+        m = r["many_stages"]
+        s, q = m["noop_status_s"], m["rerun_one_changed_s"]
+        print(f"no-op status, {m['stages']} stages: dvc {s['dvc']:.3f}s, tsumugi {s['tsumugi']:.3f}s → "
+              f"{s['dvc'] / s['tsumugi']:.0f}× faster", file=sys.stderr)
+        print(f"re-run after one change: dvc {q['dvc']:.3f}s, tsumugi {q['tsumugi']:.3f}s → "
+              f"{q['dvc'] / q['tsumugi']:.0f}× faster", file=sys.stderr)
+    if "many_files" in r:
+        m = r["many_files"]
+        s = m["noop_status_s"]
+        print(f"no-op status, {m['files']} files: dvc {s['dvc']:.3f}s, tsumugi {s['tsumugi']:.3f}s → "
+              f"{s['dvc'] / s['tsumugi']:.0f}× faster", file=sys.stderr)
+    if "diamond" in r:
+        d = r["diamond"]
+        w = d["wall_s"]
+        print(f"diamond ({d['stages']} stages of {d['sleep_s']}s): critical path {d['critical_path_s']:.2f}s, "
+              f"tsumugi {w['tsumugi']:.3f}s ({(w['tsumugi'] / d['critical_path_s'] - 1) * 100:+.1f}%), "
+              f"dvc {w['dvc']:.2f}s", file=sys.stderr)
+    if "hashing" in r:
+        h = r["hashing"]
+        print(f"hashing: tsumugi {h['tsumugi_mib_s']:.0f} MiB/s on {h['cores']} cores = "
+              f"{h['tsumugi_mib_s_per_core']:.0f} MiB/s/core; sha256sum {h['sha256sum_mib_s']:.0f} MiB/s"
+              + (f", openssl {h['openssl_mib_s']:.0f} MiB/s" if h['openssl_mib_s'] else "")
+              + f" → {h['tsumugi_mib_s_per_core'] / max(h['sha256sum_mib_s'], h['openssl_mib_s'] or 0):.0%} of the "
+              "faster single-core tool per core", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
