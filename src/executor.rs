@@ -271,11 +271,13 @@ impl StageImpl for CmdStage {
                             _ => {}
                         }
                     }
-                    std::thread::sleep(Duration::from_millis(20));
+                    // Parked, not slept: the waiter unparks it the moment the child exits.
+                    std::thread::park_timeout(Duration::from_millis(20));
                 }
             });
             let status = child.wait();
             done.store(true, Ordering::Release);
+            watcher.thread().unpark();
             // The stage is over: whatever it left running in its group goes too (and the
             // pipes close, so the readers finish).
             killpg(pgid, libc::SIGKILL);
@@ -1085,6 +1087,7 @@ async fn run_stage(
         .expect("semaphore is never closed");
     let decision = tokio::task::spawn_blocking(move || decide(&c, &st)).await;
     drop(permit);
+    tracing::debug!("{}: checked in {:?}", stage.name, t0.elapsed());
     let decision = match decision {
         Ok(Ok(d)) => d,
         Ok(Err(e)) => {
@@ -1202,6 +1205,7 @@ async fn run_stage(
         let lp = log_path.clone();
         let res =
             tokio::task::spawn_blocking(move || execute_once(&c, &st, &env2, &lp, attempt)).await;
+        tracing::debug!("{}: executed by {:?}", stage.name, t0.elapsed());
         match res {
             Ok(Ok(metrics)) => {
                 // Commit: verify and store outputs, then the action entry.
@@ -1223,6 +1227,7 @@ async fn run_stage(
                 o.exit_code = Some(0);
                 o.log = Some(log_shown.clone());
                 o.duration = t0.elapsed();
+                tracing::debug!("{}: committed by {:?}", stage.name, t0.elapsed());
                 match commit {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => {
