@@ -180,6 +180,25 @@ async fn first_start_fires_an_on_time_tick_and_nothing_older() {
     // Both decisions are events in the run database.
     assert_eq!(kinds(&pr), vec!["cron.fired", "cron.run_ok"]);
 
+    // A first start on a frequent schedule: the ticks before the start are not "missed".
+    let (d3, pr3) = project(&[("pipelines/p.yaml", PIPE)]);
+    let runner3 = ProcessRunner::new(d3.path());
+    let clock3 = ManualClock::new(utc("2026-01-01T00:00:31Z"));
+    let mut s3 = Scheduler::new(
+        &pr3,
+        "p",
+        vec![trigger("*/10 * * * * *", None, None, None)],
+        clock3,
+        runner3.clone(),
+    )
+    .unwrap();
+    let ev = s3.evaluate_due().await.unwrap();
+    assert_eq!(
+        kinds_of(&ev),
+        vec![DecisionKind::Fired, DecisionKind::RunOk]
+    );
+    assert_eq!(ev.decisions[0].at, utc("2026-01-01T00:00:30Z"));
+
     // A fresh start 30 s after a tick (crontab's `--once` case) still counts it as on time.
     let (d2, pr2) = project(&[("pipelines/p.yaml", PIPE)]);
     let runner2 = ProcessRunner::new(d2.path());

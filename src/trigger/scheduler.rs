@@ -96,6 +96,23 @@ impl<C: Clock> EvalEnv for Env<'_, C> {
     }
 }
 
+/// Ticks after this instant are due for `t`. After the last tick dealt with, or, on a
+/// first start, just before the newest tick if it is on time: nothing from before the
+/// scheduler ever ran is "missed", however frequent the schedule.
+fn window_start(
+    t: &CronTrigger,
+    last_tick: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> DateTime<Utc> {
+    if let Some(last) = last_tick {
+        return last;
+    }
+    match t.schedule.last_at_or_before(now) {
+        Some(newest) if now - newest <= t.grace => newest - chrono::Duration::nanoseconds(1),
+        _ => now,
+    }
+}
+
 fn fmt_t(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
@@ -183,7 +200,7 @@ impl<C: Clock, R: PipelineRunner> Scheduler<C, R> {
             let st = self.state.get(&t.id);
             // First start: only a tick that is on time counts; nothing before the daemon
             // was ever started is "missed".
-            let window_start = st.last_tick.unwrap_or(now - t.grace);
+            let window_start = window_start(t, st.last_tick, now);
             let ticks = t.schedule.ticks_between(window_start, now, LISTED_TICKS);
             let Some(latest) = ticks.last() else { continue };
             changed_state = true;
@@ -271,7 +288,7 @@ impl<C: Clock, R: PipelineRunner> Scheduler<C, R> {
         // this process dies during the run.
         for t in &self.triggers {
             let st = self.state.get(&t.id);
-            let window_start = st.last_tick.unwrap_or(now - t.grace);
+            let window_start = window_start(t, st.last_tick, now);
             if let Some(latest) = t
                 .schedule
                 .last_at_or_before(now)
