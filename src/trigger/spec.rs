@@ -136,6 +136,25 @@ impl CronTrigger {
     }
 }
 
+/// A cron trigger's `tz`, `catchup` and `grace`, read by name from the trigger's serialized
+/// form: the pipeline model carries them once the loader accepts those keys, and until
+/// then they are absent (defaults apply; the zone can ride in the expression as
+/// `CRON_TZ=…`). Reading by name keeps this module independent of that step.
+fn options_of(t: &Trigger) -> CronOptions {
+    let v = serde_json::to_value(t).unwrap_or_default();
+    let get = |k: &str| {
+        v.get("cron")
+            .and_then(|c| c.get(k))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    CronOptions {
+        tz: get("tz"),
+        catchup: get("catchup"),
+        grace: get("grace"),
+    }
+}
+
 /// `CRON_TZ=Asia/Tokyo 0 3 * * *` (or `TZ=…`), the cronie / robfig-cron spelling of a time
 /// zone inside the expression → (`Some("Asia/Tokyo")`, `"0 3 * * *"`).
 pub fn split_tz_prefix(cron: &str) -> (Option<&str>, &str) {
@@ -155,17 +174,11 @@ pub fn cron_triggers(p: &Pipeline) -> Result<Vec<CronTrigger>, SpecError> {
     let mut out: Vec<CronTrigger> = Vec::new();
     let mut errors = Vec::new();
     for (i, t) in p.triggers.iter().enumerate() {
-        if let Trigger::Cron { cron, when, span } = t {
-            // The pipeline format has no trigger-level `tz`/`catchup`/`grace` keys yet: the
-            // time zone rides in the expression (`CRON_TZ=…`), the rest take defaults.
-            match CronTrigger::new(
-                i,
-                cron,
-                &CronOptions::default(),
-                when.as_ref(),
-                span,
-                &stages,
-            ) {
+        if let Trigger::Cron {
+            cron, when, span, ..
+        } = t
+        {
+            match CronTrigger::new(i, cron, &options_of(t), when.as_ref(), span, &stages) {
                 Ok(mut t) => {
                     let same = out
                         .iter()
