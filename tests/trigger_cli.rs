@@ -167,3 +167,126 @@ fn a_second_scheduler_of_one_pipeline_is_refused() {
         );
     assert!(runs(d.path()).is_empty());
 }
+
+/// Polls (bounded) until the project's run database holds `n` finished runs.
+fn wait_runs(dir: &Path, n: usize, within: std::time::Duration) -> Vec<(String, String)> {
+    let t0 = std::time::Instant::now();
+    loop {
+        let r: Vec<(String, String)> = runs(dir)
+            .into_iter()
+            .filter(|(_, s)| s != "running")
+            .collect();
+        if r.len() >= n || t0.elapsed() > within {
+            return r;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+fn signal(child: &std::process::Child, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+/// Waits (bounded) for a child to exit; kills it and fails if it does not.
+fn wait_exit(
+    child: &mut std::process::Child,
+    within: std::time::Duration,
+) -> std::process::ExitStatus {
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if t0.elapsed() > within {
+            let _ = child.kill();
+            panic!("the process did not exit within {within:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn watch_command_runs_on_a_change_and_stops_on_ctrl_c() {
+    let d = tempfile::tempdir().unwrap();
+    write(
+        d.path(),
+        "pipelines/w.yaml",
+        "name: w\nstages:\n  up:\n    cmd: mkdir -p out && tr a-z A-Z < data/in.txt > out/up.txt\n    deps: [data/in.txt]\n    outs: [out/up.txt]\n",
+    );
+    write(d.path(), "data/in.txt", "a\n");
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("tsumugi"))
+        .arg("-C")
+        .arg(d.path())
+        .args(["watch", "pipelines/w.yaml", "--debounce", "100ms"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait (bounded) for the "watching" line, so the watches are in place.
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut err, &mut line).unwrap();
+    assert!(line.starts_with("watching "), "{line}");
+    // Drain the rest of stderr in the background so the child never blocks on it.
+    let drain = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut err, &mut rest);
+        rest
+    });
+    write(d.path(), "data/in.txt", "hello\n");
+    let r = wait_runs(d.path(), 1, std::time::Duration::from_secs(20));
+    assert_eq!(r, vec![("watch".to_string(), "success".to_string())]);
+    assert_eq!(
+        std::fs::read_to_string(d.path().join("out/up.txt")).unwrap(),
+        "HELLO\n"
+    );
+    signal(&child, "-INT");
+    assert!(wait_exit(&mut child, std::time::Duration::from_secs(10)).success());
+    let rest = drain.join().unwrap();
+    assert!(
+        rest.contains("watch.fired") && rest.contains("watch.run_ok"),
+        "{rest}"
+    );
+}
+
+#[test]
+fn schedule_daemon_fires_on_its_ticks_and_stops_on_sigterm() {
+    let d = tempfile::tempdir().unwrap();
+    // Every second; fires only when data/*.txt changed since the last successful run.
+    write(
+        d.path(),
+        "pipelines/s.yaml",
+        "name: s\nstages:\n  cat:\n    cmd: mkdir -p out && cat data/*.txt > out/all.txt\n    deps: [data]\n    outs: [out/all.txt]\ntriggers:\n  - cron: \"* * * * * *\"\n    when: {changed: [\"data/*.txt\"]}\n",
+    );
+    write(d.path(), "data/a.txt", "a\n");
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("tsumugi"))
+        .arg("-C")
+        .arg(d.path())
+        .args(["schedule", "pipelines/s.yaml"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // First tick: no earlier run, so "changed": one run.
+    assert_eq!(
+        wait_runs(d.path(), 1, std::time::Duration::from_secs(20)).len(),
+        1
+    );
+    // Nothing changes for a few ticks: no run.
+    assert_eq!(
+        wait_runs(d.path(), 2, std::time::Duration::from_millis(2500)).len(),
+        1
+    );
+    // A change: the next tick runs again.
+    write(d.path(), "data/b.txt", "b\n");
+    let r = wait_runs(d.path(), 2, std::time::Duration::from_secs(20));
+    assert_eq!(r, vec![("cron".to_string(), "success".to_string()); 2]);
+    assert_eq!(
+        std::fs::read_to_string(d.path().join("out/all.txt")).unwrap(),
+        "a\nb\n"
+    );
+    signal(&child, "-TERM");
+    assert!(wait_exit(&mut child, std::time::Duration::from_secs(10)).success());
+}
