@@ -148,6 +148,31 @@ fn pipeline_triggers_take_cron_tz_and_report_errors_at_file_line_col() {
     }
 }
 
+#[test]
+fn trigger_level_tz_catchup_and_grace_keys() {
+    let (_d, pr) = project(&[(
+        "pipelines/p.yaml",
+        "name: p\nstages:\n  train:\n    cmd: echo hi > out.txt\n    outs: [out.txt]\ntriggers:\n  - cron: \"0 3 * * *\"\n    tz: Asia/Tokyo\n    catchup: run-once\n    grace: 5m\n",
+    )]);
+    let t = cron_triggers(&load(&pr, "pipelines/p.yaml")).unwrap();
+    assert_eq!(t[0].schedule.tz().name(), "Asia/Tokyo");
+    assert_eq!(t[0].catchup, tsumugi::trigger::spec::Catchup::RunOnce);
+    assert_eq!(t[0].grace, Duration::minutes(5));
+    let (_d, pr) = project(&[(
+        "pipelines/p.yaml",
+        "name: p\nstages:\n  train:\n    cmd: echo hi > out.txt\n    outs: [out.txt]\ntriggers:\n  - cron: \"0 3 * * *\"\n    catchup: always\n",
+    )]);
+    let e = cron_triggers(&load(&pr, "pipelines/p.yaml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(
+            "pipelines/p.yaml:7:5: unknown catchup policy \"always\": expected skip or run-once"
+        ),
+        "{e}"
+    );
+}
+
 #[tokio::test]
 async fn first_start_fires_an_on_time_tick_and_nothing_older() {
     let (d, pr) = project(&[("pipelines/p.yaml", PIPE)]);

@@ -104,6 +104,18 @@ pub const CRON_TRIGGER: Keys = &[
         "when",
         "Data condition, e.g. {sql: SELECT …, db: PATH}; interpreted by the scheduler.",
     ),
+    (
+        "tz",
+        "IANA time zone the expression is read in (default UTC), e.g. Asia/Tokyo.",
+    ),
+    (
+        "catchup",
+        "Ticks missed while the scheduler was down: skip (default) or run-once.",
+    ),
+    (
+        "grace",
+        "How late a tick still counts as on time (default 90s).",
+    ),
 ];
 
 pub const WATCH_TRIGGER: Keys = &[("watch", "Paths whose changes re-run the affected stages.")];

@@ -1952,9 +1952,26 @@ impl<'a> Cx<'a> {
                         }
                     }
                 };
+                let mut opt = |k: &str| -> Option<String> {
+                    let v = has(k)?;
+                    match v.as_str() {
+                        Some(s) => Some(s.to_owned()),
+                        None => {
+                            self.err(
+                                v.pos,
+                                format!("expected a string for '{k}', found {}", v.type_name()),
+                            );
+                            None
+                        }
+                    }
+                };
+                let (tz, catchup, grace) = (opt("tz"), opt("catchup"), opt("grace"));
                 out.push(Trigger::Cron {
                     cron: expr.to_owned(),
                     when,
+                    tz,
+                    catchup,
+                    grace,
                     span,
                 });
             } else if let Some(w) = has("watch") {

@@ -131,6 +131,10 @@ pub enum Trigger {
     Cron {
         cron: String,
         when: Option<serde_json::Value>,
+        /// `tz:`, `catchup:`, `grace:` as written (checked by the scheduler).
+        tz: Option<String>,
+        catchup: Option<String>,
+        grace: Option<String>,
         span: Span,
     },
     Watch {
