@@ -1339,7 +1339,7 @@ fn decide(ctx: &Ctx, stage: &Stage) -> Result<Decision> {
     let mut restored = Vec::new();
     for (key, rec) in &entry.outs {
         let abs = ctx.project.root().join(&rec.path);
-        let current = hasher.path(&abs).ok().map(|h| h.hash().to_string());
+        let current = hasher.hash(&abs).ok();
         if current.as_deref() == Some(rec.hash.as_str()) {
             continue;
         }
@@ -1767,7 +1767,7 @@ fn status_of(
                     let mut ok = true;
                     for rec in entry.outs.values() {
                         let abs = project.root().join(&rec.path);
-                        match hasher.path(&abs) {
+                        match hasher.hash(&abs) {
                             Err(_) => {
                                 reasons.push(format!(
                                     "output {} missing (restorable from cache)",
@@ -1775,7 +1775,7 @@ fn status_of(
                                 ));
                                 ok = false;
                             }
-                            Ok(h) if h.hash() != rec.hash => {
+                            Ok(h) if h != rec.hash => {
                                 reasons.push(format!(
                                     "output {} modified (restorable from cache)",
                                     rec.path
