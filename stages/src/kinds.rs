@@ -5,6 +5,10 @@
 //! which `with:` fields name input files or directories (hashed, and a DAG edge when they
 //! reference another stage's output), and which outputs it writes.
 
+pub mod build_pairs;
+
+use crate::contract::Stage;
+
 /// A built-in stage kind, as the engine sees it.
 #[derive(Debug, Clone, Copy)]
 pub struct KindInfo {
@@ -33,4 +37,13 @@ pub fn kind(name: &str) -> Option<&'static KindInfo> {
 }
 
 /// Kinds are listed here as their implementations land.
-static KINDS: &[KindInfo] = &[];
+static KINDS: &[KindInfo] = &[build_pairs::INFO];
+
+/// The implementation of kind `name`, for the engine to run. `None` for an unknown kind, and
+/// for kinds that need burn in a build without the `ml` feature.
+pub fn implementation(name: &str) -> Option<Box<dyn Stage>> {
+    match name {
+        "build-pairs" => Some(Box::new(build_pairs::BuildPairs)),
+        _ => None,
+    }
+}

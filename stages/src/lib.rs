@@ -9,6 +9,9 @@
 
 pub mod contract;
 pub mod kinds;
+// Issue 4 without burn: loss formulas, evaluation metrics, plots.
+pub mod losses;
+pub mod metrics;
 
 pub use contract::{Reporter, Stage, StageInput};
 pub use kinds::{KindInfo, kind, kinds};
