@@ -9,6 +9,7 @@
 
 pub mod contract;
 pub mod kinds;
+pub mod plots;
 // Issue 4 without burn: loss formulas, evaluation metrics, plots.
 pub mod losses;
 pub mod metrics;
