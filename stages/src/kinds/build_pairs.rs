@@ -16,7 +16,9 @@
 //!     seed: 13
 //! ```
 //! Or an existing split passed through: `train: a.tsv`, `dev: b.tsv`, `test: c.tsv` instead
-//! of `input` + `split`. Classification: `labels: [entailment, neutral, contradiction]`
+//! of `input` + `split`. Any of these sources may be the rows of a SQLite query instead of
+//! a file: `input: {sqlite: {db: data/app.db, query: "SELECT premise, hypothesis, label
+//! FROM corrections"}}` (read-only; columns by name or position; NULL is an error). Classification: `labels: [entailment, neutral, contradiction]`
 //! turns each label into its index (`unknown_labels: skip` drops rows with other labels,
 //! such as SNLI's `-`). `group` names the column that keeps rows together in one split
 //! (default: text_a, so one query's pairs never straddle train and test). `header`
@@ -46,7 +48,7 @@ pub struct BuildPairs;
 pub const INFO: KindInfo = KindInfo {
     name: "build-pairs",
     version: 1,
-    summary: "text pairs + labels from CSV/TSV/JSONL, split by group into train/dev/test JSONL",
+    summary: "text pairs + labels from CSV/TSV/JSONL/SQLite, split by group into train/dev/test JSONL",
     input_fields: &["input", "train", "dev", "test"],
     outputs: &[
         ("train", "train.jsonl"),
@@ -85,9 +87,21 @@ struct Config {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "a file path, or {sqlite: {db: path, query: \"SELECT …\"}}"
+)]
 enum Source {
     Path(PathBuf),
+    Sqlite { sqlite: SqliteSource },
+}
+
+/// Rows of a read-only query over a SQLite file; columns by name or 0-based position.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SqliteSource {
+    db: PathBuf,
+    query: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
@@ -179,8 +193,11 @@ impl Stage for BuildPairs {
             .map_err(|e| anyhow!("build-pairs `with:` of stage `{}`: {e}", input.name))?;
         let outs = output_paths(input)?;
         let reading = Reading::new(&cfg, report)?;
-        let resolve = |s: &Source| match s {
-            Source::Path(p) => input.project_root.join(p),
+        let read = |s: &Source| match s {
+            Source::Path(p) => reading.read(&input.project_root.join(p)),
+            Source::Sqlite { sqlite } => {
+                reading.read_sqlite(&input.project_root.join(&sqlite.db), &sqlite.query)
+            }
         };
 
         let passthrough = cfg.train.is_some() || cfg.dev.is_some() || cfg.test.is_some();
@@ -203,7 +220,7 @@ impl Stage for BuildPairs {
                 let mut skipped = 0;
                 for (slot, src) in [&cfg.train, &cfg.dev, &cfg.test].into_iter().enumerate() {
                     if let Some(src) = src {
-                        let read = reading.read(&resolve(src))?;
+                        let read = read(src)?;
                         splits[slot] = read.pairs;
                         skipped += read.skipped;
                     }
@@ -217,7 +234,7 @@ impl Stage for BuildPairs {
                     test: 0.1,
                 });
                 let fractions = split_fractions(&spec)?;
-                let read = reading.read(&resolve(src))?;
+                let read = read(src)?;
                 (
                     split_by_group(read.pairs, fractions, cfg.seed.unwrap_or(0)),
                     read.skipped,
@@ -599,6 +616,92 @@ impl<'a> Reading<'a> {
         Ok(Read { pairs, skipped })
     }
 
+    fn read_sqlite(&self, db: &Path, query: &str) -> Result<Read> {
+        use rusqlite::types::ValueRef;
+        let shown = db.display();
+        if !db.is_file() {
+            bail!("build-pairs: SQLite database {shown} does not exist");
+        }
+        // Read-only, and waiting out a writer rather than failing with "database is locked".
+        let conn = rusqlite::Connection::open_with_flags(
+            db,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .with_context(|| format!("build-pairs: cannot open SQLite database {shown}"))?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))?;
+        let mut stmt = conn
+            .prepare(query)
+            .map_err(|e| anyhow!("{shown}: query {query:?}: {e}"))?;
+        if !stmt.readonly() {
+            bail!(
+                "{shown}: query {query:?} would modify the database: expected a read-only SELECT"
+            );
+        }
+        let names: Vec<String> = stmt.column_names().map(str::to_string).collect();
+        let mut index = Vec::new();
+        for (role, col) in self.columns() {
+            index.push(match col {
+                Column::Index(i) if *i < names.len() => *i,
+                Column::Index(i) => bail!(
+                    "{shown}: {role} is column {i}, but the query returns {} column(s): {}",
+                    names.len(),
+                    names.join(", ")
+                ),
+                Column::Name(n) => names.iter().position(|x| x == n).ok_or_else(|| {
+                    anyhow!(
+                        "{shown}: {role}: the query returns no column named `{n}` (it has: {})",
+                        names.join(", ")
+                    )
+                })?,
+            });
+        }
+        let mut rows = stmt
+            .query([])
+            .map_err(|e| anyhow!("{shown}: query {query:?}: {e}"))?;
+        let mut pairs = Vec::new();
+        let mut skipped = 0;
+        let mut n = 0u64;
+        while let Some(row) = rows
+            .next()
+            .map_err(|e| anyhow!("{shown}: query row {}: {e}", n + 1))?
+        {
+            n += 1;
+            let mut cells = Vec::with_capacity(index.len());
+            for (&i, (role, _)) in index.iter().zip(self.columns()) {
+                cells.push(match row.get_ref(i)? {
+                    ValueRef::Null => Cell::Missing,
+                    ValueRef::Integer(x) => Cell::Number(x as f64),
+                    ValueRef::Real(x) => Cell::Number(x),
+                    ValueRef::Text(t) => Cell::Text(
+                        std::str::from_utf8(t)
+                            .map_err(|_| {
+                                anyhow!("{shown}: query row {n}: {role} is not valid UTF-8")
+                            })?
+                            .to_string(),
+                    ),
+                    ValueRef::Blob(_) => {
+                        bail!("{shown}: query row {n}: {role} is a BLOB, expected text or a number")
+                    }
+                });
+            }
+            let at = || format!("{shown}: query row {n}");
+            match self.pair(cells, &at, &|role: &str, col: &Column| {
+                format!("{role} ({col}) is NULL")
+            })? {
+                Some(p) => pairs.push(p),
+                None => skipped += 1,
+            }
+            if n.is_multiple_of(REPORT_EVERY) {
+                self.report
+                    .progress(n, None, &format!("reading {shown}: {n} rows"));
+                if self.report.cancelled() {
+                    bail!("build-pairs: cancelled");
+                }
+            }
+        }
+        Ok(Read { pairs, skipped })
+    }
+
     fn read_jsonl(&self, path: &Path, file: File, size: Option<u64>) -> Result<Read> {
         let shown = path.display();
         let mut names = Vec::new();
@@ -969,6 +1072,59 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("[0, 1]")
+        );
+    }
+
+    #[test]
+    fn sqlite_source_reads_query_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("app.db");
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE corrections (premise TEXT, hypothesis TEXT, label TEXT, used INTEGER);
+             INSERT INTO corrections VALUES ('a', 'b', 'supports', 0), ('c', 'd', 'refutes', 1),
+                                            ('e', 'f', 'neutral', 0), ('g', NULL, 'neutral', 1);",
+        )
+        .unwrap();
+        drop(conn);
+        let query =
+            "SELECT premise, hypothesis, label FROM corrections WHERE used = 0 ORDER BY rowid";
+        let with = serde_json::json!({"train": {"sqlite": {"db": "app.db", "query": query}},
+            "text_a": "premise", "text_b": 1, "label": "label", "labels": ["supports", "refutes", "neutral"]});
+        let out = run(dir.path(), with.clone()).unwrap();
+        assert_eq!(
+            out["train"],
+            "{\"text_a\":\"a\",\"text_b\":\"b\",\"label\":0,\"group\":\"a\"}\n\
+             {\"text_a\":\"e\",\"text_b\":\"f\",\"label\":2,\"group\":\"e\"}\n"
+        );
+
+        let mut all = with.clone();
+        all["train"]["sqlite"]["query"] =
+            "SELECT premise, hypothesis, label FROM corrections".into();
+        let err = run(dir.path(), all).unwrap_err().to_string();
+        assert!(err.contains("query row 4") && err.contains("NULL"), "{err}");
+        let mut write = with.clone();
+        write["train"]["sqlite"]["query"] = "DELETE FROM corrections".into();
+        assert!(
+            run(dir.path(), write)
+                .unwrap_err()
+                .to_string()
+                .contains("read-only")
+        );
+        let mut bad = with.clone();
+        bad["text_a"] = "nope".into();
+        let err = run(dir.path(), bad).unwrap_err().to_string();
+        assert!(
+            err.contains("no column named `nope`") && err.contains("premise, hypothesis, label"),
+            "{err}"
+        );
+        let mut missing = with;
+        missing["train"]["sqlite"]["db"] = "other.db".into();
+        assert!(
+            run(dir.path(), missing)
+                .unwrap_err()
+                .to_string()
+                .contains("does not exist")
         );
     }
 
