@@ -47,3 +47,25 @@ pub fn implementation(name: &str) -> Option<Box<dyn Stage>> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_listed_kind_is_consistent() {
+        for k in kinds() {
+            assert_eq!(kind(k.name).map(|i| i.name), Some(k.name));
+            if let Some(m) = k.metrics {
+                assert!(
+                    k.outputs.iter().any(|(key, _)| *key == m),
+                    "{}: metrics key is an output",
+                    k.name
+                );
+            }
+        }
+        assert!(implementation("build-pairs").is_some());
+        assert_eq!(kind("build-pairs").map(|k| k.version), Some(1));
+        assert!(implementation("no-such-kind").is_none() && kind("no-such-kind").is_none());
+    }
+}

@@ -14,6 +14,7 @@
 pub mod classification;
 pub mod ranking;
 pub mod regression;
+pub mod report;
 
 pub use classification::{
     CalibrationBin, accuracy, brier_multiclass, calibration_bins, confusion_matrix, ece, macro_f1,
@@ -21,6 +22,9 @@ pub use classification::{
 };
 pub use ranking::{average_precision, map, mrr_at_k, ndcg_at_k, recall_at_k};
 pub use regression::{mae, mse, pearson, r2, rankdata, rmse, spearman};
+pub use report::{
+    argmax_rows, classification_report, ranking_report, regression_report, round_to_classes,
+};
 
 /// Why a metric could not be computed.
 #[derive(Debug, Clone, PartialEq)]
