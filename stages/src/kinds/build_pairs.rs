@@ -11,7 +11,7 @@
 //!     text_a: 5                       # column: 0-based index or header name / JSON key
 //!     text_b: 6
 //!     label: 4
-//!     scale: 0.2                      # regression labels are multiplied by it
+//!     scale: 0.2                      # regression labels times 0.2 (computed as / 5)
 //!     split: {dev: 0.1, test: 0.1}    # train gets the rest
 //!     seed: 13
 //! ```
@@ -840,7 +840,14 @@ impl<'a> Reading<'a> {
     }
 
     fn scaled(&self, x: f64, at: &dyn Fn() -> String) -> Result<f64> {
-        let y = x * self.cfg.scale.unwrap_or(1.0);
+        let y = match self.cfg.scale {
+            None => x,
+            // `scale: 0.2` means "divide by 5": dividing gives the correctly rounded x / 5
+            // (0.85 for 4.25, as Python's `score / 5`), multiplying by the inexact 0.2 gives
+            // 0.8500000000000001.
+            Some(s) if s != 0.0 && (1.0 / s).fract() == 0.0 => x / (1.0 / s),
+            Some(s) => x * s,
+        };
         if !y.is_finite() {
             bail!("{}: label {x} is not a finite number", at());
         }
@@ -934,7 +941,7 @@ mod tests {
             dir.path().join("sts.csv"),
             "g\tMSRvid\t2012\t1\t5.000\tA plane is taking off.\tAn air plane is taking off.\n\
              g\tMSRvid\t2012\t4\t3.800\t\"A man is playing\ta flute.\n\
-             g\tMSRvid\t2012\t5\t0.000\tA cat.\tA dog.\tsrc\textra\n",
+             g\tMSRvid\t2012\t5\t4.250\tA cat.\tA dog.\tsrc\textra\n",
         )
         .unwrap();
         let with = serde_json::json!({"train": "sts.csv", "format": "tsv", "text_a": 5, "text_b": 6, "label": 4, "scale": 0.2});
@@ -947,8 +954,14 @@ mod tests {
         assert_eq!(rows.len(), 3);
         assert_eq!(rows[1]["text_a"], "\"A man is playing");
         assert_eq!(rows[1]["text_b"], "a flute.");
-        assert!((rows[1]["label"].as_f64().unwrap() - 0.76).abs() < 1e-12);
-        assert_eq!(rows[2]["label"], 0.0);
+        // Exactly 3.8 / 5 and 4.25 / 5 (not 3.8 * 0.2 = 0.76 + 1 ulp).
+        assert_eq!(rows[1]["label"].as_f64().unwrap(), 3.8 / 5.0);
+        assert!(
+            out["train"].contains(r#""label":0.85,"#),
+            "{}",
+            out["train"]
+        );
+        assert_eq!(rows[2]["text_b"], "A dog.");
         assert_eq!(out["dev"], "");
         let stats: serde_json::Value = serde_json::from_str(&out["stats"]).unwrap();
         assert_eq!(stats["rows_train"], 3);
