@@ -720,6 +720,12 @@ impl<'a> Reading<'a> {
         for (n, line) in BufReader::new(file).lines().enumerate() {
             let lineno = n + 1;
             let line = line.map_err(|e| anyhow!("{shown}:{lineno}: {e}"))?;
+            // Editors on Windows start files with a byte-order mark; JSON does not allow it.
+            let line = if lineno == 1 {
+                line.trim_start_matches('\u{feff}').to_string()
+            } else {
+                line
+            };
             bytes += line.len() as u64 + 1;
             if line.trim().is_empty() {
                 continue;
@@ -1006,7 +1012,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("snli.jsonl"),
-            "{\"gold_label\":\"neutral\",\"sentence1\":\"a\",\"sentence2\":\"b\"}\n\n\
+            "\u{feff}{\"gold_label\":\"neutral\",\"sentence1\":\"a\",\"sentence2\":\"b\"}\n\n\
              {\"gold_label\":\"-\",\"sentence1\":\"c\",\"sentence2\":\"d\"}\n\
              {\"gold_label\":\"contradiction\",\"sentence1\":\"e\",\"sentence2\":\"f\"}\n",
         )
@@ -1072,6 +1078,9 @@ mod tests {
                 .to_string()
                 .contains("not both")
         );
+        let with = serde_json::json!({"input": 5, "text_a": 0, "text_b": 1, "label": 2});
+        let err = run(dir.path(), with).unwrap_err().to_string();
+        assert!(err.contains("a file path, or {sqlite: {db: path"), "{err}");
         let with = serde_json::json!({"input": "b.csv", "text_a": 0, "text_b": 1, "label": 2, "colour": 1});
         assert!(
             run(dir.path(), with)
