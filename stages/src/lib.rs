@@ -9,10 +9,11 @@
 
 pub mod contract;
 pub mod kinds;
-pub mod plots;
 // Issue 4 without burn: loss formulas, evaluation metrics, plots.
 pub mod losses;
 pub mod metrics;
+pub mod negatives;
+pub mod plots;
 
 pub use contract::{Reporter, Stage, StageInput};
 pub use kinds::{KindInfo, kind, kinds};
