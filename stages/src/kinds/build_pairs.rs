@@ -337,7 +337,7 @@ fn split_fractions(spec: &SplitSpec) -> Result<[f64; 3]> {
 
 /// A 64-bit hash of `seed` and `key` that never changes across platforms or releases (FNV-1a
 /// then a splitmix64 finaliser): the split must not move when std's hasher does.
-fn stable_hash(seed: u64, key: &str) -> u64 {
+pub(crate) fn stable_hash(seed: u64, key: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     for b in key.as_bytes() {
         h ^= u64::from(*b);
