@@ -23,11 +23,11 @@
 //!   (identity activation); `BinaryCrossEntropyLoss` is `nn.BCEWithLogitsLoss` on the logit with
 //!   the label scaled to [0, 1] (STS-B: score / 5); `CrossEntropyLoss` is `nn.CrossEntropyLoss`
 //!   over the `num_labels` logits; `MultipleNegativesRankingLoss(scale=10, activation_fn=Sigmoid)`
-//!   is [`listwise_softmax`] applied to `10·σ(logit)` instead of the raw logit — pass the
+//!   (sentence-transformers 6.2) is [`listwise_softmax`] applied to `10·σ(logit)` instead of the raw logit — pass the
 //!   transformed scores to get it, or the raw logits for plain softmax cross-entropy.
-//! - `MarginRankingLoss` is `clamp_min(−y(x₁−x₂) + margin, 0)`; PyTorch's `clamp_min` passes
-//!   the gradient where the argument is `≥ 0`, so a pair sitting exactly on the margin still
-//!   gets a gradient. [`margin_ranking`] does the same.
+//! - `MarginRankingLoss` is `clamp_min(−y(x₁−x₂) + margin, 0)`; its gradient is 0 for a pair
+//!   sitting exactly on the margin (argument = 0), as checked against torch 2.15, and
+//!   [`margin_ranking`] does the same.
 //! - With `n = 0` every PyTorch mean is NaN; here it is an error.
 
 use crate::metrics::{MetricError, check_finite};
@@ -161,7 +161,7 @@ pub fn cross_entropy(
 
 /// Pairwise margin loss with target +1 (the positive should score higher),
 /// `(1/n) Σ max(0, margin − (posᵢ − negᵢ))`. The gradient is laid out as all `pos`
-/// entries then all `neg` entries: `−1/n` and `+1/n` for active pairs (argument ≥ 0, as
+/// entries then all `neg` entries: `−1/n` and `+1/n` for active pairs (argument > 0, as
 /// PyTorch), 0 otherwise.
 pub fn margin_ranking(pos: &[f64], neg: &[f64], margin: f64) -> Result<Loss, MetricError> {
     check_same("margin_ranking", pos, neg)?;
@@ -170,7 +170,7 @@ pub fn margin_ranking(pos: &[f64], neg: &[f64], margin: f64) -> Result<Loss, Met
     let mut grad = vec![0.0; 2 * pos.len()];
     for (i, (p, q)) in pos.iter().zip(neg).enumerate() {
         let arg = margin - (p - q);
-        if arg >= 0.0 {
+        if arg > 0.0 {
             value += arg;
             grad[i] = -1.0 / n;
             grad[pos.len() + i] = 1.0 / n;
@@ -320,10 +320,11 @@ mod tests {
 
     #[test]
     fn margin_by_hand() {
-        // pairs: (2, 1) → max(0, 1 − 1) = 0 (on the margin: active), (0, 1) → 2.
+        // pairs: (2, 1) → max(0, 1 − 1) = 0 (on the margin: no gradient, as torch gives),
+        // (0, 1) → 2.
         let l = margin_ranking(&[2.0, 0.0], &[1.0, 1.0], 1.0).unwrap();
         assert!(close(l.value, 1.0, 1e-15));
-        assert_eq!(l.grad, vec![-0.5, -0.5, 0.5, 0.5]);
+        assert_eq!(l.grad, vec![0.0, -0.5, 0.0, 0.5]);
         // Far apart: no loss, no gradient.
         let l = margin_ranking(&[5.0], &[0.0], 1.0).unwrap();
         assert_eq!((l.value, l.grad), (0.0, vec![0.0, 0.0]));
