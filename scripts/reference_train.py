@@ -86,6 +86,7 @@ def main():
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--no-baseline", action="store_true", help="skip the evaluation before training")
     ap.add_argument("--save", default=None, help="save the PEFT adapter (head included) to this directory")
+    ap.add_argument("--history", default=None, help="write the per-step loss and learning rate to this JSON file")
     args = ap.parse_args()
 
     import numpy as np
@@ -178,7 +179,7 @@ def main():
     loss_fn = torch.nn.MSELoss()
     gen = torch.Generator().manual_seed(args.seed)
 
-    history = []
+    history, lrs = [], []
     step = 0
     t_train = time.perf_counter()
     for epoch in range(args.epochs):
@@ -193,12 +194,16 @@ def main():
             optim.zero_grad(set_to_none=True)
             step += 1
             history.append(loss.item())
+            lrs.append(sched.get_last_lr()[0])
             if step % 20 == 0 or step == total_steps:
                 rate = step * args.batch / (time.perf_counter() - t_train)
                 log(f"epoch {epoch + 1} step {step}/{total_steps} loss {np.mean(history[-20:]):.4f} ({rate:.1f} pairs/s)")
     train_secs = time.perf_counter() - t_train
 
     result = evaluate(test)
+    if args.history:
+        with open(args.history, "w") as f:
+            json.dump({"step": list(range(1, step + 1)), "loss": history, "lr_after_step": lrs}, f)
     if args.save:
         model.save_pretrained(args.save)
         log(f"adapter saved to {args.save}")
