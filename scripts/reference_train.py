@@ -27,6 +27,16 @@ The recipe, fixed here and mirrored by tsumugi's quickstart pipeline:
   then linear decay to 0; max_length 128, each batch padded to its longest pair;
 - evaluation: Spearman and Pearson between the logit and the gold score on sts-test (also
   before training, as the untrained-head baseline).
+
+Details that decide parity for a re-implementation:
+- the schedule is transformers' `get_linear_schedule_with_warmup`: optimizer step s
+  (0-based) uses lr·s/warmup while s < warmup (so step 0 uses lr 0), then
+  lr·(total − s)/(total − warmup); warmup = int(0.1·total) = 36 of 360 steps here;
+- shuffling is `torch.randperm` from a generator seeded with the seed, once per epoch;
+  dropout (BERT's 0.1 and LoRA's 0.1) is on while training;
+- the saved adapter (`--save`) has PEFT's key names, e.g.
+  `base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight`, and the head as
+  `base_model.model.classifier.{weight,bias}` (modules_to_save); 38 tensors.
 """
 
 import argparse
