@@ -15,5 +15,13 @@ pub mod metrics;
 pub mod negatives;
 pub mod plots;
 
+// Issue 4 with burn: LoRA, PEFT adapter files, the trainer (on M's `models`).
+#[cfg(feature = "ml")]
+pub mod lora;
+#[cfg(feature = "ml")]
+pub mod peft;
+#[cfg(feature = "ml")]
+pub mod train;
+
 pub use contract::{Reporter, Stage, StageInput};
 pub use kinds::{KindInfo, kind, kinds};
