@@ -13,6 +13,8 @@ mod metrics;
 mod run;
 mod runs;
 mod schema;
+#[cfg(feature = "ml")]
+mod score;
 mod show;
 mod status;
 mod validate;
@@ -62,6 +64,9 @@ pub enum Command {
     Metrics(metrics::MetricsCommand),
     /// Remove cache objects and entries that no kept run references.
     Gc(gc::GcArgs),
+    /// Score text pairs (JSONL) with a cross-encoder model directory.
+    #[cfg(feature = "ml")]
+    Score(score::ScoreArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -78,6 +83,8 @@ pub fn main() -> ExitCode {
         Command::Show(a) => show::run(&project, a),
         Command::Metrics(a) => metrics::run(&project, a),
         Command::Gc(a) => gc::run(&project, a),
+        #[cfg(feature = "ml")]
+        Command::Score(a) => score::run(a),
     };
     match result {
         Ok(code) => code,
