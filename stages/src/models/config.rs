@@ -117,7 +117,9 @@ impl ModelConfig {
         };
         self.architecture().map_err(|e| bad(e.to_string()))?;
         self.activation().map_err(|e| bad(e.to_string()))?;
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             return Err(bad(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
