@@ -39,7 +39,7 @@ PY
 }
 
 for run in $(seq 1 "$runs"); do
-  RAYON_NUM_THREADS="$threads" TSUMUGI_BENCH_MODEL=models/minilm-l6 TSUMUGI_BENCH_PAIRS="$out/train.jsonl" \
+  RAYON_NUM_THREADS="$threads" TSUMUGI_BENCH_MODEL="$PWD/models/minilm-l6" TSUMUGI_BENCH_PAIRS="$PWD/$out/train.jsonl" \
     TSUMUGI_BENCH_LIMIT="$pairs" peak cargo test -q -p tsumugi-stages --features ml --test train_bench -- \
     --ignored --nocapture > "$out/tsumugi.$run.out" 2> "$out/tsumugi.$run.log"
   OMP_NUM_THREADS="$threads" MKL_NUM_THREADS="$threads" peak "$py" scripts/reference_train.py \

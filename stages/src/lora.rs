@@ -71,13 +71,19 @@ impl LoraSettings {
     }
 
     pub fn scaling(&self) -> f64 {
-        if self.rslora { self.alpha / (self.r as f64).sqrt() } else { self.alpha / self.r as f64 }
+        if self.rslora {
+            self.alpha / (self.r as f64).sqrt()
+        } else {
+            self.alpha / self.r as f64
+        }
     }
 
     /// Whether layer linear `name` (one of [`LAYER_LINEARS`]) is targeted.
     pub fn targets_linear(&self, name: &str) -> bool {
         let full = format!("encoder.layer.0.{name}");
-        self.targets.iter().any(|t| name == t || full.ends_with(&format!(".{t}")))
+        self.targets
+            .iter()
+            .any(|t| name == t || full.ends_with(&format!(".{t}")))
     }
 
     /// Checks the settings; a target that matches none of the layer linears is an error
@@ -87,16 +93,25 @@ impl LoraSettings {
             return Err(MlError::Input("lora.r must be at least 1".into()));
         }
         if !(self.alpha.is_finite() && self.alpha > 0.0) {
-            return Err(MlError::Input(format!("lora.alpha must be a positive number, got {}", self.alpha)));
+            return Err(MlError::Input(format!(
+                "lora.alpha must be a positive number, got {}",
+                self.alpha
+            )));
         }
         if !(0.0..1.0).contains(&self.dropout) {
-            return Err(MlError::Input(format!("lora.dropout must be in [0, 1), got {}", self.dropout)));
+            return Err(MlError::Input(format!(
+                "lora.dropout must be in [0, 1), got {}",
+                self.dropout
+            )));
         }
         if self.targets.is_empty() {
             return Err(MlError::Input("lora.targets is empty".into()));
         }
         for t in &self.targets {
-            let one = LoraSettings { targets: vec![t.clone()], ..self.clone() };
+            let one = LoraSettings {
+                targets: vec![t.clone()],
+                ..self.clone()
+            };
             if !LAYER_LINEARS.iter().any(|l| one.targets_linear(l)) {
                 return Err(MlError::Input(format!(
                     "lora target {t:?} matches no layer linear (expected a suffix of one of {})",
@@ -122,9 +137,17 @@ pub struct LoraLinear<B: Backend> {
 
 impl<B: Backend> LoraLinear<B> {
     /// PEFT's init: `A ~ U(−1/√in, 1/√in)` drawn from `rng`, `B = 0`.
-    pub fn init(d_in: usize, d_out: usize, settings: &LoraSettings, rng: &mut SplitMix, device: &B::Device) -> Self {
+    pub fn init(
+        d_in: usize,
+        d_out: usize,
+        settings: &LoraSettings,
+        rng: &mut SplitMix,
+        device: &B::Device,
+    ) -> Self {
         let bound = 1.0 / (d_in as f64).sqrt();
-        let a: Vec<f32> = (0..d_in * settings.r).map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32).collect();
+        let a: Vec<f32> = (0..d_in * settings.r)
+            .map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32)
+            .collect();
         Self::from_values(
             Tensor::from_data(TensorData::new(a, [d_in, settings.r]), device),
             Tensor::zeros([settings.r, d_out], device),
@@ -149,13 +172,21 @@ impl<B: Backend> LoraLinear<B> {
 
     /// `base(x) + s · dropout(x) A B`.
     pub fn forward<const D: usize>(&self, base: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
-        let lora = self.dropout.forward(x.clone()).matmul(self.a.val().unsqueeze()).matmul(self.b.val().unsqueeze());
+        let lora = self
+            .dropout
+            .forward(x.clone())
+            .matmul(self.a.val().unsqueeze())
+            .matmul(self.b.val().unsqueeze());
         base.forward(x) + lora.mul_scalar(self.scaling)
     }
 }
 
 /// A base linear with an optional LoRA path.
-fn apply<B: Backend, const D: usize>(base: &Linear<B>, lora: &Option<LoraLinear<B>>, x: Tensor<B, D>) -> Tensor<B, D> {
+fn apply<B: Backend, const D: usize>(
+    base: &Linear<B>,
+    lora: &Option<LoraLinear<B>>,
+    x: Tensor<B, D>,
+) -> Tensor<B, D> {
     match lora {
         Some(l) => l.forward(base, x),
         None => base.forward(x),
@@ -176,7 +207,14 @@ pub struct LayerLora<B: Backend> {
 impl<B: Backend> LayerLora<B> {
     /// The slot of [`LAYER_LINEARS`]`[i]`.
     pub fn slot(&self, i: usize) -> &Option<LoraLinear<B>> {
-        [&self.query, &self.key, &self.value, &self.attention_output, &self.intermediate, &self.output][i]
+        [
+            &self.query,
+            &self.key,
+            &self.value,
+            &self.attention_output,
+            &self.intermediate,
+            &self.output,
+        ][i]
     }
 
     pub fn slot_mut(&mut self, i: usize) -> &mut Option<LoraLinear<B>> {
@@ -271,43 +309,72 @@ impl SplitMix {
 impl<B: Backend> LoraModel<B> {
     /// Wraps `base` with fresh LoRA paths on the targeted linears (A drawn from `seed`).
     /// The base is frozen; the head (and the pooler with `train_pooler`) stays trainable.
-    pub fn new(base: CrossEncoder<B>, settings: &LoraSettings, seed: u64, device: &B::Device) -> Result<Self> {
+    pub fn new(
+        base: CrossEncoder<B>,
+        settings: &LoraSettings,
+        seed: u64,
+        device: &B::Device,
+    ) -> Result<Self> {
         settings.validate()?;
         let mut rng = SplitMix(seed);
         let layers = encoder_layers(&base)
             .iter()
             .map(|layer| {
-                let mut slots = LayerLora { query: None, key: None, value: None, attention_output: None, intermediate: None, output: None };
+                let mut slots = LayerLora {
+                    query: None,
+                    key: None,
+                    value: None,
+                    attention_output: None,
+                    intermediate: None,
+                    output: None,
+                };
                 for (i, name) in LAYER_LINEARS.iter().enumerate() {
                     if settings.targets_linear(name) {
                         let [d_in, d_out] = layer_linear(layer, i).weight.dims();
-                        *slots.slot_mut(i) = Some(LoraLinear::init(d_in, d_out, settings, &mut rng, device));
+                        *slots.slot_mut(i) =
+                            Some(LoraLinear::init(d_in, d_out, settings, &mut rng, device));
                     }
                 }
                 slots
             })
             .collect();
-        Ok(Self { base: freeze_base(base, settings.train_pooler), layers })
+        Ok(Self {
+            base: freeze_base(base, settings.train_pooler),
+            layers,
+        })
     }
 
     /// Logits `[batch, num_labels]`: `CrossEncoder::forward` with the LoRA paths added.
     pub fn forward(&self, input: &ModelInput<B>) -> Tensor<B, 2> {
         match &self.base {
             CrossEncoder::Bert(m) => {
-                let x = m.bert.embeddings.forward(input.input_ids.clone(), None, input.token_type_ids.clone());
+                let x = m.bert.embeddings.forward(
+                    input.input_ids.clone(),
+                    None,
+                    input.token_type_ids.clone(),
+                );
                 let hidden = self.encode(&m.bert.encoder.layer, x, input.attention_mask.clone());
-                m.classifier.forward(m.dropout.forward(m.pooler.forward(hidden)))
+                m.classifier
+                    .forward(m.dropout.forward(m.pooler.forward(hidden)))
             }
             CrossEncoder::Roberta(m) => {
                 let positions = position_ids(input.input_ids.clone(), m.roberta.padding_idx);
-                let x = m.roberta.embeddings.forward(input.input_ids.clone(), Some(positions), None);
+                let x =
+                    m.roberta
+                        .embeddings
+                        .forward(input.input_ids.clone(), Some(positions), None);
                 let hidden = self.encode(&m.roberta.encoder.layer, x, input.attention_mask.clone());
                 m.classifier.forward(hidden)
             }
         }
     }
 
-    fn encode(&self, layers: &[BertLayer<B>], mut x: Tensor<B, 3>, attention_mask: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+    fn encode(
+        &self,
+        layers: &[BertLayer<B>],
+        mut x: Tensor<B, 3>,
+        attention_mask: Tensor<B, 2, Int>,
+    ) -> Tensor<B, 3> {
         let mask = key_padding_mask(attention_mask);
         for (layer, lora) in layers.iter().zip(&self.layers) {
             x = layer_forward(layer, lora, x, mask.clone());
@@ -380,7 +447,10 @@ impl<B: Backend> LoraModel<B> {
 /// Freezes every base weight, then lets the head (and, when asked, the pooler) learn.
 pub fn freeze_base<B: Backend>(base: CrossEncoder<B>, train_pooler: bool) -> CrossEncoder<B> {
     let trainable = |l: Linear<B>| -> Linear<B> {
-        Linear { weight: l.weight.set_require_grad(true), bias: l.bias.map(|b| b.set_require_grad(true)) }
+        Linear {
+            weight: l.weight.set_require_grad(true),
+            bias: l.bias.map(|b| b.set_require_grad(true)),
+        }
     };
     match base.no_grad() {
         CrossEncoder::Bert(mut m) => {
@@ -401,7 +471,12 @@ pub fn freeze_base<B: Backend>(base: CrossEncoder<B>, train_pooler: bool) -> Cro
 }
 
 /// One encoder layer as `BertLayer::forward`, with the LoRA paths.
-fn layer_forward<B: Backend>(layer: &BertLayer<B>, lora: &LayerLora<B>, x: Tensor<B, 3>, mask: Tensor<B, 4, Bool>) -> Tensor<B, 3> {
+fn layer_forward<B: Backend>(
+    layer: &BertLayer<B>,
+    lora: &LayerLora<B>,
+    x: Tensor<B, 3>,
+    mask: Tensor<B, 4, Bool>,
+) -> Tensor<B, 3> {
     let sa = &layer.attention.self_attention;
     let [b, s, h] = x.dims();
     let nh = sa.num_heads;
@@ -425,7 +500,11 @@ fn layer_forward<B: Backend>(layer: &BertLayer<B>, lora: &LayerLora<B>, x: Tenso
     };
     let attended = context.swap_dims(1, 2).reshape([b, s, h]);
     let ao = &layer.attention.output;
-    let x = ao.layer_norm.forward(ao.dropout.forward(apply(&ao.dense, &lora.attention_output, attended)) + x);
+    let x = ao.layer_norm.forward(
+        ao.dropout
+            .forward(apply(&ao.dense, &lora.attention_output, attended))
+            + x,
+    );
     let inner = apply(&layer.intermediate.dense, &lora.intermediate, x.clone());
     let inner = match layer.intermediate.act {
         HiddenAct::Gelu => activation::gelu(inner),
@@ -433,7 +512,8 @@ fn layer_forward<B: Backend>(layer: &BertLayer<B>, lora: &LayerLora<B>, x: Tenso
         HiddenAct::Relu => activation::relu(inner),
     };
     let out = &layer.output;
-    out.layer_norm.forward(out.dropout.forward(apply(&out.dense, &lora.output, inner)) + x)
+    out.layer_norm
+        .forward(out.dropout.forward(apply(&out.dense, &lora.output, inner)) + x)
 }
 
 #[cfg(test)]
@@ -454,13 +534,22 @@ mod tests {
     #[test]
     fn targets_match_as_peft_suffixes() {
         let s = settings(&["query", "value"]);
-        let hit: Vec<_> = LAYER_LINEARS.iter().filter(|l| s.targets_linear(l)).collect();
+        let hit: Vec<_> = LAYER_LINEARS
+            .iter()
+            .filter(|l| s.targets_linear(l))
+            .collect();
         assert_eq!(hit, [&"attention.self.query", &"attention.self.value"]);
         let s = settings(&["output.dense"]);
-        let hit: Vec<_> = LAYER_LINEARS.iter().filter(|l| s.targets_linear(l)).collect();
+        let hit: Vec<_> = LAYER_LINEARS
+            .iter()
+            .filter(|l| s.targets_linear(l))
+            .collect();
         assert_eq!(hit, [&"attention.output.dense", &"output.dense"]);
         let s = settings(&["dense"]);
-        assert_eq!(LAYER_LINEARS.iter().filter(|l| s.targets_linear(l)).count(), 3);
+        assert_eq!(
+            LAYER_LINEARS.iter().filter(|l| s.targets_linear(l)).count(),
+            3
+        );
         // "ery" is not a module-name suffix at a dot.
         let err = settings(&["ery"]).validate().unwrap_err().to_string();
         assert!(err.contains("\"ery\" matches no layer linear"), "{err}");

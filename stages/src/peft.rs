@@ -41,14 +41,19 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let mut f = std::fs::File::create(&tmp).map_err(|e| MlError::io(&tmp, e))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| MlError::io(&tmp, e))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| MlError::io(&tmp, e))?;
     drop(f);
     std::fs::rename(&tmp, path).map_err(|e| MlError::io(path, e))
 }
 
 /// f32 values of a tensor, row-major.
 pub fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().into_vec().expect("f32 data after convert")
+    t.into_data()
+        .convert::<f32>()
+        .into_vec()
+        .expect("f32 data after convert")
 }
 
 /// `[rows, cols]` row-major → `[cols, rows]`.
@@ -75,7 +80,8 @@ impl TensorSet {
     /// A burn `[in, out]` matrix saved as PyTorch `[out, in]`.
     pub fn matrix<B: Backend>(&mut self, key: String, t: Tensor<B, 2>) {
         let [i, o] = t.dims();
-        self.0.insert(key, (vec![o, i], transpose(&values(t), i, o)));
+        self.0
+            .insert(key, (vec![o, i], transpose(&values(t), i, o)));
     }
 
     pub fn vector<B: Backend>(&mut self, key: String, t: Tensor<B, 1>) {
@@ -91,36 +97,57 @@ impl TensorSet {
     }
 
     /// safetensors bytes (keys sorted, so the same tensors give the same bytes).
-    pub fn to_bytes(&self, metadata: Option<std::collections::HashMap<String, String>>) -> Result<Vec<u8>> {
+    pub fn to_bytes(
+        &self,
+        metadata: Option<std::collections::HashMap<String, String>>,
+    ) -> Result<Vec<u8>> {
         let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = self
             .0
             .iter()
-            .map(|(k, (shape, v))| (k.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect(), shape.clone()))
+            .map(|(k, (shape, v))| {
+                (
+                    k.clone(),
+                    v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                    shape.clone(),
+                )
+            })
             .collect();
         let views = bytes
             .iter()
             .map(|(k, b, s)| TensorView::new(Dtype::F32, s.clone(), b).map(|v| (k.clone(), v)))
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| MlError::Input(format!("safetensors: {e}")))?;
-        safetensors::serialize(views, metadata).map_err(|e| MlError::Input(format!("safetensors: {e}")))
+        safetensors::serialize(views, metadata)
+            .map_err(|e| MlError::Input(format!("safetensors: {e}")))
     }
 
     /// Reads a safetensors file (f32, f16, bf16 or f64 tensors as f32).
     pub fn read(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| MlError::io(path, e))?;
-        let st = safetensors::SafeTensors::deserialize(&bytes)
-            .map_err(|e| MlError::Weights { path: path.into(), message: format!("not a safetensors file: {e}") })?;
+        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| MlError::Weights {
+            path: path.into(),
+            message: format!("not a safetensors file: {e}"),
+        })?;
         let mut out = TensorSet::default();
         for (name, view) in st.tensors() {
             let data = view.data();
             let v: Vec<f32> = match view.dtype() {
-                Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+                Dtype::F32 => data
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
                 Dtype::F64 => data
                     .chunks_exact(8)
                     .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
                     .collect(),
-                Dtype::F16 => data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-                Dtype::BF16 => data.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+                Dtype::F16 => data
+                    .chunks_exact(2)
+                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
+                Dtype::BF16 => data
+                    .chunks_exact(2)
+                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
                 other => {
                     return Err(MlError::Weights {
                         path: path.into(),
@@ -135,10 +162,10 @@ impl TensorSet {
 
     /// Removes `key`, checking its PyTorch shape; returns burn's layout (matrices transposed).
     fn take(&mut self, path: &Path, key: &str, torch_shape: &[usize]) -> Result<Vec<f32>> {
-        let (shape, v) = self
-            .0
-            .remove(key)
-            .ok_or_else(|| MlError::Weights { path: path.into(), message: format!("missing tensor {key}") })?;
+        let (shape, v) = self.0.remove(key).ok_or_else(|| MlError::Weights {
+            path: path.into(),
+            message: format!("missing tensor {key}"),
+        })?;
         if shape != torch_shape {
             return Err(MlError::Weights {
                 path: path.into(),
@@ -154,7 +181,11 @@ impl TensorSet {
 
 /// The PEFT key of LoRA slot `slot` of layer `layer`, without `.lora_A.weight`.
 fn lora_key(arch: Architecture, layer: usize, slot: usize) -> String {
-    format!("{PREFIX}{}.encoder.layer.{layer}.{}", arch_prefix(arch), LAYER_LINEARS[slot])
+    format!(
+        "{PREFIX}{}.encoder.layer.{layer}.{}",
+        arch_prefix(arch),
+        LAYER_LINEARS[slot]
+    )
 }
 
 /// `modules_to_save` as PEFT names them: the head, and the pooler when trained.
@@ -193,7 +224,11 @@ pub fn adapter_config(settings: &LoraSettings, arch: Architecture, base_model: &
 }
 
 /// The adapter's tensors under PEFT's key names.
-pub fn adapter_tensors<B: Backend>(model: &LoraModel<B>, settings: &LoraSettings, arch: Architecture) -> TensorSet {
+pub fn adapter_tensors<B: Backend>(
+    model: &LoraModel<B>,
+    settings: &LoraSettings,
+    arch: Architecture,
+) -> TensorSet {
     let mut set = TensorSet::default();
     for (i, layer) in model.layers.iter().enumerate() {
         for s in 0..LAYER_LINEARS.len() {
@@ -213,7 +248,10 @@ pub fn adapter_tensors<B: Backend>(model: &LoraModel<B>, settings: &LoraSettings
         }
         CrossEncoder::Roberta(m) => {
             set.linear(&format!("{PREFIX}classifier.dense"), &m.classifier.dense);
-            set.linear(&format!("{PREFIX}classifier.out_proj"), &m.classifier.out_proj);
+            set.linear(
+                &format!("{PREFIX}classifier.out_proj"),
+                &m.classifier.out_proj,
+            );
         }
     }
     set
@@ -227,9 +265,11 @@ pub fn save_adapter<B: Backend>(
     base_model: &str,
     dir: &Path,
 ) -> Result<()> {
-    let bytes = adapter_tensors(model, settings, arch).to_bytes(Some([("format".to_string(), "pt".to_string())].into()))?;
+    let bytes = adapter_tensors(model, settings, arch)
+        .to_bytes(Some([("format".to_string(), "pt".to_string())].into()))?;
     write_atomic(&dir.join(WEIGHTS_FILE), &bytes)?;
-    let config = serde_json::to_string_pretty(&adapter_config(settings, arch, base_model)).expect("JSON value");
+    let config = serde_json::to_string_pretty(&adapter_config(settings, arch, base_model))
+        .expect("JSON value");
     write_atomic(&dir.join(CONFIG_FILE), config.as_bytes())
 }
 
@@ -238,13 +278,22 @@ pub fn save_adapter<B: Backend>(
 pub fn read_adapter_config(dir: &Path) -> Result<LoraSettings> {
     let path = dir.join(CONFIG_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| MlError::io(&path, e))?;
-    let v: Value = serde_json::from_str(&text)
-        .map_err(|e| MlError::Config { path: path.clone(), message: format!("not JSON: {e}") })?;
-    let bad = |message: String| MlError::Config { path: path.clone(), message };
+    let v: Value = serde_json::from_str(&text).map_err(|e| MlError::Config {
+        path: path.clone(),
+        message: format!("not JSON: {e}"),
+    })?;
+    let bad = |message: String| MlError::Config {
+        path: path.clone(),
+        message,
+    };
     let get = |k: &str| v.get(k).filter(|x| !x.is_null());
     match get("peft_type").and_then(Value::as_str) {
         Some("LORA") => {}
-        other => return Err(bad(format!("peft_type: expected \"LORA\", found {other:?}"))),
+        other => {
+            return Err(bad(format!(
+                "peft_type: expected \"LORA\", found {other:?}"
+            )));
+        }
     }
     let truthy = |k: &str| get(k).and_then(Value::as_bool).unwrap_or(false);
     for k in ["use_dora", "fan_in_fan_out", "lora_bias"] {
@@ -255,26 +304,43 @@ pub fn read_adapter_config(dir: &Path) -> Result<LoraSettings> {
     if let Some(b) = get("bias").and_then(Value::as_str)
         && b != "none"
     {
-        return Err(bad(format!("bias: {b:?} is not supported (expected \"none\")")));
+        return Err(bad(format!(
+            "bias: {b:?} is not supported (expected \"none\")"
+        )));
     }
     for k in ["rank_pattern", "alpha_pattern"] {
-        if get(k).and_then(Value::as_object).is_some_and(|o| !o.is_empty()) {
-            return Err(bad(format!("{k}: per-module ranks/alphas are not supported")));
+        if get(k)
+            .and_then(Value::as_object)
+            .is_some_and(|o| !o.is_empty())
+        {
+            return Err(bad(format!(
+                "{k}: per-module ranks/alphas are not supported"
+            )));
         }
     }
     if get("layers_to_transform").is_some() {
         return Err(bad("layers_to_transform is not supported".into()));
     }
-    let r = get("r").and_then(Value::as_u64).ok_or_else(|| bad("r: expected a positive integer".into()))? as usize;
-    let alpha = get("lora_alpha").and_then(Value::as_f64).ok_or_else(|| bad("lora_alpha: expected a number".into()))?;
+    let r = get("r")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| bad("r: expected a positive integer".into()))? as usize;
+    let alpha = get("lora_alpha")
+        .and_then(Value::as_f64)
+        .ok_or_else(|| bad("lora_alpha: expected a number".into()))?;
     let dropout = get("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0);
     let targets = match get("target_modules") {
         Some(Value::Array(a)) => a
             .iter()
-            .map(|t| t.as_str().map(str::to_string).ok_or_else(|| bad("target_modules: expected strings".into())))
+            .map(|t| {
+                t.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| bad("target_modules: expected strings".into()))
+            })
             .collect::<Result<Vec<_>>>()?,
         Some(Value::String(s)) => {
-            return Err(bad(format!("target_modules: a regular expression ({s:?}) is not supported; give a list")));
+            return Err(bad(format!(
+                "target_modules: a regular expression ({s:?}) is not supported; give a list"
+            )));
         }
         _ => return Err(bad("target_modules: expected a list of module names".into())),
     };
@@ -288,7 +354,9 @@ pub fn read_adapter_config(dir: &Path) -> Result<LoraSettings> {
         dropout,
         targets,
         rslora: truthy("use_rslora"),
-        train_pooler: saved.iter().any(|m| *m == "pooler" || m.ends_with(".pooler")),
+        train_pooler: saved
+            .iter()
+            .any(|m| *m == "pooler" || m.ends_with(".pooler")),
     };
     settings.validate().map_err(|e| bad(e.to_string()))?;
     Ok(settings)
@@ -313,14 +381,19 @@ pub fn load_adapter<B: Backend>(
     let settings = read_adapter_config(adapter_dir)?;
     let path: PathBuf = adapter_dir.join(WEIGHTS_FILE);
     let mut tensors = TensorSet::read(&path)?;
-    let opts = LoadOptions { num_labels: adapter_num_labels(&tensors), init_missing_head: true };
+    let opts = LoadOptions {
+        num_labels: adapter_num_labels(&tensors),
+        init_missing_head: true,
+    };
     let (base, _) = CrossEncoder::<B>::load(model_dir, &opts, device)?;
     let arch = model_dir.architecture;
     let mut model = LoraModel::new(base, &settings, 0, device)?;
     let n_layers = encoder_layers(&model.base).len();
     for i in 0..n_layers {
         for s in 0..LAYER_LINEARS.len() {
-            let Some(old) = model.layers[i].slot(s) else { continue };
+            let Some(old) = model.layers[i].slot(s) else {
+                continue;
+            };
             let [d_in, r] = old.a.dims();
             let [_, d_out] = old.b.dims();
             let key = lora_key(arch, i, s);
@@ -344,14 +417,21 @@ pub fn load_adapter<B: Backend>(
         let bk = format!("{PREFIX}{key}.bias");
         if tensors.0.contains_key(&bk) {
             let b = tensors.take(&path, &bk, &[d_out])?;
-            l.bias = Some(Param::from_tensor(Tensor::from_data(TensorData::new(b, [d_out]), device)));
+            l.bias = Some(Param::from_tensor(Tensor::from_data(
+                TensorData::new(b, [d_out]),
+                device,
+            )));
         }
         Ok(())
     };
     match &mut model.base {
         CrossEncoder::Bert(m) => {
             set_linear(&mut m.classifier, "classifier", true)?;
-            set_linear(&mut m.pooler.dense, "bert.pooler.dense", settings.train_pooler)?;
+            set_linear(
+                &mut m.pooler.dense,
+                "bert.pooler.dense",
+                settings.train_pooler,
+            )?;
         }
         CrossEncoder::Roberta(m) => {
             set_linear(&mut m.classifier.dense, "classifier.dense", true)?;
@@ -362,7 +442,11 @@ pub fn load_adapter<B: Backend>(
         let left: Vec<&str> = tensors.0.keys().map(String::as_str).collect();
         return Err(MlError::Weights {
             path,
-            message: format!("{} tensor(s) that match no LoRA target or head of this model: {}", left.len(), left.join(", ")),
+            message: format!(
+                "{} tensor(s) that match no LoRA target or head of this model: {}",
+                left.len(),
+                left.join(", ")
+            ),
         });
     }
     // Re-freeze: the head linears were replaced by trainable params above, which is what
@@ -390,7 +474,10 @@ pub fn model_tensors<B: Backend>(model: &CrossEncoder<B>, arch: Architecture) ->
         ] {
             let w = t.weight.val();
             let [n, d] = w.dims();
-            set.0.insert(format!("{p}.embeddings.{name}.weight"), (vec![n, d], values(w)));
+            set.0.insert(
+                format!("{p}.embeddings.{name}.weight"),
+                (vec![n, d], values(w)),
+            );
         }
         norm(set, &format!("{p}.embeddings.LayerNorm"), &e.layer_norm);
     };
@@ -400,7 +487,11 @@ pub fn model_tensors<B: Backend>(model: &CrossEncoder<B>, arch: Architecture) ->
             for (s, name) in LAYER_LINEARS.iter().enumerate() {
                 set.linear(&format!("{k}.{name}"), crate::lora::layer_linear(l, s));
             }
-            norm(set, &format!("{k}.attention.output.LayerNorm"), &l.attention.output.layer_norm);
+            norm(
+                set,
+                &format!("{k}.attention.output.LayerNorm"),
+                &l.attention.output.layer_norm,
+            );
             norm(set, &format!("{k}.output.LayerNorm"), &l.output.layer_norm);
         }
     };

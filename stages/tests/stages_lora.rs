@@ -32,7 +32,10 @@ impl Reporter for Recorder {
         self.progress.fetch_add(1, Ordering::SeqCst);
     }
     fn metric(&self, name: &str, step: Option<u64>, value: f64) {
-        self.metrics.lock().unwrap().push((name.into(), step, value));
+        self.metrics
+            .lock()
+            .unwrap()
+            .push((name.into(), step, value));
     }
     fn log(&self, line: &str) {
         self.lines.lock().unwrap().push(line.into());
@@ -46,7 +49,9 @@ fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bert-1")
 }
 
-const WORDS: [&str; 12] = ["cat", "dog", "sofa", "river", "guitar", "plays", "sleeps", "runs", "a", "the", "man", "fox"];
+const WORDS: [&str; 12] = [
+    "cat", "dog", "sofa", "river", "guitar", "plays", "sleeps", "runs", "a", "the", "man", "fox",
+];
 
 /// Pairs whose label is the word overlap: learnable, deterministic.
 fn write_pairs(path: &Path, n: usize, offset: usize) {
@@ -62,12 +67,31 @@ fn write_pairs(path: &Path, n: usize, offset: usize) {
     std::fs::write(path, out).unwrap();
 }
 
-fn run(kind: &str, root: &Path, name: &str, with: Value, outs: &[(&str, &str)], rep: &Recorder) -> anyhow::Result<BTreeMap<String, PathBuf>> {
-    let outs: BTreeMap<String, PathBuf> = outs.iter().map(|(k, f)| (k.to_string(), root.join("out").join(name).join(f))).collect();
+fn run(
+    kind: &str,
+    root: &Path,
+    name: &str,
+    with: Value,
+    outs: &[(&str, &str)],
+    rep: &Recorder,
+) -> anyhow::Result<BTreeMap<String, PathBuf>> {
+    let outs: BTreeMap<String, PathBuf> = outs
+        .iter()
+        .map(|(k, f)| (k.to_string(), root.join("out").join(name).join(f)))
+        .collect();
     std::fs::create_dir_all(root.join("out").join(name)).unwrap();
     let env = BTreeMap::new();
-    let input = StageInput { name, project_root: root, with: &with, outs: &outs, env: &env, device: "cpu" };
-    implementation(kind).expect("kind registered with ml").run(&input, rep)?;
+    let input = StageInput {
+        name,
+        project_root: root,
+        with: &with,
+        outs: &outs,
+        env: &env,
+        device: "cpu",
+    };
+    implementation(kind)
+        .expect("kind registered with ml")
+        .run(&input, rep)?;
     Ok(outs)
 }
 
@@ -98,37 +122,106 @@ fn train_evaluate_export_through_the_stage_contract() {
     };
     let tl = outs_of("train-lora");
     let rep = Recorder::default();
-    let a = run("train-lora", root, "train_a", train_with(7, None), &tl, &rep).unwrap();
-    let weights = |o: &BTreeMap<String, PathBuf>| std::fs::read(o["adapter"].join("adapter_model.safetensors")).unwrap();
+    let a = run(
+        "train-lora",
+        root,
+        "train_a",
+        train_with(7, None),
+        &tl,
+        &rep,
+    )
+    .unwrap();
+    let weights = |o: &BTreeMap<String, PathBuf>| {
+        std::fs::read(o["adapter"].join("adapter_model.safetensors")).unwrap()
+    };
 
     // Reported: progress per step and per-step loss; 24 pairs / (4 × 2) = 3 steps per epoch.
     assert!(rep.progress.load(Ordering::SeqCst) >= 6);
     let m = rep.metrics.lock().unwrap().clone();
-    assert_eq!(m.iter().filter(|(n, s, _)| n == "train/loss" && s.is_some()).count(), 6);
-    assert!(m.iter().any(|(n, s, _)| n == "dev/spearman" && *s == Some(3)));
-    let history: Value = serde_json::from_str(&std::fs::read_to_string(&a["history"]).unwrap()).unwrap();
+    assert_eq!(
+        m.iter()
+            .filter(|(n, s, _)| n == "train/loss" && s.is_some())
+            .count(),
+        6
+    );
+    assert!(
+        m.iter()
+            .any(|(n, s, _)| n == "dev/spearman" && *s == Some(3))
+    );
+    let history: Value =
+        serde_json::from_str(&std::fs::read_to_string(&a["history"]).unwrap()).unwrap();
     assert_eq!(history["steps"].as_array().unwrap().len(), 6);
     assert_eq!(history["evals"].as_array().unwrap().len(), 2);
-    let metrics: Value = serde_json::from_str(&std::fs::read_to_string(&a["metrics"]).unwrap()).unwrap();
+    let metrics: Value =
+        serde_json::from_str(&std::fs::read_to_string(&a["metrics"]).unwrap()).unwrap();
     assert_eq!(metrics["steps"], 6.0);
     assert!(metrics["best_dev_spearman"].is_number(), "{metrics}");
 
     // Same seed ⇒ identical bytes; another seed ⇒ other bytes.
-    let b = run("train-lora", root, "train_b", train_with(7, None), &tl, &Recorder::default()).unwrap();
-    assert!(weights(&a) == weights(&b), "same seed, different adapter bytes");
-    let c = run("train-lora", root, "train_c", train_with(8, None), &tl, &Recorder::default()).unwrap();
+    let b = run(
+        "train-lora",
+        root,
+        "train_b",
+        train_with(7, None),
+        &tl,
+        &Recorder::default(),
+    )
+    .unwrap();
+    assert!(
+        weights(&a) == weights(&b),
+        "same seed, different adapter bytes"
+    );
+    let c = run(
+        "train-lora",
+        root,
+        "train_c",
+        train_with(8, None),
+        &tl,
+        &Recorder::default(),
+    )
+    .unwrap();
     assert!(weights(&a) != weights(&c));
 
     // Interrupted after 4 steps, resumed from the checkpoint: the same adapter.
-    let stop = Recorder { cancel_after: 4, ..Default::default() };
-    let err = run("train-lora", root, "train_d", train_with(7, Some("ck")), &tl, &stop).unwrap_err();
+    let stop = Recorder {
+        cancel_after: 4,
+        ..Default::default()
+    };
+    let err = run(
+        "train-lora",
+        root,
+        "train_d",
+        train_with(7, Some("ck")),
+        &tl,
+        &stop,
+    )
+    .unwrap_err();
     assert!(format!("{err:#}").contains("cancelled"), "{err:#}");
-    let state: Value = serde_json::from_str(&std::fs::read_to_string(root.join("ck/train_state.json")).unwrap()).unwrap();
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("ck/train_state.json")).unwrap())
+            .unwrap();
     assert_eq!(state["step"], 4);
     let rep = Recorder::default();
-    let d = run("train-lora", root, "train_d", train_with(7, Some("ck")), &tl, &rep).unwrap();
-    assert!(rep.lines.lock().unwrap().iter().any(|l| l.contains("resuming from") && l.contains("step 4")));
-    assert!(weights(&a) == weights(&d), "resumed run differs from the uninterrupted one");
+    let d = run(
+        "train-lora",
+        root,
+        "train_d",
+        train_with(7, Some("ck")),
+        &tl,
+        &rep,
+    )
+    .unwrap();
+    assert!(
+        rep.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("resuming from") && l.contains("step 4"))
+    );
+    assert!(
+        weights(&a) == weights(&d),
+        "resumed run differs from the uninterrupted one"
+    );
 
     // evaluate: metrics, predictions, plots; a gate that passes and one that fails.
     let ev = outs_of("evaluate");
@@ -142,19 +235,60 @@ fn train_evaluate_export_through_the_stage_contract() {
     for k in ["rmse", "mse", "r2", "pearson", "spearman"] {
         assert!(em.get(k).is_some(), "{k} in {em}");
     }
-    assert_eq!(std::fs::read_to_string(&e["predictions"]).unwrap().lines().count(), 10);
-    for f in ["predicted_vs_true.png", "predicted_vs_true.svg", "training_history.png", "training_history.svg"] {
+    assert_eq!(
+        std::fs::read_to_string(&e["predictions"])
+            .unwrap()
+            .lines()
+            .count(),
+        10
+    );
+    for f in [
+        "predicted_vs_true.png",
+        "predicted_vs_true.svg",
+        "training_history.png",
+        "training_history.svg",
+    ] {
         assert!(e["plots"].join(f).is_file(), "{f}");
     }
-    assert!(rep.metrics.lock().unwrap().iter().any(|(n, s, _)| n == "spearman" && s.is_none()));
-    let err = run("evaluate", root, "eval_gate", eval_with(1.5), &ev, &Recorder::default()).unwrap_err();
+    assert!(
+        rep.metrics
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(n, s, _)| n == "spearman" && s.is_none())
+    );
+    let err = run(
+        "evaluate",
+        root,
+        "eval_gate",
+        eval_with(1.5),
+        &ev,
+        &Recorder::default(),
+    )
+    .unwrap_err();
     let msg = format!("{err:#}");
-    assert!(msg.contains("evaluation gate failed: spearman =") && msg.contains("is below 1.5"), "{msg}");
+    assert!(
+        msg.contains("evaluation gate failed: spearman =") && msg.contains("is below 1.5"),
+        "{msg}"
+    );
 
     // export, merged: a plain checkpoint with the adapter's logits.
     let ex = outs_of("export");
-    let x = run("export", root, "export", json!({"base": base, "adapter": a["adapter"], "merge": true}), &ex, &Recorder::default()).unwrap();
-    for f in ["config.json", "model.safetensors", "tokenizer.json", "export.json"] {
+    let x = run(
+        "export",
+        root,
+        "export",
+        json!({"base": base, "adapter": a["adapter"], "merge": true}),
+        &ex,
+        &Recorder::default(),
+    )
+    .unwrap();
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "export.json",
+    ] {
         assert!(x["model"].join(f).is_file(), "{f}");
     }
     use burn::backend::Flex;
@@ -162,21 +296,51 @@ fn train_evaluate_export_through_the_stage_contract() {
     use tsumugi_stages::tokenize::{PairTokenizer, Truncation};
     let dir = ModelDir::open(&base).unwrap();
     let tok = PairTokenizer::for_model(&dir, 32, Truncation::LongestFirst).unwrap();
-    let batch = tok.encode_batch(&[("a cat sleeps", "the dog runs"), ("a man plays guitar", "the fox")]).unwrap();
+    let batch = tok
+        .encode_batch(&[
+            ("a cat sleeps", "the dog runs"),
+            ("a man plays guitar", "the fox"),
+        ])
+        .unwrap();
     let dev = Default::default();
     let input = ModelInput::<Flex>::from_batch(&batch, &dev);
     let (lora, _) = tsumugi_stages::peft::load_adapter::<Flex>(&dir, &a["adapter"], &dev).unwrap();
     let want = tsumugi_stages::peft::values(lora.forward(&input));
-    let (merged, report) = CrossEncoder::<Flex>::load(&ModelDir::open(&x["model"]).unwrap(), &LoadOptions::default(), &dev).unwrap();
+    let (merged, report) = CrossEncoder::<Flex>::load(
+        &ModelDir::open(&x["model"]).unwrap(),
+        &LoadOptions::default(),
+        &dev,
+    )
+    .unwrap();
     assert!(report.unused.is_empty(), "{:?}", report.unused);
     let got = tsumugi_stages::peft::values(merged.forward(&input));
-    let diff = want.iter().zip(&got).map(|(p, q)| (p - q).abs()).fold(0.0, f32::max);
+    let diff = want
+        .iter()
+        .zip(&got)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0.0, f32::max);
     assert!(diff <= 1e-5, "merged export vs base + adapter: {diff}");
     // Adapter-only export: the PEFT files, untouched.
-    let y = run("export", root, "export_adapter", json!({"base": base, "adapter": a["adapter"]}), &ex, &Recorder::default()).unwrap();
+    let y = run(
+        "export",
+        root,
+        "export_adapter",
+        json!({"base": base, "adapter": a["adapter"]}),
+        &ex,
+        &Recorder::default(),
+    )
+    .unwrap();
     assert!(std::fs::read(y["model"].join("adapter_model.safetensors")).unwrap() == weights(&a));
 
     // Bad input: a clear error naming the field.
-    let err = run("train-lora", root, "bad", json!({"base": base, "train": "train.jsonl", "task": "regresion"}), &tl, &Recorder::default()).unwrap_err();
+    let err = run(
+        "train-lora",
+        root,
+        "bad",
+        json!({"base": base, "train": "train.jsonl", "task": "regresion"}),
+        &tl,
+        &Recorder::default(),
+    )
+    .unwrap_err();
     assert!(format!("{err:#}").contains("regresion"), "{err:#}");
 }

@@ -58,9 +58,26 @@ fn lora_training_throughput() {
         fingerprint: String::new(),
     };
     let o = train::<burn::backend::Autodiff<burn::backend::Flex>>(&spec, &Default::default(), &Quiet).unwrap();
+    // Optionally the test-set Spearman of the trained adapter ($TSUMUGI_BENCH_TEST: pairs JSONL).
+    let spearman = std::env::var("TSUMUGI_BENCH_TEST").ok().map(|test| {
+        use tsumugi_stages::models::ModelDir;
+        use tsumugi_stages::tokenize::{PairTokenizer, Truncation};
+        let dir = ModelDir::open(&spec.model_dir).unwrap();
+        let d = Default::default();
+        let (model, _) = tsumugi_stages::peft::load_adapter::<burn::backend::Flex>(&dir, &spec.adapter_out, &d).unwrap();
+        let tok = PairTokenizer::for_model(&dir, 128, Truncation::LongestFirst).unwrap();
+        let rows: Vec<serde_json::Value> =
+            std::fs::read_to_string(test).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let pairs: Vec<(String, String)> =
+            rows.iter().map(|r| (r["text_a"].as_str().unwrap().to_string(), r["text_b"].as_str().unwrap().to_string())).collect();
+        let enc = tok.encode_all(&pairs).unwrap();
+        let p: Vec<f64> = tsumugi_stages::train::predict(&model, &tok, &enc, 64, &d).iter().map(|l| l[0] as f64).collect();
+        let y: Vec<f64> = rows.iter().map(|r| r["label"].as_f64().unwrap()).collect();
+        tsumugi_stages::metrics::spearman(&y, &p).unwrap()
+    });
     println!(
         "{}",
         serde_json::json!({"pairs": o.train_pairs_seen, "seconds": o.train_seconds, "pairs_per_s": o.pairs_per_s,
-                           "steps": o.steps, "batch": batch, "final_loss": o.final_loss})
+                           "steps": o.steps, "batch": batch, "final_loss": o.final_loss, "test_spearman": spearman})
     );
 }

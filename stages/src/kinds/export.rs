@@ -59,7 +59,10 @@ impl Stage for Export {
 
 #[cfg(not(feature = "ml"))]
 fn run(_: Config, input: &StageInput<'_>, _: &dyn Reporter) -> Result<()> {
-    bail!("stage {}: export needs a build with the `ml` feature", input.name)
+    bail!(
+        "stage {}: export needs a build with the `ml` feature",
+        input.name
+    )
 }
 
 fn content_id(bytes: &[u8]) -> String {
@@ -89,7 +92,8 @@ fn run(cfg: Config, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()>
     let adapter = resolve(root, &cfg.adapter);
     let dest = out(input, "model")?;
     std::fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
-    let weights = std::fs::read(adapter.join(WEIGHTS_FILE)).with_context(|| format!("reading {}", adapter.join(WEIGHTS_FILE).display()))?;
+    let weights = std::fs::read(adapter.join(WEIGHTS_FILE))
+        .with_context(|| format!("reading {}", adapter.join(WEIGHTS_FILE).display()))?;
     let id = content_id(&weights);
     if !cfg.merge {
         for f in [CONFIG_FILE, WEIGHTS_FILE, "labels.json"] {
@@ -97,12 +101,16 @@ fn run(cfg: Config, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()>
                 copy(&adapter.join(f), &dest.join(f))?;
             }
         }
-        write_json(&dest.join("export.json"), &json!({"kind": "adapter", "adapter": id, "export_version": INFO.version}))?;
+        write_json(
+            &dest.join("export.json"),
+            &json!({"kind": "adapter", "adapter": id, "export_version": INFO.version}),
+        )?;
         return Ok(());
     }
     let dir = ModelDir::open(&base)?;
-    let (model, settings) = crate::peft::load_adapter::<CpuBackend>(&dir, &adapter, &Default::default())
-        .with_context(|| format!("stage {}: loading the adapter", input.name))?;
+    let (model, settings) =
+        crate::peft::load_adapter::<CpuBackend>(&dir, &adapter, &Default::default())
+            .with_context(|| format!("stage {}: loading the adapter", input.name))?;
     report.progress(1, Some(3), "merging");
     let merged = model.merged();
     let tensors = crate::peft::model_tensors(&merged, dir.architecture);
@@ -112,16 +120,26 @@ fn run(cfg: Config, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()>
 
     // config.json: the base's, with the head's labels and the classification architecture.
     let cpath = base.join("config.json");
-    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&cpath).with_context(|| format!("reading {}", cpath.display()))?)
-        .with_context(|| format!("{}: not JSON", cpath.display()))?;
+    let mut config: Value = serde_json::from_str(
+        &std::fs::read_to_string(&cpath).with_context(|| format!("reading {}", cpath.display()))?,
+    )
+    .with_context(|| format!("{}: not JSON", cpath.display()))?;
     let k = merged.num_labels();
     let labels: Vec<String> = cfg
         .labels
         .clone()
-        .or_else(|| std::fs::read_to_string(adapter.join("labels.json")).ok().and_then(|t| serde_json::from_str(&t).ok()))
+        .or_else(|| {
+            std::fs::read_to_string(adapter.join("labels.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+        })
         .unwrap_or_else(|| (0..k).map(|i| format!("LABEL_{i}")).collect());
     if labels.len() != k {
-        bail!("stage {}: {} label names for a head of {k} outputs", input.name, labels.len());
+        bail!(
+            "stage {}: {} label names for a head of {k} outputs",
+            input.name,
+            labels.len()
+        );
     }
     let arch_name = match dir.architecture {
         crate::models::Architecture::Bert => "BertForSequenceClassification",
@@ -129,21 +147,45 @@ fn run(cfg: Config, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()>
         crate::models::Architecture::XlmRoberta => "XLMRobertaForSequenceClassification",
     };
     config["architectures"] = json!([arch_name]);
-    config["id2label"] = Value::Object(labels.iter().enumerate().map(|(i, l)| (i.to_string(), json!(l))).collect());
-    config["label2id"] = Value::Object(labels.iter().enumerate().map(|(i, l)| (l.clone(), json!(i))).collect());
+    config["id2label"] = Value::Object(
+        labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (i.to_string(), json!(l)))
+            .collect(),
+    );
+    config["label2id"] = Value::Object(
+        labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.clone(), json!(i)))
+            .collect(),
+    );
     if k == 1 {
         config["problem_type"] = json!("regression");
     }
     write_json(&dest.join("config.json"), &config)?;
     let mut copied = vec![];
-    for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json", "merges.txt", "sentencepiece.bpe.model"] {
+    for f in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "vocab.txt",
+        "vocab.json",
+        "merges.txt",
+        "sentencepiece.bpe.model",
+    ] {
         if base.join(f).is_file() {
             copy(&base.join(f), &dest.join(f))?;
             copied.push(f);
         }
     }
     if !copied.contains(&"tokenizer.json") {
-        bail!("stage {}: {} has no tokenizer.json", input.name, base.display());
+        bail!(
+            "stage {}: {} has no tokenizer.json",
+            input.name,
+            base.display()
+        );
     }
     write_json(
         &dest.join("export.json"),

@@ -46,7 +46,11 @@ pub const INFO: KindInfo = KindInfo {
     version: 1,
     summary: "LoRA fine-tuning of a cross-encoder (regression, classification, ranking); PEFT adapter out",
     input_fields: &["base", "train", "dev"],
-    outputs: &[("adapter", "adapter"), ("history", "history.json"), ("metrics", "metrics.json")],
+    outputs: &[
+        ("adapter", "adapter"),
+        ("history", "history.json"),
+        ("metrics", "metrics.json"),
+    ],
     metrics: Some("metrics"),
 };
 
@@ -82,22 +86,33 @@ struct Config {
 
 /// A `with:` path relative to the project root.
 pub(crate) fn resolve(root: &Path, p: &Path) -> PathBuf {
-    if p.is_absolute() { p.to_path_buf() } else { root.join(p) }
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        root.join(p)
+    }
 }
 
 /// The output path of `key`, which the engine must provide.
 pub(crate) fn out<'a>(input: &'a StageInput<'_>, key: &str) -> Result<&'a PathBuf> {
-    input.outs.get(key).ok_or_else(|| anyhow!("stage {}: the engine gave no path for output {key:?}", input.name))
+    input.outs.get(key).ok_or_else(|| {
+        anyhow!(
+            "stage {}: the engine gave no path for output {key:?}",
+            input.name
+        )
+    })
 }
 
 pub(crate) fn parse<T: for<'de> Deserialize<'de>>(input: &StageInput<'_>, kind: &str) -> Result<T> {
-    serde_json::from_value(input.with.clone()).map_err(|e| anyhow!("stage {} ({kind}): with: {e}", input.name))
+    serde_json::from_value(input.with.clone())
+        .map_err(|e| anyhow!("stage {} ({kind}): with: {e}", input.name))
 }
 
 /// Writes JSON atomically.
 pub(crate) fn write_json(path: &Path, v: &Value) -> Result<()> {
     let text = serde_json::to_string_pretty(v)? + "\n";
-    crate::kinds::build_pairs::write_atomic(path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))
+    crate::kinds::build_pairs::write_atomic(path, text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 impl Stage for TrainLora {
@@ -109,7 +124,10 @@ impl Stage for TrainLora {
 
 #[cfg(not(feature = "ml"))]
 fn run(_: Config, input: &StageInput<'_>, _: &dyn Reporter) -> Result<()> {
-    bail!("stage {}: train-lora needs a build with the `ml` feature", input.name)
+    bail!(
+        "stage {}: train-lora needs a build with the `ml` feature",
+        input.name
+    )
 }
 
 #[cfg(feature = "ml")]
@@ -126,7 +144,10 @@ fn run(cfg: Config, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()>
     let num_labels = match (cfg.task, &cfg.labels, cfg.num_labels) {
         (Task::Classification, Some(l), _) => l.len(),
         (Task::Classification, None, Some(n)) => n,
-        (Task::Classification, None, None) => bail!("stage {}: task classification needs `labels: [names…]` or `num_labels`", input.name),
+        (Task::Classification, None, None) => bail!(
+            "stage {}: task classification needs `labels: [names…]` or `num_labels`",
+            input.name
+        ),
         _ => 1,
     };
     if num_labels < 1 {
@@ -137,24 +158,36 @@ fn run(cfg: Config, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()>
         (Task::Regression, Some("bce")) => LossKind::Bce,
         (Task::Classification, None | Some("cross_entropy")) => LossKind::CrossEntropy,
         (Task::Ranking, None | Some("listwise")) => LossKind::Listwise,
-        (Task::Ranking, Some("margin")) => LossKind::Margin { margin: cfg.margin.unwrap_or(1.0) },
+        (Task::Ranking, Some("margin")) => LossKind::Margin {
+            margin: cfg.margin.unwrap_or(1.0),
+        },
         (t, Some(other)) => bail!(
             "stage {}: loss {other:?} does not fit task {t:?} (regression: mse | bce; classification: cross_entropy; ranking: listwise | margin)",
             input.name
         ),
     };
-    let lw = cfg.lora.clone().unwrap_or(LoraWith { r: None, alpha: None, dropout: None, targets: None, rslora: None, train_pooler: None });
+    let lw = cfg.lora.clone().unwrap_or(LoraWith {
+        r: None,
+        alpha: None,
+        dropout: None,
+        targets: None,
+        rslora: None,
+        train_pooler: None,
+    });
     let r = lw.r.unwrap_or(16);
     let lora = LoraSettings {
         r,
         alpha: lw.alpha.unwrap_or(2.0 * r as f64),
         dropout: lw.dropout.unwrap_or(0.1),
-        targets: lw.targets.unwrap_or_else(|| LoraSettings::default_targets(dir.architecture)),
+        targets: lw
+            .targets
+            .unwrap_or_else(|| LoraSettings::default_targets(dir.architecture)),
         rslora: lw.rslora.unwrap_or(false),
         train_pooler: lw.train_pooler.unwrap_or(false),
     };
     let optim: OptimSettings = match &cfg.optim {
-        Some(v) => serde_json::from_value(v.clone()).map_err(|e| anyhow!("stage {}: with.optim: {e}", input.name))?,
+        Some(v) => serde_json::from_value(v.clone())
+            .map_err(|e| anyhow!("stage {}: with.optim: {e}", input.name))?,
         None => OptimSettings::default(),
     };
     let spec = TrainSpec {
@@ -175,24 +208,31 @@ fn run(cfg: Config, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()>
     };
     let device: DeviceSpec = input.device.parse()?;
     device.check_compiled()?;
-    let outcome = match device {
-        DeviceSpec::Cpu => crate::train::train::<burn::backend::Autodiff<crate::device::CpuBackend>>(&spec, &Default::default(), report),
-        #[cfg(feature = "wgpu")]
-        DeviceSpec::Wgpu(_) => {
-            let d = device.wgpu_device();
-            crate::device::probe::<crate::device::WgpuBackend>(&device, &d)?;
-            crate::train::train::<burn::backend::Autodiff<crate::device::WgpuBackend>>(&spec, &d, report)
+    let outcome =
+        match device {
+            DeviceSpec::Cpu => crate::train::train::<
+                burn::backend::Autodiff<crate::device::CpuBackend>,
+            >(&spec, &Default::default(), report),
+            #[cfg(feature = "wgpu")]
+            DeviceSpec::Wgpu(_) => {
+                let d = device.wgpu_device();
+                crate::device::probe::<crate::device::WgpuBackend>(&device, &d)?;
+                crate::train::train::<burn::backend::Autodiff<crate::device::WgpuBackend>>(
+                    &spec, &d, report,
+                )
+            }
+            #[cfg(feature = "cuda")]
+            DeviceSpec::Cuda(_) => {
+                let d = device.cuda_device();
+                crate::device::probe::<crate::device::CudaBackend>(&device, &d)?;
+                crate::train::train::<burn::backend::Autodiff<crate::device::CudaBackend>>(
+                    &spec, &d, report,
+                )
+            }
+            #[allow(unreachable_patterns)]
+            _ => unreachable!("check_compiled rejected backends this build lacks"),
         }
-        #[cfg(feature = "cuda")]
-        DeviceSpec::Cuda(_) => {
-            let d = device.cuda_device();
-            crate::device::probe::<crate::device::CudaBackend>(&device, &d)?;
-            crate::train::train::<burn::backend::Autodiff<crate::device::CudaBackend>>(&spec, &d, report)
-        }
-        #[allow(unreachable_patterns)]
-        _ => unreachable!("check_compiled rejected backends this build lacks"),
-    }
-    .with_context(|| format!("stage {} (train-lora)", input.name))?;
+        .with_context(|| format!("stage {} (train-lora)", input.name))?;
 
     // Class names travel with the adapter so that export and evaluate can name them.
     if let Some(labels) = &cfg.labels {
@@ -216,14 +256,26 @@ fn run(cfg: Config, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()>
     let mut metrics = serde_json::Map::new();
     let mut put = |k: &str, v: f64| {
         report.metric(k, None, v);
-        metrics.insert(k.to_string(), serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number));
+        metrics.insert(
+            k.to_string(),
+            serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number),
+        );
     };
     put("steps", outcome.steps as f64);
     put("train_items", outcome.train_items as f64);
     put("final_loss", outcome.final_loss);
-    let tail: Vec<f64> = outcome.history.iter().rev().take(20).map(|h| h.loss).collect();
+    let tail: Vec<f64> = outcome
+        .history
+        .iter()
+        .rev()
+        .take(20)
+        .map(|h| h.loss)
+        .collect();
     if !tail.is_empty() {
-        put("final_loss_mean_last_20", tail.iter().sum::<f64>() / tail.len() as f64);
+        put(
+            "final_loss_mean_last_20",
+            tail.iter().sum::<f64>() / tail.len() as f64,
+        );
     }
     put("train_seconds", outcome.train_seconds);
     put("pairs_per_s", outcome.pairs_per_s);

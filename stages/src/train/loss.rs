@@ -65,5 +65,8 @@ pub fn margin_ranking<B: Backend>(scores: Tensor<B, 2>, margin: f64) -> Tensor<B
 /// Groups `[g, 1 + k]`, positive in column 0: `mean(lse(sᵢ) − sᵢ,₀)`.
 pub fn listwise_softmax<B: Backend>(scores: Tensor<B, 2>) -> Tensor<B, 1> {
     let [g, _] = scores.dims();
-    activation::log_softmax(scores, 1).slice([0..g, 0..1]).neg().mean()
+    activation::log_softmax(scores, 1)
+        .slice([0..g, 0..1])
+        .neg()
+        .mean()
 }

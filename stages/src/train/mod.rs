@@ -93,7 +93,12 @@ impl Default for OptimSettings {
 
 impl OptimSettings {
     pub fn adamw(&self) -> AdamWConfig {
-        AdamWConfig { beta1: self.beta1, beta2: self.beta2, eps: self.eps, weight_decay: self.weight_decay }
+        AdamWConfig {
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+        }
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -105,7 +110,10 @@ impl OptimSettings {
             return bad("epochs, batch and grad_accum must be at least 1".into());
         }
         if !(0.0..1.0).contains(&self.warmup) {
-            return bad(format!("warmup is a fraction in [0, 1), got {}", self.warmup));
+            return bad(format!(
+                "warmup is a fraction in [0, 1), got {}",
+                self.warmup
+            ));
         }
         Ok(())
     }
@@ -133,25 +141,46 @@ pub fn read_items(path: &Path, task: Task, num_labels: usize) -> Result<Vec<Item
         let at = |m: String| MlError::Input(format!("{}:{}: {m}", path.display(), i + 1));
         let v: Value = serde_json::from_str(line).map_err(|e| at(format!("not JSON: {e}")))?;
         let s = |k: &str| -> Result<String> {
-            v.get(k).and_then(Value::as_str).map(str::to_string).ok_or_else(|| at(format!("expected a string field {k:?}")))
+            v.get(k)
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .ok_or_else(|| at(format!("expected a string field {k:?}")))
         };
         let text_of = |d: &Value| -> Result<String> {
-            d.get("text").and_then(Value::as_str).or_else(|| d.as_str()).map(str::to_string).ok_or_else(|| at("expected a passage {\"text\": …}".into()))
+            d.get("text")
+                .and_then(Value::as_str)
+                .or_else(|| d.as_str())
+                .map(str::to_string)
+                .ok_or_else(|| at("expected a passage {\"text\": …}".into()))
         };
         match task {
             Task::Regression | Task::Classification => {
-                let label = v.get("label").and_then(Value::as_f64).ok_or_else(|| at("expected a number field \"label\"".into()))?;
-                if task == Task::Classification && (label < 0.0 || label.fract() != 0.0 || label as usize >= num_labels) {
-                    return Err(at(format!("label {label}: expected a class index in 0..{num_labels}")));
+                let label = v
+                    .get("label")
+                    .and_then(Value::as_f64)
+                    .ok_or_else(|| at("expected a number field \"label\"".into()))?;
+                if task == Task::Classification
+                    && (label < 0.0 || label.fract() != 0.0 || label as usize >= num_labels)
+                {
+                    return Err(at(format!(
+                        "label {label}: expected a class index in 0..{num_labels}"
+                    )));
                 }
                 if !label.is_finite() {
                     return Err(at("label is not finite".into()));
                 }
-                items.push(Item::Pair { a: s("text_a")?, b: s("text_b")?, label });
+                items.push(Item::Pair {
+                    a: s("text_a")?,
+                    b: s("text_b")?,
+                    label,
+                });
             }
             Task::Ranking => {
                 let query = s("query_text")?;
-                let negatives = v.get("negatives").and_then(Value::as_array).ok_or_else(|| at("expected an array \"negatives\"".into()))?;
+                let negatives = v
+                    .get("negatives")
+                    .and_then(Value::as_array)
+                    .ok_or_else(|| at("expected an array \"negatives\"".into()))?;
                 let negs = negatives.iter().map(text_of).collect::<Result<Vec<_>>>()?;
                 if negs.is_empty() {
                     return Err(at("a ranking group needs at least one negative".into()));
@@ -159,13 +188,18 @@ pub fn read_items(path: &Path, task: Task, num_labels: usize) -> Result<Vec<Item
                 match group_k {
                     None => group_k = Some(negs.len()),
                     Some(k) if k != negs.len() => {
-                        return Err(at(format!("{} negatives; every group of a file must have the same number (first group: {k})", negs.len())));
+                        return Err(at(format!(
+                            "{} negatives; every group of a file must have the same number (first group: {k})",
+                            negs.len()
+                        )));
                     }
                     _ => {}
                 }
                 let positives: Vec<String> = match (v.get("positive"), v.get("positives")) {
                     (Some(p), _) => vec![text_of(p)?],
-                    (None, Some(Value::Array(ps))) => ps.iter().map(text_of).collect::<Result<_>>()?,
+                    (None, Some(Value::Array(ps))) => {
+                        ps.iter().map(text_of).collect::<Result<_>>()?
+                    }
                     _ => return Err(at("expected \"positive\" or \"positives\"".into())),
                 };
                 // Several positives: one group per positive sharing the negatives
@@ -173,13 +207,19 @@ pub fn read_items(path: &Path, task: Task, num_labels: usize) -> Result<Vec<Item
                 for p in positives {
                     let mut docs = vec![p];
                     docs.extend(negs.iter().cloned());
-                    items.push(Item::Group { query: query.clone(), docs });
+                    items.push(Item::Group {
+                        query: query.clone(),
+                        docs,
+                    });
                 }
             }
         }
     }
     if items.is_empty() {
-        return Err(MlError::Input(format!("{}: no training items", path.display())));
+        return Err(MlError::Input(format!(
+            "{}: no training items",
+            path.display()
+        )));
     }
     Ok(items)
 }
@@ -210,7 +250,11 @@ fn encode_items(tok: &PairTokenizer, items: &[Item]) -> Result<Encoded> {
             }
         }
     }
-    Ok(Encoded { pairs: tok.encode_all(&texts)?, spans, labels })
+    Ok(Encoded {
+        pairs: tok.encode_all(&texts)?,
+        spans,
+        labels,
+    })
 }
 
 /// Everything a training run needs.
@@ -325,16 +369,38 @@ fn batch_loss<B: Backend>(
     let input = ModelInput::<B>::from_batch(&tok.pad(&items), device);
     let logits = model.forward(&input);
     let [rows, k] = logits.dims();
-    let labels = || Tensor::<B, 1>::from_data(TensorData::new(idx.iter().map(|&i| enc.labels[i] as f32).collect::<Vec<_>>(), [idx.len()]), device);
+    let labels = || {
+        Tensor::<B, 1>::from_data(
+            TensorData::new(
+                idx.iter()
+                    .map(|&i| enc.labels[i] as f32)
+                    .collect::<Vec<_>>(),
+                [idx.len()],
+            ),
+            device,
+        )
+    };
     let loss = match kind {
         LossKind::Mse => loss::mse(logits.reshape([rows]), labels()),
         LossKind::Bce => loss::bce_with_logits(logits.reshape([rows]), labels()),
         LossKind::CrossEntropy => {
-            let l = Tensor::<B, 1, Int>::from_data(TensorData::new(idx.iter().map(|&i| enc.labels[i] as i64).collect::<Vec<_>>(), [idx.len()]), device);
+            let l = Tensor::<B, 1, Int>::from_data(
+                TensorData::new(
+                    idx.iter()
+                        .map(|&i| enc.labels[i] as i64)
+                        .collect::<Vec<_>>(),
+                    [idx.len()],
+                ),
+                device,
+            );
             loss::cross_entropy(logits, l)
         }
-        LossKind::Margin { margin } => loss::margin_ranking(logits.reshape([idx.len(), rows * k / idx.len()]), margin),
-        LossKind::Listwise => loss::listwise_softmax(logits.reshape([idx.len(), rows * k / idx.len()])),
+        LossKind::Margin { margin } => {
+            loss::margin_ranking(logits.reshape([idx.len(), rows * k / idx.len()]), margin)
+        }
+        LossKind::Listwise => {
+            loss::listwise_softmax(logits.reshape([idx.len(), rows * k / idx.len()]))
+        }
     };
     (loss, items.len())
 }
@@ -356,25 +422,41 @@ fn evaluate_dev<B: Backend>(
         Task::Regression => {
             let p: Vec<f64> = logits.iter().map(|l| l[0] as f64).collect();
             let loss = match kind {
-                LossKind::Bce => crate::losses::bce_with_logits(&p, &enc.labels).map_err(err)?.value,
+                LossKind::Bce => {
+                    crate::losses::bce_with_logits(&p, &enc.labels)
+                        .map_err(err)?
+                        .value
+                }
                 _ => crate::losses::mse(&p, &enc.labels).map_err(err)?.value,
             };
-            let s = if p.len() >= 2 { crate::metrics::regression::spearman(&enc.labels, &p).map_err(err)? } else { f64::NAN };
+            let s = if p.len() >= 2 {
+                crate::metrics::regression::spearman(&enc.labels, &p).map_err(err)?
+            } else {
+                f64::NAN
+            };
             (loss, s)
         }
         Task::Classification => {
             let k = logits[0].len();
             let flat: Vec<f64> = logits.iter().flat_map(|l| as_f64(l)).collect();
             let y: Vec<usize> = enc.labels.iter().map(|&l| l as usize).collect();
-            let loss = crate::losses::cross_entropy(&flat, k, &y).map_err(err)?.value;
+            let loss = crate::losses::cross_entropy(&flat, k, &y)
+                .map_err(err)?
+                .value;
             let pred = crate::metrics::report::argmax_rows(&flat, k);
-            (loss, pred.iter().zip(&y).filter(|(a, b)| a == b).count() as f64 / n)
+            (
+                loss,
+                pred.iter().zip(&y).filter(|(a, b)| a == b).count() as f64 / n,
+            )
         }
         Task::Ranking => {
             let mut loss = 0.0;
             let mut rr = 0.0;
             for &(start, len) in &enc.spans {
-                let s: Vec<f64> = logits[start..start + len].iter().map(|l| l[0] as f64).collect();
+                let s: Vec<f64> = logits[start..start + len]
+                    .iter()
+                    .map(|l| l[0] as f64)
+                    .collect();
                 loss += crate::losses::listwise_softmax(&s, len).map_err(err)?.value;
                 let rank = 1 + s[1..].iter().filter(|&&x| x >= s[0]).count();
                 rr += 1.0 / rank as f64;
@@ -398,10 +480,19 @@ fn save_checkpoint<B: AutodiffBackend>(
     extra: Value,
 ) -> Result<()> {
     let parent = dir.parent().unwrap_or(Path::new("."));
-    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("checkpoint");
+    let name = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("checkpoint");
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    peft::save_adapter(model, &spec.lora, arch, &spec.model_dir.display().to_string(), &tmp)?;
+    peft::save_adapter(
+        model,
+        &spec.lora,
+        arch,
+        &spec.model_dir.display().to_string(),
+        &tmp,
+    )?;
     let mut set = TensorSet::default();
     for (i, m) in state.moments.iter().enumerate() {
         if let Some((m, v)) = m {
@@ -411,7 +502,10 @@ fn save_checkpoint<B: AutodiffBackend>(
     }
     write_atomic(&tmp.join(OPTIM_FILE), &set.to_bytes(None)?)?;
     let st = json!({"step": state.step, "fingerprint": spec.fingerprint, "optim": spec.optim, "extra": extra});
-    write_atomic(&tmp.join(STATE_FILE), serde_json::to_string_pretty(&st).expect("JSON").as_bytes())?;
+    write_atomic(
+        &tmp.join(STATE_FILE),
+        serde_json::to_string_pretty(&st).expect("JSON").as_bytes(),
+    )?;
     let old = parent.join(format!(".{name}.old-{}", std::process::id()));
     if dir.exists() {
         std::fs::rename(dir, &old).map_err(|e| MlError::io(dir, e))?;
@@ -424,17 +518,32 @@ fn save_checkpoint<B: AutodiffBackend>(
 fn load_optimizer<B: Backend>(dir: &Path, device: &B::Device) -> Result<(AdamWState<B>, Value)> {
     let path = dir.join(STATE_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| MlError::io(&path, e))?;
-    let st: Value = serde_json::from_str(&text).map_err(|e| MlError::Config { path: path.clone(), message: e.to_string() })?;
-    let step = st["step"].as_u64().ok_or_else(|| MlError::Config { path: path.clone(), message: "expected a number \"step\"".into() })?;
+    let st: Value = serde_json::from_str(&text).map_err(|e| MlError::Config {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    let step = st["step"].as_u64().ok_or_else(|| MlError::Config {
+        path: path.clone(),
+        message: "expected a number \"step\"".into(),
+    })?;
     let set = TensorSet::read(&dir.join(OPTIM_FILE))?;
     let mut moments = Vec::new();
     for (key, (_, m)) in &set.0 {
-        let Some(i) = key.strip_prefix("m.").and_then(|i| i.parse::<usize>().ok()) else { continue };
-        let (_, v) = set.0.get(&format!("v.{i}")).ok_or_else(|| MlError::Weights { path: dir.join(OPTIM_FILE), message: format!("v.{i} missing") })?;
+        let Some(i) = key.strip_prefix("m.").and_then(|i| i.parse::<usize>().ok()) else {
+            continue;
+        };
+        let (_, v) = set
+            .0
+            .get(&format!("v.{i}"))
+            .ok_or_else(|| MlError::Weights {
+                path: dir.join(OPTIM_FILE),
+                message: format!("v.{i} missing"),
+            })?;
         if moments.len() <= i {
             moments.resize(i + 1, None);
         }
-        let t = |x: &Vec<f32>| Tensor::<B, 1>::from_data(TensorData::new(x.clone(), [x.len()]), device);
+        let t =
+            |x: &Vec<f32>| Tensor::<B, 1>::from_data(TensorData::new(x.clone(), [x.len()]), device);
         moments[i] = Some((t(m), t(v)));
     }
     Ok((AdamWState { step, moments }, st["extra"].clone()))
@@ -445,7 +554,11 @@ fn mix(seed: u64, a: u64) -> u64 {
 }
 
 /// Trains a LoRA adapter as `spec` says, reporting progress and per-step metrics.
-pub fn train<B: AutodiffBackend>(spec: &TrainSpec, device: &B::Device, report: &dyn Reporter) -> Result<TrainOutcome> {
+pub fn train<B: AutodiffBackend>(
+    spec: &TrainSpec,
+    device: &B::Device,
+    report: &dyn Reporter,
+) -> Result<TrainOutcome> {
     spec.optim.validate()?;
     spec.lora.validate()?;
     let o = &spec.optim;
@@ -474,33 +587,57 @@ pub fn train<B: AutodiffBackend>(spec: &TrainSpec, device: &B::Device, report: &
 
     // The backend RNG initialises a missing head; seed it so that is reproducible too.
     B::seed(device, mix(o.seed, u64::MAX));
-    let resume_dir = spec.checkpoint_dir.as_ref().filter(|d| d.join(STATE_FILE).is_file()).filter(|d| {
-        let same = std::fs::read_to_string(d.join(STATE_FILE))
-            .ok()
-            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-            .is_some_and(|v| v["fingerprint"].as_str() == Some(spec.fingerprint.as_str()));
-        if !same {
-            report.log(&format!("{}: checkpoint of other settings, starting over", d.display()));
-        }
-        same
-    });
+    let resume_dir = spec
+        .checkpoint_dir
+        .as_ref()
+        .filter(|d| d.join(STATE_FILE).is_file())
+        .filter(|d| {
+            let same = std::fs::read_to_string(d.join(STATE_FILE))
+                .ok()
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                .is_some_and(|v| v["fingerprint"].as_str() == Some(spec.fingerprint.as_str()));
+            if !same {
+                report.log(&format!(
+                    "{}: checkpoint of other settings, starting over",
+                    d.display()
+                ));
+            }
+            same
+        });
     let (mut model, mut state, resumed_extra) = match resume_dir {
         Some(ck) => {
             let (m, settings) = peft::load_adapter::<B>(&dir, ck, device)?;
             if settings.r != spec.lora.r || settings.targets != spec.lora.targets {
-                return Err(MlError::Input(format!("{}: checkpoint has other LoRA settings than this run; remove it to start over", ck.display())));
+                return Err(MlError::Input(format!(
+                    "{}: checkpoint has other LoRA settings than this run; remove it to start over",
+                    ck.display()
+                )));
             }
             let (st, extra) = load_optimizer::<B::InnerBackend>(ck, device)?;
-            report.log(&format!("resuming from {} at step {}", ck.display(), st.step));
+            report.log(&format!(
+                "resuming from {} at step {}",
+                ck.display(),
+                st.step
+            ));
             (m, st, Some(extra))
         }
         None => {
-            let opts = LoadOptions { num_labels: Some(spec.num_labels), init_missing_head: true };
+            let opts = LoadOptions {
+                num_labels: Some(spec.num_labels),
+                init_missing_head: true,
+            };
             let (base, load) = CrossEncoder::<B>::load(&dir, &opts, device)?;
             if !load.initialized.is_empty() {
-                report.log(&format!("new head weights: {}", load.initialized.join(", ")));
+                report.log(&format!(
+                    "new head weights: {}",
+                    load.initialized.join(", ")
+                ));
             }
-            (LoraModel::new(base, &spec.lora, o.seed, device)?, AdamWState::default(), None)
+            (
+                LoraModel::new(base, &spec.lora, o.seed, device)?,
+                AdamWState::default(),
+                None,
+            )
         }
     };
     if spec.dropout_off {
@@ -513,25 +650,46 @@ pub fn train<B: AutodiffBackend>(spec: &TrainSpec, device: &B::Device, report: &
     let mut best: Option<EvalLog> = None;
     let mut since_best = 0u64;
     if let Some(extra) = &resumed_extra {
-        history = serde_json::from_value::<Vec<(u64, usize, f64, f64, f64)>>(extra["history"].clone())
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(step, epoch, loss, lr, grad_norm)| StepLog { step, epoch, loss, lr, grad_norm })
-            .collect();
+        history =
+            serde_json::from_value::<Vec<(u64, usize, f64, f64, f64)>>(extra["history"].clone())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(step, epoch, loss, lr, grad_norm)| StepLog {
+                    step,
+                    epoch,
+                    loss,
+                    lr,
+                    grad_norm,
+                })
+                .collect();
         evals = serde_json::from_value::<Vec<(u64, f64, f64)>>(extra["evals"].clone())
             .unwrap_or_default()
             .into_iter()
             .map(|(step, loss, metric)| EvalLog { step, loss, metric })
             .collect();
-        best = evals.iter().filter(|e| e.metric.is_finite()).max_by(|a, b| a.metric.total_cmp(&b.metric)).cloned();
-        since_best = best.as_ref().map_or(0, |b| evals.iter().filter(|e| e.step > b.step).count() as u64);
+        best = evals
+            .iter()
+            .filter(|e| e.metric.is_finite())
+            .max_by(|a, b| a.metric.total_cmp(&b.metric))
+            .cloned();
+        since_best = best.as_ref().map_or(0, |b| {
+            evals.iter().filter(|e| e.step > b.step).count() as u64
+        });
     }
     let resumed_from = resumed_extra.as_ref().map(|_| state.step);
     let eval_every = o.eval_every.unwrap_or(steps_per_epoch);
     let started = Instant::now();
     let mut pairs_seen = 0u64;
     let mut stopped_early = false;
-    let save_best = |model: &LoraModel<B>| peft::save_adapter(model, &spec.lora, arch, &spec.model_dir.display().to_string(), &spec.adapter_out);
+    let save_best = |model: &LoraModel<B>| {
+        peft::save_adapter(
+            model,
+            &spec.lora,
+            arch,
+            &spec.model_dir.display().to_string(),
+            &spec.adapter_out,
+        )
+    };
 
     let extra = |history: &[StepLog], evals: &[EvalLog]| {
         json!({
@@ -568,7 +726,10 @@ pub fn train<B: AutodiffBackend>(spec: &TrainSpec, device: &B::Device, report: &
                 pairs_seen += pairs as u64;
             }
             if !step_loss.is_finite() {
-                return Err(MlError::Input(format!("step {}: the loss is {step_loss}; lower optim.lr or check the labels", step + 1)));
+                return Err(MlError::Input(format!(
+                    "step {}: the loss is {step_loss}; lower optim.lr or check the labels",
+                    step + 1
+                )));
             }
             let grad_norm = match o.grad_clip.filter(|c| *c > 0.0) {
                 Some(c) => optim::clip_grad_norm::<B>(&mut grads, c),
@@ -577,22 +738,37 @@ pub fn train<B: AutodiffBackend>(spec: &TrainSpec, device: &B::Device, report: &
             let lr = o.lr * optim::lr_factor(o.schedule, step, warmup, total);
             model = optim::adamw_step(model, grads, lr, o.adamw(), &mut state);
             let done = state.step;
-            history.push(StepLog { step: done, epoch, loss: step_loss, lr, grad_norm });
+            history.push(StepLog {
+                step: done,
+                epoch,
+                loss: step_loss,
+                lr,
+                grad_norm,
+            });
             report.metric("train/loss", Some(done), step_loss);
             report.metric("train/lr", Some(done), lr);
             report.metric("train/grad_norm", Some(done), grad_norm);
             let rate = pairs_seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
             let recent: Vec<f64> = history.iter().rev().take(20).map(|h| h.loss).collect();
             let mean = recent.iter().sum::<f64>() / recent.len() as f64;
-            report.progress(done, Some(last_step), &format!("epoch {} loss {mean:.4} {rate:.1} pairs/s", epoch + 1));
+            report.progress(
+                done,
+                Some(last_step),
+                &format!("epoch {} loss {mean:.4} {rate:.1} pairs/s", epoch + 1),
+            );
 
             let at_eval = done % eval_every == 0 || done == last_step;
             if let (Some(d), true) = (&dev, at_eval) {
-                let (loss, m) = evaluate_dev(&model.valid(), &tok, d, spec.task, spec.loss, device)?;
+                let (loss, m) =
+                    evaluate_dev(&model.valid(), &tok, d, spec.task, spec.loss, device)?;
                 report.metric(&format!("dev/{metric}"), Some(done), m);
                 report.metric("dev/loss", Some(done), loss);
                 report.log(&format!("step {done}: dev loss {loss:.4}, {metric} {m:.4}"));
-                let e = EvalLog { step: done, loss, metric: m };
+                let e = EvalLog {
+                    step: done,
+                    loss,
+                    metric: m,
+                };
                 evals.push(e.clone());
                 if best.as_ref().is_none_or(|b| m.is_finite() && m > b.metric) {
                     best = Some(e);
@@ -602,12 +778,16 @@ pub fn train<B: AutodiffBackend>(spec: &TrainSpec, device: &B::Device, report: &
                     since_best += 1;
                 }
             }
-            let checkpoint_due = o.max_steps.is_some_and(|m| done == m) || spec.checkpoint_every.is_some_and(|c| done % c == 0) || (at_eval && dev.is_some());
+            let checkpoint_due = o.max_steps.is_some_and(|m| done == m)
+                || spec.checkpoint_every.is_some_and(|c| done % c == 0)
+                || (at_eval && dev.is_some());
             if let (Some(ck), true) = (&spec.checkpoint_dir, checkpoint_due) {
                 save_checkpoint(ck, &model, spec, arch, &state, extra(&history, &evals))?;
             }
             if o.patience.is_some_and(|p| since_best >= p) {
-                report.log(&format!("early stop at step {done}: no {metric} improvement in {since_best} evaluations"));
+                report.log(&format!(
+                    "early stop at step {done}: no {metric} improvement in {since_best} evaluations"
+                ));
                 stopped_early = true;
                 break 'epochs;
             }

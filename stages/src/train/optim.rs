@@ -30,7 +30,12 @@ pub struct AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        Self { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }
+        Self {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        }
     }
 }
 
@@ -84,8 +89,14 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Collect<'_, B> {
 }
 
 /// The gradients of `module`'s trainable tensors from one backward pass.
-pub fn collect_grads<B: AutodiffBackend, M: Module<B>>(module: &M, grads: &B::Gradients) -> Grads<B> {
-    let mut c = Collect::<B> { grads, out: Vec::new() };
+pub fn collect_grads<B: AutodiffBackend, M: Module<B>>(
+    module: &M,
+    grads: &B::Gradients,
+) -> Grads<B> {
+    let mut c = Collect::<B> {
+        grads,
+        out: Vec::new(),
+    };
     module.visit(&mut c);
     c.out
 }
@@ -138,7 +149,10 @@ pub struct AdamWState<B: Backend> {
 
 impl<B: Backend> Default for AdamWState<B> {
     fn default() -> Self {
-        Self { step: 0, moments: Vec::new() }
+        Self {
+            step: 0,
+            moments: Vec::new(),
+        }
     }
 }
 
@@ -158,7 +172,9 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Update<'_, B> {
         }
         let i = self.index;
         self.index += 1;
-        let Some(g) = self.grads.get_mut(i).and_then(Option::take) else { return param };
+        let Some(g) = self.grads.get_mut(i).and_then(Option::take) else {
+            return param;
+        };
         let (id, tensor, mapper) = param.consume();
         let shape = tensor.shape();
         let n = shape.num_elements();
@@ -195,7 +211,14 @@ pub fn adamw_step<B: AutodiffBackend, M: Module<B>>(
 ) -> M {
     state.step += 1;
     let t = state.step.min(i32::MAX as u64) as i32;
-    let mut up = Update::<B> { cfg, lr, t, grads: &mut grads, state, index: 0 };
+    let mut up = Update::<B> {
+        cfg,
+        lr,
+        t,
+        grads: &mut grads,
+        state,
+        index: 0,
+    };
     module.map(&mut up)
 }
 
@@ -206,7 +229,9 @@ mod tests {
     #[test]
     fn schedules_match_transformers() {
         // get_linear_schedule_with_warmup(warmup=2, total=10): 0, .5, 1, 7/8, …, 1/8.
-        let f: Vec<f64> = (0..10).map(|s| lr_factor(Decay::Linear, s, 2, 10)).collect();
+        let f: Vec<f64> = (0..10)
+            .map(|s| lr_factor(Decay::Linear, s, 2, 10))
+            .collect();
         assert_eq!(&f[..3], &[0.0, 0.5, 1.0]);
         assert!((f[3] - 7.0 / 8.0).abs() < 1e-12 && (f[9] - 1.0 / 8.0).abs() < 1e-12);
         // Cosine: 1 right after warmup, 0.5 half-way through the decay.
