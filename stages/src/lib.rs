@@ -29,8 +29,7 @@ pub mod models;
 pub mod score;
 #[cfg(feature = "ml")]
 pub mod tokenize;
-
-// Issue 4 with burn: LoRA, PEFT adapter files, the trainer (on M's `models`).
+// Issue 4 with burn: LoRA, PEFT adapter files, the trainer.
 #[cfg(feature = "ml")]
 pub mod lora;
 #[cfg(feature = "ml")]
