@@ -93,12 +93,12 @@ pub(crate) fn check_gates(stage: &str, gates: &[Gate], metrics: &Map<String, Val
         })?;
         let v = v.as_f64().unwrap_or(f64::NAN);
         if let Some(t) = g.below
-            && !(v >= t)
+            && (v.is_nan() || v < t)
         {
             failed.push(format!("{} = {v:.4} is below {t}", g.metric));
         }
         if let Some(t) = g.above
-            && !(v <= t)
+            && (v.is_nan() || v > t)
         {
             failed.push(format!("{} = {v:.4} is above {t}", g.metric));
         }
