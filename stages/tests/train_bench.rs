@@ -32,7 +32,10 @@ impl Reporter for Quiet {
 fn lora_training_throughput() {
     let env = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("set {k}"));
     let limit: usize = env("TSUMUGI_BENCH_LIMIT").parse().unwrap();
-    let batch: usize = std::env::var("TSUMUGI_BENCH_BATCH").ok().and_then(|b| b.parse().ok()).unwrap_or(16);
+    let batch: usize = std::env::var("TSUMUGI_BENCH_BATCH")
+        .ok()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(16);
     let out = tempfile::tempdir().unwrap();
     let spec = TrainSpec {
         model_dir: PathBuf::from(env("TSUMUGI_BENCH_MODEL")),
@@ -49,7 +52,12 @@ fn lora_training_throughput() {
             rslora: false,
             train_pooler: false,
         },
-        optim: OptimSettings { batch, limit: Some(limit), grad_clip: None, ..Default::default() },
+        optim: OptimSettings {
+            batch,
+            limit: Some(limit),
+            grad_clip: None,
+            ..Default::default()
+        },
         max_length: 128,
         adapter_out: out.path().join("adapter"),
         checkpoint_dir: None,
@@ -57,21 +65,38 @@ fn lora_training_throughput() {
         dropout_off: false,
         fingerprint: String::new(),
     };
-    let o = train::<burn::backend::Autodiff<burn::backend::Flex>>(&spec, &Default::default(), &Quiet).unwrap();
+    let o =
+        train::<burn::backend::Autodiff<burn::backend::Flex>>(&spec, &Default::default(), &Quiet)
+            .unwrap();
     // Optionally the test-set Spearman of the trained adapter ($TSUMUGI_BENCH_TEST: pairs JSONL).
     let spearman = std::env::var("TSUMUGI_BENCH_TEST").ok().map(|test| {
         use tsumugi_stages::models::ModelDir;
         use tsumugi_stages::tokenize::{PairTokenizer, Truncation};
         let dir = ModelDir::open(&spec.model_dir).unwrap();
         let d = Default::default();
-        let (model, _) = tsumugi_stages::peft::load_adapter::<burn::backend::Flex>(&dir, &spec.adapter_out, &d).unwrap();
+        let (model, _) =
+            tsumugi_stages::peft::load_adapter::<burn::backend::Flex>(&dir, &spec.adapter_out, &d)
+                .unwrap();
         let tok = PairTokenizer::for_model(&dir, 128, Truncation::LongestFirst).unwrap();
-        let rows: Vec<serde_json::Value> =
-            std::fs::read_to_string(test).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        let pairs: Vec<(String, String)> =
-            rows.iter().map(|r| (r["text_a"].as_str().unwrap().to_string(), r["text_b"].as_str().unwrap().to_string())).collect();
+        let rows: Vec<serde_json::Value> = std::fs::read_to_string(test)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let pairs: Vec<(String, String)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r["text_a"].as_str().unwrap().to_string(),
+                    r["text_b"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
         let enc = tok.encode_all(&pairs).unwrap();
-        let p: Vec<f64> = tsumugi_stages::train::predict(&model, &tok, &enc, 64, &d).iter().map(|l| l[0] as f64).collect();
+        let p: Vec<f64> = tsumugi_stages::train::predict(&model, &tok, &enc, 64, &d)
+            .iter()
+            .map(|l| l[0] as f64)
+            .collect();
         let y: Vec<f64> = rows.iter().map(|r| r["label"].as_f64().unwrap()).collect();
         tsumugi_stages::metrics::spearman(&y, &p).unwrap()
     });
