@@ -3,6 +3,13 @@
 
     /work/.venv-ml/bin/python scripts/check_export.py EXPORT_DIR BASE_DIR ADAPTER_DIR
 
+On the test fixture (the Rust test keeps its merged export and adapter when asked):
+
+    TSUMUGI_EXPORT_CHECK_DIR=/tmp/export-check cargo test -p tsumugi-stages --features ml \
+        --test stages_lora
+    python scripts/check_export.py /tmp/export-check/model stages/tests/fixtures/bert-1 \
+        /tmp/export-check/adapter
+
 Loads EXPORT_DIR with plain transformers (`AutoModelForSequenceClassification`,
 `AutoTokenizer`: no PEFT), and BASE_DIR + ADAPTER_DIR with PEFT, scores a few pairs with
 both and exits non-zero when the logits differ by more than 1e-4 or transformers reports

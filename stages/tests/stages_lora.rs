@@ -320,6 +320,16 @@ fn train_evaluate_export_through_the_stage_contract() {
         .map(|(p, q)| (p - q).abs())
         .fold(0.0, f32::max);
     assert!(diff <= 1e-5, "merged export vs base + adapter: {diff}");
+    // For scripts/check_export.py (transformers loads the merged export): keep copies.
+    if let Some(keep) = std::env::var_os("TSUMUGI_EXPORT_CHECK_DIR").map(PathBuf::from) {
+        for (from, to) in [(&x["model"], "model"), (&a["adapter"], "adapter")] {
+            std::fs::create_dir_all(keep.join(to)).unwrap();
+            for f in std::fs::read_dir(from).unwrap() {
+                let f = f.unwrap().path();
+                std::fs::copy(&f, keep.join(to).join(f.file_name().unwrap())).unwrap();
+            }
+        }
+    }
     // Adapter-only export: the PEFT files, untouched.
     let y = run(
         "export",
