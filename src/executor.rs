@@ -188,11 +188,10 @@ pub struct StageStatus {
     pub fingerprint: Option<String>,
 }
 
-/// The built-in stage implementations this build has. The hook for the `stages` crate's
-/// registry: return its implementation of `kind` here once one exists.
+/// The built-in stage implementations this build has: the `stages` crate's registry.
+/// Kinds that need burn are absent from a build without the `ml` feature.
 pub fn builtin_stage(kind: &str) -> Option<Box<dyn StageImpl>> {
-    let _ = kind;
-    None
+    tsumugi_stages::kinds::implementation(kind)
 }
 
 fn stage_impl(stage: &Stage) -> Result<Box<dyn StageImpl>> {
@@ -200,7 +199,7 @@ fn stage_impl(stage: &Stage) -> Result<Box<dyn StageImpl>> {
         Action::Cmd { cmd } => Ok(Box::new(CmdStage { cmd: cmd.clone() })),
         Action::Builtin { kind, .. } => builtin_stage(kind).with_context(|| {
             format!(
-                "stage kind {kind} is not available in this build (stage {})",
+                "stage kind {kind} is not available in this build (stage {}); build with the `ml` feature (the default)",
                 stage.name
             )
         }),
@@ -1434,6 +1433,16 @@ fn execute_once(
         if let Some(p) = root.join(m).parent() {
             let _ = fs::create_dir_all(p);
         }
+    }
+    // A built-in kind writes its metrics output like any other output: the loader files it
+    // under `metrics` (so the run database records it), and the kind needs its path by key.
+    if let Action::Builtin { kind, .. } = &stage.action
+        && let Some(info) = tsumugi_stages::kind(kind)
+        && let Some(key) = info.metrics
+        && let Some((_, file)) = info.outputs.iter().find(|(k, _)| *k == key)
+        && let Some(m) = stage.metrics.iter().find(|m| m.ends_with(file))
+    {
+        outs.insert(key.to_string(), root.join(m));
     }
     if let Some(p) = log_path.parent() {
         fs::create_dir_all(p).map_err(|e| fail(format!("cannot create {}: {e}", p.display())))?;

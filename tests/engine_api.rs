@@ -129,7 +129,8 @@ async fn builtin_kind_without_an_implementation_fails_clearly() {
     let p = pipeline(vec![stage(
         "train",
         Action::Builtin {
-            kind: "train-lora".into(),
+            // Not a kind of any build (the loader would refuse it; the executor must too).
+            kind: "caption-images".into(),
             version: 1,
             with: serde_json::json!({"r": 16}),
         },
@@ -144,7 +145,7 @@ async fn builtin_kind_without_an_implementation_fails_clearly() {
     assert_eq!(s.stages[0].status, StageState::Failed);
     let msg = s.stages[0].message.as_deref().unwrap();
     assert!(
-        msg.contains("stage kind train-lora is not available in this build"),
+        msg.contains("stage kind caption-images is not available in this build"),
         "{msg}"
     );
 }

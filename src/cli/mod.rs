@@ -14,6 +14,8 @@ mod run;
 mod runs;
 mod schedule;
 mod schema;
+#[cfg(feature = "ml")]
+mod score;
 mod show;
 mod status;
 mod validate;
@@ -79,6 +81,9 @@ pub enum Command {
     Schedule(schedule::ScheduleArgs),
     /// Re-run the stages affected by file changes, as they happen.
     Watch(watch::WatchArgs),
+    /// Score text pairs (JSONL) with a cross-encoder model directory.
+    #[cfg(feature = "ml")]
+    Score(score::ScoreArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -97,6 +102,8 @@ pub fn main() -> ExitCode {
         Command::Gc(a) => gc::run(&project, a),
         Command::Schedule(a) => schedule::run(&project, a),
         Command::Watch(a) => watch::run(&project, a),
+        #[cfg(feature = "ml")]
+        Command::Score(a) => score::run(a),
     };
     match result {
         Ok(code) => code,

@@ -6,9 +6,36 @@
 //! [`contract::Reporter`]. The descriptors in [`kinds`] (name, version, inputs, outputs) are
 //! always compiled, so the engine can validate and fingerprint a pipeline that uses a
 //! built-in kind without building burn; the implementations need the `ml` feature.
+//!
+//! With `ml`: [`models`] (BERT, RoBERTa, XLM-R cross-encoders in burn, loaded from Hugging
+//! Face directories), [`tokenize`] (pair tokenization and length bucketing), [`score`]
+//! (scoring pairs), [`device`] (run-time backend choice).
 
 pub mod contract;
 pub mod kinds;
+// Issue 4 without burn: loss formulas, evaluation metrics, plots.
+pub mod losses;
+pub mod metrics;
+pub mod negatives;
+pub mod plots;
+
+#[cfg(feature = "ml")]
+pub mod device;
+#[cfg(feature = "ml")]
+pub mod error;
+#[cfg(feature = "ml")]
+pub mod models;
+#[cfg(feature = "ml")]
+pub mod score;
+#[cfg(feature = "ml")]
+pub mod tokenize;
+// Issue 4 with burn: LoRA, PEFT adapter files, the trainer.
+#[cfg(feature = "ml")]
+pub mod lora;
+#[cfg(feature = "ml")]
+pub mod peft;
+#[cfg(feature = "ml")]
+pub mod train;
 
 pub use contract::{Reporter, Stage, StageInput};
 pub use kinds::{KindInfo, kind, kinds};

@@ -1,0 +1,440 @@
+//! `evaluate`: scores a test JSONL with a base model (+ a LoRA adapter), writes the task's
+//! metrics (see [`crate::metrics::report`]), the predictions and plots, and applies gates.
+//!
+//! ```yaml
+//! eval:
+//!   uses: evaluate
+//!   with:
+//!     base: models/minilm-l6
+//!     adapter: ${stages.train.outs.adapter}   # optional: the base model alone without it
+//!     test: ${stages.pairs.outs.test}         # build-pairs JSONL
+//!     task: regression                        # regression | classification | ranking
+//!     history: ${stages.train.outs.history}   # optional: adds the training-history plot
+//!     fail_if: {metric: spearman, below: 0.7} # or a list; `above:` for lower-is-better metrics
+//! ```
+//! Regression also takes `rounded_classes: K` (accuracy / macro-F1 over rounded scores),
+//! classification `labels: [names…]` (default: the adapter's `labels.json`), ranking
+//! `ks: [1, 5, 10]`. A gate that fails makes the stage fail, naming the metric, its value
+//! and the threshold; the metrics are reported to the engine before that.
+
+// Without `ml` only the descriptor and the `with:` parsing are compiled.
+#![cfg_attr(not(feature = "ml"), allow(dead_code, unused_imports))]
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::contract::{Reporter, Stage, StageInput};
+use crate::kinds::KindInfo;
+use crate::kinds::train_lora::{out, parse, resolve, write_json};
+
+pub struct Evaluate;
+
+pub const INFO: KindInfo = KindInfo {
+    name: "evaluate",
+    version: 1,
+    summary: "metrics, predictions and plots of a model (+ LoRA adapter) on a test set, with fail_if gates",
+    input_fields: &["base", "adapter", "test", "history"],
+    outputs: &[
+        ("metrics", "metrics.json"),
+        ("predictions", "predictions.jsonl"),
+        ("plots", "plots"),
+    ],
+    metrics: Some("metrics"),
+};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Gate {
+    pub metric: String,
+    pub below: Option<f64>,
+    pub above: Option<f64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum Gates {
+    One(Gate),
+    Many(Vec<Gate>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(not(feature = "ml"), allow(dead_code))]
+struct Config {
+    base: PathBuf,
+    adapter: Option<PathBuf>,
+    test: PathBuf,
+    task: crate::kinds::train_lora::Task,
+    labels: Option<Vec<String>>,
+    history: Option<PathBuf>,
+    max_length: Option<usize>,
+    batch: Option<usize>,
+    ks: Option<Vec<usize>>,
+    rounded_classes: Option<usize>,
+    fail_if: Option<Gates>,
+}
+
+/// Checks `gates` against `metrics`: `Err` with every failed gate named.
+pub(crate) fn check_gates(stage: &str, gates: &[Gate], metrics: &Map<String, Value>) -> Result<()> {
+    let mut failed = Vec::new();
+    for g in gates {
+        if g.below.is_none() && g.above.is_none() {
+            bail!(
+                "stage {stage}: fail_if on {:?} needs `below:` or `above:`",
+                g.metric
+            );
+        }
+        let v = metrics.get(&g.metric).ok_or_else(|| {
+            let known: Vec<&str> = metrics.keys().map(String::as_str).collect();
+            anyhow!("stage {stage}: fail_if names metric {:?}, which this evaluation does not compute (it has: {})", g.metric, known.join(", "))
+        })?;
+        let v = v.as_f64().unwrap_or(f64::NAN);
+        if let Some(t) = g.below
+            && (v.is_nan() || v < t)
+        {
+            failed.push(format!("{} = {v:.4} is below {t}", g.metric));
+        }
+        if let Some(t) = g.above
+            && (v.is_nan() || v > t)
+        {
+            failed.push(format!("{} = {v:.4} is above {t}", g.metric));
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "stage {stage}: evaluation gate failed: {}",
+            failed.join("; ")
+        );
+    }
+    Ok(())
+}
+
+impl Stage for Evaluate {
+    fn run(&self, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()> {
+        let cfg: Config = parse(input, INFO.name)?;
+        run(cfg, input, report)
+    }
+}
+
+#[cfg(not(feature = "ml"))]
+fn run(_: Config, input: &StageInput<'_>, _: &dyn Reporter) -> Result<()> {
+    bail!(
+        "stage {}: evaluate needs a build with the `ml` feature",
+        input.name
+    )
+}
+
+#[derive(Debug)]
+#[cfg(feature = "ml")]
+struct Row {
+    a: String,
+    b: String,
+    label: f64,
+    group: String,
+}
+
+#[cfg(feature = "ml")]
+fn read_rows(path: &Path) -> Result<Vec<Row>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut rows = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim_start_matches('\u{feff}');
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = || format!("{}:{}", path.display(), i + 1);
+        let v: Value = serde_json::from_str(line).with_context(|| format!("{}: not JSON", at()))?;
+        let s = |k: &str| {
+            v.get(k)
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .ok_or_else(|| anyhow!("{}: expected a string field {k:?}", at()))
+        };
+        let label = v
+            .get("label")
+            .and_then(Value::as_f64)
+            .ok_or_else(|| anyhow!("{}: expected a number field \"label\"", at()))?;
+        let a = s("text_a")?;
+        let group = v
+            .get("group")
+            .and_then(Value::as_str)
+            .map_or_else(|| a.clone(), str::to_string);
+        rows.push(Row {
+            b: s("text_b")?,
+            a,
+            label,
+            group,
+        });
+    }
+    if rows.is_empty() {
+        bail!("{}: no rows to evaluate", path.display());
+    }
+    Ok(rows)
+}
+
+/// Logits of `pairs` with base + adapter (or the base alone) on backend `B`.
+#[cfg(feature = "ml")]
+fn logits<B: burn::prelude::Backend>(
+    base: &Path,
+    adapter: Option<&Path>,
+    pairs: &[(String, String)],
+    max_length: usize,
+    batch: usize,
+    device: &B::Device,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Vec<Vec<f32>>> {
+    use crate::models::{CrossEncoder, LoadOptions, ModelDir};
+    use crate::tokenize::{PairTokenizer, Truncation};
+    let dir = ModelDir::open(base)?;
+    let tok = PairTokenizer::for_model(&dir, max_length, Truncation::LongestFirst)?;
+    let enc = tok.encode_all(pairs)?;
+    Ok(match adapter {
+        Some(a) => {
+            let (model, _) = crate::peft::load_adapter::<B>(&dir, a, device)?;
+            let mut out = Vec::with_capacity(enc.len());
+            for chunk in enc.chunks(batch * 8) {
+                out.extend(crate::train::predict(&model, &tok, chunk, batch, device));
+                progress(out.len());
+            }
+            out
+        }
+        None => {
+            let (model, _) = CrossEncoder::<B>::load(&dir, &LoadOptions::default(), device)?;
+            crate::score::score_encoded(&model, &tok, &enc, batch, device, progress)
+        }
+    })
+}
+
+#[cfg(feature = "ml")]
+fn run(cfg: Config, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()> {
+    use crate::device::DeviceSpec;
+    use crate::kinds::train_lora::Task;
+
+    let root = input.project_root;
+    let base = resolve(root, &cfg.base);
+    let adapter = cfg.adapter.as_ref().map(|a| resolve(root, a));
+    let rows = read_rows(&resolve(root, &cfg.test))?;
+    let pairs: Vec<(String, String)> = rows.iter().map(|r| (r.a.clone(), r.b.clone())).collect();
+    let (max_length, batch) = (
+        cfg.max_length.unwrap_or(128),
+        cfg.batch.unwrap_or(64).max(1),
+    );
+    let total = pairs.len() as u64;
+    let mut progress = |done: usize| report.progress(done as u64, Some(total), "scoring");
+    let device: DeviceSpec = input.device.parse()?;
+    device.check_compiled()?;
+    let ad = adapter.as_deref();
+    let logits = match device {
+        DeviceSpec::Cpu => logits::<crate::device::CpuBackend>(
+            &base,
+            ad,
+            &pairs,
+            max_length,
+            batch,
+            &Default::default(),
+            &mut progress,
+        ),
+        #[cfg(feature = "wgpu")]
+        DeviceSpec::Wgpu(_) => logits::<crate::device::WgpuBackend>(
+            &base,
+            ad,
+            &pairs,
+            max_length,
+            batch,
+            &device.wgpu_device(),
+            &mut progress,
+        ),
+        #[cfg(feature = "cuda")]
+        DeviceSpec::Cuda(_) => logits::<crate::device::CudaBackend>(
+            &base,
+            ad,
+            &pairs,
+            max_length,
+            batch,
+            &device.cuda_device(),
+            &mut progress,
+        ),
+        #[allow(unreachable_patterns)]
+        _ => unreachable!("check_compiled rejected backends this build lacks"),
+    }
+    .with_context(|| format!("stage {} (evaluate)", input.name))?;
+
+    let plots = out(input, "plots")?;
+    std::fs::create_dir_all(plots).with_context(|| format!("creating {}", plots.display()))?;
+    let both = |name: &str, f: &dyn Fn(&Path) -> Result<()>| -> Result<()> {
+        for ext in ["png", "svg"] {
+            f(&plots.join(format!("{name}.{ext}")))?;
+        }
+        Ok(())
+    };
+    let y: Vec<f64> = rows.iter().map(|r| r.label).collect();
+    let mut predictions = String::new();
+    let metrics = match cfg.task {
+        Task::Regression | Task::Ranking => {
+            if logits.iter().any(|l| l.len() != 1) {
+                bail!(
+                    "stage {}: task {:?} needs a one-logit head; this model has {}",
+                    input.name,
+                    cfg.task,
+                    logits[0].len()
+                );
+            }
+            let p: Vec<f64> = logits.iter().map(|l| l[0] as f64).collect();
+            for (r, s) in rows.iter().zip(&p) {
+                predictions += &(json!({"text_a": r.a, "text_b": r.b, "label": r.label, "score": s})
+                    .to_string() + "\n");
+            }
+            if cfg.task == Task::Regression {
+                both("predicted_vs_true", &|path| {
+                    crate::plots::predicted_vs_true(path, &y, &p)
+                })?;
+                crate::metrics::report::regression_report(&y, &p, cfg.rounded_classes)?
+            } else {
+                let ids: Vec<&str> = rows.iter().map(|r| r.group.as_str()).collect();
+                crate::metrics::report::ranking_report(
+                    &ids,
+                    &y,
+                    &p,
+                    cfg.ks.as_deref().unwrap_or(&[1, 5, 10]),
+                )?
+            }
+        }
+        Task::Classification => {
+            let k = logits[0].len();
+            let labels = match &cfg.labels {
+                Some(l) => l.clone(),
+                None => adapter
+                    .as_ref()
+                    .and_then(|a| std::fs::read_to_string(a.join("labels.json")).ok())
+                    .and_then(|t| serde_json::from_str::<Vec<String>>(&t).ok())
+                    .unwrap_or_else(|| (0..k).map(|i| format!("class_{i}")).collect()),
+            };
+            if labels.len() != k {
+                bail!(
+                    "stage {}: {} label names for a head of {k} logits",
+                    input.name,
+                    labels.len()
+                );
+            }
+            let mut probs = Vec::with_capacity(k * rows.len());
+            for (r, l) in rows.iter().zip(&logits) {
+                let m = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let e: Vec<f64> = l.iter().map(|x| ((x - m) as f64).exp()).collect();
+                let s: f64 = e.iter().sum();
+                let p: Vec<f64> = e.iter().map(|x| x / s).collect();
+                predictions += &(json!({"text_a": r.a, "text_b": r.b, "label": r.label, "probs": p})
+                    .to_string() + "\n");
+                probs.extend(p);
+            }
+            let yi: Vec<usize> = y.iter().map(|&v| v as usize).collect();
+            if y.iter()
+                .any(|&v| v < 0.0 || v.fract() != 0.0 || v as usize >= k)
+            {
+                bail!(
+                    "stage {}: classification labels must be class indices in 0..{k}",
+                    input.name
+                );
+            }
+            let pred = crate::metrics::report::argmax_rows(&probs, k);
+            let cm = crate::metrics::confusion_matrix(&yi, &pred, k)?;
+            let cm_rows = cm;
+            both("confusion_matrix", &|path| {
+                crate::plots::confusion_matrix(path, &cm_rows, &labels)
+            })?;
+            let bins = crate::metrics::calibration_bins(&probs, k, &yi, 15)?;
+            both("reliability", &|path| {
+                crate::plots::reliability_diagram(path, &bins)
+            })?;
+            let mut m = crate::metrics::report::classification_report(&yi, &probs, &labels)?;
+            m.insert("confusion_matrix".into(), json!(cm_rows));
+            m
+        }
+    };
+    if let Some(h) = &cfg.history {
+        let h = resolve(root, h);
+        let v: Value = serde_json::from_str(
+            &std::fs::read_to_string(&h).with_context(|| format!("reading {}", h.display()))?,
+        )
+        .with_context(|| format!("{}: not JSON", h.display()))?;
+        let loss: Vec<(u64, f64)> = v["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| Some((s["step"].as_u64()?, s["loss"].as_f64()?)))
+            .collect();
+        let dev: Vec<(u64, f64)> = v["evals"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| Some((s["step"].as_u64()?, s["metric"].as_f64()?)))
+            .collect();
+        let name = v["metric"].as_str().unwrap_or("dev").to_string();
+        if !loss.is_empty() {
+            both("training_history", &|path| {
+                crate::plots::training_history(path, &loss, &dev, &name)
+            })?;
+        }
+    }
+    for (k, v) in &metrics {
+        if let Some(x) = v.as_f64() {
+            report.metric(k, None, x);
+        }
+    }
+    crate::kinds::build_pairs::write_atomic(out(input, "predictions")?, predictions.as_bytes())?;
+    write_json(out(input, "metrics")?, &Value::Object(metrics.clone()))?;
+    let gates = match cfg.fail_if {
+        None => vec![],
+        Some(Gates::One(g)) => vec![g],
+        Some(Gates::Many(g)) => g,
+    };
+    check_gates(input.name, &gates, &metrics)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gates_pass_fail_and_name_unknown_metrics() {
+        let m: Map<String, Value> =
+            serde_json::from_value(json!({"spearman": 0.65, "rmse": 0.3, "pearson": null}))
+                .unwrap();
+        let g = |metric: &str, below: Option<f64>, above: Option<f64>| Gate {
+            metric: metric.into(),
+            below,
+            above,
+        };
+        assert!(
+            check_gates(
+                "eval",
+                &[g("spearman", Some(0.6), None), g("rmse", None, Some(0.5))],
+                &m
+            )
+            .is_ok()
+        );
+        let e = check_gates("eval", &[g("spearman", Some(0.7), None)], &m)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "stage eval: evaluation gate failed: spearman = 0.6500 is below 0.7"
+        );
+        let e = check_gates("eval", &[g("rmse", None, Some(0.2))], &m)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rmse = 0.3000 is above 0.2"), "{e}");
+        // An undefined metric (null) fails a gate rather than passing it.
+        assert!(check_gates("eval", &[g("pearson", Some(0.1), None)], &m).is_err());
+        let e = check_gates("eval", &[g("accuracy", Some(0.8), None)], &m)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("does not compute") && e.contains("spearman"),
+            "{e}"
+        );
+    }
+}

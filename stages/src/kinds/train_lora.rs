@@ -1,0 +1,288 @@
+//! `train-lora`: LoRA fine-tuning of a cross-encoder (see [`crate::train`]).
+//!
+//! ```yaml
+//! train:
+//!   uses: train-lora
+//!   with:
+//!     base: models/minilm-l6            # Hugging Face dir: config.json, *.safetensors, tokenizer.json
+//!     train: ${stages.pairs.outs.train} # build-pairs JSONL (ranking: group JSONL)
+//!     dev: ${stages.pairs.outs.dev}     # optional: evaluation, early stopping, best checkpoint
+//!     task: regression                  # regression | classification | ranking
+//!     loss: mse                         # mse | bce (regression), cross_entropy, margin | listwise (ranking)
+//!     labels: [entailment, neutral, contradiction]   # classification: class names (or num_labels: 3)
+//!     lora: {r: 16, alpha: 32, dropout: 0.1, targets: [query, key, value]}
+//!     optim: {lr: 5e-4, epochs: 1, batch: 16, seed: 13, warmup: 0.1}
+//!     max_length: 128
+//!     checkpoint_dir: cache/checkpoints/train  # optional: resume an interrupted run from here
+//! ```
+//! Outputs: `adapter` (PEFT directory, the head included), `history` (per-step loss, lr,
+//! gradient norm; dev evaluations), `metrics` (final numbers the engine records).
+
+// Without `ml` only the descriptor and the `with:` parsing are compiled.
+#![cfg_attr(not(feature = "ml"), allow(dead_code, unused_imports))]
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::contract::{Reporter, Stage, StageInput};
+use crate::kinds::KindInfo;
+
+pub struct TrainLora;
+
+/// What the model learns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    Regression,
+    Classification,
+    Ranking,
+}
+
+pub const INFO: KindInfo = KindInfo {
+    name: "train-lora",
+    version: 1,
+    summary: "LoRA fine-tuning of a cross-encoder (regression, classification, ranking); PEFT adapter out",
+    input_fields: &["base", "train", "dev"],
+    outputs: &[
+        ("adapter", "adapter"),
+        ("history", "history.json"),
+        ("metrics", "metrics.json"),
+    ],
+    metrics: Some("metrics"),
+};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LoraWith {
+    pub r: Option<usize>,
+    pub alpha: Option<f64>,
+    pub dropout: Option<f64>,
+    pub targets: Option<Vec<String>>,
+    pub rslora: Option<bool>,
+    pub train_pooler: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    base: PathBuf,
+    train: PathBuf,
+    dev: Option<PathBuf>,
+    task: Task,
+    loss: Option<String>,
+    margin: Option<f64>,
+    labels: Option<Vec<String>>,
+    num_labels: Option<usize>,
+    lora: Option<LoraWith>,
+    #[cfg_attr(not(feature = "ml"), allow(dead_code))]
+    optim: Option<Value>,
+    max_length: Option<usize>,
+    checkpoint_dir: Option<PathBuf>,
+    checkpoint_every: Option<u64>,
+}
+
+/// A `with:` path relative to the project root.
+pub(crate) fn resolve(root: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        root.join(p)
+    }
+}
+
+/// The output path of `key`, which the engine must provide.
+pub(crate) fn out<'a>(input: &'a StageInput<'_>, key: &str) -> Result<&'a PathBuf> {
+    input.outs.get(key).ok_or_else(|| {
+        anyhow!(
+            "stage {}: the engine gave no path for output {key:?}",
+            input.name
+        )
+    })
+}
+
+pub(crate) fn parse<T: for<'de> Deserialize<'de>>(input: &StageInput<'_>, kind: &str) -> Result<T> {
+    serde_json::from_value(input.with.clone())
+        .map_err(|e| anyhow!("stage {} ({kind}): with: {e}", input.name))
+}
+
+/// Writes JSON atomically.
+pub(crate) fn write_json(path: &Path, v: &Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(v)? + "\n";
+    crate::kinds::build_pairs::write_atomic(path, text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+impl Stage for TrainLora {
+    fn run(&self, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()> {
+        let cfg: Config = parse(input, INFO.name)?;
+        run(cfg, input, report)
+    }
+}
+
+#[cfg(not(feature = "ml"))]
+fn run(_: Config, input: &StageInput<'_>, _: &dyn Reporter) -> Result<()> {
+    bail!(
+        "stage {}: train-lora needs a build with the `ml` feature",
+        input.name
+    )
+}
+
+#[cfg(feature = "ml")]
+fn run(cfg: Config, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()> {
+    use crate::device::DeviceSpec;
+    use crate::lora::LoraSettings;
+    use crate::models::ModelDir;
+    use crate::train::loss::LossKind;
+    use crate::train::{OptimSettings, TrainSpec};
+
+    let root = input.project_root;
+    let base = resolve(root, &cfg.base);
+    let dir = ModelDir::open(&base).with_context(|| format!("stage {}: with.base", input.name))?;
+    let num_labels = match (cfg.task, &cfg.labels, cfg.num_labels) {
+        (Task::Classification, Some(l), _) => l.len(),
+        (Task::Classification, None, Some(n)) => n,
+        (Task::Classification, None, None) => bail!(
+            "stage {}: task classification needs `labels: [names…]` or `num_labels`",
+            input.name
+        ),
+        _ => 1,
+    };
+    if num_labels < 1 {
+        bail!("stage {}: no labels", input.name);
+    }
+    let loss = match (cfg.task, cfg.loss.as_deref()) {
+        (Task::Regression, None | Some("mse")) => LossKind::Mse,
+        (Task::Regression, Some("bce")) => LossKind::Bce,
+        (Task::Classification, None | Some("cross_entropy")) => LossKind::CrossEntropy,
+        (Task::Ranking, None | Some("listwise")) => LossKind::Listwise,
+        (Task::Ranking, Some("margin")) => LossKind::Margin {
+            margin: cfg.margin.unwrap_or(1.0),
+        },
+        (t, Some(other)) => bail!(
+            "stage {}: loss {other:?} does not fit task {t:?} (regression: mse | bce; classification: cross_entropy; ranking: listwise | margin)",
+            input.name
+        ),
+    };
+    let lw = cfg.lora.clone().unwrap_or(LoraWith {
+        r: None,
+        alpha: None,
+        dropout: None,
+        targets: None,
+        rslora: None,
+        train_pooler: None,
+    });
+    let r = lw.r.unwrap_or(16);
+    let lora = LoraSettings {
+        r,
+        alpha: lw.alpha.unwrap_or(2.0 * r as f64),
+        dropout: lw.dropout.unwrap_or(0.1),
+        targets: lw
+            .targets
+            .unwrap_or_else(|| LoraSettings::default_targets(dir.architecture)),
+        rslora: lw.rslora.unwrap_or(false),
+        train_pooler: lw.train_pooler.unwrap_or(false),
+    };
+    let optim: OptimSettings = match &cfg.optim {
+        Some(v) => serde_json::from_value(v.clone())
+            .map_err(|e| anyhow!("stage {}: with.optim: {e}", input.name))?,
+        None => OptimSettings::default(),
+    };
+    let spec = TrainSpec {
+        model_dir: base.clone(),
+        train: resolve(root, &cfg.train),
+        dev: cfg.dev.as_ref().map(|d| resolve(root, d)),
+        task: cfg.task,
+        loss,
+        num_labels,
+        lora,
+        optim,
+        max_length: cfg.max_length.unwrap_or(128),
+        adapter_out: out(input, "adapter")?.clone(),
+        checkpoint_dir: cfg.checkpoint_dir.as_ref().map(|d| resolve(root, d)),
+        checkpoint_every: cfg.checkpoint_every,
+        dropout_off: false,
+        fingerprint: serde_json::to_string(input.with)?,
+    };
+    let device: DeviceSpec = input.device.parse()?;
+    device.check_compiled()?;
+    let outcome =
+        match device {
+            DeviceSpec::Cpu => crate::train::train::<
+                burn::backend::Autodiff<crate::device::CpuBackend>,
+            >(&spec, &Default::default(), report),
+            #[cfg(feature = "wgpu")]
+            DeviceSpec::Wgpu(_) => {
+                let d = device.wgpu_device();
+                crate::device::probe::<crate::device::WgpuBackend>(&device, &d)?;
+                crate::train::train::<burn::backend::Autodiff<crate::device::WgpuBackend>>(
+                    &spec, &d, report,
+                )
+            }
+            #[cfg(feature = "cuda")]
+            DeviceSpec::Cuda(_) => {
+                let d = device.cuda_device();
+                crate::device::probe::<crate::device::CudaBackend>(&device, &d)?;
+                crate::train::train::<burn::backend::Autodiff<crate::device::CudaBackend>>(
+                    &spec, &d, report,
+                )
+            }
+            #[allow(unreachable_patterns)]
+            _ => unreachable!("check_compiled rejected backends this build lacks"),
+        }
+        .with_context(|| format!("stage {} (train-lora)", input.name))?;
+
+    // Class names travel with the adapter so that export and evaluate can name them.
+    if let Some(labels) = &cfg.labels {
+        write_json(&spec.adapter_out.join("labels.json"), &json!(labels))?;
+    }
+    let history = json!({
+        "task": spec.task,
+        "loss": spec.loss.name(),
+        "metric": outcome.metric_name,
+        "steps": outcome.history,
+        "evals": outcome.evals,
+        "best": outcome.best,
+        "stopped_early": outcome.stopped_early,
+        "resumed_from": outcome.resumed_from,
+        "lora": spec.lora,
+        "optim": spec.optim,
+        "total_steps": outcome.total_steps,
+        "warmup_steps": outcome.warmup_steps,
+    });
+    write_json(out(input, "history")?, &history)?;
+    let mut metrics = serde_json::Map::new();
+    let mut put = |k: &str, v: f64| {
+        report.metric(k, None, v);
+        metrics.insert(
+            k.to_string(),
+            serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number),
+        );
+    };
+    put("steps", outcome.steps as f64);
+    put("train_items", outcome.train_items as f64);
+    put("final_loss", outcome.final_loss);
+    let tail: Vec<f64> = outcome
+        .history
+        .iter()
+        .rev()
+        .take(20)
+        .map(|h| h.loss)
+        .collect();
+    if !tail.is_empty() {
+        put(
+            "final_loss_mean_last_20",
+            tail.iter().sum::<f64>() / tail.len() as f64,
+        );
+    }
+    put("train_seconds", outcome.train_seconds);
+    put("pairs_per_s", outcome.pairs_per_s);
+    if let Some(b) = &outcome.best {
+        put(&format!("best_dev_{}", outcome.metric_name), b.metric);
+        put("best_step", b.step as f64);
+    }
+    write_json(out(input, "metrics")?, &Value::Object(metrics))?;
+    Ok(())
+}

@@ -1,0 +1,362 @@
+//! BERT (and BERT-shaped models such as MiniLM) as in transformers' `modeling_bert.py`.
+//!
+//! Module and field names follow the Hugging Face weight keys, so a key maps to a field
+//! path mechanically (`encoder.layer.3.attention.self.query` is
+//! `encoder.layer[3].attention.self_attention.query`; `self` is a Rust keyword, and
+//! `LayerNorm` is `layer_norm`). The linears a LoRA adapter targets (PEFT names `query`,
+//! `key`, `value`, `attention.output.dense`, `intermediate.dense`, `output.dense`) are
+//! plain `Linear` fields reached only through [`dense`], so wrapping them is local.
+//!
+//! The encoder (`BertEncoder`) is shared with RoBERTa/XLM-R, which differ only in their
+//! embeddings and classification head (see `roberta.rs`).
+
+use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, Linear};
+use burn::prelude::*;
+use burn::tensor::activation;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+
+use super::config::{HiddenAct, ModelConfig};
+use super::loader::Checkpoint;
+use super::{LoadOptions, ModelInput};
+use crate::error::Result;
+
+/// Applies one of the model's linear projections. The single call site LoRA hooks into.
+pub fn dense<B: Backend, const D: usize>(linear: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+    linear.forward(x)
+}
+
+/// `embeddings.*`: word + absolute position + token type, then LayerNorm and dropout.
+#[derive(Module, Debug)]
+pub struct BertEmbeddings<B: Backend> {
+    pub word_embeddings: Embedding<B>,
+    pub position_embeddings: Embedding<B>,
+    pub token_type_embeddings: Embedding<B>,
+    /// HF `embeddings.LayerNorm`.
+    pub layer_norm: LayerNorm<B>,
+    pub dropout: Dropout,
+}
+
+impl<B: Backend> BertEmbeddings<B> {
+    pub fn load(ck: &mut Checkpoint, cfg: &ModelConfig, device: &B::Device) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(Self {
+            word_embeddings: ck.embedding(
+                &ck.encoder_key("embeddings.word_embeddings"),
+                cfg.vocab_size,
+                h,
+                device,
+            )?,
+            position_embeddings: ck.embedding(
+                &ck.encoder_key("embeddings.position_embeddings"),
+                cfg.max_position_embeddings,
+                h,
+                device,
+            )?,
+            token_type_embeddings: ck.embedding(
+                &ck.encoder_key("embeddings.token_type_embeddings"),
+                cfg.type_vocab_size,
+                h,
+                device,
+            )?,
+            layer_norm: ck.layer_norm(
+                &ck.encoder_key("embeddings.LayerNorm"),
+                h,
+                cfg.layer_norm_eps,
+                device,
+            )?,
+            dropout: DropoutConfig::new(cfg.hidden_dropout_prob).init(),
+        })
+    }
+
+    /// `position_ids` `[batch, seq]`; BERT counts 0.. for every row, RoBERTa offsets them.
+    /// `token_type_ids` default to zeros, as in transformers.
+    pub fn forward(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        position_ids: Option<Tensor<B, 2, Int>>,
+        token_type_ids: Option<Tensor<B, 2, Int>>,
+    ) -> Tensor<B, 3> {
+        let [_, seq] = input_ids.dims();
+        let words = self.word_embeddings.forward(input_ids);
+        let positions = match position_ids {
+            Some(ids) => self.position_embeddings.forward(ids),
+            // Same rows for every sequence: slice the table once and broadcast.
+            None => self
+                .position_embeddings
+                .weight
+                .val()
+                .slice(0..seq)
+                .unsqueeze::<3>(),
+        };
+        let types = match token_type_ids {
+            Some(ids) => self.token_type_embeddings.forward(ids),
+            None => self
+                .token_type_embeddings
+                .weight
+                .val()
+                .slice(0..1)
+                .unsqueeze::<3>(),
+        };
+        self.dropout
+            .forward(self.layer_norm.forward(words + positions + types))
+    }
+}
+
+/// HF `attention.self`: the query/key/value projections and scaled dot-product attention.
+#[derive(Module, Debug)]
+pub struct BertSelfAttention<B: Backend> {
+    pub query: Linear<B>,
+    pub key: Linear<B>,
+    pub value: Linear<B>,
+    pub dropout: Dropout,
+    pub num_heads: usize,
+}
+
+impl<B: Backend> BertSelfAttention<B> {
+    /// `mask`: `[batch, 1, seq, seq]`, true where a key position is padding.
+    pub fn forward(&self, x: Tensor<B, 3>, mask: Tensor<B, 4, Bool>) -> Tensor<B, 3> {
+        let [b, s, h] = x.dims();
+        let nh = self.num_heads;
+        let hd = h / nh;
+        let split = |t: Tensor<B, 3>| t.reshape([b, s, nh, hd]).swap_dims(1, 2);
+        let q = split(dense(&self.query, x.clone()));
+        let k = split(dense(&self.key, x.clone()));
+        let v = split(dense(&self.value, x));
+        let context = if B::ad_enabled(&q.device()) && self.dropout.prob > 0.0 {
+            // Training: transformers drops attention probabilities, which the fused
+            // kernel cannot do; spell it out.
+            let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((hd as f64).sqrt());
+            let scores = scores.mask_fill(mask, f32::NEG_INFINITY);
+            let probs = self.dropout.forward(activation::softmax(scores, 3));
+            probs.matmul(v)
+        } else {
+            attention(q, k, v, Some(mask), None, AttentionModuleOptions::default())
+        };
+        context.swap_dims(1, 2).reshape([b, s, h])
+    }
+}
+
+/// HF `attention.output` (also the shape of the layer's final `output`): dense, dropout,
+/// residual, LayerNorm.
+#[derive(Module, Debug)]
+pub struct BertSelfOutput<B: Backend> {
+    pub dense: Linear<B>,
+    pub layer_norm: LayerNorm<B>,
+    pub dropout: Dropout,
+}
+
+impl<B: Backend> BertSelfOutput<B> {
+    pub fn forward(&self, x: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.layer_norm
+            .forward(self.dropout.forward(dense(&self.dense, x)) + residual)
+    }
+}
+
+/// HF `attention`.
+#[derive(Module, Debug)]
+pub struct BertAttention<B: Backend> {
+    /// HF `attention.self`.
+    pub self_attention: BertSelfAttention<B>,
+    pub output: BertSelfOutput<B>,
+}
+
+/// HF `intermediate`: dense + activation.
+#[derive(Module, Debug)]
+pub struct BertIntermediate<B: Backend> {
+    pub dense: Linear<B>,
+    #[module(skip)]
+    pub act: HiddenAct,
+}
+
+impl<B: Backend> BertIntermediate<B> {
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let x = dense(&self.dense, x);
+        match self.act {
+            HiddenAct::Gelu => activation::gelu(x),
+            HiddenAct::GeluTanh => activation::gelu_approximate(x),
+            HiddenAct::Relu => activation::relu(x),
+        }
+    }
+}
+
+/// HF `encoder.layer.N`.
+#[derive(Module, Debug)]
+pub struct BertLayer<B: Backend> {
+    pub attention: BertAttention<B>,
+    pub intermediate: BertIntermediate<B>,
+    /// HF `output` (dense from intermediate back to hidden, residual, LayerNorm).
+    pub output: BertSelfOutput<B>,
+}
+
+impl<B: Backend> BertLayer<B> {
+    fn load(ck: &mut Checkpoint, cfg: &ModelConfig, i: usize, device: &B::Device) -> Result<Self> {
+        let (h, m, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.layer_norm_eps);
+        let key = |name: &str| ck.encoder_key(&format!("encoder.layer.{i}.{name}"));
+        let (kq, kk, kv, kao, kaol, ki, ko, kol) = (
+            key("attention.self.query"),
+            key("attention.self.key"),
+            key("attention.self.value"),
+            key("attention.output.dense"),
+            key("attention.output.LayerNorm"),
+            key("intermediate.dense"),
+            key("output.dense"),
+            key("output.LayerNorm"),
+        );
+        Ok(Self {
+            attention: BertAttention {
+                self_attention: BertSelfAttention {
+                    query: ck.linear(&kq, h, h, device)?,
+                    key: ck.linear(&kk, h, h, device)?,
+                    value: ck.linear(&kv, h, h, device)?,
+                    dropout: DropoutConfig::new(cfg.attention_probs_dropout_prob).init(),
+                    num_heads: cfg.num_attention_heads,
+                },
+                output: BertSelfOutput {
+                    dense: ck.linear(&kao, h, h, device)?,
+                    layer_norm: ck.layer_norm(&kaol, h, eps, device)?,
+                    dropout: DropoutConfig::new(cfg.hidden_dropout_prob).init(),
+                },
+            },
+            intermediate: BertIntermediate {
+                dense: ck.linear(&ki, h, m, device)?,
+                act: cfg.activation()?,
+            },
+            output: BertSelfOutput {
+                dense: ck.linear(&ko, m, h, device)?,
+                layer_norm: ck.layer_norm(&kol, h, eps, device)?,
+                dropout: DropoutConfig::new(cfg.hidden_dropout_prob).init(),
+            },
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<B, 3>, mask: Tensor<B, 4, Bool>) -> Tensor<B, 3> {
+        let attended = self.attention.self_attention.forward(x.clone(), mask);
+        let x = self.attention.output.forward(attended, x);
+        let inner = self.intermediate.forward(x.clone());
+        self.output.forward(inner, x)
+    }
+}
+
+/// HF `encoder`: the stack of layers. Shared by BERT, RoBERTa and XLM-R.
+#[derive(Module, Debug)]
+pub struct BertEncoder<B: Backend> {
+    pub layer: Vec<BertLayer<B>>,
+}
+
+impl<B: Backend> BertEncoder<B> {
+    pub fn load(ck: &mut Checkpoint, cfg: &ModelConfig, device: &B::Device) -> Result<Self> {
+        let layer = (0..cfg.num_hidden_layers)
+            .map(|i| BertLayer::load(ck, cfg, i, device))
+            .collect::<Result<_>>()?;
+        Ok(Self { layer })
+    }
+
+    /// `attention_mask` `[batch, seq]`: 1 for tokens, 0 for padding.
+    pub fn forward(&self, mut x: Tensor<B, 3>, attention_mask: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let mask = key_padding_mask(attention_mask);
+        for layer in &self.layer {
+            x = layer.forward(x, mask.clone());
+        }
+        x
+    }
+}
+
+/// `[batch, seq]` 1/0 mask to the `[batch, 1, seq, seq]` "masked out" mask attention takes.
+/// Built once per forward and shared by every layer and head.
+pub fn key_padding_mask<B: Backend>(attention_mask: Tensor<B, 2, Int>) -> Tensor<B, 4, Bool> {
+    let [b, s] = attention_mask.dims();
+    attention_mask
+        .equal_elem(0)
+        .reshape([b, 1, 1, s])
+        .expand([b, 1, s, s])
+}
+
+/// HF `pooler`: dense + tanh over the first token.
+#[derive(Module, Debug)]
+pub struct BertPooler<B: Backend> {
+    pub dense: Linear<B>,
+}
+
+impl<B: Backend> BertPooler<B> {
+    pub fn forward(&self, hidden: Tensor<B, 3>) -> Tensor<B, 2> {
+        let [b, _, h] = hidden.dims();
+        let first = hidden.slice([0..b, 0..1]).reshape([b, h]);
+        dense(&self.dense, first).tanh()
+    }
+}
+
+/// HF `BertModel` without the pooler: embeddings + encoder.
+#[derive(Module, Debug)]
+pub struct BertModel<B: Backend> {
+    pub embeddings: BertEmbeddings<B>,
+    pub encoder: BertEncoder<B>,
+}
+
+impl<B: Backend> BertModel<B> {
+    pub fn load(ck: &mut Checkpoint, cfg: &ModelConfig, device: &B::Device) -> Result<Self> {
+        Ok(Self {
+            embeddings: BertEmbeddings::load(ck, cfg, device)?,
+            encoder: BertEncoder::load(ck, cfg, device)?,
+        })
+    }
+
+    /// Last hidden state `[batch, seq, hidden]`.
+    pub fn forward(&self, input: &ModelInput<B>) -> Tensor<B, 3> {
+        let x =
+            self.embeddings
+                .forward(input.input_ids.clone(), None, input.token_type_ids.clone());
+        self.encoder.forward(x, input.attention_mask.clone())
+    }
+}
+
+/// HF `BertForSequenceClassification`: encoder, pooler, dropout, classifier.
+#[derive(Module, Debug)]
+pub struct BertForSequenceClassification<B: Backend> {
+    /// HF `bert.*` (key prefix optional in the checkpoint).
+    pub bert: BertModel<B>,
+    /// HF `bert.pooler`.
+    pub pooler: BertPooler<B>,
+    pub dropout: Dropout,
+    /// HF `classifier`: `[hidden] → [num_labels]`.
+    pub classifier: Linear<B>,
+}
+
+impl<B: Backend> BertForSequenceClassification<B> {
+    pub fn load(
+        ck: &mut Checkpoint,
+        cfg: &ModelConfig,
+        opts: &LoadOptions,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let init = opts.init_missing_head.then_some(cfg.initializer_range);
+        let bert = BertModel::load(ck, cfg, device)?;
+        let pooler_key = ck.encoder_key("pooler.dense");
+        let pooler = BertPooler {
+            dense: ck.head_linear(&pooler_key, h, h, init, device)?,
+        };
+        let classifier = ck.head_linear(
+            "classifier",
+            h,
+            opts.num_labels.unwrap_or(cfg.num_labels()),
+            init,
+            device,
+        )?;
+        Ok(Self {
+            bert,
+            pooler,
+            dropout: DropoutConfig::new(cfg.classifier_dropout()).init(),
+            classifier,
+        })
+    }
+
+    /// Logits `[batch, num_labels]`.
+    pub fn forward(&self, input: &ModelInput<B>) -> Tensor<B, 2> {
+        let hidden = self.bert.forward(input);
+        dense(
+            &self.classifier,
+            self.dropout.forward(self.pooler.forward(hidden)),
+        )
+    }
+}

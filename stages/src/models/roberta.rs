@@ -1,0 +1,111 @@
+//! RoBERTa and XLM-RoBERTa as in transformers' `modeling_roberta.py` /
+//! `modeling_xlm_roberta.py` (`XLMRobertaForSequenceClassification` is the same network).
+//!
+//! Differences from BERT: position ids count only non-padding tokens and start after the
+//! padding index (`padding_idx + 1`), there are no meaningful token types (one row, always
+//! 0), no pooler, and the head is dense → tanh → out_proj over the `<s>` token. The
+//! encoder layers are BERT's (`bert::BertEncoder`), so LoRA targets are the same.
+
+use burn::nn::{Dropout, DropoutConfig, Linear};
+use burn::prelude::*;
+
+use super::bert::{BertEmbeddings, BertEncoder, dense};
+use super::config::ModelConfig;
+use super::loader::Checkpoint;
+use super::{LoadOptions, ModelInput};
+use crate::error::Result;
+
+/// HF `RobertaModel` without pooler: embeddings with offset positions + BERT's encoder.
+#[derive(Module, Debug)]
+pub struct RobertaModel<B: Backend> {
+    pub embeddings: BertEmbeddings<B>,
+    pub encoder: BertEncoder<B>,
+    pub padding_idx: usize,
+}
+
+impl<B: Backend> RobertaModel<B> {
+    pub fn load(ck: &mut Checkpoint, cfg: &ModelConfig, device: &B::Device) -> Result<Self> {
+        Ok(Self {
+            embeddings: BertEmbeddings::load(ck, cfg, device)?,
+            encoder: BertEncoder::load(ck, cfg, device)?,
+            // Validated present for RoBERTa-style configs.
+            padding_idx: cfg.pad_token_id.unwrap_or(1),
+        })
+    }
+
+    /// Last hidden state `[batch, seq, hidden]`. Token type ids are ignored (all 0).
+    pub fn forward(&self, input: &ModelInput<B>) -> Tensor<B, 3> {
+        let positions = position_ids(input.input_ids.clone(), self.padding_idx);
+        let x = self
+            .embeddings
+            .forward(input.input_ids.clone(), Some(positions), None);
+        self.encoder.forward(x, input.attention_mask.clone())
+    }
+}
+
+/// transformers' `create_position_ids_from_input_ids`: non-padding tokens are numbered
+/// `padding_idx + 1, padding_idx + 2, …`; padding tokens get `padding_idx`.
+pub fn position_ids<B: Backend>(
+    input_ids: Tensor<B, 2, Int>,
+    padding_idx: usize,
+) -> Tensor<B, 2, Int> {
+    let not_pad = input_ids.not_equal_elem(padding_idx as i64).int();
+    not_pad
+        .clone()
+        .cumsum(1)
+        .mul(not_pad)
+        .add_scalar(padding_idx as i64)
+}
+
+/// HF `classifier` of `RobertaForSequenceClassification`.
+#[derive(Module, Debug)]
+pub struct RobertaClassificationHead<B: Backend> {
+    pub dense: Linear<B>,
+    pub out_proj: Linear<B>,
+    pub dropout: Dropout,
+}
+
+impl<B: Backend> RobertaClassificationHead<B> {
+    pub fn forward(&self, hidden: Tensor<B, 3>) -> Tensor<B, 2> {
+        let [b, _, h] = hidden.dims();
+        let first = hidden.slice([0..b, 0..1]).reshape([b, h]);
+        let x = dense(&self.dense, self.dropout.forward(first)).tanh();
+        dense(&self.out_proj, self.dropout.forward(x))
+    }
+}
+
+/// HF `RobertaForSequenceClassification` / `XLMRobertaForSequenceClassification`.
+#[derive(Module, Debug)]
+pub struct RobertaForSequenceClassification<B: Backend> {
+    /// HF `roberta.*` (key prefix optional in the checkpoint).
+    pub roberta: RobertaModel<B>,
+    pub classifier: RobertaClassificationHead<B>,
+}
+
+impl<B: Backend> RobertaForSequenceClassification<B> {
+    pub fn load(
+        ck: &mut Checkpoint,
+        cfg: &ModelConfig,
+        opts: &LoadOptions,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let init = opts.init_missing_head.then_some(cfg.initializer_range);
+        let roberta = RobertaModel::load(ck, cfg, device)?;
+        let labels = opts.num_labels.unwrap_or(cfg.num_labels());
+        let classifier = RobertaClassificationHead {
+            dense: ck.head_linear("classifier.dense", h, h, init, device)?,
+            out_proj: ck.head_linear("classifier.out_proj", h, labels, init, device)?,
+            dropout: DropoutConfig::new(cfg.classifier_dropout()).init(),
+        };
+        Ok(Self {
+            roberta,
+            classifier,
+        })
+    }
+
+    /// Logits `[batch, num_labels]`.
+    pub fn forward(&self, input: &ModelInput<B>) -> Tensor<B, 2> {
+        self.classifier.forward(self.roberta.forward(input))
+    }
+}

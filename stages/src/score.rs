@@ -1,0 +1,223 @@
+//! Scoring text pairs with a cross-encoder: the library function behind `tsumugi score`
+//! and the ML stages.
+
+use std::path::Path;
+
+use burn::prelude::*;
+
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+use crate::device;
+use crate::device::{CpuBackend, DeviceSpec};
+use crate::error::Result;
+use crate::models::{CrossEncoder, LoadOptions, LoadReport, ModelDir, ModelInput};
+use crate::tokenize::{EncodedPair, PairTokenizer, Truncation, length_batches};
+
+/// Batching and truncation of a scoring run.
+#[derive(Debug, Clone, Copy)]
+pub struct ScoreOptions {
+    /// Pairs per forward pass.
+    pub batch_size: usize,
+    /// Tokens per pair, special tokens included (capped at the model's limit).
+    pub max_length: usize,
+    pub truncation: Truncation,
+}
+
+impl Default for ScoreOptions {
+    fn default() -> Self {
+        Self {
+            batch_size: 32,
+            max_length: 512,
+            truncation: Truncation::LongestFirst,
+        }
+    }
+}
+
+/// Runs `model` over already tokenized pairs in length-sorted batches and returns the
+/// logits in input order. `progress` gets the number of pairs finished so far.
+pub fn score_encoded<B: Backend>(
+    model: &CrossEncoder<B>,
+    tokenizer: &PairTokenizer,
+    encoded: &[EncodedPair],
+    batch_size: usize,
+    device: &B::Device,
+    progress: &mut dyn FnMut(usize),
+) -> Vec<Vec<f32>> {
+    let lengths: Vec<usize> = encoded.iter().map(|p| p.ids.len()).collect();
+    let mut out = vec![Vec::new(); encoded.len()];
+    let mut done = 0;
+    for batch in length_batches(&lengths, batch_size) {
+        let items: Vec<&EncodedPair> = batch.iter().map(|&i| &encoded[i]).collect();
+        let input = ModelInput::<B>::from_batch(&tokenizer.pad(&items), device);
+        let logits = model.forward(&input);
+        let [_, labels] = logits.dims();
+        let values: Vec<f32> = logits
+            .into_data()
+            .convert::<f32>()
+            .into_vec()
+            .unwrap_or_default();
+        for (row, &i) in batch.iter().enumerate() {
+            out[i] = values[row * labels..(row + 1) * labels].to_vec();
+        }
+        done += batch.len();
+        progress(done);
+    }
+    out
+}
+
+/// What a head's logits mean for one pair.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Interpreted {
+    /// One label: sigmoid of the logit.
+    Score(f32),
+    /// Several labels: softmax over the logits.
+    Probs(Vec<f32>),
+}
+
+/// Sigmoid for one logit, softmax for several.
+pub fn interpret(logits: &[f32]) -> Interpreted {
+    if logits.len() == 1 {
+        Interpreted::Score(1.0 / (1.0 + (-logits[0]).exp()))
+    } else {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let exps: Vec<f32> = logits.iter().map(|&l| (l - max).exp()).collect();
+        let sum: f32 = exps.iter().sum();
+        Interpreted::Probs(exps.into_iter().map(|e| e / sum).collect())
+    }
+}
+
+enum Loaded {
+    Cpu(CrossEncoder<CpuBackend>),
+    #[cfg(feature = "wgpu")]
+    Wgpu(
+        CrossEncoder<device::WgpuBackend>,
+        burn::backend::wgpu::WgpuDevice,
+    ),
+    #[cfg(feature = "cuda")]
+    Cuda(
+        CrossEncoder<device::CudaBackend>,
+        burn::backend::cuda::CudaDevice,
+    ),
+}
+
+/// A cross-encoder and its tokenizer loaded on a device chosen at run time.
+pub struct Scorer {
+    model: Loaded,
+    tokenizer: PairTokenizer,
+    options: ScoreOptions,
+    num_labels: usize,
+    report: LoadReport,
+    device: DeviceSpec,
+}
+
+impl Scorer {
+    /// Loads the model directory `dir` (config.json, safetensors weights, tokenizer.json)
+    /// onto `device`.
+    pub fn load(dir: &Path, device: DeviceSpec, options: ScoreOptions) -> Result<Self> {
+        device.check_compiled()?;
+        let dir = ModelDir::open(dir)?;
+        let tokenizer = PairTokenizer::for_model(&dir, options.max_length, options.truncation)?;
+        let opts = LoadOptions::default();
+        let (model, report) = match device {
+            DeviceSpec::Cpu => {
+                let d = Default::default();
+                let (m, r) = CrossEncoder::<CpuBackend>::load(&dir, &opts, &d)?;
+                (Loaded::Cpu(m), r)
+            }
+            #[cfg(feature = "wgpu")]
+            DeviceSpec::Wgpu(_) => {
+                let d = device.wgpu_device();
+                device::probe::<device::WgpuBackend>(&device, &d)?;
+                let (m, r) = CrossEncoder::load(&dir, &opts, &d)?;
+                (Loaded::Wgpu(m, d), r)
+            }
+            #[cfg(feature = "cuda")]
+            DeviceSpec::Cuda(_) => {
+                let d = device.cuda_device();
+                device::probe::<device::CudaBackend>(&device, &d)?;
+                let (m, r) = CrossEncoder::load(&dir, &opts, &d)?;
+                (Loaded::Cuda(m, d), r)
+            }
+            #[allow(unreachable_patterns)]
+            _ => unreachable!("check_compiled rejected backends this build lacks"),
+        };
+        let num_labels = match &model {
+            Loaded::Cpu(m) => m.num_labels(),
+            #[cfg(feature = "wgpu")]
+            Loaded::Wgpu(m, _) => m.num_labels(),
+            #[cfg(feature = "cuda")]
+            Loaded::Cuda(m, _) => m.num_labels(),
+        };
+        Ok(Self {
+            model,
+            tokenizer,
+            options,
+            num_labels,
+            report,
+            device,
+        })
+    }
+
+    pub fn num_labels(&self) -> usize {
+        self.num_labels
+    }
+
+    /// Weights the checkpoint had but the model did not use, buffers skipped.
+    pub fn load_report(&self) -> &LoadReport {
+        &self.report
+    }
+
+    pub fn device(&self) -> DeviceSpec {
+        self.device
+    }
+
+    pub fn tokenizer(&self) -> &PairTokenizer {
+        &self.tokenizer
+    }
+
+    /// Scores `pairs` and returns their logits in input order. Tokenization errors (e.g.
+    /// only-second truncation that cannot fit) name the pair's index.
+    pub fn score<S: AsRef<str> + Sync>(
+        &self,
+        pairs: &[(S, S)],
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<Vec<Vec<f32>>> {
+        let encoded = self.tokenizer.encode_all(pairs)?;
+        let bs = self.options.batch_size;
+        Ok(match &self.model {
+            Loaded::Cpu(m) => score_encoded(
+                m,
+                &self.tokenizer,
+                &encoded,
+                bs,
+                &Default::default(),
+                progress,
+            ),
+            #[cfg(feature = "wgpu")]
+            Loaded::Wgpu(m, d) => score_encoded(m, &self.tokenizer, &encoded, bs, d, progress),
+            #[cfg(feature = "cuda")]
+            Loaded::Cuda(m, d) => score_encoded(m, &self.tokenizer, &encoded, bs, d, progress),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sigmoid_for_one_label_softmax_for_more() {
+        assert_eq!(interpret(&[0.0]), Interpreted::Score(0.5));
+        let Interpreted::Probs(p) = interpret(&[1.0, 1.0, 1.0 + 2f32.ln()]) else {
+            panic!("expected probs")
+        };
+        assert!(
+            (p[0] - 0.25).abs() < 1e-6 && (p[2] - 0.5).abs() < 1e-6,
+            "{p:?}"
+        );
+        // Large logits must not overflow.
+        let Interpreted::Probs(p) = interpret(&[1000.0, 0.0]) else {
+            panic!("expected probs")
+        };
+        assert!((p[0] - 1.0).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,270 @@
+//! Pair tokenization for cross-encoders with the Hugging Face `tokenizers` crate:
+//! truncation (longest-first or only-second, special tokens counted), padding to the
+//! longest pair of a batch, attention masks, token type ids (BERT) or none (RoBERTa), and
+//! length-bucketed batching so short pairs are not padded to long ones.
+
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+
+use crate::error::{MlError, Result};
+use crate::models::ModelDir;
+
+/// How a pair longer than `max_length` is cut (transformers' `truncation=` values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Truncation {
+    /// Remove tokens from the longer of the two texts, one at a time (`longest_first`).
+    #[default]
+    LongestFirst,
+    /// Cut only the second text (`only_second`); an error when that is not enough.
+    OnlySecond,
+}
+
+impl std::str::FromStr for Truncation {
+    type Err = MlError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "longest_first" | "longest-first" => Ok(Truncation::LongestFirst),
+            "only_second" | "only-second" => Ok(Truncation::OnlySecond),
+            other => Err(MlError::Input(format!(
+                "truncation {other:?}: expected longest_first or only_second"
+            ))),
+        }
+    }
+}
+
+/// One tokenized pair, special tokens included, unpadded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedPair {
+    pub ids: Vec<u32>,
+    pub type_ids: Vec<u32>,
+}
+
+/// A padded batch in row-major `[batch, seq]` host buffers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedBatch {
+    pub batch: usize,
+    pub seq: usize,
+    pub input_ids: Vec<i64>,
+    pub attention_mask: Vec<i64>,
+    /// Present for models that use token types (BERT).
+    pub token_type_ids: Option<Vec<i64>>,
+}
+
+impl EncodedBatch {
+    /// Row `i` of `input_ids`, padding included.
+    pub fn row(&self, i: usize) -> &[i64] {
+        &self.input_ids[i * self.seq..(i + 1) * self.seq]
+    }
+}
+
+/// A `tokenizer.json` set up for pairs of one model.
+#[derive(Clone)]
+pub struct PairTokenizer {
+    tokenizer: Tokenizer,
+    path: PathBuf,
+    pad_id: u32,
+    token_types: bool,
+    max_length: usize,
+    truncation: Truncation,
+}
+
+impl PairTokenizer {
+    /// Loads `path`. `pad_id` pads batches; `token_types` says whether the model takes
+    /// token type ids. Padding and truncation stored in the file are replaced by ours.
+    pub fn from_file(
+        path: &Path,
+        pad_id: u32,
+        token_types: bool,
+        max_length: usize,
+        truncation: Truncation,
+    ) -> Result<Self> {
+        let tokenizer = Tokenizer::from_file(path).map_err(|e| MlError::Tokenizer {
+            path: path.to_path_buf(),
+            message: format!("cannot load tokenizer: {e}"),
+        })?;
+        let mut out = Self {
+            tokenizer,
+            path: path.to_path_buf(),
+            pad_id,
+            token_types,
+            max_length: 0,
+            truncation,
+        };
+        out.tokenizer.with_padding(None);
+        out.set_truncation(max_length, truncation)?;
+        Ok(out)
+    }
+
+    /// The tokenizer of a model directory, with the model's pad id; `max_length` is capped
+    /// at what the model's position table allows.
+    pub fn for_model(dir: &ModelDir, max_length: usize, truncation: Truncation) -> Result<Self> {
+        let path = dir.tokenizer_path();
+        let probe = Tokenizer::from_file(&path).map_err(|e| MlError::Tokenizer {
+            path: path.clone(),
+            message: format!("cannot load tokenizer: {e}"),
+        })?;
+        // The model's own pad id decides RoBERTa positions, so it wins over the tokenizer's.
+        let pad_id = match dir.config.pad_token_id {
+            Some(id) => id as u32,
+            None => probe
+                .get_padding()
+                .map(|p| p.pad_id)
+                .or_else(|| ["[PAD]", "<pad>"].iter().find_map(|t| probe.token_to_id(t)))
+                .ok_or_else(|| MlError::Tokenizer {
+                    path: path.clone(),
+                    message: "no pad token: config.json has no pad_token_id and the tokenizer has no [PAD]/<pad>"
+                        .into(),
+                })?,
+        };
+        let max_length = max_length.min(dir.config.max_input_length());
+        Self::from_file(
+            &path,
+            pad_id,
+            dir.architecture.uses_token_types(),
+            max_length,
+            truncation,
+        )
+    }
+
+    fn set_truncation(&mut self, max_length: usize, truncation: Truncation) -> Result<()> {
+        let strategy = match truncation {
+            Truncation::LongestFirst => TruncationStrategy::LongestFirst,
+            Truncation::OnlySecond => TruncationStrategy::OnlySecond,
+        };
+        let params = TruncationParams {
+            max_length,
+            strategy,
+            stride: 0,
+            direction: TruncationDirection::Right,
+        };
+        self.tokenizer
+            .with_truncation(Some(params))
+            .map_err(|e| MlError::Tokenizer {
+                path: self.path.clone(),
+                message: format!("max_length {max_length}: {e}"),
+            })?;
+        self.max_length = max_length;
+        self.truncation = truncation;
+        Ok(())
+    }
+
+    /// A copy with another length limit / truncation strategy.
+    pub fn with_truncation(&self, max_length: usize, truncation: Truncation) -> Result<Self> {
+        let mut t = self.clone();
+        t.set_truncation(max_length, truncation)?;
+        Ok(t)
+    }
+
+    pub fn max_length(&self) -> usize {
+        self.max_length
+    }
+
+    pub fn pad_id(&self) -> u32 {
+        self.pad_id
+    }
+
+    /// The underlying `tokenizers` tokenizer.
+    pub fn inner(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Tokenizes one pair (`index` is only for the error message).
+    pub fn encode(&self, index: usize, a: &str, b: &str) -> Result<EncodedPair> {
+        let enc = self
+            .tokenizer
+            .encode((a, b), true)
+            .map_err(|e| MlError::Encode {
+                index,
+                message: format!(
+                    "{e} (max_length {}, {:?})",
+                    self.max_length, self.truncation
+                ),
+            })?;
+        Ok(EncodedPair {
+            ids: enc.get_ids().to_vec(),
+            type_ids: enc.get_type_ids().to_vec(),
+        })
+    }
+
+    /// Tokenizes all pairs, in parallel, in input order.
+    pub fn encode_all<S: AsRef<str> + Sync>(&self, pairs: &[(S, S)]) -> Result<Vec<EncodedPair>> {
+        pairs
+            .par_iter()
+            .enumerate()
+            .map(|(i, (a, b))| self.encode(i, a.as_ref(), b.as_ref()))
+            .collect()
+    }
+
+    /// Pads `items` to the longest one (right padding, as transformers does by default).
+    pub fn pad(&self, items: &[&EncodedPair]) -> EncodedBatch {
+        let seq = items.iter().map(|p| p.ids.len()).max().unwrap_or(0);
+        let batch = items.len();
+        let mut input_ids = vec![self.pad_id as i64; batch * seq];
+        let mut attention_mask = vec![0i64; batch * seq];
+        let mut types = vec![0i64; batch * seq];
+        for (r, p) in items.iter().enumerate() {
+            for (c, (&id, &t)) in p.ids.iter().zip(&p.type_ids).enumerate() {
+                input_ids[r * seq + c] = id as i64;
+                attention_mask[r * seq + c] = 1;
+                types[r * seq + c] = t as i64;
+            }
+        }
+        EncodedBatch {
+            batch,
+            seq,
+            input_ids,
+            attention_mask,
+            token_type_ids: self.token_types.then_some(types),
+        }
+    }
+
+    /// Tokenizes and pads one batch of pairs in the given order.
+    pub fn encode_batch<S: AsRef<str> + Sync>(&self, pairs: &[(S, S)]) -> Result<EncodedBatch> {
+        let encoded = self.encode_all(pairs)?;
+        Ok(self.pad(&encoded.iter().collect::<Vec<_>>()))
+    }
+}
+
+/// Groups item indices into batches of at most `batch_size` items of similar length
+/// (sorted by length, longest first, so the first batch shows the peak memory at once).
+/// Every index appears exactly once; callers put results back by index.
+pub fn length_batches(lengths: &[usize], batch_size: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    // Stable: equal lengths keep input order, so batching is deterministic.
+    order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+    order
+        .chunks(batch_size.max(1))
+        .map(<[usize]>::to_vec)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn length_batches_cover_every_index_once_grouped_by_length() {
+        let lengths = [5, 1, 9, 3, 9, 2, 7];
+        let batches = length_batches(&lengths, 3);
+        assert_eq!(batches, vec![vec![2, 4, 6], vec![0, 3, 5], vec![1]]);
+        let mut all: Vec<usize> = batches.concat();
+        all.sort();
+        assert_eq!(all, (0..lengths.len()).collect::<Vec<_>>());
+        assert!(length_batches(&[], 4).is_empty());
+    }
+
+    #[test]
+    fn truncation_names_parse() {
+        assert_eq!(
+            "only_second".parse::<Truncation>().unwrap(),
+            Truncation::OnlySecond
+        );
+        assert_eq!(
+            "longest-first".parse::<Truncation>().unwrap(),
+            Truncation::LongestFirst
+        );
+        assert!("only_first".parse::<Truncation>().is_err());
+    }
+}

@@ -1,0 +1,276 @@
+//! LoRA and PEFT adapter files against Python PEFT, on the fixtures of
+//! `scripts/make_lora_fixtures.py` (M's tiny BERT and RoBERTa models):
+//! - a fresh LoRA (B = 0) leaves the logits unchanged;
+//! - a PEFT adapter made in Python gives Python's logits here;
+//! - merging gives the same logits as base + adapter, and unmerging restores the base;
+//! - saving writes PEFT's keys and shapes, and loading what we saved gives the same model;
+//! - the other direction (Python loading our adapter) is checked by
+//!   `scripts/check_peft_adapter.py` on the directory `tsumugi_adapter_for_python` writes.
+#![cfg(feature = "ml")]
+
+use std::path::{Path, PathBuf};
+
+use burn::backend::Flex;
+use burn::prelude::*;
+use serde_json::Value;
+use tsumugi_stages::lora::{LoraModel, LoraSettings};
+use tsumugi_stages::models::{CrossEncoder, LoadOptions, ModelDir, ModelInput};
+use tsumugi_stages::peft::{self, TensorSet};
+
+type B = Flex;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+struct Case {
+    base: ModelDir,
+    adapter: PathBuf,
+    expected: Value,
+}
+
+fn case(name: &str) -> Case {
+    let dir = fixtures().join("lora").join(name);
+    let expected: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    Case {
+        base: ModelDir::open(&fixtures().join(name)).unwrap(),
+        adapter: dir.join("adapter"),
+        expected,
+    }
+}
+
+fn ints(v: &Value) -> (Vec<i64>, [usize; 2]) {
+    let rows: Vec<Vec<i64>> = serde_json::from_value(v.clone()).unwrap();
+    let shape = [rows.len(), rows[0].len()];
+    (rows.concat(), shape)
+}
+
+fn input(c: &Case) -> ModelInput<B> {
+    let t = |k: &str| {
+        let (v, s) = ints(&c.expected["inputs"][k]);
+        Tensor::<B, 2, Int>::from_data(TensorData::new(v, s), &Default::default())
+    };
+    ModelInput {
+        input_ids: t("input_ids"),
+        attention_mask: t("attention_mask"),
+        token_type_ids: c.expected["inputs"]
+            .get("token_type_ids")
+            .map(|_| t("token_type_ids")),
+    }
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    let rows: Vec<Vec<f32>> = serde_json::from_value(v.clone()).unwrap();
+    rows.concat()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn all_targets() -> LoraSettings {
+    LoraSettings {
+        r: 4,
+        alpha: 8.0,
+        dropout: 0.1,
+        targets: ["query", "key", "value", "dense"]
+            .map(String::from)
+            .to_vec(),
+        rslora: false,
+        train_pooler: true,
+    }
+}
+
+#[test]
+fn fresh_lora_forward_equals_base_forward() {
+    for name in ["bert-1", "roberta-3"] {
+        let c = case(name);
+        let d = Default::default();
+        let (base, _) = CrossEncoder::<B>::load(&c.base, &LoadOptions::default(), &d).unwrap();
+        let want = peft::values(base.forward(&input(&c)));
+        let lora = LoraModel::new(base, &all_targets(), 3, &d).unwrap();
+        let got = peft::values(lora.forward(&input(&c)));
+        let diff = max_diff(&got, &want);
+        println!("{name}: fresh LoRA vs base max |Δ| = {diff:e}");
+        assert!(diff <= 1e-6, "{name}: {diff}");
+        // And A really is PEFT's Kaiming-uniform: within ±1/√in, not all zero.
+        let a = peft::values(lora.layers[0].query.as_ref().unwrap().a.val());
+        let bound = 1.0 / (32f32).sqrt();
+        assert!(a.iter().all(|x| x.abs() <= bound) && a.iter().any(|x| x.abs() > bound / 2.0));
+        assert!(
+            peft::values(lora.layers[1].output.as_ref().unwrap().b.val())
+                .iter()
+                .all(|x| *x == 0.0)
+        );
+    }
+}
+
+#[test]
+fn python_peft_adapter_gives_python_logits_and_merges() {
+    for name in ["bert-1", "roberta-3"] {
+        let c = case(name);
+        let d = Default::default();
+        let (lora, settings) = peft::load_adapter::<B>(&c.base, &c.adapter, &d).unwrap();
+        assert_eq!(settings.r, 4);
+        let got = peft::values(lora.forward(&input(&c)));
+        let want = floats(&c.expected["lora_logits"]);
+        let diff = max_diff(&got, &want);
+        println!("{name}: PEFT adapter, tsumugi vs PEFT logits max |Δ| = {diff:e}");
+        assert!(diff <= 1e-4, "{name}: {diff}");
+        let base_logits = floats(&c.expected["base_logits"]);
+        assert!(
+            max_diff(&got, &base_logits) > 0.1,
+            "the adapter should change the logits"
+        );
+
+        let merged = lora.merged();
+        let m = peft::values(merged.forward(&input(&c)));
+        let diff = max_diff(&m, &got);
+        println!("{name}: merged vs base + adapter max |Δ| = {diff:e}");
+        assert!(diff <= 1e-5, "{name}: merged {diff}");
+        let unmerged = lora.unmerge(merged);
+        let u = peft::values(unmerged.forward(&input(&c)));
+        let (base, _) = CrossEncoder::<B>::load(
+            &c.base,
+            &LoadOptions {
+                num_labels: None,
+                init_missing_head: false,
+            },
+            &d,
+        )
+        .unwrap();
+        // The unmerged model keeps the adapter's head: compare against base + zeroed LoRA.
+        let zero = LoraModel {
+            base: lora.base.clone(),
+            layers: LoraModel::new(base, &settings, 0, &d).unwrap().layers,
+        };
+        let diff = max_diff(&u, &peft::values(zero.forward(&input(&c))));
+        println!("{name}: unmerged vs base (adapter head) max |Δ| = {diff:e}");
+        assert!(diff <= 1e-5, "{name}: unmerge {diff}");
+    }
+}
+
+#[test]
+fn saved_adapter_has_peft_keys_and_loads_back() {
+    for name in ["bert-1", "roberta-3"] {
+        let c = case(name);
+        let d = Default::default();
+        let (lora, settings) = peft::load_adapter::<B>(&c.base, &c.adapter, &d).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        peft::save_adapter(&lora, &settings, c.base.architecture, "fixture", tmp.path()).unwrap();
+        // Same keys, shapes and values as the Python-made file.
+        let ours = TensorSet::read(&tmp.path().join(peft::WEIGHTS_FILE)).unwrap();
+        let theirs = TensorSet::read(&c.adapter.join(peft::WEIGHTS_FILE)).unwrap();
+        assert_eq!(
+            ours.0.keys().collect::<Vec<_>>(),
+            theirs.0.keys().collect::<Vec<_>>(),
+            "{name}"
+        );
+        for (k, (s, v)) in &theirs.0 {
+            assert_eq!(&ours.0[k].0, s, "{name} {k}");
+            assert_eq!(&ours.0[k].1, v, "{name} {k}: values");
+        }
+        let (again, s2) = peft::load_adapter::<B>(&c.base, tmp.path(), &d).unwrap();
+        assert_eq!(s2, settings);
+        let a = peft::values(lora.forward(&input(&c)));
+        let b = peft::values(again.forward(&input(&c)));
+        assert_eq!(a, b, "{name}: reloaded adapter");
+    }
+}
+
+#[test]
+fn adapter_errors_name_file_and_key() {
+    let c = case("bert-1");
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        c.adapter.join(peft::WEIGHTS_FILE),
+        tmp.path().join(peft::WEIGHTS_FILE),
+    )
+    .unwrap();
+    let cfg = std::fs::read_to_string(c.adapter.join(peft::CONFIG_FILE)).unwrap();
+    std::fs::write(
+        tmp.path().join(peft::CONFIG_FILE),
+        cfg.replace("\"use_dora\": false", "\"use_dora\": true"),
+    )
+    .unwrap();
+    let err = peft::load_adapter::<B>(&c.base, tmp.path(), &Default::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("adapter_config.json") && err.contains("use_dora"),
+        "{err}"
+    );
+    // An adapter for fewer targets than its file holds: the extra tensors are named.
+    std::fs::write(
+        tmp.path().join(peft::CONFIG_FILE),
+        cfg.replace("\"key\",", ""),
+    )
+    .unwrap();
+    let err = peft::load_adapter::<B>(&c.base, tmp.path(), &Default::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("attention.self.key.lora_A.weight") && err.contains("match no LoRA target"),
+        "{err}"
+    );
+}
+
+/// Writes an adapter made by tsumugi (fresh LoRA on every linear, B and head perturbed by
+/// a seeded rule) plus the logits tsumugi computes with it, for
+/// `scripts/check_peft_adapter.py` to load with Python PEFT. Directory:
+/// `$TSUMUGI_PEFT_CHECK_DIR` or a temporary one (then only the write path is exercised).
+#[test]
+fn tsumugi_adapter_for_python() {
+    let c = case("bert-1");
+    let d = Default::default();
+    let (base, _) = CrossEncoder::<B>::load(&c.base, &LoadOptions::default(), &d).unwrap();
+    let settings = all_targets();
+    let mut lora = LoraModel::new(base, &settings, 11, &d).unwrap();
+    for layer in lora.layers.iter_mut() {
+        for s in 0..6 {
+            if let Some(l) = layer.slot_mut(s) {
+                let b = l.b.val();
+                let shape = b.dims();
+                let n = shape[0] * shape[1];
+                let v: Vec<f32> = (0..n)
+                    .map(|i| ((i * 7919 % 97) as f32 / 97.0 - 0.5) * 0.4)
+                    .collect();
+                l.b = burn::module::Param::from_tensor(Tensor::from_data(
+                    TensorData::new(v, shape),
+                    &d,
+                ));
+            }
+        }
+    }
+    let keep = std::env::var_os("TSUMUGI_PEFT_CHECK_DIR").map(PathBuf::from);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = keep.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    peft::save_adapter(
+        &lora,
+        &settings,
+        c.base.architecture,
+        &c.base.path.display().to_string(),
+        &out.join("adapter"),
+    )
+    .unwrap();
+    let logits = peft::values(lora.forward(&input(&c)));
+    let record =
+        serde_json::json!({"base": c.base.path, "inputs": c.expected["inputs"], "logits": logits});
+    std::fs::write(
+        out.join("expected.json"),
+        serde_json::to_string_pretty(&record).unwrap(),
+    )
+    .unwrap();
+    let (again, _) = peft::load_adapter::<B>(&c.base, &out.join("adapter"), &d).unwrap();
+    assert_eq!(peft::values(again.forward(&input(&c))), logits);
+    if let Some(k) = keep {
+        println!("wrote {} for scripts/check_peft_adapter.py", k.display());
+    }
+}

@@ -1,0 +1,356 @@
+//! train-lora → evaluate → export run through the engine's contract (`Stage::run` with a
+//! `StageInput`, as `tsumugi run` calls them) on M's tiny BERT fixture: outputs where
+//! `outs` says, progress and metrics reported, same seed ⇒ identical adapter bytes, an
+//! interrupted run resumed from its checkpoint ⇒ the same adapter as an uninterrupted
+//! one, gates failing the stage, a merged export that loads as a plain model with the
+//! same logits.
+//!
+//! One #[test] on purpose: burn's CPU backend has one process-wide RNG (dropout masks,
+//! layer init), so trainings in parallel test threads would perturb each other's draws.
+#![cfg(feature = "ml")]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde_json::{Value, json};
+use tsumugi_stages::contract::{Reporter, StageInput};
+use tsumugi_stages::kinds::implementation;
+
+#[derive(Default)]
+struct Recorder {
+    progress: AtomicU64,
+    metrics: Mutex<Vec<(String, Option<u64>, f64)>>,
+    lines: Mutex<Vec<String>>,
+    /// Report "cancelled" once this many progress calls were made (0 = never).
+    cancel_after: u64,
+}
+
+impl Reporter for Recorder {
+    fn progress(&self, _done: u64, _total: Option<u64>, _message: &str) {
+        self.progress.fetch_add(1, Ordering::SeqCst);
+    }
+    fn metric(&self, name: &str, step: Option<u64>, value: f64) {
+        self.metrics
+            .lock()
+            .unwrap()
+            .push((name.into(), step, value));
+    }
+    fn log(&self, line: &str) {
+        self.lines.lock().unwrap().push(line.into());
+    }
+    fn cancelled(&self) -> bool {
+        self.cancel_after > 0 && self.progress.load(Ordering::SeqCst) >= self.cancel_after
+    }
+}
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bert-1")
+}
+
+const WORDS: [&str; 12] = [
+    "cat", "dog", "sofa", "river", "guitar", "plays", "sleeps", "runs", "a", "the", "man", "fox",
+];
+
+/// Pairs whose label is the word overlap: learnable, deterministic.
+fn write_pairs(path: &Path, n: usize, offset: usize) {
+    let mut out = String::new();
+    for i in 0..n {
+        let j = i + offset;
+        let a: Vec<&str> = (0..4).map(|k| WORDS[(j * 5 + k * 3) % 12]).collect();
+        let b: Vec<&str> = (0..4).map(|k| WORDS[(j * 7 + k) % 12]).collect();
+        let overlap = a.iter().filter(|w| b.contains(w)).count() as f64 / 4.0;
+        out += &json!({"text_a": a.join(" "), "text_b": b.join(" "), "label": overlap, "group": a.join(" ")}).to_string();
+        out += "\n";
+    }
+    std::fs::write(path, out).unwrap();
+}
+
+fn run(
+    kind: &str,
+    root: &Path,
+    name: &str,
+    with: Value,
+    outs: &[(&str, &str)],
+    rep: &Recorder,
+) -> anyhow::Result<BTreeMap<String, PathBuf>> {
+    let outs: BTreeMap<String, PathBuf> = outs
+        .iter()
+        .map(|(k, f)| (k.to_string(), root.join("out").join(name).join(f)))
+        .collect();
+    std::fs::create_dir_all(root.join("out").join(name)).unwrap();
+    let env = BTreeMap::new();
+    let input = StageInput {
+        name,
+        project_root: root,
+        with: &with,
+        outs: &outs,
+        env: &env,
+        device: "cpu",
+    };
+    implementation(kind)
+        .expect("kind registered with ml")
+        .run(&input, rep)?;
+    Ok(outs)
+}
+
+fn outs_of(kind: &str) -> Vec<(&'static str, &'static str)> {
+    tsumugi_stages::kind(kind).unwrap().outputs.to_vec()
+}
+
+#[test]
+fn train_evaluate_export_through_the_stage_contract() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    write_pairs(&root.join("train.jsonl"), 24, 0);
+    write_pairs(&root.join("dev.jsonl"), 8, 100);
+    write_pairs(&root.join("test.jsonl"), 10, 200);
+    let base = fixture();
+    let train_with = |seed: u64, checkpoint: Option<&str>| {
+        let mut w = json!({
+            "base": base, "train": "train.jsonl", "dev": "dev.jsonl", "task": "regression",
+            "lora": {"r": 4, "alpha": 8, "dropout": 0.1, "targets": ["query", "value"]},
+            "optim": {"lr": 5e-3, "epochs": 2, "batch": 4, "seed": seed, "eval_every": 3, "grad_accum": 2, "schedule": "cosine"},
+            "max_length": 32
+        });
+        if let Some(c) = checkpoint {
+            w["checkpoint_dir"] = json!(c);
+            w["checkpoint_every"] = json!(1);
+        }
+        w
+    };
+    let tl = outs_of("train-lora");
+    let rep = Recorder::default();
+    let a = run(
+        "train-lora",
+        root,
+        "train_a",
+        train_with(7, None),
+        &tl,
+        &rep,
+    )
+    .unwrap();
+    let weights = |o: &BTreeMap<String, PathBuf>| {
+        std::fs::read(o["adapter"].join("adapter_model.safetensors")).unwrap()
+    };
+
+    // Reported: progress per step and per-step loss; 24 pairs / (4 × 2) = 3 steps per epoch.
+    assert!(rep.progress.load(Ordering::SeqCst) >= 6);
+    let m = rep.metrics.lock().unwrap().clone();
+    assert_eq!(
+        m.iter()
+            .filter(|(n, s, _)| n == "train/loss" && s.is_some())
+            .count(),
+        6
+    );
+    assert!(
+        m.iter()
+            .any(|(n, s, _)| n == "dev/spearman" && *s == Some(3))
+    );
+    let history: Value =
+        serde_json::from_str(&std::fs::read_to_string(&a["history"]).unwrap()).unwrap();
+    assert_eq!(history["steps"].as_array().unwrap().len(), 6);
+    assert_eq!(history["evals"].as_array().unwrap().len(), 2);
+    let metrics: Value =
+        serde_json::from_str(&std::fs::read_to_string(&a["metrics"]).unwrap()).unwrap();
+    assert_eq!(metrics["steps"], 6.0);
+    assert!(metrics["best_dev_spearman"].is_number(), "{metrics}");
+
+    // Same seed ⇒ identical bytes; another seed ⇒ other bytes.
+    let b = run(
+        "train-lora",
+        root,
+        "train_b",
+        train_with(7, None),
+        &tl,
+        &Recorder::default(),
+    )
+    .unwrap();
+    assert!(
+        weights(&a) == weights(&b),
+        "same seed, different adapter bytes"
+    );
+    let c = run(
+        "train-lora",
+        root,
+        "train_c",
+        train_with(8, None),
+        &tl,
+        &Recorder::default(),
+    )
+    .unwrap();
+    assert!(weights(&a) != weights(&c));
+
+    // Interrupted after 4 steps, resumed from the checkpoint: the same adapter.
+    let stop = Recorder {
+        cancel_after: 4,
+        ..Default::default()
+    };
+    let err = run(
+        "train-lora",
+        root,
+        "train_d",
+        train_with(7, Some("ck")),
+        &tl,
+        &stop,
+    )
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("cancelled"), "{err:#}");
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("ck/train_state.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["step"], 4);
+    let rep = Recorder::default();
+    let d = run(
+        "train-lora",
+        root,
+        "train_d",
+        train_with(7, Some("ck")),
+        &tl,
+        &rep,
+    )
+    .unwrap();
+    assert!(
+        rep.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("resuming from") && l.contains("step 4"))
+    );
+    assert!(
+        weights(&a) == weights(&d),
+        "resumed run differs from the uninterrupted one"
+    );
+
+    // evaluate: metrics, predictions, plots; a gate that passes and one that fails.
+    let ev = outs_of("evaluate");
+    let eval_with = |below: f64| {
+        json!({"base": base, "adapter": a["adapter"], "test": "test.jsonl", "task": "regression",
+               "history": a["history"], "max_length": 32, "fail_if": {"metric": "spearman", "below": below}})
+    };
+    let rep = Recorder::default();
+    let e = run("evaluate", root, "eval", eval_with(-2.0), &ev, &rep).unwrap();
+    let em: Value = serde_json::from_str(&std::fs::read_to_string(&e["metrics"]).unwrap()).unwrap();
+    for k in ["rmse", "mse", "r2", "pearson", "spearman"] {
+        assert!(em.get(k).is_some(), "{k} in {em}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(&e["predictions"])
+            .unwrap()
+            .lines()
+            .count(),
+        10
+    );
+    for f in [
+        "predicted_vs_true.png",
+        "predicted_vs_true.svg",
+        "training_history.png",
+        "training_history.svg",
+    ] {
+        assert!(e["plots"].join(f).is_file(), "{f}");
+    }
+    assert!(
+        rep.metrics
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(n, s, _)| n == "spearman" && s.is_none())
+    );
+    let err = run(
+        "evaluate",
+        root,
+        "eval_gate",
+        eval_with(1.5),
+        &ev,
+        &Recorder::default(),
+    )
+    .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("evaluation gate failed: spearman =") && msg.contains("is below 1.5"),
+        "{msg}"
+    );
+
+    // export, merged: a plain checkpoint with the adapter's logits.
+    let ex = outs_of("export");
+    let x = run(
+        "export",
+        root,
+        "export",
+        json!({"base": base, "adapter": a["adapter"], "merge": true}),
+        &ex,
+        &Recorder::default(),
+    )
+    .unwrap();
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "export.json",
+    ] {
+        assert!(x["model"].join(f).is_file(), "{f}");
+    }
+    use burn::backend::Flex;
+    use tsumugi_stages::models::{CrossEncoder, LoadOptions, ModelDir, ModelInput};
+    use tsumugi_stages::tokenize::{PairTokenizer, Truncation};
+    let dir = ModelDir::open(&base).unwrap();
+    let tok = PairTokenizer::for_model(&dir, 32, Truncation::LongestFirst).unwrap();
+    let batch = tok
+        .encode_batch(&[
+            ("a cat sleeps", "the dog runs"),
+            ("a man plays guitar", "the fox"),
+        ])
+        .unwrap();
+    let dev = Default::default();
+    let input = ModelInput::<Flex>::from_batch(&batch, &dev);
+    let (lora, _) = tsumugi_stages::peft::load_adapter::<Flex>(&dir, &a["adapter"], &dev).unwrap();
+    let want = tsumugi_stages::peft::values(lora.forward(&input));
+    let (merged, report) = CrossEncoder::<Flex>::load(
+        &ModelDir::open(&x["model"]).unwrap(),
+        &LoadOptions::default(),
+        &dev,
+    )
+    .unwrap();
+    assert!(report.unused.is_empty(), "{:?}", report.unused);
+    let got = tsumugi_stages::peft::values(merged.forward(&input));
+    let diff = want
+        .iter()
+        .zip(&got)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0.0, f32::max);
+    assert!(diff <= 1e-5, "merged export vs base + adapter: {diff}");
+    // For scripts/check_export.py (transformers loads the merged export): keep copies.
+    if let Some(keep) = std::env::var_os("TSUMUGI_EXPORT_CHECK_DIR").map(PathBuf::from) {
+        for (from, to) in [(&x["model"], "model"), (&a["adapter"], "adapter")] {
+            std::fs::create_dir_all(keep.join(to)).unwrap();
+            for f in std::fs::read_dir(from).unwrap() {
+                let f = f.unwrap().path();
+                std::fs::copy(&f, keep.join(to).join(f.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+    // Adapter-only export: the PEFT files, untouched.
+    let y = run(
+        "export",
+        root,
+        "export_adapter",
+        json!({"base": base, "adapter": a["adapter"]}),
+        &ex,
+        &Recorder::default(),
+    )
+    .unwrap();
+    assert!(std::fs::read(y["model"].join("adapter_model.safetensors")).unwrap() == weights(&a));
+
+    // Bad input: a clear error naming the field.
+    let err = run(
+        "train-lora",
+        root,
+        "bad",
+        json!({"base": base, "train": "train.jsonl", "task": "regresion"}),
+        &tl,
+        &Recorder::default(),
+    )
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("regresion"), "{err:#}");
+}

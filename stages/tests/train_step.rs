@@ -1,0 +1,187 @@
+//! Two training steps (dropout off) against PyTorch + PEFT on the fixtures of
+//! `scripts/make_lora_fixtures.py`: the gradients of every trainable tensor (LoRA A/B and
+//! the head) before clipping, and the values after global-norm clipping + AdamW, ≤ 1e-4.
+//! Step 2 checks AdamW's moments and bias correction as well.
+#![cfg(feature = "ml")]
+
+use std::path::{Path, PathBuf};
+
+use burn::backend::{Autodiff, Flex};
+use burn::prelude::*;
+use serde_json::Value;
+use tsumugi_stages::lora::{LAYER_LINEARS, LoraModel};
+use tsumugi_stages::models::{ModelDir, ModelInput};
+use tsumugi_stages::peft::{self, TensorSet};
+use tsumugi_stages::train::{loss, optim};
+
+type B = Autodiff<Flex>;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn input(e: &Value) -> ModelInput<B> {
+    let t = |k: &str| {
+        let rows: Vec<Vec<i64>> = serde_json::from_value(e["inputs"][k].clone()).unwrap();
+        let s = [rows.len(), rows[0].len()];
+        Tensor::<B, 2, Int>::from_data(TensorData::new(rows.concat(), s), &Default::default())
+    };
+    ModelInput {
+        input_ids: t("input_ids"),
+        attention_mask: t("attention_mask"),
+        token_type_ids: e["inputs"]
+            .get("token_type_ids")
+            .map(|_| t("token_type_ids")),
+    }
+}
+
+/// The gradients of the trainable tensors, under PEFT's key names and PyTorch's layout.
+fn named_grads(
+    model: &LoraModel<B>,
+    grads: &<B as burn::tensor::backend::AutodiffBackend>::Gradients,
+    arch: &str,
+) -> TensorSet {
+    let mut set = TensorSet::default();
+    let p = "base_model.model.";
+    for (i, layer) in model.layers.iter().enumerate() {
+        for (s, name) in LAYER_LINEARS.iter().enumerate() {
+            if let Some(l) = layer.slot(s) {
+                let key = format!("{p}{arch}.encoder.layer.{i}.{name}");
+                set.matrix(
+                    format!("{key}.lora_A.weight"),
+                    l.a.val().grad(grads).expect("A has a gradient"),
+                );
+                set.matrix(
+                    format!("{key}.lora_B.weight"),
+                    l.b.val().grad(grads).expect("B has a gradient"),
+                );
+            }
+        }
+    }
+    let mut lin = |key: &str, l: &burn::nn::Linear<B>| {
+        set.matrix(
+            format!("{p}{key}.weight"),
+            l.weight.val().grad(grads).expect("head gradient"),
+        );
+        set.vector(
+            format!("{p}{key}.bias"),
+            l.bias
+                .as_ref()
+                .unwrap()
+                .val()
+                .grad(grads)
+                .expect("head gradient"),
+        );
+    };
+    match &model.base {
+        tsumugi_stages::models::CrossEncoder::Bert(m) => {
+            lin("classifier", &m.classifier);
+            // The frozen base gets no gradient.
+            assert!(m.pooler.dense.weight.val().grad(grads).is_none());
+            assert!(
+                m.bert.encoder.layer[0]
+                    .attention
+                    .self_attention
+                    .query
+                    .weight
+                    .val()
+                    .grad(grads)
+                    .is_none()
+            );
+        }
+        tsumugi_stages::models::CrossEncoder::Roberta(m) => {
+            lin("classifier.dense", &m.classifier.dense);
+            lin("classifier.out_proj", &m.classifier.out_proj);
+            assert!(
+                m.roberta
+                    .embeddings
+                    .word_embeddings
+                    .weight
+                    .val()
+                    .grad(grads)
+                    .is_none()
+            );
+        }
+    }
+    set
+}
+
+fn compare(what: &str, ours: &TensorSet, reference: &TensorSet, prefix: &str) -> f32 {
+    let mut worst = 0f32;
+    let mut n = 0;
+    for (k, (shape, v)) in &ours.0 {
+        let (rs, rv) = reference
+            .0
+            .get(&format!("{prefix}{k}"))
+            .unwrap_or_else(|| panic!("{what}: reference lacks {prefix}{k}"));
+        assert_eq!(shape, rs, "{what} {k}");
+        let d = v
+            .iter()
+            .zip(rv)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        worst = worst.max(d);
+        n += 1;
+    }
+    let expected = reference.0.keys().filter(|k| k.starts_with(prefix)).count();
+    assert_eq!(n, expected, "{what}: every reference tensor compared");
+    worst
+}
+
+#[test]
+fn two_adamw_steps_match_pytorch_peft() {
+    for (name, arch) in [("bert-1", "bert"), ("roberta-3", "roberta")] {
+        let dir = fixtures().join("lora").join(name);
+        let e: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
+                .unwrap();
+        let reference = TensorSet::read(&dir.join("steps.safetensors")).unwrap();
+        let base = ModelDir::open(&fixtures().join(name)).unwrap();
+        let d = Default::default();
+        let (model, settings) = peft::load_adapter::<B>(&base, &dir.join("adapter"), &d).unwrap();
+        let mut model = model.without_dropout();
+        let o = &e["optim"];
+        let cfg = optim::AdamWConfig {
+            beta1: o["betas"][0].as_f64().unwrap(),
+            beta2: o["betas"][1].as_f64().unwrap(),
+            eps: o["eps"].as_f64().unwrap(),
+            weight_decay: o["weight_decay"].as_f64().unwrap(),
+        };
+        let lr = o["lr"].as_f64().unwrap();
+        let mut state = optim::AdamWState::default();
+        let x = input(&e);
+        for step in 1..=2 {
+            let rec = &e["steps"][step - 1];
+            let logits = model.forward(&x);
+            let [n, k] = logits.dims();
+            let loss = if k == 1 {
+                let y: Vec<f32> = serde_json::from_value(e["labels"].clone()).unwrap();
+                loss::mse(
+                    logits.reshape([n]),
+                    Tensor::from_data(TensorData::new(y, [n]), &d),
+                )
+            } else {
+                let y: Vec<i64> = serde_json::from_value(e["labels"].clone()).unwrap();
+                loss::cross_entropy(logits, Tensor::from_data(TensorData::new(y, [n]), &d))
+            };
+            let value = loss.clone().into_scalar();
+            let dl = (value as f64 - rec["loss"].as_f64().unwrap()).abs();
+            let g = loss.backward();
+            let ours = named_grads(&model, &g, arch);
+            let gd = compare("grad", &ours, &reference, &format!("grad.{step}."));
+            let mut grads = optim::collect_grads(&model, &g);
+            let norm = optim::clip_grad_norm::<B>(&mut grads, rec["max_norm"].as_f64().unwrap());
+            let dn = (norm - rec["grad_norm"].as_f64().unwrap()).abs();
+            model = optim::adamw_step(model, grads, lr, cfg, &mut state);
+            let after = peft::adapter_tensors(&model, &settings, base.architecture);
+            let vd = compare("value", &after, &reference, &format!("value.{step}."));
+            println!(
+                "{name} step {step}: |Δloss| {dl:.2e}, |Δgrad_norm| {dn:.2e}, max |Δgrad| {gd:.2e}, max |Δvalue| {vd:.2e}"
+            );
+            assert!(
+                dl <= 1e-5 && dn <= 1e-4 && gd <= 1e-4 && vd <= 1e-4,
+                "{name} step {step}"
+            );
+        }
+    }
+}
