@@ -309,6 +309,29 @@ pub fn manifest_path(project: &Project, pipeline: &str, stage: &str) -> PathBuf 
         .join(format!("{stage}.json"))
 }
 
+/// Every object the item manifests under `cache_dir` refer to (for `tsumugi gc`): the
+/// current outputs of every item of every mapped stage are kept.
+pub fn live_objects(cache: &Cache, cache_dir: &Path) -> Vec<String> {
+    let mut live = Vec::new();
+    let files = walkdir::WalkDir::new(cache_dir.join("map"))
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_file() && e.path().extension().is_some_and(|x| x == "json"));
+    for f in files {
+        for rec in load_manifest(f.path()).items.into_values() {
+            for o in rec.outs {
+                if o.kind == OutKind::Dir
+                    && let Ok(m) = cache.manifest(&o.hash)
+                {
+                    live.extend(m.entries.into_iter().map(|x| x.hash));
+                }
+                live.push(o.hash);
+            }
+        }
+    }
+    live
+}
+
 fn load_manifest(path: &Path) -> Manifest {
     // A missing or unreadable manifest only costs re-runs: every item is then "added".
     fs::read(path)
@@ -740,7 +763,8 @@ fn run_batch(
         prepare_outs(root, &r)?;
         rels.push(r);
     }
-    fs::create_dir_all(mr.cache.objects_dir()).ok();
+    fs::create_dir_all(mr.project.cache_dir())
+        .with_context(|| format!("cannot create {}", mr.project.cache_dir().display()))?;
     let dir = tempfile::Builder::new()
         .prefix("map-batch-")
         .tempdir_in(mr.project.cache_dir())

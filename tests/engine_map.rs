@@ -309,3 +309,29 @@ fn map_errors_name_the_place() {
     assert!(err.contains("p.yaml:4:"), "{err}");
     assert!(err.contains("item has no field 'line'"), "{err}");
 }
+
+#[test]
+fn gc_keeps_item_outputs_and_an_edited_item_output_comes_back() {
+    let p = Proj::new(
+        r#"
+stages:
+  copy:
+    map: {glob: "data/*.txt"}
+    cmd: echo ${item.key} >> ran.log && cp ${item.path} out/c/${item.name}
+    outs: out/c/${item.name}
+"#,
+    );
+    for i in 0..3 {
+        p.write(&format!("data/{i}.txt"), &format!("item {i}\n"));
+    }
+    let (code, _, err) = p.run(&[]);
+    assert_eq!(code, 0, "{err}");
+    p.cmd().args(["gc"]).assert().success();
+    p.write("out/c/1.txt", "edited by hand\n");
+    p.write("data/9.txt", "item 9\n");
+    p.clear_executions();
+    let (code, _, err) = p.run(&[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(p.executions(), ["9.txt"]);
+    assert_eq!(p.read("out/c/1.txt"), "item 1\n");
+}
