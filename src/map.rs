@@ -807,7 +807,8 @@ fn run_batch(
         },
         report,
     )?;
-    todo.iter()
+    // Storing hashes and copies every output: in parallel, as per-item runs do.
+    todo.par_iter()
         .zip(rels)
         .map(|(&i, r)| Ok((i, store_outs(mr, &p.items[i], &r)?)))
         .collect()
