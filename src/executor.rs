@@ -1477,6 +1477,7 @@ fn execute_once(
                 stat: &ctx.stat,
                 pipeline: &ctx.pipeline_name,
                 jobs: ctx.jobs,
+                force: ctx.force,
                 run_id: &ctx.run_id,
                 db: &ctx.db,
             },

@@ -483,6 +483,8 @@ pub struct MapRun<'a> {
     pub pipeline: &'a str,
     /// Items running at once.
     pub jobs: usize,
+    /// `run --force`: every item runs, cached or not.
+    pub force: bool,
     pub run_id: &'a str,
     pub db: &'a RunDb,
 }
@@ -507,6 +509,10 @@ pub fn run(
     let root = mr.project.root();
     let hasher = Hasher::new(mr.stat);
     let mut p = plan(mr.project, &hasher, mr.pipeline, stage, spec)?;
+    if mr.force {
+        p.changed.append(&mut p.cached);
+        p.changed.sort_unstable();
+    }
     let n = counts(&p);
     let mpath = manifest_path(mr.project, mr.pipeline, &stage.name);
 

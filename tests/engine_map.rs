@@ -335,3 +335,25 @@ stages:
     assert_eq!(p.executions(), ["9.txt"]);
     assert_eq!(p.read("out/c/1.txt"), "item 1\n");
 }
+
+#[test]
+fn force_runs_every_item_again() {
+    let p = Proj::new(
+        r#"
+stages:
+  copy:
+    map: {lines: data/l.txt}
+    cmd: echo ${item.line} >> ran.log && echo ${item.line} > out/${item.key}
+    outs: out/${item.key}
+"#,
+    );
+    p.write("data/l.txt", "a\nb\nc\n");
+    let (code, _, err) = p.run(&[]);
+    assert_eq!(code, 0, "{err}");
+    p.clear_executions();
+    let (code, _, err) = p.run(&["--force"]);
+    assert_eq!(code, 0, "{err}");
+    let mut ran = p.executions();
+    ran.sort();
+    assert_eq!(ran, ["a", "b", "c"]);
+}
