@@ -116,11 +116,9 @@ pub fn hash_dep(project: &Project, hasher: &Hasher<'_>, dep: &Dep) -> Result<Str
     match dep {
         Dep::Path(p) => {
             let abs = project.root().join(p);
-            Ok(hasher
-                .path(&abs)
-                .with_context(|| format!("dependency {}", path_str(p)))?
-                .hash()
-                .to_string())
+            hasher
+                .hash(&abs)
+                .with_context(|| format!("dependency {}", path_str(p)))
         }
         Dep::Sqlite { db, query } => hash_sqlite_query(&project.root().join(db), query),
     }

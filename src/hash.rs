@@ -67,7 +67,7 @@ impl Manifest {
     /// a newline here (rejected when walking), so the encoding is unambiguous.
     pub fn canonical_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.entries.len() * 100 + 32);
-        out.extend_from_slice(b"tsumugi-manifest-v1\n");
+        out.extend_from_slice(MANIFEST_HEADER);
         for e in &self.entries {
             out.extend_from_slice(e.hash.as_bytes());
             out.push(b' ');
@@ -151,15 +151,26 @@ impl StatKey {
 
 const STATCACHE_MAGIC: &[u8; 16] = b"tsumugi-stat-v1\n";
 
+/// Bytes of one record after its path: five little-endian u64 (dev, ino, size, mtime,
+/// ctime) and the 32-byte hash.
+const RECORD_TAIL: usize = 5 * 8 + 32;
+
 /// Remembers file hashes by (device, inode, size, mtime, ctime), keyed by absolute path.
 ///
 /// Entries are only remembered for files whose mtime and ctime are at least
 /// [`StatCache::RACY_WINDOW_NS`] older than the moment they were hashed: a file modified in
 /// the same timestamp tick as our read could otherwise change without changing its key
 /// (git's "racily clean" problem). Such files are simply hashed again next time.
+///
+/// The file on disk is kept as read: its records are sorted by path, so a lookup is a
+/// binary search over an index of record offsets. Decoding 100,000 records into a hash map
+/// of owned paths on every `status` cost more user time than the rest of a no-op status of
+/// a 100,000-file directory, and the map was only ever read.
 pub struct StatCache {
     path: Option<PathBuf>,
-    loaded: HashMap<PathBuf, (StatKey, [u8; 32])>,
+    bytes: Vec<u8>,
+    /// Offset in `bytes` of each record, in path order.
+    index: Vec<usize>,
     added: Mutex<HashMap<PathBuf, (StatKey, [u8; 32])>>,
 }
 
@@ -170,38 +181,67 @@ impl StatCache {
     pub fn in_memory() -> StatCache {
         StatCache {
             path: None,
-            loaded: HashMap::new(),
+            bytes: Vec::new(),
+            index: Vec::new(),
             added: Mutex::new(HashMap::new()),
         }
     }
 
     /// Loads `path` if it exists. A damaged file is ignored (it is only a cache).
     pub fn load(path: &Path) -> StatCache {
-        let loaded = match fs::read(path) {
-            Ok(bytes) => match decode_statcache(&bytes) {
-                Some(m) => m,
+        let (bytes, index) = match fs::read(path) {
+            Ok(bytes) => match index_statcache(&bytes) {
+                Some(index) => (bytes, index),
                 None => {
                     tracing::warn!("ignoring damaged stat cache {}", path.display());
-                    HashMap::new()
+                    (Vec::new(), Vec::new())
                 }
             },
-            Err(_) => HashMap::new(),
+            Err(_) => (Vec::new(), Vec::new()),
         };
         StatCache {
             path: Some(path.to_path_buf()),
-            loaded,
+            bytes,
+            index,
             added: Mutex::new(HashMap::new()),
         }
     }
 
-    fn lookup(&self, abs: &Path, key: &StatKey) -> Option<String> {
-        let hit = |e: Option<&(StatKey, [u8; 32])>| {
-            e.filter(|(k, _)| k == key).map(|(_, h)| hex::encode(h))
+    /// The record at `off`: its path bytes, key and hash (bounds checked by the indexer).
+    fn record(&self, off: usize) -> (&[u8], StatKey, [u8; 32]) {
+        let b = &self.bytes[off..];
+        let len = u32::from_le_bytes(b[..4].try_into().expect("4 bytes")) as usize;
+        let path = &b[4..4 + len];
+        let t = &b[4 + len..4 + len + RECORD_TAIL];
+        let u = |i: usize| u64::from_le_bytes(t[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+        let key = StatKey {
+            dev: u(0),
+            ino: u(1),
+            size: u(2),
+            mtime_ns: u(3) as i64,
+            ctime_ns: u(4) as i64,
         };
-        if let Some(h) = hit(self.loaded.get(abs)) {
-            return Some(h);
+        (path, key, t[40..72].try_into().expect("32 bytes"))
+    }
+
+    fn lookup_raw(&self, abs: &Path, key: &StatKey) -> Option<[u8; 32]> {
+        let want = abs.as_os_str().as_bytes();
+        if let Ok(i) = self
+            .index
+            .binary_search_by(|&off| self.record(off).0.cmp(want))
+        {
+            let (_, k, h) = self.record(self.index[i]);
+            if k == *key {
+                return Some(h);
+            }
         }
-        hit(self.added.lock().expect("stat cache poisoned").get(abs))
+        let added = self.added.lock().expect("stat cache poisoned");
+        added.get(abs).filter(|(k, _)| k == key).map(|(_, h)| *h)
+    }
+
+    #[cfg(test)]
+    fn lookup(&self, abs: &Path, key: &StatKey) -> Option<String> {
+        self.lookup_raw(abs, key).map(hex::encode)
     }
 
     fn remember(&self, abs: &Path, key: StatKey, hash: &str, now_ns: i64) {
@@ -230,61 +270,59 @@ impl StatCache {
         if added.is_empty() {
             return Ok(());
         }
-        let mut all: Vec<(&PathBuf, &(StatKey, [u8; 32]))> = self
-            .loaded
+        let loaded = self
+            .index
             .iter()
-            .filter(|(p, _)| !added.contains_key(*p))
-            .chain(added.iter())
+            .map(|&off| self.record(off))
+            .filter(|(p, _, _)| !added.contains_key(Path::new(std::ffi::OsStr::from_bytes(p))));
+        let mut all: Vec<(&[u8], StatKey, [u8; 32])> = loaded
+            .chain(
+                added
+                    .iter()
+                    .map(|(p, (k, h))| (p.as_os_str().as_bytes(), *k, *h)),
+            )
             .collect();
+        // Sorted by path bytes: `load` relies on it for binary search.
         all.sort_by(|a, b| a.0.cmp(b.0));
         let mut out = Vec::with_capacity(all.len() * 120 + 24);
         out.extend_from_slice(STATCACHE_MAGIC);
         out.extend_from_slice(&(all.len() as u64).to_le_bytes());
-        for (p, (k, h)) in all {
-            let pb = p.as_os_str().as_bytes();
+        for (pb, k, h) in all {
             out.extend_from_slice(&(pb.len() as u32).to_le_bytes());
             out.extend_from_slice(pb);
             for v in [k.dev, k.ino, k.size, k.mtime_ns as u64, k.ctime_ns as u64] {
                 out.extend_from_slice(&v.to_le_bytes());
             }
-            out.extend_from_slice(h);
+            out.extend_from_slice(&h);
         }
         crate::cache::write_atomic(path, &out)
     }
 }
 
-fn decode_statcache(bytes: &[u8]) -> Option<HashMap<PathBuf, (StatKey, [u8; 32])>> {
+/// Offsets of the records of a stat cache file, or `None` if it is damaged: truncated, or
+/// its paths not strictly increasing (binary search needs the order `save` writes).
+fn index_statcache(bytes: &[u8]) -> Option<Vec<usize>> {
     let rest = bytes.strip_prefix(STATCACHE_MAGIC.as_slice())?;
-    let (n, mut rest) = rest.split_first_chunk::<8>()?;
+    let (n, _) = rest.split_first_chunk::<8>()?;
     let n = u64::from_le_bytes(*n) as usize;
-    let mut map = HashMap::with_capacity(n.min(10_000_000));
-    for _ in 0..n {
-        let (len, r) = rest.split_first_chunk::<4>()?;
+    let mut off = STATCACHE_MAGIC.len() + 8;
+    let mut index = Vec::with_capacity(n.min(bytes.len() / (4 + RECORD_TAIL)));
+    let mut prev: &[u8] = &[];
+    for i in 0..n {
+        let (len, r) = bytes.get(off..)?.split_first_chunk::<4>()?;
         let len = u32::from_le_bytes(*len) as usize;
-        if r.len() < len {
+        if r.len() < len + RECORD_TAIL {
             return None;
         }
-        let (pb, r) = r.split_at(len);
-        let path = PathBuf::from(std::ffi::OsStr::from_bytes(pb));
-        let mut vals = [0u64; 5];
-        let mut r = r;
-        for v in &mut vals {
-            let (b, r2) = r.split_first_chunk::<8>()?;
-            *v = u64::from_le_bytes(*b);
-            r = r2;
+        let path = &r[..len];
+        if i > 0 && path <= prev {
+            return None;
         }
-        let (h, r) = r.split_first_chunk::<32>()?;
-        rest = r;
-        let key = StatKey {
-            dev: vals[0],
-            ino: vals[1],
-            size: vals[2],
-            mtime_ns: vals[3] as i64,
-            ctime_ns: vals[4] as i64,
-        };
-        map.insert(path, (key, *h));
+        prev = path;
+        index.push(off);
+        off += 4 + len + RECORD_TAIL;
     }
-    Some(map)
+    Some(index)
 }
 
 fn now_ns() -> i64 {
@@ -312,9 +350,15 @@ impl<'a> Hasher<'a> {
 
     fn file_with_meta(&self, abs: &Path, md: &fs::Metadata) -> io::Result<(String, u64, bool)> {
         let exec = md.permissions().mode() & 0o111 != 0;
-        let key = StatKey::of(md);
-        if let Some(h) = self.stat.lookup(abs, &key) {
-            return Ok((h, md.size(), exec));
+        let raw = self.file_raw(abs, StatKey::of(md))?;
+        Ok((hex::encode(raw), md.size(), exec))
+    }
+
+    /// The raw hash of the file at `abs` whose stat key is `key`: from the stat cache, or
+    /// read and remembered.
+    fn file_raw(&self, abs: &Path, key: StatKey) -> io::Result<[u8; 32]> {
+        if let Some(h) = self.stat.lookup_raw(abs, &key) {
+            return Ok(h);
         }
         let start = now_ns();
         let h = hash_file_uncached(abs)?;
@@ -324,7 +368,9 @@ impl<'a> Hasher<'a> {
         {
             self.stat.remember(abs, key, &h, start);
         }
-        Ok((h, md.size(), exec))
+        let mut raw = [0u8; 32];
+        hex::decode_to_slice(&h, &mut raw).expect("sha256 hex");
+        Ok(raw)
     }
 
     /// Hash of a file or directory. Directory members are hashed in parallel.
@@ -346,37 +392,112 @@ impl<'a> Hasher<'a> {
         }
     }
 
+    /// Just the hash of a file or directory: the same value as `path(abs)?.hash()`, but a
+    /// directory's manifest is streamed into SHA-256 instead of being built (100,000 entries
+    /// of owned strings and a 7 MB buffer on a no-op `status` of a large tree).
+    pub fn hash(&self, abs: &Path) -> Result<String> {
+        let md = fs::metadata(abs).with_context(|| format!("cannot read {}", abs.display()))?;
+        if md.is_dir() {
+            let files = self.walk_hashed(abs)?;
+            let mut h = Sha256::new();
+            h.update(MANIFEST_HEADER);
+            let mut hexbuf = [0u8; 64];
+            let mut num = [0u8; 20];
+            for (f, raw) in &files {
+                hex::encode_to_slice(raw, &mut hexbuf).expect("64 bytes");
+                h.update(hexbuf);
+                h.update(b" ");
+                h.update(fmt_u64(&mut num, f.key.size));
+                h.update(if f.exec { b" x " } else { b" - " });
+                h.update(f.rel());
+                h.update(b"\n");
+            }
+            Ok(hex::encode(h.finalize()))
+        } else if md.is_file() {
+            let (hash, _, _) = self
+                .file_with_meta(abs, &md)
+                .with_context(|| format!("cannot hash {}", abs.display()))?;
+            Ok(hash)
+        } else {
+            bail!("{} is neither a file nor a directory", abs.display())
+        }
+    }
+
+    /// Every file under `dir` in manifest order with its raw hash (hashed on all cores).
+    fn walk_hashed(&self, dir: &Path) -> Result<Vec<(Walked, [u8; 32])>> {
+        let mut files = walk_parallel(dir, dir.as_os_str().len() + 1, 0)?;
+        // The manifest sorts by relative path; every path shares `dir/`, so the byte order
+        // of the absolute paths is the same. Paths are unique, so unstable is fine.
+        files.sort_unstable_by(|a, b| {
+            a.abs
+                .as_os_str()
+                .as_bytes()
+                .cmp(b.abs.as_os_str().as_bytes())
+        });
+        files
+            .into_par_iter()
+            .map(|f| {
+                let raw = self
+                    .file_raw(&f.abs, f.key)
+                    .with_context(|| format!("cannot hash {}", f.abs.display()))?;
+                Ok((f, raw))
+            })
+            .collect()
+    }
+
     /// The sorted manifest of every file under `dir` (symlinks followed).
     pub fn manifest(&self, dir: &Path) -> Result<Manifest> {
-        let mut files = walk_parallel(dir, "", 0)?;
-        // The manifest sorts by full relative path.
-        files.sort_by(|a, b| a.0.cmp(&b.0));
-        let entries = files
-            .into_par_iter()
-            .map(|(rel, abs, md)| {
-                let (hash, size, exec) = self
-                    .file_with_meta(&abs, &md)
-                    .with_context(|| format!("cannot hash {}", abs.display()))?;
-                Ok(ManifestEntry {
-                    path: rel,
-                    hash,
-                    size,
-                    exec,
-                })
+        let entries = self
+            .walk_hashed(dir)?
+            .into_iter()
+            .map(|(f, raw)| ManifestEntry {
+                path: String::from_utf8(f.rel().to_vec()).expect("checked UTF-8 in walk"),
+                hash: hex::encode(raw),
+                size: f.key.size,
+                exec: f.exec,
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect();
         Ok(Manifest { entries })
     }
 }
 
-/// Every regular file under `abs` (symlinks followed) with its relative path and metadata.
-/// Sub-directories are read in parallel: on a tree of 100,000 files the stat calls are
-/// most of a no-op `status`, and they spread over cores like the hashing does.
-fn walk_parallel(
-    abs: &Path,
-    rel: &str,
-    depth: usize,
-) -> Result<Vec<(String, PathBuf, fs::Metadata)>> {
+const MANIFEST_HEADER: &[u8] = b"tsumugi-manifest-v1\n";
+
+/// Decimal digits of `v` in `buf` (what `v.to_string()` would hold), without allocating.
+fn fmt_u64(buf: &mut [u8; 20], mut v: u64) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
+/// One regular file found by the walk: its path (the logical one, through any symlinked
+/// directory) and what a manifest needs of its metadata. Kept small because 100,000 of
+/// them are sorted on every `status` of a large tree.
+struct Walked {
+    abs: PathBuf,
+    /// Where the path relative to the walked directory starts in `abs`.
+    rel_start: usize,
+    key: StatKey,
+    exec: bool,
+}
+
+impl Walked {
+    fn rel(&self) -> &[u8] {
+        &self.abs.as_os_str().as_bytes()[self.rel_start..]
+    }
+}
+
+/// Every regular file under `abs` (symlinks followed) with its metadata. Sub-directories are
+/// read in parallel: on a tree of 100,000 files the stat calls are most of a no-op
+/// `status`, and they spread over cores like the hashing does.
+fn walk_parallel(abs: &Path, rel_start: usize, depth: usize) -> Result<Vec<Walked>> {
     // Deeper than any real tree: a symlink loop.
     if depth > 64 {
         bail!("{} is nested too deep (a symlink loop?)", abs.display());
@@ -388,42 +509,44 @@ fn walk_parallel(
     for e in rd {
         let e = e.with_context(|| format!("cannot read directory {}", abs.display()))?;
         let path = e.path();
-        let name = e.file_name();
-        let name = name.to_str().with_context(|| {
-            format!(
-                "{} is not valid UTF-8; tsumugi needs UTF-8 paths",
-                path.display()
-            )
-        })?;
-        if name.contains('\n') {
-            bail!("{} contains a newline in its name", path.display());
+        {
+            let name = &path.as_os_str().as_bytes()[abs.as_os_str().len() + 1..];
+            if std::str::from_utf8(name).is_err() {
+                bail!(
+                    "{} is not valid UTF-8; tsumugi needs UTF-8 paths",
+                    path.display()
+                );
+            }
+            if name.contains(&b'\n') {
+                bail!("{} contains a newline in its name", path.display());
+            }
         }
-        let relp = if rel.is_empty() {
-            name.to_string()
-        } else {
-            format!("{rel}/{name}")
-        };
         let ft = e
             .file_type()
             .with_context(|| format!("cannot stat {}", path.display()))?;
         let md = if ft.is_symlink() {
             fs::metadata(&path).with_context(|| format!("broken symlink {}", path.display()))?
         } else if ft.is_dir() {
-            dirs.push((relp, path));
+            dirs.push(path);
             continue;
         } else {
             e.metadata()
                 .with_context(|| format!("cannot stat {}", path.display()))?
         };
         if md.is_dir() {
-            dirs.push((relp, path));
+            dirs.push(path);
         } else if md.is_file() {
-            files.push((relp, path, md));
+            files.push(Walked {
+                abs: path,
+                rel_start,
+                key: StatKey::of(&md),
+                exec: md.permissions().mode() & 0o111 != 0,
+            });
         } // sockets, fifos: not content
     }
     let nested = dirs
         .into_par_iter()
-        .map(|(r, p)| walk_parallel(&p, &r, depth + 1))
+        .map(|p| walk_parallel(&p, rel_start, depth + 1))
         .collect::<Result<Vec<_>>>()?;
     files.extend(nested.into_iter().flatten());
     Ok(files)
@@ -546,6 +669,78 @@ mod tests {
         fs::set_permissions(root.join("c.txt"), fs::Permissions::from_mode(0o755)).unwrap();
         let h3 = h.manifest(&root).unwrap().hash();
         assert_ne!(h2, h3);
+    }
+
+    #[test]
+    fn streamed_hash_equals_the_manifest_hash_through_symlinks() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("d");
+        fs::create_dir_all(root.join("sub/deeper")).unwrap();
+        fs::create_dir_all(d.path().join("elsewhere")).unwrap();
+        fs::write(d.path().join("elsewhere/e.txt"), "e").unwrap();
+        fs::write(root.join("a.txt"), "a").unwrap();
+        fs::write(root.join("a-b"), "dash sorts before dot and slash").unwrap();
+        fs::write(root.join("sub/deeper/x"), vec![7u8; 12345]).unwrap();
+        fs::write(root.join("run.sh"), "#!/bin/sh\n").unwrap();
+        fs::set_permissions(root.join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::symlink(d.path().join("elsewhere"), root.join("linked")).unwrap();
+        std::os::unix::fs::symlink(root.join("a.txt"), root.join("sub/alias")).unwrap();
+        let sc = StatCache::in_memory();
+        let h = Hasher::new(&sc);
+        let full = h.path(&root).unwrap();
+        let PathHash::Dir { manifest, .. } = &full else {
+            panic!("a directory")
+        };
+        let paths: Vec<_> = manifest.entries.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "a-b",
+                "a.txt",
+                "linked/e.txt",
+                "run.sh",
+                "sub/alias",
+                "sub/deeper/x"
+            ]
+        );
+        assert_eq!(h.hash(&root).unwrap(), full.hash());
+        assert_eq!(full.hash(), manifest.hash());
+        let f = root.join("sub/deeper/x");
+        assert_eq!(h.hash(&f).unwrap(), hash_file_uncached(&f).unwrap());
+        assert!(h.hash(&root.join("missing")).is_err());
+    }
+
+    #[test]
+    fn damaged_or_unsorted_stat_cache_is_ignored() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        fs::write(&p, "x").unwrap();
+        let key = StatKey::of(&fs::metadata(&p).unwrap());
+        let cache_path = d.path().join("stat.bin");
+        let sc = StatCache::load(&cache_path);
+        let h = hash_file_uncached(&p).unwrap();
+        sc.remember(
+            &d.path().join("b"),
+            key,
+            &h,
+            key.ctime_ns + 10 * StatCache::RACY_WINDOW_NS,
+        );
+        sc.remember(&p, key, &h, key.ctime_ns + 10 * StatCache::RACY_WINDOW_NS);
+        sc.save().unwrap();
+        let good = fs::read(&cache_path).unwrap();
+        assert_eq!(StatCache::load(&cache_path).lookup(&p, &key).unwrap(), h);
+        // Truncated: ignored, not a panic.
+        fs::write(&cache_path, &good[..good.len() - 3]).unwrap();
+        assert!(StatCache::load(&cache_path).index.is_empty());
+        // Records out of order (paths "…/b" and "…/f" swapped): binary search would be
+        // wrong, so the whole file is ignored.
+        let rec = good.len() - 24;
+        let half = 24 + rec / 2;
+        let mut swapped = good[..24].to_vec();
+        swapped.extend_from_slice(&good[half..]);
+        swapped.extend_from_slice(&good[24..half]);
+        fs::write(&cache_path, &swapped).unwrap();
+        assert!(StatCache::load(&cache_path).index.is_empty());
     }
 
     #[test]

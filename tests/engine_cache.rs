@@ -359,3 +359,47 @@ stages:
         .count();
     assert_eq!(steps, 3);
 }
+
+/// The stat cache must not hide an edit that keeps a file's size and puts its mtime back
+/// (what `touch -r` or an archive extraction does): ctime is in the key and cannot be set
+/// back. The files are made older than the racy window first, so that the run really
+/// records them in the stat cache and the no-op status answers from it.
+#[test]
+fn same_size_edit_with_restored_mtime_in_a_big_dir_is_noticed() {
+    let p = Proj::new(
+        r#"
+name: big
+stages:
+  count:
+    cmd: echo count >> ran.log && find data/big -type f | wc -l > out.txt
+    deps: [data/big]
+    outs: [out.txt]
+"#,
+    );
+    for i in 0..10_000 {
+        p.write(
+            &format!("data/big/{:02}/{i:05}.txt", i / 1000),
+            &format!("{i:05}\n"),
+        );
+    }
+    std::thread::sleep(std::time::Duration::from_millis(2_200));
+    assert_eq!(p.run(&[]).0, 0);
+    assert!(p.path("cache/statcache.bin").exists());
+    assert_eq!(p.status_json()["stale"], 0);
+
+    let f = p.path("data/big/07/07123.txt");
+    let mtime = std::fs::metadata(&f).unwrap().modified().unwrap();
+    p.write("data/big/07/07123.txt", "XXXXX\n");
+    std::fs::File::options()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_times(std::fs::FileTimes::new().set_modified(mtime))
+        .unwrap();
+    assert_eq!(std::fs::metadata(&f).unwrap().modified().unwrap(), mtime);
+
+    let st = p.status_json();
+    assert_eq!(st["stale"], 1, "{st}");
+    let reason = st["stages"][0]["reasons"][0].as_str().unwrap();
+    assert!(reason.starts_with("dep data/big changed: "), "{reason}");
+}

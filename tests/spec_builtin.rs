@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 use tsumugi::graph::Dag;
 use tsumugi::project::Project;
-use tsumugi::spec::{self, Action, Dep, Out, Pipeline, SpecError};
+use tsumugi::spec::{self, Action, BuiltinInput, Dep, Out, Pipeline, SpecError};
 use tsumugi_stages::KindInfo;
 
 static KINDS: &[KindInfo] = &[
@@ -136,7 +136,7 @@ stages:
     assert_eq!(
         p.unwrap_err().to_string(),
         "pipelines/sts.yaml:4:11: unknown stage kind 'train-lorra' (known: build-pairs, train-lora; did you mean 'train-lora'?)\n\
-         pipelines/sts.yaml:7:19: expected a path or a list of paths for 'with.input' of stage 'b', found a number\n\
+         pipelines/sts.yaml:7:19: expected a path, a list of paths or {sqlite: {db, query}} for 'with.input' of stage 'b', found a number\n\
          pipelines/sts.yaml:8:5: 'outs' is not allowed in stage 'b' with 'uses' (a built-in kind declares its own outputs)\n\
          pipelines/sts.yaml:11:19: missing dependency 'data/nope.csv' of stage 'c': no such file or directory, and no stage outputs it"
     );
@@ -159,13 +159,58 @@ fn path_mapping_helpers() {
     assert_eq!(
         found,
         vec![
-            ("base".into(), "m".into()),
-            ("extra".into(), "a".into()),
-            ("extra".into(), "b".into())
+            ("base".into(), BuiltinInput::Path("m".into())),
+            ("extra".into(), BuiltinInput::Path("a".into())),
+            ("extra".into(), BuiltinInput::Path("b".into()))
         ]
+    );
+    assert_eq!(
+        spec::builtin_inputs(
+            &KINDS[1],
+            &json!({"base": {"sqlite": {"db": "data/app.db", "query": "SELECT a FROM t"}}})
+        )
+        .unwrap(),
+        vec![(
+            "base".into(),
+            BuiltinInput::Sqlite {
+                db: "data/app.db".into(),
+                query: "SELECT a FROM t".into()
+            }
+        )]
+    );
+    assert_eq!(
+        spec::builtin_inputs(&KINDS[1], &json!({"base": {"sqlite": {"db": "x.db"}}})).unwrap_err(),
+        ("base".to_string(), "a mapping".to_string())
     );
     assert_eq!(
         spec::builtin_inputs(&KINDS[1], &json!({"train": {"x": 1}})).unwrap_err(),
         ("train".to_string(), "a mapping".to_string())
     );
+}
+
+#[test]
+fn builtin_sqlite_input_is_a_sqlite_dep() {
+    let (_d, p) = load(
+        r#"
+stages:
+  setup:
+    cmd: sqlite3 data/app.db 'CREATE TABLE corrections(a, b, label)'
+    outs: [data/app.db]
+  pairs:
+    uses: build-pairs
+    with:
+      input: {sqlite: {db: data/app.db, query: "SELECT a, b, label FROM corrections"}}
+"#,
+    );
+    let p = p.unwrap_or_else(|e| panic!("{e}"));
+    let pairs = p.stage("pairs").unwrap();
+    assert_eq!(
+        pairs.deps,
+        vec![Dep::Sqlite {
+            db: "data/app.db".into(),
+            query: "SELECT a, b, label FROM corrections".into()
+        }]
+    );
+    // The db is another stage's output, so the sqlite input makes the edge too.
+    assert_eq!(pairs.needs, vec!["setup".to_string()]);
 }

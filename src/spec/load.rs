@@ -96,7 +96,7 @@ pub fn builtin_outputs(
 pub fn builtin_inputs(
     kind: &KindInfo,
     with: &Value,
-) -> Result<Vec<(String, String)>, (String, String)> {
+) -> Result<Vec<(String, BuiltinInput)>, (String, String)> {
     let mut found = Vec::new();
     let Some(obj) = with.as_object() else {
         return Ok(found);
@@ -104,19 +104,51 @@ pub fn builtin_inputs(
     for field in kind.input_fields {
         match obj.get(*field) {
             None | Some(Value::Null) => {}
-            Some(Value::String(s)) => found.push((field.to_string(), s.clone())),
+            Some(Value::String(s)) => {
+                found.push((field.to_string(), BuiltinInput::Path(s.clone())))
+            }
             Some(Value::Array(items)) => {
                 for it in items {
                     match it {
-                        Value::String(s) => found.push((field.to_string(), s.clone())),
+                        Value::String(s) => {
+                            found.push((field.to_string(), BuiltinInput::Path(s.clone())))
+                        }
                         other => return Err((field.to_string(), json_type(other).to_string())),
                     }
                 }
             }
+            Some(v @ Value::Object(_)) => match sqlite_input(v) {
+                Some(input) => found.push((field.to_string(), input)),
+                None => return Err((field.to_string(), json_type(v).to_string())),
+            },
             Some(other) => return Err((field.to_string(), json_type(other).to_string())),
         }
     }
     Ok(found)
+}
+
+/// An input named in a built-in stage's `with:`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuiltinInput {
+    /// A file or directory.
+    Path(String),
+    /// `{sqlite: {db: PATH, query: SELECT …}}`: hashed by the rows the query returns, so
+    /// the stage re-runs when those rows change and not when other tables do.
+    Sqlite { db: String, query: String },
+}
+
+fn sqlite_input(v: &Value) -> Option<BuiltinInput> {
+    let obj = v.as_object()?;
+    if obj.len() != 1 {
+        return None;
+    }
+    let inner = obj.get("sqlite")?.as_object()?;
+    if inner.keys().any(|k| k != "db" && k != "query") {
+        return None;
+    }
+    let db = inner.get("db")?.as_str()?.to_owned();
+    let query = inner.get("query")?.as_str()?.to_owned();
+    (!query.trim().is_empty()).then_some(BuiltinInput::Sqlite { db, query })
 }
 
 fn json_type(v: &Value) -> &'static str {
@@ -1434,11 +1466,21 @@ impl<'a> Cx<'a> {
         {
             let wnode = inst.get("with");
             match builtin_inputs(kind, with) {
-                Ok(paths) => {
-                    for (field, p) in paths {
+                Ok(inputs) => {
+                    for (field, input) in inputs {
                         let pos = wnode.and_then(|w| axis_pos(w, &field)).unwrap_or(inst.pos);
-                        match norm_path(&p) {
-                            Ok(p) => deps.push((Dep::Path(p), pos)),
+                        let (path, query) = match input {
+                            BuiltinInput::Path(p) => (p, None),
+                            BuiltinInput::Sqlite { db, query } => (db, Some(query)),
+                        };
+                        match norm_path(&path) {
+                            Ok(p) => {
+                                let dep = match query {
+                                    None => Dep::Path(p),
+                                    Some(query) => Dep::Sqlite { db: p, query },
+                                };
+                                deps.push((dep, pos))
+                            }
                             Err(m) => {
                                 self.err(pos, format!("{m} in 'with.{field}' of stage '{name}'"))
                             }
@@ -1447,7 +1489,7 @@ impl<'a> Cx<'a> {
                 }
                 Err((field, found)) => {
                     let pos = wnode.and_then(|w| axis_pos(w, &field)).unwrap_or(inst.pos);
-                    self.err(pos, format!("expected a path or a list of paths for 'with.{field}' of stage '{name}', found {found}"));
+                    self.err(pos, format!("expected a path, a list of paths or {{sqlite: {{db, query}}}} for 'with.{field}' of stage '{name}', found {found}"));
                 }
             }
         }

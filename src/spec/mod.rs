@@ -12,6 +12,7 @@ mod yaml;
 
 pub use error::{Diagnostic, SpecError, did_you_mean};
 pub use load::{
-    builtin_inputs, builtin_outputs, load, load_str, load_str_with_kinds, parse_duration,
+    BuiltinInput, builtin_inputs, builtin_outputs, load, load_str, load_str_with_kinds,
+    parse_duration,
 };
 pub use model::*;
