@@ -224,6 +224,18 @@ impl StatCache {
         (path, key, t[40..72].try_into().expect("32 bytes"))
     }
 
+    /// The first record at or after `from` whose path is not below `want`. Callers that look
+    /// up paths in sorted order pass the position after their last hit: the next record is
+    /// then usually the one, and a lookup costs one comparison instead of a binary search.
+    fn seek(&self, from: usize, want: &[u8]) -> usize {
+        let rest = &self.index[from.min(self.index.len())..];
+        match rest.first() {
+            Some(&off) if self.record(off).0 >= want => from,
+            Some(_) => from + rest.partition_point(|&off| self.record(off).0 < want),
+            None => self.index.len(),
+        }
+    }
+
     fn lookup_raw(&self, abs: &Path, key: &StatKey) -> Option<[u8; 32]> {
         let want = abs.as_os_str().as_bytes();
         if let Ok(i) = self
@@ -434,12 +446,30 @@ impl<'a> Hasher<'a> {
                 .as_bytes()
                 .cmp(b.abs.as_os_str().as_bytes())
         });
+        // The stat cache is sorted the same way: look every file up in one merging pass.
+        let mut cursor = 0;
+        let known: Vec<Option<[u8; 32]>> = files
+            .iter()
+            .map(|f| {
+                let want = f.abs.as_os_str().as_bytes();
+                let i = self.stat.seek(cursor, want);
+                cursor = i;
+                let &off = self.stat.index.get(i)?;
+                let (path, key, hash) = self.stat.record(off);
+                (path == want).then(|| cursor = i + 1)?;
+                (key == f.key).then_some(hash)
+            })
+            .collect();
         files
             .into_par_iter()
-            .map(|f| {
-                let raw = self
-                    .file_raw(&f.abs, f.key)
-                    .with_context(|| format!("cannot hash {}", f.abs.display()))?;
+            .zip(known)
+            .map(|(f, known)| {
+                let raw = match known {
+                    Some(h) => h,
+                    None => self
+                        .file_raw(&f.abs, f.key)
+                        .with_context(|| format!("cannot hash {}", f.abs.display()))?,
+                };
                 Ok((f, raw))
             })
             .collect()
@@ -708,6 +738,41 @@ mod tests {
         let f = root.join("sub/deeper/x");
         assert_eq!(h.hash(&f).unwrap(), hash_file_uncached(&f).unwrap());
         assert!(h.hash(&root.join("missing")).is_err());
+    }
+
+    #[test]
+    fn directory_lookups_merge_through_records_of_other_and_deleted_files() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("x");
+        fs::create_dir_all(dir.join("sub")).unwrap();
+        for f in ["a", "c", "sub/e"] {
+            fs::write(dir.join(f), f).unwrap();
+        }
+        let cache_path = d.path().join("stat.bin");
+        let sc = StatCache::load(&cache_path);
+        let later = now_ns() + 10 * StatCache::RACY_WINDOW_NS;
+        let key_of = |f: &str| StatKey::of(&fs::metadata(dir.join(f)).unwrap());
+        let real = |f: &str| hash_file_uncached(&dir.join(f)).unwrap();
+        let bogus = "ab".repeat(32);
+        // Records before, between and after the directory's files, for paths that do not
+        // exist (a deleted file, a sibling directory).
+        sc.remember(&d.path().join("w"), key_of("a"), &real("a"), later);
+        sc.remember(&dir.join("a"), key_of("a"), &real("a"), later);
+        sc.remember(&dir.join("b"), key_of("a"), &real("a"), later);
+        // A wrong hash under the right key: only a real cache hit can produce it.
+        sc.remember(&dir.join("c"), key_of("c"), &bogus, later);
+        sc.remember(&dir.join("sub/d"), key_of("a"), &real("a"), later);
+        sc.remember(&dir.join("sub/e"), key_of("sub/e"), &real("sub/e"), later);
+        sc.remember(&d.path().join("y"), key_of("a"), &real("a"), later);
+        sc.save().unwrap();
+
+        let sc = StatCache::load(&cache_path);
+        let h = Hasher::new(&sc);
+        let m = h.manifest(&dir).unwrap();
+        let hashes: Vec<_> = m.entries.iter().map(|e| e.hash.clone()).collect();
+        assert_eq!(hashes, [real("a"), bogus, real("sub/e")]);
+        assert_eq!(h.hash(&dir).unwrap(), m.hash());
+        assert!(sc.added.lock().unwrap().is_empty(), "every file was a hit");
     }
 
     #[test]
