@@ -424,13 +424,6 @@ impl ItemCounts {
             parts.push(format!("{what}: {}{more}", ex.join(", ")));
         }
         let mut s = format!("{stage}: {} of {} items stale", self.stale, self.total);
-        if self.removed > 0 && self.stale == 0 {
-            s = format!(
-                "{stage}: {} items removed of {}",
-                self.removed,
-                self.total + self.removed
-            );
-        }
         if !parts.is_empty() {
             s.push_str(&format!(" ({})", parts.join("; ")));
         }
