@@ -493,6 +493,8 @@ impl Cache {
                 }
             }
         }
+        // Per-item outputs of `map:` stages live in their stage's item manifest.
+        live.extend(crate::map::live_objects(self, &self.dir));
         if let Ok(rd) = fs::read_dir(self.objects_dir()) {
             for sub in rd {
                 let sub = sub?;

@@ -186,6 +186,9 @@ pub struct StageStatus {
     pub reasons: Vec<String>,
     /// `None` when it cannot be computed yet (an input is missing).
     pub fingerprint: Option<String>,
+    /// A `map:` stage's per-item counts when it is stale.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub items: Option<crate::map::ItemCounts>,
 }
 
 /// The built-in stage implementations this build has: the `stages` crate's registry.
@@ -591,6 +594,8 @@ struct Ctx {
     cancel: Arc<AtomicBool>,
     force: bool,
     device: String,
+    /// Items of a `map:` stage running at once (`--jobs`).
+    jobs: usize,
     ui: Ui,
     keep_going: bool,
     /// Set after a failure without --keep-going (or on cancel): start nothing new.
@@ -670,6 +675,10 @@ pub async fn run(project: &Project, pipeline: &Pipeline, opts: &RunOptions) -> R
         cancel: opts.cancel.clone(),
         force: opts.force,
         device: opts.device.clone(),
+        jobs: match opts.jobs {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            j => j,
+        },
         ui: Ui::new(opts.progress),
         keep_going: opts.keep_going,
         stop: AtomicBool::new(false),
@@ -1476,7 +1485,24 @@ fn execute_once(
         env,
         device: &ctx.device,
     };
-    let res = imp.run(&input, &reporter);
+    let res = match &stage.map {
+        Some(_) => crate::map::run(
+            &crate::map::MapRun {
+                project: &ctx.project,
+                cache: &ctx.cache,
+                stat: &ctx.stat,
+                pipeline: &ctx.pipeline_name,
+                jobs: ctx.jobs,
+                force: ctx.force,
+                run_id: &ctx.run_id,
+                db: &ctx.db,
+            },
+            stage,
+            &input,
+            &reporter,
+        ),
+        None => imp.run(&input, &reporter),
+    };
     let timed_out = reporter.timed_out.load(Ordering::Relaxed);
     let cancelled = ctx.cancel.load(Ordering::SeqCst);
     match res {
@@ -1839,6 +1865,16 @@ fn status_of(
             reasons.push(format!("upstream stage {u} is stale"));
         }
         let fresh = fresh && upstream_stale.is_empty();
+        let mut items = None;
+        if !fresh && fp.is_some() && stage.map.is_some() {
+            match crate::map::status(project, &hasher, &pipeline.name, stage) {
+                Ok(c) => {
+                    items = c;
+                    reasons.extend(items.as_ref().map(|c| c.describe(n)));
+                }
+                Err(e) => reasons.push(format!("{e:#}")),
+            }
+        }
         if !fresh {
             stale.insert(n.clone());
         }
@@ -1847,6 +1883,7 @@ fn status_of(
             fresh,
             reasons,
             fingerprint: fp,
+            items,
         });
     }
     if let Err(e) = stat.save() {

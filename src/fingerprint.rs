@@ -168,7 +168,15 @@ pub fn components(stage: &Stage, dep_hashes: BTreeMap<String, String>) -> Compon
 pub fn compute(project: &Project, hasher: &Hasher<'_>, stage: &Stage) -> Result<Components> {
     let mut deps = BTreeMap::new();
     for d in &stage.deps {
-        let h = hash_dep(project, hasher, d).with_context(|| format!("stage {}", stage.name))?;
+        let h = match &stage.map {
+            // A mapped stage's source counts by its items (key + content), not as raw bytes
+            // of a directory that may hold other files.
+            Some(m) if matches!(d, Dep::Path(p) if p == m.source.path()) => {
+                crate::map::source_hash(project, hasher, m)
+            }
+            _ => hash_dep(project, hasher, d),
+        }
+        .with_context(|| format!("stage {}", stage.name))?;
         deps.insert(dep_key(d), h);
     }
     Ok(components(stage, deps))

@@ -13,6 +13,8 @@
 //! | executor | [`executor`] | runs the stale stages in parallel under slots, restores the rest |
 //! | run record | [`rundb`] | the SQLite run database, written by one writer task |
 //!
+//! A `map:` stage runs per item through [`map`], inside the executor's one stage run.
+//!
 //! [`project`] knows where things live; [`lock`] keeps two processes from racing.
 
 pub mod cache;
@@ -22,6 +24,7 @@ pub mod fingerprint;
 pub mod graph;
 pub mod hash;
 pub mod lock;
+pub mod map;
 pub mod project;
 pub mod rundb;
 pub mod spec;

@@ -31,6 +31,7 @@ fn stage(name: &str, action: Action, deps: &[&str], outs: &[&str], needs: &[&str
         resources: Resources::default(),
         retry: Retry::default(),
         timeout: None,
+        map: None,
         span: Span::default(),
     }
 }

@@ -40,6 +40,7 @@ pub fn run(project: &Project, args: StatusArgs) -> anyhow::Result<ExitCode> {
                 "fresh": s.fresh,
                 "fingerprint": s.fingerprint,
                 "reasons": s.reasons,
+                "items": s.items,
             })).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);

@@ -61,6 +61,14 @@ pub const STAGE: Keys = &[
     ),
     ("timeout", "Time limit of one attempt: 30s, 10m, 2h, 1h30m."),
     (
+        "map",
+        "Run once per item: {glob: PATTERN} | {lines: PATH} | {rows: PATH, key: FIELD}, optional batch: true; outs are per-item templates using ${item.*}.",
+    ),
+    (
+        "merge",
+        "With map: {out: PATH}, every item's outputs concatenated in item-key order (output key 'merged').",
+    ),
+    (
         "foreach",
         "Expand into one stage per item of a list or map: ${item}, ${key}; names STAGE@ITEM.",
     ),
@@ -69,6 +77,31 @@ pub const STAGE: Keys = &[
         "Expand into one stage per combination: {AXIS: [values]}; ${item.AXIS}; names STAGE@V1-V2.",
     ),
 ];
+
+pub const MAP: Keys = &[
+    (
+        "glob",
+        "One item per matching file; ${item.path}, ${item.key}, ${item.stem}, ${item.name}, ${item.dir}.",
+    ),
+    (
+        "lines",
+        "One item per non-empty line of a file; ${item.line}, ${item.key}.",
+    ),
+    (
+        "rows",
+        "One item per JSONL row (an object); ${item.FIELD}, ${item.key}.",
+    ),
+    (
+        "key",
+        "With rows: the field that keys each item (default: a hash of the row).",
+    ),
+    (
+        "batch",
+        "Run the command once with TSUMUGI_ADDED/CHANGED/REMOVED lists instead of once per item.",
+    ),
+];
+
+pub const MERGE: Keys = &[("out", "The merged output path.")];
 
 pub const OUT_ITEM: Keys = &[
     ("path", "Output path, relative to the project root."),

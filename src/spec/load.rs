@@ -280,6 +280,9 @@ struct Scope<'a> {
     no_outputs_reason: &'a str,
     used_params: BTreeSet<String>,
     stage_refs: Vec<(String, PathBuf)>,
+    /// In a `map:` stage: `${item.*}` stays as written (filled per item at run time); the
+    /// fields allowed, or an empty list for any field (JSONL rows).
+    map_item: Option<&'static [&'static str]>,
 }
 
 impl<'a> Scope<'a> {
@@ -293,6 +296,7 @@ impl<'a> Scope<'a> {
             no_outputs_reason: reason,
             used_params: BTreeSet::new(),
             stage_refs: Vec::new(),
+            map_item: None,
         }
     }
 
@@ -303,6 +307,19 @@ impl<'a> Scope<'a> {
                     .ok_or_else(|| unknown_param(self.params, path))?;
                 self.used_params.insert(path.join("."));
                 Ok(v.clone())
+            }
+            Ref::Item(path) if self.map_item.is_some() => {
+                let allowed = self.map_item.unwrap_or_default();
+                match path.first() {
+                    None => Err(format!(
+                        "use a field of the item in a 'map' stage: ${{item.FIELD}} ({})",
+                        allowed.join(", ")
+                    )),
+                    Some(f) if !allowed.is_empty() && !allowed.contains(&f.as_str()) => Err(
+                        format!("item has no field '{f}' (fields: {})", allowed.join(", ")),
+                    ),
+                    Some(_) => Ok(Value::String(format!("${{item.{}}}", path.join(".")))),
+                }
             }
             Ref::Item(path) => {
                 let Some(item) = self.item else {
@@ -1151,6 +1168,7 @@ impl<'a> Cx<'a> {
             no_outputs_reason: reason,
             used_params: BTreeSet::new(),
             stage_refs: Vec::new(),
+            map_item: None,
         }
     }
 
@@ -1197,6 +1215,37 @@ impl<'a> Cx<'a> {
             return o;
         }
         let reason = "'outs' (outputs cannot depend on other stages' outputs)";
+        if inst.get("map").is_some() {
+            // Per-item `outs` are templates (read in `stage`); the stage's one output, for
+            // references and the graph, is the merged file.
+            if let Some(p) = inst.key_pos("metrics") {
+                self.err(
+                    p,
+                    format!("'metrics' is not allowed in stage '{name}' with 'map'"),
+                );
+            }
+            if let Some(m) = inst.get("merge") {
+                let what = format!("'merge' of stage '{name}'");
+                if let Some(e) = self.expect_map(m, &format!("{what} (expected {{out: PATH}})")) {
+                    self.check_keys(e, format::MERGE, &what);
+                    match e.iter().find(|(k, _)| k.scalar_text() == Some("out")) {
+                        None => self.err(m.pos, format!("missing key 'out' in {what}")),
+                        Some((_, v)) => {
+                            let mut scope = self.scope(inst, params, reason);
+                            if let Some((_, path)) = self.interp_path(v, &what, &mut scope) {
+                                o.outs
+                                    .insert("merged".into(), (Out { path, cache: true }, v.pos));
+                            }
+                            o.used_params.append(&mut scope.used_params);
+                        }
+                    }
+                }
+            }
+            return o;
+        }
+        if let Some(p) = inst.key_pos("merge") {
+            self.err(p, format!("'merge' needs 'map' in stage '{name}'"));
+        }
         if let Some(outs) = inst.get("outs") {
             let what = format!("'outs' of stage '{name}'");
             match &outs.kind {
@@ -1313,10 +1362,19 @@ impl<'a> Cx<'a> {
             no_outputs_reason: "",
             used_params: BTreeSet::new(),
             stage_refs: Vec::new(),
+            map_item: None,
         };
         let mine = outputs.get(name);
         if let Some(o) = mine {
             scope.used_params.extend(o.used_params.iter().cloned());
+        }
+        let map_source = inst.get("map").and_then(|m| self.map_source(inst, m));
+        if let Some(src) = &map_source {
+            scope.map_item = Some(match src {
+                MapSource::Glob { .. } => &["path", "key", "stem", "name", "dir"],
+                MapSource::Lines { .. } => &["line", "key"],
+                MapSource::Rows { .. } => &[],
+            });
         }
 
         let action = match (inst.get("cmd"), inst.get("uses")) {
@@ -1387,6 +1445,22 @@ impl<'a> Cx<'a> {
         };
 
         let mut deps: Vec<(Dep, Pos)> = Vec::new();
+        let map = match (map_source, inst.get("map")) {
+            (Some(source), Some(m)) => {
+                deps.push((Dep::Path(source.path().to_path_buf()), m.pos));
+                let merge = mine.and_then(|o| o.lookup("merged")).map(Path::to_path_buf);
+                self.map_spec(inst, m, source, merge, &mut scope)
+            }
+            _ => None,
+        };
+        if let Some(p) = inst.key_pos("uses").filter(|_| inst.get("map").is_some()) {
+            self.err(
+                p,
+                format!(
+                    "'map' over a built-in kind is not available yet in stage '{name}' (use 'cmd')"
+                ),
+            );
+        }
         if let (Some(Action::Builtin { with, .. }), Some(kind)) =
             (&action, mine.and_then(|o| o.kind))
         {
@@ -1561,9 +1635,179 @@ impl<'a> Cx<'a> {
             resources,
             retry,
             timeout,
+            map,
             span: self.span(inst.pos),
         };
         (Some(stage), deps, needs)
+    }
+
+    /// `map: {glob: PATTERN}` / `{lines: PATH}` / `{rows: PATH, key: FIELD}` → where the
+    /// items come from. `batch` is read by [`Self::map_spec`].
+    fn map_source(&mut self, inst: &Inst, m: &Node) -> Option<MapSource> {
+        let name = inst.name.as_str();
+        let what = format!("'map' of stage '{name}'");
+        let e = self.expect_map(
+            m,
+            &format!("{what} (expected {{glob: PATTERN}}, {{lines: PATH}} or {{rows: PATH}})"),
+        )?;
+        self.check_keys(e, format::MAP, &what);
+        for k in ["foreach", "matrix"] {
+            if let Some(p) = inst.key_pos(k) {
+                self.err(
+                    p,
+                    format!("'{k}' cannot be combined with 'map' in stage '{name}'"),
+                );
+                return None;
+            }
+        }
+        let get = |k: &str| {
+            e.iter()
+                .find(|(n, _)| n.scalar_text() == Some(k))
+                .map(|(_, v)| v)
+        };
+        let sources: Vec<&str> = ["glob", "lines", "rows"]
+            .into_iter()
+            .filter(|k| get(k).is_some())
+            .collect();
+        if sources.len() != 1 {
+            self.err(
+                m.pos,
+                format!(
+                    "{what} needs exactly one of 'glob', 'lines', 'rows' (found {})",
+                    if sources.is_empty() {
+                        "none".to_string()
+                    } else {
+                        sources.join(", ")
+                    }
+                ),
+            );
+            return None;
+        }
+        let node = get(sources[0]).expect("present");
+        let empty = Map::new();
+        let mut scope = Scope::params_only(&empty, "'map'");
+        let text = self.interp_string(node, &format!("'{}' in {what}", sources[0]), &mut scope)?;
+        if let Some(k) = get("key").filter(|_| sources[0] != "rows") {
+            self.err(k.pos, format!("'key' applies to 'rows' only in {what} (glob items are keyed by path, lines by content)"));
+        }
+        match sources[0] {
+            "glob" => {
+                if let Err(err) = globset::Glob::new(&text) {
+                    self.err(
+                        node.pos,
+                        format!("invalid glob '{text}' in {what}: {}", err.kind()),
+                    );
+                    return None;
+                }
+                // The literal directories before the first wildcard: walked, and the dependency.
+                let mut base = Vec::new();
+                for c in text.split('/') {
+                    if c.contains(['*', '?', '[', '{']) {
+                        break;
+                    }
+                    base.push(c);
+                }
+                if base.len() == text.split('/').count() {
+                    self.err(
+                        node.pos,
+                        format!("'glob' in {what} has no wildcard ('{text}'); use e.g. '{text}/*'"),
+                    );
+                    return None;
+                }
+                match norm_path(&base.join("/")) {
+                    Ok(b) => Some(MapSource::Glob {
+                        pattern: text,
+                        base: b,
+                    }),
+                    Err(msg) => {
+                        self.err(node.pos, format!("{msg} in {what} (a glob needs a directory before its first wildcard, e.g. data/*.png)"));
+                        None
+                    }
+                }
+            }
+            kind => {
+                let path = match norm_path(&text) {
+                    Ok(p) => p,
+                    Err(msg) => {
+                        self.err(node.pos, format!("{msg} in {what}"));
+                        return None;
+                    }
+                };
+                if kind == "lines" {
+                    return Some(MapSource::Lines { path });
+                }
+                let key = match get("key") {
+                    None => None,
+                    Some(k) => {
+                        Some(self.interp_string(k, &format!("'key' in {what}"), &mut scope)?)
+                    }
+                };
+                Some(MapSource::Rows { path, key })
+            }
+        }
+    }
+
+    /// The rest of a `map:` stage: `batch` and the per-item `outs` templates.
+    fn map_spec(
+        &mut self,
+        inst: &Inst,
+        m: &Node,
+        source: MapSource,
+        merge: Option<PathBuf>,
+        scope: &mut Scope<'_>,
+    ) -> Option<MapSpec> {
+        let name = inst.name.as_str();
+        let Kind::Map(e) = &m.kind else {
+            return None;
+        };
+        let batch = match e.iter().find(|(k, _)| k.scalar_text() == Some("batch")) {
+            None => false,
+            Some((_, b)) => match &b.kind {
+                Kind::Scalar { text, plain: true }
+                    if matches!(yaml::resolve_plain(text), Plain::Bool(_)) =>
+                {
+                    yaml::resolve_plain(text) == Plain::Bool(true)
+                }
+                _ => {
+                    self.err(
+                        b.pos,
+                        format!(
+                            "expected true or false for 'batch' of stage '{name}', found {}",
+                            b.type_name()
+                        ),
+                    );
+                    return None;
+                }
+            },
+        };
+        let what = format!("'outs' of stage '{name}'");
+        let Some(outs) = inst.get("outs") else {
+            self.err(m.pos, format!("stage '{name}' with 'map' needs 'outs': the per-item output paths, e.g. out/${{item.key}}.txt"));
+            return None;
+        };
+        let nodes: Vec<&Node> = match &outs.kind {
+            Kind::Seq(items) => items.iter().collect(),
+            _ => vec![outs],
+        };
+        let mut item_outs = Vec::new();
+        for n in nodes {
+            let t = self.interp_string(n, &what, scope)?;
+            if !t.contains("${item.") {
+                self.err(n.pos, format!("per-item output '{t}' of stage '{name}' does not use ${{item.…}} (every item would write the same file)"));
+                return None;
+            }
+            if let Err(msg) = norm_path(&t) {
+                self.err(n.pos, format!("{msg} in {what}"));
+                return None;
+            }
+            item_outs.push(t);
+        }
+        Some(MapSpec {
+            source,
+            item_outs,
+            batch,
+            merge,
+        })
     }
 
     fn dep(&mut self, it: &Node, what: &str, scope: &mut Scope<'_>) -> Option<Dep> {

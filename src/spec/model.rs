@@ -120,8 +120,47 @@ pub struct Stage {
     pub resources: Resources,
     pub retry: Retry,
     pub timeout: Option<Duration>,
+    /// `map:`: the stage runs once per item (or once per batch of changed items) instead of
+    /// once; its `outs` are then the merged output only (see [`MapSpec`]).
+    pub map: Option<MapSpec>,
     /// Where the stage is declared, for messages.
     pub span: Span,
+}
+
+/// A per-item stage (`map:`), resolved. `${item.*}` in the command and in `item_outs` are
+/// left in place by the loader and filled in per item at run time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MapSpec {
+    pub source: MapSource,
+    /// Per-item output path templates, relative to the project root (`out/${item.stem}.txt`).
+    pub item_outs: Vec<String>,
+    /// Run the command once with lists of added/changed/removed items instead of once per item.
+    pub batch: bool,
+    /// `merge: {out: PATH}`: every item's outputs concatenated in item-key order.
+    pub merge: Option<PathBuf>,
+}
+
+/// Where a mapped stage's items come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MapSource {
+    /// Every file matching `pattern` (relative to the project root) under `base`, the
+    /// pattern's literal directory prefix; an item's key is its path relative to `base`.
+    Glob { pattern: String, base: PathBuf },
+    /// One item per non-empty line; the key is a hash of the line.
+    Lines { path: PathBuf },
+    /// One item per JSONL row (a JSON object); the key is `key`'s field, or a hash of the row.
+    Rows { path: PathBuf, key: Option<String> },
+}
+
+impl MapSource {
+    /// The file or directory the items are read from (a dependency of the stage).
+    pub fn path(&self) -> &std::path::Path {
+        match self {
+            MapSource::Glob { base, .. } => base,
+            MapSource::Lines { path } | MapSource::Rows { path, .. } => path,
+        }
+    }
 }
 
 /// A trigger from the `triggers:` list (issue: watch and schedule).
