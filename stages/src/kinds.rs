@@ -6,6 +6,7 @@
 //! reference another stage's output), and which outputs it writes.
 
 pub mod build_pairs;
+pub mod sample_negatives;
 
 use crate::contract::Stage;
 
@@ -37,13 +38,14 @@ pub fn kind(name: &str) -> Option<&'static KindInfo> {
 }
 
 /// Kinds are listed here as their implementations land.
-static KINDS: &[KindInfo] = &[build_pairs::INFO];
+static KINDS: &[KindInfo] = &[build_pairs::INFO, sample_negatives::INFO];
 
 /// The implementation of kind `name`, for the engine to run. `None` for an unknown kind, and
 /// for kinds that need burn in a build without the `ml` feature.
 pub fn implementation(name: &str) -> Option<Box<dyn Stage>> {
     match name {
         "build-pairs" => Some(Box::new(build_pairs::BuildPairs)),
+        "sample-negatives" => Some(Box::new(sample_negatives::SampleNegatives::default())),
         _ => None,
     }
 }

@@ -13,6 +13,8 @@ pub mod plots;
 // Issue 4 without burn: loss formulas, evaluation metrics, plots.
 pub mod losses;
 pub mod metrics;
+// Issue 5: reranker data, BM25, hard-negative mining (no burn).
+pub mod ranking;
 
 pub use contract::{Reporter, Stage, StageInput};
 pub use kinds::{KindInfo, kind, kinds};
