@@ -240,7 +240,9 @@ pub fn read_corpus(path: &Path) -> Result<Vec<Passage>> {
 pub fn group_by_query(records: Vec<RerankerRecord>) -> Vec<QueryGroup> {
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut groups: Vec<QueryGroup> = Vec::new();
-    let mut seen: Vec<(HashSet<(String, String)>, HashSet<(String, String)>)> = Vec::new();
+    // Per group: (doc_id, text) pairs already taken as positives, and as negatives.
+    type Seen = HashSet<(String, String)>;
+    let mut seen: Vec<(Seen, Seen)> = Vec::new();
     for r in records {
         let key = normalize(&r.query_text);
         let g = *index.entry(key.clone()).or_insert_with(|| {
