@@ -149,3 +149,42 @@ fn ties_go_to_the_lower_passage_number() {
     assert_eq!(hits.iter().map(|h| h.doc).collect::<Vec<_>>(), [0, 2]);
     assert_eq!(hits[0].score, hits[1].score);
 }
+
+/// Rare terms first, then one term in every passage: the search skips the frequent term's
+/// postings (MaxScore) and must still add its contribution to every passage it returns.
+#[test]
+fn pruned_search_equals_brute_force() {
+    let texts: Vec<String> = (0..5000)
+        .map(|i| {
+            let mut t = format!("rare{} ", i % 500);
+            t.push_str(&"common ".repeat(i % 7 + 1));
+            t.push_str(&"filler ".repeat(i % 5));
+            t
+        })
+        .collect();
+    let ix = Bm25Index::build(&texts, Bm25Params::default()).unwrap();
+    let mut scratch = ix.scratch();
+    for q in [
+        "rare3 common",
+        "common rare42 rare7",
+        "rare499 common common",
+    ] {
+        let mut all: Vec<Hit> = (0..texts.len() as u32)
+            .map(|d| Hit {
+                doc: d,
+                score: ix.score_doc(q, d),
+            })
+            .filter(|h| h.score > 0.0)
+            .collect();
+        all.sort_by(|a, b| b.cmp(a));
+        for k in [1, 3, 10, 25] {
+            let got = ix.search(q, k, &mut scratch);
+            assert_eq!(got, all[..k], "query {q:?}, k {k}");
+        }
+    }
+    // The scratch space is clean after pruned searches: a fresh one gives the same.
+    assert_eq!(
+        ix.search("common", 7, &mut scratch),
+        ix.search("common", 7, &mut ix.scratch())
+    );
+}

@@ -37,7 +37,7 @@ use crate::contract::{Reporter, Stage, StageInput};
 use crate::kinds::KindInfo;
 use crate::ranking::bm25::{Bm25Index, Bm25Params};
 use crate::ranking::data::{
-    QueryGroup, SourceChunk, SplitFractions, group_by_query, read_corpus, read_records,
+    QueryGroup, SourceChunk, SplitFractions, for_each_passage, group_by_query, read_records,
     split_by_query,
 };
 use crate::ranking::negatives::{
@@ -201,9 +201,9 @@ impl Stage for SampleNegatives {
         match &cfg.corpus {
             Some(p) => {
                 report.progress(0, None, "reading corpus");
-                for passage in read_corpus(&input.project_root.join(p))? {
-                    corpus.push(&passage.doc_id, &passage.text);
-                }
+                for_each_passage(&input.project_root.join(p), |passage| {
+                    corpus.push(&passage.doc_id, &passage.text)
+                })?;
             }
             None => {
                 // Every distinct (doc_id, normalised text) of the input. The same id with

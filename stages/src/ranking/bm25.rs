@@ -23,6 +23,7 @@
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use rayon::prelude::*;
 
@@ -79,10 +80,32 @@ impl PartialOrd for Hit {
 }
 impl Eq for Hit {}
 
+/// FxHash (rustc's hasher): tokens are looked up ~60M times to index a million passages,
+/// and SipHash's DoS resistance buys nothing against one's own corpus.
+#[derive(Default, Clone, Copy)]
+struct Fx(u64);
+impl Hasher for Fx {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(w))
+                .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.write(&[i]);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<Fx>>;
+
 /// An immutable BM25 index.
 pub struct Bm25Index {
     params: Bm25Params,
-    vocab: HashMap<Box<str>, u32>,
+    vocab: FxMap<Box<str>, u32>,
     /// Postings of term t: `offsets[t]..offsets[t + 1]` in `docs` and `tfs`.
     offsets: Vec<u64>,
     docs: Vec<u32>,
@@ -93,6 +116,9 @@ pub struct Bm25Index {
     /// k1 · (1 − b) and k1 · b / avgdl: the length norm is one multiply-add per posting.
     norm_c0: f64,
     norm_c1: f64,
+    /// Per term, its largest contribution to any passage's score: the bound that lets a
+    /// search skip frequent terms' postings (MaxScore).
+    max_contrib: Vec<f64>,
 }
 
 /// Passages tokenised per chunk by one rayon task: chunk-local term numbers, merged into
@@ -109,7 +135,7 @@ struct Chunk {
 const CHUNK: usize = 4096;
 
 fn tokenize_chunk<S: AsRef<str>>(texts: &[S]) -> Chunk {
-    let mut local: HashMap<Box<str>, u32> = HashMap::new();
+    let mut local: FxMap<Box<str>, u32> = FxMap::default();
     let mut terms: Vec<Box<str>> = Vec::new();
     let mut chunk = Chunk {
         terms: Vec::new(),
@@ -177,6 +203,15 @@ impl std::fmt::Display for Bm25Error {
 }
 impl std::error::Error for Bm25Error {}
 
+/// A query term in scoring order.
+struct Planned {
+    term: u32,
+    /// Occurrences in the query.
+    weight: f64,
+    /// weight × the term's largest contribution.
+    bound: f64,
+}
+
 /// Reusable per-thread search state: a score per passage (0 = not reached) and the
 /// passages this query reached, to reset only those.
 pub struct Scratch {
@@ -195,7 +230,7 @@ impl Bm25Index {
         let chunks: Vec<Chunk> = texts.par_chunks(CHUNK).map(tokenize_chunk).collect();
 
         // Global term numbers in order of first appearance: deterministic.
-        let mut vocab: HashMap<Box<str>, u32> = HashMap::new();
+        let mut vocab: FxMap<Box<str>, u32> = FxMap::default();
         let mut remaps: Vec<Vec<u32>> = Vec::with_capacity(chunks.len());
         for c in &chunks {
             let remap = c
@@ -255,9 +290,10 @@ impl Bm25Index {
         } else {
             sum_len as f64 / n
         };
-        Ok(Bm25Index {
+        let mut index = Bm25Index {
             norm_c0: params.k1 * (1.0 - params.b),
             norm_c1: params.k1 * params.b / avgdl,
+            max_contrib: Vec::new(),
             params,
             vocab,
             offsets,
@@ -266,7 +302,20 @@ impl Bm25Index {
             idf,
             doc_len,
             avgdl,
-        })
+        };
+        index.max_contrib = (0..n_terms as u32)
+            .into_par_iter()
+            .map(|t| {
+                let (lo, hi) = index.range(t);
+                let idf = index.idf[t as usize];
+                index.docs[lo..hi]
+                    .iter()
+                    .zip(&index.tfs[lo..hi])
+                    .map(|(&d, &tf)| index.contrib(idf, tf, d))
+                    .fold(0.0, f64::max)
+            })
+            .collect();
+        Ok(index)
     }
 
     /// Number of indexed passages.
@@ -311,21 +360,39 @@ impl Bm25Index {
         self.vocab.get(term).map(|&t| self.idf[t as usize])
     }
 
-    /// The query's term numbers, occurrences repeated; terms absent from the corpus are
-    /// dropped (they would score 0 everywhere).
-    fn query_terms(&self, query: &str) -> Vec<u32> {
-        let mut out = Vec::new();
+    /// The query's distinct known terms with their number of occurrences, in the order
+    /// every score is summed in: largest possible contribution first (term number on
+    /// ties). One fixed order makes [`Bm25Index::search`], [`Bm25Index::score_doc`] and
+    /// [`Bm25Index::score_text`] agree to the last bit. Terms absent from the corpus are
+    /// dropped (they score 0 everywhere).
+    fn plan(&self, query: &str) -> Vec<Planned> {
+        let mut counts: FxMap<u32, u32> = FxMap::default();
         analyze(query, &mut |tok| {
             if let Some(&t) = self.vocab.get(tok) {
-                out.push(t);
+                *counts.entry(t).or_insert(0) += 1;
             }
         });
-        out
+        let mut plan: Vec<Planned> = counts
+            .into_iter()
+            .map(|(term, n)| Planned {
+                term,
+                weight: f64::from(n),
+                bound: f64::from(n) * self.max_contrib[term as usize],
+            })
+            .collect();
+        plan.sort_by(|a, b| b.bound.total_cmp(&a.bound).then(a.term.cmp(&b.term)));
+        plan
     }
 
     /// k1 · (1 − b + b · len / avgdl).
     fn norm(&self, len: u32) -> f64 {
         self.norm_c0 + self.norm_c1 * f64::from(len)
+    }
+
+    /// One posting's contribution: idf · tf / (tf + norm(|d|)).
+    fn contrib(&self, idf: f64, tf: u16, doc: u32) -> f64 {
+        let tf = f64::from(tf);
+        idf * tf / (tf + self.norm(self.doc_len[doc as usize]))
     }
 
     /// Fresh search state for this index.
@@ -336,19 +403,26 @@ impl Bm25Index {
         }
     }
 
+    /// tf of term `t` in passage `doc` (binary search in its postings), 0 if absent.
+    fn tf(&self, t: u32, doc: u32) -> u16 {
+        let (lo, hi) = self.range(t);
+        match self.docs[lo..hi].binary_search(&doc) {
+            Ok(i) => self.tfs[lo + i],
+            Err(_) => 0,
+        }
+    }
+
     /// The score of indexed passage `doc` for `query`, found by binary search in the
     /// postings (no accumulator needed). 0 for a passage sharing no term with the query.
     pub fn score_doc(&self, query: &str, doc: u32) -> f64 {
-        let Some(&len) = self.doc_len.get(doc as usize) else {
+        if doc as usize >= self.len() {
             return 0.0;
-        };
-        let norm = self.norm(len);
+        }
         let mut score = 0.0;
-        for t in self.query_terms(query) {
-            let (lo, hi) = self.range(t);
-            if let Ok(i) = self.docs[lo..hi].binary_search(&doc) {
-                let tf = f64::from(self.tfs[lo + i]);
-                score += self.idf[t as usize] * tf / (tf + norm);
+        for p in self.plan(query) {
+            let tf = self.tf(p.term, doc);
+            if tf > 0 {
+                score += p.weight * self.contrib(self.idf[p.term as usize], tf, doc);
             }
         }
         score
@@ -358,11 +432,11 @@ impl Bm25Index {
     /// avgdl), whether or not it is in the corpus: how a positive's score is found for the
     /// margin filter. For an indexed passage it equals [`Bm25Index::score_doc`].
     pub fn score_text(&self, query: &str, text: &str) -> f64 {
-        let q = self.query_terms(query);
-        if q.is_empty() {
+        let plan = self.plan(query);
+        if plan.is_empty() {
             return 0.0;
         }
-        let mut counts: HashMap<u32, u32> = HashMap::new();
+        let mut counts: FxMap<u32, u32> = FxMap::default();
         let mut len = 0u32;
         analyze(text, &mut |tok| {
             len = len.saturating_add(1);
@@ -372,10 +446,10 @@ impl Bm25Index {
         });
         let norm = self.norm(len);
         let mut score = 0.0;
-        for t in q {
-            if let Some(&c) = counts.get(&t) {
-                let tf = f64::from(c.min(u32::from(u16::MAX)));
-                score += self.idf[t as usize] * tf / (tf + norm);
+        for p in plan {
+            if let Some(&c) = counts.get(&p.term) {
+                let tf = f64::from(u16::try_from(c).unwrap_or(u16::MAX));
+                score += p.weight * (self.idf[p.term as usize] * tf / (tf + norm));
             }
         }
         score
@@ -390,30 +464,86 @@ impl Bm25Index {
 
     /// The best `k` passages for `query`, best first (score descending, then passage
     /// number ascending). Only passages sharing a term with the query are returned, so
-    /// there may be fewer than `k`.
+    /// there may be fewer than `k`. Exact: the same result as scoring every passage.
+    ///
+    /// Terms are processed in the plan's order (largest bound first), term at a time into
+    /// the accumulator. Before each term, θ is the k-th best partial score so far, a lower
+    /// bound of the final k-th score since scores only grow. Once the bounds of the
+    /// remaining terms sum below θ, a passage not reached yet cannot make the top k
+    /// (MaxScore, Turtle & Flood 1995): the remaining, frequent terms' long posting lists
+    /// are not scanned; only the passages that can still reach θ are looked up in them.
     pub fn search(&self, query: &str, k: usize, scratch: &mut Scratch) -> Vec<Hit> {
-        if k == 0 {
+        if k == 0 || self.is_empty() {
             return Vec::new();
         }
         if scratch.acc.len() != self.len() {
             *scratch = self.scratch();
         }
+        let plan = self.plan(query);
+        // rest[j]: the most that terms j.. can add to any passage. The slack covers
+        // rounding: sums in another order may exceed it by a few ulps.
+        let mut rest = vec![0.0; plan.len() + 1];
+        for j in (0..plan.len()).rev() {
+            rest[j] = rest[j + 1] + plan[j].bound;
+        }
+        let slack = |x: f64| x * (1.0 + 1e-9) + 1e-12;
         let Scratch { acc, touched } = scratch;
-        for t in self.query_terms(query) {
-            let idf = self.idf[t as usize];
-            let (lo, hi) = self.range(t);
+        let mut kth: Vec<f64> = Vec::new();
+        let mut pruned_from = plan.len();
+        // The best partial score: θ cannot exceed it, so while the remaining bounds do,
+        // computing θ (a selection over every passage reached) would be wasted.
+        let mut best = 0.0f64;
+        for (j, p) in plan.iter().enumerate() {
+            if j > 0 && touched.len() >= k && slack(rest[j]) < best {
+                kth.clear();
+                kth.extend(touched.iter().map(|&d| acc[d as usize]));
+                let (_, theta, _) = kth.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+                if slack(rest[j]) < *theta {
+                    pruned_from = j;
+                    break;
+                }
+            }
+            let idf = self.idf[p.term as usize];
+            let (lo, hi) = self.range(p.term);
             for (&d, &tf) in self.docs[lo..hi].iter().zip(&self.tfs[lo..hi]) {
-                let tf = f64::from(tf);
                 let slot = &mut acc[d as usize];
                 // Every contribution is > 0 (idf > 0, tf ≥ 1), so 0 means "not reached yet".
                 if *slot == 0.0 {
                     touched.push(d);
                 }
-                *slot += idf * tf / (tf + self.norm(self.doc_len[d as usize]));
+                *slot += p.weight * self.contrib(idf, tf, d);
+                best = best.max(*slot);
             }
         }
+        let mut candidates: Vec<u32> = Vec::new();
+        if pruned_from < plan.len() {
+            // θ as computed just before the break.
+            kth.clear();
+            kth.extend(touched.iter().map(|&d| acc[d as usize]));
+            let (_, theta, _) = kth.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+            let theta = *theta;
+            let reach = slack(rest[pruned_from]);
+            for &d in touched.iter() {
+                if acc[d as usize] + reach >= theta {
+                    candidates.push(d);
+                } else {
+                    acc[d as usize] = 0.0;
+                }
+            }
+            for p in &plan[pruned_from..] {
+                let idf = self.idf[p.term as usize];
+                for &d in &candidates {
+                    let tf = self.tf(p.term, d);
+                    if tf > 0 {
+                        acc[d as usize] += p.weight * self.contrib(idf, tf, d);
+                    }
+                }
+            }
+        } else {
+            std::mem::swap(&mut candidates, touched);
+        }
         let mut heap: BinaryHeap<Reverse<Hit>> = BinaryHeap::with_capacity(k + 1);
-        for &d in touched.iter() {
+        for &d in &candidates {
             let hit = Hit {
                 doc: d,
                 score: acc[d as usize],
@@ -428,6 +558,11 @@ impl Bm25Index {
             }
         }
         touched.clear();
+        if candidates.capacity() > touched.capacity() {
+            // Keep the larger buffer for the next query.
+            candidates.clear();
+            std::mem::swap(&mut candidates, touched);
+        }
         heap.into_sorted_vec().into_iter().map(|r| r.0).collect()
     }
 

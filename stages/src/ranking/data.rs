@@ -213,6 +213,13 @@ pub fn read_records(path: &Path) -> Result<Vec<RerankerRecord>> {
 /// doc_id must not repeat: the error names both lines.
 pub fn read_corpus(path: &Path) -> Result<Vec<Passage>> {
     let mut out = Vec::new();
+    for_each_passage(path, |p| out.push(p))?;
+    Ok(out)
+}
+
+/// [`read_corpus`] streamed: `each` gets every passage in file order, so a caller can
+/// store a large corpus compactly instead of as a `Vec` of `String`s. Returns the count.
+pub fn for_each_passage(path: &Path, mut each: impl FnMut(Passage)) -> Result<usize> {
     let mut seen: HashMap<String, usize> = HashMap::new();
     for_each_json_line(path, |line, v| {
         let obj = v.as_object().ok_or_else(|| {
@@ -226,13 +233,13 @@ pub fn read_corpus(path: &Path) -> Result<Vec<Passage>> {
         if let Some(first) = seen.insert(doc_id.clone(), line) {
             return Err(format!("doc_id `{doc_id}` repeats (first on line {first})"));
         }
-        out.push(Passage { doc_id, text });
+        each(Passage { doc_id, text });
         Ok(())
     })?;
-    if out.is_empty() {
+    if seen.is_empty() {
         bail!("{}: the corpus has no passages", path.display());
     }
-    Ok(out)
+    Ok(seen.len())
 }
 
 /// Merges records of the same query (after [`normalize`]) into groups, in order of first
