@@ -542,7 +542,8 @@ impl Bm25Index {
         } else {
             std::mem::swap(&mut candidates, touched);
         }
-        let mut heap: BinaryHeap<Reverse<Hit>> = BinaryHeap::with_capacity(k + 1);
+        let mut heap: BinaryHeap<Reverse<Hit>> =
+            BinaryHeap::with_capacity(k.min(candidates.len()) + 1);
         for &d in &candidates {
             let hit = Hit {
                 doc: d,
