@@ -675,3 +675,26 @@ fn bad_settings_are_refused() {
         assert!(err.contains(want), "{with}: {err}");
     }
 }
+
+#[test]
+fn huge_ranges_and_k_do_not_overflow() {
+    let dir = tempfile::tempdir().unwrap();
+    fixture(dir.path(), 5);
+    let out = run(
+        dir.path(),
+        json!({"input": "rr.jsonl", "corpus": "corpus.jsonl", "method": "bm25", "k": 4,
+               "range_min": 0, "range_max": usize::MAX, "epochs": 1}),
+    )
+    .unwrap();
+    check_groups(&out["train"], 4);
+    let out = run(
+        dir.path(),
+        json!({"input": "rr.jsonl", "k": 1_000_000, "epochs": 1}),
+    )
+    .unwrap();
+    let stats: Value = serde_json::from_str(&out["stats"]).unwrap();
+    assert_eq!(
+        stats["groups_short_of_k"], 4,
+        "every group gets what the corpus has"
+    );
+}

@@ -248,7 +248,7 @@ fn hard_pool(
     let excl = Exclusion::new(&group.positives);
     // Positives (and texts equal to them) can sit anywhere in the list; ask for more until
     // `range_max` non-positive passages are in hand or BM25 has nothing more to give.
-    let mut depth = cfg.range_max + group.positives.len();
+    let mut depth = cfg.range_max.saturating_add(group.positives.len());
     let ranked: Vec<(u32, f64)> = loop {
         let hits = index.search(&group.query_text, depth, scratch);
         let exhausted = hits.len() < depth;
@@ -261,7 +261,7 @@ fn hard_pool(
         if kept.len() >= cfg.range_max || exhausted {
             break kept;
         }
-        depth *= 2;
+        depth = depth.saturating_mul(2);
     };
     let (ranked, positive_scores) = match scorer {
         None => {
@@ -375,7 +375,11 @@ pub fn draw(
     // make it slow to find the last few, so after a bounded number of tries the eligible
     // passages are listed and drawn from directly.
     let mut tries = 0usize;
-    let max_tries = 64 * need + 256;
+    // Bounded by the corpus size too: wanting nearly the whole corpus is faster to list.
+    let max_tries = need
+        .saturating_mul(64)
+        .min(corpus.len().saturating_mul(4))
+        .saturating_add(256);
     while need > 0 && total > 0 && tries < max_tries {
         tries += 1;
         let d = rng.below(total) as u32;
