@@ -698,3 +698,27 @@ fn huge_ranges_and_k_do_not_overflow() {
         "every group gets what the corpus has"
     );
 }
+
+/// Japanese end to end: BM25 over character bigrams finds the passage about the same
+/// place as the hardest negative, and never the positive written with other spacing.
+#[test]
+fn japanese_queries_get_bigram_hard_negatives() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = json!({"query_text": "東京の天気は？",
+        "positives": [{"doc_id": "p", "text": "東京の天気は晴れです。"}],
+        "negatives": [{"doc_id": "copy", "text": "東京の天気は　晴れです。 "},
+                      {"doc_id": "near", "text": "東京の明日の天気は雨です。"},
+                      {"doc_id": "far1", "text": "大阪のたこ焼きはおいしい。"},
+                      {"doc_id": "far2", "text": "富士山は日本一高い山です。"}]});
+    std::fs::write(dir.path().join("rr.jsonl"), format!("{rec}\n")).unwrap();
+    let out = run(
+        dir.path(),
+        json!({"input": "rr.jsonl", "method": "bm25", "k": 1, "range_min": 0, "range_max": 1,
+               "epochs": 2}),
+    )
+    .unwrap();
+    for g in lines(&out["train"]) {
+        // "copy" is the positive with an ideographic space inserted: still the positive.
+        assert_eq!(g["negatives"][0]["doc_id"], "near", "{g}");
+    }
+}

@@ -33,3 +33,12 @@ pub fn normalize(text: &str) -> String {
     }
     out
 }
+
+/// The key that keeps positives out of negatives: the text with all whitespace removed. It
+/// is stricter than [`normalize`] on purpose: a copy of a positive re-flowed across lines or,
+/// in Japanese or Chinese, with a space inserted between characters (`東京の天気は　晴れ`) is
+/// still the positive. Two passages that differ only in where their spaces are are never
+/// worth a negative slot.
+pub fn passage_key(text: &str) -> String {
+    text.chars().filter(|c| !c.is_whitespace()).collect()
+}

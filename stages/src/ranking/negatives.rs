@@ -2,8 +2,9 @@
 //! model) and random ones from the corpus, re-drawn every epoch.
 //!
 //! For each query, once:
-//! 1. BM25 retrieves its best passages; positives are removed (by doc_id and by
-//!    [`normalize`]d text) and the list is cut to `range_max` passages.
+//! 1. BM25 retrieves its best passages; positives are removed (by doc_id and by text
+//!    compared without whitespace, [`passage_key`]) and the list is cut to `range_max`
+//!    passages.
 //! 2. With a [`PairScorer`] (a cross-encoder in the `ml` build) those passages are scored by
 //!    it and re-ordered by its scores; otherwise the BM25 scores stand.
 //! 3. The hard pool is ranks `range_min..range_max` of that list (0-based, end excluded),
@@ -26,7 +27,7 @@ use rayon::prelude::*;
 
 use super::bm25::Bm25Index;
 use super::data::{Passage, QueryGroup};
-use super::normalize;
+use super::passage_key;
 use super::rng::{Rng, stable_hash};
 
 /// Passages in two flat arenas (ids and texts): a million passages cost their bytes plus
@@ -167,7 +168,8 @@ impl MiningConfig {
     }
 }
 
-/// What is never a negative of a query: its positives, by doc_id and by normalised text.
+/// What is never a negative of a query: its positives, by doc_id and by text compared
+/// without whitespace ([`passage_key`], stricter than [`normalize`](super::normalize)).
 pub struct Exclusion {
     ids: HashSet<String>,
     texts: HashSet<String>,
@@ -177,12 +179,12 @@ impl Exclusion {
     pub fn new(positives: &[Passage]) -> Self {
         Exclusion {
             ids: positives.iter().map(|p| p.doc_id.clone()).collect(),
-            texts: positives.iter().map(|p| normalize(&p.text)).collect(),
+            texts: positives.iter().map(|p| passage_key(&p.text)).collect(),
         }
     }
 
     pub fn excludes(&self, doc_id: &str, text: &str) -> bool {
-        self.ids.contains(doc_id) || self.texts.contains(&normalize(text))
+        self.ids.contains(doc_id) || self.texts.contains(&passage_key(text))
     }
 }
 
