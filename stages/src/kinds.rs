@@ -8,8 +8,8 @@
 pub mod build_pairs;
 pub mod evaluate;
 pub mod export;
-pub mod train_lora;
 pub mod sample_negatives;
+pub mod train_lora;
 
 use crate::contract::Stage;
 
@@ -41,14 +41,20 @@ pub fn kind(name: &str) -> Option<&'static KindInfo> {
 }
 
 /// Kinds are listed here as their implementations land.
-static KINDS: &[KindInfo] = &[build_pairs::INFO, sample_negatives::INFO, train_lora::INFO, evaluate::INFO, export::INFO];
+static KINDS: &[KindInfo] = &[
+    build_pairs::INFO,
+    sample_negatives::INFO,
+    train_lora::INFO,
+    evaluate::INFO,
+    export::INFO,
+];
 
 /// The implementation of kind `name`, for the engine to run. `None` for an unknown kind, and
 /// for kinds that need burn in a build without the `ml` feature.
 pub fn implementation(name: &str) -> Option<Box<dyn Stage>> {
     match name {
         "build-pairs" => Some(Box::new(build_pairs::BuildPairs)),
-        "sample-negatives" => Some(Box::new(sample_negatives::SampleNegatives)),
+        "sample-negatives" => Some(Box::new(sample_negatives::SampleNegatives::default())),
         #[cfg(feature = "ml")]
         "train-lora" => Some(Box::new(train_lora::TrainLora)),
         #[cfg(feature = "ml")]

@@ -16,7 +16,6 @@ pub mod kinds;
 // Issue 4 without burn: loss formulas, evaluation metrics, plots.
 pub mod losses;
 pub mod metrics;
-pub mod negatives;
 pub mod plots;
 
 #[cfg(feature = "ml")]
@@ -36,6 +35,9 @@ pub mod lora;
 pub mod peft;
 #[cfg(feature = "ml")]
 pub mod train;
+
+// Issue 5: reranker data, BM25, hard-negative mining (no burn).
+pub mod ranking;
 
 pub use contract::{Reporter, Stage, StageInput};
 pub use kinds::{KindInfo, kind, kinds};
