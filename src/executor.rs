@@ -1587,19 +1587,60 @@ fn record_outputs(
         ctx.db
             .artifact(&ctx.run_id, &stage.name, k, &r.path, &r.hash);
     }
+    let mut from_files = Vec::new();
     for m in &stage.metrics {
         let abs = ctx.project.root().join(m);
         match read_metrics(&abs) {
-            Ok(rows) => metrics.extend(rows),
+            Ok(rows) => from_files.extend(rows),
             Err(e) => ctx
                 .ui
                 .println(&format!("warning: stage {}: {e:#}", stage.name)),
         }
     }
+    merge_metric_rows(&mut metrics, from_files);
     if !metrics.is_empty() {
         ctx.db.metrics(&ctx.run_id, &stage.name, metrics);
     }
     Ok(())
+}
+
+/// Adds the rows of the stage's metrics files to those it reported while running. A built-in
+/// stage both reports its final metrics and writes them to its metrics file: the file is the
+/// record, so a reported row with the same name and step is dropped rather than kept twice.
+fn merge_metric_rows(reported: &mut Vec<MetricRow>, from_files: Vec<MetricRow>) {
+    reported.retain(|r| {
+        !from_files
+            .iter()
+            .any(|f| f.name == r.name && f.step == r.step)
+    });
+    reported.extend(from_files);
+}
+
+#[cfg(test)]
+mod metric_merge_tests {
+    use super::*;
+
+    fn row(name: &str, step: Option<i64>, value: f64) -> MetricRow {
+        MetricRow {
+            name: name.into(),
+            step,
+            value,
+        }
+    }
+
+    #[test]
+    fn a_metric_in_both_the_report_and_the_file_is_kept_once() {
+        let mut reported = vec![row("train/loss", Some(1), 0.5), row("spearman", None, 0.7)];
+        merge_metric_rows(
+            &mut reported,
+            vec![row("spearman", None, 0.7), row("rmse", None, 0.2)],
+        );
+        let got: Vec<_> = reported.iter().map(|r| (r.name.as_str(), r.step)).collect();
+        assert_eq!(
+            got,
+            vec![("train/loss", Some(1)), ("spearman", None), ("rmse", None)]
+        );
+    }
 }
 
 /// Numbers of a metrics file (JSON, or YAML by extension), nested keys joined with `.`;
