@@ -12,6 +12,13 @@
 //!     history: ${stages.train.outs.history}   # optional: adds the training-history plot
 //!     fail_if: {metric: spearman, below: 0.7} # or a list; `above:` for lower-is-better metrics
 //! ```
+//! Gates may also compare with a baseline: `baseline:` names a metrics JSON (another
+//! evaluate stage's `metrics`, e.g. of the base model or of the adapter in production), and
+//! `fail_if: {metric: accuracy, below_baseline: 0.0}` fails when accuracy is below the
+//! baseline's value plus the margin 0.0, i.e. when the new model is worse; a positive margin
+//! demands that much improvement. `above_baseline: m` is the same for lower-is-better
+//! metrics (fails when the value is above the baseline's minus m).
+//!
 //! Regression also takes `rounded_classes: K` (accuracy / macro-F1 over rounded scores),
 //! classification `labels: [names…]` (default: the adapter's `labels.json`), ranking
 //! `ks: [1, 5, 10]`. A gate that fails makes the stage fail, naming the metric, its value
@@ -36,7 +43,7 @@ pub const INFO: KindInfo = KindInfo {
     name: "evaluate",
     version: 1,
     summary: "metrics, predictions and plots of a model (+ LoRA adapter) on a test set, with fail_if gates",
-    input_fields: &["base", "adapter", "test", "history"],
+    input_fields: &["base", "adapter", "test", "history", "baseline"],
     outputs: &[
         ("metrics", "metrics.json"),
         ("predictions", "predictions.jsonl"),
@@ -51,6 +58,12 @@ pub(crate) struct Gate {
     pub metric: String,
     pub below: Option<f64>,
     pub above: Option<f64>,
+    /// Margin over the baseline's value of the same metric (higher is better).
+    #[serde(default)]
+    pub below_baseline: Option<f64>,
+    /// Margin under the baseline's value of the same metric (lower is better).
+    #[serde(default)]
+    pub above_baseline: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -70,6 +83,7 @@ struct Config {
     task: crate::kinds::train_lora::Task,
     labels: Option<Vec<String>>,
     history: Option<PathBuf>,
+    baseline: Option<PathBuf>,
     max_length: Option<usize>,
     batch: Option<usize>,
     ks: Option<Vec<usize>>,
@@ -78,12 +92,21 @@ struct Config {
 }
 
 /// Checks `gates` against `metrics`: `Err` with every failed gate named.
-pub(crate) fn check_gates(stage: &str, gates: &[Gate], metrics: &Map<String, Value>) -> Result<()> {
+pub(crate) fn check_gates(
+    stage: &str,
+    gates: &[Gate],
+    metrics: &Map<String, Value>,
+    baseline: Option<&Map<String, Value>>,
+) -> Result<()> {
     let mut failed = Vec::new();
     for g in gates {
-        if g.below.is_none() && g.above.is_none() {
+        if g.below.is_none()
+            && g.above.is_none()
+            && g.below_baseline.is_none()
+            && g.above_baseline.is_none()
+        {
             bail!(
-                "stage {stage}: fail_if on {:?} needs `below:` or `above:`",
+                "stage {stage}: fail_if on {:?} needs `below:`, `above:`, `below_baseline:` or `above_baseline:`",
                 g.metric
             );
         }
@@ -101,6 +124,39 @@ pub(crate) fn check_gates(stage: &str, gates: &[Gate], metrics: &Map<String, Val
             && (v.is_nan() || v > t)
         {
             failed.push(format!("{} = {v:.4} is above {t}", g.metric));
+        }
+        if g.below_baseline.is_some() || g.above_baseline.is_some() {
+            let b = baseline
+                .ok_or_else(|| {
+                    anyhow!(
+                        "stage {stage}: fail_if on {:?} compares with a baseline, but `with.baseline` (a metrics JSON) is not given",
+                        g.metric
+                    )
+                })?
+                .get(&g.metric)
+                .and_then(Value::as_f64)
+                .ok_or_else(|| {
+                    anyhow!(
+                        "stage {stage}: the baseline metrics have no number for {:?}",
+                        g.metric
+                    )
+                })?;
+            if let Some(m) = g.below_baseline
+                && (v.is_nan() || v < b + m)
+            {
+                failed.push(format!(
+                    "{} = {v:.4} is below the baseline's {b:.4} + {m}",
+                    g.metric
+                ));
+            }
+            if let Some(m) = g.above_baseline
+                && (v.is_nan() || v > b - m)
+            {
+                failed.push(format!(
+                    "{} = {v:.4} is above the baseline's {b:.4} - {m}",
+                    g.metric
+                ));
+            }
         }
     }
     if !failed.is_empty() {
@@ -391,7 +447,21 @@ fn run(cfg: Config, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()>
         Some(Gates::One(g)) => vec![g],
         Some(Gates::Many(g)) => g,
     };
-    check_gates(input.name, &gates, &metrics)
+    let baseline = match &cfg.baseline {
+        None => None,
+        Some(p) => {
+            let p = resolve(root, p);
+            let text = std::fs::read_to_string(&p)
+                .with_context(|| format!("reading the baseline metrics {}", p.display()))?;
+            let v: Value = serde_json::from_str(&text)
+                .with_context(|| format!("{}: expected a JSON object of metrics", p.display()))?;
+            match v {
+                Value::Object(m) => Some(m),
+                _ => bail!("{}: expected a JSON object of metrics", p.display()),
+            }
+        }
+    };
+    check_gates(input.name, &gates, &metrics, baseline.as_ref())
 }
 
 #[cfg(test)]
@@ -407,34 +477,87 @@ mod tests {
             metric: metric.into(),
             below,
             above,
+            below_baseline: None,
+            above_baseline: None,
         };
         assert!(
             check_gates(
                 "eval",
                 &[g("spearman", Some(0.6), None), g("rmse", None, Some(0.5))],
-                &m
+                &m,
+                None
             )
             .is_ok()
         );
-        let e = check_gates("eval", &[g("spearman", Some(0.7), None)], &m)
+        let e = check_gates("eval", &[g("spearman", Some(0.7), None)], &m, None)
             .unwrap_err()
             .to_string();
         assert_eq!(
             e,
             "stage eval: evaluation gate failed: spearman = 0.6500 is below 0.7"
         );
-        let e = check_gates("eval", &[g("rmse", None, Some(0.2))], &m)
+        let e = check_gates("eval", &[g("rmse", None, Some(0.2))], &m, None)
             .unwrap_err()
             .to_string();
         assert!(e.contains("rmse = 0.3000 is above 0.2"), "{e}");
         // An undefined metric (null) fails a gate rather than passing it.
-        assert!(check_gates("eval", &[g("pearson", Some(0.1), None)], &m).is_err());
-        let e = check_gates("eval", &[g("accuracy", Some(0.8), None)], &m)
+        assert!(check_gates("eval", &[g("pearson", Some(0.1), None)], &m, None).is_err());
+        let e = check_gates("eval", &[g("accuracy", Some(0.8), None)], &m, None)
             .unwrap_err()
             .to_string();
         assert!(
             e.contains("does not compute") && e.contains("spearman"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn baseline_gates_compare_with_the_baseline_metrics() {
+        let m: Map<String, Value> =
+            serde_json::from_value(json!({"accuracy": 0.86, "ece": 0.05})).unwrap();
+        let base: Map<String, Value> =
+            serde_json::from_value(json!({"accuracy": 0.84, "ece": 0.04})).unwrap();
+        let gate = |metric: &str, below_baseline, above_baseline| Gate {
+            metric: metric.into(),
+            below: None,
+            above: None,
+            below_baseline,
+            above_baseline,
+        };
+        // Better than the baseline: passes; demanding +0.05 over it: fails.
+        assert!(
+            check_gates(
+                "eval",
+                &[gate("accuracy", Some(0.0), None)],
+                &m,
+                Some(&base)
+            )
+            .is_ok()
+        );
+        let e = check_gates(
+            "eval",
+            &[gate("accuracy", Some(0.05), None)],
+            &m,
+            Some(&base),
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "stage eval: evaluation gate failed: accuracy = 0.8600 is below the baseline's 0.8400 + 0.05"
+        );
+        // Lower is better: a worse ECE than the baseline fails.
+        let e = check_gates("eval", &[gate("ece", None, Some(0.0))], &m, Some(&base))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("ece = 0.0500 is above the baseline's 0.0400 - 0"),
+            "{e}"
+        );
+        // A baseline gate without a baseline is a clear error, not a pass.
+        let e = check_gates("eval", &[gate("accuracy", Some(0.0), None)], &m, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`with.baseline`"), "{e}");
     }
 }
