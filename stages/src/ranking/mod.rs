@@ -16,7 +16,6 @@ pub mod bm25;
 pub mod data;
 pub mod negatives;
 pub(crate) mod rng;
-pub(crate) mod write;
 
 /// The identity of a query or passage text: leading and trailing whitespace removed and
 /// every run of (Unicode) whitespace replaced by one ASCII space. Case and punctuation are
