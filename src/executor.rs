@@ -1430,7 +1430,9 @@ fn execute_once(
     let mut outs = BTreeMap::new();
     for (k, o) in &stage.outs {
         let abs = root.join(&o.path);
-        remove_path(&abs).map_err(|e| fail(format!("{e:#}")))?;
+        if !o.persist {
+            remove_path(&abs).map_err(|e| fail(format!("{e:#}")))?;
+        }
         if let Some(p) = abs.parent() {
             fs::create_dir_all(p)
                 .map_err(|e| fail(format!("cannot create {}: {e}", p.display())))?;

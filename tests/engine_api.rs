@@ -20,6 +20,7 @@ fn stage(name: &str, action: Action, deps: &[&str], outs: &[&str], needs: &[&str
                     Out {
                         path: PathBuf::from(o),
                         cache: true,
+                        persist: false,
                     },
                 )
             })
@@ -198,6 +199,7 @@ async fn uncached_output_is_not_stored_and_its_loss_reruns_the_stage() {
         Out {
             path: PathBuf::from("tmp.txt"),
             cache: false,
+            persist: false,
         },
     );
     let p = pipeline(vec![s]);

@@ -403,3 +403,51 @@ stages:
     let reason = st["stages"][0]["reasons"][0].as_str().unwrap();
     assert!(reason.starts_with("dep data/big changed: "), "{reason}");
 }
+
+/// Seed 002's shape: a setup stage creates an application's database once (`persist`,
+/// `cache: false`); the application then adds rows; a stage reading them through a SQLite
+/// dep re-runs, the setup stage does not, and no run deletes the rows.
+#[test]
+fn persistent_database_output_is_kept_and_only_its_readers_rerun() {
+    let p = Proj::new(
+        r#"
+name: corrections
+stages:
+  setup:
+    cmd: >-
+      echo setup >> ran.log &&
+      sqlite3 app.db "CREATE TABLE IF NOT EXISTS corrections(id INTEGER PRIMARY KEY, text TEXT);
+      INSERT INTO corrections SELECT 1, 'seed' WHERE NOT EXISTS (SELECT 1 FROM corrections)"
+    outs: [{path: app.db, cache: false, persist: true}]
+  train:
+    cmd: echo train >> ran.log && echo trained > model.txt
+    deps:
+      - sqlite: {db: app.db, query: "SELECT id, text FROM corrections ORDER BY id"}
+    outs: [model.txt]
+"#,
+    );
+    if std::process::Command::new("sqlite3").arg("-version").output().is_err() {
+        eprintln!("skipped: no sqlite3 command-line tool");
+        return;
+    }
+    let (code, _, err) = p.run(&[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(p.executions(), ["setup", "train"]);
+    p.clear_executions();
+
+    let conn = rusqlite::Connection::open(p.path("app.db")).unwrap();
+    conn.execute_batch("INSERT INTO corrections VALUES (2, 'user fix');")
+        .unwrap();
+    let (_, v, _) = p.run(&[]);
+    assert_eq!(Proj::with_status(&v, "ran"), ["train"]);
+    assert_eq!(Proj::with_status(&v, "cached"), ["setup"]);
+    // A forced re-run of the setup stage keeps the application's rows.
+    let (code, _, err) = p.run(&["--force", "setup"]);
+    assert_eq!(code, 0, "{err}");
+    drop(conn);
+    let conn = rusqlite::Connection::open(p.path("app.db")).unwrap();
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM corrections", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 2, "the persistent output was not deleted before the re-run");
+}

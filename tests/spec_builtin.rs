@@ -66,7 +66,8 @@ stages:
         pairs.outs["pairs"],
         Out {
             path: PathBuf::from("out/sts/pairs/pairs.jsonl"),
-            cache: true
+            cache: true,
+            persist: false,
         }
     );
     assert_eq!(pairs.deps, vec![Dep::Path("data/train.csv".into())]);

@@ -106,6 +106,10 @@ pub const MERGE: Keys = &[("out", "The merged output path.")];
 pub const OUT_ITEM: Keys = &[
     ("path", "Output path, relative to the project root."),
     ("cache", "Store in the cache (default true)."),
+    (
+        "persist",
+        "Keep it when the stage runs again instead of deleting it first (default false; needs cache: false).",
+    ),
 ];
 
 pub const SQLITE_DEP: Keys = &[(

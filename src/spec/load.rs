@@ -85,7 +85,7 @@ pub fn builtin_outputs(
         if kind.metrics == Some(*key) {
             metrics.push((key.to_string(), path));
         } else {
-            outs.insert(key.to_string(), Out { path, cache: true });
+            outs.insert(key.to_string(), Out { path, cache: true, persist: false });
         }
     }
     (outs, metrics)
@@ -1234,7 +1234,7 @@ impl<'a> Cx<'a> {
                             let mut scope = self.scope(inst, params, reason);
                             if let Some((_, path)) = self.interp_path(v, &what, &mut scope) {
                                 o.outs
-                                    .insert("merged".into(), (Out { path, cache: true }, v.pos));
+                                    .insert("merged".into(), (Out { path, cache: true, persist: false }, v.pos));
                             }
                             o.used_params.append(&mut scope.used_params);
                         }
@@ -1302,7 +1302,25 @@ impl<'a> Cx<'a> {
         o
     }
 
-    /// One `outs` item: a path or {path, cache}. Returns (path as written, Out).
+    /// A plain `true`/`false` for key `key`; anything else is an error at its position.
+    fn bool_value(&mut self, c: &Node, key: &str) -> Option<bool> {
+        match &c.kind {
+            Kind::Scalar { text, plain: true }
+                if matches!(yaml::resolve_plain(text), Plain::Bool(_)) =>
+            {
+                Some(yaml::resolve_plain(text) == Plain::Bool(true))
+            }
+            _ => {
+                self.err(
+                    c.pos,
+                    format!("expected true or false for '{key}', found {}", c.type_name()),
+                );
+                None
+            }
+        }
+    }
+
+    /// One `outs` item: a path or {path, cache, persist}. Returns (path as written, Out).
     fn out_item(&mut self, v: &Node, what: &str, scope: &mut Scope<'_>) -> Option<(String, Out)> {
         if let Kind::Map(e) = &v.kind {
             self.check_keys(
@@ -1312,35 +1330,31 @@ impl<'a> Cx<'a> {
             );
             let path = e.iter().find(|(k, _)| k.scalar_text() == Some("path"));
             let cache = e.iter().find(|(k, _)| k.scalar_text() == Some("cache"));
+            let persist = e.iter().find(|(k, _)| k.scalar_text() == Some("persist"));
             let Some((_, pnode)) = path else {
                 self.err(v.pos, format!("missing key 'path' in an output of {} (expected {{path: PATH, cache: BOOL}})", what.trim_start_matches("'outs' of ")));
                 return None;
             };
             let cache = match cache {
                 None => true,
-                Some((_, c)) => match &c.kind {
-                    Kind::Scalar { text, plain: true }
-                        if matches!(yaml::resolve_plain(text), Plain::Bool(_)) =>
-                    {
-                        yaml::resolve_plain(text) == Plain::Bool(true)
-                    }
-                    _ => {
-                        self.err(
-                            c.pos,
-                            format!(
-                                "expected true or false for 'cache', found {}",
-                                c.type_name()
-                            ),
-                        );
-                        return None;
-                    }
-                },
+                Some((_, c)) => self.bool_value(c, "cache")?,
             };
+            let persist = match persist {
+                None => false,
+                Some((_, p)) => self.bool_value(p, "persist")?,
+            };
+            if persist && cache {
+                self.err(
+                    v.pos,
+                    "an output with 'persist: true' needs 'cache: false' (a persistent output belongs to its command and is never restored from the cache)".to_string(),
+                );
+                return None;
+            }
             let (written, path) = self.interp_path(pnode, what, scope)?;
-            return Some((written, Out { path, cache }));
+            return Some((written, Out { path, cache, persist }));
         }
         let (written, path) = self.interp_path(v, what, scope)?;
-        Some((written, Out { path, cache: true }))
+        Some((written, Out { path, cache: true, persist: false }))
     }
 
     #[allow(clippy::type_complexity)]

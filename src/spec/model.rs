@@ -72,6 +72,9 @@ pub struct Out {
     pub path: PathBuf,
     /// Stored in the cache (default true). `cache: false` outputs are neither stored nor restored.
     pub cache: bool,
+    /// Kept when the stage runs again (default false; needs `cache: false`): a file the
+    /// stage creates once and something else then owns, such as an application's database.
+    pub persist: bool,
 }
 
 /// Declared resources; the executor treats them as slots.

@@ -68,6 +68,7 @@ fn key_type(table: &str, key: &str) -> Option<Value> {
         }),
         ("out", "path") => path,
         ("out", "cache") => json!({"type": "boolean", "default": true}),
+        ("out", "persist") => json!({"type": "boolean", "default": false}),
         ("sqlite_dep", "sqlite") => obj(format::SQLITE_FIELDS, "sqlite_fields", &["db", "query"]),
         ("sqlite_fields", "db") => path,
         ("sqlite_fields", "query") => json!({"type": "string", "minLength": 1}),
