@@ -485,7 +485,9 @@ fn apply(tx: &Connection, m: Msg) -> Result<()> {
             let mut st = tx.prepare(
                 "INSERT INTO metrics(run_id, stage, name, step, value) VALUES (?1,?2,?3,?4,?5)",
             )?;
-            for r in rows {
+            // SQLite stores NaN as NULL: a metric that is not a number (a loss after zero
+            // steps) is left out rather than failing the whole batch.
+            for r in rows.iter().filter(|r| !r.value.is_nan()) {
                 st.execute(params![run, stage, r.name, r.step, r.value])?;
             }
         }
@@ -801,11 +803,18 @@ mod tests {
         db.metrics(
             "r1",
             "a",
-            vec![MetricRow {
-                name: "acc".into(),
-                step: None,
-                value: 0.5,
-            }],
+            vec![
+                MetricRow {
+                    name: "final_loss".into(),
+                    step: None,
+                    value: f64::NAN,
+                },
+                MetricRow {
+                    name: "acc".into(),
+                    step: None,
+                    value: 0.5,
+                },
+            ],
         );
         db.end_run("r1", "success");
         db.close().unwrap();
@@ -820,7 +829,9 @@ mod tests {
             Some("f")
         );
         assert!(last_success(&project, "p", "a").unwrap().is_some());
-        assert_eq!(run_metrics(&conn, "r1").unwrap()[0].value, 0.5);
+        // The NaN row is left out; the batch's other rows are kept.
+        let m = run_metrics(&conn, "r1").unwrap();
+        assert_eq!((m.len(), m[0].value), (1, 0.5));
         assert!(conn.execute("DELETE FROM events", []).is_err());
         let mode: String = conn
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))

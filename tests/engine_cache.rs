@@ -426,7 +426,11 @@ stages:
     outs: [model.txt]
 "#,
     );
-    if std::process::Command::new("sqlite3").arg("-version").output().is_err() {
+    if std::process::Command::new("sqlite3")
+        .arg("-version")
+        .output()
+        .is_err()
+    {
         eprintln!("skipped: no sqlite3 command-line tool");
         return;
     }
@@ -449,5 +453,8 @@ stages:
     let n: i64 = conn
         .query_row("SELECT count(*) FROM corrections", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(n, 2, "the persistent output was not deleted before the re-run");
+    assert_eq!(
+        n, 2,
+        "the persistent output was not deleted before the re-run"
+    );
 }

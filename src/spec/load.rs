@@ -85,7 +85,14 @@ pub fn builtin_outputs(
         if kind.metrics == Some(*key) {
             metrics.push((key.to_string(), path));
         } else {
-            outs.insert(key.to_string(), Out { path, cache: true, persist: false });
+            outs.insert(
+                key.to_string(),
+                Out {
+                    path,
+                    cache: true,
+                    persist: false,
+                },
+            );
         }
     }
     (outs, metrics)
@@ -1233,8 +1240,17 @@ impl<'a> Cx<'a> {
                         Some((_, v)) => {
                             let mut scope = self.scope(inst, params, reason);
                             if let Some((_, path)) = self.interp_path(v, &what, &mut scope) {
-                                o.outs
-                                    .insert("merged".into(), (Out { path, cache: true, persist: false }, v.pos));
+                                o.outs.insert(
+                                    "merged".into(),
+                                    (
+                                        Out {
+                                            path,
+                                            cache: true,
+                                            persist: false,
+                                        },
+                                        v.pos,
+                                    ),
+                                );
                             }
                             o.used_params.append(&mut scope.used_params);
                         }
@@ -1313,7 +1329,10 @@ impl<'a> Cx<'a> {
             _ => {
                 self.err(
                     c.pos,
-                    format!("expected true or false for '{key}', found {}", c.type_name()),
+                    format!(
+                        "expected true or false for '{key}', found {}",
+                        c.type_name()
+                    ),
                 );
                 None
             }
@@ -1351,10 +1370,24 @@ impl<'a> Cx<'a> {
                 return None;
             }
             let (written, path) = self.interp_path(pnode, what, scope)?;
-            return Some((written, Out { path, cache, persist }));
+            return Some((
+                written,
+                Out {
+                    path,
+                    cache,
+                    persist,
+                },
+            ));
         }
         let (written, path) = self.interp_path(v, what, scope)?;
-        Some((written, Out { path, cache: true, persist: false }))
+        Some((
+            written,
+            Out {
+                path,
+                cache: true,
+                persist: false,
+            },
+        ))
     }
 
     #[allow(clippy::type_complexity)]
