@@ -204,6 +204,10 @@ fn read_rows(path: &Path) -> Result<Vec<Row>> {
         }
         let at = || format!("{}:{}", path.display(), i + 1);
         let v: Value = serde_json::from_str(line).with_context(|| format!("{}: not JSON", at()))?;
+        if v.get("query_text").is_some() {
+            rows.extend(group_rows(&v).with_context(at)?);
+            continue;
+        }
         let s = |k: &str| {
             v.get(k)
                 .and_then(Value::as_str)
@@ -230,6 +234,50 @@ fn read_rows(path: &Path) -> Result<Vec<Row>> {
         bail!("{}: no rows to evaluate", path.display());
     }
     Ok(rows)
+}
+
+/// A ranking group line (`sample-negatives`' valid/test files, seed 003's JSONL:
+/// `query_text`, `positives`, `negatives`) as pair rows: every positive with label 1 and
+/// every negative with label 0, grouped by the query, so the positives are always reranked.
+#[cfg(feature = "ml")]
+fn group_rows(v: &Value) -> Result<Vec<Row>> {
+    let query = v["query_text"]
+        .as_str()
+        .filter(|q| !q.trim().is_empty())
+        .ok_or_else(|| anyhow!("field `query_text`: expected a non-empty string"))?;
+    let passages = |key: &str, required: bool| -> Result<Vec<String>> {
+        let list = match v.get(key) {
+            Some(Value::Array(a)) => a.as_slice(),
+            None | Some(Value::Null) if !required => &[],
+            _ => bail!("field `{key}`: expected an array of {{doc_id, text}}"),
+        };
+        list.iter()
+            .enumerate()
+            .map(|(i, p)| {
+                p.get("text")
+                    .and_then(Value::as_str)
+                    .or_else(|| p.as_str())
+                    .map(str::to_string)
+                    .ok_or_else(|| anyhow!("field `{key}[{i}].text`: expected a string"))
+            })
+            .collect()
+    };
+    let positives = passages("positives", true)?;
+    if positives.is_empty() {
+        bail!("field `positives`: a query needs at least one positive");
+    }
+    let negatives = passages("negatives", false)?;
+    let row = |b: String, label: f64| Row {
+        a: query.to_string(),
+        b,
+        label,
+        group: query.to_string(),
+    };
+    Ok(positives
+        .into_iter()
+        .map(|p| row(p, 1.0))
+        .chain(negatives.into_iter().map(|n| row(n, 0.0)))
+        .collect())
 }
 
 /// Logits of `pairs` with base + adapter (or the base alone) on backend `B`.
@@ -467,6 +515,40 @@ fn run(cfg: Config, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(feature = "ml")]
+    #[test]
+    fn ranking_group_lines_become_labelled_pairs_of_one_group() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("test.jsonl");
+        std::fs::write(
+            &p,
+            concat!(
+                r#"{"epoch":0,"query_text":"q1","positives":[{"doc_id":"a","text":"A"},{"doc_id":"b","text":"B"}],"negatives":[{"doc_id":"n","text":"N"}]}"#,
+                "\n",
+                r#"{"text_a":"x","text_b":"y","label":0.5}"#,
+                "\n"
+            ),
+        )
+        .unwrap();
+        let rows = read_rows(&p).unwrap();
+        let got: Vec<(&str, &str, f64, &str)> = rows
+            .iter()
+            .map(|r| (r.a.as_str(), r.b.as_str(), r.label, r.group.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("q1", "A", 1.0, "q1"),
+                ("q1", "B", 1.0, "q1"),
+                ("q1", "N", 0.0, "q1"),
+                ("x", "y", 0.5, "x")
+            ]
+        );
+        std::fs::write(&p, r#"{"query_text":"q","positives":[],"negatives":[]}"#).unwrap();
+        let e = format!("{:#}", read_rows(&p).unwrap_err());
+        assert!(e.contains("test.jsonl:1") && e.contains("positives"), "{e}");
+    }
 
     #[test]
     fn gates_pass_fail_and_name_unknown_metrics() {
