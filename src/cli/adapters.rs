@@ -151,8 +151,8 @@ fn list(project: &Project, a: ListArgs) -> Result<ExitCode> {
         let c = cur.map_or("none".to_string(), |c| format!("v{c}"));
         println!("{n} (current: {c})");
         println!(
-            "  {:<7} {:<9} {:<19} {:<12} {:<24} {:<30} METRICS",
-            "VERSION", "STATUS", "CREATED", "HASH", "RUN", "GATE"
+            "  {:<7} {:<9} {:<19} {:<12} {:<20} {:<32} GATE",
+            "VERSION", "STATUS", "CREATED", "HASH", "RUN", "METRICS"
         );
         for v in vs.iter().rev() {
             let mark = if *cur == Some(v.version) { '*' } else { ' ' };
@@ -177,22 +177,26 @@ fn list(project: &Project, a: ListArgs) -> Result<ExitCode> {
             );
             let gate = if v.gate.metric.is_some() {
                 format!(
-                    "{} {}",
+                    "{}: {}",
                     if v.gate.passed { "passed" } else { "failed" },
                     v.gate.reason
                 )
             } else {
                 "none".to_string()
             };
+            let metrics = if metrics.is_empty() {
+                "-".to_string()
+            } else {
+                metrics.join(" ")
+            };
             println!(
-                "{mark} {:<7} {:<9} {:<19} {:<12} {:<24} {:<30} {}",
+                "{mark} {:<7} {:<9} {:<19} {:<12} {:<20} {:<32} {gate}",
                 format!("v{}", v.version),
                 v.status.as_str(),
                 created,
                 v.hash.get(..12).unwrap_or(&v.hash),
                 v.run_id.as_deref().unwrap_or("-"),
-                gate,
-                metrics.join(" ")
+                metrics,
             );
         }
     }
