@@ -258,6 +258,9 @@ impl Registry {
 
     /// The versions of a name that must exist (an error lists the names there are).
     pub fn known(&self, name: &str) -> Result<Vec<VersionInfo>> {
+        if name.is_empty() || name.starts_with('.') || name.contains(['/', '\\']) {
+            bail!("bad adapter registry name {name:?} (expected a name like nli)");
+        }
         let v = self.versions(name)?;
         if v.is_empty() {
             let names = self.names()?;

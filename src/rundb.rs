@@ -1009,4 +1009,50 @@ mod tests {
         assert_eq!(mode, "wal");
         assert!(kept_fingerprints(&conn, 0).unwrap().contains("f"));
     }
+
+    #[test]
+    fn a_version_1_database_gains_the_registry_tables() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("runs/tsumugi.db");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        {
+            // What the first release wrote: migration 1 only.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE schema_version (version INTEGER NOT NULL); INSERT INTO schema_version VALUES (1);",
+            )
+            .unwrap();
+        }
+        let project = Project::new(d.path());
+        let db = RunDb::start(&project).unwrap();
+        db.adapter_version(AdapterVersionRow {
+            name: "nli".into(),
+            version: 1,
+            hash: "h".into(),
+            path: "adapters/nli/v1".into(),
+            metrics: "{}".into(),
+            run_id: None,
+            pipeline: None,
+            stage: None,
+            created_at: ts(now()),
+            status: "candidate".into(),
+        });
+        db.adapter_status("nli", 1, "current");
+        db.adapter_event("nli", 1, "manual_promote", "by hand", None);
+        db.close().unwrap();
+        let conn = open(&path).unwrap();
+        assert_eq!(schema_version(&conn).unwrap(), MIGRATIONS.len());
+        assert_eq!(adapter_versions(&conn, "nli").unwrap()[0].status, "current");
+        let ev = adapter_events(&conn, Some("nli")).unwrap();
+        assert_eq!(
+            (ev[0].action.as_str(), ev[0].version),
+            ("manual_promote", 1)
+        );
+        assert!(conn.execute("DELETE FROM adapter_events", []).is_err());
+        assert!(
+            conn.execute("UPDATE adapter_events SET reason = 'x'", [])
+                .is_err()
+        );
+    }
 }

@@ -480,6 +480,9 @@ fn unknown_names_and_versions_are_errors() {
     let (code, _, err) = adapters(&p, &["rollback", "nli", "x"]);
     assert_eq!(code, 2);
     assert!(err.contains("bad version \"x\""), "{err}");
+    let (code, _, err) = adapters(&p, &["history", "../nli"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("bad adapter registry name"), "{err}");
     let (code, _, err) = adapters(&p, &["rollback", "other"]);
     assert_eq!(code, 2);
     assert!(err.contains("no adapter registry named \"other\""), "{err}");

@@ -132,3 +132,14 @@ fn init_tracing(verbose: u8) {
         .with_writer(std::io::stderr)
         .try_init();
 }
+
+#[cfg(test)]
+mod tests {
+    /// clap checks a command's definition only when it is parsed; check them all at once
+    /// (two arguments with one id, as `version` beside `--version`, fail here).
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}
