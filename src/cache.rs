@@ -65,7 +65,7 @@ pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Copy-on-write clone (FICLONE); fails on filesystems without reflinks.
-fn reflink(src: &File, dst: &File) -> io::Result<()> {
+pub(crate) fn reflink(src: &File, dst: &File) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     const FICLONE: libc::c_ulong = 0x4004_9409;
     // SAFETY: both descriptors are open for the duration of the call; FICLONE takes the

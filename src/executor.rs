@@ -160,6 +160,9 @@ pub struct StageOutcome {
     pub log: Option<PathBuf>,
     /// Why it failed / was skipped, or which outputs were restored.
     pub message: Option<String>,
+    /// What `register:` did, for a stage that has it and completed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registration: Option<crate::registry::Registration>,
 }
 
 fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -444,23 +447,27 @@ impl Ui {
             pb.finish_and_clear();
         }
         // Fresh stages are counted in the summary; a line each would drown the ones that ran.
-        if o.status == StageState::Cached {
-            return;
+        if o.status != StageState::Cached {
+            let mut line = format!("{}: {}", o.name, o.status.as_str());
+            if matches!(
+                o.status,
+                StageState::Ran | StageState::Failed | StageState::Cancelled
+            ) {
+                line.push_str(&format!(" ({:.1}s)", o.duration.as_secs_f64()));
+            }
+            if let Some(m) = &o.message {
+                line.push_str(&format!(" — {m}"));
+            }
+            if let (StageState::Failed, Some(log)) = (o.status, &o.log) {
+                line.push_str(&format!(" [log: {}]", log.display()));
+            }
+            self.println(&line);
         }
-        let mut line = format!("{}: {}", o.name, o.status.as_str());
-        if matches!(
-            o.status,
-            StageState::Ran | StageState::Failed | StageState::Cancelled
-        ) {
-            line.push_str(&format!(" ({:.1}s)", o.duration.as_secs_f64()));
+        if let Some(r) = &o.registration
+            && r.action != crate::registry::Action::Unchanged
+        {
+            self.println(&format!("register {}: {}", r.name, r.message));
         }
-        if let Some(m) = &o.message {
-            line.push_str(&format!(" — {m}"));
-        }
-        if let (StageState::Failed, Some(log)) = (o.status, &o.log) {
-            line.push_str(&format!(" [log: {}]", log.display()));
-        }
-        self.println(&line);
     }
 }
 
@@ -601,6 +608,8 @@ struct Ctx {
     /// Set after a failure without --keep-going (or on cancel): start nothing new.
     stop: AtomicBool,
     stop_reason: Mutex<String>,
+    /// One registration at a time (two stages may register under one name).
+    registry: Mutex<()>,
 }
 
 /// Runs `pipeline` (or `opts.targets` and what they need). Takes the project lock for the
@@ -626,6 +635,7 @@ pub async fn run(project: &Project, pipeline: &Pipeline, opts: &RunOptions) -> R
                 exit_code: None,
                 log: None,
                 message: (!s.reasons.is_empty()).then(|| s.reasons.join("; ")),
+                registration: None,
             })
             .collect();
         return Ok(RunSummary {
@@ -683,6 +693,7 @@ pub async fn run(project: &Project, pipeline: &Pipeline, opts: &RunOptions) -> R
         keep_going: opts.keep_going,
         stop: AtomicBool::new(false),
         stop_reason: Mutex::new(String::new()),
+        registry: Mutex::new(()),
     });
 
     let outcomes = schedule(&ctx, pipeline, &order, opts).await;
@@ -1061,6 +1072,7 @@ fn outcome(name: &str, status: StageState, fp: Option<String>, msg: String) -> S
         exit_code: None,
         log: None,
         message: Some(msg),
+        registration: None,
     }
 }
 
@@ -1135,11 +1147,15 @@ async fn run_stage(
                 String::new(),
             );
             o.message = (!restored.is_empty()).then(|| format!("restored {}", restored.join(", ")));
-            o.duration = t0.elapsed();
             let c = ctx.clone();
             let st = stage.clone();
-            let _ = tokio::task::spawn_blocking(move || record_outputs(&c, &st, &outs, Vec::new()))
-                .await;
+            let reg = tokio::task::spawn_blocking(move || {
+                let _ = record_outputs(&c, &st, &outs, Vec::new());
+                register_outcome(&c, &st, &outs)
+            })
+            .await;
+            apply_registration(&mut o, reg);
+            o.duration = t0.elapsed();
             record_final(&ctx, &o, Some(started));
             return o;
         }
@@ -1228,9 +1244,11 @@ async fn run_stage(
                 let st = stage.clone();
                 let comps = components.clone();
                 let fp2 = fp.clone();
-                let commit =
-                    tokio::task::spawn_blocking(move || commit(&c, &st, &comps, &fp2, metrics))
-                        .await;
+                let commit = tokio::task::spawn_blocking(move || {
+                    commit(&c, &st, &comps, &fp2, metrics)
+                        .map(|recs| register_outcome(&c, &st, &recs))
+                })
+                .await;
                 let mut o = outcome(
                     &stage.name,
                     StageState::Ran,
@@ -1244,7 +1262,7 @@ async fn run_stage(
                 o.duration = t0.elapsed();
                 tracing::debug!("{}: committed by {:?}", stage.name, t0.elapsed());
                 match commit {
-                    Ok(Ok(())) => {}
+                    Ok(Ok(reg)) => apply_registration(&mut o, Ok(reg)),
                     Ok(Err(e)) => {
                         o.status = StageState::Failed;
                         o.message = Some(format!("{e:#}"));
@@ -1542,7 +1560,7 @@ fn commit(
     components: &Components,
     fp: &str,
     metrics: Vec<MetricRow>,
-) -> Result<()> {
+) -> Result<BTreeMap<String, crate::cache::OutRecord>> {
     let root = ctx.project.root();
     let mut recs = BTreeMap::new();
     for (k, o) in &stage.outs {
@@ -1575,7 +1593,109 @@ fn commit(
         outs: recs,
     };
     ctx.cache.put_action(&entry)?;
-    record_outputs(ctx, stage, &entry.outs, metrics)
+    record_outputs(ctx, stage, &entry.outs, metrics)?;
+    Ok(entry.outs)
+}
+
+/// `register:` of a completed stage, if it has one; an error is the stage's failure.
+type RegisterResult = Result<Option<crate::registry::Registration>>;
+
+fn register_outcome(
+    ctx: &Ctx,
+    stage: &Stage,
+    outs: &BTreeMap<String, crate::cache::OutRecord>,
+) -> RegisterResult {
+    let Some(reg) = &stage.register else {
+        return Ok(None);
+    };
+    register(ctx, stage, reg, outs)
+        .map(Some)
+        .with_context(|| format!("register {}", reg.name))
+}
+
+/// Puts a registration into the stage's outcome: the result, or the stage fails.
+fn apply_registration(
+    o: &mut StageOutcome,
+    reg: std::result::Result<RegisterResult, tokio::task::JoinError>,
+) {
+    match reg {
+        Ok(Ok(r)) => o.registration = r,
+        Ok(Err(e)) => {
+            o.status = StageState::Failed;
+            o.message = Some(format!("{e:#}"));
+        }
+        Err(e) => {
+            o.status = StageState::Failed;
+            o.message = Some(format!("internal error: {e}"));
+        }
+    }
+}
+
+/// Keeps the stage's artifact as a version (see [`crate::registry`]) and records it.
+fn register(
+    ctx: &Ctx,
+    stage: &Stage,
+    reg: &crate::spec::Register,
+    outs: &BTreeMap<String, crate::cache::OutRecord>,
+) -> Result<crate::registry::Registration> {
+    use crate::registry::{Action as RegAction, Registry, Request};
+    let out = stage
+        .outs
+        .get(&reg.out)
+        .with_context(|| format!("stage {} has no output {}", stage.name, reg.out))?;
+    // The hash the engine committed or restored; a `cache: false` output is hashed here.
+    let hash = match outs.get(&reg.out) {
+        Some(r) => r.hash.clone(),
+        None => Hasher::new(&ctx.stat).hash(&ctx.project.root().join(&out.path))?,
+    };
+    let _one = ctx.registry.lock().expect("registry");
+    let r = Registry::new(&ctx.project).register(&Request {
+        name: &reg.name,
+        hash: &hash,
+        source: &out.path,
+        pipeline: &ctx.pipeline_name,
+        stage: &stage.name,
+        run_id: Some(&ctx.run_id),
+        metrics_file: reg.metrics.as_deref(),
+        gate: reg.promote_if.as_ref(),
+    })?;
+    if let Some(info) = &r.info {
+        let run = Some(ctx.run_id.as_str());
+        ctx.db.adapter_version(crate::rundb::AdapterVersionRow {
+            name: info.name.clone(),
+            version: info.version,
+            hash: info.hash.clone(),
+            path: info.rel_dir(),
+            metrics: serde_json::to_string(&info.metrics)?,
+            run_id: info.run_id.clone(),
+            pipeline: Some(info.pipeline.clone()),
+            stage: Some(info.stage.clone()),
+            created_at: info.created_at.clone(),
+            status: info.status.as_str().into(),
+        });
+        ctx.db.adapter_event(
+            &r.name,
+            r.version,
+            "registered",
+            &format!("{} of stage {} ({})", info.source, stage.name, &hash[..12]),
+            run,
+        );
+        let reason = r.gate.as_ref().map(|g| g.reason.as_str()).unwrap_or("");
+        match r.action {
+            RegAction::Promoted => {
+                if let Some(p) = r.previous {
+                    ctx.db.adapter_status(&r.name, p, "retired");
+                }
+                ctx.db
+                    .adapter_event(&r.name, r.version, "promoted", reason, run);
+            }
+            RegAction::Kept => ctx
+                .db
+                .adapter_event(&r.name, r.version, "kept", reason, run),
+            RegAction::Unchanged => {}
+        }
+    }
+    Ok(r)
 }
 
 /// Artifacts and metrics of a completed (run or fresh) stage into the run database.

@@ -15,6 +15,9 @@
 //!
 //! A `map:` stage runs per item through [`map`], inside the executor's one stage run.
 //!
+//! A stage with `register:` keeps an output as a version in the adapter registry
+//! ([`registry`]), after it completes.
+//!
 //! [`project`] knows where things live; [`lock`] keeps two processes from racing.
 
 pub mod cache;
@@ -26,6 +29,7 @@ pub mod hash;
 pub mod lock;
 pub mod map;
 pub mod project;
+pub mod registry;
 pub mod rundb;
 pub mod spec;
 pub mod trigger;

@@ -20,7 +20,8 @@ use serde::Serialize;
 use crate::project::Project;
 
 /// Schema migrations, in order; `schema_version` holds how many have been applied.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE runs (
     id TEXT PRIMARY KEY,
     seq INTEGER NOT NULL,
@@ -77,7 +78,36 @@ CREATE TABLE events (
 -- The event log is append-only.
 CREATE TRIGGER events_no_update BEFORE UPDATE ON events BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
 CREATE TRIGGER events_no_delete BEFORE DELETE ON events BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
-"#];
+"#,
+    // 2: the adapter registry (src/registry.rs): its versions, and what happened to them.
+    r#"
+CREATE TABLE adapter_versions (
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    hash TEXT NOT NULL,
+    path TEXT NOT NULL,
+    metrics TEXT NOT NULL,
+    run_id TEXT,
+    pipeline TEXT,
+    stage TEXT,
+    created_at TEXT NOT NULL,
+    status TEXT NOT NULL,
+    PRIMARY KEY (name, version)
+);
+CREATE TABLE adapter_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    action TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    run_id TEXT
+);
+CREATE INDEX adapter_events_name ON adapter_events(name, id);
+CREATE TRIGGER adapter_events_no_update BEFORE UPDATE ON adapter_events BEGIN SELECT RAISE(ABORT, 'adapter events are append-only'); END;
+CREATE TRIGGER adapter_events_no_delete BEFORE DELETE ON adapter_events BEGIN SELECT RAISE(ABORT, 'adapter events are append-only'); END;
+"#,
+];
 
 pub fn now() -> DateTime<Utc> {
     Utc::now()
@@ -224,7 +254,50 @@ enum Msg {
         status: String,
         at: String,
     },
+    AdapterVersion(AdapterVersionRow),
+    AdapterStatus {
+        name: String,
+        version: u32,
+        status: String,
+    },
+    AdapterEvent {
+        name: String,
+        version: u32,
+        action: String,
+        reason: String,
+        run: Option<String>,
+    },
     Flush(mpsc::Sender<()>),
+}
+
+/// A row of `adapter_versions`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AdapterVersionRow {
+    pub name: String,
+    pub version: u32,
+    pub hash: String,
+    pub path: String,
+    /// JSON object of the version's metrics.
+    pub metrics: String,
+    pub run_id: Option<String>,
+    pub pipeline: Option<String>,
+    pub stage: Option<String>,
+    pub created_at: String,
+    /// current | candidate | retired
+    pub status: String,
+}
+
+/// A row of `adapter_events`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AdapterEventRow {
+    pub id: i64,
+    pub at: String,
+    pub name: String,
+    pub version: u32,
+    /// registered | promoted | kept | rollback | manual_promote
+    pub action: String,
+    pub reason: String,
+    pub run_id: Option<String>,
 }
 
 /// The single writer: a dedicated thread owning the write connection.
@@ -335,6 +408,38 @@ impl RunDb {
             id: id.into(),
             status: status.into(),
             at: ts(now()),
+        });
+    }
+
+    /// A new version in the adapter registry.
+    pub fn adapter_version(&self, row: AdapterVersionRow) {
+        self.send(Msg::AdapterVersion(row));
+    }
+
+    /// A version's status changed (current / candidate / retired).
+    pub fn adapter_status(&self, name: &str, version: u32, status: &str) {
+        self.send(Msg::AdapterStatus {
+            name: name.into(),
+            version,
+            status: status.into(),
+        });
+    }
+
+    /// Appends to the registry's history.
+    pub fn adapter_event(
+        &self,
+        name: &str,
+        version: u32,
+        action: &str,
+        reason: &str,
+        run: Option<&str>,
+    ) {
+        self.send(Msg::AdapterEvent {
+            name: name.into(),
+            version,
+            action: action.into(),
+            reason: reason.into(),
+            run: run.map(Into::into),
         });
     }
 
@@ -524,9 +629,85 @@ fn apply(tx: &Connection, m: Msg) -> Result<()> {
                 params![at, id, status],
             )?;
         }
+        Msg::AdapterVersion(r) => {
+            tx.execute(
+                "INSERT INTO adapter_versions(name, version, hash, path, metrics, run_id, pipeline, stage, created_at, status)
+                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)
+                 ON CONFLICT(name, version) DO UPDATE SET hash=excluded.hash, path=excluded.path, metrics=excluded.metrics,
+                   run_id=excluded.run_id, pipeline=excluded.pipeline, stage=excluded.stage, created_at=excluded.created_at, status=excluded.status",
+                params![r.name, r.version, r.hash, r.path, r.metrics, r.run_id, r.pipeline, r.stage, r.created_at, r.status],
+            )?;
+        }
+        Msg::AdapterStatus {
+            name,
+            version,
+            status,
+        } => {
+            tx.execute(
+                "UPDATE adapter_versions SET status = ?3 WHERE name = ?1 AND version = ?2",
+                params![name, version, status],
+            )?;
+        }
+        Msg::AdapterEvent {
+            name,
+            version,
+            action,
+            reason,
+            run,
+        } => {
+            tx.execute(
+                "INSERT INTO adapter_events(at, name, version, action, reason, run_id) VALUES (?1,?2,?3,?4,?5,?6)",
+                params![ts(now()), name, version, action, reason, run],
+            )?;
+        }
         Msg::Flush(_) => {}
     }
     Ok(())
+}
+
+/// The registry history of `name` (every name when `None`), oldest first.
+pub fn adapter_events(conn: &Connection, name: Option<&str>) -> Result<Vec<AdapterEventRow>> {
+    let mut st = conn.prepare(
+        "SELECT id, at, name, version, action, reason, run_id FROM adapter_events
+         WHERE ?1 IS NULL OR name = ?1 ORDER BY id",
+    )?;
+    Ok(st
+        .query_map([name], |r| {
+            Ok(AdapterEventRow {
+                id: r.get(0)?,
+                at: r.get(1)?,
+                name: r.get(2)?,
+                version: r.get(3)?,
+                action: r.get(4)?,
+                reason: r.get(5)?,
+                run_id: r.get(6)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?)
+}
+
+/// The `adapter_versions` rows of `name`, by version.
+pub fn adapter_versions(conn: &Connection, name: &str) -> Result<Vec<AdapterVersionRow>> {
+    let mut st = conn.prepare(
+        "SELECT name, version, hash, path, metrics, run_id, pipeline, stage, created_at, status
+         FROM adapter_versions WHERE name = ?1 ORDER BY version",
+    )?;
+    Ok(st
+        .query_map([name], |r| {
+            Ok(AdapterVersionRow {
+                name: r.get(0)?,
+                version: r.get(1)?,
+                hash: r.get(2)?,
+                path: r.get(3)?,
+                metrics: r.get(4)?,
+                run_id: r.get(5)?,
+                pipeline: r.get(6)?,
+                stage: r.get(7)?,
+                created_at: r.get(8)?,
+                status: r.get(9)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?)
 }
 
 /// Appends one event from outside a run (watch, schedule). Opens its own connection; safe
@@ -838,5 +1019,51 @@ mod tests {
             .unwrap();
         assert_eq!(mode, "wal");
         assert!(kept_fingerprints(&conn, 0).unwrap().contains("f"));
+    }
+
+    #[test]
+    fn a_version_1_database_gains_the_registry_tables() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("runs/tsumugi.db");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        {
+            // What the first release wrote: migration 1 only.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE schema_version (version INTEGER NOT NULL); INSERT INTO schema_version VALUES (1);",
+            )
+            .unwrap();
+        }
+        let project = Project::new(d.path());
+        let db = RunDb::start(&project).unwrap();
+        db.adapter_version(AdapterVersionRow {
+            name: "nli".into(),
+            version: 1,
+            hash: "h".into(),
+            path: "adapters/nli/v1".into(),
+            metrics: "{}".into(),
+            run_id: None,
+            pipeline: None,
+            stage: None,
+            created_at: ts(now()),
+            status: "candidate".into(),
+        });
+        db.adapter_status("nli", 1, "current");
+        db.adapter_event("nli", 1, "manual_promote", "by hand", None);
+        db.close().unwrap();
+        let conn = open(&path).unwrap();
+        assert_eq!(schema_version(&conn).unwrap(), MIGRATIONS.len());
+        assert_eq!(adapter_versions(&conn, "nli").unwrap()[0].status, "current");
+        let ev = adapter_events(&conn, Some("nli")).unwrap();
+        assert_eq!(
+            (ev[0].action.as_str(), ev[0].version),
+            ("manual_promote", 1)
+        );
+        assert!(conn.execute("DELETE FROM adapter_events", []).is_err());
+        assert!(
+            conn.execute("UPDATE adapter_events SET reason = 'x'", [])
+                .is_err()
+        );
     }
 }

@@ -33,6 +33,7 @@ fn stage(name: &str, action: Action, deps: &[&str], outs: &[&str], needs: &[&str
         retry: Retry::default(),
         timeout: None,
         map: None,
+        register: None,
         span: Span::default(),
     }
 }

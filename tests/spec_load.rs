@@ -507,3 +507,85 @@ stages:
     assert_eq!(cmd, "cat out/a.txt out/m.json");
     assert!(p.stage("a").unwrap().outs.contains_key("./out/a.txt"));
 }
+
+#[test]
+fn register_resolves_and_orders_but_stays_out_of_the_fingerprint() {
+    use tsumugi::spec::{Bound, Gate, Register};
+    let (_d, pr) = project(&["data/raw.csv"]);
+    let yaml = |register: &str| {
+        format!(
+            r#"
+params: {{floor: 0.6}}
+stages:
+  evaluate:
+    cmd: cat data/raw.csv > out/metrics.json
+    deps: [data/raw.csv]
+    outs: {{metrics: out/metrics.json}}
+  export:
+    cmd: echo model > out/model.bin
+    outs: [./out/model.bin]
+{register}
+"#
+        )
+    };
+    let p = load(
+        &pr,
+        &yaml(
+            r#"    register:
+      out: out/model.bin
+      metrics: ${stages.evaluate.outs.metrics}
+      promote_if: {metric: accuracy, min: "${params.floor}", not_worse: false}"#,
+        ),
+    );
+    let st = p.stage("export").unwrap();
+    assert_eq!(
+        st.register,
+        Some(Register {
+            name: "export".into(),
+            out: "./out/model.bin".into(),
+            metrics: Some("out/metrics.json".into()),
+            promote_if: Some(Gate {
+                metric: "accuracy".into(),
+                bound: Bound::Min(0.6),
+                not_worse: false,
+            }),
+        })
+    );
+    // The metrics file orders the stages but is not an input, and its params are not the
+    // stage's: the fingerprint is the one without `register:`.
+    assert_eq!(st.needs, vec!["evaluate".to_string()]);
+    assert!(st.deps.is_empty(), "{:?}", st.deps);
+    assert!(st.params.is_empty(), "{:?}", st.params);
+    let without = load(&pr, &yaml(""));
+    let fp = |p: &Pipeline| {
+        tsumugi::fingerprint::components(p.stage("export").unwrap(), Default::default())
+            .fingerprint()
+    };
+    assert_eq!(fp(&p), fp(&without));
+
+    // A plain path that a stage writes orders the stages too; `max:` and a default name.
+    let p = load(
+        &pr,
+        &yaml(
+            r#"    register:
+      name: nli
+      metrics: out/metrics.json
+      promote_if: {metric: loss, max: 0.5}"#,
+        ),
+    );
+    let st = p.stage("export").unwrap();
+    let reg = st.register.as_ref().unwrap();
+    assert_eq!(
+        (reg.name.as_str(), reg.out.as_str()),
+        ("nli", "./out/model.bin")
+    );
+    assert_eq!(reg.promote_if.as_ref().unwrap().bound, Bound::Max(0.5));
+    assert!(reg.promote_if.as_ref().unwrap().not_worse);
+    assert_eq!(st.needs, vec!["evaluate".to_string()]);
+
+    let e = load_err(&pr, &yaml("    register: {out: model}"));
+    assert!(
+        e.contains("'model' in 'register.out' of stage 'export' is not an output of the stage (outputs: ./out/model.bin)"),
+        "{e}"
+    );
+}

@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::project::Project;
 
+mod adapters;
 mod dag;
 mod gc;
 mod metrics;
@@ -81,6 +82,9 @@ pub enum Command {
     Schedule(schedule::ScheduleArgs),
     /// Re-run the stages affected by file changes, as they happen.
     Watch(watch::WatchArgs),
+    /// Registered adapter/model versions: list, promote, rollback, history.
+    #[command(subcommand)]
+    Adapters(adapters::AdaptersCommand),
     /// Score text pairs (JSONL) with a cross-encoder model directory.
     #[cfg(feature = "ml")]
     Score(score::ScoreArgs),
@@ -102,6 +106,7 @@ pub fn main() -> ExitCode {
         Command::Gc(a) => gc::run(&project, a),
         Command::Schedule(a) => schedule::run(&project, a),
         Command::Watch(a) => watch::run(&project, a),
+        Command::Adapters(a) => adapters::run(&project, a),
         #[cfg(feature = "ml")]
         Command::Score(a) => score::run(a),
     };
@@ -126,4 +131,15 @@ fn init_tracing(verbose: u8) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap checks a command's definition only when it is parsed; check them all at once
+    /// (two arguments with one id, as `version` beside `--version`, fail here).
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

@@ -223,16 +223,23 @@ pub fn summary_json(s: &RunSummary) -> serde_json::Value {
         "success": s.success,
         "cancelled": s.cancelled,
         "duration_s": secs(s.duration),
-        "stages": s.stages.iter().map(|o| json!({
-            "name": o.name,
-            "status": o.status.as_str(),
-            "fingerprint": o.fingerprint,
-            "duration_s": secs(o.duration),
-            "attempts": o.attempts,
-            "exit_code": o.exit_code,
-            "log": o.log.as_ref().map(|p| p.display().to_string()),
-            "message": o.message,
-        })).collect::<Vec<_>>(),
+        "stages": s.stages.iter().map(|o| {
+            let mut v = json!({
+                "name": o.name,
+                "status": o.status.as_str(),
+                "fingerprint": o.fingerprint,
+                "duration_s": secs(o.duration),
+                "attempts": o.attempts,
+                "exit_code": o.exit_code,
+                "log": o.log.as_ref().map(|p| p.display().to_string()),
+                "message": o.message,
+            });
+            // Only on stages with `register:` that completed (docs/adapters.md).
+            if let Some(r) = &o.registration {
+                v["register"] = serde_json::to_value(r).unwrap_or_default();
+            }
+            v
+        }).collect::<Vec<_>>(),
     })
 }
 

@@ -76,6 +76,45 @@ pub const STAGE: Keys = &[
         "matrix",
         "Expand into one stage per combination: {AXIS: [values]}; ${item.AXIS}; names STAGE@V1-V2.",
     ),
+    (
+        "register",
+        "Keep an output as a version in the adapter registry (adapters/NAME/vN), promoted if a gate passes: {name, out, metrics, promote_if}.",
+    ),
+];
+
+pub const REGISTER: Keys = &[
+    (
+        "name",
+        "Registry name (letters, digits, '_', '-', '.'); default: the stage name.",
+    ),
+    (
+        "out",
+        "The output to register: an outs key (built-in kinds) or an out path; default: the stage's only output.",
+    ),
+    (
+        "metrics",
+        "Metrics JSON file of the version (flat {NAME: number}), e.g. ${stages.evaluate.outs.metrics}.",
+    ),
+    (
+        "promote_if",
+        "Gate for promotion: {metric, min | max, not_worse}; without it every new version is promoted.",
+    ),
+];
+
+pub const PROMOTE_IF: Keys = &[
+    ("metric", "Name of the metric in the metrics file."),
+    (
+        "min",
+        "Higher is better: promote only if the value is ≥ min.",
+    ),
+    (
+        "max",
+        "Lower is better: promote only if the value is ≤ max.",
+    ),
+    (
+        "not_worse",
+        "Also require a value at least as good as the current version's (default true).",
+    ),
 ];
 
 pub const MAP: Keys = &[

@@ -477,6 +477,8 @@ struct Cx<'a> {
     root: &'a Path,
     kinds: &'static [KindInfo],
     errors: Vec<Diagnostic>,
+    /// `register:` names seen so far: (registry name, stage, where), for duplicates.
+    registered: Vec<(String, String, Pos)>,
 }
 
 impl<'a> Cx<'a> {
@@ -496,6 +498,7 @@ impl<'a> Cx<'a> {
             root,
             kinds,
             errors: Vec::new(),
+            registered: Vec::new(),
         }
     }
 
@@ -961,6 +964,16 @@ impl<'a> Cx<'a> {
             self.once_per_template(&inst.name, before, &mut reported);
             entries.push((inst.name.clone(), deps, needs));
             stages.extend(st);
+        }
+
+        let registered = std::mem::take(&mut self.registered);
+        for (i, (reg, stage, pos)) in registered.iter().enumerate() {
+            if let Some((_, first, _)) = registered[..i].iter().find(|(r, _, _)| r == reg) {
+                self.err(
+                    *pos,
+                    format!("stage '{stage}' registers as '{reg}', as stage '{first}' does (expected one stage per registry name; set 'register.name')"),
+                );
+            }
         }
 
         let order: Vec<&str> = insts.iter().map(|i| i.name.as_str()).collect();
@@ -1657,6 +1670,11 @@ impl<'a> Cx<'a> {
             }
         }
 
+        let register = match inst.get("register") {
+            Some(r) => self.register(inst, r, &outs, params, outputs, bases, &mut needs),
+            None => None,
+        };
+
         let stage_params: BTreeMap<String, Value> = scope
             .used_params
             .iter()
@@ -1683,9 +1701,242 @@ impl<'a> Cx<'a> {
             retry,
             timeout,
             map,
+            register,
             span: self.span(inst.pos),
         };
         (Some(stage), deps, needs)
+    }
+
+    /// `register: {name, out, metrics, promote_if}` of stage `inst`, whose outputs are
+    /// `outs`. A reference in `metrics` to another stage's output orders the stages (it is
+    /// pushed to `needs`) but is not an input: registering is not part of the stage's work,
+    /// so nothing here enters the fingerprint.
+    #[allow(clippy::too_many_arguments)]
+    fn register(
+        &mut self,
+        inst: &Inst,
+        node: &Node,
+        outs: &BTreeMap<String, Out>,
+        params: &Map<String, Value>,
+        outputs: &HashMap<String, Outputs>,
+        bases: &BTreeMap<String, Vec<String>>,
+        needs: &mut Vec<(String, Pos)>,
+    ) -> Option<Register> {
+        let stage = inst.name.as_str();
+        let what = format!("'register' of stage '{stage}'");
+        let entries = self.expect_map(node, &what)?;
+        self.check_keys(entries, format::REGISTER, &what);
+        let before = self.errors.len();
+        let get = |k: &str| {
+            entries
+                .iter()
+                .find(|(key, _)| key.scalar_text() == Some(k))
+                .map(|(_, v)| v)
+        };
+        let mut scope = Scope {
+            params,
+            item: inst.item.as_ref(),
+            key: inst.key.as_ref(),
+            outputs: Some(outputs),
+            bases: Some(bases),
+            no_outputs_reason: "",
+            used_params: BTreeSet::new(),
+            stage_refs: Vec::new(),
+            map_item: None,
+        };
+
+        let name = match get("name") {
+            None => Some(stage.to_owned()),
+            Some(n) => {
+                let w = format!("'register.name' of stage '{stage}'");
+                match self.interp_string(n, &w, &mut scope) {
+                    Some(s) if name_ok(&s) => Some(s),
+                    Some(s) => {
+                        self.err(n.pos, format!("invalid registry name '{s}' in {w} (expected letters, digits, '_', '-' or '.')"));
+                        None
+                    }
+                    None => None,
+                }
+            }
+        };
+
+        let keys: Vec<&str> = outs.keys().map(String::as_str).collect();
+        let out = match get("out") {
+            Some(o) => {
+                let w = format!("'register.out' of stage '{stage}'");
+                let written = self.interp_string(o, &w, &mut scope);
+                written.and_then(|k| {
+                    if outs.contains_key(&k) {
+                        return Some(k);
+                    }
+                    // An out path as written elsewhere (`./out/m.bin`, or the path of a keyed out).
+                    let want = norm_path(&k).ok();
+                    let by_path = outs
+                        .iter()
+                        .find(|(_, o)| Some(&o.path) == want.as_ref())
+                        .map(|(key, _)| key.clone());
+                    if by_path.is_none() {
+                        let hint = did_you_mean(&k, keys.iter().copied())
+                            .map(|s| format!("; did you mean '{s}'?"))
+                            .unwrap_or_default();
+                        let list = if keys.is_empty() {
+                            "it has none".to_string()
+                        } else {
+                            format!("outputs: {}", keys.join(", "))
+                        };
+                        self.err(
+                            o.pos,
+                            format!("'{k}' in {w} is not an output of the stage ({list}{hint})"),
+                        );
+                    }
+                    by_path
+                })
+            }
+            None => match keys.as_slice() {
+                [one] => Some((*one).to_owned()),
+                [] => {
+                    self.err(node.pos, format!("{what}: the stage has no output to register (expected a stage with 'outs', or a built-in kind with an output)"));
+                    None
+                }
+                several => {
+                    self.err(
+                        node.pos,
+                        format!(
+                            "{what} needs 'out': the stage has several outputs ({})",
+                            several.join(", ")
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+
+        let metrics = match get("metrics") {
+            None => None,
+            Some(m) => {
+                let w = format!("'register.metrics' of stage '{stage}'");
+                let path = self.interp_path(m, &w, &mut scope).map(|(_, p)| p);
+                // Another stage's output: that stage runs first. A plain path that some stage
+                // writes counts the same.
+                let mut from: Vec<String> = std::mem::take(&mut scope.stage_refs)
+                    .into_iter()
+                    .map(|(s, _)| s)
+                    .collect();
+                if let Some(p) = &path {
+                    for (s, o) in outputs {
+                        let writes = o.outs.values().any(|(out, _)| p.starts_with(&out.path))
+                            || o.metrics.iter().any(|(_, mp, _)| p == mp);
+                        if writes {
+                            from.push(s.clone());
+                        }
+                    }
+                }
+                for s in from {
+                    if s != stage && !needs.iter().any(|(n, _)| *n == s) {
+                        needs.push((s, m.pos));
+                    }
+                }
+                path
+            }
+        };
+
+        let promote_if = match get("promote_if") {
+            None => None,
+            Some(g) => self.gate(g, stage, &mut scope),
+        };
+        if let (Some(g), None) = (get("promote_if"), get("metrics")) {
+            self.err(
+                g.pos,
+                format!("'promote_if' of stage '{stage}' needs 'register.metrics' (the metrics file the gate reads)"),
+            );
+        }
+
+        if self.errors.len() != before {
+            return None;
+        }
+        let (name, out) = (name?, out?);
+        let pos = inst.key_pos("register").unwrap_or(node.pos);
+        self.registered.push((name.clone(), stage.to_owned(), pos));
+        Some(Register {
+            name,
+            out,
+            metrics,
+            promote_if,
+        })
+    }
+
+    /// `promote_if: {metric, min | max, not_worse}`.
+    fn gate(&mut self, g: &Node, stage: &str, scope: &mut Scope<'_>) -> Option<Gate> {
+        let what = format!("'register.promote_if' of stage '{stage}'");
+        let entries = self.expect_map(g, &what)?;
+        self.check_keys(entries, format::PROMOTE_IF, &what);
+        let get = |k: &str| {
+            entries
+                .iter()
+                .find(|(key, _)| key.scalar_text() == Some(k))
+                .map(|(_, v)| v)
+        };
+        let metric = match get("metric") {
+            None => {
+                self.err(
+                    g.pos,
+                    format!("missing key 'metric' in {what} (the metric the gate compares)"),
+                );
+                None
+            }
+            Some(m) => self.interp_string(m, &format!("'metric' of {what}"), scope),
+        };
+        let mut number = |cx: &mut Self, k: &str| -> Option<f64> {
+            let n = get(k)?;
+            match cx.interp(n, scope)? {
+                Value::Number(x) => x.as_f64(),
+                v => {
+                    cx.err(
+                        n.pos,
+                        format!(
+                            "expected a number for '{k}' of {what}, found {}",
+                            json_type(&v)
+                        ),
+                    );
+                    None
+                }
+            }
+        };
+        let min = number(self, "min");
+        let max = number(self, "max");
+        let bound = match (get("min"), get("max")) {
+            (Some(_), Some(n)) => {
+                self.err(n.pos, format!("{what} has both 'min' and 'max' (expected one: 'min' when higher is better, 'max' when lower is better)"));
+                None
+            }
+            (None, None) => {
+                self.err(g.pos, format!("{what} needs 'min' or 'max' (expected 'min' when higher is better, 'max' when lower is better)"));
+                None
+            }
+            (Some(_), None) => min.map(Bound::Min),
+            (None, Some(_)) => max.map(Bound::Max),
+        };
+        let not_worse = match get("not_worse") {
+            None => Some(true),
+            Some(n) => match self.interp(n, scope)? {
+                Value::Bool(b) => Some(b),
+                v => {
+                    self.err(
+                        n.pos,
+                        format!(
+                            "expected true or false for 'not_worse' of {what}, found {}",
+                            json_type(&v)
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+        Some(Gate {
+            metric: metric?,
+            bound: bound?,
+            not_worse: not_worse?,
+        })
     }
 
     /// `map: {glob: PATTERN}` / `{lines: PATH}` / `{rows: PATH, key: FIELD}` → where the

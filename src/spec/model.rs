@@ -126,8 +126,75 @@ pub struct Stage {
     /// `map:`: the stage runs once per item (or once per batch of changed items) instead of
     /// once; its `outs` are then the merged output only (see [`MapSpec`]).
     pub map: Option<MapSpec>,
+    /// `register:`: after the stage completes, keep one of its outputs as a version in the
+    /// adapter registry (see `docs/adapters.md`). Not part of the fingerprint.
+    pub register: Option<Register>,
     /// Where the stage is declared, for messages.
     pub span: Span,
+}
+
+/// A stage's `register:` block, resolved.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Register {
+    /// Registry name: `adapters/<name>/`. Default: the stage name.
+    pub name: String,
+    /// The key in the stage's `outs` of the artifact to register.
+    pub out: String,
+    /// A metrics JSON file (flat `{"name": number}`), read when the version is registered.
+    pub metrics: Option<PathBuf>,
+    /// Without a gate every new version is promoted.
+    pub promote_if: Option<Gate>,
+}
+
+/// `promote_if:` of a `register:` block.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Gate {
+    pub metric: String,
+    /// `min:` (higher is better) or `max:` (lower is better).
+    pub bound: Bound,
+    /// Also require the new value to be at least as good as the current version's.
+    pub not_worse: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Bound {
+    /// Higher is better; the value must be ≥ this.
+    Min(f64),
+    /// Lower is better; the value must be ≤ this.
+    Max(f64),
+}
+
+impl Bound {
+    pub fn limit(self) -> f64 {
+        match self {
+            Bound::Min(x) | Bound::Max(x) => x,
+        }
+    }
+
+    /// Whether `a` is at least as good as `b` in this direction.
+    pub fn at_least_as_good(self, a: f64, b: f64) -> bool {
+        match self {
+            Bound::Min(_) => a >= b,
+            Bound::Max(_) => a <= b,
+        }
+    }
+
+    /// `≥` or `≤`: the relation a passing value has to the bound.
+    pub fn ok_sign(self) -> &'static str {
+        match self {
+            Bound::Min(_) => "≥",
+            Bound::Max(_) => "≤",
+        }
+    }
+
+    /// `<` or `>`: the relation a failing value has to the bound.
+    pub fn fail_sign(self) -> &'static str {
+        match self {
+            Bound::Min(_) => "<",
+            Bound::Max(_) => ">",
+        }
+    }
 }
 
 /// A per-item stage (`map:`), resolved. `${item.*}` in the command and in `item_outs` are

@@ -61,6 +61,18 @@ fn key_type(table: &str, key: &str) -> Option<Value> {
         ("map", "key") => json!({"type": "string"}),
         ("map", "batch") => json!({"type": "boolean", "default": false}),
         ("merge", "out") => path,
+        ("stage", "register") => obj(format::REGISTER, "register", &[]),
+        ("register", "name") => json!({"type": "string", "pattern": NAME_PATTERN}),
+        ("register", "out") => json!({"type": "string", "minLength": 1}),
+        ("register", "metrics") => path,
+        ("register", "promote_if") => {
+            let mut g = obj(format::PROMOTE_IF, "promote_if", &["metric"]);
+            g["oneOf"] = json!([{"required": ["min"]}, {"required": ["max"]}]);
+            g
+        }
+        ("promote_if", "metric") => json!({"type": "string", "minLength": 1}),
+        ("promote_if", "min" | "max") => json!({"type": "number"}),
+        ("promote_if", "not_worse") => json!({"type": "boolean", "default": true}),
         ("stage", "foreach") => json!({"type": ["array", "object", "string"]}),
         ("stage", "matrix") => json!({
             "type": ["object", "string"],
@@ -185,6 +197,8 @@ mod tests {
             ("out", format::OUT_ITEM),
             ("map", format::MAP),
             ("merge", format::MERGE),
+            ("register", format::REGISTER),
+            ("promote_if", format::PROMOTE_IF),
             ("sqlite_dep", format::SQLITE_DEP),
             ("sqlite_fields", format::SQLITE_FIELDS),
             ("resources", format::RESOURCES),
