@@ -136,7 +136,11 @@ fn each_epoch_trains_on_its_own_draw_of_negatives() {
     let rep = Recorder::default();
     let two = train(root, "two", "two.jsonl", None, &rep).unwrap();
     let m = metrics(&two);
-    assert_eq!((m["steps"].as_f64(), m["train_items"].as_f64()), (Some(8.0), Some(8.0)), "{m}");
+    assert_eq!(
+        (m["steps"].as_f64(), m["train_items"].as_f64()),
+        (Some(8.0), Some(8.0)),
+        "{m}"
+    );
     assert!(rep.lines.lock().unwrap().iter().all(|l| !l.contains("mod")));
 
     // One draw repeated (epoch e uses draw e mod 1, said in the log) ...
@@ -144,7 +148,11 @@ fn each_epoch_trains_on_its_own_draw_of_negatives() {
     let one = train(root, "one", "one.jsonl", None, &rep).unwrap();
     assert_eq!(metrics(&one)["steps"].as_f64(), Some(8.0));
     assert!(
-        rep.lines.lock().unwrap().iter().any(|l| l.contains("e mod 1")),
+        rep.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("e mod 1")),
         "{:?}",
         rep.lines.lock().unwrap()
     );
@@ -179,5 +187,8 @@ fn each_epoch_trains_on_its_own_draw_of_negatives() {
     std::fs::write(root.join("mixed.jsonl"), mixed).unwrap();
     let err = train(root, "mixed", "mixed.jsonl", None, &Recorder::default()).unwrap_err();
     let err = format!("{err:#}");
-    assert!(err.contains("mixed.jsonl:9:") && err.contains("\"epoch\""), "{err}");
+    assert!(
+        err.contains("mixed.jsonl:9:") && err.contains("\"epoch\""),
+        "{err}"
+    );
 }

@@ -341,7 +341,9 @@ pub fn plan_epochs(
     };
     match item_epochs {
         None => EpochPlan {
-            epochs: (0..train_epochs).map(|_| cap((0..n_items).collect())).collect(),
+            epochs: (0..train_epochs)
+                .map(|_| cap((0..n_items).collect()))
+                .collect(),
             file_epochs: None,
         },
         Some(of) => {
@@ -1018,9 +1020,7 @@ mod tests {
     fn each_training_epoch_takes_exactly_its_draw() {
         // Two draws of three queries; query b has two positives (two items).
         let lines: Vec<String> = (0..2)
-            .flat_map(|e| {
-                [("a", 1), ("b", 2), ("c", 1)].map(|(q, p)| line(Some(e), q, p))
-            })
+            .flat_map(|e| [("a", 1), ("b", 2), ("c", 1)].map(|(q, p)| line(Some(e), q, p)))
             .collect();
         let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
         let (_d, path) = ranking_file(&refs);
