@@ -53,7 +53,11 @@ enum Net<B: Backend> {
 impl<B: Backend> Net<B> {
     fn load(dir: &ModelDir, adapter: Option<&Path>, device: &B::Device) -> Result<Self> {
         Ok(match adapter {
-            None => Net::Base(CrossEncoder::load(dir, &LoadOptions::default(), device)?.0),
+            None => Net::Base(
+                CrossEncoder::load(dir, &LoadOptions::default(), device)
+                    .map_err(no_head_hint)?
+                    .0,
+            ),
             Some(a) => Net::Lora(crate::peft::load_adapter::<B>(dir, a, device)?.0),
         })
     }
@@ -76,6 +80,22 @@ impl<B: Backend> Net<B> {
             Net::Base(m) => crate::score::score_encoded(m, tok, pairs, batch, device, &mut |_| {}),
             Net::Lora(m) => crate::train::predict(m, tok, pairs, batch, device),
         }
+    }
+}
+
+/// A plain encoder (no classification head) cannot score relevance: say so.
+fn no_head_hint(e: MlError) -> MlError {
+    match &e {
+        MlError::MissingWeights { keys, .. }
+            if !keys.is_empty() && keys.iter().all(|k| k.starts_with("classifier")) =>
+        {
+            MlError::Input(format!(
+                "{e}: the model has no classification head, so it cannot score relevance; \
+                 use a trained cross-encoder (reranker), or the base model with the `adapter` \
+                 train-lora wrote (it carries the head)"
+            ))
+        }
+        _ => e,
     }
 }
 

@@ -483,6 +483,25 @@ fn the_stage_mines_with_a_model_and_names_bad_directories() {
     assert!(e.contains("`model`") && e.contains("path"), "{e}");
     let e = err(json!({"model": fixtures().join("bert-3")}));
     assert!(e.contains("3 labels") && e.contains("`label"), "{e}");
+    // An encoder without a classification head is refused with the reason.
+    let headless = dir.join("headless");
+    std::fs::create_dir_all(&headless).unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(base.join(f), headless.join(f)).unwrap();
+    }
+    let bytes = std::fs::read(base.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let kept: Vec<(String, safetensors::tensor::TensorView<'_>)> = st
+        .tensors()
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("classifier"))
+        .collect();
+    safetensors::serialize_to_file(kept, None, &headless.join("model.safetensors")).unwrap();
+    let e = err(json!({"model": "headless"}));
+    assert!(
+        e.contains("`model`") && e.contains("headless") && e.contains("no classification head"),
+        "{e}"
+    );
     let e = err(json!({"model": base, "method": "random"}));
     assert!(e.contains("method: random"), "{e}");
     let e = format!(
