@@ -234,7 +234,7 @@ pub fn hard_pools(
     // costs far more per pair than BM25.
     let batch_size = match scorer {
         None => 2048,
-        Some(_) => (4096 / cfg.range_max.max(1)).clamp(1, 2048),
+        Some(_) => (1024 / cfg.range_max.max(1)).clamp(1, 2048),
     };
     for batch in groups.chunks(batch_size) {
         let ranked: Vec<Vec<(u32, f64)>> = batch
