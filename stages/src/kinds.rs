@@ -54,7 +54,12 @@ static KINDS: &[KindInfo] = &[
 pub fn implementation(name: &str) -> Option<Box<dyn Stage>> {
     match name {
         "build-pairs" => Some(Box::new(build_pairs::BuildPairs)),
+        #[cfg(not(feature = "ml"))]
         "sample-negatives" => Some(Box::new(sample_negatives::SampleNegatives::default())),
+        #[cfg(feature = "ml")]
+        "sample-negatives" => Some(Box::new(sample_negatives::SampleNegatives::with_scorer(
+            sample_negatives::model_scorer,
+        ))),
         #[cfg(feature = "ml")]
         "train-lora" => Some(Box::new(train_lora::TrainLora)),
         #[cfg(feature = "ml")]

@@ -24,6 +24,8 @@ pub mod device;
 #[cfg(feature = "ml")]
 pub mod error;
 #[cfg(feature = "ml")]
+pub mod model_scorer;
+#[cfg(feature = "ml")]
 pub mod models;
 #[cfg(feature = "ml")]
 pub mod score;

@@ -34,7 +34,7 @@ impl Reporter for Recorder {
 /// Runs the kind as the engine would; returns each output's text.
 fn run(dir: &Path, with: Value) -> anyhow::Result<BTreeMap<String, String>> {
     let info = kinds::kind("sample-negatives").expect("registered");
-    assert_eq!(info.input_fields, ["input", "corpus"]);
+    assert_eq!(info.input_fields, ["input", "corpus", "model", "adapter"]);
     let out = dir.join("out");
     let outs: BTreeMap<String, PathBuf> = info
         .outputs
@@ -454,6 +454,8 @@ fn a_scorer_reorders_the_bm25_candidates() {
     }
 }
 
+// With `ml`, tests/negatives_model.rs runs the model-scored path.
+#[cfg(not(feature = "ml"))]
 #[test]
 fn model_scored_negatives_need_the_ml_build() {
     let dir = tempfile::tempdir().unwrap();

@@ -18,6 +18,12 @@
 //!     seed: 13
 //!     split: {valid: 0.1, test: 0.0}   # optional, by query; default: everything is train
 //!     bm25: {k1: 1.2, b: 0.75}     # optional
+//!     model: models/minilm-l6      # optional (ml build): re-rank BM25's candidates with
+//!                                  # this cross-encoder (Hugging Face directory)
+//!     adapter: ${stages.train.outs.adapter}  # optional, with model: a PEFT adapter
+//!     batch: 32                    # with model: pairs per forward pass
+//!     max_length: 256              # with model: tokens per pair
+//!     label: 0                     # with model: the relevant label of an N-label head
 //! ```
 //!
 //! Outputs: `train` (one JSON line per (epoch, query), epochs in order, queries in input
@@ -50,9 +56,11 @@ use crate::ranking::normalize;
 /// (sampling, the generator, the analyzer, BM25, the JSON layout).
 pub const INFO: KindInfo = KindInfo {
     name: "sample-negatives",
-    version: 1,
-    summary: "hard (BM25) and random negatives per query, re-drawn per epoch, split by query",
-    input_fields: &["input", "corpus"],
+    // 2: `model` (cross-encoder re-scored hard negatives), `adapter`, `batch`,
+    // `max_length`, `label`.
+    version: 2,
+    summary: "hard (BM25 or model-scored) and random negatives per query, re-drawn per epoch, split by query",
+    input_fields: &["input", "corpus", "model", "adapter"],
     outputs: &[
         ("train", "train.jsonl"),
         ("valid", "valid.jsonl"),
@@ -100,6 +108,11 @@ struct Config {
     split: Option<SplitSpec>,
     bm25: Option<Bm25Spec>,
     model: Option<serde_json::Value>,
+    // Read by the scorer factory (from `input.with`); only valid with `model`.
+    adapter: Option<serde_json::Value>,
+    batch: Option<serde_json::Value>,
+    max_length: Option<serde_json::Value>,
+    label: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -176,6 +189,23 @@ impl Stage for SampleNegatives {
         params
             .validate()
             .map_err(|e| anyhow!("sample-negatives: bm25: {e}"))?;
+        if cfg.model.is_none() {
+            let only_with_model: Vec<&str> = [
+                ("adapter", cfg.adapter.is_some()),
+                ("batch", cfg.batch.is_some()),
+                ("max_length", cfg.max_length.is_some()),
+                ("label", cfg.label.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(k, given)| given.then_some(k))
+            .collect();
+            if !only_with_model.is_empty() {
+                bail!(
+                    "sample-negatives: `{}` only apply with `model` (model-scored hard negatives)",
+                    only_with_model.join("`, `")
+                );
+            }
+        }
         let scorer: Option<Box<dyn PairScorer>> = match (&cfg.model, self.scorer) {
             (None, _) => None,
             (Some(_), _) if method == Method::Random => {
@@ -183,7 +213,16 @@ impl Stage for SampleNegatives {
                     "sample-negatives: `model` scores hard negatives; `method: random` draws none"
                 )
             }
-            (Some(m), Some(factory)) => Some(factory(m, input)?),
+            (Some(m), Some(factory)) => {
+                report.progress(0, None, "loading the scoring model");
+                let t = Instant::now();
+                let scorer = factory(m, input)?;
+                report.log(&format!(
+                    "sample-negatives: hard negatives re-scored by the model {m} (loaded in {:.2}s)",
+                    t.elapsed().as_secs_f64()
+                ));
+                Some(scorer)
+            }
             (Some(_), None) => bail!(
                 "sample-negatives: model-scored negatives need a build with the ml feature \
                  (`cargo build --features ml`); without `model`, hard negatives are mined by BM25"
@@ -276,7 +315,11 @@ impl Stage for SampleNegatives {
                     report.progress(
                         (done_before + done) as u64,
                         Some(n_queries as u64),
-                        "mining hard negatives",
+                        if scorer.is_some() {
+                            "scoring hard negatives with the model"
+                        } else {
+                            "mining hard negatives"
+                        },
                     );
                     !report.cancelled()
                 })
@@ -457,4 +500,82 @@ fn write_group(
     }
     w.write_all(b"]}\n")?;
     Ok(())
+}
+
+/// The `ml` build's [`ScorerFactory`]: loads `with: {model, adapter, batch, max_length,
+/// label}` as a [`crate::model_scorer::ModelScorer`] on the stage's device.
+#[cfg(feature = "ml")]
+pub fn model_scorer(
+    model: &serde_json::Value,
+    input: &StageInput<'_>,
+) -> Result<Box<dyn PairScorer>> {
+    use crate::device::DeviceSpec;
+    use crate::model_scorer::{ModelScorer, ModelScorerOptions};
+    use anyhow::Context;
+
+    let path_of = |field: &str, v: &serde_json::Value| -> Result<PathBuf> {
+        let p = v.as_str().filter(|s| !s.is_empty()).ok_or_else(|| {
+            anyhow!("sample-negatives: `{field}`: expected the path of a directory, found {v}")
+        })?;
+        Ok(crate::kinds::train_lora::resolve(
+            input.project_root,
+            std::path::Path::new(p),
+        ))
+    };
+    let count = |field: &str| -> Result<Option<usize>> {
+        match input.with.get(field) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(v) => match v.as_u64() {
+                Some(n) if n >= 1 => Ok(Some(n as usize)),
+                _ => bail!("sample-negatives: `{field}`: expected a positive integer, found {v}"),
+            },
+        }
+    };
+    let model_dir = path_of("model", model)?;
+    let adapter = match input.with.get("adapter") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(a) => Some(path_of("adapter", a)?),
+    };
+    let defaults = ModelScorerOptions::default();
+    let label = match input.with.get("label") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) => Some(v.as_u64().ok_or_else(|| {
+            anyhow!("sample-negatives: `label`: expected a label index (0, 1, …), found {v}")
+        })? as usize),
+    };
+    let options = ModelScorerOptions {
+        batch: count("batch")?.unwrap_or(defaults.batch),
+        max_length: count("max_length")?.unwrap_or(defaults.max_length),
+        label,
+    };
+    if !model_dir.is_dir() {
+        bail!(
+            "sample-negatives: `model`: {} is not a directory (expected a Hugging Face model: config.json, model.safetensors, tokenizer.json)",
+            model_dir.display()
+        );
+    }
+    if let Some(a) = &adapter
+        && !a.join("adapter_config.json").is_file()
+    {
+        bail!(
+            "sample-negatives: `adapter`: {} is not a PEFT adapter directory (no adapter_config.json)",
+            a.display()
+        );
+    }
+    let device: DeviceSpec = input
+        .device
+        .parse()
+        .with_context(|| format!("sample-negatives: device {:?}", input.device))?;
+    let scorer =
+        ModelScorer::load(&model_dir, adapter.as_deref(), device, options).map_err(|e| {
+            match &adapter {
+                Some(a) => anyhow!(
+                    "sample-negatives: `model` {} with `adapter` {}: {e}",
+                    model_dir.display(),
+                    a.display()
+                ),
+                None => anyhow!("sample-negatives: `model` {}: {e}", model_dir.display()),
+            }
+        })?;
+    Ok(Box::new(scorer))
 }

@@ -17,6 +17,11 @@
 //! ```
 //! Outputs: `adapter` (PEFT directory, the head included), `history` (per-step loss, lr,
 //! gradient norm; dev evaluations), `metrics` (final numbers the engine records).
+//!
+//! A ranking `train` file from `sample-negatives` carries `epoch` on every line: training
+//! epoch e then uses only the lines of epoch `e mod E` (E = the file's epochs), so the
+//! negatives are re-drawn every epoch; `optim.limit` applies to each epoch's items. See
+//! [`crate::train::plan_epochs`] and docs/data-formats.md.
 
 // Without `ml` only the descriptor and the `with:` parsing are compiled.
 #![cfg_attr(not(feature = "ml"), allow(dead_code, unused_imports))]
@@ -43,7 +48,8 @@ pub enum Task {
 
 pub const INFO: KindInfo = KindInfo {
     name: "train-lora",
-    version: 1,
+    // 2: ranking lines with `epoch` train epoch e on draw e mod E only (per-epoch negatives).
+    version: 2,
     summary: "LoRA fine-tuning of a cross-encoder (regression, classification, ranking); PEFT adapter out",
     input_fields: &["base", "train", "dev"],
     outputs: &[

@@ -6,7 +6,8 @@
 //!    compared without whitespace, [`passage_key`]) and the list is cut to `range_max`
 //!    passages.
 //! 2. With a [`PairScorer`] (a cross-encoder in the `ml` build) those passages are scored by
-//!    it and re-ordered by its scores; otherwise the BM25 scores stand.
+//!    it (one [`PairScorer::score_many`] call per batch of queries) and re-ordered by its
+//!    scores, ties in BM25's order; otherwise the BM25 scores stand.
 //! 3. The hard pool is ranks `range_min..range_max` of that list (0-based, end excluded),
 //!    as sentence-transformers' `mine_hard_negatives` does: the top ranks are skipped
 //!    because they are often unlabelled positives.
@@ -90,10 +91,18 @@ impl FromIterator<Passage> for Corpus {
 }
 
 /// Scores (query, passage) pairs, higher meaning more relevant. The `ml` build implements
-/// it with the base cross-encoder, batching `passages`; BM25 is the default without one.
+/// it with a cross-encoder (`crate::model_scorer`); BM25 is the default without one.
 pub trait PairScorer: Sync {
     /// One score per passage, in order.
     fn score(&self, query: &str, passages: &[&str]) -> Result<Vec<f64>>;
+
+    /// Scores several queries' passages at once: `out[i][j]` scores `(queries[i].0,
+    /// queries[i].1[j])`. [`hard_pools`] calls this once per batch of queries, from one
+    /// thread, so that a model can batch pairs across queries (sorted by length) and use
+    /// all cores (or the GPU) itself. The default scores query by query.
+    fn score_many(&self, queries: &[(&str, Vec<&str>)]) -> Result<Vec<Vec<f64>>> {
+        queries.iter().map(|(q, p)| self.score(q, p)).collect()
+    }
 }
 
 /// How negatives are drawn.
@@ -218,19 +227,43 @@ pub fn hard_pools(
         );
     }
     let mut out = Vec::with_capacity(groups.len());
-    // Batches bound the time between cancellation checks; inside one, queries run in
-    // parallel, each worker with one reusable score array.
-    const BATCH: usize = 2048;
-    for batch in groups.chunks(BATCH) {
-        let pools: Vec<Result<HardPool>> = batch
+    // Batches bound the time between cancellation checks. Without a scorer, queries run in
+    // parallel inside a batch, each worker with one reusable score array. With one, BM25
+    // retrieval runs in parallel, then the scorer gets the whole batch's pairs in one call
+    // (a model batches them across queries); batches are smaller since a cross-encoder
+    // costs far more per pair than BM25.
+    let batch_size = match scorer {
+        None => 2048,
+        Some(_) => (1024 / cfg.range_max.max(1)).clamp(1, 2048),
+    };
+    for batch in groups.chunks(batch_size) {
+        let ranked: Vec<Vec<(u32, f64)>> = batch
             .par_iter()
             .map_init(
                 || index.scratch(),
-                |scratch, g| hard_pool(index, corpus, g, cfg, scorer, scratch),
+                |scratch, g| bm25_candidates(index, corpus, g, cfg, scratch),
             )
             .collect();
-        for p in pools {
-            out.push(p?);
+        match scorer {
+            None => {
+                let pools: Vec<HardPool> = batch
+                    .par_iter()
+                    .zip(ranked)
+                    .map(|(g, ranked)| {
+                        let pos: Vec<f64> = match cfg.margin {
+                            Some(_) => g
+                                .positives
+                                .iter()
+                                .map(|p| index.score_text(&g.query_text, &p.text))
+                                .collect(),
+                            None => Vec::new(),
+                        };
+                        pool_of(&ranked, &pos, cfg)
+                    })
+                    .collect();
+                out.extend(pools);
+            }
+            Some(s) => out.extend(rescore(s, corpus, batch, ranked, cfg)?),
         }
         if !report(out.len()) {
             bail!("cancelled");
@@ -239,19 +272,20 @@ pub fn hard_pools(
     Ok(out)
 }
 
-fn hard_pool(
+/// A query's BM25 list without its positives, cut at `range_max`: (passage, score), best
+/// first.
+fn bm25_candidates(
     index: &Bm25Index,
     corpus: &Corpus,
     group: &QueryGroup,
     cfg: &MiningConfig,
-    scorer: Option<&dyn PairScorer>,
     scratch: &mut super::bm25::Scratch,
-) -> Result<HardPool> {
+) -> Vec<(u32, f64)> {
     let excl = Exclusion::new(&group.positives);
     // Positives (and texts equal to them) can sit anywhere in the list; ask for more until
     // `range_max` non-positive passages are in hand or BM25 has nothing more to give.
     let mut depth = cfg.range_max.saturating_add(group.positives.len());
-    let ranked: Vec<(u32, f64)> = loop {
+    loop {
         let hits = index.search(&group.query_text, depth, scratch);
         let exhausted = hits.len() < depth;
         let kept: Vec<(u32, f64)> = hits
@@ -261,59 +295,72 @@ fn hard_pool(
             .take(cfg.range_max)
             .collect();
         if kept.len() >= cfg.range_max || exhausted {
-            break kept;
+            return kept;
         }
         depth = depth.saturating_mul(2);
-    };
-    let (ranked, positive_scores) = match scorer {
-        None => {
-            let pos = match cfg.margin {
-                Some(_) => group
-                    .positives
-                    .iter()
-                    .map(|p| index.score_text(&group.query_text, &p.text))
-                    .collect(),
-                None => Vec::new(),
-            };
-            (ranked, pos)
-        }
-        Some(s) => {
-            let texts: Vec<&str> = ranked
-                .iter()
-                .map(|&(d, _)| corpus.text(d as usize))
-                .collect();
-            let scores = s.score(&group.query_text, &texts)?;
-            if scores.len() != texts.len() {
-                bail!(
-                    "the scorer returned {} scores for {} passages",
-                    scores.len(),
-                    texts.len()
-                );
+    }
+}
+
+/// Re-orders a batch's BM25 candidates by the scorer's scores (one `score_many` call; the
+/// positives are scored in the same call when `margin` needs them) and cuts the pools.
+fn rescore(
+    scorer: &dyn PairScorer,
+    corpus: &Corpus,
+    batch: &[QueryGroup],
+    ranked: Vec<Vec<(u32, f64)>>,
+    cfg: &MiningConfig,
+) -> Result<Vec<HardPool>> {
+    let requests: Vec<(&str, Vec<&str>)> = batch
+        .iter()
+        .zip(&ranked)
+        .map(|(g, r)| {
+            let mut texts: Vec<&str> = r.iter().map(|&(d, _)| corpus.text(d as usize)).collect();
+            if cfg.margin.is_some() {
+                texts.extend(g.positives.iter().map(|p| p.text.as_str()));
             }
-            if let Some(bad) = scores.iter().find(|x| !x.is_finite()) {
-                bail!(
-                    "the scorer returned a non-finite score ({bad}) for query {:?}",
-                    group.query_text
-                );
-            }
-            let mut rescored: Vec<(u32, f64)> = ranked
-                .iter()
-                .zip(scores)
-                .map(|(&(d, _), s)| (d, s))
-                .collect();
-            // Best first; ties keep BM25's order (a stable sort).
-            rescored.sort_by(|a, b| b.1.total_cmp(&a.1));
-            let pos = match cfg.margin {
-                Some(_) => {
-                    let texts: Vec<&str> =
-                        group.positives.iter().map(|p| p.text.as_str()).collect();
-                    s.score(&group.query_text, &texts)?
-                }
-                None => Vec::new(),
-            };
-            (rescored, pos)
+            (g.query_text.as_str(), texts)
+        })
+        .collect();
+    let scores = scorer.score_many(&requests)?;
+    if scores.len() != requests.len() {
+        bail!(
+            "the scorer returned {} score lists for {} queries",
+            scores.len(),
+            requests.len()
+        );
+    }
+    let mut pools = Vec::with_capacity(batch.len());
+    for ((g, r), (scores, (_, texts))) in batch
+        .iter()
+        .zip(ranked)
+        .zip(scores.into_iter().zip(&requests))
+    {
+        if scores.len() != texts.len() {
+            bail!(
+                "the scorer returned {} scores for {} passages",
+                scores.len(),
+                texts.len()
+            );
         }
-    };
+        if let Some(bad) = scores.iter().find(|x| !x.is_finite()) {
+            bail!(
+                "the scorer returned a non-finite score ({bad}) for query {:?}",
+                g.query_text
+            );
+        }
+        let (cand, pos) = scores.split_at(r.len());
+        let mut rescored: Vec<(u32, f64)> =
+            r.iter().zip(cand).map(|(&(d, _), &s)| (d, s)).collect();
+        // Best first; ties keep BM25's order (a stable sort).
+        rescored.sort_by(|a, b| b.1.total_cmp(&a.1));
+        pools.push(pool_of(&rescored, pos, cfg));
+    }
+    Ok(pools)
+}
+
+/// Ranks `range_min..` of a ranked candidate list, without the candidates the margin
+/// filter drops (score ≥ lowest positive score − margin).
+fn pool_of(ranked: &[(u32, f64)], positive_scores: &[f64], cfg: &MiningConfig) -> HardPool {
     let in_range = ranked.get(cfg.range_min..).unwrap_or(&[]);
     let mut pool = HardPool::default();
     let threshold = cfg.margin.map(|m| {
@@ -329,7 +376,7 @@ fn hard_pool(
             _ => pool.candidates.push(d),
         }
     }
-    Ok(pool)
+    pool
 }
 
 /// The negatives one group gets in one epoch, and where they came from.

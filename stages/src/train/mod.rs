@@ -10,6 +10,13 @@
 //! (dropout masks) is re-seeded at every optimizer step `k` from `(seed, k)`. A checkpoint
 //! therefore needs no RNG state beyond the step: it holds the adapter, AdamW's moments and
 //! the step count, and a resumed run continues bit for bit as the uninterrupted one.
+//!
+//! Per-epoch negatives: a ranking file from `sample-negatives` has one line per (epoch,
+//! query) with the negatives re-drawn for every epoch. Training epoch `e` then trains on
+//! exactly the lines with `epoch == e mod E` ([`plan_epochs`]); a file without `epoch`
+//! trains on all its lines in every epoch. Epoch `e`'s steps start after the steps of the
+//! epochs before it, so step numbers (and resuming) stay well defined even when draws
+//! have different sizes.
 
 pub mod loss;
 pub mod optim;
@@ -60,7 +67,8 @@ pub struct OptimSettings {
     pub eval_every: Option<u64>,
     /// Stop after this many evaluations without improvement.
     pub patience: Option<u64>,
-    /// Train on the first N items of the training file only.
+    /// Train on the first N items of each epoch only (of the whole file, or of the epoch's
+    /// draw of negatives for a per-epoch ranking file).
     pub limit: Option<usize>,
     /// Stop after this many optimizer steps (the schedule still spans all epochs).
     pub max_steps: Option<u64>,
@@ -128,10 +136,35 @@ pub enum Item {
 
 /// Reads a training/dev file: pair JSONL (`build-pairs`: `text_a`, `text_b`, `label`) for
 /// regression/classification, group JSONL (`query_text`, `positive{text}` or
-/// `positives[]`, `negatives[]`) for ranking. Errors name the file and line.
+/// `positives[]`, `negatives[]`) for ranking. Errors name the file and line. A ranking
+/// line's `epoch` is checked but dropped: see [`read_train_items`] for training files.
 pub fn read_items(path: &Path, task: Task, num_labels: usize) -> Result<Vec<Item>> {
+    Ok(read_train_items(path, task, num_labels)?.items)
+}
+
+/// A training file's items and, for ranking files written by `sample-negatives`, the
+/// negative draw (`epoch`) each item belongs to.
+#[derive(Debug, Clone)]
+pub struct TrainItems {
+    pub items: Vec<Item>,
+    /// `epochs[i]` = the `epoch` of item `i`'s line; `None` when the lines carry no
+    /// `epoch` (every item is trained on in every epoch). When present, the values are
+    /// exactly `0..E` for some `E ≥ 1`.
+    pub epochs: Option<Vec<usize>>,
+}
+
+/// Like [`read_items`], keeping the `epoch` of ranking lines. Either every ranking line
+/// has an `epoch` (a non-negative integer) or none does, and the epochs present must be
+/// `0..E` without gaps; otherwise the error names the file and line. Pair files
+/// (regression, classification) ignore `epoch`.
+pub fn read_train_items(path: &Path, task: Task, num_labels: usize) -> Result<TrainItems> {
     let text = std::fs::read_to_string(path).map_err(|e| MlError::io(path, e))?;
     let mut items = Vec::new();
+    let mut item_epochs: Vec<usize> = Vec::new();
+    // Whether the first ranking line had an `epoch`, and its line number.
+    let mut first_epoch_line: Option<(bool, usize)> = None;
+    // The first line of each epoch value, for the gap error.
+    let mut epoch_lines: std::collections::BTreeMap<usize, usize> = Default::default();
     let mut group_k: Option<usize> = None;
     for (i, line) in text.lines().enumerate() {
         let line = line.trim_start_matches('\u{feff}');
@@ -176,6 +209,31 @@ pub fn read_items(path: &Path, task: Task, num_labels: usize) -> Result<Vec<Item
                 });
             }
             Task::Ranking => {
+                let epoch = match v.get("epoch") {
+                    None => None,
+                    Some(e) => Some(e.as_u64().ok_or_else(|| {
+                        at(format!(
+                            "field \"epoch\": expected a non-negative integer, found {e}"
+                        ))
+                    })? as usize),
+                };
+                match first_epoch_line {
+                    None => first_epoch_line = Some((epoch.is_some(), i + 1)),
+                    Some((had, first)) if had != epoch.is_some() => {
+                        return Err(at(format!(
+                            "{}; either every line of a ranking file carries an \"epoch\" (as sample-negatives writes them) or none does",
+                            if had {
+                                format!("this line has no \"epoch\" but line {first} has one")
+                            } else {
+                                format!("this line has an \"epoch\" but line {first} has none")
+                            }
+                        )));
+                    }
+                    _ => {}
+                }
+                if let Some(e) = epoch {
+                    epoch_lines.entry(e).or_insert(i + 1);
+                }
                 let query = s("query_text")?;
                 let negatives = v
                     .get("negatives")
@@ -211,6 +269,7 @@ pub fn read_items(path: &Path, task: Task, num_labels: usize) -> Result<Vec<Item
                         query: query.clone(),
                         docs,
                     });
+                    item_epochs.push(epoch.unwrap_or(0));
                 }
             }
         }
@@ -221,7 +280,86 @@ pub fn read_items(path: &Path, task: Task, num_labels: usize) -> Result<Vec<Item
             path.display()
         )));
     }
-    Ok(items)
+    // Epochs must be 0..E: a gap means a truncated or hand-edited file.
+    for (expected, (&e, &line)) in epoch_lines.iter().enumerate() {
+        if e != expected {
+            return Err(MlError::Input(format!(
+                "{}:{line}: epoch {e}, but no line has epoch {expected}; the epochs of a ranking file must be 0, 1, … without gaps",
+                path.display()
+            )));
+        }
+    }
+    let epochs = match first_epoch_line {
+        Some((true, _)) => Some(item_epochs),
+        _ => None,
+    };
+    Ok(TrainItems { items, epochs })
+}
+
+/// Which items each training epoch trains on (before its shuffle), from [`plan_epochs`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpochPlan {
+    /// `epochs[e]` = item indices of training epoch `e`, in file order.
+    pub epochs: Vec<Vec<usize>>,
+    /// How many negative draws the file has (`None`: its lines carry no `epoch`).
+    pub file_epochs: Option<usize>,
+}
+
+impl EpochPlan {
+    /// The note to log when training and the file disagree on the number of epochs.
+    pub fn mismatch_note(&self) -> Option<String> {
+        let file = self.file_epochs?;
+        let train = self.epochs.len();
+        match train.cmp(&file) {
+            std::cmp::Ordering::Equal => None,
+            std::cmp::Ordering::Greater => Some(format!(
+                "the training file has {file} epoch(s) of negatives and training runs {train}: training epoch e uses the file's epoch e mod {file}"
+            )),
+            std::cmp::Ordering::Less => Some(format!(
+                "the training file has {file} epoch(s) of negatives but training runs only {train}: the file's epochs {train}..{} are unused",
+                file - 1
+            )),
+        }
+    }
+}
+
+/// Maps training epochs to items. Without per-item epochs every training epoch trains on
+/// all `n_items`. With them (a `sample-negatives` file of `E` draws), training epoch `e`
+/// trains on exactly the items whose line has `epoch == e mod E`, in file order. `limit`
+/// keeps the first `limit` items of each training epoch.
+pub fn plan_epochs(
+    item_epochs: Option<&[usize]>,
+    n_items: usize,
+    train_epochs: usize,
+    limit: Option<usize>,
+) -> EpochPlan {
+    let cap = |mut v: Vec<usize>| {
+        if let Some(l) = limit {
+            v.truncate(l);
+        }
+        v
+    };
+    match item_epochs {
+        None => EpochPlan {
+            epochs: (0..train_epochs)
+                .map(|_| cap((0..n_items).collect()))
+                .collect(),
+            file_epochs: None,
+        },
+        Some(of) => {
+            let file = of.iter().copied().max().map_or(1, |m| m + 1);
+            let mut by_draw: Vec<Vec<usize>> = vec![Vec::new(); file];
+            for (i, &e) in of.iter().enumerate() {
+                by_draw[e].push(i);
+            }
+            EpochPlan {
+                epochs: (0..train_epochs)
+                    .map(|e| cap(by_draw[e % file].clone()))
+                    .collect(),
+                file_epochs: Some(file),
+            }
+        }
+    }
 }
 
 /// Items tokenized once: pairs in item order (a group gives `1 + k` consecutive pairs).
@@ -564,10 +702,26 @@ pub fn train<B: AutodiffBackend>(
     let o = &spec.optim;
     let dir = ModelDir::open(&spec.model_dir)?;
     let tok = PairTokenizer::for_model(&dir, spec.max_length, Truncation::LongestFirst)?;
-    let mut items = read_items(&spec.train, spec.task, spec.num_labels)?;
-    if let Some(limit) = o.limit {
-        items.truncate(limit);
+    let TrainItems { items, epochs } = read_train_items(&spec.train, spec.task, spec.num_labels)?;
+    let mut plan = plan_epochs(epochs.as_deref(), items.len(), o.epochs, o.limit);
+    if let Some(note) = plan.mismatch_note() {
+        report.log(&note);
     }
+    // Tokenize only the items some epoch trains on (unused draws are skipped), and number
+    // them densely.
+    let mut used = vec![usize::MAX; items.len()];
+    let mut kept: Vec<Item> = Vec::new();
+    for e in &mut plan.epochs {
+        for i in e.iter_mut() {
+            if used[*i] == usize::MAX {
+                used[*i] = kept.len();
+                kept.push(items[*i].clone());
+            }
+            *i = used[*i];
+        }
+    }
+    drop(items);
+    let items = kept;
     let enc = encode_items(&tok, &items)?;
     let dev = match &spec.dev {
         Some(p) => {
@@ -576,12 +730,26 @@ pub fn train<B: AutodiffBackend>(
         }
         None => None,
     };
-    let n = items.len();
     drop(items);
+    // Items per epoch (the first epoch's; with per-epoch negatives every draw usually has
+    // the same number of groups, but a hand-made file may not).
+    let n = plan.epochs.first().map_or(0, Vec::len);
 
-    let micro_per_epoch = n.div_ceil(o.batch);
-    let steps_per_epoch = micro_per_epoch.div_ceil(o.grad_accum) as u64;
-    let total = steps_per_epoch * o.epochs as u64;
+    // Optimizer steps of each epoch and the step each epoch starts at.
+    let epoch_steps: Vec<u64> = plan
+        .epochs
+        .iter()
+        .map(|e| e.len().div_ceil(o.batch).div_ceil(o.grad_accum) as u64)
+        .collect();
+    let epoch_start: Vec<u64> = epoch_steps
+        .iter()
+        .scan(0u64, |acc, &s| {
+            let start = *acc;
+            *acc += s;
+            Some(start)
+        })
+        .collect();
+    let total: u64 = epoch_steps.iter().sum();
     let warmup = o.warmup_steps.unwrap_or((o.warmup * total as f64) as u64);
     let last_step = o.max_steps.map_or(total, |m| m.min(total));
 
@@ -677,7 +845,8 @@ pub fn train<B: AutodiffBackend>(
         });
     }
     let resumed_from = resumed_extra.as_ref().map(|_| state.step);
-    let eval_every = o.eval_every.unwrap_or(steps_per_epoch);
+    // Default: evaluate at the end of every epoch.
+    let eval_every = o.eval_every.filter(|&k| k > 0);
     let started = Instant::now();
     let mut pairs_seen = 0u64;
     let mut stopped_early = false;
@@ -698,11 +867,17 @@ pub fn train<B: AutodiffBackend>(
         })
     };
 
-    'epochs: for epoch in 0..o.epochs {
-        let order = SplitMix(mix(o.seed, epoch as u64)).permutation(n);
+    'epochs: for (epoch, members) in plan.epochs.iter().enumerate() {
+        // Epoch e's shuffle of its own items (all items, or its draw of negatives).
+        let order: Vec<usize> = SplitMix(mix(o.seed, epoch as u64))
+            .permutation(members.len())
+            .into_iter()
+            .map(|i| members[i])
+            .collect();
         let micro: Vec<&[usize]> = order.chunks(o.batch).collect();
+        let epoch_end = epoch_start[epoch] + epoch_steps[epoch];
         for (k_in_epoch, group) in micro.chunks(o.grad_accum).enumerate() {
-            let step = epoch as u64 * steps_per_epoch + k_in_epoch as u64;
+            let step = epoch_start[epoch] + k_in_epoch as u64;
             if step < state.step {
                 continue; // done before the checkpoint we resumed from
             }
@@ -757,7 +932,8 @@ pub fn train<B: AutodiffBackend>(
                 &format!("epoch {} loss {mean:.4} {rate:.1} pairs/s", epoch + 1),
             );
 
-            let at_eval = done % eval_every == 0 || done == last_step;
+            let at_eval =
+                eval_every.map_or(done == epoch_end, |k| done % k == 0) || done == last_step;
             if let (Some(d), true) = (&dev, at_eval) {
                 let (loss, m) =
                     evaluate_dev(&model.valid(), &tok, d, spec.task, spec.loss, device)?;
@@ -813,4 +989,124 @@ pub fn train<B: AutodiffBackend>(
         stopped_early,
         resumed_from,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ranking_file(lines: &[&str]) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("train.jsonl");
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        (dir, path)
+    }
+
+    fn line(epoch: Option<u64>, q: &str, positives: usize) -> String {
+        let mut v = json!({"query_text": q,
+            "positives": (0..positives).map(|i| json!({"doc_id": format!("p{i}"), "text": format!("{q} pos {i}")})).collect::<Vec<_>>(),
+            "negatives": [{"doc_id": "n", "text": format!("{q} neg e{}", epoch.unwrap_or(0))}]});
+        if let Some(e) = epoch {
+            // `epoch` first, as sample-negatives writes it.
+            let mut m = serde_json::Map::new();
+            m.insert("epoch".into(), json!(e));
+            m.extend(v.as_object().unwrap().clone());
+            v = Value::Object(m);
+        }
+        v.to_string()
+    }
+
+    #[test]
+    fn each_training_epoch_takes_exactly_its_draw() {
+        // Two draws of three queries; query b has two positives (two items).
+        let lines: Vec<String> = (0..2)
+            .flat_map(|e| [("a", 1), ("b", 2), ("c", 1)].map(|(q, p)| line(Some(e), q, p)))
+            .collect();
+        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+        let (_d, path) = ranking_file(&refs);
+        let t = read_train_items(&path, Task::Ranking, 1).unwrap();
+        assert_eq!(t.items.len(), 8);
+        let of = t.epochs.clone().unwrap();
+        assert_eq!(of, vec![0, 0, 0, 0, 1, 1, 1, 1]);
+
+        let plan = plan_epochs(Some(&of), t.items.len(), 2, None);
+        assert_eq!(plan.file_epochs, Some(2));
+        assert_eq!(plan.epochs, vec![vec![0, 1, 2, 3], vec![4, 5, 6, 7]]);
+        assert_eq!(plan.mismatch_note(), None);
+        for (e, members) in plan.epochs.iter().enumerate() {
+            for &i in members {
+                let Item::Group { docs, .. } = &t.items[i] else {
+                    panic!("a group")
+                };
+                assert!(docs[1].ends_with(&format!("neg e{e}")), "{docs:?}");
+            }
+        }
+        // More training epochs than draws: e mod E, noted once.
+        let plan = plan_epochs(Some(&of), 8, 5, None);
+        assert_eq!(plan.epochs.len(), 5);
+        assert_eq!(plan.epochs[2], plan.epochs[0]);
+        assert_eq!(plan.epochs[3], plan.epochs[1]);
+        assert!(plan.mismatch_note().unwrap().contains("e mod 2"));
+        // Fewer: the later draws are unused.
+        let plan = plan_epochs(Some(&of), 8, 1, None);
+        assert_eq!(plan.epochs, vec![vec![0, 1, 2, 3]]);
+        assert!(plan.mismatch_note().unwrap().contains("unused"));
+        // `limit` applies per epoch.
+        let plan = plan_epochs(Some(&of), 8, 2, Some(3));
+        assert_eq!(plan.epochs, vec![vec![0, 1, 2], vec![4, 5, 6]]);
+        // Without epochs: every item in every epoch, as before.
+        let plan = plan_epochs(None, 4, 3, Some(3));
+        assert_eq!(plan.epochs, vec![vec![0, 1, 2]; 3]);
+        assert_eq!(plan.file_epochs, None);
+        assert_eq!(plan.mismatch_note(), None);
+    }
+
+    #[test]
+    fn lines_without_epoch_keep_every_item_every_epoch() {
+        let (a, b) = (line(None, "a", 1), line(None, "b", 1));
+        let (_d, path) = ranking_file(&[&a, &b]);
+        let t = read_train_items(&path, Task::Ranking, 1).unwrap();
+        assert_eq!((t.items.len(), t.epochs), (2, None));
+    }
+
+    #[test]
+    fn mixed_or_gapped_epochs_are_errors_naming_the_line() {
+        let err = |lines: &[String]| {
+            let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+            let (_d, path) = ranking_file(&refs);
+            read_train_items(&path, Task::Ranking, 1)
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err(&[line(Some(0), "a", 1), line(None, "b", 1)]);
+        assert!(
+            e.contains("train.jsonl:2:") && e.contains("no \"epoch\" but line 1 has one"),
+            "{e}"
+        );
+        let e = err(&[line(None, "a", 1), line(Some(0), "b", 1)]);
+        assert!(
+            e.contains("train.jsonl:2:") && e.contains("has an \"epoch\" but line 1 has none"),
+            "{e}"
+        );
+        let e = err(&[
+            line(Some(0), "a", 1),
+            line(Some(2), "a", 1),
+            line(Some(2), "b", 1),
+        ]);
+        assert!(
+            e.contains("train.jsonl:2:") && e.contains("no line has epoch 1"),
+            "{e}"
+        );
+        let e = err(&[line(Some(1), "a", 1)]);
+        assert!(
+            e.contains("train.jsonl:1:") && e.contains("no line has epoch 0"),
+            "{e}"
+        );
+        let bad = line(Some(0), "a", 1).replace("\"epoch\":0", "\"epoch\":-1");
+        let e = err(&[bad]);
+        assert!(
+            e.contains("train.jsonl:1:") && e.contains("non-negative integer"),
+            "{e}"
+        );
+    }
 }
