@@ -13,6 +13,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
@@ -172,6 +173,11 @@ pub struct StatCache {
     /// Offset in `bytes` of each record, in path order.
     index: Vec<usize>,
     added: Mutex<HashMap<PathBuf, (StatKey, [u8; 32])>>,
+    /// Files stat'ed through this cache by [`Hasher`] (shown by `status --json`).
+    files_statted: AtomicU64,
+    /// The file-system monitor's answer for this process, if a daemon runs: lets
+    /// [`Hasher::hash`] reuse a path's hash without stat-ing what it holds.
+    fsmon: Option<crate::fsmonitor::Session>,
 }
 
 impl StatCache {
@@ -184,6 +190,8 @@ impl StatCache {
             bytes: Vec::new(),
             index: Vec::new(),
             added: Mutex::new(HashMap::new()),
+            files_statted: AtomicU64::new(0),
+            fsmon: None,
         }
     }
 
@@ -204,7 +212,23 @@ impl StatCache {
             bytes,
             index,
             added: Mutex::new(HashMap::new()),
+            files_statted: AtomicU64::new(0),
+            fsmon: None,
         }
+    }
+
+    /// Lets [`Hasher::hash`] trust the monitor's answer (see [`crate::fsmonitor`]).
+    pub fn attach_fsmonitor(&mut self, session: crate::fsmonitor::Session) {
+        self.fsmon = Some(session);
+    }
+
+    pub fn fsmonitor(&self) -> Option<&crate::fsmonitor::Session> {
+        self.fsmon.as_ref()
+    }
+
+    /// How many files [`Hasher`] stat'ed through this cache so far.
+    pub fn files_statted(&self) -> u64 {
+        self.files_statted.load(Ordering::Relaxed)
     }
 
     /// The record at `off`: its path bytes, key and hash (bounds checked by the indexer).
@@ -356,6 +380,7 @@ impl<'a> Hasher<'a> {
 
     /// Hash of one regular file (following symlinks), through the stat cache.
     pub fn file(&self, abs: &Path) -> io::Result<(String, u64, bool)> {
+        self.stat.files_statted.fetch_add(1, Ordering::Relaxed);
         let md = fs::metadata(abs)?;
         self.file_with_meta(abs, &md)
     }
@@ -387,6 +412,7 @@ impl<'a> Hasher<'a> {
 
     /// Hash of a file or directory. Directory members are hashed in parallel.
     pub fn path(&self, abs: &Path) -> Result<PathHash> {
+        self.stat.files_statted.fetch_add(1, Ordering::Relaxed);
         let md = fs::metadata(abs).with_context(|| format!("cannot read {}", abs.display()))?;
         if md.is_dir() {
             let manifest = self.manifest(abs)?;
@@ -407,10 +433,33 @@ impl<'a> Hasher<'a> {
     /// Just the hash of a file or directory: the same value as `path(abs)?.hash()`, but a
     /// directory's manifest is streamed into SHA-256 instead of being built (100,000 entries
     /// of owned strings and a 7 MB buffer on a no-op `status` of a large tree).
+    ///
+    /// With a file-system monitor attached, a path that no event touched since its hash
+    /// was remembered is not looked at at all.
     pub fn hash(&self, abs: &Path) -> Result<String> {
+        let Some(fm) = &self.stat.fsmon else {
+            return self.hash_now(abs).map(|(h, _)| h);
+        };
+        let key = fm.key(abs);
+        if let Some(h) = key.as_deref().and_then(|k| fm.reuse(k)) {
+            return Ok(h);
+        }
+        let (h, plain) = self.hash_now(abs)?;
+        if let Some(k) = key {
+            fm.record(&k, &h, plain);
+        }
+        Ok(h)
+    }
+
+    /// [`Hasher::hash`] by looking, and whether what was hashed is plain: no symlink and no
+    /// file with other hard links in it (changes to those need not show as events on
+    /// this path, so the monitor must not vouch for it).
+    fn hash_now(&self, abs: &Path) -> Result<(String, bool)> {
+        self.stat.files_statted.fetch_add(1, Ordering::Relaxed);
         let md = fs::metadata(abs).with_context(|| format!("cannot read {}", abs.display()))?;
         if md.is_dir() {
-            let files = self.walk_hashed(abs)?;
+            let odd = AtomicBool::new(false);
+            let files = self.walk_hashed(abs, &odd)?;
             let mut h = Sha256::new();
             h.update(MANIFEST_HEADER);
             let mut hexbuf = [0u8; 64];
@@ -424,20 +473,24 @@ impl<'a> Hasher<'a> {
                 h.update(f.rel());
                 h.update(b"\n");
             }
-            Ok(hex::encode(h.finalize()))
+            Ok((hex::encode(h.finalize()), !odd.load(Ordering::Relaxed)))
         } else if md.is_file() {
             let (hash, _, _) = self
                 .file_with_meta(abs, &md)
                 .with_context(|| format!("cannot hash {}", abs.display()))?;
-            Ok(hash)
+            Ok((hash, md.nlink() == 1))
         } else {
             bail!("{} is neither a file nor a directory", abs.display())
         }
     }
 
     /// Every file under `dir` in manifest order with its raw hash (hashed on all cores).
-    fn walk_hashed(&self, dir: &Path) -> Result<Vec<(Walked, [u8; 32])>> {
-        let mut files = walk_parallel(dir, dir.as_os_str().len() + 1, 0)?;
+    /// `odd` is set if the tree holds a symlink or a multiply linked file.
+    fn walk_hashed(&self, dir: &Path, odd: &AtomicBool) -> Result<Vec<(Walked, [u8; 32])>> {
+        let mut files = walk_parallel(dir, dir.as_os_str().len() + 1, 0, odd)?;
+        self.stat
+            .files_statted
+            .fetch_add(files.len() as u64, Ordering::Relaxed);
         // The manifest sorts by relative path; every path shares `dir/`, so the byte order
         // of the absolute paths is the same. Paths are unique, so unstable is fine.
         files.sort_unstable_by(|a, b| {
@@ -478,7 +531,7 @@ impl<'a> Hasher<'a> {
     /// The sorted manifest of every file under `dir` (symlinks followed).
     pub fn manifest(&self, dir: &Path) -> Result<Manifest> {
         let entries = self
-            .walk_hashed(dir)?
+            .walk_hashed(dir, &AtomicBool::new(false))?
             .into_iter()
             .map(|(f, raw)| ManifestEntry {
                 path: String::from_utf8(f.rel().to_vec()).expect("checked UTF-8 in walk"),
@@ -527,7 +580,12 @@ impl Walked {
 /// Every regular file under `abs` (symlinks followed) with its metadata. Sub-directories are
 /// read in parallel: on a tree of 100,000 files the stat calls are most of a no-op
 /// `status`, and they spread over cores like the hashing does.
-fn walk_parallel(abs: &Path, rel_start: usize, depth: usize) -> Result<Vec<Walked>> {
+fn walk_parallel(
+    abs: &Path,
+    rel_start: usize,
+    depth: usize,
+    odd: &AtomicBool,
+) -> Result<Vec<Walked>> {
     // Deeper than any real tree: a symlink loop.
     if depth > 64 {
         bail!("{} is nested too deep (a symlink loop?)", abs.display());
@@ -555,6 +613,7 @@ fn walk_parallel(abs: &Path, rel_start: usize, depth: usize) -> Result<Vec<Walke
             .file_type()
             .with_context(|| format!("cannot stat {}", path.display()))?;
         let md = if ft.is_symlink() {
+            odd.store(true, Ordering::Relaxed);
             fs::metadata(&path).with_context(|| format!("broken symlink {}", path.display()))?
         } else if ft.is_dir() {
             dirs.push(path);
@@ -566,6 +625,9 @@ fn walk_parallel(abs: &Path, rel_start: usize, depth: usize) -> Result<Vec<Walke
         if md.is_dir() {
             dirs.push(path);
         } else if md.is_file() {
+            if md.nlink() != 1 {
+                odd.store(true, Ordering::Relaxed);
+            }
             files.push(Walked {
                 abs: path,
                 rel_start,
@@ -576,7 +638,7 @@ fn walk_parallel(abs: &Path, rel_start: usize, depth: usize) -> Result<Vec<Walke
     }
     let nested = dirs
         .into_par_iter()
-        .map(|p| walk_parallel(&p, rel_start, depth + 1))
+        .map(|p| walk_parallel(&p, rel_start, depth + 1, odd))
         .collect::<Result<Vec<_>>>()?;
     files.extend(nested.into_iter().flatten());
     Ok(files)

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::project::Project;
 
 mod dag;
+mod fsmonitor;
 mod gc;
 mod metrics;
 mod run;
@@ -81,6 +82,8 @@ pub enum Command {
     Schedule(schedule::ScheduleArgs),
     /// Re-run the stages affected by file changes, as they happen.
     Watch(watch::WatchArgs),
+    /// Keep a file-system monitor running so `status` need not stat unchanged inputs.
+    Fsmonitor(fsmonitor::FsmonitorArgs),
     /// Score text pairs (JSONL) with a cross-encoder model directory.
     #[cfg(feature = "ml")]
     Score(score::ScoreArgs),
@@ -102,6 +105,7 @@ pub fn main() -> ExitCode {
         Command::Gc(a) => gc::run(&project, a),
         Command::Schedule(a) => schedule::run(&project, a),
         Command::Watch(a) => watch::run(&project, a),
+        Command::Fsmonitor(a) => fsmonitor::run(&project, a),
         #[cfg(feature = "ml")]
         Command::Score(a) => score::run(a),
     };

@@ -42,6 +42,8 @@ pub fn run(project: &Project, args: StatusArgs) -> anyhow::Result<ExitCode> {
                 "reasons": s.reasons,
                 "items": s.items,
             })).collect::<Vec<_>>(),
+            // What the file-system monitor spared (docs/fsmonitor.md).
+            "fsmonitor": crate::fsmonitor::last_report(),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
