@@ -185,7 +185,10 @@ fn status(project: &Project, json: bool) -> Result<ExitCode> {
         }
         Err(e) => {
             if json {
-                println!("{}", serde_json::json!({"running": false, "why": format!("{e:#}")}));
+                println!(
+                    "{}",
+                    serde_json::json!({"running": false, "why": format!("{e:#}")})
+                );
             } else {
                 println!("fsmonitor is not running ({e:#})");
             }

@@ -256,9 +256,8 @@ impl Daemon {
             }
             return None;
         }
-        let Some(dir) = st.wds.get(&wd).cloned() else {
-            return None;
-        };
+        // An unknown descriptor: a watch already removed.
+        let dir = st.wds.get(&wd).cloned()?;
         if mask & libc::IN_IGNORED != 0 {
             st.wds.remove(&wd);
             return None;
@@ -295,7 +294,11 @@ impl Daemon {
     }
 
     fn answer(&self, since: &str) -> Result<Answer> {
-        let name = format!("{}-{}", std::process::id(), self.cookies.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "{}-{}",
+            std::process::id(),
+            self.cookies.fetch_add(1, Ordering::Relaxed)
+        );
         let (tx, rx) = mpsc::channel();
         {
             let mut st = self.state.lock().expect("state");
@@ -338,7 +341,9 @@ impl Daemon {
             return Ok(all("token from the future"));
         }
         if n < st.floor {
-            return Ok(all("events were lost since the last check (queue overflow)"));
+            return Ok(all(
+                "events were lost since the last check (queue overflow)",
+            ));
         }
         let changed: Vec<PathBuf> = st
             .changed

@@ -437,7 +437,10 @@ mod tests {
         let c = coarsen(paths.clone(), 10);
         assert!(c.len() <= 10, "{c:?}");
         for p in &paths {
-            assert!(c.iter().any(|a| p.starts_with(a)), "{p:?} not covered by {c:?}");
+            assert!(
+                c.iter().any(|a| p.starts_with(a)),
+                "{p:?} not covered by {c:?}"
+            );
         }
         // A root-level change coarsens to the root itself: everything.
         let c = coarsen(paths, 1);
