@@ -185,7 +185,15 @@ impl Daemon {
     fn event_loop(&self) -> String {
         let mut buf = vec![0u8; 256 * 1024];
         let fd = self.inotify.as_raw_fd();
+        let mut checked = std::time::Instant::now();
         loop {
+            // Also when events never stop coming, not only when idle.
+            if checked.elapsed() > Duration::from_secs(1) {
+                if let Some(why) = self.socket_gone() {
+                    return why;
+                }
+                checked = std::time::Instant::now();
+            }
             let mut pfd = libc::pollfd {
                 fd,
                 events: libc::POLLIN,
@@ -194,9 +202,6 @@ impl Daemon {
             // SAFETY: one valid pollfd.
             let r = unsafe { libc::poll(&mut pfd, 1, 1000) };
             if r == 0 {
-                if let Some(why) = self.socket_gone() {
-                    return why;
-                }
                 continue;
             }
             if r < 0 {
