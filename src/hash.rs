@@ -12,8 +12,8 @@ use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
@@ -167,17 +167,46 @@ const RECORD_TAIL: usize = 5 * 8 + 32;
 /// binary search over an index of record offsets. Decoding 100,000 records into a hash map
 /// of owned paths on every `status` cost more user time than the rest of a no-op status of
 /// a 100,000-file directory, and the map was only ever read.
+///
+/// The file is read at the first lookup, not at `load`: when the file-system monitor
+/// vouches for every input, a no-op `status` looks nothing up, and reading and indexing
+/// 10 MB was two thirds of its time.
 pub struct StatCache {
     path: Option<PathBuf>,
-    bytes: Vec<u8>,
-    /// Offset in `bytes` of each record, in path order.
-    index: Vec<usize>,
+    disk: OnceLock<Disk>,
     added: Mutex<HashMap<PathBuf, (StatKey, [u8; 32])>>,
     /// Files stat'ed through this cache by [`Hasher`] (shown by `status --json`).
     files_statted: AtomicU64,
     /// The file-system monitor's answer for this process, if a daemon runs: lets
     /// [`Hasher::hash`] reuse a path's hash without stat-ing what it holds.
     fsmon: Option<crate::fsmonitor::Session>,
+}
+
+/// The stat cache file as read.
+#[derive(Default)]
+struct Disk {
+    bytes: Vec<u8>,
+    /// Offset in `bytes` of each record, in path order.
+    index: Vec<usize>,
+}
+
+impl Disk {
+    /// Reads `path` if it exists. A damaged file is ignored (it is only a cache).
+    fn read(path: Option<&Path>) -> Disk {
+        let Some(path) = path else {
+            return Disk::default();
+        };
+        match fs::read(path) {
+            Ok(bytes) => match index_statcache(&bytes) {
+                Some(index) => Disk { bytes, index },
+                None => {
+                    tracing::warn!("ignoring damaged stat cache {}", path.display());
+                    Disk::default()
+                }
+            },
+            Err(_) => Disk::default(),
+        }
+    }
 }
 
 impl StatCache {
@@ -187,30 +216,19 @@ impl StatCache {
     pub fn in_memory() -> StatCache {
         StatCache {
             path: None,
-            bytes: Vec::new(),
-            index: Vec::new(),
+            disk: OnceLock::from(Disk::default()),
             added: Mutex::new(HashMap::new()),
             files_statted: AtomicU64::new(0),
             fsmon: None,
         }
     }
 
-    /// Loads `path` if it exists. A damaged file is ignored (it is only a cache).
+    /// The cache kept in `path` (read at the first lookup; a missing or damaged file is
+    /// an empty cache).
     pub fn load(path: &Path) -> StatCache {
-        let (bytes, index) = match fs::read(path) {
-            Ok(bytes) => match index_statcache(&bytes) {
-                Some(index) => (bytes, index),
-                None => {
-                    tracing::warn!("ignoring damaged stat cache {}", path.display());
-                    (Vec::new(), Vec::new())
-                }
-            },
-            Err(_) => (Vec::new(), Vec::new()),
-        };
         StatCache {
             path: Some(path.to_path_buf()),
-            bytes,
-            index,
+            disk: OnceLock::new(),
             added: Mutex::new(HashMap::new()),
             files_statted: AtomicU64::new(0),
             fsmon: None,
@@ -231,9 +249,13 @@ impl StatCache {
         self.files_statted.load(Ordering::Relaxed)
     }
 
+    fn disk(&self) -> &Disk {
+        self.disk.get_or_init(|| Disk::read(self.path.as_deref()))
+    }
+
     /// The record at `off`: its path bytes, key and hash (bounds checked by the indexer).
     fn record(&self, off: usize) -> (&[u8], StatKey, [u8; 32]) {
-        let b = &self.bytes[off..];
+        let b = &self.disk().bytes[off..];
         let len = u32::from_le_bytes(b[..4].try_into().expect("4 bytes")) as usize;
         let path = &b[4..4 + len];
         let t = &b[4 + len..4 + len + RECORD_TAIL];
@@ -252,21 +274,20 @@ impl StatCache {
     /// up paths in sorted order pass the position after their last hit: the next record is
     /// then usually the one, and a lookup costs one comparison instead of a binary search.
     fn seek(&self, from: usize, want: &[u8]) -> usize {
-        let rest = &self.index[from.min(self.index.len())..];
+        let index = &self.disk().index;
+        let rest = &index[from.min(index.len())..];
         match rest.first() {
             Some(&off) if self.record(off).0 >= want => from,
             Some(_) => from + rest.partition_point(|&off| self.record(off).0 < want),
-            None => self.index.len(),
+            None => index.len(),
         }
     }
 
     fn lookup_raw(&self, abs: &Path, key: &StatKey) -> Option<[u8; 32]> {
         let want = abs.as_os_str().as_bytes();
-        if let Ok(i) = self
-            .index
-            .binary_search_by(|&off| self.record(off).0.cmp(want))
-        {
-            let (_, k, h) = self.record(self.index[i]);
+        let index = &self.disk().index;
+        if let Ok(i) = index.binary_search_by(|&off| self.record(off).0.cmp(want)) {
+            let (_, k, h) = self.record(index[i]);
             if k == *key {
                 return Some(h);
             }
@@ -307,6 +328,7 @@ impl StatCache {
             return Ok(());
         }
         let loaded = self
+            .disk()
             .index
             .iter()
             .map(|&off| self.record(off))
@@ -507,7 +529,7 @@ impl<'a> Hasher<'a> {
                 let want = f.abs.as_os_str().as_bytes();
                 let i = self.stat.seek(cursor, want);
                 cursor = i;
-                let &off = self.stat.index.get(i)?;
+                let &off = self.stat.disk().index.get(i)?;
                 let (path, key, hash) = self.stat.record(off);
                 (path == want).then(|| cursor = i + 1)?;
                 (key == f.key).then_some(hash)
@@ -858,7 +880,7 @@ mod tests {
         assert_eq!(StatCache::load(&cache_path).lookup(&p, &key).unwrap(), h);
         // Truncated: ignored, not a panic.
         fs::write(&cache_path, &good[..good.len() - 3]).unwrap();
-        assert!(StatCache::load(&cache_path).index.is_empty());
+        assert!(StatCache::load(&cache_path).disk().index.is_empty());
         // Records out of order (paths "…/b" and "…/f" swapped): binary search would be
         // wrong, so the whole file is ignored.
         let rec = good.len() - 24;
@@ -867,7 +889,7 @@ mod tests {
         swapped.extend_from_slice(&good[half..]);
         swapped.extend_from_slice(&good[24..half]);
         fs::write(&cache_path, &swapped).unwrap();
-        assert!(StatCache::load(&cache_path).index.is_empty());
+        assert!(StatCache::load(&cache_path).disk().index.is_empty());
     }
 
     #[test]
