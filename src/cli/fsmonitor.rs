@@ -7,23 +7,28 @@ use clap::{Args, Subcommand};
 use crate::fsmonitor::{self, Request};
 use crate::project::Project;
 
-/// Keep a file-system monitor running so that `status` need not stat every input file.
-///
-/// The daemon watches the project tree (not cache/, runs/, .git/) with inotify and numbers
-/// every change. `tsumugi status` asks it what changed since its last check and reuses
-/// the hash of every dependency and output with no change at, above or below its path:
-/// a no-op status of a 100,000-file input then makes no stat call per file. Whenever the
-/// daemon cannot vouch for a path (not running, restarted, killed, queue overflow, a watch
-/// that failed, symlinks or hard links in the tree, no answer within 2 s), status does the
-/// full stat pass as it does without a daemon. Linux only. Details: docs/fsmonitor.md.
-///
-/// Examples:
-///   tsumugi fsmonitor start          # in the background; log in cache/fsmonitor/daemon.log
-///   tsumugi status p.yaml --json     # "fsmonitor": {"used": true, "files_statted": 0, …}
-///   tsumugi fsmonitor status         # pid, watched directories, events, overflows
-///   tsumugi fsmonitor stop
+/// `tsumugi fsmonitor --help`.
+pub const LONG_ABOUT: &str = "\
+Keep a file-system monitor running so that `status` need not stat every input file.
+
+The daemon watches the project tree (not cache/, runs/, .git/) with inotify and numbers \
+every change. `tsumugi status` asks it what changed since its last check and reuses the \
+hash of every dependency and output with no change at, above or below its path: a no-op \
+status of a 100,000-file input then makes no stat call per file.
+
+Whenever the daemon cannot vouch for a path, status does the full stat pass, as it does \
+without a daemon: not running, restarted or killed (once), an inotify queue overflow \
+(once), a directory it could not watch, symlinks or hard links in the tree, no answer \
+within 2 s (TSUMUGI_FSMONITOR_TIMEOUT_MS). TSUMUGI_FSMONITOR=0 ignores a running daemon. \
+`tsumugi run` still checks its inputs by stat. Linux only. Details: docs/fsmonitor.md.
+
+Examples:
+  tsumugi fsmonitor start        # background; log in cache/fsmonitor/daemon.log
+  tsumugi status p.yaml --json   # \"fsmonitor\": {\"used\": true, \"files_statted\": 0, ...}
+  tsumugi fsmonitor status       # pid, watched directories, events, overflows
+  tsumugi fsmonitor stop";
+
 #[derive(Debug, Args)]
-#[command(verbatim_doc_comment)]
 pub struct FsmonitorArgs {
     #[command(subcommand)]
     pub command: FsmonitorCommand,

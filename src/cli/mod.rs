@@ -83,6 +83,7 @@ pub enum Command {
     /// Re-run the stages affected by file changes, as they happen.
     Watch(watch::WatchArgs),
     /// Keep a file-system monitor running so `status` need not stat unchanged inputs.
+    #[command(long_about = fsmonitor::LONG_ABOUT)]
     Fsmonitor(fsmonitor::FsmonitorArgs),
     /// Score text pairs (JSONL) with a cross-encoder model directory.
     #[cfg(feature = "ml")]

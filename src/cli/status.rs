@@ -11,7 +11,8 @@ pub struct StatusArgs {
     /// Pipeline file (relative to the project root); default: the only one in pipelines/.
     #[arg(value_name = "FILE")]
     pub file: Option<String>,
-    /// Print JSON on stdout (see docs/json-output.md).
+    /// Print JSON on stdout (see docs/json-output.md); its `fsmonitor` field says what a
+    /// running `tsumugi fsmonitor` daemon spared.
     #[arg(long)]
     pub json: bool,
 }
