@@ -60,6 +60,8 @@ impl Proj {
         let mut c = Command::new(assert_cmd::cargo::cargo_bin("tsumugi"));
         c.current_dir(self.dir.path());
         c.env_remove(tsumugi::fsmonitor::ENV_ENABLE);
+        // A loaded test machine must not turn a slow answer into a full pass.
+        c.env(tsumugi::fsmonitor::ENV_TIMEOUT, "30000");
         c
     }
 
@@ -155,8 +157,15 @@ impl Drop for Daemon {
             .current_dir(&self.root)
             .args(["fsmonitor", "stop"])
             .output();
-        self.kill(libc::SIGKILL);
-        // Reap it if it was our child (it is not: `start` detaches it); harmless otherwise.
+        // Still alive (stopped by SIGSTOP, say)? Kill it, but only if that pid is still
+        // this project's daemon: a pid killed earlier in the test may be someone else's now.
+        let cmdline = fs::read(format!("/proc/{}/cmdline", self.pid)).unwrap_or_default();
+        let root = self.root.canonicalize().unwrap_or_default();
+        let ours = String::from_utf8_lossy(&cmdline).contains(&*root.to_string_lossy());
+        if ours {
+            self.kill(libc::SIGCONT);
+            self.kill(libc::SIGKILL);
+        }
     }
 }
 

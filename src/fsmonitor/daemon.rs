@@ -46,8 +46,9 @@ const MASK: u32 = libc::IN_CREATE
     | libc::IN_ONLYDIR
     | libc::IN_DONT_FOLLOW;
 
-/// How long a query waits for its cookie before answering "no answer".
-const COOKIE_WAIT: Duration = Duration::from_secs(5);
+/// How long a query waits for its cookie before answering "no answer". Longer than any
+/// sensible client timeout: the client decides when to give up (and then does a full pass).
+const COOKIE_WAIT: Duration = Duration::from_secs(30);
 
 /// Beyond this many distinct changed paths the history is dropped (tokens before it then
 /// get "anything may have changed"), so memory stays bounded.
