@@ -1927,7 +1927,9 @@ fn status_of(
     force: bool,
 ) -> Result<Vec<StageStatus>> {
     let cache = Cache::new(project.cache_dir());
-    let stat = StatCache::load(&project.cache_dir().join("statcache.bin"));
+    let mut stat = StatCache::load(&project.cache_dir().join("statcache.bin"));
+    // A running file-system monitor spares the stat calls of paths with no events.
+    let fsmon = crate::fsmonitor::attach(project, &mut stat);
     let hasher = Hasher::new(&stat);
     let db = rundb::open_read(project).ok().flatten();
     let mut stale: HashSet<String> = HashSet::new();
@@ -2052,5 +2054,6 @@ fn status_of(
     if let Err(e) = stat.save() {
         tracing::debug!("could not save the stat cache: {e:#}");
     }
+    crate::fsmonitor::finish(&stat, fsmon);
     Ok(out)
 }

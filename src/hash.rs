@@ -12,7 +12,8 @@ use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
@@ -166,12 +167,46 @@ const RECORD_TAIL: usize = 5 * 8 + 32;
 /// binary search over an index of record offsets. Decoding 100,000 records into a hash map
 /// of owned paths on every `status` cost more user time than the rest of a no-op status of
 /// a 100,000-file directory, and the map was only ever read.
+///
+/// The file is read at the first lookup, not at `load`: when the file-system monitor
+/// vouches for every input, a no-op `status` looks nothing up, and reading and indexing
+/// 10 MB was two thirds of its time.
 pub struct StatCache {
     path: Option<PathBuf>,
+    disk: OnceLock<Disk>,
+    added: Mutex<HashMap<PathBuf, (StatKey, [u8; 32])>>,
+    /// Files stat'ed through this cache by [`Hasher`] (shown by `status --json`).
+    files_statted: AtomicU64,
+    /// The file-system monitor's answer for this process, if a daemon runs: lets
+    /// [`Hasher::hash`] reuse a path's hash without stat-ing what it holds.
+    fsmon: Option<crate::fsmonitor::Session>,
+}
+
+/// The stat cache file as read.
+#[derive(Default)]
+struct Disk {
     bytes: Vec<u8>,
     /// Offset in `bytes` of each record, in path order.
     index: Vec<usize>,
-    added: Mutex<HashMap<PathBuf, (StatKey, [u8; 32])>>,
+}
+
+impl Disk {
+    /// Reads `path` if it exists. A damaged file is ignored (it is only a cache).
+    fn read(path: Option<&Path>) -> Disk {
+        let Some(path) = path else {
+            return Disk::default();
+        };
+        match fs::read(path) {
+            Ok(bytes) => match index_statcache(&bytes) {
+                Some(index) => Disk { bytes, index },
+                None => {
+                    tracing::warn!("ignoring damaged stat cache {}", path.display());
+                    Disk::default()
+                }
+            },
+            Err(_) => Disk::default(),
+        }
+    }
 }
 
 impl StatCache {
@@ -181,35 +216,46 @@ impl StatCache {
     pub fn in_memory() -> StatCache {
         StatCache {
             path: None,
-            bytes: Vec::new(),
-            index: Vec::new(),
+            disk: OnceLock::from(Disk::default()),
             added: Mutex::new(HashMap::new()),
+            files_statted: AtomicU64::new(0),
+            fsmon: None,
         }
     }
 
-    /// Loads `path` if it exists. A damaged file is ignored (it is only a cache).
+    /// The cache kept in `path` (read at the first lookup; a missing or damaged file is
+    /// an empty cache).
     pub fn load(path: &Path) -> StatCache {
-        let (bytes, index) = match fs::read(path) {
-            Ok(bytes) => match index_statcache(&bytes) {
-                Some(index) => (bytes, index),
-                None => {
-                    tracing::warn!("ignoring damaged stat cache {}", path.display());
-                    (Vec::new(), Vec::new())
-                }
-            },
-            Err(_) => (Vec::new(), Vec::new()),
-        };
         StatCache {
             path: Some(path.to_path_buf()),
-            bytes,
-            index,
+            disk: OnceLock::new(),
             added: Mutex::new(HashMap::new()),
+            files_statted: AtomicU64::new(0),
+            fsmon: None,
         }
+    }
+
+    /// Lets [`Hasher::hash`] trust the monitor's answer (see [`crate::fsmonitor`]).
+    pub fn attach_fsmonitor(&mut self, session: crate::fsmonitor::Session) {
+        self.fsmon = Some(session);
+    }
+
+    pub fn fsmonitor(&self) -> Option<&crate::fsmonitor::Session> {
+        self.fsmon.as_ref()
+    }
+
+    /// How many files [`Hasher`] stat'ed through this cache so far.
+    pub fn files_statted(&self) -> u64 {
+        self.files_statted.load(Ordering::Relaxed)
+    }
+
+    fn disk(&self) -> &Disk {
+        self.disk.get_or_init(|| Disk::read(self.path.as_deref()))
     }
 
     /// The record at `off`: its path bytes, key and hash (bounds checked by the indexer).
     fn record(&self, off: usize) -> (&[u8], StatKey, [u8; 32]) {
-        let b = &self.bytes[off..];
+        let b = &self.disk().bytes[off..];
         let len = u32::from_le_bytes(b[..4].try_into().expect("4 bytes")) as usize;
         let path = &b[4..4 + len];
         let t = &b[4 + len..4 + len + RECORD_TAIL];
@@ -228,21 +274,20 @@ impl StatCache {
     /// up paths in sorted order pass the position after their last hit: the next record is
     /// then usually the one, and a lookup costs one comparison instead of a binary search.
     fn seek(&self, from: usize, want: &[u8]) -> usize {
-        let rest = &self.index[from.min(self.index.len())..];
+        let index = &self.disk().index;
+        let rest = &index[from.min(index.len())..];
         match rest.first() {
             Some(&off) if self.record(off).0 >= want => from,
             Some(_) => from + rest.partition_point(|&off| self.record(off).0 < want),
-            None => self.index.len(),
+            None => index.len(),
         }
     }
 
     fn lookup_raw(&self, abs: &Path, key: &StatKey) -> Option<[u8; 32]> {
         let want = abs.as_os_str().as_bytes();
-        if let Ok(i) = self
-            .index
-            .binary_search_by(|&off| self.record(off).0.cmp(want))
-        {
-            let (_, k, h) = self.record(self.index[i]);
+        let index = &self.disk().index;
+        if let Ok(i) = index.binary_search_by(|&off| self.record(off).0.cmp(want)) {
+            let (_, k, h) = self.record(index[i]);
             if k == *key {
                 return Some(h);
             }
@@ -283,6 +328,7 @@ impl StatCache {
             return Ok(());
         }
         let loaded = self
+            .disk()
             .index
             .iter()
             .map(|&off| self.record(off))
@@ -356,6 +402,7 @@ impl<'a> Hasher<'a> {
 
     /// Hash of one regular file (following symlinks), through the stat cache.
     pub fn file(&self, abs: &Path) -> io::Result<(String, u64, bool)> {
+        self.stat.files_statted.fetch_add(1, Ordering::Relaxed);
         let md = fs::metadata(abs)?;
         self.file_with_meta(abs, &md)
     }
@@ -387,6 +434,7 @@ impl<'a> Hasher<'a> {
 
     /// Hash of a file or directory. Directory members are hashed in parallel.
     pub fn path(&self, abs: &Path) -> Result<PathHash> {
+        self.stat.files_statted.fetch_add(1, Ordering::Relaxed);
         let md = fs::metadata(abs).with_context(|| format!("cannot read {}", abs.display()))?;
         if md.is_dir() {
             let manifest = self.manifest(abs)?;
@@ -407,10 +455,33 @@ impl<'a> Hasher<'a> {
     /// Just the hash of a file or directory: the same value as `path(abs)?.hash()`, but a
     /// directory's manifest is streamed into SHA-256 instead of being built (100,000 entries
     /// of owned strings and a 7 MB buffer on a no-op `status` of a large tree).
+    ///
+    /// With a file-system monitor attached, a path that no event touched since its hash
+    /// was remembered is not looked at at all.
     pub fn hash(&self, abs: &Path) -> Result<String> {
+        let Some(fm) = &self.stat.fsmon else {
+            return self.hash_now(abs).map(|(h, _)| h);
+        };
+        let key = fm.key(abs);
+        if let Some(h) = key.as_deref().and_then(|k| fm.reuse(k)) {
+            return Ok(h);
+        }
+        let (h, plain) = self.hash_now(abs)?;
+        if let Some(k) = key {
+            fm.record(&k, &h, plain);
+        }
+        Ok(h)
+    }
+
+    /// [`Hasher::hash`] by looking, and whether what was hashed is plain: no symlink and no
+    /// file with other hard links in it (changes to those need not show as events on
+    /// this path, so the monitor must not vouch for it).
+    fn hash_now(&self, abs: &Path) -> Result<(String, bool)> {
+        self.stat.files_statted.fetch_add(1, Ordering::Relaxed);
         let md = fs::metadata(abs).with_context(|| format!("cannot read {}", abs.display()))?;
         if md.is_dir() {
-            let files = self.walk_hashed(abs)?;
+            let odd = AtomicBool::new(false);
+            let files = self.walk_hashed(abs, &odd)?;
             let mut h = Sha256::new();
             h.update(MANIFEST_HEADER);
             let mut hexbuf = [0u8; 64];
@@ -424,20 +495,24 @@ impl<'a> Hasher<'a> {
                 h.update(f.rel());
                 h.update(b"\n");
             }
-            Ok(hex::encode(h.finalize()))
+            Ok((hex::encode(h.finalize()), !odd.load(Ordering::Relaxed)))
         } else if md.is_file() {
             let (hash, _, _) = self
                 .file_with_meta(abs, &md)
                 .with_context(|| format!("cannot hash {}", abs.display()))?;
-            Ok(hash)
+            Ok((hash, md.nlink() == 1))
         } else {
             bail!("{} is neither a file nor a directory", abs.display())
         }
     }
 
     /// Every file under `dir` in manifest order with its raw hash (hashed on all cores).
-    fn walk_hashed(&self, dir: &Path) -> Result<Vec<(Walked, [u8; 32])>> {
-        let mut files = walk_parallel(dir, dir.as_os_str().len() + 1, 0)?;
+    /// `odd` is set if the tree holds a symlink or a multiply linked file.
+    fn walk_hashed(&self, dir: &Path, odd: &AtomicBool) -> Result<Vec<(Walked, [u8; 32])>> {
+        let mut files = walk_parallel(dir, dir.as_os_str().len() + 1, 0, odd)?;
+        self.stat
+            .files_statted
+            .fetch_add(files.len() as u64, Ordering::Relaxed);
         // The manifest sorts by relative path; every path shares `dir/`, so the byte order
         // of the absolute paths is the same. Paths are unique, so unstable is fine.
         files.sort_unstable_by(|a, b| {
@@ -454,7 +529,7 @@ impl<'a> Hasher<'a> {
                 let want = f.abs.as_os_str().as_bytes();
                 let i = self.stat.seek(cursor, want);
                 cursor = i;
-                let &off = self.stat.index.get(i)?;
+                let &off = self.stat.disk().index.get(i)?;
                 let (path, key, hash) = self.stat.record(off);
                 (path == want).then(|| cursor = i + 1)?;
                 (key == f.key).then_some(hash)
@@ -478,7 +553,7 @@ impl<'a> Hasher<'a> {
     /// The sorted manifest of every file under `dir` (symlinks followed).
     pub fn manifest(&self, dir: &Path) -> Result<Manifest> {
         let entries = self
-            .walk_hashed(dir)?
+            .walk_hashed(dir, &AtomicBool::new(false))?
             .into_iter()
             .map(|(f, raw)| ManifestEntry {
                 path: String::from_utf8(f.rel().to_vec()).expect("checked UTF-8 in walk"),
@@ -527,7 +602,12 @@ impl Walked {
 /// Every regular file under `abs` (symlinks followed) with its metadata. Sub-directories are
 /// read in parallel: on a tree of 100,000 files the stat calls are most of a no-op
 /// `status`, and they spread over cores like the hashing does.
-fn walk_parallel(abs: &Path, rel_start: usize, depth: usize) -> Result<Vec<Walked>> {
+fn walk_parallel(
+    abs: &Path,
+    rel_start: usize,
+    depth: usize,
+    odd: &AtomicBool,
+) -> Result<Vec<Walked>> {
     // Deeper than any real tree: a symlink loop.
     if depth > 64 {
         bail!("{} is nested too deep (a symlink loop?)", abs.display());
@@ -555,6 +635,7 @@ fn walk_parallel(abs: &Path, rel_start: usize, depth: usize) -> Result<Vec<Walke
             .file_type()
             .with_context(|| format!("cannot stat {}", path.display()))?;
         let md = if ft.is_symlink() {
+            odd.store(true, Ordering::Relaxed);
             fs::metadata(&path).with_context(|| format!("broken symlink {}", path.display()))?
         } else if ft.is_dir() {
             dirs.push(path);
@@ -566,6 +647,9 @@ fn walk_parallel(abs: &Path, rel_start: usize, depth: usize) -> Result<Vec<Walke
         if md.is_dir() {
             dirs.push(path);
         } else if md.is_file() {
+            if md.nlink() != 1 {
+                odd.store(true, Ordering::Relaxed);
+            }
             files.push(Walked {
                 abs: path,
                 rel_start,
@@ -576,7 +660,7 @@ fn walk_parallel(abs: &Path, rel_start: usize, depth: usize) -> Result<Vec<Walke
     }
     let nested = dirs
         .into_par_iter()
-        .map(|p| walk_parallel(&p, rel_start, depth + 1))
+        .map(|p| walk_parallel(&p, rel_start, depth + 1, odd))
         .collect::<Result<Vec<_>>>()?;
     files.extend(nested.into_iter().flatten());
     Ok(files)
@@ -796,7 +880,7 @@ mod tests {
         assert_eq!(StatCache::load(&cache_path).lookup(&p, &key).unwrap(), h);
         // Truncated: ignored, not a panic.
         fs::write(&cache_path, &good[..good.len() - 3]).unwrap();
-        assert!(StatCache::load(&cache_path).index.is_empty());
+        assert!(StatCache::load(&cache_path).disk().index.is_empty());
         // Records out of order (paths "…/b" and "…/f" swapped): binary search would be
         // wrong, so the whole file is ignored.
         let rec = good.len() - 24;
@@ -805,7 +889,7 @@ mod tests {
         swapped.extend_from_slice(&good[half..]);
         swapped.extend_from_slice(&good[24..half]);
         fs::write(&cache_path, &swapped).unwrap();
-        assert!(StatCache::load(&cache_path).index.is_empty());
+        assert!(StatCache::load(&cache_path).disk().index.is_empty());
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod cache;
 pub mod cli;
 pub mod executor;
 pub mod fingerprint;
+pub mod fsmonitor;
 pub mod graph;
 pub mod hash;
 pub mod lock;

@@ -24,8 +24,8 @@ from pathlib import Path
 ENV = dict(os.environ, DVC_NO_ANALYTICS="1", DVC_NOSCM="1")
 
 
-def sh(args, cwd, check=True, quiet=True):
-    r = subprocess.run(args, cwd=cwd, env=ENV, stdout=subprocess.PIPE if quiet else None,
+def sh(args, cwd, check=True, quiet=True, env=None):
+    r = subprocess.run(args, cwd=cwd, env=env or ENV, stdout=subprocess.PIPE if quiet else None,
                        stderr=subprocess.PIPE if quiet else None, text=True, errors="replace")
     if check and r.returncode != 0:
         raise SystemExit(f"command failed ({r.returncode}): {' '.join(map(str, args))}\n{r.stdout}\n{r.stderr}")
@@ -125,7 +125,23 @@ def scenario_many_stages(tsumugi, base, n, reps):
     }
 
 
-def scenario_many_files(tsumugi, base, nfiles, reps):
+def interleaved(cmds, cwd, reps):
+    """Median wall time of each command in `cmds` ({name: (args, env)}), run in turn within
+    each repetition (after one warm-up of each), so that a change of the machine's load hits
+    all of them alike. Also returns every time and the load average around the runs."""
+    times = {k: [] for k in cmds}
+    load = [os.getloadavg()[0]]
+    for i in range(reps + 1):
+        for k, (args, env) in cmds.items():
+            t0 = time.perf_counter()
+            sh(args, cwd, env=env)
+            if i > 0:
+                times[k].append(time.perf_counter() - t0)
+        load.append(os.getloadavg()[0])
+    return {k: statistics.median(v) for k, v in times.items()}, times, load
+
+
+def scenario_many_files(tsumugi, base, nfiles, reps, fsmonitor=True):
     root = base / "many-files"
     d = root / "data" / "files"
     d.mkdir(parents=True)
@@ -149,12 +165,40 @@ def scenario_many_files(tsumugi, base, nfiles, reps):
     sh([tsumugi, "run", "p.yaml", "-q"], root)
     ts_first = time.perf_counter() - t0
     assert "up to date" in sh(["dvc", "status"], root).stdout
-    dvc_status, _ = timed(["dvc", "status"], root, reps)
-    ts_status, _ = timed([tsumugi, "status", "p.yaml"], root, reps)
+    if not fsmonitor:
+        dvc_status, _ = timed(["dvc", "status"], root, reps)
+        ts_status, _ = timed([tsumugi, "status", "p.yaml"], root, reps)
+        return {
+            "files": nfiles,
+            "setup_s": {"dvc commit -f": dvc_first, "tsumugi run": ts_first},
+            "noop_status_s": {"dvc": dvc_status, "tsumugi": ts_status},
+        }
+    # With the file-system monitor (docs/fsmonitor.md): the daemon runs during all three
+    # measurements, which take turns within each repetition; "tsumugi" is told not to use
+    # it (TSUMUGI_FSMONITOR=0: the full stat pass), "tsumugi_fsmonitor" uses it.
+    t0 = time.perf_counter()
+    sh([tsumugi, "fsmonitor", "start"], root)
+    daemon_start = time.perf_counter() - t0
+    try:
+        first = json.loads(sh([tsumugi, "status", "p.yaml", "--json"], root).stdout)["fsmonitor"]
+        noop = json.loads(sh([tsumugi, "status", "p.yaml", "--json"], root).stdout)["fsmonitor"]
+        assert noop["used"] and not noop["full_pass"] and noop["files_statted"] == 0, noop
+        medians, times, load = interleaved({
+            "dvc": (["dvc", "status"], ENV),
+            "tsumugi": ([tsumugi, "status", "p.yaml"], dict(ENV, TSUMUGI_FSMONITOR="0")),
+            "tsumugi_fsmonitor": ([tsumugi, "status", "p.yaml"], ENV),
+        }, root, reps)
+    finally:
+        sh([tsumugi, "fsmonitor", "stop"], root, check=False)
     return {
         "files": nfiles,
-        "setup_s": {"dvc commit -f": dvc_first, "tsumugi run": ts_first},
-        "noop_status_s": {"dvc": dvc_status, "tsumugi": ts_status},
+        "setup_s": {"dvc commit -f": dvc_first, "tsumugi run": ts_first,
+                    "tsumugi fsmonitor start": daemon_start},
+        "noop_status_s": medians,
+        "all_s": times,
+        "loadavg_1min": load,
+        "fsmonitor_first_status": first,
+        "fsmonitor_noop_status": noop,
     }
 
 
@@ -274,6 +318,8 @@ def main():
     ap.add_argument("--only", default="stages,files,diamond,hashing")
     ap.add_argument("--workdir", default=None, help="where to generate (default: a temp dir)")
     ap.add_argument("--out", default=None, help="write results JSON here")
+    ap.add_argument("--no-fsmonitor", action="store_true",
+                    help="files scenario: do not also measure status with `tsumugi fsmonitor` running")
     a = ap.parse_args()
     tsumugi = str(Path(a.tsumugi).resolve())
     if not shutil.which("dvc"):
@@ -287,7 +333,7 @@ def main():
             results["many_stages"] = scenario_many_stages(tsumugi, base, a.stages, a.reps)
         if "files" in only:
             print(f"[2/4] {a.files} files…", file=sys.stderr)
-            results["many_files"] = scenario_many_files(tsumugi, base, a.files, a.reps)
+            results["many_files"] = scenario_many_files(tsumugi, base, a.files, a.reps, not a.no_fsmonitor)
         if "diamond" in only:
             print(f"[3/4] diamond {a.width}×{a.layers}…", file=sys.stderr)
             results["diamond"] = scenario_diamond(tsumugi, base, a.width, a.layers, a.sleep, a.reps)
@@ -317,6 +363,10 @@ def report(r):
         s = m["noop_status_s"]
         print(f"no-op status, {m['files']} files: dvc {s['dvc']:.3f}s, tsumugi {s['tsumugi']:.3f}s → "
               f"{s['dvc'] / s['tsumugi']:.0f}× faster", file=sys.stderr)
+        if "tsumugi_fsmonitor" in s:
+            print(f"  with `tsumugi fsmonitor` running: tsumugi {s['tsumugi_fsmonitor']:.3f}s → "
+                  f"{s['dvc'] / s['tsumugi_fsmonitor']:.0f}× faster than dvc "
+                  f"(load average {min(m['loadavg_1min']):.1f}–{max(m['loadavg_1min']):.1f})", file=sys.stderr)
     if "diamond" in r:
         d = r["diamond"]
         w = d["wall_s"]

@@ -9,6 +9,7 @@ use crate::project::Project;
 
 mod adapters;
 mod dag;
+mod fsmonitor;
 mod gc;
 mod metrics;
 mod run;
@@ -85,6 +86,9 @@ pub enum Command {
     /// Registered adapter/model versions: list, promote, rollback, history.
     #[command(subcommand)]
     Adapters(adapters::AdaptersCommand),
+    /// Keep a file-system monitor running so `status` need not stat unchanged inputs.
+    #[command(long_about = fsmonitor::LONG_ABOUT)]
+    Fsmonitor(fsmonitor::FsmonitorArgs),
     /// Score text pairs (JSONL) with a cross-encoder model directory.
     #[cfg(feature = "ml")]
     Score(score::ScoreArgs),
@@ -107,6 +111,7 @@ pub fn main() -> ExitCode {
         Command::Schedule(a) => schedule::run(&project, a),
         Command::Watch(a) => watch::run(&project, a),
         Command::Adapters(a) => adapters::run(&project, a),
+        Command::Fsmonitor(a) => fsmonitor::run(&project, a),
         #[cfg(feature = "ml")]
         Command::Score(a) => score::run(a),
     };

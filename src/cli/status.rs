@@ -11,7 +11,8 @@ pub struct StatusArgs {
     /// Pipeline file (relative to the project root); default: the only one in pipelines/.
     #[arg(value_name = "FILE")]
     pub file: Option<String>,
-    /// Print JSON on stdout (see docs/json-output.md).
+    /// Print JSON on stdout (see docs/json-output.md); its `fsmonitor` field says what a
+    /// running `tsumugi fsmonitor` daemon spared.
     #[arg(long)]
     pub json: bool,
 }
@@ -42,6 +43,8 @@ pub fn run(project: &Project, args: StatusArgs) -> anyhow::Result<ExitCode> {
                 "reasons": s.reasons,
                 "items": s.items,
             })).collect::<Vec<_>>(),
+            // What the file-system monitor spared (docs/fsmonitor.md).
+            "fsmonitor": crate::fsmonitor::last_report(),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
