@@ -691,6 +691,36 @@ fn mix(seed: u64, a: u64) -> u64 {
     SplitMix(seed ^ a.wrapping_mul(0xD1B5_4A32_D192_ED03)).next_u64()
 }
 
+/// burn's backends draw random numbers (a new head's initial weights, dropout masks) from
+/// one process-wide generator, which `train` seeds per step. Two trainings in one process
+/// (two `train-lora` stages the executor runs in parallel) would interleave their draws and
+/// neither would be reproducible, so trainings take turns.
+static BACKEND_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Waits for this process's other training to finish (cancellable), then holds the
+/// backend's generator until the guard is dropped.
+fn backend_rng(report: &dyn Reporter) -> Result<std::sync::MutexGuard<'static, ()>> {
+    use std::sync::TryLockError;
+    let mut said = false;
+    loop {
+        match BACKEND_RNG.try_lock() {
+            Ok(g) => return Ok(g),
+            // A panicked training held it; the generator is re-seeded below anyway.
+            Err(TryLockError::Poisoned(p)) => return Ok(p.into_inner()),
+            Err(TryLockError::WouldBlock) => {
+                if !said {
+                    report.log("waiting for another training in this process to finish (burn's random generator is process-wide)");
+                    said = true;
+                }
+                if report.cancelled() {
+                    return Err(MlError::Input("training cancelled".into()));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+    }
+}
+
 /// Trains a LoRA adapter as `spec` says, reporting progress and per-step metrics.
 pub fn train<B: AutodiffBackend>(
     spec: &TrainSpec,
@@ -699,6 +729,7 @@ pub fn train<B: AutodiffBackend>(
 ) -> Result<TrainOutcome> {
     spec.optim.validate()?;
     spec.lora.validate()?;
+    let _rng = backend_rng(report)?;
     let o = &spec.optim;
     let dir = ModelDir::open(&spec.model_dir)?;
     let tok = PairTokenizer::for_model(&dir, spec.max_length, Truncation::LongestFirst)?;
