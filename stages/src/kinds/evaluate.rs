@@ -7,7 +7,7 @@
 //!   with:
 //!     base: models/minilm-l6
 //!     adapter: ${stages.train.outs.adapter}   # optional: the base model alone without it
-//!     test: ${stages.pairs.outs.test}         # build-pairs JSONL
+//!     test: ${stages.pairs.outs.test}         # build-pairs JSONL, or ranking groups (sample-negatives' test)
 //!     task: regression                        # regression | classification | ranking
 //!     history: ${stages.train.outs.history}   # optional: adds the training-history plot
 //!     fail_if: {metric: spearman, below: 0.7} # or a list; `above:` for lower-is-better metrics
