@@ -88,7 +88,8 @@ pub fn score_encoded<B: Backend>(
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::scope(|s| {
         for _ in 0..workers {
-            let (tx, model, next, batches, run) = (tx.clone(), model.clone(), &next, &batches, &run);
+            let (tx, model, next, batches, run) =
+                (tx.clone(), model.clone(), &next, &batches, &run);
             s.spawn(move || {
                 loop {
                     let b = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

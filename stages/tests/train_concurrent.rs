@@ -23,7 +23,9 @@ impl Reporter for Quiet {
 }
 
 fn write_pairs(path: &Path) {
-    let words = ["cat", "dog", "sofa", "river", "guitar", "plays", "sleeps", "man"];
+    let words = [
+        "cat", "dog", "sofa", "river", "guitar", "plays", "sleeps", "man",
+    ];
     let mut out = String::new();
     for i in 0..24usize {
         let a: Vec<&str> = (0..4).map(|k| words[(i * 3 + k) % 8]).collect();
@@ -80,7 +82,13 @@ fn parallel_trainings_give_the_bytes_they_give_alone() {
             let b = s.spawn(|| train(root, &format!("b{round}"), 8));
             (a.join().unwrap(), b.join().unwrap())
         });
-        assert!(a == alone_a, "round {round}: seed 7 trained differently beside another training");
-        assert!(b == alone_b, "round {round}: seed 8 trained differently beside another training");
+        assert!(
+            a == alone_a,
+            "round {round}: seed 7 trained differently beside another training"
+        );
+        assert!(
+            b == alone_b,
+            "round {round}: seed 8 trained differently beside another training"
+        );
     }
 }
