@@ -128,3 +128,34 @@ fn dag_unknown_stage_is_an_error() {
         .code(1)
         .stderr("p.yaml: no stage named 'jion' (stages: gen, sweep@a, sweep@b, join, lone; did you mean 'join'?)\n");
 }
+
+/// `tsumugi schema | head -0`: the reader goes away first; tsumugi ends quietly (SIGPIPE),
+/// with no panic and no error message, as `ls | head` does.
+#[test]
+fn a_closed_stdout_ends_report_commands_quietly() {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("tsumugi"))
+        .arg("schema")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader is gone before tsumugi (still starting) writes anything.
+    drop(child.stdout.take());
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGPIPE),
+        "{status:?}, stderr: {err}"
+    );
+    assert!(err.is_empty(), "stderr: {err}");
+}

@@ -98,6 +98,9 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.global.verbose);
     let project = Project::new(&cli.global.project);
+    if prints_for_a_reader(&cli.command) {
+        quiet_on_closed_stdout();
+    }
     let result = match cli.command {
         Command::Run(a) => run::run(&project, a),
         Command::Status(a) => status::run(&project, a),
@@ -121,6 +124,35 @@ pub fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// Commands that print a report and hold nothing open: `tsumugi runs | head` should end
+/// them quietly, as it ends `ls` or `git log`. Not the daemons (`watch`, `schedule`,
+/// `fsmonitor`) or `run`/`gc`, which must finish their work (and a daemon's socket peer
+/// going away must not kill it).
+fn prints_for_a_reader(command: &Command) -> bool {
+    match command {
+        Command::Status(_)
+        | Command::Validate(_)
+        | Command::Schema(_)
+        | Command::Dag(_)
+        | Command::Runs(_)
+        | Command::Show(_)
+        | Command::Metrics(_)
+        | Command::Adapters(_) => true,
+        #[cfg(feature = "ml")]
+        Command::Score(_) => true,
+        _ => false,
+    }
+}
+
+/// Rust ignores SIGPIPE, so writing to a closed pipe is an error (`println!` panics on it):
+/// restore the default action, which ends the process silently.
+fn quiet_on_closed_stdout() {
+    // SAFETY: resetting a signal disposition to its default, before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
