@@ -159,3 +159,26 @@ fn a_closed_stdout_ends_report_commands_quietly() {
     );
     assert!(err.is_empty(), "stderr: {err}");
 }
+
+/// Every pipeline shipped in `pipelines/` is valid on a fresh clone (with this build's
+/// kinds), so a README command never starts with a validation error.
+#[test]
+fn shipped_pipelines_validate() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files: Vec<_> = std::fs::read_dir(root.join("pipelines"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 6, "{files:?}");
+    for f in files {
+        let rel = f.strip_prefix(root).unwrap();
+        tsumugi()
+            .current_dir(root)
+            .args(["validate"])
+            .arg(rel)
+            .assert()
+            .success();
+    }
+}
