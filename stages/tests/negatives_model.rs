@@ -4,6 +4,8 @@
 //! `model` / `adapter` directories are clear errors.
 #![cfg(feature = "ml")]
 
+mod support;
+
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -16,7 +18,7 @@ use tsumugi_stages::ranking::data::{QueryGroup, group_by_query, read_records};
 use tsumugi_stages::ranking::negatives::{Corpus, Method, MiningConfig, PairScorer, hard_pools};
 use tsumugi_stages::ranking::passage_key;
 use tsumugi_stages::score::{ScoreOptions, Scorer};
-use tsumugi_stages::{Reporter, StageInput, kinds};
+use tsumugi_stages::{Reporter, kinds};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -366,28 +368,13 @@ impl Reporter for Recorder {
 fn run(dir: &Path, with: Value, rep: &Recorder) -> anyhow::Result<BTreeMap<String, String>> {
     let info = kinds::kind("sample-negatives").unwrap();
     assert!(info.input_fields.contains(&"model") && info.input_fields.contains(&"adapter"));
-    let outs: BTreeMap<String, PathBuf> = info
-        .outputs
-        .iter()
-        .map(|(k, f)| (k.to_string(), dir.join("out").join(f)))
-        .collect();
-    std::fs::create_dir_all(dir.join("out")).unwrap();
-    let env = BTreeMap::new();
-    let input = StageInput {
-        name: "negatives",
-        project_root: dir,
-        with: &with,
-        outs: &outs,
-        env: &env,
-        device: "cpu",
-    };
-    kinds::implementation("sample-negatives")
-        .unwrap()
-        .run(&input, rep)?;
-    Ok(outs
-        .iter()
-        .map(|(k, p)| (k.clone(), std::fs::read_to_string(p).unwrap()))
-        .collect())
+    Ok(support::read_outputs(&support::run_kind(
+        "sample-negatives",
+        dir,
+        "negatives",
+        &with,
+        rep,
+    )?))
 }
 
 #[test]

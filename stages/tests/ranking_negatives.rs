@@ -1,7 +1,9 @@
 //! The reranker data reader, the query-level split and the `sample-negatives` kind.
 
+mod support;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 
 use serde_json::{Value, json};
@@ -13,7 +15,7 @@ use tsumugi_stages::ranking::negatives::{
     Corpus, HardPool, Method, MiningConfig, PairScorer, draw, hard_pools,
 };
 use tsumugi_stages::ranking::normalize;
-use tsumugi_stages::{Reporter, StageInput, kinds};
+use tsumugi_stages::{Reporter, kinds};
 
 #[derive(Default)]
 struct Recorder {
@@ -35,28 +37,13 @@ impl Reporter for Recorder {
 fn run(dir: &Path, with: Value) -> anyhow::Result<BTreeMap<String, String>> {
     let info = kinds::kind("sample-negatives").expect("registered");
     assert_eq!(info.input_fields, ["input", "corpus", "model", "adapter"]);
-    let out = dir.join("out");
-    let outs: BTreeMap<String, PathBuf> = info
-        .outputs
-        .iter()
-        .map(|(k, f)| (k.to_string(), out.join(f)))
-        .collect();
-    let env = BTreeMap::new();
-    let input = StageInput {
-        name: "negatives",
-        project_root: dir,
-        with: &with,
-        outs: &outs,
-        env: &env,
-        device: "cpu",
-    };
-    kinds::implementation("sample-negatives")
-        .expect("implemented in every build")
-        .run(&input, &Recorder::default())?;
-    Ok(outs
-        .iter()
-        .map(|(k, p)| (k.clone(), std::fs::read_to_string(p).unwrap()))
-        .collect())
+    Ok(support::read_outputs(&support::run_kind(
+        "sample-negatives",
+        dir,
+        "negatives",
+        &with,
+        &Recorder::default(),
+    )?))
 }
 
 fn lines(s: &str) -> Vec<Value> {

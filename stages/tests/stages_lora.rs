@@ -9,14 +9,15 @@
 //! layer init), so trainings in parallel test threads would perturb each other's draws.
 #![cfg(feature = "ml")]
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::{Value, json};
-use tsumugi_stages::contract::{Reporter, StageInput};
-use tsumugi_stages::kinds::implementation;
+use tsumugi_stages::contract::Reporter;
 
 #[derive(Default)]
 struct Recorder {
@@ -72,31 +73,9 @@ fn run(
     root: &Path,
     name: &str,
     with: Value,
-    outs: &[(&str, &str)],
     rep: &Recorder,
 ) -> anyhow::Result<BTreeMap<String, PathBuf>> {
-    let outs: BTreeMap<String, PathBuf> = outs
-        .iter()
-        .map(|(k, f)| (k.to_string(), root.join("out").join(name).join(f)))
-        .collect();
-    std::fs::create_dir_all(root.join("out").join(name)).unwrap();
-    let env = BTreeMap::new();
-    let input = StageInput {
-        name,
-        project_root: root,
-        with: &with,
-        outs: &outs,
-        env: &env,
-        device: "cpu",
-    };
-    implementation(kind)
-        .expect("kind registered with ml")
-        .run(&input, rep)?;
-    Ok(outs)
-}
-
-fn outs_of(kind: &str) -> Vec<(&'static str, &'static str)> {
-    tsumugi_stages::kind(kind).unwrap().outputs.to_vec()
+    support::run_kind(kind, root, name, &with, rep)
 }
 
 #[test]
@@ -120,17 +99,8 @@ fn train_evaluate_export_through_the_stage_contract() {
         }
         w
     };
-    let tl = outs_of("train-lora");
     let rep = Recorder::default();
-    let a = run(
-        "train-lora",
-        root,
-        "train_a",
-        train_with(7, None),
-        &tl,
-        &rep,
-    )
-    .unwrap();
+    let a = run("train-lora", root, "train_a", train_with(7, None), &rep).unwrap();
     let weights = |o: &BTreeMap<String, PathBuf>| {
         std::fs::read(o["adapter"].join("adapter_model.safetensors")).unwrap()
     };
@@ -163,7 +133,6 @@ fn train_evaluate_export_through_the_stage_contract() {
         root,
         "train_b",
         train_with(7, None),
-        &tl,
         &Recorder::default(),
     )
     .unwrap();
@@ -176,7 +145,6 @@ fn train_evaluate_export_through_the_stage_contract() {
         root,
         "train_c",
         train_with(8, None),
-        &tl,
         &Recorder::default(),
     )
     .unwrap();
@@ -192,7 +160,6 @@ fn train_evaluate_export_through_the_stage_contract() {
         root,
         "train_d",
         train_with(7, Some("ck")),
-        &tl,
         &stop,
     )
     .unwrap_err();
@@ -207,7 +174,6 @@ fn train_evaluate_export_through_the_stage_contract() {
         root,
         "train_d",
         train_with(7, Some("ck")),
-        &tl,
         &rep,
     )
     .unwrap();
@@ -224,13 +190,12 @@ fn train_evaluate_export_through_the_stage_contract() {
     );
 
     // evaluate: metrics, predictions, plots; a gate that passes and one that fails.
-    let ev = outs_of("evaluate");
     let eval_with = |below: f64| {
         json!({"base": base, "adapter": a["adapter"], "test": "test.jsonl", "task": "regression",
                "history": a["history"], "max_length": 32, "fail_if": {"metric": "spearman", "below": below}})
     };
     let rep = Recorder::default();
-    let e = run("evaluate", root, "eval", eval_with(-2.0), &ev, &rep).unwrap();
+    let e = run("evaluate", root, "eval", eval_with(-2.0), &rep).unwrap();
     let em: Value = serde_json::from_str(&std::fs::read_to_string(&e["metrics"]).unwrap()).unwrap();
     for k in ["rmse", "mse", "r2", "pearson", "spearman"] {
         assert!(em.get(k).is_some(), "{k} in {em}");
@@ -262,7 +227,6 @@ fn train_evaluate_export_through_the_stage_contract() {
         root,
         "eval_gate",
         eval_with(1.5),
-        &ev,
         &Recorder::default(),
     )
     .unwrap_err();
@@ -273,13 +237,11 @@ fn train_evaluate_export_through_the_stage_contract() {
     );
 
     // export, merged: a plain checkpoint with the adapter's logits.
-    let ex = outs_of("export");
     let x = run(
         "export",
         root,
         "export",
         json!({"base": base, "adapter": a["adapter"], "merge": true}),
-        &ex,
         &Recorder::default(),
     )
     .unwrap();
@@ -336,7 +298,6 @@ fn train_evaluate_export_through_the_stage_contract() {
         root,
         "export_adapter",
         json!({"base": base, "adapter": a["adapter"]}),
-        &ex,
         &Recorder::default(),
     )
     .unwrap();
@@ -348,7 +309,6 @@ fn train_evaluate_export_through_the_stage_contract() {
         root,
         "bad",
         json!({"base": base, "train": "train.jsonl", "task": "regresion"}),
-        &tl,
         &Recorder::default(),
     )
     .unwrap_err();

@@ -4,23 +4,12 @@
 //! turn-taking their draws interleave and the bytes change from run to run.
 #![cfg(feature = "ml")]
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::Path;
 
 use serde_json::json;
-use tsumugi_stages::contract::{Reporter, StageInput};
-use tsumugi_stages::kinds::implementation;
-
-struct Quiet;
-
-impl Reporter for Quiet {
-    fn progress(&self, _: u64, _: Option<u64>, _: &str) {}
-    fn metric(&self, _: &str, _: Option<u64>, _: f64) {}
-    fn log(&self, _: &str) {}
-    fn cancelled(&self) -> bool {
-        false
-    }
-}
+use support::Quiet;
 
 fn write_pairs(path: &Path) {
     let words = [
@@ -45,26 +34,7 @@ fn train(root: &Path, name: &str, seed: u64) -> Vec<u8> {
         "optim": {"lr": 5e-3, "epochs": 2, "batch": 4, "seed": seed},
         "max_length": 32
     });
-    let outs: BTreeMap<String, PathBuf> = tsumugi_stages::kind("train-lora")
-        .unwrap()
-        .outputs
-        .iter()
-        .map(|(k, f)| (k.to_string(), root.join("out").join(name).join(f)))
-        .collect();
-    std::fs::create_dir_all(root.join("out").join(name)).unwrap();
-    let env = BTreeMap::new();
-    let input = StageInput {
-        name,
-        project_root: root,
-        with: &with,
-        outs: &outs,
-        env: &env,
-        device: "cpu",
-    };
-    implementation("train-lora")
-        .unwrap()
-        .run(&input, &Quiet)
-        .unwrap();
+    let outs = support::run_kind("train-lora", root, name, &with, &Quiet).unwrap();
     std::fs::read(outs["adapter"].join("adapter_model.safetensors")).unwrap()
 }
 

@@ -7,14 +7,15 @@
 //! parallel test threads would perturb each other's draws.
 #![cfg(feature = "ml")]
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::{Value, json};
-use tsumugi_stages::contract::{Reporter, StageInput};
-use tsumugi_stages::kinds::implementation;
+use tsumugi_stages::contract::Reporter;
 
 #[derive(Default)]
 struct Recorder {
@@ -95,24 +96,7 @@ fn train(
         with["checkpoint_dir"] = json!(c);
         with["checkpoint_every"] = json!(1);
     }
-    let outs: BTreeMap<String, PathBuf> = tsumugi_stages::kind("train-lora")
-        .unwrap()
-        .outputs
-        .iter()
-        .map(|(k, f)| (k.to_string(), root.join("out").join(name).join(f)))
-        .collect();
-    std::fs::create_dir_all(root.join("out").join(name)).unwrap();
-    let env = BTreeMap::new();
-    let input = StageInput {
-        name,
-        project_root: root,
-        with: &with,
-        outs: &outs,
-        env: &env,
-        device: "cpu",
-    };
-    implementation("train-lora").unwrap().run(&input, rep)?;
-    Ok(outs)
+    support::run_kind("train-lora", root, name, &with, rep)
 }
 
 fn weights(o: &BTreeMap<String, PathBuf>) -> Vec<u8> {
