@@ -24,12 +24,10 @@ use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::prelude::*;
 use burn::tensor::activation;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{MlError, Result};
-use crate::models::bert::{BertLayer, key_padding_mask};
+use crate::models::bert::{BertLayer, key_padding, multi_head_attention, on_rows};
 use crate::models::roberta::position_ids;
 use crate::models::{Architecture, CrossEncoder, HiddenAct, ModelInput};
 
@@ -187,10 +185,10 @@ fn apply<B: Backend, const D: usize>(
     lora: &Option<LoraLinear<B>>,
     x: Tensor<B, D>,
 ) -> Tensor<B, D> {
-    match lora {
+    on_rows(x, |x| match lora {
         Some(l) => l.forward(base, x),
         None => base.forward(x),
-    }
+    })
 }
 
 /// The LoRA paths of one encoder layer, one slot per [`LAYER_LINEARS`] entry.
@@ -369,17 +367,24 @@ impl<B: Backend> LoraModel<B> {
         }
     }
 
+    /// `BertEncoder::forward_first_token` with the LoRA paths: `[batch, 1, hidden]`.
     fn encode(
         &self,
         layers: &[BertLayer<B>],
         mut x: Tensor<B, 3>,
         attention_mask: Tensor<B, 2, Int>,
     ) -> Tensor<B, 3> {
-        let mask = key_padding_mask(attention_mask);
-        for (layer, lora) in layers.iter().zip(&self.layers) {
-            x = layer_forward(layer, lora, x, mask.clone());
+        let b = x.dims()[0];
+        let padding = key_padding(attention_mask);
+        let n = layers.len().min(self.layers.len());
+        for (layer, lora) in layers.iter().zip(&self.layers).take(n.saturating_sub(1)) {
+            x = layer_forward(layer, lora, x.clone(), x, padding.clone());
         }
-        x
+        let first = x.clone().slice([0..b, 0..1]);
+        match n {
+            0 => first,
+            _ => layer_forward(&layers[n - 1], &self.layers[n - 1], first, x, padding),
+        }
     }
 
     /// The base model with every `s · A B` added to its weight (PEFT `merge_and_unload`).
@@ -470,44 +475,29 @@ pub fn freeze_base<B: Backend>(base: CrossEncoder<B>, train_pooler: bool) -> Cro
     }
 }
 
-/// One encoder layer as `BertLayer::forward`, with the LoRA paths.
+/// One encoder layer as `BertLayer::forward_rows`, with the LoRA paths: the output for the
+/// rows of `queries`, attending over all of `x`.
 fn layer_forward<B: Backend>(
     layer: &BertLayer<B>,
     lora: &LayerLora<B>,
+    queries: Tensor<B, 3>,
     x: Tensor<B, 3>,
-    mask: Tensor<B, 4, Bool>,
+    padding: Tensor<B, 2, Bool>,
 ) -> Tensor<B, 3> {
     let sa = &layer.attention.self_attention;
-    let [b, s, h] = x.dims();
-    let nh = sa.num_heads;
-    let hd = h / nh;
-    let split = |t: Tensor<B, 3>| t.reshape([b, s, nh, hd]).swap_dims(1, 2);
-    let q = split(apply(&sa.query, &lora.query, x.clone()));
-    let k = split(apply(&sa.key, &lora.key, x.clone()));
-    let v = split(apply(&sa.value, &lora.value, x.clone()));
-    // As BertSelfAttention::forward: attention-probability dropout needs the explicit form.
-    let context = if B::ad_enabled(&q.device()) && sa.dropout.prob > 0.0 {
-        let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((hd as f64).sqrt());
-        let scores = scores.mask_fill(mask, f32::NEG_INFINITY);
-        sa.dropout.forward(activation::softmax(scores, 3)).matmul(v)
-    } else if B::ad_enabled(&q.device()) {
-        // Training without dropout: spelled out too, so gradients never depend on whether
-        // a backend's fused attention kernel has a backward pass.
-        let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((hd as f64).sqrt());
-        activation::softmax(scores.mask_fill(mask, f32::NEG_INFINITY), 3).matmul(v)
-    } else {
-        attention(q, k, v, Some(mask), None, AttentionModuleOptions::default())
-    };
-    let attended = context.swap_dims(1, 2).reshape([b, s, h]);
+    let q = apply(&sa.query, &lora.query, queries.clone());
+    let k = apply(&sa.key, &lora.key, x.clone());
+    let v = apply(&sa.value, &lora.value, x);
+    let attended = multi_head_attention(q, k, v, padding, sa.num_heads, &sa.dropout);
     let ao = &layer.attention.output;
     let x = ao.layer_norm.forward(
         ao.dropout
             .forward(apply(&ao.dense, &lora.attention_output, attended))
-            + x,
+            + queries,
     );
     let inner = apply(&layer.intermediate.dense, &lora.intermediate, x.clone());
     let inner = match layer.intermediate.act {
-        HiddenAct::Gelu => activation::gelu(inner),
+        HiddenAct::Gelu => crate::models::cpu::gelu(inner),
         HiddenAct::GeluTanh => activation::gelu_approximate(inner),
         HiddenAct::Relu => activation::relu(inner),
     };

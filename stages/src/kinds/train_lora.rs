@@ -49,7 +49,9 @@ pub enum Task {
 pub const INFO: KindInfo = KindInfo {
     name: "train-lora",
     // 2: ranking lines with `epoch` train epoch e on draw e mod E only (per-epoch negatives).
-    version: 2,
+    // 3: the last layer runs for the first token only, so dropout draws fewer numbers and a
+    //    seeded training takes a different (equally valid) path.
+    version: 3,
     summary: "LoRA fine-tuning of a cross-encoder (regression, classification, ranking); PEFT adapter out",
     input_fields: &["base", "train", "dev"],
     outputs: &[

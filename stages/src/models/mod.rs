@@ -8,6 +8,7 @@
 
 pub mod bert;
 pub mod config;
+pub mod cpu;
 pub mod loader;
 pub mod roberta;
 

@@ -35,11 +35,20 @@ impl<B: Backend> RobertaModel<B> {
 
     /// Last hidden state `[batch, seq, hidden]`. Token type ids are ignored (all 0).
     pub fn forward(&self, input: &ModelInput<B>) -> Tensor<B, 3> {
+        self.encoder
+            .forward(self.embed(input), input.attention_mask.clone())
+    }
+
+    /// Last hidden state of the first (`<s>`) token, `[batch, 1, hidden]`.
+    pub fn forward_first_token(&self, input: &ModelInput<B>) -> Tensor<B, 3> {
+        self.encoder
+            .forward_first_token(self.embed(input), input.attention_mask.clone())
+    }
+
+    fn embed(&self, input: &ModelInput<B>) -> Tensor<B, 3> {
         let positions = position_ids(input.input_ids.clone(), self.padding_idx);
-        let x = self
-            .embeddings
-            .forward(input.input_ids.clone(), Some(positions), None);
-        self.encoder.forward(x, input.attention_mask.clone())
+        self.embeddings
+            .forward(input.input_ids.clone(), Some(positions), None)
     }
 }
 
@@ -106,6 +115,7 @@ impl<B: Backend> RobertaForSequenceClassification<B> {
 
     /// Logits `[batch, num_labels]`.
     pub fn forward(&self, input: &ModelInput<B>) -> Tensor<B, 2> {
-        self.classifier.forward(self.roberta.forward(input))
+        self.classifier
+            .forward(self.roberta.forward_first_token(input))
     }
 }
