@@ -5,6 +5,9 @@
 //! architecture; [`Encoder::load`] the bare encoder. Everything is generic over the burn
 //! [`Backend`], so the same code runs inference on flex/wgpu/cuda and training under
 //! `Autodiff<…>`.
+//!
+//! One file per architecture (`bert.rs`, `roberta.rs`); `cpu.rs` holds the two kernels
+//! (GELU, attention) that replace slow burn ops when the backend is the CPU one.
 
 pub mod bert;
 pub mod config;
