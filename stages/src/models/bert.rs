@@ -276,7 +276,7 @@ impl<B: Backend> BertLayer<B> {
 
     /// The layer's output for the rows of `queries` only (keys and values still come from
     /// all of `x`). Each row's output depends on the other rows only through attention,
-    /// so this equals `forward`'s rows exactly.
+    /// so this gives `forward`'s rows (up to float rounding).
     pub fn forward_rows(
         &self,
         queries: Tensor<B, 3>,
@@ -320,7 +320,7 @@ impl<B: Backend> BertEncoder<B> {
     /// The last hidden state of the first token only, `[batch, 1, hidden]`: all a
     /// classification head reads. The last layer runs its queries, attention output and
     /// feed-forward for that one row instead of all `seq`, which saves nearly a layer's
-    /// work (a sixth of MiniLM's) with the same result.
+    /// work (a sixth of MiniLM's) with the same result up to float rounding.
     pub fn forward_first_token(
         &self,
         mut x: Tensor<B, 3>,
