@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 
 use burn::prelude::*;
 
@@ -102,30 +103,55 @@ impl DeviceSpec {
 
 /// Runs a tiny operation on `device` so that a missing GPU or driver becomes a clear error
 /// here rather than a panic deep inside the first forward pass. GPU runtimes report a
-/// missing device by panicking, so the panic is caught and turned into an error.
+/// missing device by panicking (often on a thread of their own, which then makes the
+/// caller's thread panic with a bare `RecvError`), so while the probe runs the panic hook
+/// records messages instead of printing them, and the first one, the cause, is the error.
 pub fn probe<B: Backend>(spec: &DeviceSpec, device: &B::Device) -> Result<()> {
+    // One probe at a time: each swaps the process-wide panic hook.
+    static PROBING: Mutex<()> = Mutex::new(());
+    let _probing = PROBING.lock().unwrap_or_else(|e| e.into_inner());
+    let messages = Arc::new(Mutex::new(Vec::<String>::new()));
+    let previous = std::panic::take_hook();
+    let sink = Arc::clone(&messages);
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| info.payload().downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "the runtime panicked".into());
+        sink.lock().unwrap_or_else(|e| e.into_inner()).push(msg);
+    }));
     let device = device.clone();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
         let t = Tensor::<B, 1>::from_floats([1.0, 2.0], &device);
         t.sum().into_scalar().elem::<f32>()
     }));
+    std::panic::set_hook(previous);
     match outcome {
         Ok(v) if (v - 3.0).abs() < 1e-6 => Ok(()),
         Ok(v) => Err(MlError::Device {
             spec: spec.to_string(),
             message: format!("self-test returned {v}, expected 3"),
         }),
-        Err(panic) => {
-            let msg = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "the runtime panicked".into());
+        Err(_) => {
+            let messages = messages.lock().unwrap_or_else(|e| e.into_inner());
+            let cause = messages
+                .first()
+                .map_or("the runtime panicked", String::as_str);
             Err(MlError::Device {
                 spec: spec.to_string(),
-                message: format!("no usable device: {msg}"),
+                message: format!("no usable device: {}", shorten(cause, 240)),
             })
         }
+    }
+}
+
+/// `text` cut to at most `max` characters, with an ellipsis when cut.
+fn shorten(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_string(),
     }
 }
 
