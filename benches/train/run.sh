@@ -28,7 +28,7 @@ with open(sys.argv[1], encoding="utf-8") as f:
         c = line.rstrip("\n").split("\t")
         print(json.dumps({"text_a": c[5], "text_b": c[6], "label": float(c[4]) / 5, "group": c[5]}, ensure_ascii=False))
 PY
-cargo test -q -p tsumugi-stages --features ml --test train_bench --no-run 2>/dev/null
+cargo test --release -q -p tsumugi-stages --features ml --test train_bench --no-run 2>/dev/null
 
 peak() { python3 - "$@" <<'PY'
 import resource, subprocess, sys
@@ -40,7 +40,7 @@ PY
 
 for run in $(seq 1 "$runs"); do
   RAYON_NUM_THREADS="$threads" TSUMUGI_BENCH_MODEL="$PWD/models/minilm-l6" TSUMUGI_BENCH_PAIRS="$PWD/$out/train.jsonl" \
-    TSUMUGI_BENCH_LIMIT="$pairs" peak cargo test -q -p tsumugi-stages --features ml --test train_bench -- \
+    TSUMUGI_BENCH_LIMIT="$pairs" peak cargo test --release -q -p tsumugi-stages --features ml --test train_bench -- \
     --ignored --nocapture > "$out/tsumugi.$run.out" 2> "$out/tsumugi.$run.log"
   OMP_NUM_THREADS="$threads" MKL_NUM_THREADS="$threads" peak "$py" scripts/reference_train.py \
     --threads "$threads" --limit "$pairs" --eval-limit 16 --no-baseline > "$out/torch.$run.json" 2> "$out/torch.$run.log"

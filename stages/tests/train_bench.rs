@@ -3,7 +3,7 @@
 //! quickstart recipe and prints one JSON line: pairs/s and the run's settings.
 //!
 //!     TSUMUGI_BENCH_MODEL=models/minilm-l6 TSUMUGI_BENCH_PAIRS=out/bench-train/train.jsonl \
-//!       TSUMUGI_BENCH_LIMIT=160 cargo test -p tsumugi-stages --features ml --test train_bench -- --ignored --nocapture
+//!       TSUMUGI_BENCH_LIMIT=160 cargo test --release -p tsumugi-stages --features ml --test train_bench -- --ignored --nocapture
 #![cfg(feature = "ml")]
 
 use std::path::PathBuf;
