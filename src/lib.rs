@@ -1,36 +1,27 @@
 //! tsumugi: declarative, content-hashed pipelines for fine-tuning and evaluating
-//! cross-encoders with LoRA.
+//! cross-encoders with LoRA. This crate is the command line; the engine lives in workspace
+//! crates, each a layer that only uses the ones below it (see the README's "Where things
+//! are"):
 //!
-//! The engine's ideas, each in one place, in the order a run goes through them:
-//!
-//! | step | module | what it does |
+//! | layer | crate | what it does |
 //! | --- | --- | --- |
-//! | spec | [`spec`] | YAML pipeline file → validated, interpolated [`spec::Pipeline`] |
-//! | graph | [`graph`] | stages → DAG (edges from references, deps on outs, `needs:`) |
-//! | hashing | [`hash`] | content hashes of files and directories, with a stat cache |
-//! | fingerprint | [`fingerprint`] | a stage's identity: action, params, env, input hashes |
-//! | cache | [`cache`] | content-addressed objects + fingerprint → output manifest |
-//! | executor | [`executor`] | runs the stale stages in parallel under slots, restores the rest |
-//! | run record | [`rundb`] | the SQLite run database, written by one writer task |
+//! | base | `tsumugi-base` | project paths, atomic writes, the project lock, durations, metrics files |
+//! | stages | `tsumugi-stages` | the stage contract; built-in kinds (their ML in burn) |
+//! | pipeline | `tsumugi-pipeline` | YAML pipeline file → validated [`spec::Pipeline`] → [`graph::Dag`] |
+//! | store | `tsumugi-store` | content hashes + stat cache, fingerprints, object store + action cache |
+//! | run record | `tsumugi-rundb` | the SQLite run database and its one writer |
+//! | executor | `tsumugi-exec` | freshness, slots, processes, per-item stages, registry |
+//! | triggers | `tsumugi-triggers` | watch, cron schedules, data conditions |
+//! | CLI | `tsumugi` (here) | [`cli`]: argument parsing and output |
 //!
-//! A `map:` stage runs per item through [`map`], inside the executor's one stage run.
-//!
-//! A stage with `register:` keeps an output as a version in the adapter registry
-//! ([`registry`]), after it completes.
-//!
-//! [`project`] knows where things live; [`lock`] keeps two processes from racing.
+//! The layers are re-exported below under the short names the CLI uses.
 
-pub mod cache;
 pub mod cli;
-pub mod executor;
-pub mod fingerprint;
-pub mod fsmonitor;
-pub mod graph;
-pub mod hash;
-pub mod lock;
-pub mod map;
-pub mod project;
-pub mod registry;
-pub mod rundb;
-pub mod spec;
-pub mod trigger;
+
+pub use tsumugi_base::{lock, project};
+pub use tsumugi_exec::{executor, map, registry};
+pub use tsumugi_pipeline as spec;
+pub use tsumugi_pipeline::graph;
+pub use tsumugi_rundb as rundb;
+pub use tsumugi_store::{cache, fingerprint, fsmonitor, hash};
+pub use tsumugi_triggers as trigger;

@@ -122,7 +122,11 @@ fn first_run_registers_and_promotes_v1_and_a_second_run_registers_nothing() {
     assert_eq!(md.nlink(), 1);
     let info: Value = serde_json::from_str(&p.read("adapters/nli/v1/version.json")).unwrap();
     assert_eq!(info["status"], "current");
-    assert_eq!(info["metrics"], serde_json::json!({"accuracy": 0.7}));
+    // The one metrics-file reader: nested keys are joined with `.` (docs/json-output.md).
+    assert_eq!(
+        info["metrics"],
+        serde_json::json!({"accuracy": 0.7, "nested.x": 1.0})
+    );
     assert_eq!(info["stage"], "export");
     assert_eq!(info["run_id"], v["run_id"]);
     assert_eq!(info["hash"], r["hash"]);
@@ -309,7 +313,7 @@ fn a_missing_metric_fails_the_stage_and_names_the_file() {
     assert_eq!(export["status"], "failed");
     assert_eq!(
         export["message"],
-        "register nli: metric 'accuracy' is not in the metrics file out/metrics.json (it has: f1)"
+        "register nli: metric 'accuracy' is not in the metrics file out/metrics.json (it has: f1, nested.x)"
     );
     assert!(versions(&p).is_empty());
     // The stage's work is cached; the registration is tried again on the next run.

@@ -41,7 +41,7 @@ pub enum FsmonitorCommand {
     /// Start the daemon in the background and wait until it answers.
     Start {
         /// How long to wait for the initial watches of a large tree.
-        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "60s", value_parser = tsumugi_base::duration::parse_arg)]
         wait: Duration,
     },
     /// Stop the project's daemon.

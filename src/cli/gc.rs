@@ -35,7 +35,12 @@ pub fn run(project: &Project, args: GcArgs) -> anyhow::Result<ExitCode> {
         Some(c) => rundb::kept_fingerprints(&c, args.keep_last)?,
         None => Default::default(),
     };
-    let r = Cache::new(project.cache_dir()).gc(&keep, args.dry_run)?;
+    let r = {
+        let cache = Cache::new(project.cache_dir());
+        // Per-item outputs of `map:` stages live in their stage's item manifest.
+        let per_item = crate::map::live_objects(&cache, &project.cache_dir());
+        cache.gc(&keep, per_item, args.dry_run)?
+    };
     let verb = if args.dry_run {
         "would remove"
     } else {

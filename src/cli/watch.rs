@@ -20,7 +20,7 @@ pub struct WatchArgs {
     #[arg(value_name = "FILE")]
     pub file: Option<String>,
     /// Quiet time after the last change before a run starts (e.g. 200ms, 2s).
-    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "500ms", value_parser = tsumugi_base::duration::parse_arg)]
     pub debounce: Duration,
     /// Stages running at once in a run (default: number of cores).
     #[arg(short = 'j', long = "jobs", value_name = "N")]

@@ -11,7 +11,6 @@
 //! Face directories), [`tokenize`] (pair tokenization and length bucketing), [`score`]
 //! (scoring pairs), [`device`] (run-time backend choice).
 
-pub mod atomic;
 pub mod contract;
 pub mod kinds;
 // Issue 4 without burn: loss formulas, evaluation metrics, plots.

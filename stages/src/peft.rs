@@ -34,7 +34,7 @@ const PREFIX: &str = "base_model.model.";
 
 /// Writes `bytes` to `path` atomically (see [`crate::atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    crate::atomic::write_atomic_io(path, bytes).map_err(|e| MlError::io(path, e))
+    tsumugi_base::atomic::write_atomic_io(path, bytes).map_err(|e| MlError::io(path, e))
 }
 
 /// f32 values of a tensor, row-major.

@@ -39,7 +39,6 @@ use std::time::Instant;
 use anyhow::{Result, anyhow, bail};
 use serde::Deserialize;
 
-use crate::atomic::AtomicFile;
 use crate::contract::{Reporter, Stage, StageInput};
 use crate::kinds::KindInfo;
 use crate::ranking::bm25::{Bm25Index, Bm25Params};
@@ -51,6 +50,7 @@ use crate::ranking::negatives::{
     Corpus, Draw, HardPool, Method, MiningConfig, PairScorer, draw, hard_pools,
 };
 use crate::ranking::normalize;
+use tsumugi_base::atomic::AtomicFile;
 
 /// Its descriptor. Bump `version` whenever the output bytes for the same inputs may change
 /// (sampling, the generator, the analyzer, BM25, the JSON layout).

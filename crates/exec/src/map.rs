@@ -1,0 +1,647 @@
+//! Per-item stages (`map:`): a stage that runs once per item of a glob, of the lines of a
+//! file or of the rows of a JSONL file, instead of once.
+//!
+//! Two levels of caching, so that the common case stays as cheap as any other stage:
+//! - The stage as a whole has an ordinary fingerprint, in which the map source counts as
+//!   one input whose hash is [`source_hash`]: the sorted list of (item key, item input hash)
+//!   plus the map spec. If nothing changed, the executor finds the action entry and never
+//!   gets here.
+//! - Otherwise [`run`] compares every item's own fingerprint (the stage's fingerprint without
+//!   the map source, + the item's key and input hash) with the stage's item manifest,
+//!   `cache/map/<pipeline>/<stage>.json`: one file per mapped stage, key → (fingerprint,
+//!   input hash, output records), written atomically. Only added and changed items run;
+//!   removed items' outputs are deleted; the merged output is rebuilt from every item's
+//!   outputs in key order, so it is byte-identical to a from-scratch run.
+//!
+//! One manifest file, not one action entry per item: a status over 100,000 items reads one
+//! file and stats the inputs through the stat cache, with no per-item file or SQLite lookups.
+//! The per-item outputs themselves are content-addressed objects in the ordinary store.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use anyhow::{Context, Result, bail};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use tsumugi_stages::{Reporter, Stage as StageImpl, StageInput};
+
+use tsumugi_base::atomic::{remove_path, write_atomic};
+use tsumugi_base::paths::path_str;
+use tsumugi_base::project::Project;
+use tsumugi_pipeline::{Action, Dep, MapSource, MapSpec, Stage};
+use tsumugi_rundb::RunDb;
+use tsumugi_store::cache::{Cache, OutKind, OutRecord};
+use tsumugi_store::fingerprint::{self, hash_dep};
+use tsumugi_store::hash::{Hasher, StatCache, sha256_hex};
+use tsumugi_store::items::spec_bytes;
+pub use tsumugi_store::items::{Item, items, source_hash};
+
+use crate::executor::CmdStage;
+
+/// What every item's fingerprint shares: the stage's action, params, env, its other inputs
+/// and the map spec — everything but the map source.
+fn item_base(
+    project: &Project,
+    hasher: &Hasher<'_>,
+    stage: &Stage,
+    spec: &MapSpec,
+) -> Result<String> {
+    let mut deps = BTreeMap::new();
+    for d in &stage.deps {
+        if matches!(d, Dep::Path(p) if p == spec.source.path()) {
+            continue;
+        }
+        let h = hash_dep(project, hasher, d).with_context(|| format!("stage {}", stage.name))?;
+        deps.insert(fingerprint::dep_key(d), h);
+    }
+    let mut buf = fingerprint::components(stage, deps)
+        .fingerprint()
+        .into_bytes();
+    buf.push(b'\n');
+    buf.extend(spec_bytes(spec));
+    Ok(sha256_hex(&buf))
+}
+
+fn item_fp(base: &str, it: &Item) -> String {
+    sha256_hex(format!("tsumugi-item\n{base}\n{}\n{}", it.key, it.input).as_bytes())
+}
+
+/// `${item.NAME}` in `template` → the item's values; `quote` makes each one shell word.
+pub fn fill(template: &str, it: &Item, quote: bool) -> Result<String> {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(i) = rest.find("${item.") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 7..];
+        let Some(end) = after.find('}') else {
+            bail!("unterminated ${{item.…}} in {template}");
+        };
+        let name = &after[..end];
+        let Some(v) = it.vars.get(name) else {
+            bail!("item {} has no field '{name}'", it.key);
+        };
+        if quote {
+            out.push('\'');
+            out.push_str(&v.replace('\'', r"'\''"));
+            out.push('\'');
+        } else {
+            out.push_str(v);
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// An item's output paths, relative to the project root; an item whose value would lead
+/// outside the project is an error, not a write somewhere else.
+fn item_out_paths(spec: &MapSpec, it: &Item) -> Result<Vec<String>> {
+    spec.item_outs
+        .iter()
+        .map(|t| {
+            let p = fill(t, it, false)?;
+            let bad = Path::new(&p).components().any(|c| {
+                !matches!(
+                    c,
+                    std::path::Component::Normal(_) | std::path::Component::CurDir
+                )
+            });
+            if bad || p.is_empty() {
+                bail!("item {}: output path {p:?} leaves the project", it.key);
+            }
+            Ok(p)
+        })
+        .collect()
+}
+
+/// The per-item cache of one mapped stage.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Manifest {
+    format: u32,
+    items: BTreeMap<String, ItemRec>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ItemRec {
+    fp: String,
+    input: String,
+    outs: Vec<OutRecord>,
+    /// The list entry of a line or row item, for `TSUMUGI_REMOVED` once it is gone.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    entry: String,
+}
+
+pub fn manifest_path(project: &Project, pipeline: &str, stage: &str) -> PathBuf {
+    project
+        .cache_dir()
+        .join("map")
+        .join(pipeline)
+        .join(format!("{stage}.json"))
+}
+
+/// Every object the item manifests under `cache_dir` refer to (for `tsumugi gc`): the
+/// current outputs of every item of every mapped stage are kept.
+pub fn live_objects(cache: &Cache, cache_dir: &Path) -> Vec<String> {
+    let mut live = Vec::new();
+    let files = walkdir::WalkDir::new(cache_dir.join("map"))
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_file() && e.path().extension().is_some_and(|x| x == "json"));
+    for f in files {
+        for rec in load_manifest(f.path()).items.into_values() {
+            for o in rec.outs {
+                if o.kind == OutKind::Dir
+                    && let Ok(m) = cache.manifest(&o.hash)
+                {
+                    live.extend(m.entries.into_iter().map(|x| x.hash));
+                }
+                live.push(o.hash);
+            }
+        }
+    }
+    live
+}
+
+fn load_manifest(path: &Path) -> Manifest {
+    // A missing or unreadable manifest only costs re-runs: every item is then "added".
+    fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok())
+        .filter(|m| m.format == 1)
+        .unwrap_or_default()
+}
+
+/// Items by what has to happen to them.
+struct Plan {
+    items: Vec<Item>,
+    fps: Vec<String>,
+    added: Vec<usize>,
+    changed: Vec<usize>,
+    cached: Vec<usize>,
+    removed: Vec<String>,
+    manifest: Manifest,
+}
+
+fn plan(
+    project: &Project,
+    hasher: &Hasher<'_>,
+    pipeline: &str,
+    stage: &Stage,
+    spec: &MapSpec,
+) -> Result<Plan> {
+    let items = items(project, hasher, spec)?;
+    let base = item_base(project, hasher, stage, spec)?;
+    let fps: Vec<String> = items.par_iter().map(|it| item_fp(&base, it)).collect();
+    let manifest = load_manifest(&manifest_path(project, pipeline, &stage.name));
+    let (mut added, mut changed, mut cached) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, it) in items.iter().enumerate() {
+        match manifest.items.get(&it.key) {
+            None => added.push(i),
+            Some(r) if r.fp != fps[i] => changed.push(i),
+            Some(_) => cached.push(i),
+        }
+    }
+    let current: std::collections::HashSet<&str> = items.iter().map(|i| i.key.as_str()).collect();
+    let removed = manifest
+        .items
+        .keys()
+        .filter(|k| !current.contains(k.as_str()))
+        .cloned()
+        .collect();
+    Ok(Plan {
+        items,
+        fps,
+        added,
+        changed,
+        cached,
+        removed,
+        manifest,
+    })
+}
+
+/// Per-item freshness of a mapped stage, for `tsumugi status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ItemCounts {
+    pub total: usize,
+    pub stale: usize,
+    pub added: usize,
+    pub changed: usize,
+    pub removed: usize,
+    pub cached: usize,
+    /// The first few keys of each kind, for the message.
+    #[serde(skip)]
+    pub examples: BTreeMap<&'static str, Vec<String>>,
+}
+
+impl ItemCounts {
+    /// `caption: 1 of 1000 items stale (added: img_0999.png)`.
+    pub fn describe(&self, stage: &str) -> String {
+        let mut parts = Vec::new();
+        for (what, n) in [
+            ("added", self.added),
+            ("changed", self.changed),
+            ("removed", self.removed),
+        ] {
+            if n == 0 {
+                continue;
+            }
+            let ex = &self.examples[what];
+            let more = if n > ex.len() {
+                format!(" and {} more", n - ex.len())
+            } else {
+                String::new()
+            };
+            parts.push(format!("{what}: {}{more}", ex.join(", ")));
+        }
+        let mut s = format!("{stage}: {} of {} items stale", self.stale, self.total);
+        if !parts.is_empty() {
+            s.push_str(&format!(" ({})", parts.join("; ")));
+        }
+        s
+    }
+}
+
+fn counts(p: &Plan) -> ItemCounts {
+    const SHOWN: usize = 5;
+    let keys = |ix: &[usize]| {
+        ix.iter()
+            .take(SHOWN)
+            .map(|&i| p.items[i].key.clone())
+            .collect()
+    };
+    let mut examples = BTreeMap::new();
+    examples.insert("added", keys(&p.added));
+    examples.insert("changed", keys(&p.changed));
+    examples.insert("removed", p.removed.iter().take(SHOWN).cloned().collect());
+    ItemCounts {
+        total: p.items.len(),
+        stale: p.added.len() + p.changed.len(),
+        added: p.added.len(),
+        changed: p.changed.len(),
+        removed: p.removed.len(),
+        cached: p.cached.len(),
+        examples,
+    }
+}
+
+/// Which items of a mapped stage are stale, without running anything.
+pub fn status(
+    project: &Project,
+    hasher: &Hasher<'_>,
+    pipeline: &str,
+    stage: &Stage,
+) -> Result<Option<ItemCounts>> {
+    let Some(spec) = &stage.map else {
+        return Ok(None);
+    };
+    let p = plan(project, hasher, pipeline, stage, spec)?;
+    Ok(Some(counts(&p)))
+}
+
+/// What a mapped stage's run needs from the executor.
+pub struct MapRun<'a> {
+    pub project: &'a Project,
+    pub cache: &'a Cache,
+    pub stat: &'a StatCache,
+    pub pipeline: &'a str,
+    /// Items running at once.
+    pub jobs: usize,
+    /// `run --force`: every item runs, cached or not.
+    pub force: bool,
+    pub run_id: &'a str,
+    pub db: &'a RunDb,
+}
+
+/// Runs the stale items of a mapped stage (or its batch), restores cached ones, drops removed
+/// ones, writes the manifest and the merged output. Called by the executor in place of the
+/// stage's own implementation; it returns Ok only when every item succeeded.
+pub fn run(
+    mr: &MapRun<'_>,
+    stage: &Stage,
+    input: &StageInput<'_>,
+    report: &dyn Reporter,
+) -> Result<()> {
+    let spec = stage.map.as_ref().context("not a mapped stage")?;
+    let Action::Cmd { cmd } = &stage.action else {
+        // The loader refuses this; say so rather than guess if a built-in ever gets here.
+        bail!(
+            "stage {}: 'map' over a built-in kind is not available yet",
+            stage.name
+        );
+    };
+    let root = mr.project.root();
+    let hasher = Hasher::new(mr.stat);
+    let mut p = plan(mr.project, &hasher, mr.pipeline, stage, spec)?;
+    if mr.force {
+        p.changed.append(&mut p.cached);
+        p.changed.sort_unstable();
+    }
+    let n = counts(&p);
+    let mpath = manifest_path(mr.project, mr.pipeline, &stage.name);
+
+    // Removed items: their outputs go, so the output folder matches the items.
+    for k in &p.removed {
+        if let Some(r) = p.manifest.items.get(k) {
+            for o in &r.outs {
+                remove_path(&root.join(&o.path))?;
+            }
+        }
+    }
+    // Cached items: put back any output that is missing or was edited; an item whose
+    // objects are gone from the store runs again.
+    let restore_failed: Vec<usize> = p
+        .cached
+        .par_iter()
+        .filter(|&&i| {
+            let rec = &p.manifest.items[&p.items[i].key];
+            rec.outs.iter().any(|o| {
+                let abs = root.join(&o.path);
+                let ok = hasher
+                    .path(&abs)
+                    .map(|h| h.hash() == o.hash)
+                    .unwrap_or(false);
+                !ok && mr.cache.restore(o, &abs).is_err()
+            })
+        })
+        .copied()
+        .collect();
+    let restored_again = restore_failed.len();
+    p.cached.retain(|i| !restore_failed.contains(i));
+    p.changed.extend(restore_failed);
+    p.changed.sort_unstable();
+
+    let mut todo: Vec<usize> = p.added.iter().chain(&p.changed).copied().collect();
+    todo.sort_unstable();
+    let done: Mutex<Vec<(usize, Vec<OutRecord>)>> = Mutex::new(Vec::new());
+    let mut failure: Option<anyhow::Error> = None;
+
+    if spec.batch {
+        let res = run_batch(mr, stage, spec, cmd, &p, &todo, input, report);
+        match res {
+            Ok(recs) => *done.lock().expect("done") = recs,
+            Err(e) => failure = Some(e),
+        }
+    } else if !todo.is_empty() {
+        let next = AtomicUsize::new(0);
+        let failed = AtomicBool::new(false);
+        let first_err: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+        let workers = mr.jobs.max(1).min(todo.len());
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|| {
+                    loop {
+                        if failed.load(Ordering::SeqCst) || report.cancelled() {
+                            break;
+                        }
+                        let j = next.fetch_add(1, Ordering::SeqCst);
+                        let Some(&i) = todo.get(j) else { break };
+                        match run_item(mr, spec, cmd, &p.items[i], input, report) {
+                            Ok(recs) => {
+                                let mut d = done.lock().expect("done");
+                                d.push((i, recs));
+                                report.progress(
+                                    d.len() as u64,
+                                    Some(todo.len() as u64),
+                                    &p.items[i].key,
+                                );
+                            }
+                            Err(e) => {
+                                failed.store(true, Ordering::SeqCst);
+                                first_err.lock().expect("err").get_or_insert(e);
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        failure = first_err.into_inner().expect("err");
+        if failure.is_none() && report.cancelled() {
+            failure = Some(anyhow::anyhow!("cancelled"));
+        }
+    }
+
+    // The manifest keeps what is true now: cached items, items that just ran; not removed
+    // items, nor stale items that did not run (they must run next time).
+    let done = done.into_inner().expect("done");
+    let ran = done.len();
+    let mut m = Manifest {
+        format: 1,
+        items: BTreeMap::new(),
+    };
+    let entry_of = |it: &Item| {
+        if it.vars.contains_key("path") {
+            String::new()
+        } else {
+            it.entry().to_string()
+        }
+    };
+    for &i in &p.cached {
+        let k = &p.items[i].key;
+        m.items.insert(k.clone(), p.manifest.items[k].clone());
+    }
+    for (i, outs) in done {
+        let it = &p.items[i];
+        m.items.insert(
+            it.key.clone(),
+            ItemRec {
+                fp: p.fps[i].clone(),
+                input: it.input.clone(),
+                outs,
+                entry: entry_of(it),
+            },
+        );
+    }
+    let bytes = serde_json::to_vec(&m).context("cannot encode the item manifest")?;
+    write_atomic(&mpath, &bytes)?;
+
+    let summary = format!(
+        "{}: {ran} of {} items ran, {} cached, {} removed{}",
+        stage.name,
+        n.total,
+        p.cached.len(),
+        p.removed.len(),
+        if restored_again > 0 {
+            format!(" ({restored_again} re-run: their cached outputs were gone)")
+        } else {
+            String::new()
+        }
+    );
+    report.log(&summary);
+    mr.db.event(
+        Some(mr.run_id),
+        Some(&stage.name),
+        "map_items",
+        &serde_json::json!({
+            "total": n.total, "ran": ran, "cached": p.cached.len(), "added": n.added,
+            "changed": n.changed, "removed": n.removed, "failed": usize::from(failure.is_some()),
+        })
+        .to_string(),
+    );
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    if let Some(merge) = &spec.merge {
+        let mut out = Vec::new();
+        for it in &p.items {
+            let rec = &m.items[&it.key];
+            for o in &rec.outs {
+                if o.kind != OutKind::File {
+                    bail!(
+                        "merge needs file outputs; {} of item {} is a directory",
+                        o.path,
+                        it.key
+                    );
+                }
+                let b = fs::read(root.join(&o.path))
+                    .with_context(|| format!("cannot read {}", o.path))?;
+                let ends = b.last().is_none_or(|&c| c == b'\n');
+                out.extend(b);
+                // Items are records: one that lacks a final newline must not run into the next.
+                if !ends {
+                    out.push(b'\n');
+                }
+            }
+        }
+        write_atomic(&root.join(merge), &out)?;
+    }
+    Ok(())
+}
+
+/// Clears an item's outputs and makes their folders.
+fn prepare_outs(root: &Path, rels: &[String]) -> Result<()> {
+    for r in rels {
+        let abs = root.join(r);
+        remove_path(&abs)?;
+        if let Some(d) = abs.parent() {
+            fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn store_outs(mr: &MapRun<'_>, it: &Item, rels: &[String]) -> Result<Vec<OutRecord>> {
+    rels.iter()
+        .map(|r| {
+            let abs = mr.project.root().join(r);
+            if !abs.exists() {
+                bail!("item {} succeeded but did not write its output {r}", it.key);
+            }
+            mr.cache.store_output(r, &abs)
+        })
+        .collect()
+}
+
+fn run_item(
+    mr: &MapRun<'_>,
+    spec: &MapSpec,
+    cmd: &str,
+    it: &Item,
+    input: &StageInput<'_>,
+    report: &dyn Reporter,
+) -> Result<Vec<OutRecord>> {
+    let rels = item_out_paths(spec, it)?;
+    prepare_outs(mr.project.root(), &rels)?;
+    let imp = CmdStage {
+        cmd: fill(cmd, it, true)?,
+    };
+    let mut env = input.env.clone();
+    env.insert("TSUMUGI_ITEM_KEY".into(), it.key.clone());
+    let outs: BTreeMap<String, PathBuf> = rels
+        .iter()
+        .map(|r| (r.clone(), mr.project.root().join(r)))
+        .collect();
+    let item_input = StageInput {
+        outs: &outs,
+        env: &env,
+        ..input.clone()
+    };
+    let res = imp.run(&item_input, report);
+    if let Err(e) = res {
+        for r in &rels {
+            let _ = remove_path(&mr.project.root().join(r));
+        }
+        return Err(e.context(format!("item {}", it.key)));
+    }
+    store_outs(mr, it, &rels)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_batch(
+    mr: &MapRun<'_>,
+    stage: &Stage,
+    spec: &MapSpec,
+    cmd: &str,
+    p: &Plan,
+    todo: &[usize],
+    input: &StageInput<'_>,
+    report: &dyn Reporter,
+) -> Result<Vec<(usize, Vec<OutRecord>)>> {
+    if cmd.contains("${item.") {
+        bail!(
+            "stage {}: a batch command gets its items from TSUMUGI_ADDED/CHANGED/REMOVED, not ${{item.…}}",
+            stage.name
+        );
+    }
+    if todo.is_empty() && p.removed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let root = mr.project.root();
+    let mut rels = Vec::with_capacity(todo.len());
+    for &i in todo {
+        let r = item_out_paths(spec, &p.items[i])?;
+        prepare_outs(root, &r)?;
+        rels.push(r);
+    }
+    fs::create_dir_all(mr.project.cache_dir())
+        .with_context(|| format!("cannot create {}", mr.project.cache_dir().display()))?;
+    let dir = tempfile::Builder::new()
+        .prefix("map-batch-")
+        .tempdir_in(mr.project.cache_dir())
+        .context("cannot create the batch lists")?;
+    let list = |ix: &[usize]| -> String {
+        ix.iter()
+            .map(|&i| format!("{}\n", p.items[i].entry()))
+            .collect()
+    };
+    let removed: String = p
+        .removed
+        .iter()
+        .map(|k| {
+            let r = &p.manifest.items[k];
+            match &spec.source {
+                MapSource::Glob { base, .. } if r.entry.is_empty() => {
+                    format!("{}/{k}\n", path_str(base))
+                }
+                _ => format!("{}\n", if r.entry.is_empty() { k } else { &r.entry }),
+            }
+        })
+        .collect();
+    let mut env = input.env.clone();
+    for (name, text) in [
+        ("ADDED", list(&p.added)),
+        ("CHANGED", list(&p.changed)),
+        ("REMOVED", removed),
+    ] {
+        let f = dir.path().join(name.to_lowercase());
+        fs::write(&f, text).with_context(|| format!("cannot write {}", f.display()))?;
+        env.insert(format!("TSUMUGI_{name}"), f.display().to_string());
+    }
+    let imp = CmdStage {
+        cmd: cmd.to_string(),
+    };
+    imp.run(
+        &StageInput {
+            env: &env,
+            ..input.clone()
+        },
+        report,
+    )?;
+    // Storing hashes and copies every output: in parallel, as per-item runs do.
+    todo.par_iter()
+        .zip(rels)
+        .map(|(&i, r)| Ok((i, store_outs(mr, &p.items[i], &r)?)))
+        .collect()
+}
