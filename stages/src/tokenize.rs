@@ -9,7 +9,6 @@ use rayon::prelude::*;
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use crate::error::{MlError, Result};
-use crate::models::ModelDir;
 
 /// How a pair longer than `max_length` is cut (transformers' `truncation=` values).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -95,37 +94,6 @@ impl PairTokenizer {
         out.tokenizer.with_padding(None);
         out.set_truncation(max_length, truncation)?;
         Ok(out)
-    }
-
-    /// The tokenizer of a model directory, with the model's pad id; `max_length` is capped
-    /// at what the model's position table allows.
-    pub fn for_model(dir: &ModelDir, max_length: usize, truncation: Truncation) -> Result<Self> {
-        let path = dir.tokenizer_path();
-        let probe = Tokenizer::from_file(&path).map_err(|e| MlError::Tokenizer {
-            path: path.clone(),
-            message: format!("cannot load tokenizer: {e}"),
-        })?;
-        // The model's own pad id decides RoBERTa positions, so it wins over the tokenizer's.
-        let pad_id = match dir.config.pad_token_id {
-            Some(id) => id as u32,
-            None => probe
-                .get_padding()
-                .map(|p| p.pad_id)
-                .or_else(|| ["[PAD]", "<pad>"].iter().find_map(|t| probe.token_to_id(t)))
-                .ok_or_else(|| MlError::Tokenizer {
-                    path: path.clone(),
-                    message: "no pad token: config.json has no pad_token_id and the tokenizer has no [PAD]/<pad>"
-                        .into(),
-                })?,
-        };
-        let max_length = max_length.min(dir.config.max_input_length());
-        Self::from_file(
-            &path,
-            pad_id,
-            dir.architecture.uses_token_types(),
-            max_length,
-            truncation,
-        )
     }
 
     fn set_truncation(&mut self, max_length: usize, truncation: Truncation) -> Result<()> {
