@@ -22,8 +22,10 @@
 
 pub mod cache;
 pub mod cli;
+pub mod dirty_reason;
 pub mod executor;
 pub mod fingerprint;
+pub mod freshness;
 pub mod fsmonitor;
 pub mod graph;
 pub mod hash;
