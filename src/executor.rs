@@ -1580,6 +1580,10 @@ fn commit(
             );
         }
     }
+    // Metrics files are outputs too: committed, verified and restored (see `freshness`).
+    for (k, m) in freshness::metrics_outputs(stage) {
+        recs.insert(k, ctx.cache.store_output(&path_str(m), &root.join(m))?);
+    }
     let entry = ActionEntry {
         format: 1,
         fingerprint: fp.to_string(),
