@@ -34,5 +34,6 @@ pub mod map;
 pub mod project;
 pub mod registry;
 pub mod rundb;
+pub mod rundb_identity;
 pub mod spec;
 pub mod trigger;

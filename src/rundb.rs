@@ -143,9 +143,13 @@ pub fn open(path: &Path) -> Result<Connection> {
 pub fn open_read(project: &Project) -> Result<Option<Connection>> {
     let path = project.db_path();
     if !path.exists() {
+        crate::rundb_identity::check_read(project, None)?;
         return Ok(None);
     }
-    open(&path).map(Some)
+    let conn = open(&path).map_err(|e| crate::rundb_identity::damaged(project, e))?;
+    crate::rundb_identity::check_read(project, Some(&conn))
+        .map_err(|e| crate::rundb_identity::damaged(project, e))?;
+    Ok(Some(conn))
 }
 
 fn schema_version(conn: &Connection) -> Result<usize> {
@@ -313,7 +317,10 @@ impl RunDb {
     /// holding the project lock, which proves no other run is live.
     pub fn start(project: &Project) -> Result<RunDb> {
         let path = project.db_path();
-        let conn = open(&path)?;
+        let conn = open(&path).map_err(|e| crate::rundb_identity::damaged(project, e))?;
+        // A database that is not the one the cache goes with is said, then adopted.
+        crate::rundb_identity::adopt(project, &conn)
+            .map_err(|e| crate::rundb_identity::damaged(project, e))?;
         let at = ts(now());
         conn.execute(
             "UPDATE stage_runs SET status = 'cancelled', ended_at = ?1, message = 'tsumugi was killed while this stage ran' WHERE status = 'running'",

@@ -100,3 +100,117 @@ stages:
     assert_eq!(p.read("eval/metrics.json"), "{\"acc\": 1}\n");
     assert_eq!(p.executions(), ["evaluate"]);
 }
+
+/// One stage with a file output, one with a directory output.
+const TWO: &str = r#"
+name: two
+stages:
+  a:
+    cmd: echo a >> ran.log && cat data/in.txt > out/a.txt
+    deps: [data/in.txt]
+    outs: [out/a.txt]
+  d:
+    cmd: echo d >> ran.log && mkdir -p out/d && cp out/a.txt out/d/x.txt
+    deps: [out/a.txt]
+    outs: [out/d]
+"#;
+
+fn two() -> Proj {
+    let p = Proj::new(TWO);
+    p.write("data/in.txt", "one\n");
+    p
+}
+
+fn stderr_of(p: &Proj, args: &[&str]) -> (bool, String, String) {
+    let out = p.cmd().args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_truncated_run_database_is_said_and_gc_keeps_what_the_workspace_uses() {
+    let p = two();
+    assert_eq!(p.run(&[]).0, 0);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(p.path("runs/tsumugi.db"))
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+
+    let (ok, out, err) = stderr_of(&p, &["runs"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("no runs yet"), "{out}");
+    assert!(
+        err.contains("runs/tsumugi.db was replaced or truncated")
+            && err.contains("run history is lost"),
+        "{err}"
+    );
+
+    let (ok, out, err) = stderr_of(&p, &["gc"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("removed 0 cache entries and 0 objects"),
+        "{out}"
+    );
+    assert!(err.contains("run history is lost"), "{err}");
+
+    // Everything gc kept still restores, without running.
+    std::fs::remove_dir_all(p.path("out")).unwrap();
+    let (code, v, err) = p.run(&[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(Proj::with_status(&v, "restored"), ["a", "d"]);
+    assert_eq!(p.executions(), ["a", "d"], "nothing re-ran");
+    assert!(err.contains("run history is lost"), "{err}");
+
+    // The run adopted the new database: said once, not again.
+    let (ok, out, err) = stderr_of(&p, &["runs"]);
+    assert!(ok && !err.contains("history"), "{err}");
+    assert!(out.contains("two"), "{out}");
+}
+
+#[test]
+fn a_deleted_run_database_is_said() {
+    let p = two();
+    assert_eq!(p.run(&[]).0, 0);
+    std::fs::remove_file(p.path("runs/tsumugi.db")).unwrap();
+    let (ok, _, err) = stderr_of(&p, &["status", "p.yaml"]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("runs/tsumugi.db is missing") && err.contains("run history is lost"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_damaged_run_database_is_refused_and_left_as_it_is() {
+    let p = two();
+    assert_eq!(p.run(&[]).0, 0);
+    let garbage: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 3) as u8).collect();
+    std::fs::write(p.path("runs/tsumugi.db"), &garbage).unwrap();
+    let (ok, _, err) = stderr_of(&p, &["run", "p.yaml"]);
+    assert!(!ok);
+    assert!(
+        err.contains("runs/tsumugi.db is damaged or not a run database")
+            && err.contains("move it aside"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(p.path("runs/tsumugi.db")).unwrap(), garbage);
+}
+
+#[test]
+fn gc_with_its_history_still_removes_what_nothing_uses() {
+    // History intact: gc still removes what nothing uses (the first version of `a`).
+    let p = two();
+    assert_eq!(p.run(&[]).0, 0);
+    p.write("data/in.txt", "two\n");
+    assert_eq!(p.run(&[]).0, 0);
+    assert_eq!(p.action_entries().len(), 4);
+    let (ok, out, err) = stderr_of(&p, &["gc"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("removed 2 cache entries"), "{out}");
+    assert_eq!(p.action_entries().len(), 2);
+}
