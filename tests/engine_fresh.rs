@@ -101,6 +101,38 @@ stages:
     assert_eq!(p.executions(), ["evaluate"]);
 }
 
+#[test]
+fn a_builtin_kinds_metrics_output_is_restored() {
+    let p = Proj::new(
+        r#"
+name: b
+stages:
+  pairs:
+    uses: build-pairs
+    with:
+      input: data/pairs.tsv
+      text_a: 0
+      text_b: 1
+      label: 2
+      split: {dev: 0.0, test: 0.0}
+"#,
+    );
+    p.write("data/pairs.tsv", "q1\td1\t1\nq2\td2\t0\n");
+    let (code, _, err) = p.run(&[]);
+    assert_eq!(code, 0, "{err}");
+    let stats = "out/b/pairs/stats.json";
+    let before = p.read(stats);
+    std::fs::remove_file(p.path(stats)).unwrap();
+    let st = p.status_json();
+    assert_eq!(
+        reasons(&st, "pairs"),
+        [format!("output {stats} missing (restorable from cache)")]
+    );
+    let (_, v, _) = p.run(&[]);
+    assert_eq!(Proj::with_status(&v, "restored"), ["pairs"]);
+    assert_eq!(p.read(stats), before);
+}
+
 /// One stage with a file output, one with a directory output.
 const TWO: &str = r#"
 name: two
@@ -131,7 +163,7 @@ fn stderr_of(p: &Proj, args: &[&str]) -> (bool, String, String) {
 }
 
 #[test]
-fn a_truncated_run_database_is_said_and_gc_keeps_what_the_workspace_uses() {
+fn a_truncated_run_database_is_said_until_a_run_adopts_it() {
     let p = two();
     assert_eq!(p.run(&[]).0, 0);
     std::fs::OpenOptions::new()
@@ -150,13 +182,32 @@ fn a_truncated_run_database_is_said_and_gc_keeps_what_the_workspace_uses() {
         "{err}"
     );
 
+    let (code, _, err) = p.run(&[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("run history is lost"), "{err}");
+
+    // The run adopted the new database: said once, not again.
+    let (ok, out, err) = stderr_of(&p, &["runs"]);
+    assert!(ok && !err.contains("history"), "{err}");
+    assert!(out.contains("two"), "{out}");
+}
+
+#[test]
+fn gc_without_history_keeps_what_the_workspace_uses() {
+    let p = two();
+    assert_eq!(p.run(&[]).0, 0);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(p.path("runs/tsumugi.db"))
+        .unwrap()
+        .set_len(0)
+        .unwrap();
     let (ok, out, err) = stderr_of(&p, &["gc"]);
     assert!(ok, "{err}");
     assert!(
         out.contains("removed 0 cache entries and 0 objects"),
         "{out}"
     );
-    assert!(err.contains("run history is lost"), "{err}");
 
     // Everything gc kept still restores, without running.
     std::fs::remove_dir_all(p.path("out")).unwrap();
@@ -164,12 +215,6 @@ fn a_truncated_run_database_is_said_and_gc_keeps_what_the_workspace_uses() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(Proj::with_status(&v, "restored"), ["a", "d"]);
     assert_eq!(p.executions(), ["a", "d"], "nothing re-ran");
-    assert!(err.contains("run history is lost"), "{err}");
-
-    // The run adopted the new database: said once, not again.
-    let (ok, out, err) = stderr_of(&p, &["runs"]);
-    assert!(ok && !err.contains("history"), "{err}");
-    assert!(out.contains("two"), "{out}");
 }
 
 #[test]
