@@ -5,9 +5,9 @@
 //!
 //! A stage is **fresh** when the action cache has an entry for its fingerprint and every
 //! output the entry does not hold (`cache: false` outputs) is in the workspace. Outputs the
-//! entry holds but the workspace lacks or has modified are listed in
-//! [`Verdict::Fresh::restore`]: `run` puts them back without executing, `status` says the
-//! stage is stale with "restorable from cache". Otherwise the stage is **dirty**, with its
+//! entry holds but the workspace lacks or has modified are in the `restore` list of
+//! [`Verdict::Fresh`]: `run` puts them back without executing, `status` says the stage is
+//! stale with "restorable from cache". Otherwise the stage is **dirty**, with its
 //! [`DirtyReason`]s: forced, no entry (and, when the run history is at hand, what changed
 //! since the last recorded fingerprint), an uncached output missing, or an upstream stage
 //! stale.
@@ -30,8 +30,8 @@ use crate::hash::Hasher;
 use crate::project::Project;
 use crate::spec::{Dep, Stage};
 
-/// Prefix of a metrics file's key in an action entry's outputs (output keys are
-/// identifiers, so they never contain `:`).
+/// Prefix of a metrics file's key in an action entry's outputs. Output keys are names or,
+/// for list-form outputs, the path as written; neither begins with `metrics:` in practice.
 pub const METRICS_KEY: &str = "metrics:";
 
 /// What to do with a stage.
