@@ -5,13 +5,12 @@
 //!
 //! [`crate::fingerprint::diff`] produces the reasons that come from comparing two
 //! fingerprints' components; [`crate::freshness`] adds those that come from the cache and
-//! the workspace (no entry, an output missing or modified, forced, upstream stale).
+//! the workspace (no entry, an output missing or modified, forced, upstream stale). This
+//! module imports neither: it is plain data and its sentences.
 
 use std::fmt;
 
 use serde_json::Value;
-
-use crate::fingerprint::ActionComponent;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum DirtyReason {
@@ -33,10 +32,11 @@ pub enum DirtyReason {
         old: String,
         new: String,
     },
-    /// A command became a built-in kind or back.
+    /// A command became a built-in kind or back: each side is the command (`cmd: …`) or
+    /// the kind (`uses: NAME`).
     ActionChanged {
-        old: Box<ActionComponent>,
-        new: Box<ActionComponent>,
+        old: String,
+        new: String,
     },
     KindChanged {
         old: String,
@@ -232,12 +232,8 @@ mod tests {
                 new: "cp a c".into(),
             },
             ActionChanged {
-                old: Box::new(ActionComponent::Cmd { cmd: "x".into() }),
-                new: Box::new(ActionComponent::Builtin {
-                    kind: "k".into(),
-                    version: 1,
-                    with: json!({}),
-                }),
+                old: "cmd: x".into(),
+                new: "uses: k".into(),
             },
             KindChanged {
                 old: "tokenize".into(),

@@ -274,9 +274,13 @@ pub fn diff(old: &Components, new: &Components) -> Vec<DirtyReason> {
             );
         }
         (a, b) if std::mem::discriminant(a) != std::mem::discriminant(b) => {
+            let show = |a: &ActionComponent| match a {
+                ActionComponent::Cmd { cmd } => format!("cmd: {cmd}"),
+                ActionComponent::Builtin { kind, .. } => format!("uses: {kind}"),
+            };
             out.push(DirtyReason::ActionChanged {
-                old: Box::new(a.clone()),
-                new: Box::new(b.clone()),
+                old: show(a),
+                new: show(b),
             });
         }
         _ => {}

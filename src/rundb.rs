@@ -318,10 +318,16 @@ impl RunDb {
     pub fn start(project: &Project) -> Result<RunDb> {
         let path = project.db_path();
         let conn = open(&path).map_err(|e| crate::rundb_identity::damaged(project, e))?;
-        // A database that is not the one the cache goes with is said, then adopted.
-        crate::rundb_identity::adopt(project, &conn)
-            .map_err(|e| crate::rundb_identity::damaged(project, e))?;
         let at = ts(now());
+        // A database that is not the one the cache goes with is said, then adopted.
+        if let Some(lost) = crate::rundb_identity::adopt(project, &conn)
+            .map_err(|e| crate::rundb_identity::damaged(project, e))?
+        {
+            conn.execute(
+                "INSERT INTO events(at, kind, message) VALUES (?1, 'history_lost', ?2)",
+                params![at, lost],
+            )?;
+        }
         conn.execute(
             "UPDATE stage_runs SET status = 'cancelled', ended_at = ?1, message = 'tsumugi was killed while this stage ran' WHERE status = 'running'",
             [&at],

@@ -102,16 +102,13 @@ pub fn check_read(project: &Project, conn: Option<&Connection>) -> Result<bool> 
     }
 }
 
-/// For the writer (the project lock held): warns as [`check_read`] does and records the loss
-/// as an event in the new database, then makes `conn` the database the cache goes with,
-/// giving it an identity if it has none.
-pub fn adopt(project: &Project, conn: &Connection) -> Result<()> {
-    if let Some(msg) = loss(project, Some(conn))? {
-        warn_once(&msg);
-        conn.execute(
-            "INSERT INTO events(at, run_id, stage, kind, message) VALUES (?1, NULL, NULL, 'history_lost', ?2)",
-            rusqlite::params![crate::rundb::ts(crate::rundb::now()), msg],
-        )?;
+/// For the writer (the project lock held): warns as [`check_read`] does, then makes `conn`
+/// the database the cache goes with, giving it an identity if it has none. Returns the
+/// loss, if any, for the writer to record as an event.
+pub fn adopt(project: &Project, conn: &Connection) -> Result<Option<String>> {
+    let lost = loss(project, Some(conn))?;
+    if let Some(msg) = &lost {
+        warn_once(msg);
     }
     let id = match db_identity(conn)? {
         Some(id) => id,
@@ -126,7 +123,7 @@ pub fn adopt(project: &Project, conn: &Connection) -> Result<()> {
         crate::cache::write_atomic(&marker_path(project), format!("{id}\n").as_bytes())
             .context("cannot record the run database's identity")?;
     }
-    Ok(())
+    Ok(lost)
 }
 
 /// 128 random bits from the kernel, in hex.
