@@ -19,9 +19,9 @@
 pub mod cli;
 
 pub use tsumugi_base::{lock, project};
-pub use tsumugi_exec::{executor, map, registry};
+pub use tsumugi_exec::{executor, freshness, map, registry};
 pub use tsumugi_pipeline as spec;
 pub use tsumugi_pipeline::graph;
 pub use tsumugi_rundb as rundb;
-pub use tsumugi_store::{cache, fingerprint, fsmonitor, hash};
+pub use tsumugi_store::{cache, dirty_reason, fingerprint, fsmonitor, hash};
 pub use tsumugi_triggers as trigger;

@@ -3,9 +3,20 @@ use std::process::ExitCode;
 use clap::Args;
 
 use crate::cache::Cache;
+use crate::freshness;
+use crate::hash::{Hasher, StatCache};
 use crate::lock::{ProjectLock, Wait};
 use crate::project::Project;
 use crate::rundb;
+
+/// `tsumugi gc --help`: what is kept.
+pub const LONG_ABOUT: &str = "Remove cache entries and objects nothing needs.
+
+Kept: every stage's latest completed result in the run history (runs/tsumugi.db), the \
+results of the --keep-last newest runs, and every cache entry whose outputs are all in \
+the workspace now, byte for byte. The last rule means a lost, truncated or replaced run \
+database never costs the results the workspace is built from (tsumugi says when the \
+history is lost).";
 
 #[derive(Debug, Args)]
 pub struct GcArgs {
@@ -31,16 +42,21 @@ pub fn run(project: &Project, args: GcArgs) -> anyhow::Result<ExitCode> {
         }
         Err(e) => return Err(e),
     };
-    let keep = match rundb::open_read(project)? {
+    let mut keep = match rundb::open_read(project)? {
         Some(c) => rundb::kept_fingerprints(&c, args.keep_last)?,
         None => Default::default(),
     };
-    let r = {
-        let cache = Cache::new(project.cache_dir());
-        // Per-item outputs of `map:` stages live in their stage's item manifest.
-        let per_item = crate::map::live_objects(&cache, &project.cache_dir());
-        cache.gc(&keep, per_item, args.dry_run)?
-    };
+    // What the workspace is built from stays, whatever the history says (it may be lost).
+    let cache = Cache::new(project.cache_dir());
+    let stat = StatCache::load(&project.cache_dir().join("statcache.bin"));
+    keep.extend(freshness::entries_in_workspace(
+        project,
+        &Hasher::new(&stat),
+        &cache,
+    )?);
+    // Per-item outputs of `map:` stages live in their stage's item manifest.
+    let per_item = crate::map::live_objects(&cache, &project.cache_dir());
+    let r = cache.gc(&keep, per_item, args.dry_run)?;
     let verb = if args.dry_run {
         "would remove"
     } else {

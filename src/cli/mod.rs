@@ -77,7 +77,8 @@ pub enum Command {
     /// Compare the metrics of runs.
     #[command(subcommand)]
     Metrics(metrics::MetricsCommand),
-    /// Remove cache objects and entries that no kept run references.
+    /// Remove cache objects and entries that no kept run and no workspace output references.
+    #[command(long_about = gc::LONG_ABOUT)]
     Gc(gc::GcArgs),
     /// Run the pipeline's cron triggers: a daemon, or `--once` from crontab.
     Schedule(schedule::ScheduleArgs),

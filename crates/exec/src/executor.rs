@@ -33,8 +33,11 @@ use tsumugi_base::project::Project;
 use tsumugi_pipeline::{Action, Pipeline, Stage};
 use tsumugi_rundb::{self, MetricRow, RunDb, StageRecord};
 use tsumugi_store::cache::{ActionEntry, Cache, RestoreError};
+use tsumugi_store::dirty_reason::DirtyReason;
 use tsumugi_store::fingerprint::{self, Components};
 use tsumugi_store::hash::{Hasher, StatCache};
+
+use crate::freshness::{self, Freshness, Restore, Verdict};
 
 /// What started a run; recorded in the run database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
@@ -188,7 +191,11 @@ pub struct RunSummary {
 pub struct StageStatus {
     pub name: String,
     pub fresh: bool,
+    /// The sentences of `why`, as `status --json` shows them.
     pub reasons: Vec<String>,
+    /// Why the stage is stale, typed; empty when fresh.
+    #[serde(skip)]
+    pub why: Vec<DirtyReason>,
     /// `None` when it cannot be computed yet (an input is missing).
     pub fingerprint: Option<String>,
     /// A `map:` stage's per-item counts when it is stale.
@@ -1346,38 +1353,29 @@ fn decide(ctx: &Ctx, stage: &Stage) -> Result<Decision> {
     let hasher = Hasher::new(&ctx.stat);
     let components = Box::new(fingerprint::compute(&ctx.project, &hasher, stage)?);
     let fp = components.fingerprint();
-    if ctx.force {
-        return Ok(Decision::Run {
-            components,
-            fp,
-            note: None,
-        });
-    }
-    let Some(entry) = ctx.cache.get_action(&fp) else {
-        return Ok(Decision::Run {
-            components,
-            fp,
-            note: None,
-        });
+    let check = Freshness {
+        project: &ctx.project,
+        hasher: &hasher,
+        cache: &ctx.cache,
+        force: ctx.force,
     };
-    // An uncached output cannot be restored: if it is gone, the stage must run.
-    for (k, o) in &stage.outs {
-        if !o.cache && !ctx.project.root().join(&o.path).exists() {
-            tracing::debug!("{}: uncached output {k} missing, running", stage.name);
+    let (entry, restore) = match check.decide(stage, &components, &fp, None) {
+        Verdict::Dirty(reasons) => {
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                let why: Vec<String> = reasons.iter().map(|r| r.to_string()).collect();
+                tracing::debug!("{}: running ({})", stage.name, why.join("; "));
+            }
             return Ok(Decision::Run {
                 components,
                 fp,
                 note: None,
             });
         }
-    }
+        Verdict::Fresh { entry, restore } => (entry, restore),
+    };
     let mut restored = Vec::new();
-    for (key, rec) in &entry.outs {
+    for Restore { key, rec, .. } in &restore {
         let abs = ctx.project.root().join(&rec.path);
-        let current = hasher.hash(&abs).ok();
-        if current.as_deref() == Some(rec.hash.as_str()) {
-            continue;
-        }
         match ctx.cache.restore(rec, &abs) {
             Ok(_) => restored.push(rec.path.clone()),
             Err(RestoreError::Corrupt { object, actual }) => {
@@ -1584,6 +1582,10 @@ fn commit(
                 path_str(m)
             );
         }
+    }
+    // Metrics files are outputs too: committed, verified and restored (see `freshness`).
+    for (k, m) in freshness::metrics_outputs(stage) {
+        recs.insert(k, ctx.cache.store_output(&path_str(m), &root.join(m))?);
     }
     let entry = ActionEntry {
         format: 1,
@@ -1798,106 +1800,53 @@ fn status_of(
         .par_iter()
         .map(|n| fingerprint::compute(project, &hasher, pipeline.stage(n).expect("stage")))
         .collect();
+    let check = Freshness {
+        project,
+        hasher: &hasher,
+        cache: &cache,
+        force,
+    };
     for (n, comps) in order.iter().zip(comps) {
         let stage = pipeline.stage(n).expect("stage");
-        let mut reasons = Vec::new();
-        let upstream_stale: Vec<&String> =
-            stage.needs.iter().filter(|u| stale.contains(*u)).collect();
-        let (fresh, fp) = match comps {
-            Err(e) => {
-                // The usual cause: an input that does not exist (yet). Say which.
-                let missing: Vec<String> = stage
-                    .deps
-                    .iter()
-                    .filter_map(|d| match d {
-                        tsumugi_pipeline::Dep::Path(p) if !project.root().join(p).exists() => {
-                            Some(format!("dep {} missing", path_str(p)))
-                        }
-                        _ => None,
-                    })
-                    .collect();
-                if missing.is_empty() {
-                    reasons.push(format!("{e:#}"));
-                } else {
-                    reasons.extend(missing);
-                }
-                (false, None)
-            }
+        let upstream_stale: Vec<String> = stage
+            .needs
+            .iter()
+            .filter(|u| stale.contains(*u))
+            .cloned()
+            .collect();
+        let (verdict, fp) = match comps {
+            Err(e) => (
+                Verdict::Dirty(freshness::input_reasons(project, stage, &e)),
+                None,
+            ),
             Ok(c) => {
                 let fp = c.fingerprint();
-                if force {
-                    reasons.push("forced".into());
-                    (false, Some(fp))
-                } else if let Some(entry) = cache.get_action(&fp) {
-                    let mut ok = true;
-                    for rec in entry.outs.values() {
-                        let abs = project.root().join(&rec.path);
-                        match hasher.hash(&abs) {
-                            Err(_) => {
-                                reasons.push(format!(
-                                    "output {} missing (restorable from cache)",
-                                    rec.path
-                                ));
-                                ok = false;
-                            }
-                            Ok(h) if h != rec.hash => {
-                                reasons.push(format!(
-                                    "output {} modified (restorable from cache)",
-                                    rec.path
-                                ));
-                                ok = false;
-                            }
-                            Ok(_) => {}
-                        }
-                    }
-                    for o in stage.outs.values().filter(|o| !o.cache) {
-                        if !project.root().join(&o.path).exists() {
-                            reasons
-                                .push(format!("output {} missing (not cached)", path_str(&o.path)));
-                            ok = false;
-                        }
-                    }
-                    (ok, Some(fp))
-                } else {
-                    let prev = db.as_ref().and_then(|c| {
+                let previous = || {
+                    db.as_ref().and_then(|c| {
                         tsumugi_rundb::last_fingerprint(c, &pipeline.name, n)
                             .ok()
                             .flatten()
-                    });
-                    match prev {
-                        None => reasons.push("never run".into()),
-                        Some(p) => match cache.get_action(&p) {
-                            Some(old) => {
-                                let d = fingerprint::diff(&old.components, &c);
-                                if d.is_empty() {
-                                    reasons
-                                        .push("no cache entry for the current fingerprint".into());
-                                }
-                                reasons.extend(d);
-                            }
-                            None => reasons.push(format!(
-                                "fingerprint changed ({} → {}; the previous cache entry is gone)",
-                                &p[..8.min(p.len())],
-                                &fp[..8]
-                            )),
-                        },
-                    }
-                    (false, Some(fp))
-                }
+                    })
+                };
+                let v = check.decide(stage, &c, &fp, Some(&previous));
+                (v, Some(fp))
             }
         };
-        for u in &upstream_stale {
-            reasons.push(format!("upstream stage {u} is stale"));
-        }
-        let fresh = fresh && upstream_stale.is_empty();
+        let verdict = verdict.after_upstream(&upstream_stale);
+        let fresh = verdict.in_place();
+        let mut why = verdict.reasons();
         let mut items = None;
         if !fresh && fp.is_some() && stage.map.is_some() {
             match crate::map::status(project, &hasher, &pipeline.name, stage) {
                 Ok(c) => {
                     items = c;
-                    reasons.extend(items.as_ref().map(|c| c.describe(n)));
+                    why.extend(items.as_ref().map(|c| DirtyReason::Items {
+                        summary: c.describe(n),
+                    }));
                 }
-                Err(e) => reasons.push(format!("{e:#}")),
+                Err(e) => why.push(DirtyReason::InputError {
+                    message: format!("{e:#}"),
+                }),
             }
         }
         if !fresh {
@@ -1906,7 +1855,8 @@ fn status_of(
         out.push(StageStatus {
             name: n.clone(),
             fresh,
-            reasons,
+            reasons: why.iter().map(|r| r.to_string()).collect(),
+            why,
             fingerprint: fp,
             items,
         });

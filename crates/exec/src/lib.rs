@@ -3,6 +3,7 @@
 //! | module | what it is |
 //! | --- | --- |
 //! | [`executor`] | the run: freshness, slots (`-j`, GPUs), processes, retries, cancellation, commit, records |
+//! | [`freshness`] | the one freshness decision (`run`, `status`, `--dry-run`): fresh, or dirty with typed reasons |
 //! | [`map`] | per-item stages (`map:`): one fingerprint and cache entry per item |
 //! | [`registry`] | adapter versions kept by `register:`, with gates, promotion and rollback |
 //!
@@ -11,5 +12,6 @@
 //! built-in kinds). Above it: the triggers and the CLI.
 
 pub mod executor;
+pub mod freshness;
 pub mod map;
 pub mod registry;

@@ -2241,6 +2241,9 @@ impl<'a> Cx<'a> {
         // Resolved once: symlinked outputs are compared against the real root.
         let root = self.root.canonicalize().ok();
         let mut all: Vec<(PathBuf, &str, Pos)> = Vec::new();
+        // A stage's metrics file inside one of its own output directories is part of that
+        // output (`outs: [eval]`, `metrics: [eval/metrics.json]`): not an overlap.
+        let mut own_metrics: BTreeSet<(PathBuf, &str)> = BTreeSet::new();
         for name in order {
             let Some(o) = outputs.get(*name) else {
                 continue;
@@ -2250,6 +2253,12 @@ impl<'a> Cx<'a> {
             }
             for (_, p, pos) in &o.metrics {
                 all.push((p.clone(), name, *pos));
+                if o.outs
+                    .values()
+                    .any(|(out, _)| p.starts_with(&out.path) && *p != out.path)
+                {
+                    own_metrics.insert((p.clone(), name));
+                }
             }
         }
         let mut by_path: HashMap<&Path, (&str, Pos)> = HashMap::new();
@@ -2281,6 +2290,9 @@ impl<'a> Cx<'a> {
         for (p, s, pos) in &all {
             for anc in p.ancestors().skip(1) {
                 if let Some((other, _)) = by_path.get(anc) {
+                    if *other == *s && own_metrics.contains(&(p.clone(), *s)) {
+                        continue;
+                    }
                     self.err(
                         *pos,
                         format!(

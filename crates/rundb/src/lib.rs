@@ -19,6 +19,8 @@ use serde::Serialize;
 
 use tsumugi_base::project::Project;
 
+pub mod identity;
+
 /// Schema migrations, in order; `schema_version` holds how many have been applied.
 const MIGRATIONS: &[&str] = &[
     r#"
@@ -137,9 +139,13 @@ pub fn open(path: &Path) -> Result<Connection> {
 pub fn open_read(project: &Project) -> Result<Option<Connection>> {
     let path = project.db_path();
     if !path.exists() {
+        crate::identity::check_read(project, None)?;
         return Ok(None);
     }
-    open(&path).map(Some)
+    let conn = open(&path).map_err(|e| crate::identity::damaged(project, e))?;
+    crate::identity::check_read(project, Some(&conn))
+        .map_err(|e| crate::identity::damaged(project, e))?;
+    Ok(Some(conn))
 }
 
 fn schema_version(conn: &Connection) -> Result<usize> {
@@ -303,8 +309,17 @@ impl RunDb {
     /// holding the project lock, which proves no other run is live.
     pub fn start(project: &Project) -> Result<RunDb> {
         let path = project.db_path();
-        let conn = open(&path)?;
+        let conn = open(&path).map_err(|e| crate::identity::damaged(project, e))?;
         let at = ts(now());
+        // A database that is not the one the cache goes with is said, then adopted.
+        if let Some(lost) = crate::identity::adopt(project, &conn)
+            .map_err(|e| crate::identity::damaged(project, e))?
+        {
+            conn.execute(
+                "INSERT INTO events(at, kind, message) VALUES (?1, 'history_lost', ?2)",
+                params![at, lost],
+            )?;
+        }
         conn.execute(
             "UPDATE stage_runs SET status = 'cancelled', ended_at = ?1, message = 'tsumugi was killed while this stage ran' WHERE status = 'running'",
             [&at],

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use crate::canonical::write_canonical;
+use crate::dirty_reason::DirtyReason;
 use crate::hash::{Hasher, hash_sqlite_query, sha256_hex};
 use tsumugi_base::paths::path_str;
 use tsumugi_base::project::Project;
@@ -146,26 +147,6 @@ pub fn compute(project: &Project, hasher: &Hasher<'_>, stage: &Stage) -> Result<
     Ok(components(stage, deps))
 }
 
-fn short(h: &str) -> String {
-    if h.len() > 8 {
-        format!("{}…", &h[..8])
-    } else {
-        h.to_string()
-    }
-}
-
-fn show_value(v: &Value) -> String {
-    let s = match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    if s.chars().count() > 60 {
-        format!("{}…", s.chars().take(60).collect::<String>())
-    } else {
-        s
-    }
-}
-
 fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, Value>) {
     match v {
         Value::Object(m) if !m.is_empty() => {
@@ -184,43 +165,43 @@ fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, Value>) {
     }
 }
 
-fn diff_maps<V: PartialEq>(
-    what: &str,
+/// Keys added, changed and removed from `old` to `new`, each as `reason(key, old, new)`.
+fn diff_maps<V: PartialEq + Clone>(
     old: &BTreeMap<String, V>,
     new: &BTreeMap<String, V>,
-    show: impl Fn(&V) -> String,
-    out: &mut Vec<String>,
+    reason: impl Fn(String, Option<V>, Option<V>) -> DirtyReason,
+    out: &mut Vec<DirtyReason>,
 ) {
     for (k, nv) in new {
         match old.get(k) {
-            None => out.push(format!("{what} {k} added: {}", show(nv))),
-            Some(ov) if ov != nv => out.push(format!("{what} {k}: {} → {}", show(ov), show(nv))),
+            None => out.push(reason(k.clone(), None, Some(nv.clone()))),
+            Some(ov) if ov != nv => out.push(reason(k.clone(), Some(ov.clone()), Some(nv.clone()))),
             _ => {}
         }
     }
     for (k, ov) in old {
         if !new.contains_key(k) {
-            out.push(format!("{what} {k} removed (was {})", show(ov)));
+            out.push(reason(k.clone(), Some(ov.clone()), None));
         }
     }
 }
 
-/// Human-readable differences from `old` to `new`, one line each.
-pub fn diff(old: &Components, new: &Components) -> Vec<String> {
+/// What differs from `old` to `new`, one typed reason per change (its `Display` is the
+/// line `status` shows).
+pub fn diff(old: &Components, new: &Components) -> Vec<DirtyReason> {
     let mut out = Vec::new();
     if old.version != new.version {
-        out.push(format!(
-            "fingerprint format changed (v{} → v{})",
-            old.version, new.version
-        ));
+        out.push(DirtyReason::FormatChanged {
+            old: old.version,
+            new: new.version,
+        });
     }
     match (&old.action, &new.action) {
         (ActionComponent::Cmd { cmd: a }, ActionComponent::Cmd { cmd: b }) if a != b => {
-            out.push(format!(
-                "command changed: `{}` → `{}`",
-                show_value(&Value::from(a.as_str())),
-                show_value(&Value::from(b.as_str()))
-            ));
+            out.push(DirtyReason::CommandChanged {
+                old: a.clone(),
+                new: b.clone(),
+            });
         }
         (
             ActionComponent::Builtin {
@@ -235,39 +216,73 @@ pub fn diff(old: &Components, new: &Components) -> Vec<String> {
             },
         ) => {
             if ka != kb {
-                out.push(format!("kind changed: {ka} → {kb}"));
+                out.push(DirtyReason::KindChanged {
+                    old: ka.clone(),
+                    new: kb.clone(),
+                });
             } else if va != vb {
-                out.push(format!("kind {ka} version {va} → {vb}"));
+                out.push(DirtyReason::KindVersionChanged {
+                    kind: ka.clone(),
+                    old: *va,
+                    new: *vb,
+                });
             }
             let (mut fa, mut fb) = (BTreeMap::new(), BTreeMap::new());
             flatten("", wa, &mut fa);
             flatten("", wb, &mut fb);
-            diff_maps("with", &fa, &fb, show_value, &mut out);
+            diff_maps(
+                &fa,
+                &fb,
+                |key, old, new| DirtyReason::WithChanged { key, old, new },
+                &mut out,
+            );
         }
         (a, b) if std::mem::discriminant(a) != std::mem::discriminant(b) => {
-            out.push("action changed (command ↔ built-in kind)".to_string());
+            let show = |a: &ActionComponent| match a {
+                ActionComponent::Cmd { cmd } => format!("cmd: {cmd}"),
+                ActionComponent::Builtin { kind, .. } => format!("uses: {kind}"),
+            };
+            out.push(DirtyReason::ActionChanged {
+                old: show(a),
+                new: show(b),
+            });
         }
         _ => {}
     }
-    diff_maps("param", &old.params, &new.params, show_value, &mut out);
-    diff_maps("env", &old.env, &new.env, |s| s.clone(), &mut out);
-    for (k, nh) in &new.deps {
-        match old.deps.get(k) {
-            None => out.push(format!("new dep {k} ({})", short(nh))),
-            Some(oh) if oh != nh => {
-                out.push(format!("dep {k} changed: {} → {}", short(oh), short(nh)))
-            }
-            _ => {}
-        }
-    }
-    for k in old.deps.keys() {
-        if !new.deps.contains_key(k) {
-            out.push(format!("dep {k} removed"));
-        }
-    }
-    diff_maps("output", &old.outs, &new.outs, |o| o.path.clone(), &mut out);
+    diff_maps(
+        &old.params,
+        &new.params,
+        |key, old, new| DirtyReason::ParamChanged { key, old, new },
+        &mut out,
+    );
+    diff_maps(
+        &old.env,
+        &new.env,
+        |key, old, new| DirtyReason::EnvChanged { key, old, new },
+        &mut out,
+    );
+    // New and changed inputs, then removed ones: the order `status` has always shown.
+    diff_maps(
+        &old.deps,
+        &new.deps,
+        |dep, old, new| DirtyReason::DepChanged { dep, old, new },
+        &mut out,
+    );
+    diff_maps(
+        &old.outs,
+        &new.outs,
+        |key, old, new| DirtyReason::OutputDeclChanged {
+            key,
+            old: old.map(|o| o.path),
+            new: new.map(|o| o.path),
+        },
+        &mut out,
+    );
     if out.is_empty() && old != new {
-        out.push("fingerprint changed".to_string());
+        out.push(DirtyReason::FingerprintChanged {
+            old: old.fingerprint(),
+            new: new.fingerprint(),
+        });
     }
     out
 }
@@ -297,6 +312,10 @@ mod tests {
         }
     }
 
+    fn shown(a: &Components, b: &Components) -> Vec<String> {
+        diff(a, b).iter().map(|r| r.to_string()).collect()
+    }
+
     #[test]
     fn fingerprint_is_stable_and_key_order_independent() {
         let mut a = comps();
@@ -323,26 +342,26 @@ mod tests {
         c.deps.insert("data/x.csv".into(), "91bc77d2aa".into());
         assert_ne!(c.fingerprint(), f0);
         assert_eq!(
-            diff(&base, &c),
+            shown(&base, &c),
             ["dep data/x.csv changed: 3f2a1b0c… → 91bc77d2…"]
         );
 
         let mut c = base.clone();
         c.params.insert("lr".into(), json!(0.001));
         assert_ne!(c.fingerprint(), f0);
-        assert_eq!(diff(&base, &c), ["param lr: 0.0005 → 0.001"]);
+        assert_eq!(shown(&base, &c), ["param lr: 0.0005 → 0.001"]);
 
         let mut c = base.clone();
         c.action = ActionComponent::Cmd {
             cmd: "cp a c".into(),
         };
         assert_ne!(c.fingerprint(), f0);
-        assert_eq!(diff(&base, &c), ["command changed: `cp a b` → `cp a c`"]);
+        assert_eq!(shown(&base, &c), ["command changed: `cp a b` → `cp a c`"]);
 
         let mut c = base.clone();
         c.env.insert("SEED".into(), "1".into());
         assert_ne!(c.fingerprint(), f0);
-        assert_eq!(diff(&base, &c), ["env SEED added: 1"]);
+        assert_eq!(shown(&base, &c), ["env SEED added: 1"]);
 
         let mut c = base.clone();
         c.outs.insert(
@@ -353,6 +372,6 @@ mod tests {
             },
         );
         assert_ne!(c.fingerprint(), f0);
-        assert_eq!(diff(&base, &c), ["output b: b → c"]);
+        assert_eq!(shown(&base, &c), ["output b: b → c"]);
     }
 }

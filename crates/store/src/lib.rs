@@ -6,6 +6,7 @@
 //! | [`fsmonitor`] | a file-system monitor daemon that lets a no-op `status` skip the stat pass |
 //! | [`canonical`] | the canonical JSON encoding fingerprints hash |
 //! | [`items`] | the items of a per-item (`map:`) stage and their one input hash |
+//! | [`dirty_reason`] | why a stage is stale, typed, with old and new values, and the one sentence for each |
 //! | [`fingerprint`] | a stage's identity: action, params, env, input hashes, declared outputs |
 //! | [`cache`] | the content-addressed object store and the action cache (fingerprint → outputs) |
 //!
@@ -24,6 +25,7 @@
 
 pub mod cache;
 pub mod canonical;
+pub mod dirty_reason;
 pub mod fingerprint;
 pub mod fsmonitor;
 pub mod hash;
