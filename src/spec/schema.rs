@@ -323,6 +323,28 @@ mod tests {
         }
     }
 
+    /// Each kind's `with:` schema is in `$defs` and used when `uses:` names the kind;
+    /// `${…}` may stand for a number, the loader checking the interpolated value.
+    #[test]
+    fn every_kind_has_its_with_schema() {
+        let s = pipeline_schema();
+        let all_of = s["$defs"]["stage"]["allOf"].as_array().unwrap();
+        for (k, branch) in tsumugi_stages::kinds().iter().zip(all_of) {
+            assert_eq!(branch["if"]["properties"]["uses"]["const"], k.name);
+            let r = format!("#/$defs/with-{}", k.name);
+            assert_eq!(branch["then"]["properties"]["with"]["$ref"], json!(r));
+            let with = &s["$defs"][format!("with-{}", k.name)];
+            assert_eq!(with["type"], "object", "{}", k.name);
+            assert_eq!(with["additionalProperties"], false, "{}", k.name);
+        }
+        let lr = &s["$defs"]["with-train-lora-OptimWith"]["anyOf"][0]["properties"]["lr"];
+        assert_eq!(
+            lr["anyOf"],
+            json!([{"type": "number", "format": "double"}, {"$ref": "#/$defs/interpolated"}]),
+            "{lr}"
+        );
+    }
+
     #[test]
     fn stage_properties_are_the_loader_keys() {
         let s = pipeline_schema();
