@@ -466,3 +466,22 @@ fn run(cfg: Config, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()>
     write_json(out(input, "metrics")?, &Value::Object(metrics))?;
     Ok(())
 }
+
+// Compiled with `ml` only: the trainer's `OptimSettings` lives there.
+#[cfg(all(test, feature = "ml"))]
+mod ml_tests {
+    use super::*;
+
+    /// `OptimWith` has exactly the keys of the trainer's `OptimSettings`: every key of the
+    /// defaults is accepted, and going through it changes nothing.
+    #[test]
+    fn optim_with_mirrors_optim_settings() {
+        let defaults = crate::train::OptimSettings::default();
+        let v = serde_json::to_value(&defaults).unwrap();
+        let with: OptimWith = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&with).unwrap(), v);
+        let back: crate::train::OptimSettings =
+            serde_json::from_value(serde_json::to_value(&with).unwrap()).unwrap();
+        assert_eq!(back, defaults);
+    }
+}
