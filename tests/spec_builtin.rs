@@ -8,6 +8,7 @@ use tsumugi::graph::Dag;
 use tsumugi::project::Project;
 use tsumugi::spec::{self, Action, BuiltinInput, Dep, Out, Pipeline, SpecError};
 use tsumugi_stages::KindInfo;
+use tsumugi_stages::kinds::SettingsInfo;
 
 static KINDS: &[KindInfo] = &[
     KindInfo {
@@ -17,6 +18,7 @@ static KINDS: &[KindInfo] = &[
         input_fields: &["input"],
         outputs: &[("pairs", "pairs.jsonl")],
         metrics: None,
+        settings: SettingsInfo::ANY,
     },
     KindInfo {
         name: "train-lora",
@@ -25,6 +27,7 @@ static KINDS: &[KindInfo] = &[
         input_fields: &["base", "train", "extra"],
         outputs: &[("adapter", "adapter"), ("metrics", "metrics.json")],
         metrics: Some("metrics"),
+        settings: SettingsInfo::ANY,
     },
 ];
 

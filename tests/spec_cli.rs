@@ -182,3 +182,43 @@ fn shipped_pipelines_validate() {
             .success();
     }
 }
+
+/// A mistake in a built-in stage's `with:` stops `run` before anything runs (it used to
+/// surface when the kind ran, after its upstream stages), naming the key's line and column.
+#[test]
+fn run_refuses_a_bad_with_before_running_upstream_stages() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(
+        d.path().join("p.yaml"),
+        "stages:
+  prep:
+    cmd: printf 'a,b,1\\n' > rows.csv
+    outs: [rows.csv]
+  pairs:
+    uses: build-pairs
+    with:
+      input: ${stages.prep.outs.rows.csv}
+      text_a: 0
+      text_b: 1
+      lable: 2
+",
+    )
+    .unwrap();
+    let out = tsumugi()
+        .arg("-C")
+        .arg(d.path())
+        .args(["run", "p.yaml"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "stderr: {err}");
+    assert!(
+        err.contains("p.yaml:11:7: unknown key 'lable' in 'with' of stage 'pairs'")
+            && err.contains("did you mean 'label'?"),
+        "{err}"
+    );
+    assert!(
+        !d.path().join("rows.csv").exists(),
+        "the upstream stage ran: {err}"
+    );
+}

@@ -19,6 +19,7 @@ mod interp;
 mod load;
 mod model;
 pub mod schema;
+mod settings;
 mod yaml;
 
 pub use error::{Diagnostic, SpecError, did_you_mean};

@@ -1399,6 +1399,8 @@ impl<'a> Cx<'a> {
             });
         }
 
+        // A `with:` that does not fit its kind's settings is reported once, by that check.
+        let mut settings_failed = false;
         let action = match (inst.get("cmd"), inst.get("uses")) {
             (None, None) => {
                 self.err(
@@ -1455,6 +1457,19 @@ impl<'a> Cx<'a> {
                         }
                     }
                 };
+                // The kind's settings type: unknown keys, wrong types, missing keys.
+                if let (Some(kind), Some(with)) = (kind, &with) {
+                    let with_pos = inst
+                        .key_pos("with")
+                        .or_else(|| inst.key_pos("uses"))
+                        .unwrap_or(inst.pos);
+                    if let Err((pos, m)) =
+                        super::settings::check(kind, with, inst.get("with"), with_pos, name)
+                    {
+                        self.err(pos, m);
+                        settings_failed = true;
+                    }
+                }
                 match (kind, with) {
                     (Some(kind), Some(with)) => Some(Action::Builtin {
                         kind: kind.name.to_owned(),
@@ -1509,6 +1524,7 @@ impl<'a> Cx<'a> {
                         }
                     }
                 }
+                Err(_) if settings_failed => {}
                 Err((field, found)) => {
                     let pos = wnode.and_then(|w| axis_pos(w, &field)).unwrap_or(inst.pos);
                     self.err(pos, format!("expected a path, a list of paths or {{sqlite: {{db, query}}}} for 'with.{field}' of stage '{name}', found {found}"));

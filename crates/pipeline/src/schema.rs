@@ -122,15 +122,13 @@ pub fn pipeline_schema() -> Value {
         {"required": ["uses"], "not": {"anyOf": [{"required": ["cmd"]}, {"required": ["outs"]}, {"required": ["metrics"]}]}}
     ]);
     stage["not"] = json!({"required": ["foreach", "matrix"]});
-    // Per kind: what `with:` holds (its input fields are paths).
+    // Per kind: `with:` is the kind's settings type (`$defs/with-<kind>`).
     let per_kind: Vec<Value> = tsumugi_stages::kinds()
         .iter()
         .map(|k| {
-            let props: Map<String, Value> =
-                k.input_fields.iter().map(|f| ((*f).to_owned(), json!({"oneOf": [{"$ref": "#/$defs/path"}, {"type": "array", "items": {"$ref": "#/$defs/path"}}]}))).collect();
             json!({
                 "if": {"properties": {"uses": {"const": k.name}}, "required": ["uses"]},
-                "then": {"properties": {"with": {"type": "object", "description": k.summary, "properties": props}}}
+                "then": {"properties": {"with": {"$ref": format!("#/$defs/with-{}", k.name), "description": k.summary}}}
             })
         })
         .collect();
@@ -175,9 +173,92 @@ pub fn pipeline_schema() -> Value {
             "trigger": {"oneOf": [obj(format::CRON_TRIGGER, "cron", &["cron"]), obj(format::WATCH_TRIGGER, "watch", &["watch"])]}
         }),
     );
+    let defs = head["$defs"].as_object_mut().expect("$defs is an object");
+    defs.insert(
+        "interpolated".into(),
+        json!({"type": "string", "pattern": "\\$\\{", "description": "A value given by ${…}, checked once interpolated."}),
+    );
+    for k in tsumugi_stages::kinds() {
+        for (name, def) in kind_defs(k) {
+            defs.insert(name, def);
+        }
+    }
     // An annotation (unknown keywords are allowed in 2020-12): the kinds of this build.
     head.insert("x-tsumugi-kinds".into(), Value::Object(kinds));
     Value::Object(head)
+}
+
+/// `with-<kind>` and the kind's own definitions, renamed `with-<kind>-<Name>`. Every value
+/// that is not a string may also be written as a `${…}` string (`$defs/interpolated`):
+/// the loader checks the interpolated value, the editor sees the text.
+fn kind_defs(k: &tsumugi_stages::KindInfo) -> Vec<(String, Value)> {
+    let prefix = format!("with-{}", k.name);
+    let mut root = (k.settings.schema)().to_value();
+    let mut out = Vec::new();
+    if let Some(o) = root.as_object_mut() {
+        o.remove("$schema");
+        o.remove("title");
+        if let Some(Value::Object(defs)) = o.remove("$defs") {
+            for (name, def) in defs {
+                out.push((format!("{prefix}-{name}"), def));
+            }
+        }
+    }
+    for (_, def) in &mut out {
+        rewrite(def, &prefix);
+    }
+    // `with:` itself is a mapping as written: only its values are admitted as `${…}`.
+    if let Some(o) = root.as_object_mut() {
+        o.values_mut().for_each(|x| {
+            if let Value::Object(props) = x {
+                props.values_mut().for_each(|p| rewrite(p, &prefix));
+            }
+        });
+    }
+    out.insert(0, (prefix, root));
+    out
+}
+
+/// Renames `$ref`s into the kind's definitions and admits `${…}` for non-string values.
+fn rewrite(v: &mut Value, prefix: &str) {
+    match v {
+        Value::Object(o) => {
+            if let Some(Value::String(r)) = o.get_mut("$ref")
+                && let Some(name) = r.strip_prefix("#/$defs/")
+            {
+                *r = format!("#/$defs/{prefix}-{name}");
+            }
+            for (key, x) in o.iter_mut() {
+                // Property names are not schemas (a property may be called `type`).
+                if key == "properties" || key == "$defs" {
+                    if let Value::Object(props) = x {
+                        props.values_mut().for_each(|p| rewrite(p, prefix));
+                    }
+                } else if key != "enum" && key != "const" && key != "required" {
+                    rewrite(x, prefix);
+                }
+            }
+            let typed = match o.get("type") {
+                Some(Value::String(t)) => t != "string" && t != "null",
+                Some(Value::Array(ts)) => !ts.iter().any(|t| t == "string"),
+                _ => o.contains_key("enum") || o.contains_key("const"),
+            };
+            if typed {
+                let mut inner = std::mem::take(o);
+                for k in ["description", "default"] {
+                    if let Some(x) = inner.remove(k) {
+                        o.insert(k.into(), x);
+                    }
+                }
+                o.insert(
+                    "anyOf".into(),
+                    json!([inner, {"$ref": "#/$defs/interpolated"}]),
+                );
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| rewrite(x, prefix)),
+        _ => {}
+    }
 }
 
 /// The schema as `tsumugi schema` prints it (pretty JSON, no trailing newline).
@@ -240,6 +321,28 @@ mod tests {
                 .unwrap_or_else(|| panic!("unexpected $ref {r}"));
             assert!(s["$defs"].get(name).is_some(), "$ref {r} points nowhere");
         }
+    }
+
+    /// Each kind's `with:` schema is in `$defs` and used when `uses:` names the kind;
+    /// `${…}` may stand for a number, the loader checking the interpolated value.
+    #[test]
+    fn every_kind_has_its_with_schema() {
+        let s = pipeline_schema();
+        let all_of = s["$defs"]["stage"]["allOf"].as_array().unwrap();
+        for (k, branch) in tsumugi_stages::kinds().iter().zip(all_of) {
+            assert_eq!(branch["if"]["properties"]["uses"]["const"], k.name);
+            let r = format!("#/$defs/with-{}", k.name);
+            assert_eq!(branch["then"]["properties"]["with"]["$ref"], json!(r));
+            let with = &s["$defs"][format!("with-{}", k.name)];
+            assert_eq!(with["type"], "object", "{}", k.name);
+            assert_eq!(with["additionalProperties"], false, "{}", k.name);
+        }
+        let lr = &s["$defs"]["with-train-lora-OptimWith"]["anyOf"][0]["properties"]["lr"];
+        assert_eq!(
+            lr["anyOf"],
+            json!([{"type": "number", "format": "double"}, {"$ref": "#/$defs/interpolated"}]),
+            "{lr}"
+        );
     }
 
     #[test]

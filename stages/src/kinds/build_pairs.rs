@@ -35,10 +35,11 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::contract::{Reporter, Stage, StageInput};
-use crate::kinds::KindInfo;
+use crate::kinds::{KindInfo, SettingsInfo, settings};
 
 /// The `build-pairs` kind.
 pub struct BuildPairs;
@@ -57,6 +58,7 @@ pub const INFO: KindInfo = KindInfo {
         ("stats", "stats.json"),
     ],
     metrics: Some("stats"),
+    settings: SettingsInfo::of::<Config>(),
 };
 
 pub(crate) const SPLITS: [&str; 3] = ["train", "dev", "test"];
@@ -64,47 +66,94 @@ pub(crate) const SPLITS: [&str; 3] = ["train", "dev", "test"];
 /// How often (in rows) progress is reported and cancellation checked.
 const REPORT_EVERY: u64 = 5_000;
 
-#[derive(Debug, Deserialize)]
+/// `with:` of `build-pairs`.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Config {
+pub(crate) struct Config {
+    /// One source, split here by group (with `split`, `seed`).
     input: Option<Source>,
+    /// An existing split's train rows (instead of `input`).
     train: Option<Source>,
+    /// An existing split's dev rows (instead of `input`).
     dev: Option<Source>,
+    /// An existing split's test rows (instead of `input`).
     test: Option<Source>,
+    /// Default: from the file's extension.
     format: Option<Format>,
+    /// One ASCII character, or `\\t` (default: tab for tsv, comma for csv).
     delimiter: Option<String>,
+    /// Default: `none` for tsv, `standard` for csv.
     quoting: Option<Quoting>,
+    /// Whether the first row names the columns (default: true exactly when a column is given by name).
     header: Option<bool>,
+    /// The first text: a 0-based column index or a header name / JSON key.
     text_a: Column,
+    /// The second text.
     text_b: Column,
+    /// The label column: a number, or a class name with `labels`.
     label: Column,
+    /// The column that keeps rows together in one split (default: text_a).
     group: Option<Column>,
+    /// Numeric labels times this factor (0.2: divided by 5).
     scale: Option<f64>,
+    /// Class names (strings or numbers): each label becomes its index here.
     labels: Option<Vec<serde_json::Value>>,
+    /// What to do with a label not in `labels` (default: error).
     unknown_labels: Option<OnUnknown>,
+    /// Fractions of groups for dev and test (default 0.1 each); train gets the rest.
     split: Option<SplitSpec>,
+    /// Seed of the split by group (default 0).
     seed: Option<u64>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(
-    untagged,
-    expecting = "a file path, or {sqlite: {db: path, query: \"SELECT …\"}}"
-)]
+/// A file path, or the rows of a read-only SQLite query.
+#[derive(Debug, Clone, JsonSchema)]
+#[serde(untagged)]
 enum Source {
     Path(PathBuf),
     Sqlite { sqlite: SqliteSource },
 }
 
+/// `{sqlite: …}`, with a did-you-mean for other keys (an untagged enum would only say
+/// that nothing matched).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SqliteWrapper {
+    sqlite: SqliteSource,
+}
+
+impl<'de> Deserialize<'de> for Source {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Source;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a file path, or {sqlite: {db: path, query: \"SELECT …\"}}")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Source, E> {
+                Ok(Source::Path(PathBuf::from(v)))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Source, A::Error> {
+                let w =
+                    SqliteWrapper::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(Source::Sqlite { sqlite: w.sqlite })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// Rows of a read-only query over a SQLite file; columns by name or 0-based position.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct SqliteSource {
+    /// The database file.
     db: PathBuf,
+    /// A read-only query; its columns are named by `text_a`, `text_b`, `label`, `group`.
     query: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 enum Format {
     Csv,
@@ -112,25 +161,47 @@ enum Format {
     Jsonl,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 enum Quoting {
     Standard,
     None,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 enum OnUnknown {
     Error,
     Skip,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// A 0-based column index, or a header name / JSON key.
+#[derive(Debug, Clone, JsonSchema)]
 #[serde(untagged)]
 enum Column {
     Index(usize),
     Name(String),
+}
+
+impl<'de> Deserialize<'de> for Column {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Column;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a column: a 0-based index or a header name")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Column, E> {
+                usize::try_from(v)
+                    .map(Column::Index)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Column, E> {
+                Ok(Column::Name(v.to_owned()))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl std::fmt::Display for Column {
@@ -142,9 +213,10 @@ impl std::fmt::Display for Column {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct SplitSpec {
+    /// Default: the rest.
     train: Option<f64>,
     #[serde(default)]
     dev: f64,
@@ -189,7 +261,7 @@ struct Reading<'a> {
 
 impl Stage for BuildPairs {
     fn run(&self, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()> {
-        let cfg: Config = serde_json::from_value(input.with.clone())
+        let cfg: Config = settings::parse(input.with)
             .map_err(|e| anyhow!("build-pairs `with:` of stage `{}`: {e}", input.name))?;
         let outs = output_paths(input)?;
         let reading = Reading::new(&cfg, report)?;

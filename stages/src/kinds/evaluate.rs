@@ -30,12 +30,13 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::contract::{Reporter, Stage, StageInput};
-use crate::kinds::KindInfo;
 use crate::kinds::train_lora::{out, parse, resolve, write_json};
+use crate::kinds::{KindInfo, SettingsInfo};
 
 pub struct Evaluate;
 
@@ -50,13 +51,18 @@ pub const INFO: KindInfo = KindInfo {
         ("plots", "plots"),
     ],
     metrics: Some("metrics"),
+    settings: SettingsInfo::of::<Config>(),
 };
 
-#[derive(Debug, Clone, Deserialize)]
+/// One `fail_if` gate: the stage fails when `metric` crosses a threshold.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Gate {
+    /// A metric this evaluation computes.
     pub metric: String,
+    /// Fails when the metric is below this (higher is better).
     pub below: Option<f64>,
+    /// Fails when the metric is above this (lower is better).
     pub above: Option<f64>,
     /// Margin over the baseline's value of the same metric (higher is better).
     #[serde(default)]
@@ -66,28 +72,63 @@ pub(crate) struct Gate {
     pub above_baseline: Option<f64>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// One gate or a list of them.
+#[derive(Debug, Clone, JsonSchema)]
 #[serde(untagged)]
 enum Gates {
     One(Gate),
     Many(Vec<Gate>),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// A mapping is one gate, a list several: each parsed as a [`Gate`] so that a mistake in
+/// one is named (an untagged enum would only say that nothing matched).
+impl<'de> Deserialize<'de> for Gates {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Gates;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a gate {metric, below | above | below_baseline | above_baseline} or a list of them")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Gates, A::Error> {
+                Gate::deserialize(MapAccessDeserializer::new(map)).map(Gates::One)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Gates, A::Error> {
+                Vec::<Gate>::deserialize(SeqAccessDeserializer::new(seq)).map(Gates::Many)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `with:` of `evaluate`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[cfg_attr(not(feature = "ml"), allow(dead_code))]
-struct Config {
+pub(crate) struct Config {
+    /// The base model: a Hugging Face directory.
     base: PathBuf,
+    /// A PEFT adapter directory (default: the base model alone).
     adapter: Option<PathBuf>,
+    /// Test data: build-pairs JSONL, or ranking groups (sample-negatives' test).
     test: PathBuf,
     task: crate::kinds::train_lora::Task,
+    /// classification: class names (default: the adapter's labels.json).
     labels: Option<Vec<String>>,
+    /// train-lora's history: adds the training-history plot.
     history: Option<PathBuf>,
+    /// A metrics JSON to compare with (`below_baseline` / `above_baseline` gates).
     baseline: Option<PathBuf>,
+    /// Tokens per pair.
     max_length: Option<usize>,
+    /// Pairs per forward pass.
     batch: Option<usize>,
+    /// ranking: cut-offs of the metrics (e.g. [1, 5, 10]).
     ks: Option<Vec<usize>>,
+    /// regression: accuracy / macro-F1 over scores rounded to this many classes.
     rounded_classes: Option<usize>,
+    /// Gates: one or a list.
     fail_if: Option<Gates>,
 }
 

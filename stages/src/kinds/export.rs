@@ -21,12 +21,13 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::contract::{Reporter, Stage, StageInput};
-use crate::kinds::KindInfo;
 use crate::kinds::train_lora::{out, parse, resolve, write_json};
+use crate::kinds::{KindInfo, SettingsInfo};
 
 pub struct Export;
 
@@ -37,16 +38,23 @@ pub const INFO: KindInfo = KindInfo {
     input_fields: &["base", "adapter"],
     outputs: &[("model", "model")],
     metrics: None,
+    settings: SettingsInfo::of::<Config>(),
 };
 
-#[derive(Debug, Clone, Deserialize)]
+/// `with:` of `export`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[cfg_attr(not(feature = "ml"), allow(dead_code))]
-struct Config {
+pub(crate) struct Config {
+    /// The base model the adapter was trained on (Hugging Face directory).
     base: PathBuf,
+    /// train-lora's adapter.
     adapter: PathBuf,
+    /// true: a full Hugging Face checkpoint with the LoRA deltas merged in; false: the PEFT
+    /// adapter directory as is.
     #[serde(default)]
     merge: bool,
+    /// Class names for config.json (default: the adapter's labels.json).
     labels: Option<Vec<String>>,
 }
 

@@ -37,10 +37,13 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Result, anyhow, bail};
+use std::num::NonZeroU64;
+
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::contract::{Reporter, Stage, StageInput};
-use crate::kinds::KindInfo;
+use crate::kinds::{KindInfo, SettingsInfo, settings};
 use crate::ranking::bm25::{Bm25Index, Bm25Params};
 use crate::ranking::data::{
     QueryGroup, SourceChunk, SplitFractions, for_each_passage, group_by_query, read_records,
@@ -68,6 +71,7 @@ pub const INFO: KindInfo = KindInfo {
         ("stats", "stats.json"),
     ],
     metrics: Some("stats"),
+    settings: SettingsInfo::of::<Config>(),
 };
 
 const SIDES: [&str; 3] = ["train", "valid", "test"];
@@ -92,30 +96,45 @@ impl SampleNegatives {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// `with:` of `sample-negatives`.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Config {
+pub(crate) struct Config {
+    /// Queries with positives (JSONL: query_text, positives, negatives, …).
     input: PathBuf,
+    /// Passages `{doc_id, text}` per line (default: every passage of the input).
     corpus: Option<PathBuf>,
+    /// Default: mix.
     method: Option<MethodName>,
+    /// Negatives per query and epoch.
     k: Option<usize>,
+    /// mix only: the share of the k taken from the hard pool.
     hard_ratio: Option<f64>,
+    /// The hard pool is BM25 ranks range_min..range_max.
     range_min: Option<usize>,
     range_max: Option<usize>,
+    /// Drop candidates scoring at least (lowest positive − margin).
     margin: Option<f64>,
+    /// Draws of negatives (default 3).
     epochs: Option<u64>,
     seed: Option<u64>,
+    /// By query; default: everything is train.
     split: Option<SplitSpec>,
     bm25: Option<Bm25Spec>,
-    model: Option<serde_json::Value>,
+    /// A cross-encoder (Hugging Face directory) re-ranking BM25's candidates (ml build).
+    model: Option<PathBuf>,
     // Read by the scorer factory (from `input.with`); only valid with `model`.
-    adapter: Option<serde_json::Value>,
-    batch: Option<serde_json::Value>,
-    max_length: Option<serde_json::Value>,
-    label: Option<serde_json::Value>,
+    /// With `model`: a PEFT adapter directory.
+    adapter: Option<PathBuf>,
+    /// With `model`: pairs per forward pass.
+    batch: Option<NonZeroU64>,
+    /// With `model`: tokens per pair.
+    max_length: Option<NonZeroU64>,
+    /// With `model`: the relevant label of an N-label head.
+    label: Option<u64>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 enum MethodName {
     Bm25,
@@ -123,7 +142,7 @@ enum MethodName {
     Mix,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct SplitSpec {
     #[serde(default)]
@@ -132,7 +151,7 @@ struct SplitSpec {
     test: f64,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Bm25Spec {
     k1: Option<f64>,
@@ -142,7 +161,7 @@ struct Bm25Spec {
 impl Stage for SampleNegatives {
     fn run(&self, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()> {
         let started = Instant::now();
-        let cfg: Config = serde_json::from_value(input.with.clone())
+        let cfg: Config = settings::parse(input.with)
             .map_err(|e| anyhow!("sample-negatives `with:` of stage `{}`: {e}", input.name))?;
         let method = match cfg.method.unwrap_or(MethodName::Mix) {
             MethodName::Bm25 => Method::Bm25,
@@ -213,7 +232,9 @@ impl Stage for SampleNegatives {
                     "sample-negatives: `model` scores hard negatives; `method: random` draws none"
                 )
             }
-            (Some(m), Some(factory)) => {
+            (Some(_), Some(factory)) => {
+                // The factory reads the model's settings from `with:` as written.
+                let m = &input.with["model"];
                 report.progress(0, None, "loading the scoring model");
                 let t = Instant::now();
                 let scorer = factory(m, input)?;

@@ -29,16 +29,18 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::contract::{Reporter, Stage, StageInput};
-use crate::kinds::KindInfo;
+use crate::kinds::settings::{nullable, present};
+use crate::kinds::{KindInfo, SettingsInfo};
 
 pub struct TrainLora;
 
 /// What the model learns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Task {
     Regression,
@@ -60,36 +62,204 @@ pub const INFO: KindInfo = KindInfo {
         ("metrics", "metrics.json"),
     ],
     metrics: Some("metrics"),
+    settings: SettingsInfo::of::<Config>(),
 };
 
-#[derive(Debug, Clone, Deserialize)]
+/// `lora:` of `train-lora`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LoraWith {
+    /// Rank (default 16).
     pub r: Option<usize>,
+    /// Scaling numerator (default 2·r).
     pub alpha: Option<f64>,
+    /// Default 0.1.
     pub dropout: Option<f64>,
+    /// Module names to adapt (default: the attention projections of the architecture).
     pub targets: Option<Vec<String>>,
+    /// rsLoRA scaling alpha/√r.
     pub rslora: Option<bool>,
+    /// Train the pooler in full too.
     pub train_pooler: Option<bool>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// `with:` of `train-lora`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Config {
+pub(crate) struct Config {
+    /// The base model: a Hugging Face directory (config.json, *.safetensors, tokenizer.json).
     base: PathBuf,
+    /// Training data: build-pairs JSONL (ranking: sample-negatives groups).
     train: PathBuf,
+    /// Optional dev data: evaluation, early stopping, best checkpoint.
     dev: Option<PathBuf>,
     task: Task,
+    /// regression: mse | bce; classification: cross_entropy; ranking: listwise | margin.
+    #[schemars(extend("enum" = ["mse", "bce", "cross_entropy", "listwise", "margin"]))]
     loss: Option<String>,
+    /// The margin of the ranking `margin` loss (default 1.0).
     margin: Option<f64>,
+    /// classification: the class names (or `num_labels`).
     labels: Option<Vec<String>>,
     num_labels: Option<usize>,
     lora: Option<LoraWith>,
-    #[cfg_attr(not(feature = "ml"), allow(dead_code))]
-    optim: Option<Value>,
+    /// Optimisation settings; each absent key has the trainer's default.
+    optim: Option<OptimWith>,
+    /// Tokens per pair (default 128).
     max_length: Option<usize>,
+    /// Resume an interrupted run from here.
     checkpoint_dir: Option<PathBuf>,
+    /// Optimizer steps between checkpoints.
     checkpoint_every: Option<u64>,
+}
+
+/// `optim:` of `train-lora` exactly as written: the keys of the trainer's `OptimSettings`
+/// (`crate::train`, `ml` builds), each absent key there taking its default. Serializing it
+/// gives back the keys that were given, so the trainer reads the same mapping.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OptimWith {
+    /// Peak learning rate (default 5e-4).
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "f64")]
+    pub lr: Option<f64>,
+    /// Default 1.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "usize")]
+    pub epochs: Option<usize>,
+    /// Items (pairs, or ranking groups) per micro-batch (default 16).
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "usize")]
+    pub batch: Option<usize>,
+    /// Default 13.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "u64")]
+    pub seed: Option<u64>,
+    /// Warmup as a fraction of all optimizer steps (default 0.1).
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "f64")]
+    pub warmup: Option<f64>,
+    /// Warmup in optimizer steps; overrides `warmup`.
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "Option<u64>")]
+    pub warmup_steps: Option<Option<u64>>,
+    /// The learning rate's decay after warmup (default linear).
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "Schedule")]
+    pub schedule: Option<Schedule>,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "f64")]
+    pub beta1: Option<f64>,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "f64")]
+    pub beta2: Option<f64>,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "f64")]
+    pub eps: Option<f64>,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "f64")]
+    pub weight_decay: Option<f64>,
+    /// Global gradient-norm limit; null or 0: no clipping (default 1.0).
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "Option<f64>")]
+    pub grad_clip: Option<Option<f64>>,
+    /// Micro-batches per optimizer step (default 1).
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "usize")]
+    pub grad_accum: Option<usize>,
+    /// Evaluate on dev every this many optimizer steps (default: at each epoch's end).
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "Option<u64>")]
+    pub eval_every: Option<Option<u64>>,
+    /// Stop after this many evaluations without improvement.
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "Option<u64>")]
+    pub patience: Option<Option<u64>>,
+    /// Train on the first N items of each epoch only.
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "Option<usize>")]
+    pub limit: Option<Option<usize>>,
+    /// Stop after this many optimizer steps (the schedule still spans all epochs).
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "Option<u64>")]
+    pub max_steps: Option<Option<u64>>,
+}
+
+/// The learning-rate multiplier's shape after warmup (`crate::train::optim::Decay`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Schedule {
+    Linear,
+    Cosine,
+    Constant,
 }
 
 /// A `with:` path relative to the project root.
@@ -112,7 +282,7 @@ pub(crate) fn out<'a>(input: &'a StageInput<'_>, key: &str) -> Result<&'a PathBu
 }
 
 pub(crate) fn parse<T: for<'de> Deserialize<'de>>(input: &StageInput<'_>, kind: &str) -> Result<T> {
-    serde_json::from_value(input.with.clone())
+    crate::kinds::settings::parse(input.with)
         .map_err(|e| anyhow!("stage {} ({kind}): with: {e}", input.name))
 }
 
@@ -194,7 +364,9 @@ fn run(cfg: Config, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()>
         train_pooler: lw.train_pooler.unwrap_or(false),
     };
     let optim: OptimSettings = match &cfg.optim {
-        Some(v) => serde_json::from_value(v.clone())
+        // The keys as given (`OptimWith` serializes back to them); absent ones default.
+        Some(v) => serde_json::to_value(v)
+            .and_then(serde_json::from_value::<OptimSettings>)
             .map_err(|e| anyhow!("stage {}: with.optim: {e}", input.name))?,
         None => OptimSettings::default(),
     };
@@ -293,4 +465,23 @@ fn run(cfg: Config, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()>
     }
     write_json(out(input, "metrics")?, &Value::Object(metrics))?;
     Ok(())
+}
+
+// Compiled with `ml` only: the trainer's `OptimSettings` lives there.
+#[cfg(all(test, feature = "ml"))]
+mod ml_tests {
+    use super::*;
+
+    /// `OptimWith` has exactly the keys of the trainer's `OptimSettings`: every key of the
+    /// defaults is accepted, and going through it changes nothing.
+    #[test]
+    fn optim_with_mirrors_optim_settings() {
+        let defaults = crate::train::OptimSettings::default();
+        let v = serde_json::to_value(&defaults).unwrap();
+        let with: OptimWith = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&with).unwrap(), v);
+        let back: crate::train::OptimSettings =
+            serde_json::from_value(serde_json::to_value(&with).unwrap()).unwrap();
+        assert_eq!(back, defaults);
+    }
 }
