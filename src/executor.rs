@@ -221,10 +221,15 @@ pub struct CommandFailed {
 }
 
 /// A `cmd:` stage: `sh -c CMD` in the project root, in its own process group so the whole
-/// tree can be killed on cancel or timeout.
+/// tree can be killed on cancel or timeout, and recorded in `runs/.procs/` so the next
+/// invocation can end what it left running if tsumugi dies ([`crate::supervise`]).
 pub struct CmdStage {
     pub cmd: String,
 }
+
+/// Runs `$1` once a line arrives on stdin, which the engine sends only after recording the
+/// process; if tsumugi dies before that, stdin ends and nothing of the command runs.
+const GATED_SH: &str = r#"IFS= read -r _ || exit 125; exec sh -c "$1" sh </dev/null"#;
 
 fn killpg(pgid: i32, sig: i32) {
     // SAFETY: kill(2) with a negative pid signals a process group; no memory involved.
@@ -235,26 +240,51 @@ fn killpg(pgid: i32, sig: i32) {
 
 impl StageImpl for CmdStage {
     fn run(&self, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()> {
+        let token = crate::supervise::new_token()?;
+        let parent = std::process::id() as libc::pid_t;
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
+            .arg(GATED_SH)
+            .arg("sh")
             .arg(&self.cmd)
             .current_dir(input.project_root)
             .envs(input.env)
-            .stdin(Stdio::null())
+            .env(crate::supervise::TOKEN_VAR, &token)
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
-        // SAFETY: prctl is async-signal-safe. If tsumugi dies (even by SIGKILL) the shell is
-        // killed with it, so an orphaned stage cannot write outputs behind a later run's back.
-        // This thread waits for the child, so it outlives it (PDEATHSIG is per thread).
+        // SAFETY: prctl and getppid are async-signal-safe. If tsumugi dies (even by SIGKILL)
+        // the shell is killed with it; its descendants are ended by the next invocation
+        // (supervise::reap). This thread waits for the child, so it outlives it
+        // (PDEATHSIG is per thread). A parent that died before prctl is caught by getppid.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if libc::getppid() != parent {
+                    libc::_exit(125);
+                }
                 Ok(())
             });
         }
         let mut child = cmd.spawn().context("cannot start sh")?;
         let pgid = child.id() as i32;
+        let gate = child.stdin.take().expect("piped");
+        let tracked =
+            match crate::supervise::Tracked::record(input.project_root, &token, input.name, pgid) {
+                Ok(t) => t,
+                Err(e) => {
+                    drop(gate);
+                    killpg(pgid, libc::SIGKILL);
+                    let _ = child.wait();
+                    return Err(e.context("cannot record the stage's process"));
+                }
+            };
+        {
+            let mut gate = gate;
+            // A failed write means the shell is already gone; its exit status says why.
+            let _ = gate.write_all(b"\n");
+        }
         let done = AtomicBool::new(false);
         std::thread::scope(|s| {
             let out = child.stdout.take().expect("piped");
@@ -289,6 +319,13 @@ impl StageImpl for CmdStage {
             let _ = watcher.join();
             let _ = r1.join();
             let _ = r2.join();
+            // Only once nothing of the group runs may its outputs be committed (and its
+            // record go).
+            if !crate::supervise::wait_group_gone(pgid, Duration::from_secs(10)) {
+                tracked.keep();
+                bail!("processes of the command (group {pgid}) are still alive after SIGKILL");
+            }
+            drop(tracked);
             let status = status.context("cannot wait for sh")?;
             if status.success() {
                 return Ok(());
@@ -667,6 +704,7 @@ pub async fn run(project: &Project, pipeline: &Pipeline, opts: &RunOptions) -> R
         tokio::task::spawn_blocking(move || ProjectLock::acquire(&lp, &lock_desc, wait)).await??;
 
     let run_id = new_run_id();
+    crate::supervise::set_current_run(&run_id);
     let db = RunDb::start(project)?;
     db.begin_run(
         &run_id,

@@ -18,7 +18,8 @@
 //! A stage with `register:` keeps an output as a version in the adapter registry
 //! ([`registry`]), after it completes.
 //!
-//! [`project`] knows where things live; [`lock`] keeps two processes from racing.
+//! [`project`] knows where things live; [`lock`] keeps two processes from racing;
+//! [`supervise`] records every started command and ends what an interrupted run left alive.
 
 pub mod cache;
 pub mod cli;
@@ -33,4 +34,5 @@ pub mod project;
 pub mod registry;
 pub mod rundb;
 pub mod spec;
+pub mod supervise;
 pub mod trigger;
