@@ -334,12 +334,9 @@ pub fn reap(project: &Project) -> Result<Reaped> {
         let name = e.file_name();
         let name = name.to_string_lossy();
         let path = e.path();
-        if name.starts_with(".tmp.") {
+        if let Some(tmp) = name.strip_prefix(".tmp.") {
             // A record being written: its owner's pid is in the name (`.tmp.<pid>-…`).
-            let owner = name[5..]
-                .split('-')
-                .next()
-                .and_then(|p| p.parse::<i32>().ok());
+            let owner = tmp.split('-').next().and_then(|p| p.parse::<i32>().ok());
             if owner.is_none_or(|p| proc_stat(p).is_none()) {
                 stale.push((path, None));
             }
