@@ -227,10 +227,6 @@ pub struct CmdStage {
     pub cmd: String,
 }
 
-/// Runs `$1` once a line arrives on stdin, which the engine sends only after recording the
-/// process; if tsumugi dies before that, stdin ends and nothing of the command runs.
-const GATED_SH: &str = r#"IFS= read -r _ || exit 125; exec sh -c "$1" sh </dev/null"#;
-
 fn killpg(pgid: i32, sig: i32) {
     // SAFETY: kill(2) with a negative pid signals a process group; no memory involved.
     unsafe {
@@ -242,15 +238,8 @@ impl StageImpl for CmdStage {
     fn run(&self, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()> {
         let token = crate::supervise::new_token()?;
         let parent = std::process::id() as libc::pid_t;
-        let mut cmd = Command::new("sh");
-        cmd.arg("-c")
-            .arg(GATED_SH)
-            .arg("sh")
-            .arg(&self.cmd)
-            .current_dir(input.project_root)
-            .envs(input.env)
-            .env(crate::supervise::TOKEN_VAR, &token)
-            .stdin(Stdio::piped())
+        let mut cmd = crate::supervise::gated_sh(&self.cmd, input.env, &token);
+        cmd.current_dir(input.project_root)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);

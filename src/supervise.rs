@@ -22,12 +22,15 @@
 //! process, and the page cache does; a machine crash ends the processes too (and the boot id
 //! tells a record from before a reboot).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -59,6 +62,50 @@ fn current_run() -> String {
     } else {
         r.clone()
     }
+}
+
+/// Runs `$1` with `$2` (the shell) once a line arrives on stdin, which the engine sends only
+/// after recording the process; if tsumugi dies before that, stdin ends and nothing of the
+/// command runs. `exec` keeps the pid, so the recorded leader is the command's shell.
+const GATE: &str = r#"IFS= read -r _ || exit 125; exec "$2" -c "$1" sh </dev/null"#;
+
+/// `sh -c CMD` with `env` and the launch's token in its environment, gated on its stdin
+/// (piped): write one line to it once the process is recorded ([`Tracked::record`]).
+pub fn gated_sh(cmd: &str, env: &BTreeMap<String, String>, token: &str) -> Command {
+    let path = env
+        .get("PATH")
+        .map(OsString::from)
+        .or_else(|| std::env::var_os("PATH"))
+        .unwrap_or_default();
+    let sh = find_sh(&path);
+    let mut c = Command::new(&sh);
+    c.arg("-c")
+        .arg(GATE)
+        .arg("sh")
+        .arg(cmd)
+        .arg(&sh)
+        .envs(env)
+        .env(TOKEN_VAR, token)
+        .stdin(Stdio::piped());
+    c
+}
+
+/// The `sh` that `PATH` names, found once per `PATH` (both the gate and the command run it,
+/// without a `PATH` search each); plain `sh` if none is found, for `Command` to report.
+fn find_sh(path: &OsStr) -> PathBuf {
+    static FOUND: Mutex<Option<(OsString, PathBuf)>> = Mutex::new(None);
+    let mut found = FOUND.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((p, sh)) = found.as_ref()
+        && p == path
+    {
+        return sh.clone();
+    }
+    let sh = std::env::split_paths(path)
+        .map(|d| d.join("sh"))
+        .find(|c| fs::metadata(c).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+        .unwrap_or_else(|| PathBuf::from("sh"));
+    *found = Some((path.to_os_string(), sh.clone()));
+    sh
 }
 
 /// `runs/.procs/`.
@@ -103,17 +150,25 @@ fn parse_stat(s: &str) -> Option<ProcStat> {
     })
 }
 
-fn boot_id() -> String {
-    fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
+fn boot_id() -> &'static str {
+    static BOOT: OnceLock<String> = OnceLock::new();
+    BOOT.get_or_init(|| {
+        fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    })
 }
 
 fn own_start() -> Result<u64> {
+    static START: OnceLock<u64> = OnceLock::new();
+    if let Some(s) = START.get() {
+        return Ok(*s);
+    }
     let me = std::process::id() as i32;
-    Ok(proc_stat(me)
+    let start = proc_stat(me)
         .context("cannot read /proc/self/stat (process supervision needs Linux /proc)")?
-        .start)
+        .start;
+    Ok(*START.get_or_init(|| start))
 }
 
 /// One recorded launch: the file in `runs/.procs/`.
@@ -210,7 +265,7 @@ impl Tracked {
         let st = proc_stat(pid).with_context(|| format!("cannot read /proc/{pid}/stat"))?;
         let rec = Record {
             token: token.to_string(),
-            boot: boot_id(),
+            boot: boot_id().to_string(),
             owner_pid: std::process::id() as i32,
             owner_start: own_start()?,
             pid,
@@ -346,7 +401,7 @@ pub fn reap(project: &Project) -> Result<Reaped> {
             .ok()
             .and_then(|t| Record::parse(&t));
         match rec {
-            Some(r) if r.owner_alive(&boot) => {}
+            Some(r) if r.owner_alive(boot) => {}
             Some(r) => stale.push((path, Some(r))),
             // Unreadable or partial: the launch's gate never opened, nothing ran.
             None => stale.push((path, None)),
