@@ -236,10 +236,13 @@ fn killpg(pgid: i32, sig: i32) {
 
 impl StageImpl for CmdStage {
     fn run(&self, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()> {
-        let token = crate::supervise::new_token()?;
         let parent = std::process::id() as libc::pid_t;
-        let mut cmd = crate::supervise::gated_sh(&self.cmd, input.env, &token);
-        cmd.current_dir(input.project_root)
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(&self.cmd)
+            .current_dir(input.project_root)
+            .envs(input.env)
+            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
@@ -256,24 +259,10 @@ impl StageImpl for CmdStage {
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().context("cannot start sh")?;
+        let (mut child, tracked) =
+            crate::supervise::spawn_recorded(&mut cmd, input.project_root, input.name)
+                .context("cannot start sh")?;
         let pgid = child.id() as i32;
-        let gate = child.stdin.take().expect("piped");
-        let tracked =
-            match crate::supervise::Tracked::record(input.project_root, &token, input.name, pgid) {
-                Ok(t) => t,
-                Err(e) => {
-                    drop(gate);
-                    killpg(pgid, libc::SIGKILL);
-                    let _ = child.wait();
-                    return Err(e.context("cannot record the stage's process"));
-                }
-            };
-        {
-            let mut gate = gate;
-            // A failed write means the shell is already gone; its exit status says why.
-            let _ = gate.write_all(b"\n");
-        }
         let done = AtomicBool::new(false);
         std::thread::scope(|s| {
             let out = child.stdout.take().expect("piped");

@@ -4,10 +4,10 @@
 //! the engine records what it started in `runs/.procs/<token>.proc` (the group, the leader's
 //! pid and its start time from `/proc/<pid>/stat`, the boot id, the run and the stage, and
 //! the tsumugi process that owns it); the record is removed once the group is gone. The
-//! command is *gated*: `sh` waits on its stdin for one line that the engine writes only after
-//! the record is in place, so nothing of the stage runs unrecorded. Each started command also
-//! gets `TSUMUGI_PROC_TOKEN`, a value unique to that launch, in its environment, which its
-//! descendants inherit.
+//! launch is *gated* ([`spawn_recorded`]): between fork and exec the child sends its pid and
+//! waits for one byte that the engine writes only once the record is in place, so nothing of
+//! the stage runs unrecorded. Each started command also gets `TSUMUGI_PROC_TOKEN`, a value
+//! unique to that launch, in its environment, which its descendants inherit.
 //!
 //! If tsumugi dies without cleaning up (SIGKILL, OOM killer), `PR_SET_PDEATHSIG` ends the
 //! direct `sh`, but its descendants live on and could write into the outputs of the next
@@ -22,13 +22,13 @@
 //! process, and the page cache does; a machine crash ends the processes too (and the boot id
 //! tells a record from before a reboot).
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::{OsStr, OsString};
+use std::collections::BTreeSet;
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -64,48 +64,104 @@ fn current_run() -> String {
     }
 }
 
-/// Runs `$1` with `$2` (the shell) once a line arrives on stdin, which the engine sends only
-/// after recording the process; if tsumugi dies before that, stdin ends and nothing of the
-/// command runs. `exec` keeps the pid, so the recorded leader is the command's shell.
-const GATE: &str = r#"IFS= read -r _ || exit 125; exec "$2" -c "$1" sh </dev/null"#;
-
-/// `sh -c CMD` with `env` and the launch's token in its environment, gated on its stdin
-/// (piped): write one line to it once the process is recorded ([`Tracked::record`]).
-pub fn gated_sh(cmd: &str, env: &BTreeMap<String, String>, token: &str) -> Command {
-    let path = env
-        .get("PATH")
-        .map(OsString::from)
-        .or_else(|| std::env::var_os("PATH"))
-        .unwrap_or_default();
-    let sh = find_sh(&path);
-    let mut c = Command::new(&sh);
-    c.arg("-c")
-        .arg(GATE)
-        .arg("sh")
-        .arg(cmd)
-        .arg(&sh)
-        .envs(env)
-        .env(TOKEN_VAR, token)
-        .stdin(Stdio::piped());
-    c
+/// Spawns `cmd` (which must start its own process group: `process_group(0)`) with a token
+/// unique to this launch in its environment, and records it before it runs anything: the
+/// child, between fork and exec, sends its pid and waits until the record is in place. If
+/// tsumugi dies before that, the child never gets past the wait (its end of the gate sees
+/// end-of-file) and runs nothing.
+pub fn spawn_recorded(
+    cmd: &mut Command,
+    project_root: &Path,
+    stage: &str,
+) -> Result<(Child, Tracked)> {
+    let token = new_token()?;
+    cmd.env(TOKEN_VAR, &token);
+    let (pid_r, pid_w) = pipe()?;
+    let (gate_r, gate_w) = pipe()?;
+    let (pid_w_raw, gate_r_raw, gate_w_raw) =
+        (pid_w.as_raw_fd(), gate_r.as_raw_fd(), gate_w.as_raw_fd());
+    // SAFETY: between fork and exec only async-signal-safe calls (getpid, write, close,
+    // read, _exit) on descriptors this function keeps open until `spawn` returns; no
+    // allocation. All four descriptors are close-on-exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Our copy of the gate's write end would keep the read below from ever seeing
+            // end-of-file if tsumugi died.
+            libc::close(gate_w_raw);
+            let pid: libc::pid_t = libc::getpid();
+            let n = libc::write(
+                pid_w_raw,
+                (&pid as *const libc::pid_t).cast(),
+                std::mem::size_of::<libc::pid_t>(),
+            );
+            if n != std::mem::size_of::<libc::pid_t>() as isize {
+                libc::_exit(125);
+            }
+            libc::close(pid_w_raw);
+            let mut b = 0u8;
+            loop {
+                match libc::read(gate_r_raw, (&mut b as *mut u8).cast(), 1) {
+                    1 => break,
+                    -1 if *libc::__errno_location() == libc::EINTR => continue,
+                    _ => libc::_exit(125),
+                }
+            }
+            libc::close(gate_r_raw);
+            Ok(())
+        });
+    }
+    let root = project_root.to_path_buf();
+    let stage = stage.to_string();
+    let tok = token.clone();
+    // The recorder runs beside `spawn`, which returns only once the child has exec'd.
+    let recorder = std::thread::spawn(move || -> Result<Option<Tracked>> {
+        let mut pid_r = fs::File::from(pid_r);
+        let mut buf = [0u8; std::mem::size_of::<libc::pid_t>()];
+        if pid_r.read_exact(&mut buf).is_err() {
+            return Ok(None); // no child got as far as the gate
+        }
+        let pid = libc::pid_t::from_ne_bytes(buf);
+        match Tracked::record(&root, &tok, &stage, pid) {
+            Ok(t) => {
+                let mut gate = fs::File::from(gate_w);
+                // A failed write means the child is gone; spawn says why.
+                let _ = gate.write_all(b"\n");
+                Ok(Some(t))
+            }
+            Err(e) => {
+                signal(pid, libc::SIGKILL);
+                Err(e.context("cannot record the process"))
+            }
+        }
+    });
+    let spawned = cmd.spawn();
+    drop(pid_w);
+    drop(gate_r);
+    let recorded = recorder
+        .join()
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("the recorder thread panicked")));
+    match (spawned, recorded) {
+        (Ok(child), Ok(Some(t))) => Ok((child, t)),
+        (Ok(mut child), rec) => {
+            // Killed by the recorder or never gated: reap it, report why.
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(rec
+                .err()
+                .unwrap_or_else(|| anyhow::anyhow!("the child did not report its pid")))
+        }
+        (Err(e), _) => Err(e.into()),
+    }
 }
 
-/// The `sh` that `PATH` names, found once per `PATH` (both the gate and the command run it,
-/// without a `PATH` search each); plain `sh` if none is found, for `Command` to report.
-fn find_sh(path: &OsStr) -> PathBuf {
-    static FOUND: Mutex<Option<(OsString, PathBuf)>> = Mutex::new(None);
-    let mut found = FOUND.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((p, sh)) = found.as_ref()
-        && p == path
-    {
-        return sh.clone();
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two descriptors into `fds`, which we then own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("cannot create a pipe");
     }
-    let sh = std::env::split_paths(path)
-        .map(|d| d.join("sh"))
-        .find(|c| fs::metadata(c).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
-        .unwrap_or_else(|| PathBuf::from("sh"));
-    *found = Some((path.to_os_string(), sh.clone()));
-    sh
+    // SAFETY: both were just opened and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// `runs/.procs/`.
@@ -246,7 +302,7 @@ impl Record {
 }
 
 /// A token unique to one launch (and the name of its record).
-pub fn new_token() -> Result<String> {
+fn new_token() -> Result<String> {
     let n = LAUNCHES.fetch_add(1, Ordering::Relaxed);
     Ok(format!("{}-{}-{n}", std::process::id(), own_start()?))
 }
