@@ -637,6 +637,70 @@ mod tests {
         assert_eq!(Record::parse("token x\nproc 1 2"), None);
     }
 
+    /// A record as an interrupted run leaves it: its owner is a process that has exited.
+    fn stale_record(root: &Path, token: &str, pid: i32, start: u64) {
+        let mut dead = Command::new("true").spawn().unwrap();
+        let owner = dead.id() as i32;
+        dead.wait().unwrap();
+        let r = Record {
+            token: token.into(),
+            boot: boot_id().into(),
+            owner_pid: owner,
+            owner_start: 1,
+            pid,
+            pgid: pid,
+            start,
+            run: "20261204-000000-dead".into(),
+            stage: "s".into(),
+        };
+        let dir = procs_dir(root);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(format!("{token}.proc")), r.to_text()).unwrap();
+    }
+
+    fn sleeper(token: &str) -> Child {
+        Command::new("sleep")
+            .arg("30")
+            .env(TOKEN_VAR, token)
+            .process_group(0)
+            .spawn()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_left_process_is_ended_and_the_record_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let mut child = sleeper("t-live");
+        let pid = child.id() as i32;
+        stale_record(d.path(), "t-live", pid, proc_stat(pid).unwrap().start);
+        let r = reap(&Project::new(d.path())).unwrap();
+        assert_eq!(r.processes, 1);
+        assert_eq!(r.runs, ["20261204-000000-dead (stage s)"]);
+        // Ended by SIGTERM: the wait returns at once with the signal.
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGTERM));
+        assert_eq!(fs::read_dir(procs_dir(d.path())).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_reused_pid_is_not_signalled() {
+        let d = tempfile::tempdir().unwrap();
+        // Same pid, but a different start time and no token: not the recorded process.
+        let mut child = sleeper("t-other");
+        let pid = child.id() as i32;
+        let start = proc_stat(pid).unwrap().start;
+        stale_record(d.path(), "t-recorded", pid, start.saturating_sub(1));
+        let r = reap(&Project::new(d.path())).unwrap();
+        assert_eq!(r, Reaped::default());
+        assert!(
+            proc_stat(pid).is_some_and(|p| !p.gone()),
+            "the process lives on"
+        );
+        assert_eq!(fs::read_dir(procs_dir(d.path())).unwrap().count(), 0);
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
     #[test]
     fn records_of_a_live_owner_are_left_alone() {
         let d = tempfile::tempdir().unwrap();
