@@ -114,26 +114,29 @@ pub fn spawn_recorded(
     let stage = stage.to_string();
     let tok = token.clone();
     // The recorder runs beside `spawn`, which returns only once the child has exec'd.
-    let recorder = std::thread::spawn(move || -> Result<Option<Tracked>> {
-        let mut pid_r = fs::File::from(pid_r);
-        let mut buf = [0u8; std::mem::size_of::<libc::pid_t>()];
-        if pid_r.read_exact(&mut buf).is_err() {
-            return Ok(None); // no child got as far as the gate
-        }
-        let pid = libc::pid_t::from_ne_bytes(buf);
-        match Tracked::record(&root, &tok, &stage, pid) {
-            Ok(t) => {
-                let mut gate = fs::File::from(gate_w);
-                // A failed write means the child is gone; spawn says why.
-                let _ = gate.write_all(b"\n");
-                Ok(Some(t))
+    let recorder = std::thread::Builder::new()
+        .name("tsumugi-record".into())
+        .spawn(move || -> Result<Option<Tracked>> {
+            let mut pid_r = fs::File::from(pid_r);
+            let mut buf = [0u8; std::mem::size_of::<libc::pid_t>()];
+            if pid_r.read_exact(&mut buf).is_err() {
+                return Ok(None); // no child got as far as the gate
             }
-            Err(e) => {
-                signal(pid, libc::SIGKILL);
-                Err(e.context("cannot record the process"))
+            let pid = libc::pid_t::from_ne_bytes(buf);
+            match Tracked::record(&root, &tok, &stage, pid) {
+                Ok(t) => {
+                    let mut gate = fs::File::from(gate_w);
+                    // A failed write means the child is gone; spawn says why.
+                    let _ = gate.write_all(b"\n");
+                    Ok(Some(t))
+                }
+                Err(e) => {
+                    signal(pid, libc::SIGKILL);
+                    Err(e.context("cannot record the process"))
+                }
             }
-        }
-    });
+        })
+        .context("cannot start a thread")?;
     let spawned = cmd.spawn();
     drop(pid_w);
     drop(gate_r);
