@@ -3,6 +3,7 @@
 //! An OS file lock (`flock` via `File::try_lock`) is released by the kernel when its holder
 //! dies, however it dies, so there is no stale-lock cleanup. The holder writes its pid,
 //! command line and start time into the file so a waiting process can say who it waits for.
+//! Taking the lock also ends what an interrupted holder left running ([`crate::supervise`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -97,7 +98,11 @@ impl ProjectLock {
             crate::time::ts(crate::time::now())
         )?;
         file.flush()?;
-        Ok(ProjectLock { _file: file })
+        let lock = ProjectLock { _file: file };
+        // The previous holder may have died leaving stage processes running; end them
+        // before the caller touches any output.
+        crate::supervise::reap_and_say(project)?;
+        Ok(lock)
     }
 }
 

@@ -230,7 +230,8 @@ pub struct CommandFailed {
 }
 
 /// A `cmd:` stage: `sh -c CMD` in the project root, in its own process group so the whole
-/// tree can be killed on cancel or timeout.
+/// tree can be killed on cancel or timeout, and recorded in `runs/.procs/` so the next
+/// invocation can end what it left running if tsumugi dies ([`tsumugi_base::supervise`]).
 pub struct CmdStage {
     pub cmd: String,
 }
@@ -244,6 +245,7 @@ fn killpg(pgid: i32, sig: i32) {
 
 impl StageImpl for CmdStage {
     fn run(&self, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()> {
+        let parent = std::process::id() as libc::pid_t;
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
             .arg(&self.cmd)
@@ -253,16 +255,22 @@ impl StageImpl for CmdStage {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
-        // SAFETY: prctl is async-signal-safe. If tsumugi dies (even by SIGKILL) the shell is
-        // killed with it, so an orphaned stage cannot write outputs behind a later run's back.
-        // This thread waits for the child, so it outlives it (PDEATHSIG is per thread).
+        // SAFETY: prctl and getppid are async-signal-safe. If tsumugi dies (even by SIGKILL)
+        // the shell is killed with it; its descendants are ended by the next invocation
+        // (supervise::reap). This thread waits for the child, so it outlives it
+        // (PDEATHSIG is per thread). A parent that died before prctl is caught by getppid.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if libc::getppid() != parent {
+                    libc::_exit(125);
+                }
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().context("cannot start sh")?;
+        let (mut child, tracked) =
+            tsumugi_base::supervise::spawn_recorded(&mut cmd, input.project_root, input.name)
+                .context("cannot start sh")?;
         let pgid = child.id() as i32;
         let done = AtomicBool::new(false);
         std::thread::scope(|s| {
@@ -298,6 +306,13 @@ impl StageImpl for CmdStage {
             let _ = watcher.join();
             let _ = r1.join();
             let _ = r2.join();
+            // Only once nothing of the group runs may its outputs be committed (and its
+            // record go).
+            if !tsumugi_base::supervise::wait_group_gone(pgid, Duration::from_secs(10)) {
+                tracked.keep();
+                bail!("processes of the command (group {pgid}) are still alive after SIGKILL");
+            }
+            drop(tracked);
             let status = status.context("cannot wait for sh")?;
             if status.success() {
                 return Ok(());
@@ -676,6 +691,7 @@ pub async fn run(project: &Project, pipeline: &Pipeline, opts: &RunOptions) -> R
         tokio::task::spawn_blocking(move || ProjectLock::acquire(&lp, &lock_desc, wait)).await??;
 
     let run_id = new_run_id();
+    tsumugi_base::supervise::set_current_run(&run_id);
     let db = RunDb::start(project)?;
     db.begin_run(
         &run_id,
