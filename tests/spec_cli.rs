@@ -62,8 +62,9 @@ fn validate_ok_counts_expanded_stages() {
         .stderr("");
 }
 
+/// README: "Exit codes: … 2 invalid input"; an invalid pipeline file is invalid input.
 #[test]
-fn validate_reports_errors_and_exits_1() {
+fn validate_reports_errors_and_exits_2() {
     let d = project();
     std::fs::write(
         d.path().join("bad.yaml"),
@@ -75,7 +76,7 @@ fn validate_reports_errors_and_exits_1() {
         .arg(d.path())
         .args(["validate", "bad.yaml"])
         .assert()
-        .code(1)
+        .code(2)
         .stdout("")
         .stderr(
             "bad.yaml:4:12: path '../x' leads outside the project root in 'outs' of stage 'a'\n",
@@ -125,7 +126,7 @@ fn dag_unknown_stage_is_an_error() {
         .arg(d.path())
         .args(["dag", "p.yaml", "jion"])
         .assert()
-        .code(1)
+        .code(2)
         .stderr("p.yaml: no stage named 'jion' (stages: gen, sweep@a, sweep@b, join, lone; did you mean 'join'?)\n");
 }
 
