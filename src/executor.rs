@@ -558,7 +558,7 @@ pub async fn run(project: &Project, pipeline: &Pipeline, opts: &RunOptions) -> R
     let selection = select(pipeline, &opts.targets)?;
     let order = selection.order();
     if opts.dry_run {
-        let st = status_of(project, pipeline, &order, opts.force)?;
+        let st = status_of(project, pipeline, order, opts.force)?;
         let stages = st
             .into_iter()
             .map(|s| StageOutcome {
