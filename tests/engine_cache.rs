@@ -218,7 +218,7 @@ fn run_targets_select_a_stage_and_its_upstream_only() {
     assert_eq!(v["stages"].as_array().unwrap().len(), 2);
     let out = p.cmd().args(["run", "p.yaml", "nope"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no stage \"nope\""));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no stage named 'nope'"));
 }
 
 #[test]

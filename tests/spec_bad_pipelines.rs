@@ -1,4 +1,4 @@
-//! Every `tests/bad_pipelines/NN-name.yaml` must make `tsumugi validate` fail (exit 1, no
+//! Every `tests/bad_pipelines/NN-name.yaml` must make `tsumugi validate` fail (exit 2, no
 //! panic) with exactly the errors in `NN-name.expected`. The files are validated with
 //! `-C tests/bad_pipelines`, which is the project root for their paths (`data/raw.csv`,
 //! `prep.py` and the symlink `escape -> ..` live there).
@@ -44,7 +44,7 @@ fn every_bad_pipeline_fails_with_its_expected_errors() {
         assert!(!stderr.contains("panicked"), "{name} panicked:\n{stderr}");
         assert_eq!(
             out.status.code(),
-            Some(1),
+            Some(2),
             "{name}: exit status {:?}, stderr:\n{stderr}",
             out.status
         );

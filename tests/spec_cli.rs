@@ -62,8 +62,9 @@ fn validate_ok_counts_expanded_stages() {
         .stderr("");
 }
 
+/// README: "Exit codes: … 2 invalid input"; an invalid pipeline file is invalid input.
 #[test]
-fn validate_reports_errors_and_exits_1() {
+fn validate_reports_errors_and_exits_2() {
     let d = project();
     std::fs::write(
         d.path().join("bad.yaml"),
@@ -75,7 +76,7 @@ fn validate_reports_errors_and_exits_1() {
         .arg(d.path())
         .args(["validate", "bad.yaml"])
         .assert()
-        .code(1)
+        .code(2)
         .stdout("")
         .stderr(
             "bad.yaml:4:12: path '../x' leads outside the project root in 'outs' of stage 'a'\n",
@@ -125,8 +126,42 @@ fn dag_unknown_stage_is_an_error() {
         .arg(d.path())
         .args(["dag", "p.yaml", "jion"])
         .assert()
-        .code(1)
+        .code(2)
         .stderr("p.yaml: no stage named 'jion' (stages: gen, sweep@a, sweep@b, join, lone; did you mean 'join'?)\n");
+}
+
+/// Lists nested 10,000 deep in block style (`- - - … 1`) overflowed the stack: `validate`
+/// and `run` aborted (exit 134), and a run could be left `running`. Now both refuse the
+/// file at the level past the limit, and no run is recorded.
+#[test]
+fn deep_block_nesting_is_refused_by_validate_and_run() {
+    let d = project();
+    std::fs::write(
+        d.path().join("deep.yaml"),
+        format!(
+            "stages:\n  s:\n    cmd: echo ${{params.a}}\nparams:\n  a: 1\n  d:\n    {}1\n",
+            "- ".repeat(10_000)
+        ),
+    )
+    .unwrap();
+    let expected = "deep.yaml:7:129: lists and mappings nested more than 64 levels deep (the limit for a pipeline file)\n";
+    for cmd in ["validate", "run"] {
+        tsumugi()
+            .arg("-C")
+            .arg(d.path())
+            .args([cmd, "deep.yaml"])
+            .assert()
+            .code(2)
+            .stdout("")
+            .stderr(expected);
+    }
+    tsumugi()
+        .arg("-C")
+        .arg(d.path())
+        .arg("runs")
+        .assert()
+        .success()
+        .stdout("no runs yet\n");
 }
 
 /// `tsumugi schema | head -0`: the reader goes away first; tsumugi ends quietly (SIGPIPE),

@@ -18,12 +18,22 @@ fn check(project: &Project, text: &str) {
 fn truncated_and_mutated_files_never_panic() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bad_pipelines");
     let project = Project::new(&dir);
-    let mut texts: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .map(|p| std::fs::read_to_string(p).unwrap())
-        .collect();
+    let mut texts: Vec<String> = Vec::new();
+    for path in std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()) {
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        // The hostile inputs (deep nesting, interpolation bombs) are about size, not syntax:
+        // nearly every prefix of a bomb expands to the 1 MiB limit, which would make this
+        // test take many minutes. Whole, they are loaded once here and by the corpus test.
+        let name = path.file_name().unwrap().to_string_lossy();
+        if name.contains("-nesting") || name.contains("-bomb") {
+            check(&project, &text);
+            continue;
+        }
+        texts.push(text);
+    }
     texts.push(
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/demo.yaml"))
             .unwrap(),

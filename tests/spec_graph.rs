@@ -81,3 +81,33 @@ fn a_hand_built_pipeline_with_duplicate_names_is_refused() {
     let e = Dag::build(&p).unwrap_err().to_string();
     assert_eq!(e, "d.yaml:3:3: two stages are named 'side'");
 }
+
+/// `select` is what `run`, `status` and `--dry-run` schedule: the closure in the one order,
+/// with the edges inside it (lists in that order), and the executor asks for nothing else.
+#[test]
+fn select_is_the_closure_in_the_one_order_with_its_edges() {
+    let g = dag();
+    let all = g.select(&[]).unwrap();
+    assert_eq!(all.order(), g.topo_order());
+    assert_eq!(all.needed_by("a"), ["c", "b"]);
+    assert_eq!(all.needs("e"), ["side", "d"]);
+
+    let d = g.select(&["d"]).unwrap();
+    assert_eq!(d.order(), g.upstream_closure(&["d"]).unwrap());
+    assert_eq!(d.needs("d"), ["c", "b"]);
+    // `e` is not selected: `d` is needed by nothing inside the selection.
+    assert!(d.needed_by("d").is_empty());
+    assert!(d.needs("e").is_empty());
+
+    let two = g.select(&["c", "side"]).unwrap();
+    assert_eq!(two.order(), ["side", "a", "c"]);
+    assert_eq!(two.needed_by("a"), ["c"]);
+
+    let p = spec::load_str(Path::new("d.yaml"), DIAMOND, &Project::new(".")).unwrap();
+    let via_executor = tsumugi::executor::select(&p, &["d".to_string()]).unwrap();
+    assert_eq!(via_executor, d);
+    assert_eq!(
+        g.select(&["f"]).unwrap_err().to_string(),
+        "d.yaml: no stage named 'f' (stages: side, a, c, b, d, e)"
+    );
+}

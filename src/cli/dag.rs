@@ -30,7 +30,7 @@ pub fn run(project: &Project, args: DagArgs) -> anyhow::Result<ExitCode> {
         Ok(x) => x,
         Err(e) => {
             eprintln!("{e}");
-            return Ok(ExitCode::from(1));
+            return Ok(ExitCode::from(2));
         }
     };
     let selected: Vec<&str> = if args.stages.is_empty() {
@@ -41,7 +41,7 @@ pub fn run(project: &Project, args: DagArgs) -> anyhow::Result<ExitCode> {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("{e}");
-                return Ok(ExitCode::from(1));
+                return Ok(ExitCode::from(2));
             }
         }
     };

@@ -14,7 +14,8 @@ pub struct ValidateArgs {
     pub file: PathBuf,
 }
 
-/// Prints `ok: N stages`, or every error (file:line:col: message) on stderr and exits 1.
+/// Prints `ok: N stages`, or every error (file:line:col: message) on stderr and exits 2
+/// (invalid input, as for every command).
 pub fn run(project: &Project, args: ValidateArgs) -> anyhow::Result<ExitCode> {
     let checked = spec::load(&args.file, project).and_then(|p| Dag::build(&p).map(|_| p));
     match checked {
@@ -25,7 +26,7 @@ pub fn run(project: &Project, args: ValidateArgs) -> anyhow::Result<ExitCode> {
         }
         Err(e) => {
             eprintln!("{e}");
-            Ok(ExitCode::from(1))
+            Ok(ExitCode::from(2))
         }
     }
 }

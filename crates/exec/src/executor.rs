@@ -30,6 +30,7 @@ use tsumugi_base::atomic::remove_path;
 use tsumugi_base::lock::{ProjectLock, Wait};
 use tsumugi_base::paths::path_str;
 use tsumugi_base::project::Project;
+use tsumugi_pipeline::graph::{Dag, Selection};
 use tsumugi_pipeline::{Action, Pipeline, Stage};
 use tsumugi_rundb::{self, MetricRow, RunDb, StageRecord};
 use tsumugi_store::cache::{ActionEntry, Cache, RestoreError};
@@ -536,75 +537,12 @@ pub fn detect_gpus(explicit: Option<u32>) -> Vec<String> {
     }
 }
 
-/// Stages of `pipeline` to consider: `targets` and all they need, in topological order
-/// (file order where the graph allows).
-pub fn select(pipeline: &Pipeline, targets: &[String]) -> Result<Vec<String>> {
-    let names: HashSet<&str> = pipeline.stages.iter().map(|s| s.name.as_str()).collect();
-    let mut wanted: HashSet<String> = HashSet::new();
-    if targets.is_empty() {
-        wanted.extend(pipeline.stages.iter().map(|s| s.name.clone()));
-    } else {
-        let mut q: VecDeque<String> = VecDeque::new();
-        for t in targets {
-            if !names.contains(t.as_str()) {
-                let known: Vec<&str> = pipeline.stages.iter().map(|s| s.name.as_str()).collect();
-                bail!(
-                    "no stage {t:?} in {} (stages: {})",
-                    pipeline.file.display(),
-                    known.join(", ")
-                );
-            }
-            q.push_back(t.clone());
-        }
-        while let Some(n) = q.pop_front() {
-            if wanted.insert(n.clone())
-                && let Some(st) = pipeline.stage(&n)
-            {
-                q.extend(st.needs.iter().cloned());
-            }
-        }
-    }
-    // Kahn's algorithm, always taking the earliest ready stage in file order.
-    let pos: HashMap<&str, usize> = pipeline
-        .stages
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.name.as_str(), i))
-        .collect();
-    let mut indeg: HashMap<&str, usize> = HashMap::new();
-    let mut down: HashMap<&str, Vec<&str>> = HashMap::new();
-    for st in pipeline.stages.iter().filter(|s| wanted.contains(&s.name)) {
-        let ups: HashSet<&str> = st
-            .needs
-            .iter()
-            .map(String::as_str)
-            .filter(|n| wanted.contains(*n))
-            .collect();
-        indeg.insert(&st.name, ups.len());
-        for u in ups {
-            down.entry(u).or_default().push(&st.name);
-        }
-    }
-    let mut ready: std::collections::BTreeSet<(usize, &str)> = indeg
-        .iter()
-        .filter(|(_, d)| **d == 0)
-        .map(|(n, _)| (pos[n], *n))
-        .collect();
-    let mut order = Vec::new();
-    while let Some((_, n)) = ready.pop_first() {
-        order.push(n.to_string());
-        for d in down.get(n).into_iter().flatten() {
-            let e = indeg.get_mut(d).expect("indegree");
-            *e -= 1;
-            if *e == 0 {
-                ready.insert((pos[d], d));
-            }
-        }
-    }
-    if order.len() != indeg.len() {
-        bail!("the stages of {} form a cycle", pipeline.file.display());
-    }
-    Ok(order)
+/// Stages of `pipeline` to consider: `targets` and all they need (every stage when there
+/// are none), in the graph's one topological order (file order where the graph allows).
+pub fn select(pipeline: &Pipeline, targets: &[String]) -> Result<Selection> {
+    let dag = Dag::build(pipeline)?;
+    let targets: Vec<&str> = targets.iter().map(String::as_str).collect();
+    Ok(dag.select(&targets)?)
 }
 
 fn new_run_id() -> String {
@@ -641,9 +579,10 @@ struct Ctx {
 /// targets, lock refused, unwritable database); stage failures are in the summary.
 pub async fn run(project: &Project, pipeline: &Pipeline, opts: &RunOptions) -> Result<RunSummary> {
     let t0 = Instant::now();
-    let order = select(pipeline, &opts.targets)?;
+    let selection = select(pipeline, &opts.targets)?;
+    let order = selection.order();
     if opts.dry_run {
-        let st = status_of(project, pipeline, &order, opts.force)?;
+        let st = status_of(project, pipeline, order, opts.force)?;
         let stages = st
             .into_iter()
             .map(|s| StageOutcome {
@@ -721,7 +660,7 @@ pub async fn run(project: &Project, pipeline: &Pipeline, opts: &RunOptions) -> R
         registry: Mutex::new(()),
     });
 
-    let outcomes = schedule(&ctx, pipeline, &order, opts).await;
+    let outcomes = schedule(&ctx, pipeline, &selection, opts).await;
 
     let cancelled = ctx.cancel.load(Ordering::SeqCst);
     let success = !cancelled && outcomes.iter().all(|o| o.status.is_ok());
@@ -869,9 +808,10 @@ impl SlotPool {
 async fn schedule(
     ctx: &Arc<Ctx>,
     pipeline: &Pipeline,
-    order: &[String],
+    selection: &Selection,
     opts: &RunOptions,
 ) -> Vec<StageOutcome> {
+    let order = selection.order();
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -891,27 +831,23 @@ async fn schedule(
     // Freshness checks hash inputs; a few at a time per core keeps the disk busy without
     // flooding the blocking pool.
     let checks = Arc::new(tokio::sync::Semaphore::new(4 * cores));
-    let selected: HashSet<&str> = order.iter().map(String::as_str).collect();
     let index: HashMap<&str, usize> = order
         .iter()
         .enumerate()
         .map(|(i, n)| (n.as_str(), i))
         .collect();
-    let mut waiting: HashMap<&str, usize> = HashMap::new();
-    let mut down: HashMap<&str, Vec<&str>> = HashMap::new();
-    for n in order {
-        let st = pipeline.stage(n).expect("selected stage exists");
-        let ups: HashSet<&str> = st
-            .needs
-            .iter()
-            .map(String::as_str)
-            .filter(|u| selected.contains(u))
-            .collect();
-        waiting.insert(n, ups.len());
-        for u in ups {
-            down.entry(u).or_default().push(n);
-        }
-    }
+    // Edges from the graph's selection: how many stages each waits for, and who waits.
+    let mut waiting: HashMap<&str, usize> = order
+        .iter()
+        .map(|n| (n.as_str(), selection.needs(n).len()))
+        .collect();
+    let down: HashMap<&str, Vec<&str>> = order
+        .iter()
+        .map(|n| {
+            let d = selection.needed_by(n).iter().map(String::as_str).collect();
+            (n.as_str(), d)
+        })
+        .collect();
     let mut ready: VecDeque<&str> = order
         .iter()
         .map(String::as_str)
@@ -1792,8 +1728,8 @@ pub fn read_metrics(path: &Path) -> Result<Vec<MetricRow>> {
 
 /// Which stages are stale and why, without running or recording anything.
 pub fn status(project: &Project, pipeline: &Pipeline) -> Result<Vec<StageStatus>> {
-    let order = select(pipeline, &[])?;
-    status_of(project, pipeline, &order, false)
+    let selection = select(pipeline, &[])?;
+    status_of(project, pipeline, selection.order(), false)
 }
 
 fn status_of(

@@ -97,6 +97,65 @@ impl Dag {
     /// The named stages and everything they need, in topological order. An unknown name
     /// is an error that lists the known ones.
     pub fn upstream_closure(&self, names: &[&str]) -> Result<Vec<&str>, SpecError> {
+        let keep = self.closure(names)?;
+        Ok(self
+            .order
+            .iter()
+            .filter(|n| keep.contains(&self.index[*n]))
+            .map(String::as_str)
+            .collect())
+    }
+
+    /// What a run of `targets` considers: the targets and everything they need (every stage
+    /// when `targets` is empty), in the one order of [`Self::topo_order`], with the edges
+    /// among them. An unknown target is an error that lists the known stages.
+    pub fn select(&self, targets: &[&str]) -> Result<Selection, SpecError> {
+        let keep: BTreeSet<NodeIndex> = if targets.is_empty() {
+            self.graph.node_indices().collect()
+        } else {
+            self.closure(targets)?
+        };
+        let order: Vec<String> = self
+            .order
+            .iter()
+            .filter(|n| keep.contains(&self.index[*n]))
+            .cloned()
+            .collect();
+        let rank: HashMap<NodeIndex, usize> = order
+            .iter()
+            .enumerate()
+            .map(|(r, n)| (self.index[n], r))
+            .collect();
+        // Each list in the selection's order: stages become ready in the order they finish,
+        // and ties among them keep the one order.
+        let edges = |i: NodeIndex, dir: Direction| {
+            let mut v: Vec<NodeIndex> = self
+                .graph
+                .neighbors_directed(i, dir)
+                .filter(|j| keep.contains(j))
+                .collect();
+            v.sort_unstable_by_key(|j| rank[j]);
+            v.dedup();
+            v.into_iter()
+                .map(|j| self.graph[j].clone())
+                .collect::<Vec<_>>()
+        };
+        let mut needs = HashMap::new();
+        let mut needed_by = HashMap::new();
+        for n in &order {
+            let i = self.index[n];
+            needs.insert(n.clone(), edges(i, Direction::Incoming));
+            needed_by.insert(n.clone(), edges(i, Direction::Outgoing));
+        }
+        Ok(Selection {
+            order,
+            needs,
+            needed_by,
+        })
+    }
+
+    /// The named stages and every stage they need, transitively.
+    fn closure(&self, names: &[&str]) -> Result<BTreeSet<NodeIndex>, SpecError> {
         let mut keep = BTreeSet::new();
         let rev = Reversed(&self.graph);
         for n in names {
@@ -106,12 +165,7 @@ impl Dag {
                 keep.insert(i);
             }
         }
-        Ok(self
-            .order
-            .iter()
-            .filter(|n| keep.contains(&self.index[*n]))
-            .map(String::as_str)
-            .collect())
+        Ok(keep)
     }
 
     /// Every stage that (transitively) needs `name`, not `name` itself, in topological order.
@@ -205,6 +259,35 @@ impl Dag {
                 ),
             )
         })
+    }
+}
+
+/// Part of a [`Dag`], made by [`Dag::select`]: what a run schedules, in the graph's order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selection {
+    order: Vec<String>,
+    needs: HashMap<String, Vec<String>>,
+    needed_by: HashMap<String, Vec<String>>,
+}
+
+impl Selection {
+    /// Every selected stage, each after all the stages it needs; ties keep file order.
+    pub fn order(&self) -> &[String] {
+        &self.order
+    }
+
+    /// The selected stages `name` directly needs, in [`Self::order`]; empty for a stage
+    /// not selected.
+    pub fn needs(&self, name: &str) -> &[String] {
+        self.needs.get(name).map(Vec::as_slice).unwrap_or_default()
+    }
+
+    /// The selected stages that directly need `name`, in [`Self::order`].
+    pub fn needed_by(&self, name: &str) -> &[String] {
+        self.needed_by
+            .get(name)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
     }
 }
 

@@ -3,6 +3,13 @@
 //! Grammar: `${params.NAME[.FIELD…]}`, `${stages.STAGE.outs.KEY}` (KEY is the rest, so an
 //! output keyed by its path, `out/prep.txt`, works), `${item[.FIELD…]}`, `${key}`. `$${`
 //! writes a literal `${`. Whitespace just inside the braces is ignored.
+//!
+//! What references expand to is limited (see "Limits" in docs/pipeline-format.md), so that
+//! params that double each other cannot make the loader allocate without bound:
+//! [`MAX_VALUE_BYTES`] per value, [`MAX_TOTAL_BYTES`] for a whole file, and values nest at
+//! most [`MAX_DEPTH`] levels, as the YAML itself does.
+
+pub use super::yaml::MAX_DEPTH;
 
 /// What a `${…}` names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,6 +155,131 @@ fn parse_ref(inner: &str) -> Result<Ref, String> {
     Err(format!("unknown reference '${{{inner}}}' ({EXPECTED})"))
 }
 
+/// The most one value (a string, or a list or mapping with everything in it) may take up
+/// through references, counted as in [`json_size`].
+pub const MAX_VALUE_BYTES: usize = 1 << 20;
+
+/// The most all references of one pipeline file may expand to together (every stage that a
+/// `foreach` or `matrix` makes counts its own).
+pub const MAX_TOTAL_BYTES: usize = 64 << 20;
+
+/// The size a value counts for: the length of its compact JSON text, escapes aside.
+pub fn json_size(v: &serde_json::Value) -> usize {
+    use serde_json::Value;
+    match v {
+        Value::Null => 4,
+        Value::Bool(b) => 4 + usize::from(!b),
+        Value::Number(n) => n.to_string().len(),
+        Value::String(s) => s.len() + 2,
+        Value::Array(a) => 1 + a.iter().map(|x| json_size(x) + 1).sum::<usize>().max(1),
+        Value::Object(o) => {
+            1 + o
+                .iter()
+                .map(|(k, x)| k.len() + 3 + json_size(x) + 1)
+                .sum::<usize>()
+                .max(1)
+        }
+    }
+}
+
+/// Levels of lists and mappings in a value: 0 for a scalar.
+pub fn json_height(v: &serde_json::Value) -> usize {
+    use serde_json::Value;
+    match v {
+        Value::Array(a) => 1 + a.iter().map(json_height).max().unwrap_or(0),
+        Value::Object(o) => 1 + o.values().map(json_height).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// What an interpolated value took up through references, and how deep it nests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Measure {
+    /// Bytes that came from references (literal text of the file is not counted).
+    pub expanded: usize,
+    pub height: usize,
+}
+
+impl Measure {
+    /// A value that a whole-value reference stands for.
+    pub fn of_ref(v: &serde_json::Value) -> Self {
+        Measure {
+            expanded: json_size(v),
+            height: json_height(v),
+        }
+    }
+
+    /// Adds a member of a list or mapping (this measure is the collection's).
+    pub fn add_member(&mut self, m: Measure) {
+        self.expanded = self.expanded.saturating_add(m.expanded);
+        self.height = self.height.max(m.height + 1);
+    }
+
+    /// Why a list or mapping (`what`) measured so is over a limit, if it is.
+    pub fn check(&self, what: &str) -> Result<(), String> {
+        if self.expanded > MAX_VALUE_BYTES {
+            return Err(format!(
+                "{what} expands to more than {} through its references (the limit for one interpolated value)",
+                mib(MAX_VALUE_BYTES)
+            ));
+        }
+        if self.height > MAX_DEPTH {
+            return Err(format!(
+                "{what} nests lists and mappings more than {MAX_DEPTH} levels deep once its references are filled in (the limit for a pipeline file)"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `'${params.x}' expands …` for a string or value over [`MAX_VALUE_BYTES`].
+pub fn too_big(r: &Ref) -> String {
+    format!(
+        "'${{{}}}' makes this value larger than {} (the limit for one interpolated value)",
+        r.display(),
+        mib(MAX_VALUE_BYTES)
+    )
+}
+
+/// The bytes all references of one file have expanded to, against [`MAX_TOTAL_BYTES`].
+#[derive(Debug, Default)]
+pub struct Budget {
+    spent: usize,
+    overrun: bool,
+}
+
+/// A charge that did not fit in the [`Budget`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Overrun {
+    /// The first one: report it.
+    First(String),
+    /// Reported already; the value is dropped without another message.
+    Again,
+}
+
+impl Budget {
+    /// Charges `bytes` that reference `r` expanded to.
+    pub fn charge(&mut self, r: &Ref, bytes: usize) -> Result<(), Overrun> {
+        if self.overrun {
+            return Err(Overrun::Again);
+        }
+        self.spent = self.spent.saturating_add(bytes);
+        if self.spent > MAX_TOTAL_BYTES {
+            self.overrun = true;
+            return Err(Overrun::First(format!(
+                "'${{{}}}' takes what the references of this file expand to past {} in all (the limit for one pipeline file)",
+                r.display(),
+                mib(MAX_TOTAL_BYTES)
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn mib(bytes: usize) -> String {
+    format!("{} MiB", bytes >> 20)
+}
+
 /// `${…}` text made from a JSON value inside a longer string.
 pub fn stringify(v: &serde_json::Value) -> Result<String, &'static str> {
     use serde_json::Value;
@@ -201,6 +333,49 @@ mod tests {
             parse("$5 and $HOME").unwrap(),
             vec![Seg::Lit("$5 and $HOME".into())]
         );
+    }
+
+    #[test]
+    fn sizes_heights_and_budget() {
+        use serde_json::json;
+        for v in [
+            json!(null),
+            json!(true),
+            json!(false),
+            json!(12.5),
+            json!("ab"),
+            json!([]),
+            json!({}),
+            json!([1, "x", {"k": [true, null]}]),
+        ] {
+            assert_eq!(json_size(&v), v.to_string().len(), "{v}");
+        }
+        assert_eq!(json_height(&json!("x")), 0);
+        assert_eq!(json_height(&json!([[1], {"a": [[]]}])), 4);
+        let mut list = Measure::default();
+        list.add_member(Measure::of_ref(&json!([[1]])));
+        assert_eq!(
+            list,
+            Measure {
+                expanded: 5,
+                height: 3
+            }
+        );
+        assert!(list.check("this list").is_ok());
+        list.add_member(Measure {
+            expanded: MAX_VALUE_BYTES,
+            height: 0,
+        });
+        assert!(
+            list.check("this list")
+                .unwrap_err()
+                .contains("more than 1 MiB")
+        );
+        let r = Ref::Param(vec!["p".into()]);
+        let mut b = Budget::default();
+        assert_eq!(b.charge(&r, MAX_TOTAL_BYTES), Ok(()));
+        assert!(matches!(b.charge(&r, 1), Err(Overrun::First(m)) if m.contains("'${params.p}'")));
+        assert_eq!(b.charge(&r, 0), Err(Overrun::Again));
     }
 
     #[test]

@@ -441,6 +441,11 @@ struct Cx<'a> {
     errors: Vec<Diagnostic>,
     /// `register:` names seen so far: (registry name, stage, where), for duplicates.
     registered: Vec<(String, String, Pos)>,
+    /// What `${…}` references have expanded to so far, against the file's limit.
+    expansion: interp::Budget,
+    /// A value went over a limit of `interp` (reported once: the values made from it would
+    /// each go over again).
+    over_limit: bool,
 }
 
 impl<'a> Cx<'a> {
@@ -461,6 +466,8 @@ impl<'a> Cx<'a> {
             kinds,
             errors: Vec::new(),
             registered: Vec::new(),
+            expansion: interp::Budget::default(),
+            over_limit: false,
         }
     }
 
@@ -608,38 +615,87 @@ impl<'a> Cx<'a> {
 
     /// A node → JSON with every `${…}` in its strings interpolated. None after an error.
     fn interp(&mut self, node: &Node, scope: &mut Scope<'_>) -> Option<Value> {
+        self.interp_measured(node, scope).map(|(v, _)| v)
+    }
+
+    /// [`Self::interp`], and what the value took up through references. A list or mapping
+    /// stops at the first member that takes it over a limit of [`interp::Measure`].
+    fn interp_measured(
+        &mut self,
+        node: &Node,
+        scope: &mut Scope<'_>,
+    ) -> Option<(Value, interp::Measure)> {
+        let mut m = interp::Measure::default();
         match &node.kind {
             Kind::Scalar { text, .. } => self.interp_scalar(node, text, scope),
             Kind::Seq(items) => {
                 let mut out = Vec::with_capacity(items.len());
                 let mut ok = true;
                 for it in items {
-                    match self.interp(it, scope) {
-                        Some(v) => out.push(v),
+                    match self.interp_measured(it, scope) {
+                        Some((v, mv)) => {
+                            m.add_member(mv);
+                            out.push(v);
+                        }
                         None => ok = false,
                     }
+                    if let Err(e) = m.check("this list") {
+                        self.over_limit(node.pos, e);
+                        return None;
+                    }
                 }
-                ok.then_some(Value::Array(out))
+                ok.then_some((Value::Array(out), m))
             }
             Kind::Map(e) => {
                 let mut out = Map::new();
                 let mut ok = true;
                 for (k, v) in e {
-                    match self.interp(v, scope) {
-                        Some(val) => {
+                    match self.interp_measured(v, scope) {
+                        Some((val, mv)) => {
+                            m.add_member(mv);
                             out.insert(k.scalar_text().unwrap_or_default().to_owned(), val);
                         }
                         None => ok = false,
                     }
+                    if let Err(e) = m.check("this mapping") {
+                        self.over_limit(node.pos, e);
+                        return None;
+                    }
                 }
-                ok.then_some(Value::Object(out))
+                ok.then_some((Value::Object(out), m))
             }
         }
     }
 
-    fn interp_scalar(&mut self, node: &Node, text: &str, scope: &mut Scope<'_>) -> Option<Value> {
+    /// Reports the first value over a limit of `interp`; later ones fail silently.
+    fn over_limit(&mut self, pos: Pos, message: String) {
+        if !std::mem::replace(&mut self.over_limit, true) {
+            self.err(pos, message);
+        }
+    }
+
+    /// Charges what reference `r` expanded to against the file's budget; false (and one
+    /// error, the first time) when the budget is spent.
+    fn charge(&mut self, node: &Node, text: &str, offset: usize, r: &Ref, bytes: usize) -> bool {
+        match self.expansion.charge(r, bytes) {
+            Ok(()) => true,
+            Err(interp::Overrun::First(m)) => {
+                let pos = self.ref_pos(node, text, offset);
+                self.over_limit(pos, m);
+                false
+            }
+            Err(interp::Overrun::Again) => false,
+        }
+    }
+
+    fn interp_scalar(
+        &mut self,
+        node: &Node,
+        text: &str,
+        scope: &mut Scope<'_>,
+    ) -> Option<(Value, interp::Measure)> {
         if !text.contains("${") {
-            return Some(self.to_json(node));
+            return Some((self.to_json(node), interp::Measure::default()));
         }
         let segs = match interp::parse(text) {
             Ok(s) => s,
@@ -652,7 +708,18 @@ impl<'a> Cx<'a> {
         // A scalar that is exactly one reference keeps the referenced value's JSON type.
         if let [Seg::Ref { r, offset }] = segs.as_slice() {
             return match scope.lookup(r) {
-                Ok(v) => Some(v),
+                Ok(v) => {
+                    let m = interp::Measure::of_ref(&v);
+                    if !self.charge(node, text, *offset, r, m.expanded) {
+                        return None;
+                    }
+                    if m.expanded > interp::MAX_VALUE_BYTES {
+                        let pos = self.ref_pos(node, text, *offset);
+                        self.over_limit(pos, interp::too_big(r));
+                        return None;
+                    }
+                    Some((v, m))
+                }
                 Err(m) => {
                     let pos = self.ref_pos(node, text, *offset);
                     self.err(pos, m);
@@ -666,7 +733,19 @@ impl<'a> Cx<'a> {
             match s {
                 Seg::Lit(l) => out.push_str(l),
                 Seg::Ref { r, offset } => match scope.lookup(r).map(|v| interp::stringify(&v)) {
-                    Ok(Ok(s)) => out.push_str(&s),
+                    Ok(Ok(s)) => {
+                        if !self.charge(node, text, *offset, r, s.len()) {
+                            return None;
+                        }
+                        out.push_str(&s);
+                        // Checked piece by piece: a string of many large references stops
+                        // at the first one past the limit, before it grows any further.
+                        if out.len() > interp::MAX_VALUE_BYTES {
+                            let pos = self.ref_pos(node, text, *offset);
+                            self.over_limit(pos, interp::too_big(r));
+                            return None;
+                        }
+                    }
                     Ok(Err(ty)) => {
                         let pos = self.ref_pos(node, text, *offset);
                         self.err(
@@ -686,7 +765,11 @@ impl<'a> Cx<'a> {
                 },
             }
         }
-        ok.then_some(Value::String(out))
+        let m = interp::Measure {
+            expanded: out.len(),
+            height: 0,
+        };
+        ok.then_some((Value::String(out), m))
     }
 
     /// Interpolates a node that must be a string (numbers are accepted as their text).

@@ -177,6 +177,20 @@ pub struct YamlError {
 /// Nodes made by expanding aliases, at most; guards against "billion laughs" documents.
 const NODE_BUDGET: usize = 1_000_000;
 
+/// Lists and mappings nest at most this deep, in block style, flow style and through
+/// aliases alike. Every later walk over a document or a value made from it (interpolation,
+/// JSON conversion, the fingerprint's canonical encoding, `Drop`) recurses once per level,
+/// so this bound is what keeps them all off the end of the stack; it is also well inside
+/// the 128 levels serde_json reads back, with room for the records that wrap a value.
+pub const MAX_DEPTH: usize = 64;
+
+/// The error for a document nested deeper than [`MAX_DEPTH`].
+pub fn too_deep_message() -> String {
+    format!(
+        "lists and mappings nested more than {MAX_DEPTH} levels deep (the limit for a pipeline file)"
+    )
+}
+
 /// Parses one YAML document. Returns the root (None for an empty document) and every
 /// problem found: a syntax error stops the parse, duplicate keys and non-scalar keys do not.
 pub fn parse(src: &str) -> (Option<Node>, Vec<YamlError>) {
@@ -228,10 +242,14 @@ pub fn parse(src: &str) -> (Option<Node>, Vec<YamlError>) {
                     col: m.col() + 1,
                     index: m.index(),
                 };
-                b.errors.push(YamlError {
-                    pos,
-                    message: format!("invalid YAML: {}", unshield(e.info())),
-                });
+                // The scanner's own limit (255 open flow collections) can come first: flow
+                // style looks ahead. Say it as for block style.
+                let message = if e.info() == "recursion limit exceeded" {
+                    too_deep_message()
+                } else {
+                    format!("invalid YAML: {}", unshield(e.info()))
+                };
+                b.errors.push(YamlError { pos, message });
                 return (None, b.errors);
             }
         }
@@ -392,6 +410,7 @@ impl Builder {
                 self.push(node)?;
             }
             Event::SequenceStart(anchor, tag) => {
+                self.check_depth(pos, 1)?;
                 if let Some(tag) = tag {
                     return Err(YamlError {
                         pos,
@@ -405,6 +424,7 @@ impl Builder {
                 });
             }
             Event::MappingStart(anchor, tag) => {
+                self.check_depth(pos, 1)?;
                 if let Some(tag) = tag {
                     return Err(YamlError {
                         pos,
@@ -458,6 +478,8 @@ impl Builder {
                         message: "alias to an unknown anchor".into(),
                     });
                 };
+                // A copy of a nested anchor nests as deep as it does, wherever it lands.
+                self.check_depth(pos, height(target))?;
                 let mut node = target.clone();
                 self.nodes += count(&node);
                 if self.nodes > NODE_BUDGET {
@@ -472,6 +494,17 @@ impl Builder {
                 self.push(node)?;
             }
             Event::StreamStart | Event::StreamEnd | Event::DocumentEnd | Event::Nothing => {}
+        }
+        Ok(())
+    }
+
+    /// A node `levels` deep (a collection's own level included) about to open here.
+    fn check_depth(&self, pos: Pos, levels: usize) -> Result<(), YamlError> {
+        if self.stack.len() + levels > MAX_DEPTH {
+            return Err(YamlError {
+                pos,
+                message: too_deep_message(),
+            });
         }
         Ok(())
     }
@@ -582,6 +615,16 @@ fn tag_text(tag: &saphyr_parser::Tag) -> String {
     format!("{handle}{}", tag.suffix)
 }
 
+/// Levels of lists and mappings in a node: 0 for a scalar. Only called on nodes already
+/// built, which are at most [`MAX_DEPTH`] deep.
+fn height(n: &Node) -> usize {
+    match &n.kind {
+        Kind::Scalar { .. } => 0,
+        Kind::Seq(items) => 1 + items.iter().map(height).max().unwrap_or(0),
+        Kind::Map(e) => 1 + e.iter().map(|(_, v)| height(v)).max().unwrap_or(0),
+    }
+}
+
 fn count(n: &Node) -> usize {
     match &n.kind {
         Kind::Scalar { .. } => 1,
@@ -677,6 +720,38 @@ mod tests {
             errs[0].message.contains("'<<' merges a mapping"),
             "{errs:?}"
         );
+    }
+
+    #[test]
+    fn nesting_is_limited_in_every_style() {
+        let deep = |levels: usize, open: &str, close: &str| {
+            format!("a: {}1{}\n", open.repeat(levels), close.repeat(levels))
+        };
+        // The root mapping is one level.
+        let (root, errs) = parse(&deep(MAX_DEPTH - 1, "[", "]"));
+        assert!(errs.is_empty() && root.is_some(), "{errs:?}");
+        let (root, errs) = parse(&deep(MAX_DEPTH, "[", "]"));
+        assert!(root.is_none());
+        assert_eq!(errs[0].message, too_deep_message());
+        assert_eq!((errs[0].pos.line, errs[0].pos.col), (1, 4 + MAX_DEPTH - 1));
+        // Block style: `- - - … 1`, one level per dash.
+        let block = format!("a:\n  {}1\n", "- ".repeat(10_000));
+        let (root, errs) = parse(&block);
+        assert!(root.is_none());
+        assert_eq!(errs[0].message, too_deep_message());
+        assert_eq!(
+            (errs[0].pos.line, errs[0].pos.col),
+            (2, 3 + 2 * (MAX_DEPTH - 1))
+        );
+        // Through aliases: each anchor one level deeper than the last.
+        let mut chain = String::from("a0: &a0 [1]\n");
+        for i in 1..MAX_DEPTH {
+            chain.push_str(&format!("a{i}: &a{i} [*a{}]\n", i - 1));
+        }
+        let (root, errs) = parse(&chain);
+        assert!(root.is_none());
+        assert_eq!(errs[0].message, too_deep_message());
+        assert_eq!(errs[0].pos.line, MAX_DEPTH);
     }
 
     #[test]
