@@ -641,7 +641,7 @@ fn bad_settings_are_refused() {
         ),
         (
             json!({"input": "rr.jsonl", "method": "dense"}),
-            "unknown variant `dense`",
+            "method: expected one of: bm25, random, mix, found \"dense\"",
         ),
         (
             json!({"input": "rr.jsonl", "negatives": 3}),
