@@ -18,7 +18,8 @@
 //! A stage with `register:` keeps an output as a version in the adapter registry
 //! ([`registry`]), after it completes.
 //!
-//! [`project`] knows where things live; [`lock`] keeps two processes from racing.
+//! [`project`] knows where things live; [`lock`] keeps two processes from racing;
+//! [`safepath`] resolves output paths without following a symlink out of the project.
 
 pub mod cache;
 pub mod cli;
@@ -32,5 +33,6 @@ pub mod map;
 pub mod project;
 pub mod registry;
 pub mod rundb;
+pub mod safepath;
 pub mod spec;
 pub mod trigger;
