@@ -18,7 +18,7 @@
 
 pub mod cli;
 
-pub use tsumugi_base::{lock, project, supervise};
+pub use tsumugi_base::{lock, project, safepath, supervise};
 pub use tsumugi_exec::{executor, freshness, map, registry};
 pub use tsumugi_pipeline as spec;
 pub use tsumugi_pipeline::graph;

@@ -129,6 +129,33 @@ fn plan_classifies_changes() {
     assert_eq!(plan.targets(&changed), vec!["a", "c"]);
 }
 
+/// A restore into a watched folder writes `.tmp.<pid>.<n>.<name>` first (a directory: a
+/// temporary tree); those events are tsumugi's own, only the final name counts.
+#[test]
+fn plan_ignores_tsumugis_own_temporary_files() {
+    let (_d, _pr, p) = setup();
+    let plan = WatchPlan::new(&p).unwrap();
+    for tmp in ["data/a/.tmp.4242.7.new.jpg", "data/a/.tmp.4242.8.sub/x.jpg"] {
+        assert_eq!(
+            plan.classify(Path::new(tmp)),
+            Effect::Ignored("a temporary file of tsumugi"),
+            "{tmp}"
+        );
+    }
+    // Names that only look alike are the user's files.
+    for name in [
+        "data/a/.tmp.x.jpg",
+        "data/a/.tmp.1.jpg",
+        "data/a/.tmp.12.x.y",
+    ] {
+        assert_eq!(
+            plan.classify(Path::new(name)),
+            Effect::Stages(vec!["a".into()]),
+            "{name}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_writes_is_one_run_of_the_affected_subgraph() {
     let (d, pr, p) = setup();

@@ -36,18 +36,21 @@ pub fn tmp_path(dest: &Path) -> PathBuf {
     dest.with_file_name(format!("{TMP_PREFIX}{}.{}.{}", std::process::id(), n, name))
 }
 
-/// Whether a file name is one of tsumugi's temporary files (see [`tmp_path`]).
-pub fn is_tmp_name(name: &str) -> bool {
-    name.strip_prefix(TMP_PREFIX).is_some_and(|rest| {
-        let mut parts = rest.splitn(3, '.');
-        let pid = parts.next().unwrap_or("");
-        let n = parts.next().unwrap_or("");
-        parts.next().is_some()
-            && !pid.is_empty()
-            && pid.bytes().all(|b| b.is_ascii_digit())
-            && !n.is_empty()
-            && n.bytes().all(|b| b.is_ascii_digit())
-    })
+/// Whether a file name is one of tsumugi's temporary files (see [`tmp_path`]): `watch`
+/// ignores them, `gc` removes them.
+pub fn is_tmp_name(name: &std::ffi::OsStr) -> bool {
+    name.to_str()
+        .and_then(|n| n.strip_prefix(TMP_PREFIX))
+        .is_some_and(|rest| {
+            let mut parts = rest.splitn(3, '.');
+            let pid = parts.next().unwrap_or("");
+            let n = parts.next().unwrap_or("");
+            parts.next().is_some()
+                && !pid.is_empty()
+                && pid.bytes().all(|b| b.is_ascii_digit())
+                && !n.is_empty()
+                && n.bytes().all(|b| b.is_ascii_digit())
+        })
 }
 
 /// Syncs a directory, making the renames and creations inside it durable.
@@ -166,11 +169,20 @@ mod tests {
     #[test]
     fn tmp_names_are_recognised_and_others_are_not() {
         let p = tmp_path(Path::new("/x/data.csv"));
-        let name = p.file_name().unwrap().to_str().unwrap();
-        assert!(is_tmp_name(name), "{name}");
-        assert!(!is_tmp_name("data.csv"));
-        assert!(!is_tmp_name(".tmp.notes"));
-        assert!(!is_tmp_name(".tmp.12.x"));
+        assert!(is_tmp_name(p.file_name().unwrap()), "{}", p.display());
+        let p = tmp_path(Path::new("/p/.tmp.1.2.x"));
+        assert!(is_tmp_name(p.file_name().unwrap()), "{}", p.display());
+        for not in [
+            "data.csv",
+            ".tmp.notes",
+            ".tmp.12.x",
+            ".tmp.",
+            ".tmp.1.2",
+            ".tmp.a.2.x",
+            "tmp.1.2.x",
+        ] {
+            assert!(!is_tmp_name(std::ffi::OsStr::new(not)), "{not}");
+        }
     }
 
     #[test]

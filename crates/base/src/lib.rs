@@ -5,6 +5,7 @@
 //! | --- | --- |
 //! | [`project`] | where a project keeps things (`cache/`, `runs/`, `out/`) |
 //! | [`atomic`] | durable atomic writes (temp file, fsync, rename, directory fsync) |
+//! | [`safepath`] | output paths resolved from the project root without following a symlink out of it |
 //! | [`lock`] | the project lock: one `run` or `gc` at a time per project |
 //! | [`supervise`] | stage processes recorded, and what a killed run left alive ended by the next invocation |
 //! | [`duration`] | the one duration grammar (`1h30m`, `500ms`) |
@@ -22,5 +23,6 @@ pub mod lock;
 pub mod metrics_file;
 pub mod paths;
 pub mod project;
+pub mod safepath;
 pub mod supervise;
 pub mod time;

@@ -30,6 +30,7 @@ use tsumugi_base::atomic::remove_path;
 use tsumugi_base::lock::{ProjectLock, Wait};
 use tsumugi_base::paths::path_str;
 use tsumugi_base::project::Project;
+use tsumugi_base::safepath;
 use tsumugi_pipeline::graph::{Dag, Selection};
 use tsumugi_pipeline::{Action, Pipeline, Stage};
 use tsumugi_rundb::{self, MetricRow, RunDb, StageRecord};
@@ -1257,8 +1258,9 @@ async fn run_stage(
         )
     });
     // Nothing half-written stays behind as if it were an output.
+    // (Through no symlink out of the project: such an output is left where it is.)
     for o in stage.outs.values() {
-        let _ = remove_path(&ctx.project.root().join(&o.path));
+        let _ = safepath::remove(ctx.project.root(), &o.path);
     }
     let mut o = outcome(
         &stage.name,
@@ -1328,9 +1330,18 @@ fn decide(ctx: &Ctx, stage: &Stage) -> Result<Decision> {
     let mut restored = Vec::new();
     for Restore { key, rec, .. } in &restore {
         let abs = ctx.project.root().join(&rec.path);
-        match ctx.cache.restore(rec, &abs) {
+        let current = hasher.hash(&abs).ok();
+        if current.as_deref() == Some(rec.hash.as_str()) {
+            continue;
+        }
+        match ctx.cache.restore(ctx.project.root(), rec) {
             Ok(_) => restored.push(rec.path.clone()),
-            Err(RestoreError::Corrupt { object, actual }) => {
+            Err(e @ (RestoreError::Corrupt { .. } | RestoreError::NotAFile { .. })) => {
+                let (object, actual) = match e {
+                    RestoreError::Corrupt { object, actual } => (object, actual),
+                    RestoreError::NotAFile { object, kind } => (object, format!("a {kind}")),
+                    _ => unreachable!("matched above"),
+                };
                 ctx.cache.discard_object(&object);
                 ctx.cache.remove_action(&fp);
                 let note = format!(
@@ -1397,9 +1408,12 @@ fn execute_once(
     let root = ctx.project.root();
     // Outputs are removed first (as DVC does): a stage never appends to a stale output, and
     // never writes through a hardlink into the cache.
+    // Each path is resolved now, refusing a symlink out of the project that an earlier
+    // stage may have made since the pipeline was loaded.
     let mut outs = BTreeMap::new();
     for (k, o) in &stage.outs {
-        let abs = root.join(&o.path);
+        let abs = safepath::resolve(root, &o.path, false, safepath::Op::RemoveOrWrite)
+            .map_err(|e| fail(e.to_string()))?;
         if !o.persist {
             remove_path(&abs).map_err(|e| fail(format!("{e:#}")))?;
         }
@@ -1410,7 +1424,7 @@ fn execute_once(
         outs.insert(k.clone(), abs);
     }
     for m in &stage.metrics {
-        let _ = remove_path(&root.join(m));
+        safepath::remove(root, m).map_err(|e| fail(format!("{e:#}")))?;
         if let Some(p) = root.join(m).parent() {
             let _ = fs::create_dir_all(p);
         }
@@ -1516,7 +1530,8 @@ fn commit(
     let root = ctx.project.root();
     let mut recs = BTreeMap::new();
     for (k, o) in &stage.outs {
-        let abs = root.join(&o.path);
+        // The stage may have made a symlink out of the project on an output's way.
+        let abs = safepath::resolve(root, &o.path, true, safepath::Op::Commit)?;
         if !abs.exists() {
             bail!(
                 "the stage succeeded but did not write its declared output {} ({k})",
@@ -1524,11 +1539,11 @@ fn commit(
             );
         }
         if o.cache {
-            recs.insert(k.clone(), ctx.cache.store_output(&path_str(&o.path), &abs)?);
+            recs.insert(k.clone(), ctx.cache.store_output(root, &path_str(&o.path))?);
         }
     }
     for m in &stage.metrics {
-        if !root.join(m).exists() {
+        if !safepath::resolve(root, m, true, safepath::Op::Commit)?.exists() {
             bail!(
                 "the stage succeeded but did not write its metrics file {}",
                 path_str(m)
@@ -1537,7 +1552,7 @@ fn commit(
     }
     // Metrics files are outputs too: committed, verified and restored (see `freshness`).
     for (k, m) in freshness::metrics_outputs(stage) {
-        recs.insert(k, ctx.cache.store_output(&path_str(m), &root.join(m))?);
+        recs.insert(k, ctx.cache.store_output(root, &path_str(m))?);
     }
     let entry = ActionEntry {
         format: 1,

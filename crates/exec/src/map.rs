@@ -31,6 +31,7 @@ use tsumugi_stages::{Reporter, Stage as StageImpl, StageInput};
 use tsumugi_base::atomic::{remove_path, write_atomic};
 use tsumugi_base::paths::path_str;
 use tsumugi_base::project::Project;
+use tsumugi_base::safepath;
 use tsumugi_pipeline::{Action, Dep, MapSource, MapSpec, Stage};
 use tsumugi_rundb::RunDb;
 use tsumugi_store::cache::{Cache, OutKind, OutRecord};
@@ -346,7 +347,7 @@ pub fn run(
     for k in &p.removed {
         if let Some(r) = p.manifest.items.get(k) {
             for o in &r.outs {
-                remove_path(&root.join(&o.path))?;
+                safepath::remove(root, Path::new(&o.path))?;
             }
         }
     }
@@ -363,7 +364,7 @@ pub fn run(
                     .path(&abs)
                     .map(|h| h.hash() == o.hash)
                     .unwrap_or(false);
-                !ok && mr.cache.restore(o, &abs).is_err()
+                !ok && mr.cache.restore(root, o).is_err()
             })
         })
         .copied()
@@ -505,7 +506,9 @@ pub fn run(
                 }
             }
         }
-        write_atomic(&root.join(merge), &out)?;
+        // The items ran since the stage's outputs were checked: check the path again.
+        let dest = safepath::resolve(root, merge, false, safepath::Op::RemoveOrWrite)?;
+        write_atomic(&dest, &out)?;
     }
     Ok(())
 }
@@ -513,7 +516,7 @@ pub fn run(
 /// Clears an item's outputs and makes their folders.
 fn prepare_outs(root: &Path, rels: &[String]) -> Result<()> {
     for r in rels {
-        let abs = root.join(r);
+        let abs = safepath::resolve(root, Path::new(r), false, safepath::Op::RemoveOrWrite)?;
         remove_path(&abs)?;
         if let Some(d) = abs.parent() {
             fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
@@ -525,11 +528,12 @@ fn prepare_outs(root: &Path, rels: &[String]) -> Result<()> {
 fn store_outs(mr: &MapRun<'_>, it: &Item, rels: &[String]) -> Result<Vec<OutRecord>> {
     rels.iter()
         .map(|r| {
-            let abs = mr.project.root().join(r);
+            let abs =
+                safepath::resolve(mr.project.root(), Path::new(r), true, safepath::Op::Commit)?;
             if !abs.exists() {
                 bail!("item {} succeeded but did not write its output {r}", it.key);
             }
-            mr.cache.store_output(r, &abs)
+            mr.cache.store_output(mr.project.root(), r)
         })
         .collect()
 }
@@ -561,7 +565,7 @@ fn run_item(
     let res = imp.run(&item_input, report);
     if let Err(e) = res {
         for r in &rels {
-            let _ = remove_path(&mr.project.root().join(r));
+            let _ = safepath::remove(mr.project.root(), Path::new(r));
         }
         return Err(e.context(format!("item {}", it.key)));
     }

@@ -573,7 +573,7 @@ fn write_json_synced(p: &Path, v: &impl Serialize) -> Result<()> {
 
 /// Copies a file or directory tree (following symlinks, as the cache does), each file by
 /// reflink where possible, else by bytes; fsyncs what it wrote. Files are made writable
-/// (0644, or 0755 if executable): a restored output may be a read-only cache hardlink.
+/// (0644, or 0755 if executable): a restored output may be a read-only (0444) copy of a cache object.
 fn copy_tree(src: &Path, dest: &Path) -> Result<()> {
     let md = fs::metadata(src).with_context(|| format!("cannot read {}", src.display()))?;
     if md.is_file() {

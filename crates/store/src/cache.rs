@@ -10,9 +10,21 @@
 //! fsync of the directory. A reader therefore sees a whole object or none; a crash leaves at
 //! most a `.tmp.*` file that `gc` removes.
 //!
-//! Restore tries reflink, then hardlink (only for non-executable files: objects are 0444
-//! and shared), then copy. Outputs are deleted before a stage runs, so a stage never writes
-//! through a hardlink into the store; restores verify every object's hash anyway.
+//! Restore makes each output file a copy-on-write clone of its object (reflink, FICLONE)
+//! where the file system can, and a plain copy where it cannot (ext4, tmpfs) — never a hard
+//! link: a restored output is an ordinary writable file, and a later command that appends
+//! to it (`>>`, an editor, `sqlite3`) changes the output only, never the shared object.
+//! Read-only hard links were the alternative; they break ordinary tools and root writes
+//! through them anyway. The copy's price, measured on ext4 (no reflinks) for a 100 MB
+//! output: `cp --reflink=never` 0.11–0.22 s against 0.01 s for a hard link, and a whole
+//! `tsumugi run` restoring it 0.39–0.46 s (debug build; most of it is re-hashing the
+//! object, which restores did before too) against 0.03–0.06 s for the same run with the
+//! output in place. It is paid only when an output is missing or was edited. Restores
+//! verify every object's hash and refuse an object that is not a regular file (a symlink
+//! planted in the store reads as corrupt, is discarded and re-made).
+//!
+//! Every output path is resolved with [`tsumugi_base::safepath`] when it is removed, restored or
+//! committed, so no symlink made at run time can lead these writes out of the project.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File, OpenOptions};
@@ -28,7 +40,8 @@ use sha2::{Digest, Sha256};
 use tsumugi_base::atomic::{fsync_dir, reflink, remove_path, tmp_path as tmp_name, write_atomic};
 
 use crate::fingerprint::Components;
-use crate::hash::{Manifest, hash_file_uncached};
+use crate::hash::Manifest;
+use tsumugi_base::safepath;
 
 /// What one declared output held when it was committed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +87,9 @@ pub enum RestoreError {
     Missing { object: String },
     #[error("cache object {object} is corrupt (its content hashes to {actual})")]
     Corrupt { object: String, actual: String },
+    /// A symlink, FIFO, directory… where a read-only regular file should be.
+    #[error("cache object {object} is corrupt (it is a {kind}, not a regular file)")]
+    NotAFile { object: String, kind: &'static str },
     #[error(transparent)]
     Io(#[from] anyhow::Error),
 }
@@ -82,8 +98,29 @@ pub enum RestoreError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkMethod {
     Reflink,
-    Hardlink,
     Copy,
+}
+
+/// What a file type is, in words, for messages.
+pub(crate) fn kind_name(ft: &fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_file() {
+        "regular file"
+    } else if ft.is_dir() {
+        "directory"
+    } else if ft.is_symlink() {
+        "symlink"
+    } else if ft.is_fifo() {
+        "FIFO"
+    } else if ft.is_socket() {
+        "socket"
+    } else if ft.is_block_device() {
+        "block device"
+    } else if ft.is_char_device() {
+        "character device"
+    } else {
+        "special file"
+    }
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -184,8 +221,10 @@ impl Cache {
     }
 
     /// Stores an output (file or directory) and returns its record. `rel` is the path as
-    /// declared, `abs` where it is.
-    pub fn store_output(&self, rel: &str, abs: &Path) -> Result<OutRecord> {
+    /// declared, relative to the project `root`; it must not lead out of the project
+    /// through a symlink (see [`tsumugi_base::safepath`]).
+    pub fn store_output(&self, root: &Path, rel: &str) -> Result<OutRecord> {
+        let abs = &safepath::resolve(root, Path::new(rel), true, safepath::Op::Commit)?;
         let md = fs::metadata(abs).with_context(|| format!("output {rel} was not written"))?;
         if md.is_file() {
             let (hash, size) = self.store_file(abs)?;
@@ -205,7 +244,18 @@ impl Cache {
         let mut files = Vec::new();
         for e in walkdir::WalkDir::new(abs).follow_links(true) {
             let e = e.with_context(|| format!("cannot walk output {rel}"))?;
-            if e.file_type().is_file() || (e.path_is_symlink() && e.path().is_file()) {
+            let ft = e.file_type();
+            if !ft.is_file() && !ft.is_dir() {
+                // A FIFO or socket has no content to store; dropping it would restore a
+                // different directory than the stage made.
+                let inner = e.path().strip_prefix(abs).unwrap_or(e.path());
+                bail!(
+                    "output {rel}: {rel}/{} is a {}; a directory output may hold only files and directories (and symlinks to them)",
+                    inner.display(),
+                    kind_name(&ft)
+                );
+            }
+            if ft.is_file() {
                 let relp = e
                     .path()
                     .strip_prefix(abs)
@@ -253,10 +303,14 @@ impl Cache {
 
     /// Reads a manifest object, verifying it.
     pub fn manifest(&self, hash: &str) -> std::result::Result<Manifest, RestoreError> {
-        let p = self.object_path(hash);
-        let bytes = fs::read(&p).map_err(|_| RestoreError::Missing {
-            object: hash.to_string(),
-        })?;
+        let mut bytes = Vec::new();
+        self.open_object(hash)?
+            .read_to_end(&mut bytes)
+            .map_err(|e| {
+                RestoreError::Io(
+                    anyhow::Error::from(e).context(format!("cannot read object {hash}")),
+                )
+            })?;
         let actual = crate::hash::sha256_hex(&bytes);
         if actual != hash {
             return Err(RestoreError::Corrupt {
@@ -268,21 +322,57 @@ impl Cache {
             .map_err(|e| RestoreError::Io(e.context(format!("manifest object {hash}"))))
     }
 
-    /// Checks an object's bytes against its name.
-    pub fn verify_object(&self, hash: &str) -> std::result::Result<(), RestoreError> {
+    /// Opens an object for reading, without following a symlink: anything but a regular
+    /// file there is [`RestoreError::NotAFile`].
+    fn open_object(&self, hash: &str) -> std::result::Result<File, RestoreError> {
+        use std::os::unix::fs::OpenOptionsExt;
         let p = self.object_path(hash);
-        match hash_file_uncached(&p) {
-            Ok(actual) if actual == hash => Ok(()),
-            Ok(actual) => Err(RestoreError::Corrupt {
+        let io_err = |e: io::Error| {
+            RestoreError::Io(anyhow::Error::from(e).context(format!("cannot read object {hash}")))
+        };
+        let not_a_file = || match fs::symlink_metadata(&p) {
+            Ok(md) => RestoreError::NotAFile {
+                object: hash.to_string(),
+                kind: kind_name(&md.file_type()),
+            },
+            Err(e) => io_err(e),
+        };
+        let f = match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&p)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(RestoreError::Missing {
+                    object: hash.to_string(),
+                });
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(not_a_file()),
+            Err(e) => return Err(io_err(e)),
+        };
+        if !f.metadata().map_err(io_err)?.is_file() {
+            return Err(not_a_file());
+        }
+        Ok(f)
+    }
+
+    /// Checks an object's bytes against its name (a regular file, not followed through a
+    /// symlink).
+    pub fn verify_object(&self, hash: &str) -> std::result::Result<(), RestoreError> {
+        let mut f = self.open_object(hash)?;
+        let mut h = Sha256::new();
+        io::copy(&mut f, &mut h).map_err(|e| {
+            RestoreError::Io(anyhow::Error::from(e).context(format!("cannot read object {hash}")))
+        })?;
+        let actual = hex::encode(h.finalize());
+        if actual == hash {
+            Ok(())
+        } else {
+            Err(RestoreError::Corrupt {
                 object: hash.to_string(),
                 actual,
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(RestoreError::Missing {
-                object: hash.to_string(),
-            }),
-            Err(e) => Err(RestoreError::Io(
-                anyhow::Error::from(e).context(format!("cannot read object {hash}")),
-            )),
+            })
         }
     }
 
@@ -304,13 +394,22 @@ impl Cache {
         }
     }
 
-    /// Puts an output back at `abs` (replacing whatever is there) after verifying its objects.
+    /// Puts an output back at its path under the project `root` (replacing whatever is
+    /// there) after verifying its objects. The path must not lead out of the project
+    /// through a symlink (see [`tsumugi_base::safepath`]).
     pub fn restore(
         &self,
+        root: &Path,
         rec: &OutRecord,
-        abs: &Path,
     ) -> std::result::Result<LinkMethod, RestoreError> {
         self.verify_record(rec)?;
+        let abs = &safepath::resolve(
+            root,
+            Path::new(&rec.path),
+            false,
+            safepath::Op::RemoveOrWrite,
+        )
+        .map_err(anyhow::Error::from)?;
         let parent = abs.parent().context("output has no parent directory")?;
         fs::create_dir_all(parent)
             .with_context(|| format!("cannot create {}", parent.display()))?;
@@ -354,25 +453,25 @@ impl Cache {
         }
     }
 
-    /// Makes `dest` (which must not exist) hold the object's bytes.
+    /// Makes `dest` (which must not exist) an independent file holding the object's
+    /// bytes: a reflink where the file system has them, else a copy (never a hard link, so
+    /// writing to the output cannot change the object).
     fn materialize(&self, hash: &str, exec: bool, dest: &Path) -> Result<LinkMethod> {
-        let obj = self.object_path(hash);
         let mode = if exec { 0o755 } else { 0o644 };
-        let src = File::open(&obj).with_context(|| format!("cannot open object {hash}"))?;
-        {
-            let dst = OpenOptions::new().write(true).create_new(true).open(dest)?;
-            if reflink(&src, &dst).is_ok() {
-                dst.set_permissions(fs::Permissions::from_mode(mode))?;
-                return Ok(LinkMethod::Reflink);
-            }
+        let mut src = self
+            .open_object(hash)
+            .map_err(|e| anyhow::anyhow!("cannot open object {hash}: {e}"))?;
+        let mut dst = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(dest)
+            .with_context(|| format!("cannot create {}", dest.display()))?;
+        dst.set_permissions(fs::Permissions::from_mode(mode))?;
+        if reflink(&src, &dst).is_ok() {
+            return Ok(LinkMethod::Reflink);
         }
-        fs::remove_file(dest)?;
-        if !exec && fs::hard_link(&obj, dest).is_ok() {
-            return Ok(LinkMethod::Hardlink);
-        }
-        fs::copy(&obj, dest)
+        io::copy(&mut src, &mut dst)
             .with_context(|| format!("cannot copy object {hash} to {}", dest.display()))?;
-        fs::set_permissions(dest, fs::Permissions::from_mode(mode))?;
         Ok(LinkMethod::Copy)
     }
 
@@ -507,9 +606,9 @@ mod tests {
         fs::write(ws.join("dir/sub/b"), "B").unwrap();
         fs::set_permissions(ws.join("dir/sub/b"), fs::Permissions::from_mode(0o755)).unwrap();
 
-        let rf = cache.store_output("f.txt", &ws.join("f.txt")).unwrap();
+        let rf = cache.store_output(&ws, "f.txt").unwrap();
         assert_eq!(rf.hash, crate::hash::sha256_hex(b"hello"));
-        let rd = cache.store_output("dir", &ws.join("dir")).unwrap();
+        let rd = cache.store_output(&ws, "dir").unwrap();
         assert_eq!(rd.nfiles, Some(2));
         let sc = crate::hash::StatCache::in_memory();
         assert_eq!(
@@ -522,8 +621,8 @@ mod tests {
 
         fs::remove_file(ws.join("f.txt")).unwrap();
         fs::remove_dir_all(ws.join("dir")).unwrap();
-        cache.restore(&rf, &ws.join("f.txt")).unwrap();
-        cache.restore(&rd, &ws.join("dir")).unwrap();
+        cache.restore(&ws, &rf).unwrap();
+        cache.restore(&ws, &rd).unwrap();
         assert_eq!(fs::read_to_string(ws.join("f.txt")).unwrap(), "hello");
         assert_eq!(fs::read_to_string(ws.join("dir/sub/b")).unwrap(), "B");
         assert!(
@@ -541,11 +640,32 @@ mod tests {
         // Break the hardlink first so the workspace copy is untouched by our corruption.
         fs::remove_file(ws.join("f.txt")).unwrap();
         fs::write(&obj, "HELLO").unwrap();
-        match cache.restore(&rf, &ws.join("f.txt")) {
+        match cache.restore(&ws, &rf) {
             Err(RestoreError::Corrupt { object, .. }) => assert_eq!(object, rf.hash),
             other => panic!("expected corruption, got {other:?}"),
         }
         assert!(!ws.join("f.txt").exists());
+    }
+
+    #[test]
+    fn restore_refuses_a_path_through_a_symlink_out_of_the_project() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let cache = Cache::new(d.path().join("cache"));
+        let ws = d.path().join("ws");
+        fs::create_dir_all(ws.join("o/sub")).unwrap();
+        fs::write(ws.join("o/sub/file.txt"), "ours").unwrap();
+        let rec = cache.store_output(&ws, "o/sub/file.txt").unwrap();
+        fs::remove_dir_all(ws.join("o/sub")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), ws.join("o/sub")).unwrap();
+        fs::write(outside.path().join("file.txt"), "theirs").unwrap();
+        let e = cache.restore(&ws, &rec).unwrap_err().to_string();
+        assert!(e.contains("o/sub is a symlink to"), "{e}");
+        assert!(cache.store_output(&ws, "o/sub/file.txt").is_err());
+        assert_eq!(
+            fs::read_to_string(outside.path().join("file.txt")).unwrap(),
+            "theirs"
+        );
     }
 
     #[test]
@@ -554,8 +674,8 @@ mod tests {
         let cache = Cache::new(d.path().join("cache"));
         fs::write(d.path().join("a"), "a").unwrap();
         fs::write(d.path().join("b"), "b").unwrap();
-        let ra = cache.store_output("a", &d.path().join("a")).unwrap();
-        let rb = cache.store_output("b", &d.path().join("b")).unwrap();
+        let ra = cache.store_output(d.path(), "a").unwrap();
+        let rb = cache.store_output(d.path(), "b").unwrap();
         let comps = Components {
             version: 1,
             action: crate::fingerprint::ActionComponent::Cmd { cmd: "x".into() },

@@ -2,9 +2,10 @@
 //!
 //! * Events come from notify (inotify on Linux). A file dep is watched through its parent
 //!   directory, so editors that save by writing a new file and renaming it are seen.
-//! * What never counts: anything under `cache/`, `runs/` or `.git/`, and every declared
+//! * What never counts: anything under `cache/`, `runs/` or `.git/`, every declared
 //!   output of the pipeline — the run in progress writes those (and a cache restore puts
-//!   them back), and re-running on them would loop.
+//!   them back), and re-running on them would loop — and tsumugi's own temporary files
+//!   (`.tmp.<pid>.<n>.<name>`, `tsumugi_base::atomic::is_tmp_name`).
 //! * A change counts when it touches a stage's dep (the file, something inside a dep
 //!   directory, or a dep SQLite file and its `-wal`/`-journal`); the run's targets are those
 //!   stages and everything downstream of them. A change to the pipeline file itself
@@ -108,6 +109,15 @@ impl WatchPlan {
             && OWN_DIRS.iter().any(|d| first == *d)
         {
             return Effect::Ignored("tsumugi's own directory");
+        }
+        // A restore or atomic write goes through `.tmp.<pid>.<n>.<name>` beside its target
+        // (a directory restore: a whole temporary tree); the rename that ends it is the event
+        // that counts, under the real name.
+        if rel
+            .components()
+            .any(|c| tsumugi_base::atomic::is_tmp_name(c.as_os_str()))
+        {
+            return Effect::Ignored("a temporary file of tsumugi");
         }
         if rel == self.pipeline_file {
             return Effect::Pipeline;
