@@ -34,10 +34,11 @@ fn workspace_deps(manifest: &Path) -> Vec<String> {
             in_deps = line == "[dependencies]";
             continue;
         }
-        if in_deps && let Some(name) = line.split(['.', ' ', '=']).next() {
-            if LAYERS.iter().any(|(n, _)| *n == name) {
-                deps.push(name.to_string());
-            }
+        if in_deps
+            && let Some(name) = line.split(['.', ' ', '=']).next()
+            && LAYERS.iter().any(|(n, _)| *n == name)
+        {
+            deps.push(name.to_string());
         }
     }
     deps

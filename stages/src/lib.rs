@@ -17,6 +17,7 @@ pub mod kinds;
 pub mod losses;
 pub mod metrics;
 pub mod plots;
+pub mod task;
 
 #[cfg(feature = "ml")]
 pub mod device;

@@ -17,8 +17,8 @@ use anyhow::{Result, anyhow, bail};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::kinds::build_pairs::write_atomic;
 use crate::metrics::CalibrationBin;
+use tsumugi_base::atomic::write_atomic;
 
 /// Width and height of every plot, in pixels (SVG user units).
 pub const SIZE: (u32, u32) = (900, 600);

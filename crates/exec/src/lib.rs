@@ -2,7 +2,14 @@
 //!
 //! | module | what it is |
 //! | --- | --- |
-//! | [`executor`] | the run: freshness, slots (`-j`, GPUs), processes, retries, cancellation, commit, records |
+//! | [`executor`] | the run: order, retries, timeouts, cancellation, the stage lifecycle; its API re-exported from the private modules below |
+//! | `outcome` | what a run is asked and what it answers (`RunOptions`, `RunSummary`, `StageStatus`) |
+//! | `process` | command stages as supervised process groups; built-in kinds |
+//! | `ui` | what a running stage reports, and the terminal's progress bars or plain lines |
+//! | `slots` | `-j` and GPU slots (`CUDA_VISIBLE_DEVICES`) |
+//! | `ctx` | the shared state of one run |
+//! | `commit` | outputs into the store, the action entry, records, `register:` |
+//! | `status` | `status` and `--dry-run`, through the one freshness decision |
 //! | [`freshness`] | the one freshness decision (`run`, `status`, `--dry-run`): fresh, or dirty with typed reasons |
 //! | [`map`] | per-item stages (`map:`): one fingerprint and cache entry per item |
 //! | [`registry`] | adapter versions kept by `register:`, with gates, promotion and rollback |
@@ -11,7 +18,14 @@
 //! cache), `tsumugi-rundb` (the record), `tsumugi-stages` (the stage contract and the
 //! built-in kinds). Above it: the triggers and the CLI.
 
+mod commit;
+mod ctx;
 pub mod executor;
 pub mod freshness;
 pub mod map;
+mod outcome;
+mod process;
 pub mod registry;
+mod slots;
+mod status;
+mod ui;

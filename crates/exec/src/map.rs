@@ -40,7 +40,7 @@ use tsumugi_store::hash::{Hasher, StatCache, sha256_hex};
 use tsumugi_store::items::spec_bytes;
 pub use tsumugi_store::items::{Item, items, source_hash};
 
-use crate::executor::CmdStage;
+use crate::process::CmdStage;
 
 /// What every item's fingerprint shares: the stage's action, params, env, its other inputs
 /// and the map spec — everything but the map source.

@@ -475,7 +475,7 @@ fn write_pair(buf: &mut Vec<u8>, p: &Pair) -> Result<()> {
     Ok(())
 }
 
-pub(crate) use tsumugi_base::atomic::write_atomic;
+use tsumugi_base::atomic::write_atomic;
 
 impl<'a> Reading<'a> {
     fn new(cfg: &'a Config, report: &'a dyn Reporter) -> Result<Self> {

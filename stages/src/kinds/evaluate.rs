@@ -529,7 +529,7 @@ fn run(cfg: Config, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()>
             report.metric(k, None, x);
         }
     }
-    crate::kinds::build_pairs::write_atomic(out(input, "predictions")?, predictions.as_bytes())?;
+    tsumugi_base::atomic::write_atomic(out(input, "predictions")?, predictions.as_bytes())?;
     write_json(out(input, "metrics")?, &Value::Object(metrics.clone()))?;
     let gates = match cfg.fail_if {
         None => vec![],

@@ -86,7 +86,7 @@ fn content_id(bytes: &[u8]) -> String {
 
 fn copy(from: &Path, to: &Path) -> Result<()> {
     let bytes = std::fs::read(from).with_context(|| format!("reading {}", from.display()))?;
-    crate::kinds::build_pairs::write_atomic(to, &bytes)
+    tsumugi_base::atomic::write_atomic(to, &bytes)
 }
 
 #[cfg(feature = "ml")]
@@ -123,7 +123,7 @@ fn run(cfg: Config, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()>
     let merged = model.merged();
     let tensors = crate::peft::model_tensors(&merged, dir.architecture);
     let bytes = tensors.to_bytes(Some([("format".to_string(), "pt".to_string())].into()))?;
-    crate::kinds::build_pairs::write_atomic(&dest.join("model.safetensors"), &bytes)?;
+    tsumugi_base::atomic::write_atomic(&dest.join("model.safetensors"), &bytes)?;
     report.progress(2, Some(3), "config and tokenizer");
 
     // config.json: the base's, with the head's labels and the classification architecture.

@@ -39,14 +39,7 @@ use crate::kinds::{KindInfo, SettingsInfo};
 
 pub struct TrainLora;
 
-/// What the model learns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Task {
-    Regression,
-    Classification,
-    Ranking,
-}
+pub use crate::task::Task;
 
 pub const INFO: KindInfo = KindInfo {
     name: "train-lora",
@@ -289,7 +282,7 @@ pub(crate) fn parse<T: for<'de> Deserialize<'de>>(input: &StageInput<'_>, kind: 
 /// Writes JSON atomically.
 pub(crate) fn write_json(path: &Path, v: &Value) -> Result<()> {
     let text = serde_json::to_string_pretty(v)? + "\n";
-    crate::kinds::build_pairs::write_atomic(path, text.as_bytes())
+    tsumugi_base::atomic::write_atomic(path, text.as_bytes())
         .with_context(|| format!("writing {}", path.display()))
 }
 

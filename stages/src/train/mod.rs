@@ -39,7 +39,7 @@ use crate::tokenize::{EncodedPair, PairTokenizer, Truncation, length_batches};
 use loss::LossKind;
 use optim::{AdamWConfig, AdamWState, Decay};
 
-pub use crate::kinds::train_lora::Task;
+pub use crate::task::Task;
 
 /// Optimisation settings (`optim:` of `train-lora`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,0 +1,33 @@
+//! The shared state of one run, handed to every stage it runs.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use tsumugi_base::project::Project;
+use tsumugi_rundb::{self, RunDb};
+use tsumugi_store::cache::Cache;
+use tsumugi_store::hash::StatCache;
+
+use crate::ui::Ui;
+
+/// Shared state of one run.
+pub(crate) struct Ctx {
+    pub(crate) project: Project,
+    pub(crate) pipeline_name: String,
+    pub(crate) run_id: String,
+    pub(crate) cache: Cache,
+    pub(crate) stat: StatCache,
+    pub(crate) db: RunDb,
+    pub(crate) cancel: Arc<AtomicBool>,
+    pub(crate) force: bool,
+    pub(crate) device: String,
+    /// Items of a `map:` stage running at once (`--jobs`).
+    pub(crate) jobs: usize,
+    pub(crate) ui: Ui,
+    pub(crate) keep_going: bool,
+    /// Set after a failure without --keep-going (or on cancel): start nothing new.
+    pub(crate) stop: AtomicBool,
+    pub(crate) stop_reason: Mutex<String>,
+    /// One registration at a time (two stages may register under one name).
+    pub(crate) registry: Mutex<()>,
+}
