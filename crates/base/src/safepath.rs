@@ -232,7 +232,7 @@ pub fn resolve(root: &Path, rel: &Path, follow_last: bool, op: Op) -> Result<Pat
                             c
                         }
                     };
-                    let inside = lexical(&target)
+                    let inside = crate::paths::normalize(&target)
                         .strip_prefix(&croot)
                         .ok()
                         .map(Path::to_path_buf)
@@ -315,21 +315,6 @@ fn climbs_out(target: &[OsString], depth: usize) -> bool {
         }
     }
     false
-}
-
-/// `/a/./b/../c` → `/a/c`, without touching the file system.
-fn lexical(p: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                out.pop();
-            }
-            other => out.push(other.as_os_str()),
-        }
-    }
-    out
 }
 
 /// Removes the output `rel` under `root`, refusing to reach it through a symlink that

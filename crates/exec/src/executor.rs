@@ -596,17 +596,8 @@ async fn run_stage(
                 o.log = Some(log_shown.clone());
                 o.duration = t0.elapsed();
                 tracing::debug!("{}: committed by {:?}", stage.name, t0.elapsed());
-                match commit {
-                    Ok(Ok(reg)) => apply_registration(&mut o, Ok(reg)),
-                    Ok(Err(e)) => {
-                        o.status = StageState::Failed;
-                        o.message = Some(format!("{e:#}"));
-                    }
-                    Err(e) => {
-                        o.status = StageState::Failed;
-                        o.message = Some(format!("internal error: {e}"));
-                    }
-                }
+                // A failed commit fails the stage just as a failed registration does.
+                apply_registration(&mut o, commit.map(|r| r.and_then(|reg| reg)));
                 record_final(&ctx, &o, Some(started));
                 return o;
             }

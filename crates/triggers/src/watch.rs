@@ -61,50 +61,46 @@ pub struct WatchPlan {
     dag: Dag,
 }
 
-/// `a/./b/../c` → `a/c`, lexically (the paths may not exist).
-fn normalize(p: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                out.pop();
-            }
-            other => out.push(other.as_os_str()),
-        }
-    }
-    out
-}
-
 impl WatchPlan {
     pub fn new(pipeline: &Pipeline) -> Result<WatchPlan> {
         let dag = Dag::build(pipeline).map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut outs = Vec::new();
         for s in &pipeline.stages {
-            outs.extend(s.outs.values().map(|o| normalize(&o.path)));
-            outs.extend(s.metrics.iter().map(|m| normalize(m)));
+            outs.extend(
+                s.outs
+                    .values()
+                    .map(|o| tsumugi_base::paths::normalize(&o.path)),
+            );
+            outs.extend(s.metrics.iter().map(|m| tsumugi_base::paths::normalize(m)));
         }
         let mut deps = Vec::new();
         for s in &pipeline.stages {
             for d in &s.deps {
                 match d {
-                    Dep::Path(p) => deps.push((s.name.clone(), normalize(p), false)),
-                    Dep::Sqlite { db, .. } => deps.push((s.name.clone(), normalize(db), true)),
+                    Dep::Path(p) => {
+                        deps.push((s.name.clone(), tsumugi_base::paths::normalize(p), false))
+                    }
+                    Dep::Sqlite { db, .. } => {
+                        deps.push((s.name.clone(), tsumugi_base::paths::normalize(db), true))
+                    }
                 }
             }
         }
         Ok(WatchPlan {
-            pipeline_file: normalize(&pipeline.file),
+            pipeline_file: tsumugi_base::paths::normalize(&pipeline.file),
             deps,
             outs,
-            scope: watch_paths(pipeline).iter().map(|p| normalize(p)).collect(),
+            scope: watch_paths(pipeline)
+                .iter()
+                .map(|p| tsumugi_base::paths::normalize(p))
+                .collect(),
             dag,
         })
     }
 
     /// What a change of `rel` (relative to the project root) means.
     pub fn classify(&self, rel: &Path) -> Effect {
-        let rel = normalize(rel);
+        let rel = tsumugi_base::paths::normalize(rel);
         if let Some(Component::Normal(first)) = rel.components().next()
             && OWN_DIRS.iter().any(|d| first == *d)
         {
