@@ -467,7 +467,7 @@ fn the_stage_mines_with_a_model_and_names_bad_directories() {
     let e = err(json!({"model": base, "adapter": "empty"}));
     assert!(e.contains("`adapter`") && e.contains("empty"), "{e}");
     let e = err(json!({"model": 3}));
-    assert!(e.contains("`model`") && e.contains("path"), "{e}");
+    assert!(e.contains("model: expected a path"), "{e}");
     let e = err(json!({"model": fixtures().join("bert-3")}));
     assert!(e.contains("3 labels") && e.contains("`label"), "{e}");
     // An encoder without a classification head is refused with the reason.
