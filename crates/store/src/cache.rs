@@ -37,7 +37,9 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use tsumugi_base::atomic::{fsync_dir, reflink, remove_path, tmp_path as tmp_name, write_atomic};
+use tsumugi_base::atomic::{
+    fsync_dir, is_tmp_name, reflink, remove_path, tmp_path as tmp_name, write_atomic,
+};
 
 use crate::fingerprint::Components;
 use crate::hash::Manifest;
@@ -520,14 +522,10 @@ impl Cache {
         if let Ok(rd) = fs::read_dir(self.actions_dir()) {
             for e in rd {
                 let e = e?;
-                let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with(".tmp.") {
-                    report.temps_removed += 1;
-                    if !dry_run {
-                        let _ = fs::remove_file(e.path());
-                    }
+                if remove_temp(&e, &mut report, dry_run) {
                     continue;
                 }
+                let name = e.file_name().to_string_lossy().into_owned();
                 if keep.contains(&name)
                     && let Some(entry) = self.get_action(&name)
                 {
@@ -555,25 +553,16 @@ impl Cache {
             for sub in rd {
                 let sub = sub?;
                 if !sub.file_type()?.is_dir() {
-                    if sub.file_name().to_string_lossy().starts_with(".tmp.") {
-                        report.temps_removed += 1;
-                        if !dry_run {
-                            let _ = fs::remove_file(sub.path());
-                        }
-                    }
+                    remove_temp(&sub, &mut report, dry_run);
                     continue;
                 }
                 let prefix = sub.file_name().to_string_lossy().into_owned();
                 for e in fs::read_dir(sub.path())? {
                     let e = e?;
-                    let name = e.file_name().to_string_lossy().into_owned();
-                    if name.starts_with(".tmp.") {
-                        report.temps_removed += 1;
-                        if !dry_run {
-                            let _ = fs::remove_file(e.path());
-                        }
+                    if remove_temp(&e, &mut report, dry_run) {
                         continue;
                     }
+                    let name = e.file_name().to_string_lossy().into_owned();
                     let hash = format!("{prefix}{name}");
                     if live.contains(&hash) {
                         report.objects_kept += 1;
@@ -589,6 +578,19 @@ impl Cache {
         }
         Ok(report)
     }
+}
+
+/// A temporary file left by an interrupted write ([`is_tmp_name`]) is counted and, unless
+/// `dry_run`, removed; says whether `e` was one.
+fn remove_temp(e: &fs::DirEntry, report: &mut GcReport, dry_run: bool) -> bool {
+    if !is_tmp_name(&e.file_name()) {
+        return false;
+    }
+    report.temps_removed += 1;
+    if !dry_run {
+        let _ = fs::remove_file(e.path());
+    }
+    true
 }
 
 #[cfg(test)]
