@@ -4,9 +4,11 @@
 //! the engine records what it started in `runs/.procs/<token>.proc` (the group, the leader's
 //! pid and its start time from `/proc/<pid>/stat`, the boot id, the run and the stage, and
 //! the tsumugi process that owns it); the record is removed once the group is gone. The
-//! launch is *gated* ([`spawn_recorded`]): between fork and exec the child sends its pid and
-//! waits for one byte that the engine writes only once the record is in place, so nothing of
-//! the stage runs unrecorded. Each started command also gets `TSUMUGI_PROC_TOKEN`, a value
+//! launch is *gated*: a shell stage ([`spawn_shell_recorded`]) is started by `posix_spawn`
+//! (no fork of the engine's large, threaded process) as `setpriv --pdeathsig KILL sh -c GATE`,
+//! whose first act is to read one line on stdin that the engine writes only once the record
+//! is in place; without `setpriv`, [`spawn_recorded`] forks and the child waits at the same
+//! kind of gate between fork and exec. Either way nothing of the stage runs unrecorded. Each started command also gets `TSUMUGI_PROC_TOKEN`, a value
 //! unique to that launch, in its environment, which its descendants inherit.
 //!
 //! If tsumugi dies without cleaning up (SIGKILL, OOM killer), `PR_SET_PDEATHSIG` ends the
@@ -154,6 +156,99 @@ pub fn spawn_recorded(
                 .unwrap_or_else(|| anyhow::anyhow!("the child did not report its pid")))
         }
         (Err(e), _) => Err(e.into()),
+    }
+}
+
+/// `setpriv` (util-linux), which sets `PR_SET_PDEATHSIG` and execs: with it a shell stage
+/// is started by `posix_spawn` instead of `fork` (see [`spawn_shell_recorded`]).
+fn setpriv() -> Option<&'static Path> {
+    static FOUND: OnceLock<Option<PathBuf>> = OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            if std::env::var_os("TSUMUGI_SPAWN").is_some_and(|v| v == "fork") {
+                return None;
+            }
+            ["/usr/bin/setpriv", "/bin/setpriv"]
+                .into_iter()
+                .map(PathBuf::from)
+                .find(|p| p.is_file())
+        })
+        .as_deref()
+}
+
+/// The gate in shell: the first line on stdin is the go-ahead (end-of-file means tsumugi
+/// died before recording the launch: run nothing), then the command runs as `sh -c CMD`
+/// with stdin from /dev/null, exactly as a forked launch runs it.
+const SHELL_GATE: &str = "IFS= read -r _ || exit 125; exec sh -c \"$1\" </dev/null";
+
+/// Starts `sh -c shell_cmd` the way [`spawn_recorded`] does — own process group, the launch's
+/// token in the environment, recorded before the command runs anything, `PR_SET_PDEATHSIG`
+/// on the shell — but without `fork`: the caller's `Command` must have no `pre_exec`, so
+/// std starts it with `posix_spawn` (a vfork). Forking a controller with a large heap and
+/// many threads costs page-table copies and copy-on-write faults in every thread while the
+/// child waits at the gate: at 10,000 stages that was most of the engine's CPU per stage
+/// (benches/scale). `setpriv --pdeathsig KILL` sets the parent-death signal, and the gate is
+/// the shell reading one line on stdin. Without `setpriv` (or with `TSUMUGI_SPAWN=fork`)
+/// this falls back to the forked launch.
+///
+/// `configure` adds the caller's settings (cwd, environment, stdout/stderr) to the command.
+pub fn spawn_shell_recorded(
+    shell_cmd: &str,
+    configure: impl Fn(&mut Command),
+    project_root: &Path,
+    stage: &str,
+) -> Result<(Child, Tracked)> {
+    let parent = std::process::id() as libc::pid_t;
+    let Some(setpriv) = setpriv() else {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(shell_cmd);
+        configure(&mut cmd);
+        cmd.stdin(std::process::Stdio::null()).process_group(0);
+        // SAFETY: prctl and getppid are async-signal-safe. This thread waits for the child,
+        // so it outlives it (PDEATHSIG is per thread). A parent that died before prctl is
+        // caught by getppid.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if libc::getppid() != parent {
+                    libc::_exit(125);
+                }
+                Ok(())
+            });
+        }
+        return spawn_recorded(&mut cmd, project_root, stage);
+    };
+    let token = new_token()?;
+    let mut cmd = Command::new(setpriv);
+    cmd.args([
+        "--pdeathsig",
+        "KILL",
+        "/bin/sh",
+        "-c",
+        SHELL_GATE,
+        "sh",
+        shell_cmd,
+    ]);
+    configure(&mut cmd);
+    cmd.env(TOKEN_VAR, &token)
+        .stdin(std::process::Stdio::piped())
+        .process_group(0);
+    let mut child = cmd.spawn()?;
+    let pid = child.id() as libc::pid_t;
+    let mut gate = child.stdin.take().expect("piped");
+    match Tracked::record(project_root, &token, stage, pid) {
+        // A failed write means the child is gone already; its exit status says why.
+        Ok(t) => {
+            let _ = gate.write_all(b"\n");
+            drop(gate);
+            Ok((child, t))
+        }
+        Err(e) => {
+            drop(gate);
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(e.context("cannot record the process"))
+        }
     }
 }
 
@@ -716,5 +811,33 @@ mod tests {
         assert!(t.path.exists());
         drop(t);
         assert_eq!(fs::read_dir(procs_dir(d.path())).unwrap().count(), 0);
+    }
+
+    /// A shell stage started without fork sees what `sh -c CMD` would: no arguments, `$0`
+    /// = sh, an empty stdin (not the gate), its token; it runs only once recorded, and its
+    /// exit status comes through.
+    #[test]
+    fn a_spawned_shell_stage_runs_as_sh_c_would_and_is_recorded_first() {
+        let d = tempfile::tempdir().unwrap();
+        let procs = procs_dir(d.path());
+        let cmd = format!(
+            "echo \"$0 $# [$(cat)] ${{{TOKEN_VAR}:+token}}\"; ls {} | wc -l; exit 3",
+            procs.display()
+        );
+        let (child, tracked) = spawn_shell_recorded(
+            &cmd,
+            |c| {
+                c.current_dir(d.path()).stdout(std::process::Stdio::piped());
+            },
+            d.path(),
+            "s",
+        )
+        .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(text, "sh 0 [] token\n1\n", "what the stage saw");
+        assert_eq!(out.status.code(), Some(3));
+        drop(tracked);
+        assert_eq!(fs::read_dir(&procs).unwrap().count(), 0);
     }
 }

@@ -2,8 +2,7 @@
 //! supervised process group ([`CmdStage`]), a built-in kind through the stages crate.
 
 use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -54,32 +53,18 @@ pub(crate) fn killpg(pgid: i32, sig: i32) {
 
 impl StageImpl for CmdStage {
     fn run(&self, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()> {
-        let parent = std::process::id() as libc::pid_t;
-        let mut cmd = Command::new("sh");
-        cmd.arg("-c")
-            .arg(&self.cmd)
-            .current_dir(input.project_root)
-            .envs(input.env)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        // SAFETY: prctl and getppid are async-signal-safe. If tsumugi dies (even by SIGKILL)
-        // the shell is killed with it; its descendants are ended by the next invocation
-        // (supervise::reap). This thread waits for the child, so it outlives it
-        // (PDEATHSIG is per thread). A parent that died before prctl is caught by getppid.
-        unsafe {
-            cmd.pre_exec(move || {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                if libc::getppid() != parent {
-                    libc::_exit(125);
-                }
-                Ok(())
-            });
-        }
-        let (mut child, tracked) =
-            tsumugi_base::supervise::spawn_recorded(&mut cmd, input.project_root, input.name)
-                .context("cannot start sh")?;
+        let (mut child, tracked) = tsumugi_base::supervise::spawn_shell_recorded(
+            &self.cmd,
+            |cmd| {
+                cmd.current_dir(input.project_root)
+                    .envs(input.env)
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped());
+            },
+            input.project_root,
+            input.name,
+        )
+        .context("cannot start sh")?;
         let pgid = child.id() as i32;
         let done = AtomicBool::new(false);
         std::thread::scope(|s| {
