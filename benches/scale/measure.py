@@ -45,8 +45,9 @@ def gen(root: Path, n: int, chains: int = 10):
 def run_sampled(args, cwd, env=None):
     """Wall seconds and the process's own CPU seconds (all its threads, no children)."""
     t0 = time.perf_counter()
-    p = subprocess.Popen(args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                         env=env)
+    # stderr to a file: a pipe nobody reads until the end would fill and block the run.
+    err = tempfile.TemporaryFile()
+    p = subprocess.Popen(args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=err, env=env)
     cpu = 0.0
     stat = f"/proc/{p.pid}/stat"
     while p.poll() is None:
@@ -58,7 +59,8 @@ def run_sampled(args, cwd, env=None):
         time.sleep(0.02)
     wall = time.perf_counter() - t0
     if p.returncode != 0:
-        sys.exit(f"{' '.join(args)} failed: {p.stderr.read().decode()[-2000:]}")
+        err.seek(0)
+        sys.exit(f"{' '.join(args)} failed: {err.read().decode()[-2000:]}")
     return wall, cpu
 
 

@@ -49,7 +49,9 @@ class Costs:
 class Plan:
     hash_on_node: bool = False     # the node's `tsumugi __stage-exec` hashes and stores outputs
     array: int = 1                 # sibling stages submitted as one job array of this size
-    spawn_ms: float | None = None  # controller CPU per launch when not fork()ing a big process
+    launch_ms: float | None = None  # controller CPU per launch, if not the measured one
+    poll_s: float | None = None     # completion poll interval, if not the default
+    free: bool = False              # every overhead zero: the schedule alone (reference)
 
 
 def workload(kind, rnd):
@@ -66,6 +68,10 @@ def workload(kind, rnd):
     elif kind == "items":  # one map over 9,999 images, 5 s each, 10 KiB out; one merge
         for i in range(9999):
             st.append((f"i{i}", [], rnd.lognormvariate(1.6, 0.3), 0.01))
+        st.append(("merge", list(range(9999)), 10.0, 5))
+    elif kind == "items-1s":  # the same map with 1 s items (OCR of small images)
+        for i in range(9999):
+            st.append((f"i{i}", [], rnd.lognormvariate(0.0, 0.3), 0.01))
         st.append(("merge", list(range(9999)), 10.0, 5))
     else:
         raise SystemExit(f"unknown workload {kind}")
@@ -102,7 +108,12 @@ def simulate(kind, nodes, slots, c: Costs, p: Plan, seed=1):
     ready = [(0.0, i) for i in range(n) if waiting[i] == 0]
     heapq.heapify(ready)
     events = []  # (time, stage) completions as the controller learns of them
-    launch_ms = p.spawn_ms if p.spawn_ms is not None else c.launch_ms
+    if p.free:
+        c = Costs(fresh_ms=0, launch_ms=0, commit_ms=0, nfs_mib_s=1e12, hash_mib_s=1e12,
+                  sbatch_ms=0, start_s=0, poll_s=1e-6, poll_ms=0, poll_ms_per_job=0, db_ms=0)
+    launch_ms = p.launch_ms if p.launch_ms is not None else c.launch_ms
+    if p.poll_s is not None:
+        c = replace(c, poll_s=p.poll_s)
     polls = 0
     db_commits = 0
     last_db = -1.0
@@ -162,7 +173,7 @@ def simulate(kind, nodes, slots, c: Costs, p: Plan, seed=1):
     return {
         "workload": kind, "stages": n, "nodes": nodes, "slots": nodes * slots,
         "makespan_s": round(makespan, 1), "ideal_s": round(ideal, 1),
-        "efficiency": round(ideal / makespan, 3),
+        "efficiency": round(ideal / makespan, 3),  # against the lower bound
         "controller_util": round((ctl.busy + poll_cpu) / (c.ctl_cores * makespan), 3),
         "nfs_util": round(nfs.busy / makespan, 3),
         "slurmctld_util": round(ctld.busy / makespan, 3),
@@ -173,29 +184,44 @@ def simulate(kind, nodes, slots, c: Costs, p: Plan, seed=1):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--measured", help="JSON from measure.py (per-stage controller costs)")
-    ap.add_argument("--sbatch-ms", type=float)
+    ap.add_argument("--sbatch-ms", type=float, help="one sbatch, measured on the local Slurm")
+    ap.add_argument("--start-s", type=float, help="submit → running on an idle node")
+    ap.add_argument("--poll-ms", type=float, help="one squeue for the run's jobs")
+    ap.add_argument("--poll-ms-per-job", type=float)
+    ap.add_argument("--nfs-mib-s", type=float)
     ap.add_argument("--nodes", type=int, default=100)
     ap.add_argument("--slots", type=int, default=4)
+    ap.add_argument("--ctl-cores", type=int)
     a = ap.parse_args()
     c = Costs()
+    fork_ms = None
     if a.measured:
         m = json.load(open(a.measured))
-        big = max(m["runs"], key=lambda r: r["stages"])
+
+        def biggest(launch):
+            return max((r for r in m["runs"] if r.get("launch", "spawn") == launch),
+                       key=lambda r: r["stages"], default=None)
+        big, fork = biggest("spawn"), biggest("fork")
+        fork_ms = fork and fork["cold_controller_cpu_ms_per_stage"]
         c = replace(c, fresh_ms=big["noop_controller_cpu_ms_per_stage"],
                     launch_ms=big["cold_controller_cpu_ms_per_stage"],
                     db_ms=m["db_commit_ms"], hash_mib_s=m["commit_mib_per_s"])
-    if a.sbatch_ms:
-        c = replace(c, sbatch_ms=a.sbatch_ms)
-    plans = {
+    for k in ("ctl_cores", "sbatch_ms", "start_s", "poll_ms", "poll_ms_per_job", "nfs_mib_s"):
+        if getattr(a, k) is not None:
+            c = replace(c, **{k: getattr(a, k)})
+    plans = {"no overheads (reference)": Plan(free=True)}
+    if fork_ms:
+        plans["fork launch (before)"] = Plan(launch_ms=fork_ms)
+    plans.update({
         "as built": Plan(),
         "hash on node": Plan(hash_on_node=True),
         "+ arrays of 100": Plan(hash_on_node=True, array=100),
-        "+ posix_spawn": Plan(hash_on_node=True, array=100, spawn_ms=1.0),
-    }
+        "+ poll every 0.5 s": Plan(hash_on_node=True, array=100, poll_s=0.5),
+    })
     print(f"costs: {c}")
     print("| workload | plan | makespan | ideal | efficiency | controller | NFS link | slurmctld | run DB |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    for kind in ["sweep", "sweep-1g", "items"]:
+    for kind in ["sweep", "sweep-1g", "items", "items-1s"]:
         for name, p in plans.items():
             r = simulate(kind, a.nodes, a.slots, c, p)
             print(f"| {kind} | {name} | {r['makespan_s']:.0f} s | {r['ideal_s']:.0f} s | "
