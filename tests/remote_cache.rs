@@ -86,12 +86,13 @@ impl Moto {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// A raw, unsigned request (moto does not check signatures): returns the status code.
+    /// A raw request with a dummy signature (moto does not check signatures, but refuses an
+    /// anonymous overwrite): returns the status code.
     fn http(&self, method: &str, path: &str, body: &[u8]) -> u16 {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
         write!(
             s,
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\nAuthorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0\r\nConnection: close\r\n\r\n",
             self.port,
             body.len()
         )
@@ -267,7 +268,7 @@ fn a_clone_restores_every_stage_from_what_the_first_pushed() {
 
         // Third clone, `pull`: outputs checked out, then a run has nothing to do.
         let p3 = clone(&p1);
-        let (code, out, err) = tsumugi(&p3, &b, &["pull", "-r", "team"]);
+        let (code, out, err) = tsumugi(&p3, &b, &["pull", "-r", "team", "p.yaml"]);
         assert_eq!(code, 0, "{out}{err}");
         assert!(out.contains("pulled 4/4 stages from remote team"), "{out}");
         same_outputs(&p1, &p3);
@@ -370,7 +371,7 @@ fn a_server_stopped_mid_run_gives_local_runs_and_one_warning() {
     assert_eq!(Proj::with_status(&v, "ran"), all());
     assert_eq!(err.matches("warning").count(), 1, "{err}");
     // push says it plainly and fails.
-    let (code, _, err) = tsumugi(&q, &b, &["push"]);
+    let (code, _, err) = tsumugi(&q, &b, &["push", "p.yaml"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("remote team is unavailable"), "{err}");
 }
@@ -390,7 +391,7 @@ fn concurrent_pushes_from_two_processes_leave_a_consistent_remote() {
             Command::new(Proj::bin())
                 .current_dir(p.root())
                 .envs(b.envs())
-                .args(["push", "-r", "team", "-q"])
+                .args(["push", "-r", "team", "-q", "p.yaml"])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -441,7 +442,7 @@ fn remote_config_commands_and_their_errors() {
     assert!(err.contains("no remote named nope") && err.contains("known: team"), "{err}");
     let (code, _, _) = tsumugi(&p, &b, &["remote", "remove", "team"]);
     assert_eq!(code, 0);
-    let (code, _, err) = tsumugi(&p, &b, &["push"]);
+    let (code, _, err) = tsumugi(&p, &b, &["push", "p.yaml"]);
     assert_eq!(code, 2);
     assert!(err.contains("no default remote"), "{err}");
     assert!(!p.read(".tsumugi/config.toml").contains("team"));
