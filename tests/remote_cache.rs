@@ -67,7 +67,14 @@ impl Moto {
             .unwrap()
             .port();
         let child = Command::new("python3")
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -160,7 +167,9 @@ impl Backend {
                 std::fs::set_permissions(&p, perm).unwrap();
                 std::fs::write(&p, "tampered\n").unwrap();
             }
-            Backend::S3(m) => assert_eq!(m.http("PUT", &format!("/bucket/{rel}"), b"tampered\n"), 200),
+            Backend::S3(m) => {
+                assert_eq!(m.http("PUT", &format!("/bucket/{rel}"), b"tampered\n"), 200)
+            }
         }
     }
 }
@@ -236,7 +245,13 @@ fn message(v: &serde_json::Value, stage: &str) -> String {
 }
 
 fn same_outputs(p: &Proj, q: &Proj) {
-    for f in ["out/a.txt", "out/b.txt", "out/c.txt", "out/d/f1.txt", "out/d/f40.txt"] {
+    for f in [
+        "out/a.txt",
+        "out/b.txt",
+        "out/c.txt",
+        "out/d/f1.txt",
+        "out/d/f40.txt",
+    ] {
         assert_eq!(p.read(f), q.read(f), "{f}");
     }
 }
@@ -295,7 +310,10 @@ fn write_through_by_default_then_read_through_and_a_changed_stage_runs() {
         assert_eq!(p2.executions(), vec!["d"]);
         let (code, out, _) = tsumugi(&p2, &b, &["remote", "verify"]);
         assert_eq!(code, 0, "{out}");
-        assert!(out.contains("5 entries") && out.contains("consistent"), "{out}");
+        assert!(
+            out.contains("5 entries") && out.contains("consistent"),
+            "{out}"
+        );
     }
 }
 
@@ -409,7 +427,10 @@ fn concurrent_pushes_from_two_processes_leave_a_consistent_remote() {
         }
         let (code, out, _) = tsumugi(&p1, &b, &["remote", "verify", "team"]);
         assert_eq!(code, 0, "{out}");
-        assert!(out.contains("5 entries") && out.contains("consistent"), "{out}");
+        assert!(
+            out.contains("5 entries") && out.contains("consistent"),
+            "{out}"
+        );
         // And either machine's results restore elsewhere.
         for src in [&p1, &p2] {
             let q = clone(src);
@@ -439,7 +460,10 @@ fn remote_config_commands_and_their_errors() {
     assert!(err.contains("gs:// is not supported"), "{err}");
     let (code, _, err) = tsumugi(&p, &b, &["run", "p.yaml", "--remote", "nope"]);
     assert_eq!(code, 2);
-    assert!(err.contains("no remote named nope") && err.contains("known: team"), "{err}");
+    assert!(
+        err.contains("no remote named nope") && err.contains("known: team"),
+        "{err}"
+    );
     let (code, _, _) = tsumugi(&p, &b, &["remote", "remove", "team"]);
     assert_eq!(code, 0);
     let (code, _, err) = tsumugi(&p, &b, &["push", "p.yaml"]);

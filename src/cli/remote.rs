@@ -12,7 +12,8 @@ use crate::remote_cache::{self, SyncLine, SyncState};
 use tsumugi_remote::{Config, Remote};
 
 /// `tsumugi remote --help`.
-pub const LONG_ABOUT: &str = "Remote caches: the stage cache on object storage, shared by machines and people.
+pub const LONG_ABOUT: &str =
+    "Remote caches: the stage cache on object storage, shared by machines and people.
 
 Remotes are named in .tsumugi/config.toml at the project root (commit it to share the \
 names). URLs: s3://BUCKET/PREFIX (any S3-compatible server), file:///DIR or a directory \
@@ -108,7 +109,11 @@ pub fn run(project: &Project, cmd: RemoteCommand) -> anyhow::Result<ExitCode> {
             let cfg = Config::load(project.root())?;
             let def = cfg.default_remote().map(str::to_string);
             for (name, spec) in cfg.remotes()? {
-                let mark = if def.as_deref() == Some(&name) { "*" } else { " " };
+                let mark = if def.as_deref() == Some(&name) {
+                    "*"
+                } else {
+                    " "
+                };
                 println!("{mark} {name:<12} {}", spec.url);
             }
         }

@@ -19,6 +19,7 @@ use anyhow::Result;
 
 use tsumugi_base::lock::{ProjectLock, Wait};
 use tsumugi_base::project::Project;
+use tsumugi_pipeline::graph::{Dag, Selection};
 use tsumugi_pipeline::{Pipeline, Stage};
 use tsumugi_remote::{Remote, RemoteError, Transfer};
 use tsumugi_store::cache::{Cache, RestoreError};
@@ -26,6 +27,12 @@ use tsumugi_store::fingerprint;
 use tsumugi_store::hash::{Hasher, StatCache};
 
 use crate::ctx::Ctx;
+
+/// `targets` and what they need, in the graph's order (as a run selects them).
+fn select(pipeline: &Pipeline, targets: &[String]) -> Result<Selection> {
+    let targets: Vec<&str> = targets.iter().map(String::as_str).collect();
+    Ok(Dag::build(pipeline)?.select(&targets)?)
+}
 
 /// Read-through: fetches `fp`'s result from the run's remote into the local cache. Returns
 /// the remote's name when the local cache now holds the entry.
@@ -43,14 +50,26 @@ pub(crate) async fn read_through(ctx: &Ctx, stage: &Stage, fp: &str) -> Option<S
                     .fetch_map_manifest(&ctx.cache, &ctx.pipeline_name, &stage.name, &dest, &|_| {})
                     .await
                 {
-                    warn(ctx, remote, &stage.name, e, "its items will run when they change");
+                    warn(
+                        ctx,
+                        remote,
+                        &stage.name,
+                        e,
+                        "its items will run when they change",
+                    );
                 }
             }
             Some(remote.name().to_string())
         }
         Ok(None) => None,
         Err(e) => {
-            warn(ctx, remote, &stage.name, e, &format!("running {}", stage.name));
+            warn(
+                ctx,
+                remote,
+                &stage.name,
+                e,
+                &format!("running {}", stage.name),
+            );
             None
         }
     }
@@ -153,7 +172,7 @@ pub async fn push(
     remote: &Remote,
     progress: &(dyn Fn(&str, u64) + Sync),
 ) -> Result<Vec<SyncLine>> {
-    let selection = crate::executor::select(pipeline, targets)?;
+    let selection = select(pipeline, targets)?;
     let cache = Cache::new(project.cache_dir());
     let stat = StatCache::load(&project.cache_dir().join("statcache.bin"));
     let mut out = Vec::new();
@@ -166,7 +185,12 @@ pub async fn push(
         let fp = match fp {
             Ok(fp) => fp,
             Err(e) => {
-                out.push(line(name, SyncState::Stale, Transfer::default(), Some(format!("{e:#}"))));
+                out.push(line(
+                    name,
+                    SyncState::Stale,
+                    Transfer::default(),
+                    Some(format!("{e:#}")),
+                ));
                 continue;
             }
         };
@@ -197,7 +221,12 @@ pub async fn push(
         match res {
             Ok(t) => out.push(line(name, SyncState::Done, t, None)),
             Err(e @ RemoteError::Unavailable { .. }) => return Err(e.into()),
-            Err(e) => out.push(line(name, SyncState::Failed, Transfer::default(), Some(e.to_string()))),
+            Err(e) => out.push(line(
+                name,
+                SyncState::Failed,
+                Transfer::default(),
+                Some(e.to_string()),
+            )),
         }
     }
     let _ = stat.save();
@@ -216,7 +245,7 @@ pub async fn pull(
     wait: Wait,
     progress: &(dyn Fn(&str, u64) + Sync),
 ) -> Result<Vec<SyncLine>> {
-    let selection = crate::executor::select(pipeline, targets)?;
+    let selection = select(pipeline, targets)?;
     let lp = project.clone();
     let desc = format!("tsumugi pull {}", pipeline.file.display());
     let _lock =
@@ -233,7 +262,12 @@ pub async fn pull(
         let fp = match fp {
             Ok(fp) => fp,
             Err(e) => {
-                out.push(line(name, SyncState::Stale, Transfer::default(), Some(format!("{e:#}"))));
+                out.push(line(
+                    name,
+                    SyncState::Stale,
+                    Transfer::default(),
+                    Some(format!("{e:#}")),
+                ));
                 continue;
             }
         };
@@ -279,8 +313,8 @@ pub async fn pull(
             let (c, root, r) = (cache.clone(), project.root().to_path_buf(), rec.clone());
             let res = tokio::task::spawn_blocking(move || c.restore(&root, &r)).await?;
             if let Err(e) = res {
-                if let RestoreError::Corrupt { object, .. } | RestoreError::NotAFile { object, .. } =
-                    &e
+                if let RestoreError::Corrupt { object, .. }
+                | RestoreError::NotAFile { object, .. } = &e
                 {
                     cache.discard_object(object);
                     cache.remove_action(&fp);

@@ -72,7 +72,10 @@ impl Config {
             );
         };
         for (name, r) in t {
-            let url = r.as_table().and_then(|r| r.get("url")).and_then(|u| u.as_str());
+            let url = r
+                .as_table()
+                .and_then(|r| r.get("url"))
+                .and_then(|u| u.as_str());
             let Some(url) = url else {
                 bail!(
                     "{}: [remotes.{name}] needs `url = \"s3://bucket/prefix\"` (or a directory path)",

@@ -84,7 +84,9 @@ impl RemoteError {
     pub fn is_content(&self) -> bool {
         matches!(
             self,
-            RemoteError::Corrupt { .. } | RemoteError::Missing { .. } | RemoteError::BadEntry { .. }
+            RemoteError::Corrupt { .. }
+                | RemoteError::Missing { .. }
+                | RemoteError::BadEntry { .. }
         )
     }
 }
@@ -313,7 +315,12 @@ impl Remote {
     }
 
     /// One object into the local store, through a temporary file, hashed on the way.
-    async fn download(&self, cache: &Cache, hash: &str, progress: Progress<'_>) -> Result<Transfer> {
+    async fn download(
+        &self,
+        cache: &Cache,
+        hash: &str,
+        progress: Progress<'_>,
+    ) -> Result<Transfer> {
         // A local object is verified when it is restored, as any other.
         if cache.has_object(hash) {
             progress(0);
@@ -334,9 +341,11 @@ impl Remote {
             Err(e) => return Err(self.unavailable(e)),
         };
         let dest = cache.object_path(hash);
-        let dir = dest.parent().expect("object path has a parent").to_path_buf();
-        fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let dir = dest
+            .parent()
+            .expect("object path has a parent")
+            .to_path_buf();
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let tmp = tmp_path(&dest);
         let res: Result<u64> = async {
             let mut f = tokio::fs::File::create(&tmp)
@@ -355,7 +364,10 @@ impl Remote {
             }
             let actual = hex::encode(h.finalize());
             if actual != hash {
-                self.suspect.lock().expect("suspect").insert(hash.to_string());
+                self.suspect
+                    .lock()
+                    .expect("suspect")
+                    .insert(hash.to_string());
                 return Err(RemoteError::Corrupt {
                     remote: self.name.clone(),
                     object: hash.to_string(),
@@ -367,8 +379,7 @@ impl Remote {
                 .map_err(anyhow::Error::from)?;
             f.sync_all().await.map_err(anyhow::Error::from)?;
             drop(f);
-            fs::rename(&tmp, &dest)
-                .with_context(|| format!("cannot store object {hash}"))?;
+            fs::rename(&tmp, &dest).with_context(|| format!("cannot store object {hash}"))?;
             fsync_dir(&dir).map_err(anyhow::Error::from)?;
             Ok(size)
         }
@@ -408,7 +419,10 @@ impl Remote {
         let t = self.upload_all(cache, hashes, progress).await?;
         let bytes = serde_json::to_vec_pretty(entry).map_err(anyhow::Error::from)?;
         self.store
-            .put(&self.action_key(&entry.fingerprint), PutPayload::from(bytes))
+            .put(
+                &self.action_key(&entry.fingerprint),
+                PutPayload::from(bytes),
+            )
             .await
             .map_err(|e| self.unavailable(e))?;
         Ok(t)
@@ -691,7 +705,12 @@ fn item_manifest_records(bytes: &[u8]) -> Vec<(String, bool)> {
     let mut out = Vec::new();
     if let Some(items) = v.get("items").and_then(|i| i.as_object()) {
         for rec in items.values() {
-            for o in rec.get("outs").and_then(|o| o.as_array()).into_iter().flatten() {
+            for o in rec
+                .get("outs")
+                .and_then(|o| o.as_array())
+                .into_iter()
+                .flatten()
+            {
                 if let Some(h) = o.get("hash").and_then(|h| h.as_str()) {
                     let dir = o.get("type").and_then(|t| t.as_str()) == Some("dir");
                     out.push((h.to_string(), dir));
