@@ -455,9 +455,9 @@ fn remote_config_commands_and_their_errors() {
     let (code, _, err) = tsumugi(&p, &b, &["remote", "add", "team", "/tmp/x"]);
     assert_eq!(code, 2);
     assert!(err.contains("already exists"), "{err}");
-    let (code, _, err) = tsumugi(&p, &b, &["remote", "add", "g", "gs://bucket/x"]);
+    let (code, _, err) = tsumugi(&p, &b, &["remote", "add", "g", "ftp://host/x"]);
     assert_eq!(code, 2);
-    assert!(err.contains("gs:// is not supported"), "{err}");
+    assert!(err.contains("ftp:// is not a supported store"), "{err}");
     let (code, _, err) = tsumugi(&p, &b, &["run", "p.yaml", "--remote", "nope"]);
     assert_eq!(code, 2);
     assert!(
@@ -470,4 +470,45 @@ fn remote_config_commands_and_their_errors() {
     assert_eq!(code, 2);
     assert!(err.contains("no default remote"), "{err}");
     assert!(!p.read(".tsumugi/config.toml").contains("team"));
+}
+
+/// A per-item stage: its item manifest travels with it, so a clone that changes one item
+/// runs that item only.
+const MAP_PIPE: &str = r#"
+name: captions
+stages:
+  caption:
+    map: {glob: "data/images/*.png"}
+    cmd: echo ${item.key} >> ran.log && tr a-z A-Z < ${item.path} > out/captions/${item.stem}.txt
+    outs: out/captions/${item.stem}.txt
+    merge: {out: out/captions.txt}
+"#;
+
+#[test]
+fn a_map_stage_travels_with_its_items() {
+    let b = Backend::dir();
+    let p1 = Proj::new(MAP_PIPE);
+    for i in 0..5 {
+        p1.write(&format!("data/images/img_{i}.png"), &format!("image {i}\n"));
+    }
+    add_remote(&p1, &b, "map", true);
+    assert_eq!(run(&p1, &b, &[]).0, 0);
+    assert_eq!(p1.executions().len(), 5);
+
+    let p2 = Proj::new(MAP_PIPE);
+    for i in 0..5 {
+        p2.write(&format!("data/images/img_{i}.png"), &format!("image {i}\n"));
+    }
+    p2.write(".tsumugi/config.toml", &p1.read(".tsumugi/config.toml"));
+    let (code, v, err) = run(&p2, &b, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(Proj::with_status(&v, "restored"), sorted(&["caption"]));
+    assert!(p2.executions().is_empty());
+    assert_eq!(p2.read("out/captions.txt"), p1.read("out/captions.txt"));
+    // One changed image: one item runs, the four others come from the fetched item manifest.
+    p2.write("data/images/img_3.png", "changed\n");
+    let (code, _, err) = run(&p2, &b, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(p2.executions(), vec!["img_3.png"], "{err}");
+    assert!(p2.read("out/captions.txt").contains("CHANGED"));
 }

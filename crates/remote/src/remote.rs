@@ -22,10 +22,13 @@
 //! - **Uploads skip what is there.** A HEAD per object; an object of the wrong size is
 //!   uploaded again.
 //!
-//! Credentials are never stored: an `s3://` remote reads `AWS_ACCESS_KEY_ID`,
+//! Credentials are never stored: each store reads its standard environment. An `s3://` remote reads `AWS_ACCESS_KEY_ID`,
 //! `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_DEFAULT_REGION`/`AWS_REGION`,
 //! `AWS_ENDPOINT_URL` (and the other `AWS_*` variables `object_store` knows) from the
-//! environment, or instance/web-identity credentials.
+//! environment, or instance/web-identity credentials; `gs://` reads
+//! `GOOGLE_SERVICE_ACCOUNT` / `GOOGLE_APPLICATION_CREDENTIALS` (or the metadata server);
+//! `az://` reads `AZURE_STORAGE_ACCOUNT_NAME` with `AZURE_STORAGE_ACCOUNT_KEY`, a SAS or
+//! service-principal variables.
 
 use std::collections::HashSet;
 use std::fs;
@@ -142,10 +145,7 @@ impl Remote {
         let (store, prefix): (Arc<dyn ObjectStore>, Key) = if let Some(rest) =
             url.strip_prefix("s3://")
         {
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            if bucket.is_empty() {
-                anyhow::bail!("remote {name}: {url} names no bucket (expected s3://BUCKET/PREFIX)");
-            }
+            let (bucket, prefix) = split_bucket(name, url, rest)?;
             let mut b = object_store::aws::AmazonS3Builder::from_env()
                 .with_bucket_name(bucket)
                 .with_client_options(client_options())
@@ -169,11 +169,31 @@ impl Remote {
             let s = b
                 .build()
                 .with_context(|| format!("remote {name}: cannot set up S3 client for {url}"))?;
-            (Arc::new(s), Key::from(prefix.trim_matches('/')))
+            (Arc::new(s), prefix)
+        } else if let Some(rest) = url.strip_prefix("gs://") {
+            let (bucket, prefix) = split_bucket(name, url, rest)?;
+            let s = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                .with_bucket_name(bucket)
+                .with_client_options(client_options())
+                .with_retry(retry_config())
+                .build()
+                .with_context(|| format!("remote {name}: cannot set up GCS client for {url}"))?;
+            (Arc::new(s), prefix)
+        } else if let Some(rest) = url.strip_prefix("az://") {
+            let (container, prefix) = split_bucket(name, url, rest)?;
+            let s = object_store::azure::MicrosoftAzureBuilder::from_env()
+                .with_container_name(container)
+                .with_client_options(client_options())
+                .with_retry(retry_config())
+                .build()
+                .with_context(|| {
+                    format!("remote {name}: cannot set up Azure client for {url} (AZURE_STORAGE_ACCOUNT_NAME set?)")
+                })?;
+            (Arc::new(s), prefix)
         } else if url.contains("://") && !url.starts_with("file://") {
             let scheme = url.split("://").next().unwrap_or_default();
             anyhow::bail!(
-                "remote {name}: {scheme}:// is not supported by this build (use s3://BUCKET/PREFIX, file:///DIR or a directory path)"
+                "remote {name}: {scheme}:// is not a supported store (use s3://BUCKET/PREFIX, gs://BUCKET/PREFIX, az://CONTAINER/PREFIX, file:///DIR or a directory path)"
             );
         } else {
             let p = PathBuf::from(url.strip_prefix("file://").unwrap_or(url));
@@ -730,6 +750,15 @@ fn item_manifest_objects(cache: &Cache, bytes: &[u8]) -> Vec<String> {
         out.push(h);
     }
     out
+}
+
+/// `BUCKET/PREFIX` → (bucket, prefix key).
+fn split_bucket<'a>(name: &str, url: &str, rest: &'a str) -> anyhow::Result<(&'a str, Key)> {
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        anyhow::bail!("remote {name}: {url} names no bucket or container");
+    }
+    Ok((bucket, Key::from(prefix.trim_matches('/'))))
 }
 
 fn client_options() -> ClientOptions {
