@@ -8,7 +8,7 @@ Peers (no verification, no checkout, so they are an upper bound for a plain down
 - directory: `cp -r REMOTE/objects DIR`.
 
 `tsumugi pull` does more than either: it reads each action entry, downloads every object
-the entries need into cache/objects (SHA-256 checked, fsynced, renamed into place) and
+the entries need into cache/objects (SHA-256 checked, renamed into place) and
 then checks the outputs out into the workspace (a second copy of every byte). Two
 payloads: many small objects (a directory output of N files) and a few large ones.
 

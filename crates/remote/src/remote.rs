@@ -41,18 +41,19 @@ use std::time::Duration;
 use anyhow::Context;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as Key;
-use object_store::{ClientOptions, ObjectStore, PutPayload, RetryConfig};
+use object_store::{ClientOptions, GetResultPayload, ObjectStore, PutPayload, RetryConfig};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use tsumugi_base::atomic::{fsync_dir, tmp_path, write_atomic};
+use tsumugi_base::atomic::{tmp_path, write_atomic};
 use tsumugi_store::cache::{ActionEntry, Cache, OutKind};
 use tsumugi_store::hash::{Manifest, sha256_hex};
 
 /// Objects transferred at once.
 const PARALLEL: usize = 16;
-/// Objects above this go up in parts (S3 caps one PUT at 5 GB; parts also retry alone).
-const MULTIPART_ABOVE: u64 = 32 << 20;
+/// Objects above this go up in parts (S3 caps one PUT at 5 GB; parts also retry alone);
+/// below it an object is read whole, so `PARALLEL` uploads hold at most 256 MiB.
+const MULTIPART_ABOVE: u64 = 16 << 20;
 
 /// Why a remote operation did not give a result.
 #[derive(Debug, thiserror::Error)]
@@ -368,21 +369,33 @@ impl Remote {
         fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let tmp = tmp_path(&dest);
         let res: Result<u64> = async {
-            let mut f = tokio::fs::File::create(&tmp)
-                .await
-                .with_context(|| format!("cannot create {}", tmp.display()))?;
-            let mut h = Sha256::new();
-            let mut size = 0u64;
-            let mut stream = got.into_stream();
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|e| self.unavailable(e))?;
-                h.update(&chunk);
-                size += chunk.len() as u64;
-                f.write_all(&chunk)
-                    .await
-                    .with_context(|| format!("cannot write {}", tmp.display()))?;
-            }
-            let actual = hex::encode(h.finalize());
+            let (actual, size) = match got.payload {
+                // A directory remote hands over an open file: one blocking copy with a large
+                // buffer instead of object_store's 8 KiB async chunks.
+                GetResultPayload::File(src, _) => {
+                    let t = tmp.clone();
+                    tokio::task::spawn_blocking(move || copy_hashed(src, &t))
+                        .await
+                        .map_err(anyhow::Error::from)??
+                }
+                GetResultPayload::Stream(mut stream) => {
+                    let mut f = tokio::fs::File::create(&tmp)
+                        .await
+                        .with_context(|| format!("cannot create {}", tmp.display()))?;
+                    let mut h = Sha256::new();
+                    let mut size = 0u64;
+                    while let Some(chunk) = stream.next().await {
+                        let chunk = chunk.map_err(|e| self.unavailable(e))?;
+                        h.update(&chunk);
+                        size += chunk.len() as u64;
+                        f.write_all(&chunk)
+                            .await
+                            .with_context(|| format!("cannot write {}", tmp.display()))?;
+                    }
+                    f.flush().await.map_err(anyhow::Error::from)?;
+                    (hex::encode(h.finalize()), size)
+                }
+            };
             if actual != hash {
                 self.suspect
                     .lock()
@@ -394,13 +407,13 @@ impl Remote {
                     actual,
                 });
             }
-            f.set_permissions(fs::Permissions::from_mode(0o444))
-                .await
+            fs::set_permissions(&tmp, fs::Permissions::from_mode(0o444))
                 .map_err(anyhow::Error::from)?;
-            f.sync_all().await.map_err(anyhow::Error::from)?;
-            drop(f);
+            // Renamed without an fsync: after a crash an object may hold other bytes than its
+            // name says, and every restore hashes every object, so that object is found,
+            // discarded and its stage re-run. An fsync per object made pulling 2,000 small
+            // objects several times slower (BENCHMARKS.md, "Remote cache").
             fs::rename(&tmp, &dest).with_context(|| format!("cannot store object {hash}"))?;
-            fsync_dir(&dir).map_err(anyhow::Error::from)?;
             Ok(size)
         }
         .await;
@@ -594,7 +607,7 @@ impl Remote {
     }
 
     /// Every action entry on the remote, checked: each object it needs is there and hashes
-    /// to its name. Downloads everything (into memory, one object at a time per task).
+    /// to its name. Downloads everything the entries reference (streamed and hashed).
     pub async fn verify(&self, progress: Progress<'_>) -> Result<VerifyReport> {
         let actions: Vec<_> = self
             .store
@@ -662,16 +675,24 @@ impl Remote {
         Ok(report)
     }
 
-    /// `Ok(None)` when the object is there and sound, else what is wrong with it.
+    /// `Ok(None)` when the object is there and sound, else what is wrong with it. Streamed:
+    /// a large object is hashed chunk by chunk, never held whole.
     async fn check_object(&self, hash: &str) -> Result<Option<String>> {
-        match self.get_bytes(&self.object_key(hash)).await? {
-            None => Ok(Some(format!("object {hash} is missing"))),
-            Some(b) => {
-                let actual = sha256_hex(&b);
-                Ok((actual != hash)
-                    .then(|| format!("object {hash} is corrupt (its content hashes to {actual})")))
+        let got = match self.store.get(&self.object_key(hash)).await {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Ok(Some(format!("object {hash} is missing")));
             }
+            Err(e) => return Err(self.unavailable(e)),
+        };
+        let mut h = Sha256::new();
+        let mut stream = got.into_stream();
+        while let Some(chunk) = stream.next().await {
+            h.update(&chunk.map_err(|e| self.unavailable(e))?);
         }
+        let actual = hex::encode(h.finalize());
+        Ok((actual != hash)
+            .then(|| format!("object {hash} is corrupt (its content hashes to {actual})")))
     }
 
     async fn verified_bytes(
@@ -704,6 +725,29 @@ pub struct VerifyReport {
     pub objects: usize,
     /// One sentence per problem; empty: the remote is consistent.
     pub problems: Vec<String>,
+}
+
+/// Copies `src` to a new file `dest`, hashing on the way: (SHA-256, bytes).
+fn copy_hashed(mut src: fs::File, dest: &Path) -> anyhow::Result<(String, u64)> {
+    use std::io::{Read, Write};
+    let mut out =
+        fs::File::create(dest).with_context(|| format!("cannot create {}", dest.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = match src.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).context("cannot read the remote object"),
+        };
+        h.update(&buf[..n]);
+        out.write_all(&buf[..n])
+            .with_context(|| format!("cannot write {}", dest.display()))?;
+        size += n as u64;
+    }
+    Ok((hex::encode(h.finalize()), size))
 }
 
 fn check_local(hash: &str, actual: &str) -> Result<()> {
