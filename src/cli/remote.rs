@@ -16,10 +16,14 @@ pub const LONG_ABOUT: &str =
     "Remote caches: the stage cache on object storage, shared by machines and people.
 
 Remotes are named in .tsumugi/config.toml at the project root (commit it to share the \
-names). URLs: s3://BUCKET/PREFIX (any S3-compatible server), file:///DIR or a directory \
-path (local disk, NFS). Credentials are never stored by tsumugi: an s3:// remote reads \
+names). URLs: s3://BUCKET/PREFIX (any S3-compatible server), gs://BUCKET/PREFIX, \
+az://CONTAINER/PREFIX, file:///DIR or a directory path (local disk, NFS). Credentials are \
+never stored by tsumugi: each store reads its standard environment, e.g. for s3:// \
 AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION and \
-AWS_ENDPOINT_URL (for MinIO, moto, …) from the environment.
+AWS_ENDPOINT_URL (for MinIO, moto, …); see docs/remote-cache.md.
+
+Downloads are verified (an object whose SHA-256 is not its name is never restored: the \
+stage runs), and an unreachable remote makes a run carry on locally after one warning.
 
 With a default remote (`remote add --default`), `tsumugi run` looks each stale stage up \
 on it before running it and uploads each stage it runs; `run --no-remote` turns that off.
@@ -35,7 +39,8 @@ pub enum RemoteCommand {
     /// Name a remote: `tsumugi remote add NAME URL [--default]`.
     Add {
         name: String,
-        /// s3://BUCKET/PREFIX, file:///DIR or a directory path (relative to the project).
+        /// s3://BUCKET/PREFIX, gs://…, az://…, file:///DIR or a directory path (relative to the
+        /// project).
         url: String,
         /// Use it for `run`, `push` and `pull` when no --remote is given.
         #[arg(long)]
