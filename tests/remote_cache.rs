@@ -469,6 +469,25 @@ fn remote_config_commands_and_their_errors() {
     let (code, _, err) = tsumugi(&p, &b, &["push", "p.yaml"]);
     assert_eq!(code, 2);
     assert!(err.contains("no default remote"), "{err}");
+
+    // A directory remote that is not there (a share not mounted): a run goes on locally
+    // with one warning and creates nothing; push fails and says why.
+    let gone = b.url("not-mounted");
+    p.write(
+        ".tsumugi/config.toml",
+        &format!("default_remote = \"nfs\"\n[remotes.nfs]\nurl = \"{gone}\"\n"),
+    );
+    let (code, v, err) = run(&p, &b, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(Proj::with_status(&v, "ran"), all());
+    assert_eq!(err.matches("warning").count(), 1, "{err}");
+    assert!(
+        err.contains("does not exist (a share not mounted?"),
+        "{err}"
+    );
+    assert!(!std::path::Path::new(&gone).exists());
+    let (code, _, err) = tsumugi(&p, &b, &["push", "p.yaml"]);
+    assert_eq!(code, 2, "{err}");
     assert!(!p.read(".tsumugi/config.toml").contains("team"));
 }
 

@@ -88,6 +88,25 @@ pub(super) fn open(project: &Project, name: Option<&str>) -> anyhow::Result<Opti
     }
 }
 
+/// For `run`: like [`open`], but a remote that cannot be opened (a directory not mounted,
+/// an S3 client that cannot be set up) is a warning and no remote, not a failed run. A
+/// config error still fails.
+pub(super) fn open_for_run(
+    project: &Project,
+    name: Option<&str>,
+) -> anyhow::Result<Option<Arc<Remote>>> {
+    let Some(spec) = Config::load(project.root())?.resolve(name)? else {
+        return Ok(None);
+    };
+    match Remote::open(&spec.name, &spec.url, project.root()) {
+        Ok(r) => Ok(Some(Arc::new(r))),
+        Err(e) => {
+            eprintln!("warning: {e:#}; running locally without it");
+            Ok(None)
+        }
+    }
+}
+
 fn open_required(project: &Project, name: Option<&str>) -> anyhow::Result<Arc<Remote>> {
     open(project, name)?.ok_or_else(|| {
         anyhow::anyhow!(
@@ -101,7 +120,7 @@ pub fn run(project: &Project, cmd: RemoteCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         RemoteCommand::Add { name, url, default } => {
             // Fails now on a URL this build cannot use, not at the first run.
-            Remote::open(&name, &url, project.root())?;
+            Remote::create(&name, &url, project.root())?;
             let mut cfg = Config::load(project.root())?;
             cfg.add(&name, &url, default)?;
             cfg.save()?;

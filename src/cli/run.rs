@@ -124,7 +124,7 @@ pub fn run(project: &Project, args: RunArgs) -> anyhow::Result<ExitCode> {
     let remote = if args.no_remote || args.dry_run {
         None
     } else {
-        super::remote::open(project, args.remote.as_deref())?
+        super::remote::open_for_run(project, args.remote.as_deref())?
     };
     let opts = RunOptions {
         remote,

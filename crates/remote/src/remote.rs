@@ -140,8 +140,19 @@ impl std::fmt::Debug for Remote {
 }
 
 impl Remote {
-    /// Opens the remote `name` at `url`: `s3://bucket[/prefix]`, `file:///dir`, or a directory
-    /// path (relative to the project `root`; created if missing). Nothing is contacted yet.
+    /// Like [`Remote::open`], creating a directory remote's directory first (`remote add`).
+    pub fn create(name: &str, url: &str, root: &Path) -> anyhow::Result<Remote> {
+        if let Some(dir) = local_dir(url, root) {
+            fs::create_dir_all(&dir)
+                .with_context(|| format!("remote {name}: cannot create {}", dir.display()))?;
+        }
+        Remote::open(name, url, root)
+    }
+
+    /// Opens the remote `name` at `url`: `s3://bucket[/prefix]`, `gs://…`, `az://…`,
+    /// `file:///dir`, or a directory path (relative to the project `root`). Nothing is
+    /// contacted yet. A directory remote must exist: a missing one is more likely an
+    /// unmounted share than a place to fill on the local disk.
     pub fn open(name: &str, url: &str, root: &Path) -> anyhow::Result<Remote> {
         let (store, prefix): (Arc<dyn ObjectStore>, Key) = if let Some(rest) =
             url.strip_prefix("s3://")
@@ -197,10 +208,13 @@ impl Remote {
                 "remote {name}: {scheme}:// is not a supported store (use s3://BUCKET/PREFIX, gs://BUCKET/PREFIX, az://CONTAINER/PREFIX, file:///DIR or a directory path)"
             );
         } else {
-            let p = PathBuf::from(url.strip_prefix("file://").unwrap_or(url));
-            let dir = if p.is_absolute() { p } else { root.join(p) };
-            fs::create_dir_all(&dir)
-                .with_context(|| format!("remote {name}: cannot create {}", dir.display()))?;
+            let dir = local_dir(url, root).expect("a directory URL");
+            if !dir.is_dir() {
+                anyhow::bail!(
+                    "remote {name}: directory {} does not exist (a share not mounted? `tsumugi remote add` creates it)",
+                    dir.display()
+                );
+            }
             let s = object_store::local::LocalFileSystem::new_with_prefix(&dir)
                 .with_context(|| format!("remote {name}: cannot open {}", dir.display()))?;
             (Arc::new(s), Key::default())
@@ -799,6 +813,15 @@ fn item_manifest_objects(cache: &Cache, bytes: &[u8]) -> Vec<String> {
     out
 }
 
+/// The directory of a `file://` or plain-path remote (relative to the project `root`).
+fn local_dir(url: &str, root: &Path) -> Option<PathBuf> {
+    if url.contains("://") && !url.starts_with("file://") {
+        return None;
+    }
+    let p = PathBuf::from(url.strip_prefix("file://").unwrap_or(url));
+    Some(if p.is_absolute() { p } else { root.join(p) })
+}
+
 /// `BUCKET/PREFIX` → (bucket, prefix key).
 fn split_bucket<'a>(name: &str, url: &str, rest: &'a str) -> anyhow::Result<(&'a str, Key)> {
     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
@@ -861,7 +884,11 @@ mod tests {
         fs::write(ws.join("dir/sub/b"), "B").unwrap();
         let a = Cache::new(d.path().join("a"));
         let e = entry(&a, &ws, "fp1");
-        let r = Remote::open("t", "rem", d.path()).unwrap();
+        assert!(
+            Remote::open("t", "rem", d.path()).is_err(),
+            "a missing directory"
+        );
+        let r = Remote::create("t", "rem", d.path()).unwrap();
         let nop = |_: u64| {};
         let t = r.push(&a, &e, &nop).await.unwrap();
         assert_eq!((t.objects, t.skipped), (4, 0));
