@@ -9,6 +9,7 @@
 //! | stages | `tsumugi-stages` | the stage contract; built-in kinds (their ML in burn) |
 //! | pipeline | `tsumugi-pipeline` | YAML pipeline file → validated [`spec::Pipeline`] → [`graph::Dag`] |
 //! | store | `tsumugi-store` | content hashes + stat cache, fingerprints, object store + action cache |
+//! | remote | `tsumugi-remote` | the cache mirrored on object storage (S3, shared directories) |
 //! | run record | `tsumugi-rundb` | the SQLite run database and its one writer |
 //! | executor | `tsumugi-exec` | freshness, slots, processes, per-item stages, registry |
 //! | triggers | `tsumugi-triggers` | watch, cron schedules, data conditions |
@@ -19,7 +20,7 @@
 pub mod cli;
 
 pub use tsumugi_base::{lock, project, safepath, supervise};
-pub use tsumugi_exec::{executor, freshness, map, registry};
+pub use tsumugi_exec::{executor, freshness, map, registry, remote_cache};
 pub use tsumugi_pipeline as spec;
 pub use tsumugi_pipeline::graph;
 pub use tsumugi_rundb as rundb;

@@ -12,6 +12,7 @@ mod dag;
 mod fsmonitor;
 mod gc;
 mod metrics;
+mod remote;
 mod run;
 mod runs;
 mod schedule;
@@ -93,6 +94,13 @@ pub enum Command {
     /// Score text pairs (JSONL) with a cross-encoder model directory.
     #[cfg(feature = "ml")]
     Score(score::ScoreArgs),
+    /// Remote caches on object storage (S3, a shared directory): add, list, remove, verify.
+    #[command(subcommand, long_about = remote::LONG_ABOUT)]
+    Remote(remote::RemoteCommand),
+    /// Upload the cached results the workspace is built from to a remote.
+    Push(remote::SyncArgs),
+    /// Fetch the selected stages' results from a remote (verified) and check them out.
+    Pull(remote::SyncArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -118,6 +126,9 @@ pub fn main() -> ExitCode {
         Command::Fsmonitor(a) => fsmonitor::run(&project, a),
         #[cfg(feature = "ml")]
         Command::Score(a) => score::run(a),
+        Command::Remote(a) => remote::run(&project, a),
+        Command::Push(a) => remote::sync(&project, a, false),
+        Command::Pull(a) => remote::sync(&project, a, true),
     };
     match result {
         Ok(code) => code,

@@ -43,6 +43,13 @@ pub struct RunArgs {
     /// No progress output on stderr.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Remote cache to read through (restore a stale stage's result if the remote has it)
+    /// and write through (upload what ran). Default: the project's default remote.
+    #[arg(long, value_name = "NAME", conflicts_with = "no_remote")]
+    pub remote: Option<String>,
+    /// Use no remote cache, even a default one.
+    #[arg(long)]
+    pub no_remote: bool,
 }
 
 /// Exit code when the project lock is held and `--no-wait` was given.
@@ -114,7 +121,13 @@ pub fn run(project: &Project, args: RunArgs) -> anyhow::Result<ExitCode> {
         Ok(p) => p,
         Err(code) => return Ok(code),
     };
+    let remote = if args.no_remote || args.dry_run {
+        None
+    } else {
+        super::remote::open_for_run(project, args.remote.as_deref())?
+    };
     let opts = RunOptions {
+        remote,
         targets,
         jobs: args.jobs.unwrap_or(0),
         keep_going: args.keep_going,

@@ -30,4 +30,6 @@ pub(crate) struct Ctx {
     pub(crate) stop_reason: Mutex<String>,
     /// One registration at a time (two stages may register under one name).
     pub(crate) registry: Mutex<()>,
+    /// Read-through / write-through remote cache (`run --remote`).
+    pub(crate) remote: Option<Arc<tsumugi_remote::Remote>>,
 }

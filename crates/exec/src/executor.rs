@@ -150,6 +150,7 @@ pub async fn run(project: &Project, pipeline: &Pipeline, opts: &RunOptions) -> R
         stop: AtomicBool::new(false),
         stop_reason: Mutex::new(String::new()),
         registry: Mutex::new(()),
+        remote: opts.remote.clone(),
     });
 
     let outcomes = schedule(&ctx, pipeline, &selection, opts).await;
@@ -468,12 +469,26 @@ async fn run_stage(
             return o;
         }
     };
+    // Read-through: a stale stage's result may be on the remote; fetched, it is fresh.
+    let mut from_remote = None;
+    let decision = if let Decision::Run { fp, .. } = &decision
+        && let Some(name) = crate::remote_cache::read_through(&ctx, &stage, fp).await
+    {
+        from_remote = Some(name);
+        let (c, st) = (ctx.clone(), stage.clone());
+        match tokio::task::spawn_blocking(move || decide(&c, &st)).await {
+            Ok(Ok(d)) => d,
+            _ => decision,
+        }
+    } else {
+        decision
+    };
     let (components, fp) = match decision {
         Decision::Fresh { fp, restored, outs } => {
             pool.done_deciding(index);
             let mut o = outcome(
                 &stage.name,
-                if restored.is_empty() {
+                if restored.is_empty() && from_remote.is_none() {
                     StageState::Cached
                 } else {
                     StageState::Restored
@@ -481,7 +496,10 @@ async fn run_stage(
                 Some(fp.clone()),
                 String::new(),
             );
-            o.message = (!restored.is_empty()).then(|| format!("restored {}", restored.join(", ")));
+            o.message = match &from_remote {
+                Some(r) => Some(format!("restored from remote {r}")),
+                None => (!restored.is_empty()).then(|| format!("restored {}", restored.join(", "))),
+            };
             let c = ctx.clone();
             let st = stage.clone();
             let reg = tokio::task::spawn_blocking(move || {
@@ -584,6 +602,9 @@ async fn run_stage(
                         .map(|recs| register_outcome(&c, &st, &recs))
                 })
                 .await;
+                if matches!(commit, Ok(Ok(_))) {
+                    crate::remote_cache::write_through(&ctx, &stage, &fp).await;
+                }
                 let mut o = outcome(
                     &stage.name,
                     StageState::Ran,

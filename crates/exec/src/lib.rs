@@ -12,6 +12,7 @@
 //! | `status` | `status` and `--dry-run`, through the one freshness decision |
 //! | [`freshness`] | the one freshness decision (`run`, `status`, `--dry-run`): fresh, or dirty with typed reasons |
 //! | [`map`] | per-item stages (`map:`): one fingerprint and cache entry per item |
+//! | [`remote_cache`] | `run --remote` read-through / write-through; `push` and `pull` |
 //! | [`registry`] | adapter versions kept by `register:`, with gates, promotion and rollback |
 //!
 //! Below it: `tsumugi-pipeline` (what to run), `tsumugi-store` (fingerprints and the
@@ -26,6 +27,7 @@ pub mod map;
 mod outcome;
 mod process;
 pub mod registry;
+pub mod remote_cache;
 mod slots;
 mod status;
 mod ui;

@@ -65,6 +65,9 @@ pub struct RunOptions {
     /// Set to cancel the run from outside.
     pub cancel: Arc<AtomicBool>,
     pub progress: ProgressMode,
+    /// Remote cache to read through before running a stale stage and to write through after
+    /// committing one (see `remote_cache`).
+    pub remote: Option<Arc<tsumugi_remote::Remote>>,
 }
 
 impl Default for RunOptions {
@@ -82,6 +85,7 @@ impl Default for RunOptions {
             handle_signals: true,
             cancel: Arc::new(AtomicBool::new(false)),
             progress: ProgressMode::Auto,
+            remote: None,
         }
     }
 }
