@@ -93,6 +93,9 @@ pub enum Command {
     /// Score text pairs (JSONL) with a cross-encoder model directory.
     #[cfg(feature = "ml")]
     Score(score::ScoreArgs),
+    /// Run one built-in stage from a hashed request file (what a Slurm job runs).
+    #[command(name = "__stage-exec", hide = true)]
+    StageExec { request: PathBuf },
 }
 
 pub fn main() -> ExitCode {
@@ -118,6 +121,9 @@ pub fn main() -> ExitCode {
         Command::Fsmonitor(a) => fsmonitor::run(&project, a),
         #[cfg(feature = "ml")]
         Command::Score(a) => score::run(a),
+        Command::StageExec { request } => {
+            tsumugi_exec::executor::run_stage_request(&request).map(|()| ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,

@@ -5,6 +5,8 @@
 //! | [`executor`] | the run: order, retries, timeouts, cancellation, the stage lifecycle; its API re-exported from the private modules below |
 //! | `outcome` | what a run is asked and what it answers (`RunOptions`, `RunSummary`, `StageStatus`) |
 //! | `process` | command stages as supervised process groups; built-in kinds |
+//! | `launch` | where a stage's work runs: [`Launcher`](launch) local or Slurm |
+//! | `slurm` | the Slurm executor: batch scripts, one `squeue` per interval, `__stage-exec` requests |
 //! | `ui` | what a running stage reports, and the terminal's progress bars or plain lines |
 //! | `slots` | `-j` and GPU slots (`CUDA_VISIBLE_DEVICES`) |
 //! | `ctx` | the shared state of one run |
@@ -20,6 +22,7 @@
 
 mod commit;
 mod ctx;
+mod launch;
 pub mod executor;
 pub mod freshness;
 pub mod map;
@@ -27,5 +30,6 @@ mod outcome;
 mod process;
 pub mod registry;
 mod slots;
+mod slurm;
 mod status;
 mod ui;

@@ -65,6 +65,9 @@ pub struct RunOptions {
     /// Set to cancel the run from outside.
     pub cancel: Arc<AtomicBool>,
     pub progress: ProgressMode,
+    /// `--executor`: where stages without their own `executor:` run (default: the
+    /// pipeline's `executor:`, else local).
+    pub executor: Option<tsumugi_pipeline::ExecutorKind>,
 }
 
 impl Default for RunOptions {
@@ -82,6 +85,7 @@ impl Default for RunOptions {
             handle_signals: true,
             cancel: Arc::new(AtomicBool::new(false)),
             progress: ProgressMode::Auto,
+            executor: None,
         }
     }
 }
