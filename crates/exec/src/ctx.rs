@@ -8,9 +8,8 @@ use tsumugi_rundb::{self, RunDb};
 use tsumugi_store::cache::Cache;
 use tsumugi_store::hash::StatCache;
 
-use tsumugi_pipeline::{ExecutorKind, Stage};
+use tsumugi_pipeline::ExecutorKind;
 
-use crate::launch::{Launcher, LocalLauncher, SlurmLauncher};
 use crate::ui::Ui;
 
 /// Shared state of one run.
@@ -37,14 +36,4 @@ pub(crate) struct Ctx {
     pub(crate) stop_reason: Mutex<String>,
     /// One registration at a time (two stages may register under one name).
     pub(crate) registry: Mutex<()>,
-}
-
-impl Ctx {
-    /// Where `stage`'s work runs.
-    pub(crate) fn launcher(&self, stage: &Stage) -> &'static dyn Launcher {
-        match stage.exec.resolve(self.executor) {
-            ExecutorKind::Local => &LocalLauncher,
-            ExecutorKind::Slurm => &SlurmLauncher,
-        }
-    }
 }

@@ -48,8 +48,8 @@ pub use crate::outcome::{
     ProgressMode, RunOptions, RunSummary, StageOutcome, StageState, StageStatus, TriggerKind,
 };
 pub use crate::process::{CmdStage, CommandFailed, builtin_stage};
-pub use crate::slurm::{StageRequest, run_request as run_stage_request, sbatch_options};
 pub use crate::slots::detect_gpus;
+pub use crate::slurm::{StageRequest, run_request as run_stage_request, sbatch_options};
 pub use crate::status::status;
 
 /// Stages of `pipeline` to consider: `targets` and all they need (every stage when there
@@ -261,7 +261,7 @@ async fn schedule(
             let st = pipeline.stage(n).expect("stage");
             let gpu_need = st.resources.gpu as usize;
             // A Slurm stage's GPUs are the cluster's (`--gres`), not this machine's.
-            if gpu_need > pool.gpu_total && !ctx.launcher(st).is_remote() {
+            if gpu_need > pool.gpu_total && !crate::launch::launcher(ctx, st).is_remote() {
                 let o = outcome(
                     n,
                     StageState::Failed,
@@ -520,16 +520,13 @@ async fn run_stage(
         .to_path_buf();
     // A Slurm stage takes only a job slot here: its CPUs and GPUs are the cluster's
     // (`--cpus-per-task`, `--gres`), not this machine's.
-    let on_slurm = ctx.launcher(&stage).is_remote();
+    let on_slurm = crate::launch::launcher(&ctx, &stage).is_remote();
     let (cpu_slots, gpu_slots) = if on_slurm {
         (0, 0)
     } else {
         (stage.resources.cpu, stage.resources.gpu as usize)
     };
-    let Some(grant) = pool
-        .acquire(index, cpu_slots, gpu_slots, &ctx)
-        .await
-    else {
+    let Some(grant) = pool.acquire(index, cpu_slots, gpu_slots, &ctx).await else {
         let reason = if ctx.cancel.load(Ordering::SeqCst) {
             "run cancelled".to_string()
         } else {
@@ -858,9 +855,14 @@ fn execute_once(
             &input,
             &reporter,
         ),
-        None => ctx
-            .launcher(stage)
-            .launch(ctx, stage, imp.as_ref(), &input, &reporter, attempt),
+        None => crate::launch::launcher(ctx, stage).launch(
+            ctx,
+            stage,
+            imp.as_ref(),
+            &input,
+            &reporter,
+            attempt,
+        ),
     };
     let timed_out = reporter.timed_out.load(Ordering::Relaxed);
     let cancelled = ctx.cancel.load(Ordering::SeqCst);

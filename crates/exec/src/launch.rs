@@ -2,7 +2,7 @@
 //! retries, fingerprint, commit, cache, records) is the executor's and the same for all.
 
 use anyhow::Result;
-use tsumugi_pipeline::Stage;
+use tsumugi_pipeline::{ExecutorKind, Stage};
 use tsumugi_stages::{Reporter, Stage as StageImpl, StageInput};
 
 use crate::ctx::Ctx;
@@ -59,5 +59,13 @@ impl Launcher for SlurmLauncher {
     }
     fn is_remote(&self) -> bool {
         true
+    }
+}
+
+/// Where `stage`'s work runs in this run.
+pub(crate) fn launcher(ctx: &Ctx, stage: &Stage) -> &'static dyn Launcher {
+    match stage.exec.resolve(ctx.executor) {
+        ExecutorKind::Local => &LocalLauncher,
+        ExecutorKind::Slurm => &SlurmLauncher,
     }
 }

@@ -22,9 +22,9 @@
 
 mod commit;
 mod ctx;
-mod launch;
 pub mod executor;
 pub mod freshness;
+mod launch;
 pub mod map;
 mod outcome;
 mod process;

@@ -225,10 +225,7 @@ static TOKENS: OnceLock<Mutex<HashMap<PathBuf, (PathBuf, String)>>> = OnceLock::
 impl RunDir {
     fn new(root: &Path, run_id: &str) -> Result<RunDir> {
         let dir = root.join("runs").join(run_id).join("slurm");
-        let mut map = TOKENS
-            .get_or_init(Default::default)
-            .lock()
-            .expect("tokens");
+        let mut map = TOKENS.get_or_init(Default::default).lock().expect("tokens");
         let (token_file, token) = match map.get(&dir) {
             Some(t) => t.clone(),
             None => {
@@ -373,7 +370,10 @@ pub(crate) fn run_stage(
         .next()
         .unwrap_or_default()
         .to_owned();
-    report.log(&format!("--- tsumugi: slurm job {job} ({}) ---", script_file.display()));
+    report.log(&format!(
+        "--- tsumugi: slurm job {job} ({}) ---",
+        script_file.display()
+    ));
     queue.add(&job);
     let res = wait_job(queue, &job, &out_file, &exit_file, report);
     queue.remove(&job);

@@ -539,7 +539,10 @@ impl<'a> Cx<'a> {
                 Some(s) if !s.is_empty() => *slot = Some(s.to_owned()),
                 _ => self.err(
                     v.pos,
-                    format!("expected a non-empty string for {item}, found {}", v.type_name()),
+                    format!(
+                        "expected a non-empty string for {item}, found {}",
+                        v.type_name()
+                    ),
                 ),
             }
         }
