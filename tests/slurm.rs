@@ -330,3 +330,28 @@ stages:
     );
     assert_eq!(p.executions(), ["ran"]);
 }
+
+#[test]
+fn bad_executor_settings_are_positioned_errors() {
+    let p = Proj::new(
+        "name: x\nexecutor: ssh\nslurm: {partition: 3, qoss: a}\nstages:\n  a:\n    cmd: \"true\"\n    executor: 1\n",
+    );
+    let out = p.cmd().args(["validate", "p.yaml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "p.yaml:2:11: invalid executor 'ssh' for the pipeline's 'executor' (expected local or slurm)",
+        "p.yaml:3:20: expected a non-empty string for 'slurm.partition' of the pipeline",
+        "p.yaml:3:23: unknown key 'qoss' in 'slurm' of the pipeline",
+        "p.yaml:7:15: expected a string (local or slurm) for 'executor' of stage 'a'",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+    let out = p
+        .cmd()
+        .args(["run", "p.yaml", "--executor", "ssh"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected local or slurm"));
+}

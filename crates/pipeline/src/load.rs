@@ -503,10 +503,11 @@ impl<'a> Cx<'a> {
     /// `slurm: {partition, account, qos, extra}` over `base`, key by key.
     fn slurm_settings(&mut self, node: &Node, base: &SlurmSettings, what: &str) -> SlurmSettings {
         let mut out = base.clone();
-        let Some(entries) = self.expect_map(node, what) else {
+        let block = format!("'slurm' of {what}");
+        let Some(entries) = self.expect_map(node, &block) else {
             return out;
         };
-        self.check_keys(entries, format::SLURM, what);
+        self.check_keys(entries, format::SLURM, &block);
         for (k, v) in entries {
             let key = k.scalar_text().unwrap_or_default();
             let item = format!("'slurm.{key}' of {what}");
