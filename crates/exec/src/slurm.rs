@@ -276,7 +276,6 @@ pub fn sbatch_options(stage: &Stage) -> Vec<String> {
 }
 
 /// Runs one attempt of `stage` as a Slurm job and waits for it.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn run_stage(
     queue: &Queue,
     run_id: &str,
