@@ -271,7 +271,7 @@ stages:
   train:
     cmd: echo trained > out/m
     outs: [out/m]
-    resources: {gpu: 1, cpu: 2}
+    resources: {gpu: 1, cpu: 2, mem: 1G}
 "#,
     );
     let (code, _, err) = run(&p, &[]);

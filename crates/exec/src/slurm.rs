@@ -258,6 +258,9 @@ pub fn sbatch_options(stage: &Stage) -> Vec<String> {
     if stage.resources.cpu > 0 {
         o.push(format!("--cpus-per-task={}", stage.resources.cpu));
     }
+    if stage.resources.mem_mb > 0 {
+        o.push(format!("--mem={}M", stage.resources.mem_mb));
+    }
     if let Some(t) = stage.timeout {
         // Slurm's limit is in whole minutes; tsumugi enforces the exact one itself.
         o.push(format!("--time={}", t.as_secs().div_ceil(60).max(1)));

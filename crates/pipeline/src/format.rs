@@ -180,6 +180,10 @@ pub const SQLITE_FIELDS: Keys = &[
 pub const RESOURCES: Keys = &[
     ("gpu", "GPU slots (pins CUDA_VISIBLE_DEVICES)."),
     ("cpu", "CPU slots."),
+    (
+        "mem",
+        "Memory of the stage's Slurm job (--mem): MiB as a number, or 512M, 16G, 1T; not a local slot.",
+    ),
 ];
 
 pub const SLURM: Keys = &[

@@ -2313,6 +2313,23 @@ impl<'a> Cx<'a> {
         };
         self.check_keys(entries, format::RESOURCES, &what);
         for (k, v) in entries {
+            if k.scalar_text() == Some("mem") {
+                let text = match &v.kind {
+                    Kind::Scalar { text, .. } => Some(text.as_str()),
+                    _ => None,
+                };
+                match text.and_then(parse_mem_mb) {
+                    Some(mb) => r.mem_mb = mb,
+                    None => self.err(
+                        v.pos,
+                        format!(
+                            "expected a memory size for 'resources.mem' of stage '{name}' (MiB as a number, or 512M, 16G, 1T), found {}",
+                            text.map_or_else(|| v.type_name().to_string(), |t| format!("'{t}'"))
+                        ),
+                    ),
+                }
+                continue;
+            }
             let slot = match k.scalar_text() {
                 Some("gpu") => &mut r.gpu,
                 Some("cpu") => &mut r.cpu,
@@ -2823,4 +2840,18 @@ fn param_refs(node: &Node) -> Vec<String> {
     }
     walk(node, &mut out);
     out
+}
+
+/// `resources.mem`: MiB as a plain number, or a number with K, M, G or T (binary units).
+fn parse_mem_mb(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let (num, mul_kb) = match t.chars().last()?.to_ascii_uppercase() {
+        'K' => (&t[..t.len() - 1], 1u64),
+        'M' => (&t[..t.len() - 1], 1 << 10),
+        'G' => (&t[..t.len() - 1], 1 << 20),
+        'T' => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1 << 10),
+    };
+    let n: u64 = num.parse().ok()?;
+    Some(n.checked_mul(mul_kb)?.div_ceil(1024))
 }

@@ -82,6 +82,9 @@ pub struct Out {
 pub struct Resources {
     pub gpu: u32,
     pub cpu: u32,
+    /// Memory in MiB (`mem: 16G`); 0: not declared. Only the Slurm executor uses it
+    /// (`--mem`); locally it is not a slot.
+    pub mem_mb: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

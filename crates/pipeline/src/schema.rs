@@ -58,6 +58,12 @@ fn key_type(table: &str, key: &str) -> Option<Value> {
         ("stage" | "top", "executor") => json!({"enum": ["local", "slurm"], "default": "local"}),
         ("stage" | "top", "slurm") => obj(format::SLURM, "slurm", &[]),
         ("slurm", "partition" | "account" | "qos") => json!({"type": "string", "minLength": 1}),
+        ("resources", "mem") => json!({
+            "oneOf": [
+                {"type": "integer", "minimum": 0},
+                {"type": "string", "pattern": "^[0-9]+[KMGTkmgt]?$"}
+            ]
+        }),
         ("slurm", "extra") => json!({"type": "array", "items": {"type": "string"}}),
         ("stage", "map") => obj(format::MAP, "map", &[]),
         ("stage", "merge") => obj(format::MERGE, "merge", &["out"]),
