@@ -52,8 +52,12 @@ fn job_ids(p: &Proj) -> Vec<String> {
     for e in walk(&p.path("runs")) {
         if e.extension().is_some_and(|x| x == "log") {
             for l in std::fs::read_to_string(&e).unwrap_or_default().lines() {
-                if let Some(rest) = l.strip_prefix("--- tsumugi: slurm job ") {
-                    ids.push(rest.split_whitespace().next().unwrap().to_string());
+                // The submission line (`… job N (script) ---`), not a failure message.
+                if let Some(rest) = l.strip_prefix("--- tsumugi: slurm job ")
+                    && let Some(id) = rest.split_whitespace().next()
+                    && id.bytes().all(|b| b.is_ascii_digit())
+                {
+                    ids.push(id.to_string());
                 }
             }
         }
@@ -354,4 +358,27 @@ fn bad_executor_settings_are_positioned_errors() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("expected local or slurm"));
+}
+
+#[test]
+fn a_retry_is_a_new_submission() {
+    if !slurm() {
+        return;
+    }
+    let p = Proj::new(
+        r#"
+name: r
+stages:
+  flaky:
+    cmd: if [ -f seen ]; then echo ok > out/r; else touch seen; exit 3; fi
+    outs: [out/r]
+    retry: {attempts: 1, backoff: 0s}
+"#,
+    );
+    let (code, v, err) = run(&p, &[]);
+    assert_eq!(code, 0, "{err}\n{v}");
+    assert_eq!(Proj::with_status(&v, "ran"), ["flaky"]);
+    let ids = job_ids(&p);
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert_ne!(ids[0], ids[1]);
 }
