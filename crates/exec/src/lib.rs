@@ -5,7 +5,7 @@
 //! | [`executor`] | the run: order, retries, timeouts, cancellation, the stage lifecycle; its API re-exported from the private modules below |
 //! | `outcome` | what a run is asked and what it answers (`RunOptions`, `RunSummary`, `StageStatus`) |
 //! | `process` | command stages as supervised process groups; built-in kinds |
-//! | `launch` | where a stage's work runs: [`Launcher`](launch) local or Slurm |
+//! | `launch` | where a stage's work runs: the `Launcher` trait, local or Slurm |
 //! | `slurm` | the Slurm executor: batch scripts, one `squeue` per interval, `__stage-exec` requests |
 //! | `ui` | what a running stage reports, and the terminal's progress bars or plain lines |
 //! | `slots` | `-j` and GPU slots (`CUDA_VISIBLE_DEVICES`) |
