@@ -34,6 +34,7 @@ fn stage(name: &str, action: Action, deps: &[&str], outs: &[&str], needs: &[&str
         timeout: None,
         map: None,
         register: None,
+        exec: Default::default(),
         span: Span::default(),
     }
 }

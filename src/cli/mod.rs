@@ -101,6 +101,9 @@ pub enum Command {
     Push(remote::SyncArgs),
     /// Fetch the selected stages' results from a remote (verified) and check them out.
     Pull(remote::SyncArgs),
+    /// Run one built-in stage from a hashed request file (what a Slurm job runs).
+    #[command(name = "__stage-exec", hide = true)]
+    StageExec { request: PathBuf },
 }
 
 pub fn main() -> ExitCode {
@@ -129,6 +132,9 @@ pub fn main() -> ExitCode {
         Command::Remote(a) => remote::run(&project, a),
         Command::Push(a) => remote::sync(&project, a, false),
         Command::Pull(a) => remote::sync(&project, a, true),
+        Command::StageExec { request } => {
+            tsumugi_exec::executor::run_stage_request(&request).map(|()| ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,

@@ -50,6 +50,11 @@ pub struct RunArgs {
     /// Use no remote cache, even a default one.
     #[arg(long)]
     pub no_remote: bool,
+    /// Where stages without their own `executor:` run: local, or slurm (one sbatch job per
+    /// stage; the project must be on a file system the nodes share, see docs/slurm.md).
+    /// Default: the pipeline's `executor:`, else local.
+    #[arg(long, value_name = "local|slurm", value_parser = parse_executor)]
+    pub executor: Option<tsumugi_pipeline::ExecutorKind>,
 }
 
 /// Exit code when the project lock is held and `--no-wait` was given.
@@ -142,6 +147,7 @@ pub fn run(project: &Project, args: RunArgs) -> anyhow::Result<ExitCode> {
         } else {
             ProgressMode::Auto
         },
+        executor: args.executor,
         ..RunOptions::default()
     };
     if let Err(e) = executor::select(&pipeline, &opts.targets) {
@@ -258,4 +264,9 @@ pub fn summary_json(s: &RunSummary) -> serde_json::Value {
 
 fn secs(d: std::time::Duration) -> f64 {
     (d.as_secs_f64() * 1000.0).round() / 1000.0
+}
+
+fn parse_executor(s: &str) -> Result<tsumugi_pipeline::ExecutorKind, String> {
+    tsumugi_pipeline::ExecutorKind::parse(s)
+        .ok_or_else(|| format!("invalid executor '{s}' (expected local or slurm)"))
 }

@@ -8,6 +8,8 @@ use tsumugi_rundb::{self, RunDb};
 use tsumugi_store::cache::Cache;
 use tsumugi_store::hash::StatCache;
 
+use tsumugi_pipeline::ExecutorKind;
+
 use crate::ui::Ui;
 
 /// Shared state of one run.
@@ -24,6 +26,10 @@ pub(crate) struct Ctx {
     /// Items of a `map:` stage running at once (`--jobs`).
     pub(crate) jobs: usize,
     pub(crate) ui: Ui,
+    /// `--executor`, if given (a stage's own `executor:` still wins).
+    pub(crate) executor: Option<ExecutorKind>,
+    /// Job states of the run's Slurm jobs (one `squeue` per interval for all).
+    pub(crate) slurm: crate::slurm::Queue,
     pub(crate) keep_going: bool,
     /// Set after a failure without --keep-going (or on cancel): start nothing new.
     pub(crate) stop: AtomicBool,

@@ -49,6 +49,7 @@ pub use crate::outcome::{
 };
 pub use crate::process::{CmdStage, CommandFailed, builtin_stage};
 pub use crate::slots::detect_gpus;
+pub use crate::slurm::{StageRequest, run_request as run_stage_request, sbatch_options};
 pub use crate::status::status;
 
 /// Stages of `pipeline` to consider: `targets` and all they need (every stage when there
@@ -146,6 +147,8 @@ pub async fn run(project: &Project, pipeline: &Pipeline, opts: &RunOptions) -> R
             j => j,
         },
         ui: Ui::new(opts.progress),
+        executor: opts.executor,
+        slurm: crate::slurm::Queue::new(),
         keep_going: opts.keep_going,
         stop: AtomicBool::new(false),
         stop_reason: Mutex::new(String::new()),
@@ -258,7 +261,8 @@ async fn schedule(
             }
             let st = pipeline.stage(n).expect("stage");
             let gpu_need = st.resources.gpu as usize;
-            if gpu_need > pool.gpu_total {
+            // A Slurm stage's GPUs are the cluster's (`--gres`), not this machine's.
+            if gpu_need > pool.gpu_total && !crate::launch::launcher(ctx, st).is_remote() {
                 let o = outcome(
                     n,
                     StageState::Failed,
@@ -532,15 +536,15 @@ async fn run_stage(
         .strip_prefix(ctx.project.root())
         .unwrap_or(&log_path)
         .to_path_buf();
-    let Some(grant) = pool
-        .acquire(
-            index,
-            stage.resources.cpu,
-            stage.resources.gpu as usize,
-            &ctx,
-        )
-        .await
-    else {
+    // A Slurm stage takes only a job slot here: its CPUs and GPUs are the cluster's
+    // (`--cpus-per-task`, `--gres`), not this machine's.
+    let on_slurm = crate::launch::launcher(&ctx, &stage).is_remote();
+    let (cpu_slots, gpu_slots) = if on_slurm {
+        (0, 0)
+    } else {
+        (stage.resources.cpu, stage.resources.gpu as usize)
+    };
+    let Some(grant) = pool.acquire(index, cpu_slots, gpu_slots, &ctx).await else {
         let reason = if ctx.cancel.load(Ordering::SeqCst) {
             "run cancelled".to_string()
         } else {
@@ -872,7 +876,14 @@ fn execute_once(
             &input,
             &reporter,
         ),
-        None => imp.run(&input, &reporter),
+        None => crate::launch::launcher(ctx, stage).launch(
+            ctx,
+            stage,
+            imp.as_ref(),
+            &input,
+            &reporter,
+            attempt,
+        ),
     };
     let timed_out = reporter.timed_out.load(Ordering::Relaxed);
     let cancelled = ctx.cancel.load(Ordering::SeqCst);

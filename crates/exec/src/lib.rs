@@ -5,6 +5,8 @@
 //! | [`executor`] | the run: order, retries, timeouts, cancellation, the stage lifecycle; its API re-exported from the private modules below |
 //! | `outcome` | what a run is asked and what it answers (`RunOptions`, `RunSummary`, `StageStatus`) |
 //! | `process` | command stages as supervised process groups; built-in kinds |
+//! | `launch` | where a stage's work runs: the `Launcher` trait, local or Slurm |
+//! | `slurm` | the Slurm executor: batch scripts, one `squeue` per interval, `__stage-exec` requests |
 //! | `ui` | what a running stage reports, and the terminal's progress bars or plain lines |
 //! | `slots` | `-j` and GPU slots (`CUDA_VISIBLE_DEVICES`) |
 //! | `ctx` | the shared state of one run |
@@ -23,11 +25,13 @@ mod commit;
 mod ctx;
 pub mod executor;
 pub mod freshness;
+mod launch;
 pub mod map;
 mod outcome;
 mod process;
 pub mod registry;
 pub mod remote_cache;
 mod slots;
+mod slurm;
 mod status;
 mod ui;

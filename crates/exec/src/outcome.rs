@@ -68,6 +68,9 @@ pub struct RunOptions {
     /// Remote cache to read through before running a stale stage and to write through after
     /// committing one (see `remote_cache`).
     pub remote: Option<Arc<tsumugi_remote::Remote>>,
+    /// `--executor`: where stages without their own `executor:` run (default: the
+    /// pipeline's `executor:`, else local).
+    pub executor: Option<tsumugi_pipeline::ExecutorKind>,
 }
 
 impl Default for RunOptions {
@@ -86,6 +89,7 @@ impl Default for RunOptions {
             cancel: Arc::new(AtomicBool::new(false)),
             progress: ProgressMode::Auto,
             remote: None,
+            executor: None,
         }
     }
 }

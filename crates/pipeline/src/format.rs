@@ -18,6 +18,14 @@ pub const TOP: Keys = &[
         "triggers",
         "When `tsumugi watch`/`tsumugi schedule` run the pipeline.",
     ),
+    (
+        "executor",
+        "Where stages run by default: local (default) or slurm (docs/slurm.md).",
+    ),
+    (
+        "slurm",
+        "Slurm settings for stages run by the slurm executor: {partition, account, qos, extra: [ARGS]}.",
+    ),
 ];
 
 pub const STAGE: Keys = &[
@@ -60,6 +68,14 @@ pub const STAGE: Keys = &[
         "Retries after a failure: a count, or {attempts: N, backoff: DURATION}.",
     ),
     ("timeout", "Time limit of one attempt: 30s, 10m, 2h, 1h30m."),
+    (
+        "executor",
+        "Where this stage runs: local or slurm (overrides the pipeline and --executor).",
+    ),
+    (
+        "slurm",
+        "Slurm settings for this stage, overriding the pipeline's key by key.",
+    ),
     (
         "map",
         "Run once per item: {glob: PATTERN} | {lines: PATH} | {rows: PATH, key: FIELD}, optional batch: true; outs are per-item templates using ${item.*}.",
@@ -164,6 +180,17 @@ pub const SQLITE_FIELDS: Keys = &[
 pub const RESOURCES: Keys = &[
     ("gpu", "GPU slots (pins CUDA_VISIBLE_DEVICES)."),
     ("cpu", "CPU slots."),
+    (
+        "mem",
+        "Memory of the stage's Slurm job (--mem): MiB as a number, or 512M, 16G, 1T; not a local slot.",
+    ),
+];
+
+pub const SLURM: Keys = &[
+    ("partition", "sbatch --partition."),
+    ("account", "sbatch --account."),
+    ("qos", "sbatch --qos."),
+    ("extra", "More sbatch arguments, passed as given."),
 ];
 
 pub const RETRY: Keys = &[

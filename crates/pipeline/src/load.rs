@@ -446,6 +446,8 @@ struct Cx<'a> {
     /// A value went over a limit of `interp` (reported once: the values made from it would
     /// each go over again).
     over_limit: bool,
+    /// The pipeline's `executor:` and `slurm:`, which every stage starts from.
+    pipeline_exec: StageExecutor,
 }
 
 impl<'a> Cx<'a> {
@@ -468,7 +470,84 @@ impl<'a> Cx<'a> {
             registered: Vec::new(),
             expansion: interp::Budget::default(),
             over_limit: false,
+            pipeline_exec: StageExecutor::default(),
         }
+    }
+
+    /// `executor: local|slurm`.
+    fn executor_kind(&mut self, node: &Node, what: &str) -> Option<ExecutorKind> {
+        match node.as_str() {
+            Some(s) => match ExecutorKind::parse(s) {
+                Some(k) => Some(k),
+                None => {
+                    self.err(
+                        node.pos,
+                        format!("invalid executor '{s}' for {what} (expected local or slurm)"),
+                    );
+                    None
+                }
+            },
+            None => {
+                self.err(
+                    node.pos,
+                    format!(
+                        "expected a string (local or slurm) for {what}, found {}",
+                        node.type_name()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// `slurm: {partition, account, qos, extra}` over `base`, key by key.
+    fn slurm_settings(&mut self, node: &Node, base: &SlurmSettings, what: &str) -> SlurmSettings {
+        let mut out = base.clone();
+        let block = format!("'slurm' of {what}");
+        let Some(entries) = self.expect_map(node, &block) else {
+            return out;
+        };
+        self.check_keys(entries, format::SLURM, &block);
+        for (k, v) in entries {
+            let key = k.scalar_text().unwrap_or_default();
+            let item = format!("'slurm.{key}' of {what}");
+            let slot = match key {
+                "partition" => &mut out.partition,
+                "account" => &mut out.account,
+                "qos" => &mut out.qos,
+                "extra" => {
+                    if let Some(items) = self.expect_list(v, &item) {
+                        let mut extra = Vec::new();
+                        for it in items {
+                            match it.as_str() {
+                                Some(s) => extra.push(s.to_owned()),
+                                None => self.err(
+                                    it.pos,
+                                    format!(
+                                        "expected a string in {item}, found {}",
+                                        it.type_name()
+                                    ),
+                                ),
+                            }
+                        }
+                        out.extra = extra;
+                    }
+                    continue;
+                }
+                _ => continue,
+            };
+            match v.as_str() {
+                Some(s) if !s.is_empty() => *slot = Some(s.to_owned()),
+                _ => self.err(
+                    v.pos,
+                    format!(
+                        "expected a non-empty string for {item}, found {}",
+                        v.type_name()
+                    ),
+                ),
+            }
+        }
+        out
     }
 
     fn span(&self, pos: Pos) -> Span {
@@ -843,6 +922,14 @@ impl<'a> Cx<'a> {
             None => Map::new(),
             Some((_, p)) => self.params(p),
         };
+
+        if let Some((_, e)) = get("executor") {
+            self.pipeline_exec.pipeline = self.executor_kind(e, "the pipeline's 'executor'");
+        }
+        if let Some((_, sl)) = get("slurm") {
+            self.pipeline_exec.slurm =
+                self.slurm_settings(sl, &SlurmSettings::default(), "the pipeline");
+        }
 
         let stages = match get("stages") {
             Some((_, s)) => self.stages(s, &params, &name, project),
@@ -1704,6 +1791,15 @@ impl<'a> Cx<'a> {
             .get("timeout")
             .and_then(|t| self.duration(t, &format!("'timeout' of stage '{name}'")));
 
+        let mut exec = self.pipeline_exec.clone();
+        if let Some(e) = inst.get("executor") {
+            exec.stage = self.executor_kind(e, &format!("'executor' of stage '{name}'"));
+        }
+        if let Some(sl) = inst.get("slurm") {
+            let base = exec.slurm.clone();
+            exec.slurm = self.slurm_settings(sl, &base, &format!("stage '{name}'"));
+        }
+
         let (outs, metrics) = match mine {
             Some(o) => (
                 o.outs
@@ -1763,6 +1859,7 @@ impl<'a> Cx<'a> {
             timeout,
             map,
             register,
+            exec,
             span: self.span(inst.pos),
         };
         (Some(stage), deps, needs)
@@ -2216,6 +2313,23 @@ impl<'a> Cx<'a> {
         };
         self.check_keys(entries, format::RESOURCES, &what);
         for (k, v) in entries {
+            if k.scalar_text() == Some("mem") {
+                let text = match &v.kind {
+                    Kind::Scalar { text, .. } => Some(text.as_str()),
+                    _ => None,
+                };
+                match text.and_then(parse_mem_mb) {
+                    Some(mb) => r.mem_mb = mb,
+                    None => self.err(
+                        v.pos,
+                        format!(
+                            "expected a memory size for 'resources.mem' of stage '{name}' (MiB as a number, or 512M, 16G, 1T), found {}",
+                            text.map_or_else(|| v.type_name().to_string(), |t| format!("'{t}'"))
+                        ),
+                    ),
+                }
+                continue;
+            }
             let slot = match k.scalar_text() {
                 Some("gpu") => &mut r.gpu,
                 Some("cpu") => &mut r.cpu,
@@ -2726,4 +2840,18 @@ fn param_refs(node: &Node) -> Vec<String> {
     }
     walk(node, &mut out);
     out
+}
+
+/// `resources.mem`: MiB as a plain number, or a number with K, M, G or T (binary units).
+fn parse_mem_mb(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let (num, mul_kb) = match t.chars().last()?.to_ascii_uppercase() {
+        'K' => (&t[..t.len() - 1], 1u64),
+        'M' => (&t[..t.len() - 1], 1 << 10),
+        'G' => (&t[..t.len() - 1], 1 << 20),
+        'T' => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1 << 10),
+    };
+    let n: u64 = num.parse().ok()?;
+    Some(n.checked_mul(mul_kb)?.div_ceil(1024))
 }

@@ -82,6 +82,9 @@ pub struct Out {
 pub struct Resources {
     pub gpu: u32,
     pub cpu: u32,
+    /// Memory in MiB (`mem: 16G`); 0: not declared. Only the Slurm executor uses it
+    /// (`--mem`); locally it is not a slot.
+    pub mem_mb: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -129,8 +132,60 @@ pub struct Stage {
     /// `register:`: after the stage completes, keep one of its outputs as a version in the
     /// adapter registry (see `docs/adapters.md`). Not part of the fingerprint.
     pub register: Option<Register>,
+    /// Where the stage's work runs (`executor:`, `slurm:`). Not part of the fingerprint:
+    /// the same command or built-in on the same inputs gives the same outputs on a Slurm
+    /// node as locally (the project is on a shared file system), so a result computed by
+    /// either executor is a valid cache hit for the other.
+    pub exec: StageExecutor,
     /// Where the stage is declared, for messages.
     pub span: Span,
+}
+
+/// Where a stage's work runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutorKind {
+    /// A supervised process group (or in-process built-in) on this machine.
+    #[default]
+    Local,
+    /// A Slurm batch job (`sbatch`), on a node that sees the project directory.
+    Slurm,
+}
+
+impl ExecutorKind {
+    pub fn parse(s: &str) -> Option<ExecutorKind> {
+        match s {
+            "local" => Some(ExecutorKind::Local),
+            "slurm" => Some(ExecutorKind::Slurm),
+            _ => None,
+        }
+    }
+}
+
+/// `slurm:` settings (pipeline level, overridden key by key at stage level).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct SlurmSettings {
+    pub partition: Option<String>,
+    pub account: Option<String>,
+    pub qos: Option<String>,
+    /// Extra `sbatch` arguments, passed as given (after tsumugi's own).
+    pub extra: Vec<String>,
+}
+
+/// A stage's executor choice: its own `executor:`, the pipeline's, and the merged `slurm:`.
+/// Precedence: the stage's `executor:` > `tsumugi run --executor` > the pipeline's > local.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct StageExecutor {
+    pub stage: Option<ExecutorKind>,
+    pub pipeline: Option<ExecutorKind>,
+    pub slurm: SlurmSettings,
+}
+
+impl StageExecutor {
+    /// The executor that runs the stage, given `--executor` (if any).
+    pub fn resolve(&self, cli: Option<ExecutorKind>) -> ExecutorKind {
+        self.stage.or(cli).or(self.pipeline).unwrap_or_default()
+    }
 }
 
 /// A stage's `register:` block, resolved.

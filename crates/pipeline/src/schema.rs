@@ -55,6 +55,16 @@ fn key_type(table: &str, key: &str) -> Option<Value> {
         ("stage", "resources") => obj(format::RESOURCES, "resources", &[]),
         ("stage", "retry") => json!({"oneOf": [count, obj(format::RETRY, "retry", &[])]}),
         ("stage", "timeout") => duration,
+        ("stage" | "top", "executor") => json!({"enum": ["local", "slurm"], "default": "local"}),
+        ("stage" | "top", "slurm") => obj(format::SLURM, "slurm", &[]),
+        ("slurm", "partition" | "account" | "qos") => json!({"type": "string", "minLength": 1}),
+        ("resources", "mem") => json!({
+            "oneOf": [
+                {"type": "integer", "minimum": 0},
+                {"type": "string", "pattern": "^[0-9]+[KMGTkmgt]?$"}
+            ]
+        }),
+        ("slurm", "extra") => json!({"type": "array", "items": {"type": "string"}}),
         ("stage", "map") => obj(format::MAP, "map", &[]),
         ("stage", "merge") => obj(format::MERGE, "merge", &["out"]),
         ("map", "glob" | "lines" | "rows") => path,
@@ -284,6 +294,7 @@ mod tests {
             ("sqlite_fields", format::SQLITE_FIELDS),
             ("resources", format::RESOURCES),
             ("retry", format::RETRY),
+            ("slurm", format::SLURM),
             ("cron", format::CRON_TRIGGER),
             ("watch", format::WATCH_TRIGGER),
         ];
