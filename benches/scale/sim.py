@@ -38,7 +38,7 @@ class Costs:
     hash_mib_s: float = 600.0      # SHA-256 + copy into cache/ on one core
     sbatch_ms: float = 30.0        # one submission through slurmctld
     start_s: float = 1.0           # submit → running (scheduler cycle) when a slot is free
-    poll_s: float = 2.0
+    poll_s: float = 0.5           # TSUMUGI_SLURM_POLL_MS default
     poll_ms: float = 15.0
     poll_ms_per_job: float = 0.02
     db_ms: float = 4.0             # one WAL commit with synchronous=FULL
@@ -216,7 +216,6 @@ def main():
         "as built": Plan(),
         "hash on node": Plan(hash_on_node=True),
         "+ arrays of 100": Plan(hash_on_node=True, array=100),
-        "+ poll every 0.5 s": Plan(hash_on_node=True, array=100, poll_s=0.5),
     })
     print(f"costs: {c}")
     print("| workload | plan | makespan | ideal | efficiency | controller | NFS link | slurmctld | run DB |")
