@@ -18,6 +18,8 @@ mod schedule;
 mod schema;
 #[cfg(feature = "ml")]
 mod score;
+#[cfg(feature = "ml")]
+mod serve;
 mod show;
 mod status;
 mod validate;
@@ -93,6 +95,10 @@ pub enum Command {
     /// Score text pairs (JSONL) with a cross-encoder model directory.
     #[cfg(feature = "ml")]
     Score(score::ScoreArgs),
+    /// Serve a cross-encoder over HTTP, following the adapter registry (hot-swap).
+    #[cfg(feature = "ml")]
+    #[command(long_about = serve::LONG_ABOUT)]
+    Serve(serve::ServeArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -118,6 +124,8 @@ pub fn main() -> ExitCode {
         Command::Fsmonitor(a) => fsmonitor::run(&project, a),
         #[cfg(feature = "ml")]
         Command::Score(a) => score::run(a),
+        #[cfg(feature = "ml")]
+        Command::Serve(a) => serve::run(&project, a),
     };
     match result {
         Ok(code) => code,
