@@ -100,7 +100,11 @@ pub fn run(project: &Project, args: ServeArgs) -> anyhow::Result<ExitCode> {
             let t = std::fs::read_to_string(f)
                 .with_context(|| format!("--token-file {}", f.display()))?;
             let t = t.trim().to_string();
-            anyhow::ensure!(!t.is_empty(), "--token-file {}: the file is empty", f.display());
+            anyhow::ensure!(
+                !t.is_empty(),
+                "--token-file {}: the file is empty",
+                f.display()
+            );
             Some(t)
         }
         None => std::env::var("TSUMUGI_SERVE_TOKEN")

@@ -268,7 +268,10 @@ mod tests {
         );
         assert_eq!(t(r#"{"name":"x","path":"y"}"#).unwrap_err().status, 422);
         assert_eq!(t(r#"{}"#).unwrap_err().status, 422);
-        assert_eq!(t(r#"{"name":"x","version":"three"}"#).unwrap_err().status, 422);
+        assert_eq!(
+            t(r#"{"name":"x","version":"three"}"#).unwrap_err().status,
+            422
+        );
         assert_eq!(t(r#"{"nmae":"x"}"#).unwrap_err().status, 422);
     }
 

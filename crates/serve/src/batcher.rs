@@ -58,7 +58,10 @@ pub struct BatchLimits {
 impl Batcher {
     /// Starts the batching thread; it ends when every [`Batcher`] clone is dropped and the
     /// queue is drained.
-    pub fn start(limits: BatchLimits, metrics: Arc<Metrics>) -> (Batcher, std::thread::JoinHandle<()>) {
+    pub fn start(
+        limits: BatchLimits,
+        metrics: Arc<Metrics>,
+    ) -> (Batcher, std::thread::JoinHandle<()>) {
         let (tx, rx) = sync_channel(limits.queue.max(1));
         let m = metrics.clone();
         let handle = std::thread::Builder::new()

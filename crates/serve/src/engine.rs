@@ -112,9 +112,10 @@ impl Engine {
     ) -> anyhow::Result<Engine> {
         let mut canonical = Vec::new();
         for r in roots {
-            canonical.push(r.canonicalize().map_err(|e| {
-                anyhow::anyhow!("--adapter-root {}: {e}", r.display())
-            })?);
+            canonical.push(
+                r.canonicalize()
+                    .map_err(|e| anyhow::anyhow!("--adapter-root {}: {e}", r.display()))?,
+            );
         }
         let first = match &adapter {
             None => load_dir(&base, None, device, options, None)?,
@@ -165,10 +166,11 @@ impl Engine {
     /// following the registry unless it asks to follow.
     pub fn load(&self, target: &LoadTarget) -> Result<Arc<Version>, ApiError> {
         let _one = lock(&self.loading);
-        let result = self.resolve(target).and_then(|(dir, info)| {
-            load_dir(&self.base, Some(&dir), self.device, self.options, info)
-                .map_err(|e| ApiError::invalid(format!("{}: {e:#}", dir.display())))
-        });
+        // A request naming nothing loadable is the client's error, not a failed load:
+        // it leaves status and the failure count alone.
+        let (dir, info) = self.resolve(target)?;
+        let result = load_dir(&self.base, Some(&dir), self.device, self.options, info)
+            .map_err(|e| ApiError::invalid(format!("{}: {e:#}", dir.display())));
         match result {
             Ok(v) => {
                 let v = self.swap(v);
@@ -234,10 +236,7 @@ impl Engine {
                 if !reg.exists(name) {
                     return Err(ApiError::new(
                         404,
-                        format!(
-                            "no adapter named {name:?} in {}",
-                            reg.base().display()
-                        ),
+                        format!("no adapter named {name:?} in {}", reg.base().display()),
                     ));
                 }
                 let v = match version {
@@ -391,8 +390,7 @@ fn valid_name(n: &str) -> bool {
     !n.is_empty()
         && n != "."
         && n != ".."
-        && n
-            .chars()
+        && n.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 

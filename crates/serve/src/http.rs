@@ -70,8 +70,7 @@ type Shared = Arc<AppState>;
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status =
-            StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut r = (status, axum::Json(self.body())).into_response();
         if let Some(s) = self.retry_after {
             r.headers_mut()
@@ -154,11 +153,7 @@ pub fn serve(config: Config, on_bound: impl FnOnce(SocketAddr)) -> anyhow::Resul
         let (state, stop, poll) = (state.clone(), stop.clone(), config.poll);
         std::thread::Builder::new()
             .name("tsumugi-follow".into())
-            .spawn(move || {
-                state
-                    .engine
-                    .follow(poll, &|| stop.load(Ordering::Relaxed))
-            })?
+            .spawn(move || state.engine.follow(poll, &|| stop.load(Ordering::Relaxed)))?
     };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -261,7 +256,10 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn not_found(req: Request) -> ApiError {
-    ApiError::new(404, format!("no route {} {}", req.method(), req.uri().path()))
+    ApiError::new(
+        404,
+        format!("no route {} {}", req.method(), req.uri().path()),
+    )
 }
 
 async fn health(State(s): State<Shared>) -> axum::Json<Value> {
@@ -321,10 +319,7 @@ async fn logits(
         Ok(Err(_)) => Err(ApiError::new(500, "the batcher dropped the request")),
         Err(_) => Err(ApiError::new(
             504,
-            format!(
-                "no answer within {} (--timeout)",
-                humanize(s.timeout)
-            ),
+            format!("no answer within {} (--timeout)", humanize(s.timeout)),
         )),
     }
 }
@@ -341,7 +336,9 @@ async fn predict(
     let req: api::PredictRequest = api::parse(&b)?;
     let (logits, version) = logits(&s, req.into_pairs()?).await?;
     let results: Vec<Prediction> = logits.into_iter().map(prediction).collect();
-    Ok(axum::Json(json!({"adapter": version.brief(), "results": results})))
+    Ok(axum::Json(
+        json!({"adapter": version.brief(), "results": results}),
+    ))
 }
 
 fn prediction(logits: Vec<f32>) -> Prediction {

@@ -171,7 +171,8 @@ impl Metrics {
             );
         }
         out.push_str("# HELP tsumugi_serve_batch_pairs Pairs per forward call (several requests batched together).\n# TYPE tsumugi_serve_batch_pairs histogram\n");
-        g.batch_pairs.write(&mut out, "tsumugi_serve_batch_pairs", "");
+        g.batch_pairs
+            .write(&mut out, "tsumugi_serve_batch_pairs", "");
         out.push_str("# HELP tsumugi_serve_batch_tokens Tokens per forward call, before padding.\n# TYPE tsumugi_serve_batch_tokens histogram\n");
         g.batch_tokens
             .write(&mut out, "tsumugi_serve_batch_tokens", "");
