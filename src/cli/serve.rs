@@ -112,7 +112,7 @@ pub fn run(project: &Project, args: ServeArgs) -> anyhow::Result<ExitCode> {
             .filter(|t| !t.trim().is_empty())
             .map(|t| t.trim().to_string()),
     };
-    if args.prefix != "" && !args.prefix.starts_with('/') {
+    if !args.prefix.is_empty() && !args.prefix.starts_with('/') {
         anyhow::bail!("--prefix {:?}: must start with '/'", args.prefix);
     }
     let config = tsumugi_serve::Config {

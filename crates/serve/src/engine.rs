@@ -117,12 +117,9 @@ impl Engine {
                     .map_err(|e| anyhow::anyhow!("--adapter-root {}: {e}", r.display()))?,
             );
         }
-        let first = match &adapter {
-            None => load_dir(&base, None, device, options, None)?,
-            Some(dir) => load_dir(&base, Some(dir), device, options, None)?,
-        };
+        let first = load_dir(&base, adapter.as_deref(), device, options, None)?;
         let first = Arc::new(first);
-        let engine = Engine {
+        Ok(Engine {
             base,
             device,
             options,
@@ -132,8 +129,7 @@ impl Engine {
             loading: Mutex::new(()),
             state: Mutex::new(SwapState::default()),
             metrics,
-        };
-        Ok(engine)
+        })
     }
 
     /// The version serving now; a request keeps it until it is answered.
@@ -346,18 +342,20 @@ impl Engine {
                             && Some(format!("v{}", a.version.unwrap_or(0)))
                                 == target.to_str().map(str::to_string)
                     });
-                    if seen.as_ref() != Some(&key) && !serving_this {
-                        if let Some(v) = target
-                            .to_str()
-                            .and_then(|t| t.strip_prefix('v'))
-                            .and_then(|n| n.parse::<u32>().ok())
-                        {
-                            let _ = self.load(&LoadTarget::Registry {
-                                name: name.clone(),
-                                version: Some(v),
-                                follow: true,
-                            });
-                        }
+                    let version = target
+                        .to_str()
+                        .and_then(|t| t.strip_prefix('v'))
+                        .and_then(|n| n.parse::<u32>().ok());
+                    if seen.as_ref() != Some(&key)
+                        && !serving_this
+                        && let Some(v) = version
+                    {
+                        // A failure is recorded in status; `seen` keeps it from repeating.
+                        let _ = self.load(&LoadTarget::Registry {
+                            name: name.clone(),
+                            version: Some(v),
+                            follow: true,
+                        });
                     }
                     seen = Some(key);
                 }
