@@ -17,6 +17,7 @@ const LAYERS: &[(&str, &str)] = &[
     ("tsumugi-rundb", "crates/rundb"),
     ("tsumugi-exec", "crates/exec"),
     ("tsumugi-triggers", "crates/triggers"),
+    ("tsumugi-serve", "crates/serve"),
     ("tsumugi", "."),
 ];
 

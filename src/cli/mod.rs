@@ -19,6 +19,8 @@ mod schedule;
 mod schema;
 #[cfg(feature = "ml")]
 mod score;
+#[cfg(feature = "ml")]
+mod serve;
 mod show;
 mod status;
 mod validate;
@@ -104,6 +106,10 @@ pub enum Command {
     /// Run one built-in stage from a hashed request file (what a Slurm job runs).
     #[command(name = "__stage-exec", hide = true)]
     StageExec { request: PathBuf },
+    /// Serve a cross-encoder over HTTP, following the adapter registry (hot-swap).
+    #[cfg(feature = "ml")]
+    #[command(long_about = serve::LONG_ABOUT)]
+    Serve(serve::ServeArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -135,6 +141,8 @@ pub fn main() -> ExitCode {
         Command::StageExec { request } => {
             tsumugi_exec::executor::run_stage_request(&request).map(|()| ExitCode::SUCCESS)
         }
+        #[cfg(feature = "ml")]
+        Command::Serve(a) => serve::run(&project, a),
     };
     match result {
         Ok(code) => code,

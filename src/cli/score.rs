@@ -18,6 +18,10 @@ pub struct ScoreArgs {
     /// Model directory in Hugging Face layout (config.json, model.safetensors, tokenizer.json).
     #[arg(long, value_name = "DIR")]
     pub model: PathBuf,
+    /// A PEFT adapter directory (adapter_config.json, adapter_model.safetensors) for the
+    /// model, merged into its weights before scoring.
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<PathBuf>,
     /// JSONL input: one {"text_a": …, "text_b": …} object per line; other fields are copied
     /// to the output.
     #[arg(long, value_name = "FILE")]
@@ -50,8 +54,16 @@ pub fn run(args: ScoreArgs) -> anyhow::Result<ExitCode> {
         max_length: args.max_length,
         truncation: args.truncation,
     };
-    let scorer = Scorer::load(&args.model, args.device, options)
-        .with_context(|| format!("loading model {}", args.model.display()))?;
+    let scorer =
+        Scorer::load_with_adapter(&args.model, args.adapter.as_deref(), args.device, options)
+            .with_context(|| match &args.adapter {
+                Some(a) => format!(
+                    "loading model {} with adapter {}",
+                    args.model.display(),
+                    a.display()
+                ),
+                None => format!("loading model {}", args.model.display()),
+            })?;
     let report = scorer.load_report();
     if !report.unused.is_empty() {
         tracing::warn!(

@@ -134,6 +134,21 @@ pub fn interpret(logits: &[f32]) -> Interpreted {
     }
 }
 
+/// The model alone, or with a PEFT adapter merged in (the head comes from the adapter).
+fn load_net<B: Backend>(
+    dir: &ModelDir,
+    adapter: Option<&Path>,
+    device: &B::Device,
+) -> Result<(CrossEncoder<B>, LoadReport)> {
+    match adapter {
+        None => CrossEncoder::load(dir, &LoadOptions::default(), device),
+        Some(a) => {
+            let (lora, _) = crate::peft::load_adapter::<B>(dir, a, device)?;
+            Ok((lora.merged(), LoadReport::default()))
+        }
+    }
+}
+
 enum Loaded {
     Cpu(CrossEncoder<CpuBackend>),
     #[cfg(feature = "wgpu")]
@@ -162,28 +177,38 @@ impl Scorer {
     /// Loads the model directory `dir` (config.json, safetensors weights, tokenizer.json)
     /// onto `device`.
     pub fn load(dir: &Path, device: DeviceSpec, options: ScoreOptions) -> Result<Self> {
+        Self::load_with_adapter(dir, None, device, options)
+    }
+
+    /// Loads the base model directory `dir` with the PEFT adapter directory `adapter`
+    /// merged into its weights (PEFT's `merge_and_unload`), or the model alone without one:
+    /// a merged adapter scores at the base model's speed, and the scoring path is the same.
+    pub fn load_with_adapter(
+        dir: &Path,
+        adapter: Option<&Path>,
+        device: DeviceSpec,
+        options: ScoreOptions,
+    ) -> Result<Self> {
         device.check_compiled()?;
         let dir = ModelDir::open(dir)?;
         let tokenizer = PairTokenizer::for_model(&dir, options.max_length, options.truncation)?;
-        let opts = LoadOptions::default();
         let (model, report) = match device {
             DeviceSpec::Cpu => {
-                let d = Default::default();
-                let (m, r) = CrossEncoder::<CpuBackend>::load(&dir, &opts, &d)?;
+                let (m, r) = load_net::<CpuBackend>(&dir, adapter, &Default::default())?;
                 (Loaded::Cpu(m), r)
             }
             #[cfg(feature = "wgpu")]
             DeviceSpec::Wgpu(_) => {
                 let d = device.wgpu_device();
                 device::probe::<device::WgpuBackend>(&device, &d)?;
-                let (m, r) = CrossEncoder::load(&dir, &opts, &d)?;
+                let (m, r) = load_net(&dir, adapter, &d)?;
                 (Loaded::Wgpu(m, d), r)
             }
             #[cfg(feature = "cuda")]
             DeviceSpec::Cuda(_) => {
                 let d = device.cuda_device();
                 device::probe::<device::CudaBackend>(&device, &d)?;
-                let (m, r) = CrossEncoder::load(&dir, &opts, &d)?;
+                let (m, r) = load_net(&dir, adapter, &d)?;
                 (Loaded::Cuda(m, d), r)
             }
             #[allow(unreachable_patterns)]
@@ -246,6 +271,28 @@ impl Scorer {
             #[cfg(feature = "cuda")]
             Loaded::Cuda(m, d) => score_encoded(m, &self.tokenizer, &encoded, bs, d, progress),
         })
+    }
+
+    /// Scores pairs already tokenized with [`Scorer::tokenizer`] (a server tokenizes each
+    /// request as it arrives and scores several requests' pairs together); logits in input
+    /// order, computed exactly as [`Scorer::score`] computes them.
+    pub fn score_encoded(&self, encoded: &[EncodedPair]) -> Vec<Vec<f32>> {
+        let bs = self.options.batch_size;
+        let mut quiet = |_| {};
+        match &self.model {
+            Loaded::Cpu(m) => score_encoded(
+                m,
+                &self.tokenizer,
+                encoded,
+                bs,
+                &Default::default(),
+                &mut quiet,
+            ),
+            #[cfg(feature = "wgpu")]
+            Loaded::Wgpu(m, d) => score_encoded(m, &self.tokenizer, encoded, bs, d, &mut quiet),
+            #[cfg(feature = "cuda")]
+            Loaded::Cuda(m, d) => score_encoded(m, &self.tokenizer, encoded, bs, d, &mut quiet),
+        }
     }
 }
 
