@@ -178,21 +178,8 @@ pub async fn push(
     let mut out = Vec::new();
     for name in selection.order() {
         let stage = pipeline.stage(name).expect("selected stage");
-        let fp = {
-            let hasher = Hasher::new(&stat);
-            fingerprint::compute(project, &hasher, stage).map(|c| c.fingerprint())
-        };
-        let fp = match fp {
-            Ok(fp) => fp,
-            Err(e) => {
-                out.push(line(
-                    name,
-                    SyncState::Stale,
-                    Transfer::default(),
-                    Some(format!("{e:#}")),
-                ));
-                continue;
-            }
+        let Some(fp) = stage_fingerprint(project, &stat, stage, &mut out) else {
+            continue;
         };
         let Some(entry) = cache.get_action(&fp) else {
             out.push(line(
@@ -255,21 +242,8 @@ pub async fn pull(
     let mut out = Vec::new();
     for name in selection.order() {
         let stage = pipeline.stage(name).expect("selected stage");
-        let fp = {
-            let hasher = Hasher::new(&stat);
-            fingerprint::compute(project, &hasher, stage).map(|c| c.fingerprint())
-        };
-        let fp = match fp {
-            Ok(fp) => fp,
-            Err(e) => {
-                out.push(line(
-                    name,
-                    SyncState::Stale,
-                    Transfer::default(),
-                    Some(format!("{e:#}")),
-                ));
-                continue;
-            }
+        let Some(fp) = stage_fingerprint(project, &stat, stage, &mut out) else {
+            continue;
         };
         let each = |n: u64| progress(name, n);
         let mut t = Transfer::default();
@@ -330,4 +304,27 @@ pub async fn pull(
     }
     let _ = stat.save();
     Ok(out)
+}
+
+/// The stage's fingerprint now; a stage that cannot be fingerprinted (an input missing) is
+/// reported stale in `out` and skipped by push and pull alike.
+fn stage_fingerprint(
+    project: &Project,
+    stat: &StatCache,
+    stage: &Stage,
+    out: &mut Vec<SyncLine>,
+) -> Option<String> {
+    let hasher = Hasher::new(stat);
+    match fingerprint::compute(project, &hasher, stage) {
+        Ok(c) => Some(c.fingerprint()),
+        Err(e) => {
+            out.push(line(
+                &stage.name,
+                SyncState::Stale,
+                Transfer::default(),
+                Some(format!("{e:#}")),
+            ));
+            None
+        }
+    }
 }

@@ -334,19 +334,13 @@ impl Remote {
     async fn download_all(
         &self,
         cache: &Cache,
-        mut hashes: Vec<String>,
+        hashes: Vec<String>,
         progress: Progress<'_>,
     ) -> Result<Transfer> {
-        hashes.sort();
-        hashes.dedup();
-        let ts: Vec<Transfer> = futures::stream::iter(hashes)
-            .map(|h| async move { self.download(cache, &h, progress).await })
-            .buffer_unordered(PARALLEL)
-            .try_collect()
-            .await?;
-        let mut t = Transfer::default();
-        ts.into_iter().for_each(|x| t.add(x));
-        Ok(t)
+        each_object(hashes, |h| async move {
+            self.download(cache, &h, progress).await
+        })
+        .await
     }
 
     /// One object into the local store, through a temporary file, hashed on the way.
@@ -531,19 +525,14 @@ impl Remote {
     async fn upload_all(
         &self,
         cache: &Cache,
-        mut hashes: Vec<String>,
+        hashes: Vec<String>,
         progress: Progress<'_>,
     ) -> Result<Transfer> {
-        hashes.sort();
-        hashes.dedup();
-        let ts: Vec<Transfer> = futures::stream::iter(hashes)
-            .map(|h| async move { self.upload(cache, &h, progress).await })
-            .buffer_unordered(PARALLEL)
-            .try_collect()
-            .await?;
-        let mut t = Transfer::default();
-        ts.into_iter().for_each(|x| t.add(x));
-        Ok(t)
+        each_object(
+            hashes,
+            |h| async move { self.upload(cache, &h, progress).await },
+        )
+        .await
     }
 
     async fn upload(&self, cache: &Cache, hash: &str, progress: Progress<'_>) -> Result<Transfer> {
@@ -845,6 +834,24 @@ fn retry_config() -> RetryConfig {
         retry_timeout: Duration::from_secs(15),
         ..RetryConfig::default()
     }
+}
+
+/// Runs `one` on each distinct object hash, `PARALLEL` at a time, and adds up the transfers.
+async fn each_object<F, Fut>(mut hashes: Vec<String>, one: F) -> Result<Transfer>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<Transfer>>,
+{
+    hashes.sort();
+    hashes.dedup();
+    let ts: Vec<Transfer> = futures::stream::iter(hashes)
+        .map(one)
+        .buffer_unordered(PARALLEL)
+        .try_collect()
+        .await?;
+    let mut t = Transfer::default();
+    ts.into_iter().for_each(|x| t.add(x));
+    Ok(t)
 }
 
 #[cfg(test)]
