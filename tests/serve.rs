@@ -448,16 +448,7 @@ fn follow_switches_on_promote_and_rollback_and_survives_a_bad_version() {
     let v2 = served_logits(&s);
     assert_close(&v2, &offline_scores(tmp.path(), None));
 
-    let out = p
-        .cmd()
-        .args(["adapters", "rollback", "nli"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&p, &["adapters", "rollback", "nli"]);
     let st = wait_for(&s, "after rollback", |st| st["adapter"]["version"] == 1);
     assert_eq!(st["adapter"]["kind"], "peft");
     assert_close(
@@ -467,16 +458,7 @@ fn follow_switches_on_promote_and_rollback_and_survives_a_bad_version() {
     let (_, h) = s.call("GET", "/health", None, None);
     assert_eq!(h["adapter"]["version"], 1);
 
-    let out = p
-        .cmd()
-        .args(["adapters", "promote", "nli", "2"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&p, &["adapters", "promote", "nli", "2"]);
     wait_for(&s, "after promote", |st| st["adapter"]["version"] == 2);
     assert_close(&served_logits(&s), &v2);
 
@@ -505,18 +487,19 @@ fn follow_switches_on_promote_and_rollback_and_survives_a_bad_version() {
     );
 
     // Back to v1 by rollback (to a named version): following goes on after a failure.
-    let out = p
-        .cmd()
-        .args(["adapters", "rollback", "nli", "1"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&p, &["adapters", "rollback", "nli", "1"]);
     wait_for(&s, "after rollback to v1", |st| {
         st["adapter"]["version"] == 1
     });
     assert_eq!(s.stop(), 0);
+}
+
+/// Runs tsumugi in the project and fails the test with its stderr unless it succeeds.
+fn ok(p: &Proj, args: &[&str]) {
+    let out = p.cmd().args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "tsumugi {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
