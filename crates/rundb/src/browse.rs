@@ -413,4 +413,30 @@ mod tests {
         assert_eq!(runs_page(&conn, &exps).unwrap().total, 0);
         assert_eq!(metric_series(&conn, "r001").unwrap()[0].1, vec![(1, 1.0)]);
     }
+
+    #[test]
+    fn experiments_columns_and_params_are_read_when_present() {
+        let (_d, conn) = db_with_runs(4);
+        // What experiments record (the contract of issue 14), added as its migration does.
+        conn.execute_batch(
+            "ALTER TABLE runs ADD COLUMN exp TEXT; ALTER TABLE runs ADD COLUMN overrides TEXT;
+             CREATE TABLE run_params (run_id TEXT NOT NULL, stage TEXT NOT NULL, key TEXT NOT NULL, value_json TEXT NOT NULL);
+             UPDATE runs SET exp = 'sweep', overrides = '{\"lr\":0.3}' WHERE id = 'r002';
+             INSERT INTO run_params VALUES ('r002', 'train', 'lr', '0.3'), ('r001', 'train', 'lr', '0.1');",
+        )
+        .unwrap();
+        let mut exps = q(SortKey::Started, true);
+        exps.experiments_only = true;
+        let page = runs_page(&conn, &exps).unwrap();
+        assert_eq!(page.total, 1);
+        let r = &page.rows[0];
+        assert_eq!(r.exp.as_deref(), Some("sweep"));
+        assert_eq!(r.overrides.as_deref(), Some("{\"lr\":0.3}"));
+        assert_eq!((r.params[0].key.as_str(), r.params[0].value.as_str()), ("lr", "0.3"));
+        assert_eq!(
+            run_experiment(&conn, "r001").unwrap(),
+            (None, None),
+            "a plain run"
+        );
+    }
 }

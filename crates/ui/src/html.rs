@@ -176,8 +176,8 @@ pub fn when(ts: &str) -> String {
 /// A status word as a coloured badge (the class is one of a fixed set).
 pub fn badge(status: &str) -> String {
     let cls = match status {
-        "success" | "ran" | "fresh" | "current" | "ok" => "good",
-        "cached" | "restored" | "candidate" | "skipped" => "neutral",
+        "success" | "ran" | "fresh" | "current" | "ok" | "passed" => "good",
+        "cached" | "restored" | "candidate" | "retired" | "skipped" => "neutral",
         "running" | "stale" => "warn",
         _ => "bad",
     };

@@ -59,9 +59,10 @@ pub(crate) fn page(app: &App, q: &Query) -> PageResult {
     let mut b = String::new();
     let _ = write!(
         b,
-        "<h1>Runs <small id=\"total\">{} {}</small></h1>",
+        "<h1>Runs <small id=\"total\">{} {}{}</small></h1>",
         runs.total,
-        if experiments_only { "experiments" } else { "runs" }
+        if experiments_only { "experiment" } else { "run" },
+        if runs.total == 1 { "" } else { "s" }
     );
     // The filter keeps the sort; the sort links keep the filter.
     let _ = write!(
@@ -94,6 +95,13 @@ pub(crate) fn page(app: &App, q: &Query) -> PageResult {
     if let SortKey::Metric { stage, name } = &sort {
         metric_cols.insert((stage.clone(), name.clone()));
     }
+    // Columns that would be empty on every row are left out (a database without
+    // experiments has no experiment or params to show).
+    let show_exp = runs
+        .rows
+        .iter()
+        .any(|r| r.exp.is_some() || r.overrides.is_some());
+    let show_params = runs.rows.iter().any(|r| !r.params.is_empty());
     let pipeline_s = pipeline.clone().unwrap_or_default();
     let exp_s = if experiments_only { "1" } else { "" };
     let head = |key: String, label: &str| {
@@ -119,11 +127,13 @@ pub(crate) fn page(app: &App, q: &Query) -> PageResult {
         b,
         "<form method=\"get\" action=\"/compare\" id=\"compare-form\">\
 <p><button id=\"compare\" disabled>Compare selected</button> <span class=\"hint\">tick two runs or more</span></p>\
-<div class=\"scroll\"><table id=\"runs\"><thead><tr><th></th><th>Run</th>{}{}{}{}<th>Experiment</th><th>Params</th>",
+<div class=\"scroll\"><table id=\"runs\"><thead><tr><th></th><th>Run</th>{}{}{}{}{}{}",
         head("pipeline".into(), "Pipeline"),
         head("started".into(), "Started"),
         head("duration".into(), "Duration"),
         head("status".into(), "Status"),
+        if show_exp { "<th>Experiment</th>" } else { "" },
+        if show_params { "<th>Params</th>" } else { "" },
     );
     for (stage, name) in &metric_cols {
         let label = format!("{} <small>{}</small>", esc(name), esc(stage));
@@ -143,20 +153,27 @@ pub(crate) fn page(app: &App, q: &Query) -> PageResult {
         let _ = write!(
             b,
             "<tr><td><input type=\"checkbox\" name=\"run\" value=\"{id}\" aria-label=\"select {id}\"></td>\
-<td><a href=\"/runs/{}\" class=\"run-id\">{id}</a></td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td>{}</td><td>{}</td><td class=\"params\">{}</td>",
+<td><a href=\"/runs/{}\" class=\"run-id\">{id}</a></td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td>{}</td>",
             enc(&r.run.id),
             esc(&r.run.pipeline),
             esc(&when(&r.run.started_at)),
             r.duration_ms.map(duration_ms).unwrap_or_default(),
             badge(&r.run.status),
-            match (&r.exp, &r.overrides) {
-                (Some(e), Some(o)) => format!("{} <code>{}</code>", esc(e), esc(&overrides_text(o))),
+        );
+        if show_exp {
+            let cell = match (&r.exp, &r.overrides) {
+                (Some(e), Some(o)) => {
+                    format!("{} <code>{}</code>", esc(e), esc(&overrides_text(o)))
+                }
                 (Some(e), None) => esc(e),
                 (None, Some(o)) => format!("<code>{}</code>", esc(&overrides_text(o))),
                 (None, None) => String::new(),
-            },
-            esc(&params.join(", ")),
-        );
+            };
+            let _ = write!(b, "<td class=\"exp\">{cell}</td>");
+        }
+        if show_params {
+            let _ = write!(b, "<td class=\"params\">{}</td>", esc(&params.join(", ")));
+        }
         for (stage, name) in &metric_cols {
             let v = r
                 .metrics
