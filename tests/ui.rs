@@ -228,10 +228,7 @@ fn browse(chrome: &Path, profile: &Path, url: &str, screenshot: Option<&Path>) -
     };
     let out = cmd.arg(url).output().expect("chromium runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "chromium failed on {url}: {stderr}"
-    );
+    assert!(out.status.success(), "chromium failed on {url}: {stderr}");
     Loaded {
         dom: String::from_utf8_lossy(&out.stdout).into_owned(),
         // Chromium logs every console message (errors, uncaught exceptions, resources
@@ -296,7 +293,10 @@ fn every_page_renders_in_headless_chromium_without_console_errors() {
     let dom = visit("experiments", "/?exp=1");
     pos(&dom, "1 experiment<");
     assert!(!dom.contains(&run1), "a plain run is not an experiment");
-    let dom = visit("runs-by-accuracy", "/?sort=metric%3Aevaluate%2Faccuracy&order=asc");
+    let dom = visit(
+        "runs-by-accuracy",
+        "/?sort=metric%3Aevaluate%2Faccuracy&order=asc",
+    );
     assert!(pos(&dom, &run1) < pos(&dom, &run2), "sorted by accuracy ↑");
     pos(&dom, "accuracy <small>evaluate</small> ▲");
 
@@ -304,7 +304,10 @@ fn every_page_renders_in_headless_chromium_without_console_errors() {
     // the plot of each run.
     let dom = visit("compare", &format!("/compare?run={run1}&run={run2}"));
     pos(&dom, "Compare 2 runs");
-    pos(&dom, "<tr class=\"differs\"><td>lr</td><td><code>0.1</code></td><td><code>0.3</code></td>");
+    pos(
+        &dom,
+        "<tr class=\"differs\"><td>lr</td><td><code>0.1</code></td><td><code>0.3</code></td>",
+    );
     pos(&dom, "+0.09");
     pos(&dom, "train · loss");
     assert_eq!(dom.matches("<polyline").count(), 2, "two loss curves");
@@ -320,7 +323,10 @@ fn every_page_renders_in_headless_chromium_without_console_errors() {
         pos(&dom, &format!("id=\"log-{stage}\""));
     }
     pos(&dom, "training with lr 0.3");
-    pos(&dom, "&lt;script&gt;alert(\"xss\")&lt;/script&gt; evaluating");
+    pos(
+        &dom,
+        "&lt;script&gt;alert(\"xss\")&lt;/script&gt; evaluating",
+    );
     assert!(!dom.contains("<script>alert"), "log text is escaped");
     pos(&dom, "work/plots/accuracy.svg");
     pos(&dom, "<svg class=\"timeline\"");
@@ -328,7 +334,10 @@ fn every_page_renders_in_headless_chromium_without_console_errors() {
     // The DAG: every stage, stale after the input edit, with the reason.
     let dom = visit("dag", "/dag");
     for stage in ["prepare", "train", "evaluate", "export"] {
-        pos(&dom, &format!("class=\"node stale\" data-stage=\"{stage}\""));
+        pos(
+            &dom,
+            &format!("class=\"node stale\" data-stage=\"{stage}\""),
+        );
     }
     pos(&dom, "4 of 4 stages stale");
     pos(&dom, "data/raw.txt");
@@ -346,7 +355,13 @@ fn every_page_renders_in_headless_chromium_without_console_errors() {
     let (status, body) = http(&server.url, "POST", promote, Some(TOKEN));
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("v1 is current"), "{body}");
-    let dom = browse(&chrome, profile.path(), &format!("{}/adapters", server.url), None).dom;
+    let dom = browse(
+        &chrome,
+        profile.path(),
+        &format!("{}/adapters", server.url),
+        None,
+    )
+    .dom;
     pos(&dom, "current v1");
 }
 
@@ -361,7 +376,10 @@ fn without_a_token_the_ui_is_read_only_and_bad_requests_say_why() {
     assert!(body.contains("No runs yet"), "{body}");
     let (status, body) = http(&server.url, "GET", "/dag", None);
     assert_eq!(status, 200);
-    assert!(body.contains("0 of") || body.contains("4 of 4 stages stale"), "{body}");
+    assert!(
+        body.contains("0 of") || body.contains("4 of 4 stages stale"),
+        "{body}"
+    );
     let (status, body) = http(
         &server.url,
         "POST",
@@ -491,8 +509,5 @@ fn bench_run_list_10k() {
     println!("  without migration 3's indexes: first page {first_bare:7.1}");
     println!("  without migration 3's indexes: by metric  {by_metric_bare:7.1}");
     println!("  peer: `tsumugi runs --json -n 50` process {cli:7.1}");
-    println!(
-        "  ratio first page / peer: {:.2}",
-        first / cli
-    );
+    println!("  ratio first page / peer: {:.2}", first / cli);
 }

@@ -22,7 +22,10 @@ pub enum SortKey {
     Status,
     Pipeline,
     /// A final metric (a row with no step) of one stage.
-    Metric { stage: String, name: String },
+    Metric {
+        stage: String,
+        name: String,
+    },
 }
 
 impl SortKey {
@@ -207,11 +210,17 @@ pub fn runs_page(conn: &Connection, q: &RunQuery) -> Result<RunPage> {
 }
 
 fn placeholders(n: usize) -> String {
-    (1..=n).map(|i| format!("?{i}")).collect::<Vec<_>>().join(",")
+    (1..=n)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The final metrics (rows without a step) of the given runs, by run.
-pub fn final_metrics(conn: &Connection, ids: &[String]) -> Result<HashMap<String, Vec<FinalMetric>>> {
+pub fn final_metrics(
+    conn: &Connection,
+    ids: &[String],
+) -> Result<HashMap<String, Vec<FinalMetric>>> {
     let mut out: HashMap<String, Vec<FinalMetric>> = HashMap::new();
     if ids.is_empty() {
         return Ok(out);
@@ -269,7 +278,11 @@ pub fn run_params(conn: &Connection, ids: &[String]) -> Result<HashMap<String, V
 
 /// The experiment name and overrides of one run, when the columns exist.
 pub fn run_experiment(conn: &Connection, id: &str) -> Result<(Option<String>, Option<String>)> {
-    let exp = if has_column(conn, "runs", "exp")? { "exp" } else { "NULL" };
+    let exp = if has_column(conn, "runs", "exp")? {
+        "exp"
+    } else {
+        "NULL"
+    };
     let ov = if has_column(conn, "runs", "overrides")? {
         "overrides"
     } else {
@@ -432,7 +445,10 @@ mod tests {
         let r = &page.rows[0];
         assert_eq!(r.exp.as_deref(), Some("sweep"));
         assert_eq!(r.overrides.as_deref(), Some("{\"lr\":0.3}"));
-        assert_eq!((r.params[0].key.as_str(), r.params[0].value.as_str()), ("lr", "0.3"));
+        assert_eq!(
+            (r.params[0].key.as_str(), r.params[0].value.as_str()),
+            ("lr", "0.3")
+        );
         assert_eq!(
             run_experiment(&conn, "r001").unwrap(),
             (None, None),

@@ -55,7 +55,11 @@ pub(crate) fn page(app: &App) -> PageResult {
                 esc(&v.gate.reason),
                 v.run_id
                     .as_deref()
-                    .map(|r| format!("<a class=\"run-id\" href=\"/runs/{}\">{}</a>", enc(r), esc(r)))
+                    .map(|r| format!(
+                        "<a class=\"run-id\" href=\"/runs/{}\">{}</a>",
+                        enc(r),
+                        esc(r)
+                    ))
                     .unwrap_or_default(),
             );
         }
@@ -70,8 +74,7 @@ pub(crate) fn page(app: &App) -> PageResult {
 /// Compares in time independent of where the strings first differ.
 fn same_secret(a: &str, b: &str) -> bool {
     a.len() == b.len()
-        && a
-            .bytes()
+        && a.bytes()
             .zip(b.bytes())
             .fold(0u8, |acc, (x, y)| acc | (x ^ y))
             == 0

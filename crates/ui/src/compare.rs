@@ -15,7 +15,9 @@ use crate::{App, PageError, PageResult};
 const MAX_RUNS: usize = 8;
 
 fn picker(app: &App) -> PageResult {
-    let runs = app.with_db(|c| tsumugi_rundb::list_runs(c, 30))?.unwrap_or_default();
+    let runs = app
+        .with_db(|c| tsumugi_rundb::list_runs(c, 30))?
+        .unwrap_or_default();
     let mut b = String::from(
         "<h1>Compare runs</h1><p>Tick two runs or more (or use the checkboxes of the run list).</p>\
 <form method=\"get\" action=\"/compare\" id=\"compare-form\"><p><button id=\"compare\" disabled>Compare selected</button></p><table><tbody>",
@@ -122,11 +124,19 @@ pub(crate) fn page(app: &App, q: &Query) -> PageResult {
             let _ = write!(
                 b,
                 "<tr{}><td>{}</td>",
-                if differ(vals) { " class=\"differs\"" } else { "" },
+                if differ(vals) {
+                    " class=\"differs\""
+                } else {
+                    ""
+                },
                 esc(k)
             );
             for v in vals {
-                let _ = write!(b, "<td><code>{}</code></td>", esc(v.as_deref().unwrap_or("—")));
+                let _ = write!(
+                    b,
+                    "<td><code>{}</code></td>",
+                    esc(v.as_deref().unwrap_or("—"))
+                );
             }
             b.push_str("</tr>");
         }
@@ -176,10 +186,8 @@ pub(crate) fn page(app: &App, q: &Query) -> PageResult {
         b.push_str("</tbody></table>");
     }
 
-    let series: Vec<(String, browse::Series)> = runs
-        .iter()
-        .map(|r| (r.0.id.clone(), r.3.clone()))
-        .collect();
+    let series: Vec<(String, browse::Series)> =
+        runs.iter().map(|r| (r.0.id.clone(), r.3.clone())).collect();
     let charts = crate::run::curves(&series);
     if !charts.is_empty() {
         b.push_str("<h2>Curves</h2><div class=\"charts\">");

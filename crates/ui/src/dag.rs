@@ -28,10 +28,7 @@ pub(crate) fn pipeline_files(app: &App) -> Vec<PathBuf> {
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
                 p.is_file()
-                    && matches!(
-                        p.extension().and_then(|e| e.to_str()),
-                        Some("yaml" | "yml")
-                    )
+                    && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
             })
             .filter(|p| {
                 std::fs::read_to_string(p)
@@ -53,7 +50,11 @@ pub(crate) fn page(app: &App) -> PageResult {
     }
     for file in &files {
         let shown = file.display().to_string();
-        let _ = write!(b, "<section class=\"pipeline\" data-file=\"{}\">", esc(&shown));
+        let _ = write!(
+            b,
+            "<section class=\"pipeline\" data-file=\"{}\">",
+            esc(&shown)
+        );
         let pipeline = match tsumugi_pipeline::load(file, &app.project) {
             Ok(p) => p,
             Err(e) => {

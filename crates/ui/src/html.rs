@@ -170,7 +170,11 @@ pub fn duration_ms(ms: i64) -> String {
 /// `2026-12-04 14:27:38` from the database's RFC 3339 (UTC) timestamps.
 pub fn when(ts: &str) -> String {
     let s = ts.replace('T', " ");
-    s.split('.').next().unwrap_or(&s).trim_end_matches('Z').to_string()
+    s.split('.')
+        .next()
+        .unwrap_or(&s)
+        .trim_end_matches('Z')
+        .to_string()
 }
 
 /// A status word as a coloured badge (the class is one of a fixed set).
@@ -198,7 +202,10 @@ mod tests {
         assert_eq!(q.all("run"), ["a/b", "c", "d"]);
         assert_eq!(q.get("sort"), Some("metric:eval/acc"));
         assert_eq!(q.get("x"), Some("%zz"));
-        assert_eq!(qs(&[("sort", "metric:a b"), ("p", "")]), "?sort=metric%3Aa%20b");
+        assert_eq!(
+            qs(&[("sort", "metric:a b"), ("p", "")]),
+            "?sort=metric%3Aa%20b"
+        );
         assert_eq!(num(1379.0), "1379");
         assert_eq!(num(0.25), "0.25");
         assert_eq!(num(1.0 / 3.0), "0.333333");

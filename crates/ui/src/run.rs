@@ -135,7 +135,9 @@ pub(crate) fn page(app: &App, id: &str) -> PageResult {
     })?;
     let Some(Some((stages, metrics, artifacts, series, (exp, overrides), mut params, run))) = found
     else {
-        return Err(PageError::NotFound(format!("no run {id:?} in the run database")));
+        return Err(PageError::NotFound(format!(
+            "no run {id:?} in the run database"
+        )));
     };
     let mut b = String::new();
     let start = millis(&run.started_at).unwrap_or(0);

@@ -61,7 +61,11 @@ pub(crate) fn page(app: &App, q: &Query) -> PageResult {
         b,
         "<h1>Runs <small id=\"total\">{} {}{}</small></h1>",
         runs.total,
-        if experiments_only { "experiment" } else { "run" },
+        if experiments_only {
+            "experiment"
+        } else {
+            "run"
+        },
         if runs.total == 1 { "" } else { "s" }
     );
     // The filter keeps the sort; the sort links keep the filter.
