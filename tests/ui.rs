@@ -317,6 +317,11 @@ fn every_page_renders_in_headless_chromium_without_console_errors() {
         "each run's plot"
     );
 
+    // Compare without runs picked: a list to pick from.
+    let dom = visit("compare-pick", "/compare");
+    pos(&dom, "Tick two runs or more");
+    pos(&dom, &format!("value=\"{run1}\""));
+
     // One run: its stages on the timeline, the log (escaped), metrics, artifacts.
     let dom = visit("run", &format!("/runs/{run2}"));
     for stage in ["prepare", "train", "evaluate", "export"] {
@@ -510,4 +515,38 @@ fn bench_run_list_10k() {
     println!("  without migration 3's indexes: by metric  {by_metric_bare:7.1}");
     println!("  peer: `tsumugi runs --json -n 50` process {cli:7.1}");
     println!("  ratio first page / peer: {:.2}", first / cli);
+}
+
+#[test]
+fn another_address_than_loopback_needs_bind_and_gets_a_warning() {
+    let p = Proj::new(&pipeline("0.1", "0.3", "0.72"));
+    let mut child = Command::new(Proj::bin())
+        .arg("-C")
+        .arg(p.root())
+        .args(["ui", "--bind", "0.0.0.0:0"])
+        .env_remove("TSUMUGI_UI_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("listening on http://0.0.0.0:"), "{line}");
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: listening on 0.0.0.0") && stderr.contains("can read every run"),
+        "{stderr}"
+    );
+    // --port is for 127.0.0.1 only; with --bind it is a usage error.
+    p.cmd()
+        .args(["ui", "--port", "1", "--bind", "127.0.0.1:0"])
+        .assert()
+        .failure()
+        .code(2);
 }
