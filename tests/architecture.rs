@@ -18,6 +18,7 @@ const LAYERS: &[(&str, &str)] = &[
     ("tsumugi-exec", "crates/exec"),
     ("tsumugi-triggers", "crates/triggers"),
     ("tsumugi-serve", "crates/serve"),
+    ("tsumugi-ui", "crates/ui"),
     ("tsumugi", "."),
 ];
 

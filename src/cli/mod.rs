@@ -23,6 +23,7 @@ mod score;
 mod serve;
 mod show;
 mod status;
+mod ui;
 mod validate;
 mod watch;
 
@@ -110,6 +111,9 @@ pub enum Command {
     #[cfg(feature = "ml")]
     #[command(long_about = serve::LONG_ABOUT)]
     Serve(serve::ServeArgs),
+    /// A local web UI: runs, comparisons, timelines and logs, the DAG, adapter versions.
+    #[command(long_about = ui::LONG_ABOUT)]
+    Ui(ui::UiArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -143,6 +147,7 @@ pub fn main() -> ExitCode {
         }
         #[cfg(feature = "ml")]
         Command::Serve(a) => serve::run(&project, a),
+        Command::Ui(a) => ui::run(&project, a),
     };
     match result {
         Ok(code) => code,

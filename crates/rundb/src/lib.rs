@@ -19,6 +19,7 @@ use serde::Serialize;
 
 use tsumugi_base::project::Project;
 
+pub mod browse;
 pub mod identity;
 
 /// Schema migrations, in order; `schema_version` holds how many have been applied.
@@ -108,6 +109,14 @@ CREATE TABLE adapter_events (
 CREATE INDEX adapter_events_name ON adapter_events(name, id);
 CREATE TRIGGER adapter_events_no_update BEFORE UPDATE ON adapter_events BEGIN SELECT RAISE(ABORT, 'adapter events are append-only'); END;
 CREATE TRIGGER adapter_events_no_delete BEFORE DELETE ON adapter_events BEGIN SELECT RAISE(ABORT, 'adapter events are append-only'); END;
+"#,
+    // 3: indexes for `tsumugi ui`'s pages (browse.rs): the run list in run order and by
+    // status without a sort of the whole table, and a run's final metrics (sort by metric,
+    // the metric columns of a page) without reading its per-step series.
+    r#"
+CREATE INDEX IF NOT EXISTS runs_seq ON runs(seq);
+CREATE INDEX IF NOT EXISTS runs_status ON runs(status, seq);
+CREATE INDEX IF NOT EXISTS metrics_final ON metrics(run_id, stage, name) WHERE step IS NULL;
 "#,
 ];
 
