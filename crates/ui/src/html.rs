@@ -20,41 +20,9 @@ pub fn esc(s: &str) -> String {
     out
 }
 
-/// Percent-encodes a query-string value (everything but unreserved characters).
+/// Percent-encodes a query-string value (form encoding, as browsers send it).
 pub fn enc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
-}
-
-fn dec(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                let hex = |c: u8| (c as char).to_digit(16);
-                match (hex(b[i + 1]), hex(b[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push((h * 16 + l) as u8);
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 /// A parsed query string; a key may repeat (`?run=a&run=b`, as a form of checkboxes sends).
@@ -64,13 +32,8 @@ pub struct Query(Vec<(String, String)>);
 impl Query {
     pub fn parse(raw: Option<&str>) -> Query {
         Query(
-            raw.unwrap_or("")
-                .split('&')
-                .filter(|p| !p.is_empty())
-                .map(|p| match p.split_once('=') {
-                    Some((k, v)) => (dec(k), dec(v)),
-                    None => (dec(p), String::new()),
-                })
+            form_urlencoded::parse(raw.unwrap_or("").as_bytes())
+                .into_owned()
                 .collect(),
         )
     }
