@@ -165,9 +165,11 @@ mod tests {
         assert_eq!(q.all("run"), ["a/b", "c", "d"]);
         assert_eq!(q.get("sort"), Some("metric:eval/acc"));
         assert_eq!(q.get("x"), Some("%zz"));
+        let link = qs(&[("sort", "metric:a b"), ("p", "")]);
+        assert_eq!(link, "?sort=metric%3Aa+b");
         assert_eq!(
-            qs(&[("sort", "metric:a b"), ("p", "")]),
-            "?sort=metric%3Aa%20b"
+            Query::parse(link.strip_prefix('?')).get("sort"),
+            Some("metric:a b")
         );
         assert_eq!(num(1379.0), "1379");
         assert_eq!(num(0.25), "0.25");
