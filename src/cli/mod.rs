@@ -14,6 +14,7 @@ mod gc;
 mod metrics;
 mod remote;
 mod run;
+mod runref;
 mod runs;
 mod schedule;
 mod schema;

@@ -22,9 +22,13 @@ pub struct RunArgs {
     /// After a failure keep running every stage that does not depend on it.
     #[arg(short = 'k', long)]
     pub keep_going: bool,
-    /// Run the selected stages even if they are fresh.
+    /// Run stages even if they are fresh: the named STAGEs only (what they need is still
+    /// taken from the cache), or every stage when none is named.
     #[arg(short = 'f', long)]
     pub force: bool,
+    /// With --force and named STAGEs: also force every stage they need.
+    #[arg(long, requires = "force")]
+    pub force_upstream: bool,
     /// Say what would run; run and record nothing.
     #[arg(short = 'n', long)]
     pub dry_run: bool,
@@ -137,6 +141,7 @@ pub fn run(project: &Project, args: RunArgs) -> anyhow::Result<ExitCode> {
         jobs: args.jobs.unwrap_or(0),
         keep_going: args.keep_going,
         force: args.force,
+        force_upstream: args.force_upstream,
         trigger: TriggerKind::Manual,
         dry_run: args.dry_run,
         gpus: args.gpus,

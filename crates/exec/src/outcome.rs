@@ -48,8 +48,11 @@ pub struct RunOptions {
     /// Stages running at once; 0 means the number of cores.
     pub jobs: usize,
     pub keep_going: bool,
-    /// Run the selected stages even when fresh (their upstream stays cached).
+    /// Run stages even when fresh: with `targets`, only the named ones (their upstream
+    /// stays cached unless `force_upstream`); without, every stage.
     pub force: bool,
+    /// With `force` and `targets`: also force everything the targets need.
+    pub force_upstream: bool,
     pub trigger: TriggerKind,
     /// Say what would run; run nothing, record nothing.
     pub dry_run: bool,
@@ -73,6 +76,19 @@ pub struct RunOptions {
     pub executor: Option<tsumugi_pipeline::ExecutorKind>,
 }
 
+impl RunOptions {
+    /// The stages of `order` (a selection for `targets`) that `force` makes run.
+    pub fn forced(&self, order: &[String]) -> std::collections::HashSet<String> {
+        if !self.force {
+            Default::default()
+        } else if self.targets.is_empty() || self.force_upstream {
+            order.iter().cloned().collect()
+        } else {
+            self.targets.iter().cloned().collect()
+        }
+    }
+}
+
 impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
@@ -80,6 +96,7 @@ impl Default for RunOptions {
             jobs: 0,
             keep_going: false,
             force: false,
+            force_upstream: false,
             trigger: TriggerKind::Manual,
             dry_run: false,
             gpus: None,
