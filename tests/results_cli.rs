@@ -1,0 +1,201 @@
+//! Issue 14, items 3 and 5 through the real binary on temporary projects: what a run prints
+//! at its end, progress without a terminal, `plots`, `--force` on named stages, `gc` per
+//! pipeline, `latest` per pipeline, metrics files inside output directories, integers.
+
+use std::path::Path;
+
+use assert_cmd::Command;
+
+fn tsumugi(dir: &Path) -> Command {
+    let mut c = Command::cargo_bin("tsumugi").unwrap();
+    c.arg("-C").arg(dir);
+    c
+}
+
+/// Runs `args`, which must succeed; returns (stdout, stderr).
+fn ok(dir: &Path, args: &[&str]) -> (String, String) {
+    let out = tsumugi(dir).args(args).output().unwrap();
+    let (so, se) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(
+        out.status.success(),
+        "tsumugi {args:?} failed ({}):\n{so}\n{se}",
+        out.status
+    );
+    (so, se)
+}
+
+/// Every stage appends its name to `ran.log` (not an output): the side effect that counts
+/// which stages really ran.
+fn ran(dir: &Path) -> Vec<String> {
+    let v = std::fs::read_to_string(dir.join("ran.log")).unwrap_or_default();
+    let _ = std::fs::remove_file(dir.join("ran.log"));
+    v.lines().map(str::to_string).collect()
+}
+
+fn write(dir: &Path, rel: &str, text: &str) {
+    let p = dir.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, text).unwrap();
+}
+
+const CHAIN: &str = r#"name: chain
+stages:
+  fetch:
+    cmd: echo fetch >> ran.log && echo model > model.txt
+    outs: [model.txt]
+  train:
+    cmd: echo train >> ran.log && cat model.txt > adapter.txt
+    deps: [model.txt]
+    outs: [adapter.txt]
+  evaluate:
+    cmd: "echo evaluate >> ran.log && mkdir -p eval && echo '{\"acc\": 0.75, \"n\": 1379}' > eval/metrics.json"
+    deps: [adapter.txt]
+    outs: [eval]
+    metrics: [eval/metrics.json]
+"#;
+
+#[test]
+fn force_on_named_stages_forces_only_them_unless_force_upstream() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    write(p, "chain.yaml", CHAIN);
+    ok(p, &["run", "chain.yaml"]);
+    assert_eq!(ran(p), ["fetch", "train", "evaluate"]);
+
+    let (out, _) = ok(p, &["run", "chain.yaml", "evaluate", "--force"]);
+    assert_eq!(ran(p), ["evaluate"], "only the named stage is forced");
+    assert!(out.contains("1 ran, 2 cached"), "{out}");
+
+    ok(p, &["run", "chain.yaml", "evaluate", "--force-upstream", "--force"]);
+    assert_eq!(ran(p), ["fetch", "train", "evaluate"]);
+
+    ok(p, &["run", "chain.yaml", "--force"]);
+    assert_eq!(ran(p), ["fetch", "train", "evaluate"], "no stage named: all");
+
+    // --force-upstream means nothing without --force: refused, not ignored.
+    tsumugi(p)
+        .args(["run", "chain.yaml", "evaluate", "--force-upstream"])
+        .assert()
+        .code(2);
+    let help = ok(p, &["run", "--help"]).0;
+    assert!(help.contains("--force-upstream"), "{help}");
+    assert!(help.contains("the named STAGEs only"), "{help}");
+}
+
+#[test]
+fn a_metrics_file_inside_an_output_directory_is_recorded_and_integers_print_as_integers() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    write(p, "chain.yaml", CHAIN);
+    ok(p, &["validate", "chain.yaml"]);
+    ok(p, &["run", "chain.yaml"]);
+    let (show, _) = ok(p, &["show"]);
+    assert!(show.contains("evaluate.n = 1379\n"), "{show}");
+    assert!(show.contains("evaluate.acc = 0.750000\n"), "{show}");
+    let (json, _) = ok(p, &["show", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let names: Vec<&str> = v["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["acc", "n"]);
+    ok(p, &["run", "chain.yaml", "evaluate", "--force"]);
+    let (diff, _) = ok(p, &["metrics", "diff", "latest~1", "latest"]);
+    let row = diff.lines().find(|l| l.starts_with("evaluate.n")).unwrap();
+    assert_eq!(
+        row.split_whitespace().collect::<Vec<_>>(),
+        ["evaluate.n", "1379", "1379", "+0"],
+        "{diff}"
+    );
+    assert!(!diff.contains("1379.0"), "{diff}");
+}
+
+fn two_pipelines(p: &Path, a_value: &str) {
+    write(
+        p,
+        "pipelines/a.yaml",
+        &format!(
+            "name: a\nstages:\n  make:\n    cmd: \"echo a >> ran.log && echo {a_value} > a.txt && echo '{{\\\"score\\\": {a_value}}}' > a.json\"\n    outs: [a.txt]\n    metrics: [a.json]\n"
+        ),
+    );
+    write(
+        p,
+        "pipelines/b.yaml",
+        "name: b\nstages:\n  make:\n    cmd: \"echo b >> ran.log && echo b > b.txt && echo '{\\\"other\\\": 2}' > b.json\"\n    outs: [b.txt]\n    metrics: [b.json]\n",
+    );
+}
+
+#[test]
+fn gc_keep_last_counts_runs_per_pipeline() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    two_pipelines(p, "1");
+    ok(p, &["run", "pipelines/a.yaml"]);
+    two_pipelines(p, "2");
+    ok(p, &["run", "pipelines/a.yaml"]);
+    for _ in 0..3 {
+        ok(p, &["run", "pipelines/b.yaml"]);
+    }
+    ran(p);
+    // a's first result is kept by a's two newest runs, whatever b did since.
+    ok(p, &["gc", "--keep-last", "2"]);
+    two_pipelines(p, "1");
+    let (out, _) = ok(p, &["run", "pipelines/a.yaml"]);
+    assert!(ran(p).is_empty(), "a=1 came back from the cache: {out}");
+
+    // The old meaning: the two newest runs of the project (b's) and the latest of each
+    // stage; a=2 is neither any more.
+    for _ in 0..2 {
+        ok(p, &["run", "pipelines/b.yaml"]);
+    }
+    ok(p, &["gc", "--keep-last-global", "2"]);
+    two_pipelines(p, "2");
+    ok(p, &["run", "pipelines/a.yaml"]);
+    assert_eq!(ran(p), ["a"], "a=2 was collected");
+
+    let help = ok(p, &["gc", "--help"]).0;
+    assert!(help.contains("of each pipeline"), "{help}");
+    assert!(help.contains("--keep-last-global"), "{help}");
+}
+
+#[test]
+fn latest_counts_within_the_given_pipeline_and_diff_warns_across_pipelines() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    two_pipelines(p, "1");
+    ok(p, &["run", "pipelines/a.yaml"]);
+    two_pipelines(p, "3");
+    ok(p, &["run", "pipelines/a.yaml"]);
+    ok(p, &["run", "pipelines/b.yaml"]);
+
+    let (show, _) = ok(p, &["show", "pipelines/a.yaml"]);
+    assert!(show.contains("— a (manual trigger)"), "{show}");
+    let (show, _) = ok(p, &["show", "pipelines/a.yaml", "latest~1"]);
+    assert!(show.contains("make.score = 1\n"), "{show}");
+    let (show, _) = ok(p, &["show", "latest"]);
+    assert!(show.contains("— b (manual trigger)"), "{show}");
+
+    let (diff, err) = ok(p, &["metrics", "diff", "latest~1", "latest"]);
+    assert!(err.contains("warning: comparing runs of two pipelines"), "{err}");
+    assert!(diff.contains("make.other"), "{diff}");
+    let (diff, err) = ok(p, &["metrics", "diff", "pipelines/a.yaml", "latest~1", "latest"]);
+    assert!(!err.contains("warning"), "{err}");
+    let row = diff.lines().find(|l| l.starts_with("make.score")).unwrap();
+    assert_eq!(
+        row.split_whitespace().collect::<Vec<_>>(),
+        ["make.score", "1", "3", "+2"],
+        "{diff}"
+    );
+    // A pipeline with fewer runs says so.
+    let out = tsumugi(p)
+        .args(["show", "pipelines/b.yaml", "latest~1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("of pipeline \"b\""));
+}
