@@ -12,6 +12,7 @@ mod dag;
 mod fsmonitor;
 mod gc;
 mod metrics;
+mod plots;
 mod remote;
 mod run;
 mod runref;
@@ -81,6 +82,9 @@ pub enum Command {
     /// Compare the metrics of runs.
     #[command(subcommand)]
     Metrics(metrics::MetricsCommand),
+    /// Draw a run's declared plots (`plots:`) as SVG/PNG + index.html; overlay several runs.
+    #[command(subcommand, long_about = plots::LONG_ABOUT)]
+    Plots(plots::PlotsCommand),
     /// Remove cache objects and entries that no kept run and no workspace output references.
     #[command(long_about = gc::LONG_ABOUT)]
     Gc(gc::GcArgs),
@@ -129,6 +133,7 @@ pub fn main() -> ExitCode {
         Command::Runs(a) => runs::run(&project, a),
         Command::Show(a) => show::run(&project, a),
         Command::Metrics(a) => metrics::run(&project, a),
+        Command::Plots(a) => plots::run(&project, a),
         Command::Gc(a) => gc::run(&project, a),
         Command::Schedule(a) => schedule::run(&project, a),
         Command::Watch(a) => watch::run(&project, a),
