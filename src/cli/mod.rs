@@ -14,6 +14,7 @@ mod gc;
 mod metrics;
 mod plots;
 mod remote;
+mod results;
 mod run;
 mod runref;
 mod runs;

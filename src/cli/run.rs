@@ -167,10 +167,20 @@ pub fn run(project: &Project, args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         Err(e) => return Err(e),
     };
+    let results = if args.dry_run {
+        Vec::new()
+    } else {
+        super::results::collect(project, &pipeline, &summary)
+    };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary_json(&summary))?);
+        let mut v = summary_json(&summary);
+        if let Some(stages) = v["stages"].as_array_mut() {
+            super::results::add_json(stages, &results);
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else if !args.quiet {
         print_summary(&summary, args.dry_run);
+        super::results::print(&results, &file);
     }
     Ok(exit_code(&summary))
 }
