@@ -199,3 +199,45 @@ fn latest_counts_within_the_given_pipeline_and_diff_warns_across_pipelines() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("of pipeline \"b\""));
 }
+
+/// Piped or in CI (stderr not a terminal), a running stage prints a line every
+/// `--progress-interval` with what it last reported. The stage itself waits until tsumugi's
+/// stderr shows such a line, so the test does not depend on timing.
+#[test]
+fn without_a_terminal_a_running_stage_prints_a_line_every_interval() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    write(
+        p,
+        "wait.yaml",
+        "name: wait\nstages:\n  wait:\n    cmd: \"echo step one && i=0; until grep -q 'wait: running [0-9]' err.txt; do i=$((i+1)); [ $i -gt 600 ] && exit 1; sleep 0.1; done; echo done > w.txt\"\n    outs: [w.txt]\n",
+    );
+    let err = std::fs::File::create(p.join("err.txt")).unwrap();
+    let status = std::process::Command::new(assert_cmd::cargo::cargo_bin("tsumugi"))
+        .arg("-C")
+        .arg(p)
+        .args(["run", "wait.yaml", "--progress-interval", "1s"])
+        .stderr(err)
+        .status()
+        .unwrap();
+    let err = std::fs::read_to_string(p.join("err.txt")).unwrap();
+    assert!(status.success(), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("wait: running ") && l != &"wait: running")
+        .unwrap_or_else(|| panic!("no periodic line in:\n{err}"));
+    assert!(line.ends_with(", last output: step one"), "{err}");
+
+    // The same through the environment; `0` turns the lines off (the stage would then wait
+    // for its line in vain, so here it does not wait).
+    write(p, "quick.yaml", "name: quick\nstages:\n  q:\n    cmd: echo q > q.txt\n    outs: [q.txt]\n");
+    let out = tsumugi(p)
+        .args(["run", "quick.yaml"])
+        .env("TSUMUGI_PROGRESS_INTERVAL", "0")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("q: running "), "no periodic line");
+    let help = ok(p, &["run", "--help"]).0;
+    assert!(help.contains("--progress-interval"), "{help}");
+}

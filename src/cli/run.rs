@@ -47,6 +47,17 @@ pub struct RunArgs {
     /// No progress output on stderr.
     #[arg(short, long)]
     pub quiet: bool,
+    /// When stderr is not a terminal (CI, a pipe, a log file): a line per running stage this
+    /// often, with its progress (step/total, loss, pairs/s where the stage reports them) and
+    /// ETA; `0` for none. On a terminal the live bar shows the same.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "10s",
+        env = "TSUMUGI_PROGRESS_INTERVAL",
+        value_parser = parse_interval
+    )]
+    pub progress_interval: std::time::Duration,
     /// Remote cache to read through (restore a stale stage's result if the remote has it)
     /// and write through (upload what ran). Default: the project's default remote.
     #[arg(long, value_name = "NAME", conflicts_with = "no_remote")]
@@ -153,6 +164,7 @@ pub fn run(project: &Project, args: RunArgs) -> anyhow::Result<ExitCode> {
             ProgressMode::Auto
         },
         executor: args.executor,
+        progress_interval: args.progress_interval,
         ..RunOptions::default()
     };
     if let Err(e) = executor::select(&pipeline, &opts.targets) {
@@ -284,4 +296,12 @@ fn secs(d: std::time::Duration) -> f64 {
 fn parse_executor(s: &str) -> Result<tsumugi_pipeline::ExecutorKind, String> {
     tsumugi_pipeline::ExecutorKind::parse(s)
         .ok_or_else(|| format!("invalid executor '{s}' (expected local or slurm)"))
+}
+
+/// `--progress-interval`: a duration (`30s`, `1m`), or `0` for no periodic lines.
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    if s.trim() == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    tsumugi_base::duration::parse_arg(s)
 }

@@ -146,7 +146,7 @@ pub async fn run(project: &Project, pipeline: &Pipeline, opts: &RunOptions) -> R
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             j => j,
         },
-        ui: Ui::new(opts.progress),
+        ui: Ui::with_interval(opts.progress, opts.progress_interval),
         executor: opts.executor,
         slurm: crate::slurm::Queue::new(),
         keep_going: opts.keep_going,

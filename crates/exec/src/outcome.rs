@@ -68,6 +68,9 @@ pub struct RunOptions {
     /// Set to cancel the run from outside.
     pub cancel: Arc<AtomicBool>,
     pub progress: ProgressMode,
+    /// When stderr is not a terminal: a line per running stage this often, with its progress
+    /// and ETA (zero: none). Default 10 s.
+    pub progress_interval: Duration,
     /// Remote cache to read through before running a stale stage and to write through after
     /// committing one (see `remote_cache`).
     pub remote: Option<Arc<tsumugi_remote::Remote>>,
@@ -105,6 +108,7 @@ impl Default for RunOptions {
             handle_signals: true,
             cancel: Arc::new(AtomicBool::new(false)),
             progress: ProgressMode::Auto,
+            progress_interval: Duration::from_secs(10),
             remote: None,
             executor: None,
         }
