@@ -217,6 +217,7 @@ fn without_a_terminal_a_running_stage_prints_a_line_every_interval() {
         .arg("-C")
         .arg(p)
         .args(["run", "wait.yaml", "--progress-interval", "1s"])
+        .stdout(std::process::Stdio::null())
         .stderr(err)
         .status()
         .unwrap();
@@ -240,4 +241,162 @@ fn without_a_terminal_a_running_stage_prints_a_line_every_interval() {
     assert!(!String::from_utf8_lossy(&out.stderr).contains("q: running "), "no periodic line");
     let help = ok(p, &["run", "--help"]).0;
     assert!(help.contains("--progress-interval"), "{help}");
+}
+
+/// An evaluate-like stage whose outputs hold DVC-style plot files; `${params.shift}` moves
+/// its curves so two runs differ.
+const PLOTS: &str = r#"name: plots
+params: {shift: 1}
+stages:
+  evaluate:
+    cmd: >-
+      mkdir -p eval/plots/roc eval/plots/cm &&
+      echo '{"roc": [{"fpr": 0, "tpr": 0.${params.shift}}, {"fpr": 1, "tpr": 1}]}' > eval/plots/roc/test.json &&
+      echo '[{"fpr": 0, "tpr": 0}, {"fpr": 1, "tpr": 1}]' > eval/plots/roc/train.json &&
+      printf 'actual,predicted\na,a\na,a\na,b\nb,b\n' > eval/plots/cm/test.csv &&
+      printf 'step\tloss\tacc\n1\t0.9\t0.5\n2\t0.${params.shift}\t0.75\n' > eval/history.tsv &&
+      echo '{"acc": 0.${params.shift}, "n": 1379}' > eval/metrics.json
+    outs: [eval]
+    metrics: [eval/metrics.json]
+    plots:
+      - ROC:
+          template: line
+          x: fpr
+          y: {eval/plots/roc/train.json: tpr, eval/plots/roc/test.json: tpr}
+      - Confusion-Matrix:
+          template: confusion
+          x: actual
+          y: {eval/plots/cm/test.csv: predicted}
+      - eval/history.tsv
+      - eval/plots/roc/test.json: {x: fpr, y: tpr, template: scatter, title: ROC points}
+"#;
+
+#[test]
+fn a_run_ends_with_its_metrics_and_plot_paths() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    write(p, "pipelines/plots.yaml", PLOTS);
+    let (out, _) = ok(p, &["run"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("run ") && lines[0].ends_with(": 1 ran"), "{out}");
+    assert_eq!(
+        lines[1].split_whitespace().collect::<Vec<_>>(),
+        ["evaluate", "acc=0.100000", "n=1379"],
+        "{out}"
+    );
+    assert_eq!(
+        lines[2].trim(),
+        "evaluate  plots: eval/plots/roc/train.json, eval/plots/roc/test.json, eval/plots/cm/test.csv, eval/history.tsv"
+    );
+    assert_eq!(lines[3].trim(), "draw them: tsumugi plots show pipelines/plots.yaml");
+    // Cached stages did not run: nothing to report.
+    let (out, _) = ok(p, &["run"]);
+    assert_eq!(out.lines().count(), 1, "{out}");
+
+    ok(p, &["run", "--force"]);
+    let (json, _) = ok(p, &["run", "--force", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let st = &v["stages"][0];
+    assert_eq!(st["metrics"], serde_json::json!({"acc": 0.1, "n": 1379}));
+    assert_eq!(st["plots"][3], "eval/history.tsv");
+    assert_eq!(st["gates"], serde_json::json!([]));
+}
+
+#[test]
+fn plots_show_and_diff_draw_from_the_cache_with_one_series_per_run() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    write(p, "pipelines/plots.yaml", PLOTS);
+    ok(p, &["run"]);
+    write(p, "pipelines/plots.yaml", &PLOTS.replace("shift: 1", "shift: 6"));
+    ok(p, &["run"]);
+    let runs: serde_json::Value = serde_json::from_str(&ok(p, &["runs", "--json"]).0).unwrap();
+    let (new, old) = (
+        runs[0]["id"].as_str().unwrap().to_string(),
+        runs[1]["id"].as_str().unwrap().to_string(),
+    );
+    // The workspace no longer holds the first run's files (nor any): the cache does.
+    std::fs::remove_dir_all(p.join("eval")).unwrap();
+
+    let (out, _) = ok(p, &["plots", "show", "pipelines/plots.yaml", "latest~1", "-o", "shown"]);
+    let written: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        written,
+        [
+            "shown/evaluate.ROC.svg",
+            "shown/evaluate.ROC.png",
+            "shown/evaluate.Confusion-Matrix.svg",
+            "shown/evaluate.Confusion-Matrix.png",
+            "shown/evaluate.eval_history.tsv.svg",
+            "shown/evaluate.eval_history.tsv.png",
+            "shown/evaluate.eval_plots_roc_test.json.svg",
+            "shown/evaluate.eval_plots_roc_test.json.png",
+            "shown/index.html",
+        ]
+    );
+    for f in &written {
+        assert!(std::fs::metadata(p.join(f)).unwrap().len() > 100, "{f}");
+    }
+    let png = std::fs::read(p.join("shown/evaluate.ROC.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    let roc = svg_texts(&p.join("shown/evaluate.ROC.svg"));
+    assert!(roc.contains(&"ROC".to_string()), "title: {roc:?}");
+    assert!(roc.contains(&"eval/plots/roc/train.json".to_string()), "legend: {roc:?}");
+    let history = svg_texts(&p.join("shown/evaluate.eval_history.tsv.svg"));
+    assert!(
+        history.contains(&"loss".to_string()) && history.contains(&"acc".to_string()),
+        "a bare path draws every column but the first: {history:?}"
+    );
+    let cm = svg_texts(&p.join("shown/evaluate.Confusion-Matrix.svg"));
+    assert!(cm.contains(&"a".to_string()) && cm.contains(&"b".to_string()), "class labels: {cm:?}");
+    assert_eq!(cm[cm.len() - 4..], ["2", "1", "0", "1"], "counts, row by row: {cm:?}");
+    let index = std::fs::read_to_string(p.join("shown/index.html")).unwrap();
+    assert!(index.contains(&format!("run {old}")), "{index}");
+    assert!(index.contains("<img src=\"evaluate.ROC.svg\""), "{index}");
+
+    let (out, _) = ok(p, &["plots", "diff", "latest~1", "latest"]);
+    assert!(out.lines().any(|l| l == "out/plots/diff/evaluate.ROC.svg"), "{out}");
+    let roc = svg_texts(&p.join("out/plots/diff/evaluate.ROC.svg"));
+    for run in [&old, &new] {
+        assert!(roc.contains(&format!("{run} eval/plots/roc/test.json")), "one series per run: {roc:?}");
+    }
+    let cm = svg_texts(&p.join("out/plots/diff/evaluate.Confusion-Matrix.svg"));
+    assert!(cm.contains(&old) && cm.contains(&new), "side by side, one panel per run: {cm:?}");
+
+    // A run of another pipeline is not counted by `latest` of this one.
+    write(p, "other.yaml", "name: other\nstages:\n  o:\n    cmd: echo o > o.txt\n    outs: [o.txt]\n");
+    ok(p, &["run", "other.yaml"]);
+    let (out, _) = ok(p, &["plots", "show", "-o", "again"]);
+    assert!(out.contains("again/index.html"), "{out}");
+    let index = std::fs::read_to_string(p.join("again/index.html")).unwrap();
+    assert!(index.contains(&format!("run {new}")), "{index}");
+}
+
+#[test]
+fn a_plot_file_must_be_an_output_of_its_stage_and_errors_are_positioned() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    write(
+        p,
+        "bad.yaml",
+        "name: bad\nstages:\n  e:\n    cmd: mkdir -p eval\n    outs: [eval]\n    plots:\n      - other.csv\n      - eval/a.json: {template: pie}\n      - N: {x: a, y: {eval/b.json: c}, colour: red}\n",
+    );
+    let out = tsumugi(p).args(["validate", "bad.yaml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.yaml:7:9: plot file 'other.csv' of stage 'e' is not one of its outputs"), "{err}");
+    assert!(err.contains("bad.yaml:8:33: unknown template 'pie'"), "{err}");
+    assert!(err.contains("bad.yaml:9:40: unknown key 'colour' in plot 'N'"), "{err}");
+}
+
+/// The texts of an SVG file (`<text …>TEXT</text>`), trimmed.
+fn svg_texts(path: &Path) -> Vec<String> {
+    let svg = std::fs::read_to_string(path).unwrap();
+    svg.split("<text")
+        .skip(1)
+        .filter_map(|t| {
+            let body = &t[t.find('>')? + 1..];
+            Some(body[..body.find("</text>")?].trim().to_string())
+        })
+        .collect()
 }
