@@ -400,3 +400,43 @@ fn svg_texts(path: &Path) -> Vec<String> {
         })
         .collect()
 }
+
+/// docs/triggers.md's cron example is what the loader and `schedule` accept, and the
+/// mistakes it names are reported as it says.
+#[test]
+fn the_cron_keys_docs_triggers_md_shows_are_accepted_and_checked() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/triggers.md")).unwrap();
+    let start = doc.find("```yaml\ntriggers:").unwrap() + "```yaml\n".len();
+    let example = &doc[start..start + doc[start..].find("```").unwrap()];
+    let pipeline = format!("name: cron\nstages:\n  s:\n    cmd: echo s > s.txt\n    outs: [s.txt]\n{example}");
+    write(p, "data/app.db", "");
+    write(p, "cron.yaml", &pipeline);
+    ok(p, &["validate", "cron.yaml"]);
+    // A first start evaluates nothing (no tick is missed yet): it checks and exits 0.
+    ok(p, &["schedule", "cron.yaml", "--once"]);
+
+    let bad = |trigger: &str| {
+        write(p, "bad.yaml", &format!("name: bad\nstages:\n  s:\n    cmd: echo s > s.txt\n    outs: [s.txt]\ntriggers:\n{trigger}"));
+        let v = tsumugi(p).args(["validate", "bad.yaml"]).output().unwrap();
+        let s = tsumugi(p).args(["schedule", "bad.yaml", "--once"]).output().unwrap();
+        (
+            v.status.code(),
+            String::from_utf8_lossy(&v.stderr).into_owned(),
+            s.status.code(),
+            String::from_utf8_lossy(&s.stderr).into_owned(),
+        )
+    };
+    let (v, verr, _, _) = bad("  - cron: \"0 3 * * *\"\n    timezone: UTC\n");
+    assert_eq!(v, Some(2));
+    assert!(verr.contains("bad.yaml:8:5: unknown key 'timezone' in a cron trigger"), "{verr}");
+    let (v, verr, _, _) = bad("  - cron: \"CRON_TZ=Asia/Tokyo @daily\"\n");
+    assert_eq!(v, Some(2), "the word count: {verr}");
+    let (v, _, s, serr) = bad("  - cron: \"0 3 * * *\"\n    catchup: sometimes\n");
+    assert_eq!((v, s), (Some(0), Some(2)), "{serr}");
+    assert!(serr.contains("bad.yaml:7:5") && serr.contains("unknown catchup policy \"sometimes\": expected skip or run-once"), "{serr}");
+    let (_, _, s, serr) = bad("  - cron: \"CRON_TZ=Asia/Tokyo 0 3 * * *\"\n    tz: Europe/Paris\n");
+    assert_eq!(s, Some(2));
+    assert!(serr.contains("give the time zone once"), "{serr}");
+}
