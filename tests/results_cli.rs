@@ -69,11 +69,24 @@ fn force_on_named_stages_forces_only_them_unless_force_upstream() {
     assert_eq!(ran(p), ["evaluate"], "only the named stage is forced");
     assert!(out.contains("1 ran, 2 cached"), "{out}");
 
-    ok(p, &["run", "chain.yaml", "evaluate", "--force-upstream", "--force"]);
+    ok(
+        p,
+        &[
+            "run",
+            "chain.yaml",
+            "evaluate",
+            "--force-upstream",
+            "--force",
+        ],
+    );
     assert_eq!(ran(p), ["fetch", "train", "evaluate"]);
 
     ok(p, &["run", "chain.yaml", "--force"]);
-    assert_eq!(ran(p), ["fetch", "train", "evaluate"], "no stage named: all");
+    assert_eq!(
+        ran(p),
+        ["fetch", "train", "evaluate"],
+        "no stage named: all"
+    );
 
     // --force-upstream means nothing without --force: refused, not ignored.
     tsumugi(p)
@@ -181,9 +194,15 @@ fn latest_counts_within_the_given_pipeline_and_diff_warns_across_pipelines() {
     assert!(show.contains("— b (manual trigger)"), "{show}");
 
     let (diff, err) = ok(p, &["metrics", "diff", "latest~1", "latest"]);
-    assert!(err.contains("warning: comparing runs of two pipelines"), "{err}");
+    assert!(
+        err.contains("warning: comparing runs of two pipelines"),
+        "{err}"
+    );
     assert!(diff.contains("make.other"), "{diff}");
-    let (diff, err) = ok(p, &["metrics", "diff", "pipelines/a.yaml", "latest~1", "latest"]);
+    let (diff, err) = ok(
+        p,
+        &["metrics", "diff", "pipelines/a.yaml", "latest~1", "latest"],
+    );
     assert!(!err.contains("warning"), "{err}");
     let row = diff.lines().find(|l| l.starts_with("make.score")).unwrap();
     assert_eq!(
@@ -231,14 +250,21 @@ fn without_a_terminal_a_running_stage_prints_a_line_every_interval() {
 
     // The same through the environment; `0` turns the lines off (the stage would then wait
     // for its line in vain, so here it does not wait).
-    write(p, "quick.yaml", "name: quick\nstages:\n  q:\n    cmd: echo q > q.txt\n    outs: [q.txt]\n");
+    write(
+        p,
+        "quick.yaml",
+        "name: quick\nstages:\n  q:\n    cmd: echo q > q.txt\n    outs: [q.txt]\n",
+    );
     let out = tsumugi(p)
         .args(["run", "quick.yaml"])
         .env("TSUMUGI_PROGRESS_INTERVAL", "0")
         .output()
         .unwrap();
     assert!(out.status.success());
-    assert!(!String::from_utf8_lossy(&out.stderr).contains("q: running "), "no periodic line");
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("q: running "),
+        "no periodic line"
+    );
     let help = ok(p, &["run", "--help"]).0;
     assert!(help.contains("--progress-interval"), "{help}");
 }
@@ -278,7 +304,10 @@ fn a_run_ends_with_its_metrics_and_plot_paths() {
     write(p, "pipelines/plots.yaml", PLOTS);
     let (out, _) = ok(p, &["run"]);
     let lines: Vec<&str> = out.lines().collect();
-    assert!(lines[0].starts_with("run ") && lines[0].ends_with(": 1 ran"), "{out}");
+    assert!(
+        lines[0].starts_with("run ") && lines[0].ends_with(": 1 ran"),
+        "{out}"
+    );
     assert_eq!(
         lines[1].split_whitespace().collect::<Vec<_>>(),
         ["evaluate", "acc=0.100000", "n=1379"],
@@ -288,7 +317,10 @@ fn a_run_ends_with_its_metrics_and_plot_paths() {
         lines[2].trim(),
         "evaluate  plots: eval/plots/roc/train.json, eval/plots/roc/test.json, eval/plots/cm/test.csv, eval/history.tsv"
     );
-    assert_eq!(lines[3].trim(), "draw them: tsumugi plots show pipelines/plots.yaml");
+    assert_eq!(
+        lines[3].trim(),
+        "draw them: tsumugi plots show pipelines/plots.yaml"
+    );
     // Cached stages did not run: nothing to report.
     let (out, _) = ok(p, &["run"]);
     assert_eq!(out.lines().count(), 1, "{out}");
@@ -308,7 +340,11 @@ fn plots_show_and_diff_draw_from_the_cache_with_one_series_per_run() {
     let p = d.path();
     write(p, "pipelines/plots.yaml", PLOTS);
     ok(p, &["run"]);
-    write(p, "pipelines/plots.yaml", &PLOTS.replace("shift: 1", "shift: 6"));
+    write(
+        p,
+        "pipelines/plots.yaml",
+        &PLOTS.replace("shift: 1", "shift: 6"),
+    );
     ok(p, &["run"]);
     let runs: serde_json::Value = serde_json::from_str(&ok(p, &["runs", "--json"]).0).unwrap();
     let (new, old) = (
@@ -318,7 +354,17 @@ fn plots_show_and_diff_draw_from_the_cache_with_one_series_per_run() {
     // The workspace no longer holds the first run's files (nor any): the cache does.
     std::fs::remove_dir_all(p.join("eval")).unwrap();
 
-    let (out, _) = ok(p, &["plots", "show", "pipelines/plots.yaml", "latest~1", "-o", "shown"]);
+    let (out, _) = ok(
+        p,
+        &[
+            "plots",
+            "show",
+            "pipelines/plots.yaml",
+            "latest~1",
+            "-o",
+            "shown",
+        ],
+    );
     let written: Vec<&str> = out.lines().collect();
     assert_eq!(
         written,
@@ -341,30 +387,53 @@ fn plots_show_and_diff_draw_from_the_cache_with_one_series_per_run() {
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     let roc = svg_texts(&p.join("shown/evaluate.ROC.svg"));
     assert!(roc.contains(&"ROC".to_string()), "title: {roc:?}");
-    assert!(roc.contains(&"eval/plots/roc/train.json".to_string()), "legend: {roc:?}");
+    assert!(
+        roc.contains(&"eval/plots/roc/train.json".to_string()),
+        "legend: {roc:?}"
+    );
     let history = svg_texts(&p.join("shown/evaluate.eval_history.tsv.svg"));
     assert!(
         history.contains(&"loss".to_string()) && history.contains(&"acc".to_string()),
         "a bare path draws every column but the first: {history:?}"
     );
     let cm = svg_texts(&p.join("shown/evaluate.Confusion-Matrix.svg"));
-    assert!(cm.contains(&"a".to_string()) && cm.contains(&"b".to_string()), "class labels: {cm:?}");
-    assert_eq!(cm[cm.len() - 4..], ["2", "1", "0", "1"], "counts, row by row: {cm:?}");
+    assert!(
+        cm.contains(&"a".to_string()) && cm.contains(&"b".to_string()),
+        "class labels: {cm:?}"
+    );
+    assert_eq!(
+        cm[cm.len() - 4..],
+        ["2", "1", "0", "1"],
+        "counts, row by row: {cm:?}"
+    );
     let index = std::fs::read_to_string(p.join("shown/index.html")).unwrap();
     assert!(index.contains(&format!("run {old}")), "{index}");
     assert!(index.contains("<img src=\"evaluate.ROC.svg\""), "{index}");
 
     let (out, _) = ok(p, &["plots", "diff", "latest~1", "latest"]);
-    assert!(out.lines().any(|l| l == "out/plots/diff/evaluate.ROC.svg"), "{out}");
+    assert!(
+        out.lines().any(|l| l == "out/plots/diff/evaluate.ROC.svg"),
+        "{out}"
+    );
     let roc = svg_texts(&p.join("out/plots/diff/evaluate.ROC.svg"));
     for run in [&old, &new] {
-        assert!(roc.contains(&format!("{run} eval/plots/roc/test.json")), "one series per run: {roc:?}");
+        assert!(
+            roc.contains(&format!("{run} eval/plots/roc/test.json")),
+            "one series per run: {roc:?}"
+        );
     }
     let cm = svg_texts(&p.join("out/plots/diff/evaluate.Confusion-Matrix.svg"));
-    assert!(cm.contains(&old) && cm.contains(&new), "side by side, one panel per run: {cm:?}");
+    assert!(
+        cm.contains(&old) && cm.contains(&new),
+        "side by side, one panel per run: {cm:?}"
+    );
 
     // A run of another pipeline is not counted by `latest` of this one.
-    write(p, "other.yaml", "name: other\nstages:\n  o:\n    cmd: echo o > o.txt\n    outs: [o.txt]\n");
+    write(
+        p,
+        "other.yaml",
+        "name: other\nstages:\n  o:\n    cmd: echo o > o.txt\n    outs: [o.txt]\n",
+    );
     ok(p, &["run", "other.yaml"]);
     let (out, _) = ok(p, &["plots", "show", "-o", "again"]);
     assert!(out.contains("again/index.html"), "{out}");
@@ -384,9 +453,18 @@ fn a_plot_file_must_be_an_output_of_its_stage_and_errors_are_positioned() {
     let out = tsumugi(p).args(["validate", "bad.yaml"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.yaml:7:9: plot file 'other.csv' of stage 'e' is not one of its outputs"), "{err}");
-    assert!(err.contains("bad.yaml:8:33: unknown template 'pie'"), "{err}");
-    assert!(err.contains("bad.yaml:9:40: unknown key 'colour' in plot 'N'"), "{err}");
+    assert!(
+        err.contains("bad.yaml:7:9: plot file 'other.csv' of stage 'e' is not one of its outputs"),
+        "{err}"
+    );
+    assert!(
+        err.contains("bad.yaml:8:33: unknown template 'pie'"),
+        "{err}"
+    );
+    assert!(
+        err.contains("bad.yaml:9:40: unknown key 'colour' in plot 'N'"),
+        "{err}"
+    );
 }
 
 /// The texts of an SVG file (`<text …>TEXT</text>`), trimmed.
@@ -407,10 +485,13 @@ fn svg_texts(path: &Path) -> Vec<String> {
 fn the_cron_keys_docs_triggers_md_shows_are_accepted_and_checked() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path();
-    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/triggers.md")).unwrap();
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/triggers.md"))
+            .unwrap();
     let start = doc.find("```yaml\ntriggers:").unwrap() + "```yaml\n".len();
     let example = &doc[start..start + doc[start..].find("```").unwrap()];
-    let pipeline = format!("name: cron\nstages:\n  s:\n    cmd: echo s > s.txt\n    outs: [s.txt]\n{example}");
+    let pipeline =
+        format!("name: cron\nstages:\n  s:\n    cmd: echo s > s.txt\n    outs: [s.txt]\n{example}");
     write(p, "data/app.db", "");
     write(p, "cron.yaml", &pipeline);
     ok(p, &["validate", "cron.yaml"]);
@@ -418,9 +499,18 @@ fn the_cron_keys_docs_triggers_md_shows_are_accepted_and_checked() {
     ok(p, &["schedule", "cron.yaml", "--once"]);
 
     let bad = |trigger: &str| {
-        write(p, "bad.yaml", &format!("name: bad\nstages:\n  s:\n    cmd: echo s > s.txt\n    outs: [s.txt]\ntriggers:\n{trigger}"));
+        write(
+            p,
+            "bad.yaml",
+            &format!(
+                "name: bad\nstages:\n  s:\n    cmd: echo s > s.txt\n    outs: [s.txt]\ntriggers:\n{trigger}"
+            ),
+        );
         let v = tsumugi(p).args(["validate", "bad.yaml"]).output().unwrap();
-        let s = tsumugi(p).args(["schedule", "bad.yaml", "--once"]).output().unwrap();
+        let s = tsumugi(p)
+            .args(["schedule", "bad.yaml", "--once"])
+            .output()
+            .unwrap();
         (
             v.status.code(),
             String::from_utf8_lossy(&v.stderr).into_owned(),
@@ -430,12 +520,19 @@ fn the_cron_keys_docs_triggers_md_shows_are_accepted_and_checked() {
     };
     let (v, verr, _, _) = bad("  - cron: \"0 3 * * *\"\n    timezone: UTC\n");
     assert_eq!(v, Some(2));
-    assert!(verr.contains("bad.yaml:8:5: unknown key 'timezone' in a cron trigger"), "{verr}");
+    assert!(
+        verr.contains("bad.yaml:8:5: unknown key 'timezone' in a cron trigger"),
+        "{verr}"
+    );
     let (v, verr, _, _) = bad("  - cron: \"CRON_TZ=Asia/Tokyo @daily\"\n");
     assert_eq!(v, Some(2), "the word count: {verr}");
     let (v, _, s, serr) = bad("  - cron: \"0 3 * * *\"\n    catchup: sometimes\n");
     assert_eq!((v, s), (Some(0), Some(2)), "{serr}");
-    assert!(serr.contains("bad.yaml:7:5") && serr.contains("unknown catchup policy \"sometimes\": expected skip or run-once"), "{serr}");
+    assert!(
+        serr.contains("bad.yaml:7:5")
+            && serr.contains("unknown catchup policy \"sometimes\": expected skip or run-once"),
+        "{serr}"
+    );
     let (_, _, s, serr) = bad("  - cron: \"CRON_TZ=Asia/Tokyo 0 3 * * *\"\n    tz: Europe/Paris\n");
     assert_eq!(s, Some(2));
     assert!(serr.contains("give the time zone once"), "{serr}");

@@ -10,7 +10,8 @@ use crate::rundb::{self, RunRow};
 use crate::spec::{Action, Pipeline};
 
 /// `tsumugi plots --help`.
-pub const LONG_ABOUT: &str = "Draw the plots a run's stages declare (`plots:`) as SVG and PNG, with an \
+pub const LONG_ABOUT: &str =
+    "Draw the plots a run's stages declare (`plots:`) as SVG and PNG, with an \
 index.html that shows them.
 
 The data come from the run's results in the cache, not from the workspace, so an old run's \
@@ -46,7 +47,12 @@ pub struct DiffArgs {
     #[arg(value_name = "FILE|RUN", num_args = 2.., required = true)]
     pub args: Vec<String>,
     /// Where the files go.
-    #[arg(short = 'o', long, value_name = "DIR", default_value = "out/plots/diff")]
+    #[arg(
+        short = 'o',
+        long,
+        value_name = "DIR",
+        default_value = "out/plots/diff"
+    )]
     pub out: PathBuf,
 }
 
@@ -61,7 +67,9 @@ pub fn run(project: &Project, cmd: PlotsCommand) -> anyhow::Result<ExitCode> {
     };
     // The pipeline file: given first, or the only one in pipelines/.
     let (file, mut refs) = match args.first() {
-        Some(a) if super::show::looks_like_file(project, a) => (PathBuf::from(a), args[1..].to_vec()),
+        Some(a) if super::show::looks_like_file(project, a) => {
+            (PathBuf::from(a), args[1..].to_vec())
+        }
         _ => match super::run::split_file_and_stages(project, &[]) {
             Ok((f, _)) => (f, args.clone()),
             Err(e) => {
@@ -111,7 +119,10 @@ pub fn run(project: &Project, cmd: PlotsCommand) -> anyhow::Result<ExitCode> {
         format!(
             "{}: runs {}",
             pipeline.name,
-            runs.iter().map(|r| r.id.as_str()).collect::<Vec<_>>().join(", ")
+            runs.iter()
+                .map(|r| r.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         )
     } else {
         format!("{}: run {}", pipeline.name, runs[0].id)
@@ -182,7 +193,11 @@ fn draw_all(
             match tsumugi_plots::draw_plot(plot, &stage.name, &files, dir) {
                 Ok(paths) => {
                     w.figures.push((
-                        format!("{}: {}", stage.name, plot.title.as_deref().unwrap_or(&plot.id)),
+                        format!(
+                            "{}: {}",
+                            stage.name,
+                            plot.title.as_deref().unwrap_or(&plot.id)
+                        ),
                         format!("{}.svg", tsumugi_plots::file_stem(&stage.name, &plot.id)),
                     ));
                     w.paths.extend(paths);
@@ -198,14 +213,19 @@ fn draw_all(
             for (r, fp) in &present {
                 let files = tsumugi_plots::output_dir_files(cache, fp, "plots", &["svg", "png"])?;
                 for (rel_path, bytes) in files {
-                    let suffix = if runs.len() > 1 { format!(".{}", r.id) } else { String::new() };
+                    let suffix = if runs.len() > 1 {
+                        format!(".{}", r.id)
+                    } else {
+                        String::new()
+                    };
                     let stem = tsumugi_plots::file_stem(&stage.name, &rel_path);
                     let (base, ext) = stem.rsplit_once('.').unwrap_or((&stem, ""));
                     let name = format!("{base}{suffix}.{ext}");
                     let p = dir.join(&name);
                     tsumugi_base::atomic::write_atomic(&p, &bytes)?;
                     if ext == "svg" {
-                        w.figures.push((format!("{}: {rel_path} ({})", stage.name, r.id), name));
+                        w.figures
+                            .push((format!("{}: {rel_path} ({})", stage.name, r.id), name));
                     }
                     w.paths.push(p);
                 }
@@ -216,5 +236,8 @@ fn draw_all(
 }
 
 fn rel(project: &Project, p: &Path) -> String {
-    p.strip_prefix(project.root()).unwrap_or(p).display().to_string()
+    p.strip_prefix(project.root())
+        .unwrap_or(p)
+        .display()
+        .to_string()
 }

@@ -53,7 +53,10 @@ pub(super) fn collect(project: &Project, pipeline: &Pipeline, s: &RunSummary) ->
                     finals.insert(&m.name, (m.value, m.step));
                 }
             }
-            r.metrics = finals.into_iter().map(|(k, (v, _))| (k.to_string(), v)).collect();
+            r.metrics = finals
+                .into_iter()
+                .map(|(k, (v, _))| (k.to_string(), v))
+                .collect();
         }
         if let Some(stage) = pipeline.stage(&o.name) {
             if ran {
@@ -65,7 +68,8 @@ pub(super) fn collect(project: &Project, pipeline: &Pipeline, s: &RunSummary) ->
             && reg.gate.is_some()
             && o.status.is_ok()
         {
-            r.gates.push(format!("register {}: {}", reg.name, reg.message));
+            r.gates
+                .push(format!("register {}: {}", reg.name, reg.message));
         }
         if !(r.metrics.is_empty() && r.gates.is_empty() && r.plots.is_empty()) {
             out.push(r);
@@ -97,7 +101,9 @@ fn fail_if_gates(action: &Action, metrics: &[(String, f64)]) -> Vec<String> {
                 .find_map(|k| Some(format!("{k} {}", g.get(*k)?)))?;
             Some(format!(
                 "gate {metric} not {rule}: passed{}",
-                value.map(|v| format!(" ({metric} = {})", display(v, false))).unwrap_or_default()
+                value
+                    .map(|v| format!(" ({metric} = {})", display(v, false)))
+                    .unwrap_or_default()
             ))
         })
         .collect()
@@ -119,7 +125,12 @@ fn plot_files(project: &Project, stage: &crate::spec::Stage) -> Vec<String> {
             .filter_map(|e| e.ok())
             .map(|e| e.path())
             .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("png" | "svg")))
-            .map(|p| out.path.join(p.file_name().unwrap_or_default()).display().to_string())
+            .map(|p| {
+                out.path
+                    .join(p.file_name().unwrap_or_default())
+                    .display()
+                    .to_string()
+            })
             .collect();
         imgs.sort();
         files.extend(imgs);

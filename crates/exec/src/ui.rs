@@ -206,7 +206,8 @@ impl Ui {
                             if !live.throttle.due(now) {
                                 continue;
                             }
-                            let elapsed = short_duration(now.saturating_duration_since(live.started));
+                            let elapsed =
+                                short_duration(now.saturating_duration_since(live.started));
                             let what = match (&live.progress, &live.last_line) {
                                 (Some(p), _) => progress_text(live.started, p),
                                 (None, Some(l)) => format!("last output: {l}"),
@@ -351,7 +352,10 @@ mod tests {
         assert!(t.due(t0 + 10 * s));
         assert!(!t.due(t0 + 15 * s), "one line per interval");
         assert!(t.due(t0 + 21 * s));
-        assert!(!t.due(t0 + 30 * s), "the interval counts from the last line");
+        assert!(
+            !t.due(t0 + 30 * s),
+            "the interval counts from the last line"
+        );
         assert!(t.due(t0 + 31 * s));
     }
 

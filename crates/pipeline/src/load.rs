@@ -1904,8 +1904,10 @@ impl<'a> Cx<'a> {
                     || metrics.contains(&s.file);
                 if !owned {
                     fine = false;
-                    let listed: Vec<String> =
-                        outs.values().map(|o| o.path.display().to_string()).collect();
+                    let listed: Vec<String> = outs
+                        .values()
+                        .map(|o| o.path.display().to_string())
+                        .collect();
                     self.err(
                         pos,
                         format!(

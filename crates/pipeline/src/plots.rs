@@ -76,8 +76,14 @@ pub(crate) const PLOT_KEYS: &[(&str, &str)] = &[
         "The field on the y axis, or (named form) {FILE: FIELD, …}: one series per file.",
     ),
     ("title", "The plot's title."),
-    ("x_label", "Ignored label of the x axis (DVC); the field name is used."),
-    ("y_label", "Ignored label of the y axis (DVC); the field name is used."),
+    (
+        "x_label",
+        "Ignored label of the x axis (DVC); the field name is used.",
+    ),
+    (
+        "y_label",
+        "Ignored label of the y axis (DVC); the field name is used.",
+    ),
 ];
 
 /// A parse problem at a position.
@@ -138,7 +144,10 @@ pub(crate) fn parse(
     let mut seen = std::collections::HashSet::new();
     for (p, pos) in &out {
         if !seen.insert(p.id.clone()) {
-            errs.push((pos[0], format!("plot '{}' is declared twice in {what}", p.id)));
+            errs.push((
+                pos[0],
+                format!("plot '{}' is declared twice in {what}", p.id),
+            ));
         }
     }
     (out, errs)
@@ -271,7 +280,9 @@ fn one(
     if template == Template::Confusion && (x.is_none() || series.iter().any(|s| s.y.is_none())) {
         errs.push((
             key.pos,
-            format!("confusion plot '{id}' needs x (the actual class field) and y (the predicted one)"),
+            format!(
+                "confusion plot '{id}' needs x (the actual class field) and y (the predicted one)"
+            ),
         ));
     }
     Some((

@@ -60,8 +60,12 @@ pub fn parse(name: &Path, bytes: &[u8]) -> Result<Table> {
         .map(str::to_ascii_lowercase);
     match ext.as_deref() {
         Some("json") => json(bytes).with_context(|| format!("plot file {}", name.display())),
-        Some("csv") => delimited(bytes, b',').with_context(|| format!("plot file {}", name.display())),
-        Some("tsv") => delimited(bytes, b'\t').with_context(|| format!("plot file {}", name.display())),
+        Some("csv") => {
+            delimited(bytes, b',').with_context(|| format!("plot file {}", name.display()))
+        }
+        Some("tsv") => {
+            delimited(bytes, b'\t').with_context(|| format!("plot file {}", name.display()))
+        }
         _ => bail!(
             "plot file {}: expected a .json, .csv or .tsv file",
             name.display()

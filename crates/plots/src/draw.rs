@@ -31,8 +31,10 @@ pub struct Xy {
 impl Draw for Xy {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
         let all = || self.series.iter().flat_map(|(_, p)| p.iter());
-        let (x0, x1) = extent(all().map(|p| p.0)).ok_or_else(|| anyhow!("plots: no point to draw"))?;
-        let (y0, y1) = extent(all().map(|p| p.1)).ok_or_else(|| anyhow!("plots: no point to draw"))?;
+        let (x0, x1) =
+            extent(all().map(|p| p.0)).ok_or_else(|| anyhow!("plots: no point to draw"))?;
+        let (y0, y1) =
+            extent(all().map(|p| p.1)).ok_or_else(|| anyhow!("plots: no point to draw"))?;
         let mut chart = ChartBuilder::on(root)
             .caption(&self.title, ("sans-serif", 22))
             .margin(12)
@@ -95,12 +97,7 @@ impl Draw for Confusion {
             if labels.is_empty() {
                 continue;
             }
-            Heatmap {
-                m,
-                labels,
-                caption,
-            }
-            .draw(area)?;
+            Heatmap { m, labels, caption }.draw(area)?;
         }
         Ok(())
     }

@@ -59,7 +59,12 @@ pub fn file_stem(stage: &str, plot_id: &str) -> String {
 
 /// Draws `plot` of `stage` for `runs` (overlaid when several) into `dir` as
 /// `STEM.svg` and `STEM.png`; returns the paths written.
-pub fn draw_plot(plot: &Plot, stage: &str, runs: &[RunFiles<'_>], dir: &Path) -> Result<Vec<PathBuf>> {
+pub fn draw_plot(
+    plot: &Plot,
+    stage: &str,
+    runs: &[RunFiles<'_>],
+    dir: &Path,
+) -> Result<Vec<PathBuf>> {
     let stem = file_stem(stage, &plot.id);
     let title = plot.title.clone().unwrap_or_else(|| plot.id.clone());
     let several_files = plot.series.len() > 1;
@@ -67,8 +72,9 @@ pub fn draw_plot(plot: &Plot, stage: &str, runs: &[RunFiles<'_>], dir: &Path) ->
     let mut tables: Vec<(String, &tsumugi_pipeline::Series, Table)> = Vec::new();
     for run in runs {
         for s in &plot.series {
-            let bytes = (run.read)(&s.file)
-                .with_context(|| format!("plot '{}' of stage '{stage}' ({})", plot.id, run.label))?;
+            let bytes = (run.read)(&s.file).with_context(|| {
+                format!("plot '{}' of stage '{stage}' ({})", plot.id, run.label)
+            })?;
             let t = data::parse(&s.file, &bytes)?;
             let mut label = Vec::new();
             if several_runs {
@@ -89,21 +95,41 @@ pub fn draw_plot(plot: &Plot, stage: &str, runs: &[RunFiles<'_>], dir: &Path) ->
             for (label, s, t) in &tables {
                 let xcol = match &plot.x {
                     Some(x) => Some(t.column(x).ok_or_else(|| {
-                        anyhow!("plot '{}': {} has no field {x:?} (it has: {})", plot.id, s.file.display(), t.columns.join(", "))
+                        anyhow!(
+                            "plot '{}': {} has no field {x:?} (it has: {})",
+                            plot.id,
+                            s.file.display(),
+                            t.columns.join(", ")
+                        )
                     })?),
                     None => t.numeric_columns().first().copied(),
                 };
                 if x_label.is_empty() {
-                    x_label = xcol.map(|c| t.columns[c].clone()).unwrap_or_else(|| "row".into());
+                    x_label = xcol
+                        .map(|c| t.columns[c].clone())
+                        .unwrap_or_else(|| "row".into());
                 }
                 let ycols: Vec<usize> = match &s.y {
                     Some(y) => vec![t.column(y).ok_or_else(|| {
-                        anyhow!("plot '{}': {} has no field {y:?} (it has: {})", plot.id, s.file.display(), t.columns.join(", "))
+                        anyhow!(
+                            "plot '{}': {} has no field {y:?} (it has: {})",
+                            plot.id,
+                            s.file.display(),
+                            t.columns.join(", ")
+                        )
                     })?],
-                    None => t.numeric_columns().into_iter().filter(|c| Some(*c) != xcol).collect(),
+                    None => t
+                        .numeric_columns()
+                        .into_iter()
+                        .filter(|c| Some(*c) != xcol)
+                        .collect(),
                 };
                 if ycols.is_empty() {
-                    bail!("plot '{}': {} has no numeric field to draw", plot.id, s.file.display());
+                    bail!(
+                        "plot '{}': {} has no numeric field to draw",
+                        plot.id,
+                        s.file.display()
+                    );
                 }
                 for yc in &ycols {
                     y_names.insert(t.columns[*yc].clone());
@@ -173,7 +199,11 @@ pub fn draw_plot(plot: &Plot, stage: &str, runs: &[RunFiles<'_>], dir: &Path) ->
                 for (a, p) in &pairs {
                     m[idx(a)][idx(p)] += 1;
                 }
-                let caption = if label.is_empty() { s.file.display().to_string() } else { label.clone() };
+                let caption = if label.is_empty() {
+                    s.file.display().to_string()
+                } else {
+                    label.clone()
+                };
                 panels.push((caption, classes, m));
             }
             let c = draw::Confusion { title, panels };
