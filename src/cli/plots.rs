@@ -155,6 +155,9 @@ struct Written {
     failed: bool,
 }
 
+/// Reads a file of one run's cached outputs.
+type Reader<'a> = Box<dyn Fn(&Path) -> anyhow::Result<Vec<u8>> + 'a>;
+
 fn draw_all(
     pipeline: &Pipeline,
     runs: &[RunRow],
@@ -174,12 +177,12 @@ fn draw_all(
             continue;
         }
         for plot in &stage.plots {
-            let readers: Vec<Box<dyn Fn(&Path) -> anyhow::Result<Vec<u8>>>> = present
+            let readers: Vec<Reader<'_>> = present
                 .iter()
                 .map(|(_, fp)| {
                     let fp = (*fp).clone();
                     Box::new(move |p: &Path| tsumugi_plots::read_output_file(cache, &fp, p))
-                        as Box<dyn Fn(&Path) -> anyhow::Result<Vec<u8>>>
+                        as Reader<'_>
                 })
                 .collect();
             let files: Vec<tsumugi_plots::RunFiles<'_>> = present

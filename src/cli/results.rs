@@ -58,11 +58,11 @@ pub(super) fn collect(project: &Project, pipeline: &Pipeline, s: &RunSummary) ->
                 .map(|(k, (v, _))| (k.to_string(), v))
                 .collect();
         }
-        if let Some(stage) = pipeline.stage(&o.name) {
-            if ran {
-                r.gates.extend(fail_if_gates(&stage.action, &r.metrics));
-                r.plots = plot_files(project, stage);
-            }
+        if let Some(stage) = pipeline.stage(&o.name)
+            && ran
+        {
+            r.gates.extend(fail_if_gates(&stage.action, &r.metrics));
+            r.plots = plot_files(project, stage);
         }
         if let Some(reg) = &o.registration
             && reg.gate.is_some()
