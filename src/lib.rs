@@ -9,6 +9,7 @@
 //! | stages | `tsumugi-stages` | the stage contract; built-in kinds (their ML in burn) |
 //! | pipeline | `tsumugi-pipeline` | YAML pipeline file → validated [`spec::Pipeline`] → [`graph::Dag`] |
 //! | store | `tsumugi-store` | content hashes + stat cache, fingerprints, object store + action cache |
+//! | plots | `tsumugi-plots` | declared plots drawn from a run's cached outputs (SVG, PNG, index page) |
 //! | remote | `tsumugi-remote` | the cache mirrored on object storage (S3, shared directories) |
 //! | run record | `tsumugi-rundb` | the SQLite run database and its one writer |
 //! | executor | `tsumugi-exec` | freshness, slots, processes, per-item stages, registry |

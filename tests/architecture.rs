@@ -13,6 +13,7 @@ const LAYERS: &[(&str, &str)] = &[
     ("tsumugi-stages", "stages"),
     ("tsumugi-pipeline", "crates/pipeline"),
     ("tsumugi-store", "crates/store"),
+    ("tsumugi-plots", "crates/plots"),
     ("tsumugi-remote", "crates/remote"),
     ("tsumugi-rundb", "crates/rundb"),
     ("tsumugi-exec", "crates/exec"),

@@ -26,6 +26,7 @@ fn stage(name: &str, action: Action, deps: &[&str], outs: &[&str], needs: &[&str
             })
             .collect(),
         metrics: Vec::new(),
+        plots: Vec::new(),
         params: BTreeMap::new(),
         env: BTreeMap::new(),
         needs: needs.iter().map(|n| n.to_string()).collect(),

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::lock::{ProjectLock, Wait};
 use crate::project::Project;
-use crate::registry::{Registry, VersionInfo};
+use crate::registry::{Registry, VersionInfo, fmt_value};
 use crate::rundb::{self, RunDb};
 
 const EXAMPLE: &str = "\
@@ -167,13 +167,13 @@ fn list(project: &Project, a: ListArgs) -> Result<ExitCode> {
             if let Some(m) = gate_metric
                 && let Some(x) = v.metrics.get(m)
             {
-                metrics.push(format!("{m}={x:.4}"));
+                metrics.push(format!("{m}={}", fmt_value(*x)));
             }
             metrics.extend(
                 v.metrics
                     .iter()
                     .filter(|(k, _)| Some(k.as_str()) != gate_metric)
-                    .map(|(k, x)| format!("{k}={x:.4}")),
+                    .map(|(k, x)| format!("{k}={}", fmt_value(*x))),
             );
             let gate = if v.gate.metric.is_some() {
                 format!(

@@ -13,17 +13,23 @@ use crate::rundb;
 pub const LONG_ABOUT: &str = "Remove cache entries and objects nothing needs.
 
 Kept: every stage's latest completed result in the run history (runs/tsumugi.db), the \
-results of the --keep-last newest runs, and every cache entry whose outputs are all in \
+results of the --keep-last N newest runs of each pipeline (or of the N newest runs of the \
+project with --keep-last-global N), and every cache entry whose outputs are all in \
 the workspace now, byte for byte. The last rule means a lost, truncated or replaced run \
 database never costs the results the workspace is built from (tsumugi says when the \
 history is lost).";
 
 #[derive(Debug, Args)]
 pub struct GcArgs {
-    /// Also keep everything the N newest runs reference (the latest result of every stage
-    /// of every pipeline is always kept).
+    /// Also keep everything the N newest runs of each pipeline reference, counted per
+    /// pipeline so that runs of one cannot push out another's (the latest result of every
+    /// stage of every pipeline is always kept).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub keep_last: usize,
+    /// Also keep everything the N newest runs of the project reference, whatever their
+    /// pipeline (the meaning --keep-last had before it counted per pipeline).
+    #[arg(long, value_name = "N", conflicts_with = "keep_last")]
+    pub keep_last_global: Option<usize>,
     /// Say what would be removed; remove nothing.
     #[arg(short = 'n', long)]
     pub dry_run: bool,
@@ -43,7 +49,13 @@ pub fn run(project: &Project, args: GcArgs) -> anyhow::Result<ExitCode> {
         Err(e) => return Err(e),
     };
     let mut keep = match rundb::open_read(project)? {
-        Some(c) => rundb::kept_fingerprints(&c, args.keep_last)?,
+        Some(c) => rundb::kept_fingerprints_by(
+            &c,
+            match args.keep_last_global {
+                Some(n) => rundb::KeepLast::Global(n),
+                None => rundb::KeepLast::PerPipeline(args.keep_last),
+            },
+        )?,
         None => Default::default(),
     };
     // What the workspace is built from stays, whatever the history says (it may be lost).

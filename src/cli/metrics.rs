@@ -15,9 +15,11 @@ pub enum MetricsCommand {
 
 #[derive(Debug, Args)]
 pub struct DiffArgs {
-    /// Run id, prefix, `latest` or `latest~N`.
-    pub run_a: String,
-    pub run_b: String,
+    /// `[FILE] RUN_A RUN_B`: run ids, prefixes, `latest` or `latest~N`. With a pipeline FILE
+    /// first, `latest~N` counts only that pipeline's runs (`metrics diff pipelines/x.yaml
+    /// latest~1 latest`). Runs of two different pipelines are compared with a warning.
+    #[arg(value_name = "FILE|RUN", num_args = 2..=3, required = true)]
+    pub args: Vec<String>,
     /// Print JSON on stdout (see docs/json-output.md).
     #[arg(long)]
     pub json: bool,
@@ -29,16 +31,24 @@ pub fn run(project: &Project, cmd: MetricsCommand) -> anyhow::Result<ExitCode> {
         eprintln!("error: no runs yet (runs/tsumugi.db does not exist)");
         return Ok(ExitCode::from(2));
     };
-    let (a, b) = match (
-        rundb::find_run(&conn, &args.run_a),
-        rundb::find_run(&conn, &args.run_b),
-    ) {
-        (Ok(a), Ok(b)) => (a, b),
-        (Err(e), _) | (_, Err(e)) => {
+    let (a, b) = match super::runref::resolve(project, &conn, &args.args, 2) {
+        Ok((_, rows)) => {
+            let mut it = rows.into_iter();
+            (it.next().expect("two runs"), it.next().expect("two runs"))
+        }
+        Err(e) => {
             eprintln!("error: {e:#}");
             return Ok(ExitCode::from(2));
         }
     };
+    if a.pipeline != b.pipeline {
+        // Metric names rarely match across pipelines: most rows would show `-`.
+        eprintln!(
+            "warning: comparing runs of two pipelines ({} is {:?}, {} is {:?}); give the \
+             pipeline file first to count latest~N within one pipeline",
+            a.id, a.pipeline, b.id, b.pipeline
+        );
+    }
     // Final values only; for a per-step series, its last step.
     let finals = |run: &str| -> anyhow::Result<BTreeMap<(String, String), f64>> {
         let mut m: BTreeMap<(String, String), (Option<i64>, f64)> = BTreeMap::new();
@@ -85,16 +95,18 @@ pub fn run(project: &Project, cmd: MetricsCommand) -> anyhow::Result<ExitCode> {
         println!("no metrics in either run ({} and {})", a.id, b.id);
         return Ok(ExitCode::SUCCESS);
     }
-    let f = |v: Option<f64>| v.map(|x| format!("{x:.6}")).unwrap_or_else(|| "-".into());
+    let f = |v: Option<f64>, signed: bool| {
+        v.map(|x| tsumugi_base::metrics_file::display(x, signed))
+            .unwrap_or_else(|| "-".into())
+    };
     println!("{:<36} {:>14} {:>14} {:>14}", "METRIC", a.id, b.id, "DELTA");
     for (k, va, vb, d) in rows {
-        let d = d.map(|x| format!("{x:+.6}")).unwrap_or_else(|| "-".into());
         println!(
             "{:<36} {:>14} {:>14} {:>14}",
             format!("{}.{}", k.0, k.1),
-            f(va),
-            f(vb),
-            d
+            f(va, false),
+            f(vb, false),
+            f(d, true)
         );
     }
     Ok(ExitCode::SUCCESS)

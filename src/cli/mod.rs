@@ -12,8 +12,11 @@ mod dag;
 mod fsmonitor;
 mod gc;
 mod metrics;
+mod plots;
 mod remote;
+mod results;
 mod run;
+mod runref;
 mod runs;
 mod schedule;
 mod schema;
@@ -81,6 +84,9 @@ pub enum Command {
     /// Compare the metrics of runs.
     #[command(subcommand)]
     Metrics(metrics::MetricsCommand),
+    /// Draw a run's declared plots (`plots:`) as SVG/PNG + index.html; overlay several runs.
+    #[command(subcommand, long_about = plots::LONG_ABOUT)]
+    Plots(plots::PlotsCommand),
     /// Remove cache objects and entries that no kept run and no workspace output references.
     #[command(long_about = gc::LONG_ABOUT)]
     Gc(gc::GcArgs),
@@ -132,6 +138,7 @@ pub fn main() -> ExitCode {
         Command::Runs(a) => runs::run(&project, a),
         Command::Show(a) => show::run(&project, a),
         Command::Metrics(a) => metrics::run(&project, a),
+        Command::Plots(a) => plots::run(&project, a),
         Command::Gc(a) => gc::run(&project, a),
         Command::Schedule(a) => schedule::run(&project, a),
         Command::Watch(a) => watch::run(&project, a),

@@ -22,9 +22,13 @@ pub struct RunArgs {
     /// After a failure keep running every stage that does not depend on it.
     #[arg(short = 'k', long)]
     pub keep_going: bool,
-    /// Run the selected stages even if they are fresh.
+    /// Run stages even if they are fresh: the named STAGEs only (what they need is still
+    /// taken from the cache), or every stage when none is named.
     #[arg(short = 'f', long)]
     pub force: bool,
+    /// With --force and named STAGEs: also force every stage they need.
+    #[arg(long, requires = "force")]
+    pub force_upstream: bool,
     /// Say what would run; run and record nothing.
     #[arg(short = 'n', long)]
     pub dry_run: bool,
@@ -43,6 +47,17 @@ pub struct RunArgs {
     /// No progress output on stderr.
     #[arg(short, long)]
     pub quiet: bool,
+    /// When stderr is not a terminal (CI, a pipe, a log file): a line per running stage this
+    /// often, with its progress (step/total, loss, pairs/s where the stage reports them) and
+    /// ETA; `0` for none. On a terminal the live bar shows the same.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "10s",
+        env = "TSUMUGI_PROGRESS_INTERVAL",
+        value_parser = parse_interval
+    )]
+    pub progress_interval: std::time::Duration,
     /// Remote cache to read through (restore a stale stage's result if the remote has it)
     /// and write through (upload what ran). Default: the project's default remote.
     #[arg(long, value_name = "NAME", conflicts_with = "no_remote")]
@@ -137,6 +152,7 @@ pub fn run(project: &Project, args: RunArgs) -> anyhow::Result<ExitCode> {
         jobs: args.jobs.unwrap_or(0),
         keep_going: args.keep_going,
         force: args.force,
+        force_upstream: args.force_upstream,
         trigger: TriggerKind::Manual,
         dry_run: args.dry_run,
         gpus: args.gpus,
@@ -148,6 +164,7 @@ pub fn run(project: &Project, args: RunArgs) -> anyhow::Result<ExitCode> {
             ProgressMode::Auto
         },
         executor: args.executor,
+        progress_interval: args.progress_interval,
         ..RunOptions::default()
     };
     if let Err(e) = executor::select(&pipeline, &opts.targets) {
@@ -162,10 +179,20 @@ pub fn run(project: &Project, args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         Err(e) => return Err(e),
     };
+    let results = if args.dry_run {
+        Vec::new()
+    } else {
+        super::results::collect(project, &pipeline, &summary)
+    };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary_json(&summary))?);
+        let mut v = summary_json(&summary);
+        if let Some(stages) = v["stages"].as_array_mut() {
+            super::results::add_json(stages, &results);
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else if !args.quiet {
         print_summary(&summary, args.dry_run);
+        super::results::print(&results, &file);
     }
     Ok(exit_code(&summary))
 }
@@ -269,4 +296,12 @@ fn secs(d: std::time::Duration) -> f64 {
 fn parse_executor(s: &str) -> Result<tsumugi_pipeline::ExecutorKind, String> {
     tsumugi_pipeline::ExecutorKind::parse(s)
         .ok_or_else(|| format!("invalid executor '{s}' (expected local or slurm)"))
+}
+
+/// `--progress-interval`: a duration (`30s`, `1m`), or `0` for no periodic lines.
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    if s.trim() == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    tsumugi_base::duration::parse_arg(s)
 }

@@ -8,9 +8,10 @@ use crate::rundb;
 
 #[derive(Debug, Args)]
 pub struct ShowArgs {
-    /// Run id (or a unique prefix), `latest`, or `latest~N`.
-    #[arg(value_name = "RUN", default_value = "latest")]
-    pub run: String,
+    /// `[FILE] [RUN]`: a run id (or a unique prefix), `latest`, or `latest~N` (default
+    /// `latest`). With a pipeline FILE first, `latest~N` counts only that pipeline's runs.
+    #[arg(value_name = "FILE|RUN", num_args = 0..=2)]
+    pub args: Vec<String>,
     /// Print JSON on stdout (see docs/json-output.md).
     #[arg(long)]
     pub json: bool,
@@ -21,8 +22,13 @@ pub fn run(project: &Project, args: ShowArgs) -> anyhow::Result<ExitCode> {
         eprintln!("error: no runs yet (runs/tsumugi.db does not exist)");
         return Ok(ExitCode::from(2));
     };
-    let r = match rundb::find_run(&conn, &args.run) {
-        Ok(r) => r,
+    let mut refs = args.args.clone();
+    // `show FILE` alone means that pipeline's latest run.
+    if refs.is_empty() || (refs.len() == 1 && looks_like_file(project, &refs[0])) {
+        refs.push("latest".into());
+    }
+    let r = match super::runref::resolve(project, &conn, &refs, 1) {
+        Ok((_, mut rows)) => rows.remove(0),
         Err(e) => {
             eprintln!("error: {e:#}");
             return Ok(ExitCode::from(2));
@@ -78,7 +84,12 @@ pub fn run(project: &Project, args: ShowArgs) -> anyhow::Result<ExitCode> {
     if !metrics.is_empty() {
         println!("\n  metrics:");
         for m in metrics.iter().filter(|m| m.step.is_none()) {
-            println!("    {}.{} = {}", m.stage, m.name, m.value);
+            println!(
+                "    {}.{} = {}",
+                m.stage,
+                m.name,
+                tsumugi_base::metrics_file::display(m.value, false)
+            );
         }
         let steps = metrics.iter().filter(|m| m.step.is_some()).count();
         if steps > 0 {
@@ -86,4 +97,12 @@ pub fn run(project: &Project, args: ShowArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A pipeline file rather than a run reference (as `run FILE` decides).
+pub(super) fn looks_like_file(project: &Project, arg: &str) -> bool {
+    arg.ends_with(".yaml")
+        || arg.ends_with(".yml")
+        || arg.contains('/')
+        || project.root().join(arg).is_file()
 }

@@ -37,17 +37,19 @@ fn register_font() -> Result<()> {
     Ok(())
 }
 
-fn err<E: std::fmt::Display>(e: E) -> anyhow::Error {
+/// A plotters error as an `anyhow` one.
+pub fn err<E: std::fmt::Display>(e: E) -> anyhow::Error {
     anyhow!("plots: {e}")
 }
 
-/// A plot that can be drawn on any plotters backend.
-trait Draw {
+/// A plot that can be drawn on any plotters backend (also `tsumugi-plots`' declared plots,
+/// so that every plot tsumugi writes has one size, font and encoder).
+pub trait Draw {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>;
 }
 
 /// Draws `plot` into `path`, PNG or SVG by extension.
-fn render(path: &Path, plot: &impl Draw) -> Result<()> {
+pub fn render(path: &Path, plot: &impl Draw) -> Result<()> {
     register_font()?;
     let ext = path
         .extension()
@@ -89,7 +91,7 @@ fn render(path: &Path, plot: &impl Draw) -> Result<()> {
 }
 
 /// (min, max) of the finite values, widened when they coincide so an axis has extent.
-fn extent(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
+pub fn extent(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
     let (lo, hi) = values
         .filter(|v| v.is_finite())
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
@@ -249,9 +251,12 @@ pub fn predicted_vs_true(path: &Path, y_true: &[f64], y_pred: &[f64]) -> Result<
     )
 }
 
-struct Heatmap<'a> {
-    m: &'a [Vec<u64>],
-    labels: &'a [String],
+/// A confusion-matrix heatmap (`m[true][pred]`), rows shaded by their share; also drawn by
+/// `tsumugi-plots` for declared confusion plots.
+pub struct Heatmap<'a> {
+    pub m: &'a [Vec<u64>],
+    pub labels: &'a [String],
+    pub caption: &'a str,
 }
 
 impl Draw for Heatmap<'_> {
@@ -269,10 +274,7 @@ impl Draw for Heatmap<'_> {
             _ => String::new(),
         };
         let mut chart = ChartBuilder::on(root)
-            .caption(
-                "confusion matrix (row-normalised shading)",
-                ("sans-serif", 22),
-            )
+            .caption(self.caption, ("sans-serif", 22))
             .margin(16)
             .x_label_area_size(48)
             .y_label_area_size(110)
@@ -350,7 +352,14 @@ pub fn confusion_matrix(path: &Path, matrix: &[Vec<u64>], labels: &[String]) -> 
             labels.len()
         );
     }
-    render(path, &Heatmap { m: matrix, labels })
+    render(
+        path,
+        &Heatmap {
+            m: matrix,
+            labels,
+            caption: "confusion matrix (row-normalised shading)",
+        },
+    )
 }
 
 struct Reliability<'a> {

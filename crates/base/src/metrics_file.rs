@@ -28,6 +28,27 @@ pub struct Metric {
     pub value: f64,
 }
 
+/// A metric value as people read it: a whole number as an integer (`1379`, not
+/// `1379.000000`), anything else with six decimals; `signed` adds `+` to non-negatives
+/// (differences).
+///
+/// ```
+/// use tsumugi_base::metrics_file::display;
+/// assert_eq!(display(1379.0, false), "1379");
+/// assert_eq!(display(0.5, false), "0.500000");
+/// assert_eq!(display(3.0, true), "+3");
+/// ```
+pub fn display(v: f64, signed: bool) -> String {
+    // Below 2^53 a whole f64 is an exact integer; beyond, or NaN/inf, fall back to floats.
+    let whole = v.is_finite() && v.fract() == 0.0 && v.abs() < 9.007_199_254_740_992e15;
+    match (whole, signed) {
+        (true, false) => format!("{}", v as i64),
+        (true, true) => format!("{:+}", v as i64),
+        (false, false) => format!("{v:.6}"),
+        (false, true) => format!("{v:+.6}"),
+    }
+}
+
 /// Every metric of a metrics file, in file order.
 pub fn read(path: &Path) -> Result<Vec<Metric>> {
     let text = fs::read_to_string(path)

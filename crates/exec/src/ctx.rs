@@ -21,7 +21,8 @@ pub(crate) struct Ctx {
     pub(crate) stat: StatCache,
     pub(crate) db: RunDb,
     pub(crate) cancel: Arc<AtomicBool>,
-    pub(crate) force: bool,
+    /// Stages that run even when fresh (`run --force`).
+    pub(crate) forced: std::collections::HashSet<String>,
     pub(crate) device: String,
     /// Items of a `map:` stage running at once (`--jobs`).
     pub(crate) jobs: usize,

@@ -75,7 +75,7 @@ pub async fn run(project: &Project, pipeline: &Pipeline, opts: &RunOptions) -> R
     let selection = select(pipeline, &opts.targets)?;
     let order = selection.order();
     if opts.dry_run {
-        let st = status_of(project, pipeline, order, opts.force)?;
+        let st = status_of(project, pipeline, order, &opts.forced(order))?;
         let stages = st
             .into_iter()
             .map(|s| StageOutcome {
@@ -140,13 +140,13 @@ pub async fn run(project: &Project, pipeline: &Pipeline, opts: &RunOptions) -> R
         stat: StatCache::load(&project.cache_dir().join("statcache.bin")),
         db,
         cancel: opts.cancel.clone(),
-        force: opts.force,
+        forced: opts.forced(order),
         device: opts.device.clone(),
         jobs: match opts.jobs {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             j => j,
         },
-        ui: Ui::new(opts.progress),
+        ui: Ui::with_interval(opts.progress, opts.progress_interval),
         executor: opts.executor,
         slurm: crate::slurm::Queue::new(),
         keep_going: opts.keep_going,
@@ -700,7 +700,7 @@ fn decide(ctx: &Ctx, stage: &Stage) -> Result<Decision> {
         project: &ctx.project,
         hasher: &hasher,
         cache: &ctx.cache,
-        force: ctx.force,
+        force: ctx.forced.contains(&stage.name),
     };
     let (entry, restore) = match check.decide(stage, &components, &fp, None) {
         Verdict::Dirty(reasons) => {
@@ -868,7 +868,7 @@ fn execute_once(
                 stat: &ctx.stat,
                 pipeline: &ctx.pipeline_name,
                 jobs: ctx.jobs,
-                force: ctx.force,
+                force: ctx.forced.contains(&stage.name),
                 run_id: &ctx.run_id,
                 db: &ctx.db,
             },

@@ -48,8 +48,11 @@ pub struct RunOptions {
     /// Stages running at once; 0 means the number of cores.
     pub jobs: usize,
     pub keep_going: bool,
-    /// Run the selected stages even when fresh (their upstream stays cached).
+    /// Run stages even when fresh: with `targets`, only the named ones (their upstream
+    /// stays cached unless `force_upstream`); without, every stage.
     pub force: bool,
+    /// With `force` and `targets`: also force everything the targets need.
+    pub force_upstream: bool,
     pub trigger: TriggerKind,
     /// Say what would run; run nothing, record nothing.
     pub dry_run: bool,
@@ -65,12 +68,28 @@ pub struct RunOptions {
     /// Set to cancel the run from outside.
     pub cancel: Arc<AtomicBool>,
     pub progress: ProgressMode,
+    /// When stderr is not a terminal: a line per running stage this often, with its progress
+    /// and ETA (zero: none). Default 10 s.
+    pub progress_interval: Duration,
     /// Remote cache to read through before running a stale stage and to write through after
     /// committing one (see `remote_cache`).
     pub remote: Option<Arc<tsumugi_remote::Remote>>,
     /// `--executor`: where stages without their own `executor:` run (default: the
     /// pipeline's `executor:`, else local).
     pub executor: Option<tsumugi_pipeline::ExecutorKind>,
+}
+
+impl RunOptions {
+    /// The stages of `order` (a selection for `targets`) that `force` makes run.
+    pub fn forced(&self, order: &[String]) -> std::collections::HashSet<String> {
+        if !self.force {
+            Default::default()
+        } else if self.targets.is_empty() || self.force_upstream {
+            order.iter().cloned().collect()
+        } else {
+            self.targets.iter().cloned().collect()
+        }
+    }
 }
 
 impl Default for RunOptions {
@@ -80,6 +99,7 @@ impl Default for RunOptions {
             jobs: 0,
             keep_going: false,
             force: false,
+            force_upstream: false,
             trigger: TriggerKind::Manual,
             dry_run: false,
             gpus: None,
@@ -88,6 +108,7 @@ impl Default for RunOptions {
             handle_signals: true,
             cancel: Arc::new(AtomicBool::new(false)),
             progress: ProgressMode::Auto,
+            progress_interval: Duration::from_secs(10),
             remote: None,
             executor: None,
         }

@@ -162,8 +162,13 @@ pub struct Registry {
     root: PathBuf,
 }
 
-fn fmt_value(v: f64) -> String {
-    format!("{v:.4}")
+/// Whole numbers as integers (`display`), the rest with four decimals as gates are written.
+pub fn fmt_value(v: f64) -> String {
+    if v.is_finite() && v.fract() == 0.0 {
+        tsumugi_base::metrics_file::display(v, false)
+    } else {
+        format!("{v:.4}")
+    }
 }
 
 impl Registry {

@@ -38,7 +38,7 @@ fn select(pipeline: &Pipeline, targets: &[String]) -> Result<Selection> {
 /// the remote's name when the local cache now holds the entry.
 pub(crate) async fn read_through(ctx: &Ctx, stage: &Stage, fp: &str) -> Option<String> {
     let remote = ctx.remote.as_ref()?;
-    if ctx.force || remote.is_offline() {
+    if ctx.forced.contains(&stage.name) || remote.is_offline() {
         return None;
     }
     let fetched = remote.fetch(&ctx.cache, fp, &|_| {}).await;

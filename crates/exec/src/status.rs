@@ -21,14 +21,14 @@ use crate::freshness::{self, Freshness, Verdict};
 /// Which stages are stale and why, without running or recording anything.
 pub fn status(project: &Project, pipeline: &Pipeline) -> Result<Vec<StageStatus>> {
     let selection = Dag::build(pipeline)?.select(&[])?;
-    status_of(project, pipeline, selection.order(), false)
+    status_of(project, pipeline, selection.order(), &HashSet::new())
 }
 
 pub(crate) fn status_of(
     project: &Project,
     pipeline: &Pipeline,
     order: &[String],
-    force: bool,
+    forced: &HashSet<String>,
 ) -> Result<Vec<StageStatus>> {
     let cache = Cache::new(project.cache_dir());
     let mut stat = StatCache::load(&project.cache_dir().join("statcache.bin"));
@@ -44,14 +44,14 @@ pub(crate) fn status_of(
         .par_iter()
         .map(|n| fingerprint::compute(project, &hasher, pipeline.stage(n).expect("stage")))
         .collect();
-    let check = Freshness {
-        project,
-        hasher: &hasher,
-        cache: &cache,
-        force,
-    };
     for (n, comps) in order.iter().zip(comps) {
         let stage = pipeline.stage(n).expect("stage");
+        let check = Freshness {
+            project,
+            hasher: &hasher,
+            cache: &cache,
+            force: forced.contains(n),
+        };
         let upstream_stale: Vec<String> = stage
             .needs
             .iter()

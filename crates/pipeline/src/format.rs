@@ -48,6 +48,10 @@ pub const STAGE: Keys = &[
         "Metrics files (JSON or YAML objects of numbers) the stage writes; they are outputs too.",
     ),
     (
+        "plots",
+        "Plots of files the stage writes (JSON, CSV, TSV): PATH, {PATH: {x, y, template, title}} or {NAME: {x, y: {FILE: FIELD, …}, template}}; template: line, scatter, confusion.",
+    ),
+    (
         "params",
         "Parameters the stage uses besides those referenced with ${params.NAME}.",
     ),

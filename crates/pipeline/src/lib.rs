@@ -18,6 +18,7 @@ pub mod graph;
 mod interp;
 mod load;
 mod model;
+mod plots;
 pub mod schema;
 mod settings;
 mod yaml;
@@ -27,3 +28,4 @@ pub use load::{
     BuiltinInput, builtin_inputs, builtin_outputs, load, load_str, load_str_with_kinds,
 };
 pub use model::*;
+pub use plots::{Plot, Series, Template};

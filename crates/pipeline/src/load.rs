@@ -1841,6 +1841,11 @@ impl<'a> Cx<'a> {
             })
             .collect();
 
+        let plots = match inst.get("plots") {
+            Some(node) => self.plots(inst, node, params, &outs, &metrics),
+            None => Vec::new(),
+        };
+
         let action = match action {
             Some(a) if self.errors.len() == before => a,
             _ => return (None, deps, needs),
@@ -1851,6 +1856,7 @@ impl<'a> Cx<'a> {
             deps: Vec::new(),
             outs,
             metrics,
+            plots,
             params: stage_params,
             env,
             needs: Vec::new(),
@@ -1863,6 +1869,60 @@ impl<'a> Cx<'a> {
             span: self.span(inst.pos),
         };
         (Some(stage), deps, needs)
+    }
+
+    /// `plots:` of stage `inst` (parsed in `plots.rs`); every file must be one of the
+    /// stage's outputs or inside one, so that a run's plots come from its cached results.
+    fn plots(
+        &mut self,
+        inst: &Inst,
+        node: &Node,
+        params: &Map<String, Value>,
+        outs: &BTreeMap<String, Out>,
+        metrics: &[PathBuf],
+    ) -> Vec<crate::Plot> {
+        let name = inst.name.as_str();
+        let what = format!("'plots' of stage '{name}'");
+        let (plots, problems) = crate::plots::parse(node, name, &mut |n| {
+            let mut scope = self.scope(
+                inst,
+                params,
+                "'plots' (plot files are the stage's own outputs)",
+            );
+            self.interp_path(n, &what, &mut scope).map(|(_, p)| p)
+        });
+        for (pos, msg) in problems {
+            self.err(pos, msg);
+        }
+        let mut ok = Vec::new();
+        for (plot, positions) in plots {
+            let mut fine = true;
+            for (s, pos) in plot.series.iter().zip(positions) {
+                let owned = outs
+                    .values()
+                    .any(|o| s.file == o.path || s.file.starts_with(&o.path))
+                    || metrics.contains(&s.file);
+                if !owned {
+                    fine = false;
+                    let listed: Vec<String> = outs
+                        .values()
+                        .map(|o| o.path.display().to_string())
+                        .collect();
+                    self.err(
+                        pos,
+                        format!(
+                            "plot file '{}' of stage '{name}' is not one of its outputs (outs: [{}]); declare it, or the directory it is in, in 'outs'",
+                            s.file.display(),
+                            listed.join(", ")
+                        ),
+                    );
+                }
+            }
+            if fine {
+                ok.push(plot);
+            }
+        }
+        ok
     }
 
     /// `register: {name, out, metrics, promote_if}` of stage `inst`, whose outputs are

@@ -116,6 +116,8 @@ pub struct Stage {
     /// Metrics files (JSON objects of numbers, or YAML) recorded into the run database.
     /// They are outputs too.
     pub metrics: Vec<PathBuf>,
+    /// `plots:`: files among the outputs drawn by `tsumugi plots` (not in the fingerprint).
+    pub plots: Vec<crate::Plot>,
     /// The parameters this stage uses (`params:` list and every `${params.x}` it references),
     /// with their resolved values: only these go into its fingerprint.
     pub params: BTreeMap<String, serde_json::Value>,

@@ -46,6 +46,24 @@ fn key_type(table: &str, key: &str) -> Option<Value> {
         }),
         ("stage", "metrics") => paths,
         ("stage", "params") => json!({"type": "array", "items": {"type": "string"}}),
+        ("stage", "plots") => {
+            let props = json!({
+                "type": ["object", "null"],
+                "additionalProperties": false,
+                "properties": {
+                    "template": {"enum": ["line", "linear", "simple", "scatter", "confusion", "confusion_normalized"]},
+                    "x": {"type": "string"},
+                    "y": {"oneOf": [{"type": "string"}, {"type": "object", "additionalProperties": {"type": "string"}}]},
+                    "title": {"type": "string"},
+                    "x_label": {"type": "string"},
+                    "y_label": {"type": "string"}
+                }
+            });
+            json!({"type": "array", "items": {"oneOf": [
+                {"type": "string"},
+                {"type": "object", "minProperties": 1, "maxProperties": 1, "additionalProperties": props}
+            ]}})
+        }
         ("stage", "env") => json!({
             "type": "object",
             "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},

@@ -832,8 +832,14 @@ pub fn list_runs(conn: &Connection, limit: usize) -> Result<Vec<RunRow>> {
         .collect::<rusqlite::Result<_>>()?)
 }
 
-/// A run by id, unique id prefix, `latest`, or `latest~N`.
+/// A run by id, unique id prefix, `latest`, or `latest~N` (newest of any pipeline).
 pub fn find_run(conn: &Connection, spec: &str) -> Result<RunRow> {
+    find_run_in(conn, spec, None)
+}
+
+/// As [`find_run`], but `latest` and `latest~N` count only the runs of `pipeline` (a
+/// pipeline's name) when it is given. An id or id prefix names one run whatever it is.
+pub fn find_run_in(conn: &Connection, spec: &str, pipeline: Option<&str>) -> Result<RunRow> {
     if let Some(rest) = spec.strip_prefix("latest") {
         let back: i64 = match rest.strip_prefix('~') {
             Some(n) => n
@@ -842,14 +848,24 @@ pub fn find_run(conn: &Connection, spec: &str) -> Result<RunRow> {
             None if rest.is_empty() => 0,
             None => bail!("bad run reference {spec:?} (expected a run id, `latest` or `latest~N`)"),
         };
-        return conn
-            .query_row(
+        let row = match pipeline {
+            None => conn.query_row(
                 &format!("SELECT {RUN_COLS} FROM runs ORDER BY seq DESC LIMIT 1 OFFSET ?1"),
                 [back],
                 run_row,
-            )
-            .optional()?
-            .with_context(|| format!("no run {spec} (the database has fewer runs)"));
+            ),
+            Some(p) => conn.query_row(
+                &format!(
+                    "SELECT {RUN_COLS} FROM runs WHERE pipeline = ?2 ORDER BY seq DESC LIMIT 1 OFFSET ?1"
+                ),
+                params![back, p],
+                run_row,
+            ),
+        };
+        return row.optional()?.with_context(|| match pipeline {
+            None => format!("no run {spec} (the database has fewer runs)"),
+            Some(p) => format!("no run {spec} of pipeline {p:?} (it has fewer runs)"),
+        });
     }
     let mut st = conn.prepare(&format!(
         "SELECT {RUN_COLS} FROM runs WHERE id = ?1 OR id LIKE ?2 ESCAPE '\\' LIMIT 2"
@@ -943,12 +959,37 @@ pub fn run_artifacts(conn: &Connection, run: &str) -> Result<Vec<ArtifactRecord>
         .collect::<rusqlite::Result<_>>()?)
 }
 
+/// Which runs `gc --keep-last N` keeps whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeepLast {
+    /// The N newest runs of each pipeline (so a busy pipeline cannot push out another's).
+    PerPipeline(usize),
+    /// The N newest runs of the project, whatever their pipeline.
+    Global(usize),
+}
+
 /// Fingerprints `gc` must keep: every stage's latest completed fingerprint per pipeline, and
-/// every fingerprint of the `keep_last` newest runs.
+/// every fingerprint of the `keep_last` newest runs (of the project).
 pub fn kept_fingerprints(
     conn: &Connection,
     keep_last: usize,
 ) -> Result<std::collections::HashSet<String>> {
+    kept_fingerprints_by(conn, KeepLast::Global(keep_last))
+}
+
+/// As [`kept_fingerprints`], with the newest runs counted as `keep` says.
+pub fn kept_fingerprints_by(
+    conn: &Connection,
+    keep: KeepLast,
+) -> Result<std::collections::HashSet<String>> {
+    let (keep_last, runs_sql) = match keep {
+        KeepLast::Global(n) => (n, "SELECT id FROM runs ORDER BY seq DESC LIMIT ?1"),
+        KeepLast::PerPipeline(n) => (
+            n,
+            "SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY pipeline ORDER BY seq DESC) AS k
+                             FROM runs) WHERE k <= ?1",
+        ),
+    };
     let mut keep = std::collections::HashSet::new();
     let mut st = conn.prepare(
         "SELECT s.fingerprint FROM stage_runs s JOIN runs r ON r.id = s.run_id
@@ -959,10 +1000,10 @@ pub fn kept_fingerprints(
     for f in st.query_map([], |r| r.get::<_, String>(0))? {
         keep.insert(f?);
     }
-    let mut st = conn.prepare(
+    let mut st = conn.prepare(&format!(
         "SELECT s.fingerprint FROM stage_runs s WHERE s.fingerprint IS NOT NULL AND s.status IN ('ran','cached','restored')
-         AND s.run_id IN (SELECT id FROM runs ORDER BY seq DESC LIMIT ?1)",
-    )?;
+         AND s.run_id IN ({runs_sql})",
+    ))?;
     for f in st.query_map([keep_last as i64], |r| r.get::<_, String>(0))? {
         keep.insert(f?);
     }
