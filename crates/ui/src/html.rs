@@ -2,7 +2,6 @@
 //! number and time formatting. Every string that comes from the database, a log, a
 //! pipeline file or the request goes through [`esc`] (text and attribute values alike).
 
-use std::fmt::Write;
 
 /// Escapes text for HTML element content and quoted attribute values.
 pub fn esc(s: &str) -> String {
