@@ -71,6 +71,11 @@ pub struct RunOptions {
     /// `--executor`: where stages without their own `executor:` run (default: the
     /// pipeline's `executor:`, else local).
     pub executor: Option<tsumugi_pipeline::ExecutorKind>,
+    /// `tsumugi exp run`: the experiment's name, recorded with the run.
+    pub exp: Option<String>,
+    /// The `-S` overrides the pipeline was loaded with (`{"KEY": value}`), recorded with
+    /// the run.
+    pub overrides: Option<serde_json::Value>,
 }
 
 impl Default for RunOptions {
@@ -90,6 +95,8 @@ impl Default for RunOptions {
             progress: ProgressMode::Auto,
             remote: None,
             executor: None,
+            exp: None,
+            overrides: None,
         }
     }
 }

@@ -18,12 +18,13 @@ pub mod graph;
 mod interp;
 mod load;
 mod model;
+pub mod params_file;
 pub mod schema;
 mod settings;
 mod yaml;
 
 pub use error::{Diagnostic, SpecError, did_you_mean};
 pub use load::{
-    BuiltinInput, builtin_inputs, builtin_outputs, load, load_str, load_str_with_kinds,
+    BuiltinInput, builtin_inputs, builtin_outputs, load, load_str, load_str_with_kinds, load_with_overrides,
 };
 pub use model::*;

@@ -19,6 +19,7 @@ use serde::Serialize;
 
 use tsumugi_base::project::Project;
 
+pub mod experiments;
 pub mod identity;
 
 /// Schema migrations, in order; `schema_version` holds how many have been applied.
@@ -109,6 +110,8 @@ CREATE INDEX adapter_events_name ON adapter_events(name, id);
 CREATE TRIGGER adapter_events_no_update BEFORE UPDATE ON adapter_events BEGIN SELECT RAISE(ABORT, 'adapter events are append-only'); END;
 CREATE TRIGGER adapter_events_no_delete BEFORE DELETE ON adapter_events BEGIN SELECT RAISE(ABORT, 'adapter events are append-only'); END;
 "#,
+    // 3: experiments (`runs.exp`, `runs.overrides`), params per stage, the queue.
+    experiments::MIGRATION,
 ];
 
 pub use tsumugi_base::time::{now, ts};
@@ -263,6 +266,10 @@ enum Msg {
         reason: String,
         run: Option<String>,
     },
+    RunParams {
+        run: String,
+        p: experiments::RunParams,
+    },
     Flush(mpsc::Sender<()>),
 }
 
@@ -406,6 +413,11 @@ impl RunDb {
             kind: kind.into(),
             message: message.into(),
         });
+    }
+
+    /// The run's experiment name and overrides, and the params its stages used.
+    pub fn run_params(&self, run: &str, p: experiments::RunParams) {
+        self.send(Msg::RunParams { run: run.into(), p });
     }
 
     pub fn end_run(&self, id: &str, status: &str) {
@@ -665,6 +677,7 @@ fn apply(tx: &Connection, m: Msg) -> Result<()> {
                 params![ts(now()), name, version, action, reason, run],
             )?;
         }
+        Msg::RunParams { run, p } => experiments::write(tx, &run, &p)?,
         Msg::Flush(_) => {}
     }
     Ok(())
