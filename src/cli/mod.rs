@@ -9,6 +9,7 @@ use crate::project::Project;
 
 mod adapters;
 mod dag;
+mod exp;
 mod fsmonitor;
 mod gc;
 mod metrics;
@@ -110,6 +111,9 @@ pub enum Command {
     #[cfg(feature = "ml")]
     #[command(long_about = serve::LONG_ABOUT)]
     Serve(serve::ServeArgs),
+    /// Experiments: runs with -S overrides and grids, compared in a table (docs/experiments.md).
+    #[command(subcommand)]
+    Exp(exp::ExpCommand),
 }
 
 pub fn main() -> ExitCode {
@@ -143,6 +147,7 @@ pub fn main() -> ExitCode {
         }
         #[cfg(feature = "ml")]
         Command::Serve(a) => serve::run(&project, a),
+        Command::Exp(a) => exp::run(&project, a),
     };
     match result {
         Ok(code) => code,

@@ -1058,6 +1058,8 @@ impl<'a> Cx<'a> {
         for f in self.files.overridden_files() {
             if let Err(e) = self.files.check(&f) {
                 self.err(pos, format!("cannot apply -S: {e}"));
+                // Errors of the next file's overrides are new ones only.
+                self.files.clear_override_errors();
             }
         }
         self.overrides = keep;

@@ -179,6 +179,8 @@ pub(crate) struct ParamFiles {
     /// Overrides by file (already decided: inline ones are not here).
     overrides: RefCell<BTreeMap<PathBuf, Vec<(String, Value)>>>,
     files: RefCell<BTreeMap<PathBuf, Result<Value, String>>>,
+    /// Overrides of keys their file does not have.
+    override_errors: RefCell<Vec<String>>,
     /// Every `(file, key)` a stage used, with its effective value.
     used: RefCell<BTreeMap<(PathBuf, String), Value>>,
 }
@@ -189,6 +191,7 @@ impl ParamFiles {
             root: root.to_path_buf(),
             overrides: RefCell::new(BTreeMap::new()),
             files: RefCell::new(BTreeMap::new()),
+            override_errors: RefCell::new(Vec::new()),
             used: RefCell::new(BTreeMap::new()),
         }
     }
@@ -212,11 +215,13 @@ impl ParamFiles {
             let mut doc = read(&self.root, file)?;
             for (k, v) in self.overrides.borrow().get(file).into_iter().flatten() {
                 if get(&doc, k).is_none() {
-                    return Err(format!(
+                    // Said once (by `check`); the file's other values still serve lookups.
+                    self.override_errors.borrow_mut().push(format!(
                         "override '{}:{k}': params file '{}' has no key '{k}'",
                         file.display(),
                         file.display()
                     ));
+                    continue;
                 }
                 set(&mut doc, k, v.clone());
             }
@@ -228,9 +233,18 @@ impl ParamFiles {
         }
     }
 
-    /// Checks that the file reads (and its overrides apply).
+    /// Checks that the file reads and that its overrides apply.
     pub(crate) fn check(&self, file: &Path) -> Result<(), String> {
-        self.with_file(file, |_| ())
+        self.with_file(file, |_| ())?;
+        let errs = self.override_errors.borrow();
+        match errs.is_empty() {
+            true => Ok(()),
+            false => Err(errs.join("; ")),
+        }
+    }
+
+    pub(crate) fn clear_override_errors(&self) {
+        self.override_errors.borrow_mut().clear();
     }
 
     /// The value of `key` in `file`, recorded as used.
@@ -244,24 +258,41 @@ impl ParamFiles {
                 Ok(v)
             }
             None => {
-                let tops = self
+                // The deepest part of the key that exists, and what it holds instead.
+                let segs: Vec<&str> = key.split('.').collect();
+                let (have, missing, keys) = self
                     .with_file(file, |d| {
-                        d.as_object()
-                            .map(|o| o.keys().cloned().collect::<Vec<_>>())
-                            .unwrap_or_default()
+                        let mut v = d;
+                        let mut i = 0;
+                        while i < segs.len() {
+                            match v.as_object().and_then(|o| o.get(segs[i])) {
+                                Some(n) => v = n,
+                                None => break,
+                            }
+                            i += 1;
+                        }
+                        let keys: Vec<String> = v
+                            .as_object()
+                            .map(|o| o.keys().cloned().collect())
+                            .unwrap_or_default();
+                        (segs[..i].join("."), segs.get(i).copied().unwrap_or(""), keys)
                     })
                     .unwrap_or_default();
-                let first = key.split('.').next().unwrap_or(key);
-                let hint = super::error::did_you_mean(first, tops.iter().map(String::as_str))
+                let hint = super::error::did_you_mean(missing, keys.iter().map(String::as_str))
                     .map(|s| format!("; did you mean '{s}'?"))
                     .unwrap_or_default();
+                let place = if have.is_empty() {
+                    "top-level keys".to_owned()
+                } else {
+                    format!("keys of '{have}'")
+                };
                 Err(format!(
-                    "params file '{}' has no key '{key}' (top-level keys: {}{hint})",
+                    "params file '{}' has no key '{key}' ({place}: {}{hint})",
                     file.display(),
-                    if tops.is_empty() {
+                    if keys.is_empty() {
                         "none".to_owned()
                     } else {
-                        tops.join(", ")
+                        keys.join(", ")
                     }
                 ))
             }
@@ -312,8 +343,14 @@ pub fn split_key(k: &str) -> Option<(PathBuf, &str)> {
 /// Writes `values` (dotted key → value) into the params file `file`, atomically, keeping
 /// its other keys. YAML files are edited in place where the old value is a scalar (so
 /// comments and layout stay); otherwise (and for JSON and TOML) the file is written anew
-/// from its parsed content, which loses YAML/TOML comments.
-pub fn write_back(root: &Path, file: &Path, values: &[(String, Value)]) -> anyhow::Result<()> {
+/// from its parsed content, which loses YAML/TOML comments; with `rewrite` false (a
+/// pipeline file) that is an error instead.
+pub fn write_back(
+    root: &Path,
+    file: &Path,
+    values: &[(String, Value)],
+    rewrite: bool,
+) -> anyhow::Result<()> {
     let path = root.join(file);
     let text = std::fs::read_to_string(&path)
         .map_err(|e| anyhow::anyhow!("cannot read params file '{}': {e}", file.display()))?;
@@ -327,7 +364,11 @@ pub fn write_back(root: &Path, file: &Path, values: &[(String, Value)]) -> anyho
         "toml" => toml::to_string_pretty(&doc)?,
         _ => match splice_yaml(file, &text, values) {
             Some(t) => t,
-            None => emit_yaml(&doc, 0),
+            None if rewrite => emit_yaml(&doc, 0),
+            None => anyhow::bail!(
+                "cannot edit {} in place (a key is missing or not a plain value there)",
+                file.display()
+            ),
         },
     };
     tsumugi_base::atomic::write_atomic(&path, out.as_bytes())
@@ -456,6 +497,7 @@ mod tests {
             dir.path(),
             Path::new("params.yaml"),
             &[("train.lr".into(), json!(0.0003)), ("name".into(), json!("a: b"))],
+            true,
         )
         .unwrap();
         let out = std::fs::read_to_string(dir.path().join("params.yaml")).unwrap();
@@ -470,8 +512,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("p.json"), r#"{"a": {"b": 1, "c": 2}}"#).unwrap();
         std::fs::write(dir.path().join("p.toml"), "x = 1\n[t]\ny = \"s\"\n").unwrap();
-        write_back(dir.path(), Path::new("p.json"), &[("a.b".into(), json!(5))]).unwrap();
-        write_back(dir.path(), Path::new("p.toml"), &[("t.y".into(), json!("z"))]).unwrap();
+        write_back(dir.path(), Path::new("p.json"), &[("a.b".into(), json!(5))], true).unwrap();
+        write_back(dir.path(), Path::new("p.toml"), &[("t.y".into(), json!("z"))], true).unwrap();
         let j = read(dir.path(), Path::new("p.json")).unwrap();
         assert_eq!(j, json!({"a": {"b": 5, "c": 2}}));
         let t = read(dir.path(), Path::new("p.toml")).unwrap();
@@ -482,7 +524,7 @@ mod tests {
     fn a_yaml_file_that_cannot_be_spliced_is_rewritten_whole() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("params.yaml"), "a: {b: [1, 2]}\nc: 3\n").unwrap();
-        write_back(dir.path(), Path::new("params.yaml"), &[("a.b".into(), json!(7))]).unwrap();
+        write_back(dir.path(), Path::new("params.yaml"), &[("a.b".into(), json!(7))], true).unwrap();
         let v = read(dir.path(), Path::new("params.yaml")).unwrap();
         assert_eq!(v, json!({"a": {"b": 7}, "c": 3}));
     }

@@ -1,0 +1,646 @@
+//! `tsumugi exp`: experiments — runs of a pipeline with `-S` overrides, recorded with a
+//! name, sharing the cache (docs/experiments.md).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+use crate::executor::{self, ProgressMode, RunOptions, RunSummary, TriggerKind};
+use crate::graph::Dag;
+use crate::project::Project;
+use crate::rundb::{self, experiments};
+use crate::spec::params_file::{self, Override};
+
+const RUN_ABOUT: &str = "\
+Run the pipeline with -S overrides, as a named experiment. Overrides replace values as the
+pipeline and its params files are read: no file is edited. Every experiment shares the
+cache, so only the stages an override reaches run again.
+
+  -S KEY=V        an inline param (`params:` of the pipeline) if KEY's first segment is
+                  one, else a key of params.yaml (`-S train.lr=3e-4`)
+  -S FILE:KEY=V   a key of another params file (`-S other.toml:a.b=2`)
+  -S KEY=a,b,c    a list: one experiment per value; several lists make a grid (the
+                  cartesian product: `-S lr=1e-4,3e-4 -S r=8,16` is 4 experiments)
+
+Values read as YAML scalars: 3e-4 and 16 are numbers, true a boolean, x a string, '\"16\"'
+the string 16.
+
+Experiments run one after another in the project's workspace (each with -j stages at
+once), so the workspace ends with the last one's outputs; `tsumugi exp apply NAME` brings
+back any other. Commands that read params.yaml themselves get TSUMUGI_PARAMS: the path of
+a file holding the effective values (docs/experiments.md).
+
+Examples:
+  tsumugi exp run pipelines/train.yaml -S train.lr=3e-4
+  tsumugi exp run pipelines/train.yaml -S 'lr=1e-4,3e-4,1e-3' -S lora.r=8,16 -n sweep
+  tsumugi exp run pipelines/train.yaml -S lr=1e-4,3e-4 --queue   # store; run later:
+  tsumugi exp run --run-all
+  tsumugi exp show --sort rmse";
+
+#[derive(Debug, Subcommand)]
+pub enum ExpCommand {
+    /// Run experiments: the pipeline with -S overrides (a grid for lists), files untouched.
+    #[command(long_about = RUN_ABOUT)]
+    Run(ExpRunArgs),
+    /// A table of experiments: name, run, status, overrides, params that differ, metrics.
+    Show(ExpShowArgs),
+    /// Write an experiment's overrides into the params files and check its outputs out.
+    #[command(long_about = APPLY_ABOUT)]
+    Apply(ExpNameArgs),
+    /// Forget an experiment (its runs stay, as plain runs) or drop it from the queue.
+    Remove(ExpNameArgs),
+}
+
+const APPLY_ABOUT: &str = "\
+Write an experiment's overrides into the files they came from and bring the workspace to
+that experiment's outputs: a following `tsumugi run` is all cached.
+
+A params-file key is written into its file (params.yaml, or FILE of FILE:KEY); an inline
+param into the pipeline file's `params:`. The file is replaced atomically and keeps its
+other keys. In a YAML file a scalar is edited in place, so comments and layout stay; where
+that is not possible (a value inside a flow list, say) the file is written anew and its
+comments are lost. JSON and TOML files are always written anew (TOML comments are lost).
+
+Then the pipeline runs: every stage the experiment ran is found in the cache and restored,
+so nothing runs again unless the cache was collected (`tsumugi gc`) since.";
+
+#[derive(Debug, Args)]
+pub struct ExpRunArgs {
+    /// Pipeline file, then stage names (default: the only pipeline in pipelines/). Named
+    /// stages run with everything they need.
+    #[arg(value_name = "FILE|STAGE")]
+    pub args: Vec<String>,
+    /// Override: KEY=VALUE, FILE:KEY=VALUE, or KEY=a,b,c for one experiment per value.
+    #[arg(short = 'S', long = "set-param", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Experiment name (a grid gets NAME-1, NAME-2, …). Default: exp-1, exp-2, … .
+    #[arg(short = 'n', long = "name")]
+    pub name: Option<String>,
+    /// Stages running at once within an experiment (default: number of cores).
+    #[arg(short = 'j', long = "jobs", value_name = "N")]
+    pub jobs: Option<usize>,
+    /// Store the experiments to run later (`tsumugi exp run --run-all`); run nothing now.
+    #[arg(long, conflicts_with = "run_all")]
+    pub queue: bool,
+    /// Run every queued experiment, oldest first.
+    #[arg(long)]
+    pub run_all: bool,
+    /// After a failure keep running every stage that does not depend on it.
+    #[arg(short = 'k', long)]
+    pub keep_going: bool,
+    /// GPU slots (default: CUDA_VISIBLE_DEVICES entries, else `nvidia-smi -L`, else 0).
+    #[arg(long, value_name = "N")]
+    pub gpus: Option<u32>,
+    /// Compute device for built-in stages (cpu, wgpu, cuda:0, …).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// No progress output on stderr.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExpShowArgs {
+    /// Only the experiments of this pipeline file.
+    pub file: Option<PathBuf>,
+    /// Sort by this metric (or param) column, ascending; with --desc, descending.
+    #[arg(long, value_name = "METRIC")]
+    pub sort: Option<String>,
+    /// Sort descending.
+    #[arg(long, requires = "sort")]
+    pub desc: bool,
+    /// Print JSON on stdout: one object per experiment.
+    #[arg(long, conflicts_with = "csv")]
+    pub json: bool,
+    /// Print CSV on stdout.
+    #[arg(long)]
+    pub csv: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExpNameArgs {
+    /// Experiment name (as `tsumugi exp show` lists it).
+    pub name: String,
+}
+
+pub fn run(project: &Project, cmd: ExpCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        ExpCommand::Run(a) => exp_run(project, a),
+        ExpCommand::Show(a) => show(project, a),
+        ExpCommand::Apply(a) => apply(project, a),
+        ExpCommand::Remove(a) => remove(project, a),
+    }
+}
+
+/// One experiment to run: its name and the overrides of one grid point (as given).
+struct Point {
+    name: String,
+    file: PathBuf,
+    targets: Vec<String>,
+    set: Vec<String>,
+}
+
+/// The grid: every `-S KEY=a,b,c` list crossed with the others, in the order given.
+fn grid(set: &[String]) -> anyhow::Result<Vec<Vec<String>>> {
+    let mut points: Vec<Vec<String>> = vec![Vec::new()];
+    for s in set {
+        let (k, v) = s
+            .split_once('=')
+            .with_context(|| format!("invalid -S '{s}' (expected KEY=VALUE)"))?;
+        let values: Vec<&str> = v.split(',').collect();
+        points = points
+            .into_iter()
+            .flat_map(|p| {
+                values.iter().map(move |v| {
+                    let mut p = p.clone();
+                    p.push(format!("{k}={v}"));
+                    p
+                })
+            })
+            .collect();
+    }
+    Ok(points)
+}
+
+fn parse_overrides(set: &[String]) -> anyhow::Result<Vec<Override>> {
+    set.iter()
+        .map(|s| Override::parse(s).map_err(anyhow::Error::msg))
+        .collect()
+}
+
+/// `{"KEY": value}` as recorded with the run.
+fn overrides_json(o: &[Override]) -> Value {
+    Value::Object(o.iter().map(|o| (o.target(), o.value.clone())).collect())
+}
+
+fn exp_run(project: &Project, args: ExpRunArgs) -> anyhow::Result<ExitCode> {
+    let conn = rundb::open(&project.db_path())?;
+    let points: Vec<Point> = if args.run_all {
+        if !args.args.is_empty() || !args.set.is_empty() {
+            bail!("--run-all runs the queue as stored; give no FILE or -S with it");
+        }
+        experiments::queued(&conn)?
+            .into_iter()
+            .map(|q| Point {
+                name: q.name,
+                file: PathBuf::from(q.pipeline_file),
+                targets: q.targets,
+                set: q.overrides,
+            })
+            .collect()
+    } else {
+        let (file, targets) = super::run::split_file_and_stages(project, &args.args)?;
+        let grid = grid(&args.set)?;
+        let names = names(&conn, args.name.as_deref(), grid.len())?;
+        grid.into_iter()
+            .zip(names)
+            .map(|(set, name)| Point {
+                name,
+                file: file.clone(),
+                targets: targets.clone(),
+                set,
+            })
+            .collect()
+    };
+    if points.is_empty() {
+        println!("no queued experiments");
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Every point loads before any runs: a typo in the last one must not cost the others.
+    let mut loaded = Vec::new();
+    for p in &points {
+        let ov = parse_overrides(&p.set)?;
+        let pipeline = match crate::spec::load_with_overrides(&p.file, project, &ov)
+            .and_then(|pl| Dag::build(&pl).map(|_| pl))
+        {
+            Ok(pl) => pl,
+            Err(e) => {
+                eprintln!("{e}");
+                return Ok(ExitCode::from(2));
+            }
+        };
+        if let Err(e) = executor::select(&pipeline, &p.targets) {
+            eprintln!("error: {e:#}");
+            return Ok(ExitCode::from(2));
+        }
+        loaded.push((pipeline, ov));
+    }
+    if args.queue {
+        for p in &points {
+            experiments::enqueue(
+                &conn,
+                &experiments::Queued {
+                    name: p.name.clone(),
+                    pipeline_file: p.file.display().to_string(),
+                    targets: p.targets.clone(),
+                    overrides: p.set.clone(),
+                    queued_at: rundb::ts(rundb::now()),
+                },
+            )?;
+            println!("queued {} ({})", p.name, p.set.join(" "));
+        }
+        println!(
+            "{} experiment(s) queued; run them with: tsumugi exp run --run-all",
+            points.len()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    drop(conn);
+
+    let rt = super::run::runtime()?;
+    let mut failed = 0;
+    let total = points.len();
+    for (i, (p, (pipeline, ov))) in points.iter().zip(loaded).enumerate() {
+        if args.run_all {
+            experiments::dequeue(&rundb::open(&project.db_path())?, &p.name)?;
+        }
+        eprintln!(
+            "experiment {}/{total}: {} ({})",
+            i + 1,
+            p.name,
+            if p.set.is_empty() {
+                "no overrides".into()
+            } else {
+                p.set.join(" ")
+            }
+        );
+        let opts = RunOptions {
+            targets: p.targets.clone(),
+            jobs: args.jobs.unwrap_or(0),
+            keep_going: args.keep_going,
+            trigger: TriggerKind::Manual,
+            gpus: args.gpus,
+            device: args.device.clone(),
+            progress: if args.quiet {
+                ProgressMode::Quiet
+            } else {
+                ProgressMode::Auto
+            },
+            exp: Some(p.name.clone()),
+            overrides: (!ov.is_empty()).then(|| overrides_json(&ov)),
+            ..RunOptions::default()
+        };
+        let summary = rt.block_on(executor::run(project, &pipeline, &opts))?;
+        if !summary.success {
+            failed += 1;
+        }
+        println!("{}: {}", p.name, summary_line(&summary));
+        if summary.cancelled {
+            return Ok(super::run::exit_code(&summary));
+        }
+    }
+    if total > 1 {
+        println!(
+            "{total} experiments, {} ok, {failed} failed; compare them: tsumugi exp show",
+            total - failed
+        );
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `run ID ok in 1.2s: 2 ran, 3 cached`, as `tsumugi run` prints it.
+fn summary_line(s: &RunSummary) -> String {
+    let mut parts = Vec::new();
+    for st in ["ran", "cached", "restored", "failed", "skipped", "cancelled"] {
+        let n = s.stages.iter().filter(|o| o.status.as_str() == st).count();
+        if n > 0 {
+            parts.push(format!("{n} {st}"));
+        }
+    }
+    let verdict = if s.cancelled {
+        "cancelled"
+    } else if s.success {
+        "ok"
+    } else {
+        "failed"
+    };
+    format!(
+        "run {} {verdict} in {:.1}s: {}",
+        s.run_id,
+        s.duration.as_secs_f64(),
+        if parts.is_empty() {
+            "nothing to do".into()
+        } else {
+            parts.join(", ")
+        }
+    )
+}
+
+/// Names for `n` new experiments: NAME (or NAME-1…NAME-n), else the next free exp-N.
+fn names(conn: &rusqlite::Connection, name: Option<&str>, n: usize) -> anyhow::Result<Vec<String>> {
+    let out: Vec<String> = match name {
+        Some(base) if n == 1 => vec![base.to_owned()],
+        Some(base) => (1..=n).map(|i| format!("{base}-{i}")).collect(),
+        None => {
+            let mut out = Vec::new();
+            let mut i = 1;
+            while out.len() < n {
+                let cand = format!("exp-{i}");
+                if !experiments::name_taken(conn, &cand)? {
+                    out.push(cand);
+                }
+                i += 1;
+            }
+            return Ok(out);
+        }
+    };
+    for nm in &out {
+        if nm.is_empty() || nm.contains(char::is_whitespace) {
+            bail!("invalid experiment name '{nm}' (no spaces)");
+        }
+        if experiments::name_taken(conn, nm)? {
+            bail!("an experiment named '{nm}' exists (remove it with `tsumugi exp remove {nm}`, or choose another -n)");
+        }
+    }
+    Ok(out)
+}
+
+/// One row of `exp show`.
+struct Row {
+    exp: experiments::ExpRow,
+    /// Param key → value (the first stage's, when several stages use one key).
+    params: BTreeMap<String, Value>,
+    /// Final metrics: name → value (`stage:name` when two stages report one name).
+    metrics: BTreeMap<String, f64>,
+}
+
+fn rows(conn: &rusqlite::Connection, file: Option<&Path>) -> anyhow::Result<Vec<Row>> {
+    let file = file.map(|f| f.display().to_string());
+    let mut out = Vec::new();
+    for exp in experiments::list(conn, file.as_deref())? {
+        let mut params = BTreeMap::new();
+        for (_, k, v) in experiments::run_params(conn, &exp.run_id)? {
+            params.entry(k).or_insert(v);
+        }
+        let finals: Vec<_> = rundb::run_metrics(conn, &exp.run_id)?
+            .into_iter()
+            .filter(|m| m.step.is_none())
+            .collect();
+        let mut stages_of: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        for m in &finals {
+            stages_of.entry(&m.name).or_default().insert(&m.stage);
+        }
+        let mut metrics = BTreeMap::new();
+        for m in &finals {
+            let key = if stages_of[m.name.as_str()].len() > 1 {
+                format!("{}:{}", m.stage, m.name)
+            } else {
+                m.name.clone()
+            };
+            metrics.insert(key, m.value);
+        }
+        out.push(Row {
+            exp,
+            params,
+            metrics,
+        });
+    }
+    Ok(out)
+}
+
+fn show(project: &Project, args: ExpShowArgs) -> anyhow::Result<ExitCode> {
+    let mut rows = match rundb::open_read(project)? {
+        Some(c) => rows(&c, args.file.as_deref())?,
+        None => Vec::new(),
+    };
+    // Params that differ between the experiments shown (the others say nothing).
+    let all_keys: BTreeSet<String> = rows.iter().flat_map(|r| r.params.keys().cloned()).collect();
+    let differ: Vec<String> = all_keys
+        .into_iter()
+        .filter(|k| {
+            let vals: BTreeSet<String> = rows
+                .iter()
+                .map(|r| r.params.get(k).map(|v| v.to_string()).unwrap_or_default())
+                .collect();
+            vals.len() > 1
+        })
+        .collect();
+    let metric_names: Vec<String> = rows
+        .iter()
+        .flat_map(|r| r.metrics.keys().cloned())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if let Some(col) = &args.sort {
+        if !metric_names.contains(col) && !differ.contains(col) && !rows.is_empty() {
+            bail!(
+                "no column '{col}' to sort by (metrics: {}; params that differ: {})",
+                metric_names.join(", "),
+                differ.join(", ")
+            );
+        }
+        let key = |r: &Row| -> Option<f64> {
+            r.metrics
+                .get(col)
+                .copied()
+                .or_else(|| r.params.get(col).and_then(Value::as_f64))
+        };
+        rows.sort_by(|a, b| {
+            let o = match (key(a), key(b)) {
+                (Some(x), Some(y)) => x.total_cmp(&y),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (None, None) => std::cmp::Ordering::Equal,
+            };
+            if args.desc { o.reverse() } else { o }
+        });
+    }
+    if args.json {
+        let out: Vec<Value> = rows
+            .iter()
+            .map(|r| {
+                json!({
+                    "name": r.exp.name,
+                    "run_id": r.exp.run_id,
+                    "pipeline": r.exp.pipeline,
+                    "pipeline_file": r.exp.pipeline_file,
+                    "status": r.exp.status,
+                    "started_at": r.exp.started_at,
+                    "overrides": r.exp.overrides,
+                    "params": r.params,
+                    "metrics": r.metrics,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut header: Vec<String> = ["name", "run", "status", "overrides"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    header.extend(differ.iter().cloned());
+    header.extend(metric_names.iter().cloned());
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let mut line = vec![
+                r.exp.name.clone(),
+                r.exp.run_id.clone(),
+                r.exp.status.clone(),
+                r.exp
+                    .overrides
+                    .as_object()
+                    .map(|o| {
+                        o.iter()
+                            .map(|(k, v)| format!("{k}={}", scalar(v)))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    })
+                    .unwrap_or_default(),
+            ];
+            line.extend(
+                differ
+                    .iter()
+                    .map(|k| r.params.get(k).map(scalar).unwrap_or_else(|| "-".into())),
+            );
+            line.extend(metric_names.iter().map(|m| {
+                r.metrics
+                    .get(m)
+                    .map(|v| number(*v))
+                    .unwrap_or_else(|| "-".into())
+            }));
+            line
+        })
+        .collect();
+    if args.csv {
+        let esc = |s: &str| {
+            if s.contains([',', '"', '\n']) {
+                format!("\"{}\"", s.replace('"', "\"\""))
+            } else {
+                s.to_owned()
+            }
+        };
+        for line in std::iter::once(&header).chain(table.iter()) {
+            println!("{}", line.iter().map(|s| esc(s)).collect::<Vec<_>>().join(","));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if rows.is_empty() {
+        println!("no experiments yet (start one: tsumugi exp run FILE -S KEY=VALUE)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            std::iter::once(&header)
+                .chain(table.iter())
+                .map(|l| l[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for line in std::iter::once(&header).chain(table.iter()) {
+        let cells: Vec<String> = line
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", cells.join("  ").trim_end());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn scalar(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.as_f64().map(number).unwrap_or_else(|| n.to_string()),
+        other => other.to_string(),
+    }
+}
+
+/// Whole numbers as integers, others with up to 6 significant decimals.
+fn number(x: f64) -> String {
+    if x.fract() == 0.0 && x.abs() < 1e15 {
+        format!("{}", x as i64)
+    } else {
+        let s = format!("{x:.6}");
+        s.trim_end_matches('0').to_owned()
+    }
+}
+
+fn apply(project: &Project, args: ExpNameArgs) -> anyhow::Result<ExitCode> {
+    let Some(conn) = rundb::open_read(project)? else {
+        bail!("no experiment '{}' (nothing has run in this project)", args.name);
+    };
+    let Some(exp) = experiments::find(&conn, &args.name)? else {
+        let known: Vec<String> = experiments::list(&conn, None)?
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        bail!(
+            "no experiment '{}' (experiments: {})",
+            args.name,
+            if known.is_empty() {
+                "none".into()
+            } else {
+                known.join(", ")
+            }
+        );
+    };
+    let targets: Vec<String> = rundb::find_run(&conn, &exp.run_id)?
+        .targets
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    drop(conn);
+    let file = PathBuf::from(&exp.pipeline_file);
+    let pipeline = match super::run::load(project, &file) {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    // Each override to the file it came from.
+    let mut by_file: BTreeMap<PathBuf, Vec<(String, Value)>> = BTreeMap::new();
+    for (k, v) in exp.overrides.as_object().into_iter().flatten() {
+        let o = Override::parse(&format!("{k}=x")).map_err(anyhow::Error::msg)?;
+        let first = o.key.split('.').next().unwrap_or_default();
+        let (f, key) = match o.file {
+            Some(f) => (f, o.key.clone()),
+            None if pipeline.params.contains_key(first) => {
+                (file.clone(), format!("params.{}", o.key))
+            }
+            None => (PathBuf::from(params_file::DEFAULT_FILE), o.key.clone()),
+        };
+        by_file.entry(f).or_default().push((key, v.clone()));
+    }
+    for (f, values) in &by_file {
+        // The pipeline file is only ever edited in place: never rewritten whole.
+        params_file::write_back(project.root(), f, values, f != &file)
+            .with_context(|| format!("cannot write the overrides into {}", f.display()))?;
+        let shown: Vec<String> = values
+            .iter()
+            .map(|(k, v)| format!("{k}={}", scalar(v)))
+            .collect();
+        println!("{}: {}", f.display(), shown.join(" "));
+    }
+    // Now the files say what the experiment ran with: the run restores its outputs.
+    let pipeline = match super::run::load(project, &file) {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    let opts = RunOptions {
+        targets,
+        progress: ProgressMode::Quiet,
+        ..RunOptions::default()
+    };
+    let summary = super::run::runtime()?.block_on(executor::run(project, &pipeline, &opts))?;
+    println!("applied {}: {}", exp.name, summary_line(&summary));
+    Ok(super::run::exit_code(&summary))
+}
+
+fn remove(project: &Project, args: ExpNameArgs) -> anyhow::Result<ExitCode> {
+    let conn = rundb::open(&project.db_path())?;
+    let n = experiments::remove(&conn, &args.name)?;
+    if n == 0 {
+        bail!("no experiment or queued experiment named '{}'", args.name);
+    }
+    println!("removed experiment {} (its runs stay in `tsumugi runs`)", args.name);
+    Ok(ExitCode::SUCCESS)
+}
