@@ -27,7 +27,11 @@ fn ok(dir: &Path, args: &[&str]) -> String {
 
 fn fails(dir: &Path, args: &[&str]) -> String {
     let out = tsumugi(dir).args(args).output().unwrap();
-    assert_eq!(out.status.code(), Some(2), "tsumugi {args:?} must fail with 2");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "tsumugi {args:?} must fail with 2"
+    );
     String::from_utf8(out.stderr).unwrap()
 }
 
@@ -58,7 +62,8 @@ fn stage(name: &str, params: &str, body: &str, out: &str) -> String {
     )
 }
 
-const PARAMS: &str = "# DVC's default params file\ntrain:\n  n_est: 50\n  seed: 1\nother: 3\n";
+const PARAMS: &str =
+    "# DVC's default params file\ntrain:\n  n_est: 50\n  seed: 1\nother: 3\nrank: 99\n";
 
 fn params_project() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -67,11 +72,16 @@ fn params_project() -> tempfile::TempDir {
     write(d, "extra.json", r#"{"a": {"b": 1}, "c": 2}"#);
     write(d, "more.toml", "x = 1\n[t]\ny = \"s\"\n");
     let mut p = String::from("name: pf\nparams: {rank: 16}\nstages:\n");
-    p += &stage("n_est", "[params.yaml:train.n_est]", "echo ${params.train.n_est}", "n.txt");
+    p += &stage(
+        "n_est",
+        "[params.yaml:train.n_est]",
+        "echo ${params.train.n_est}",
+        "n.txt",
+    );
     p += &stage("seed", "[train.seed]", "echo seed", "seed.txt");
     p += &stage("json", "[{extra.json: [a.b]}]", "echo json", "json.txt");
     p += &stage("toml", "[more.toml:t.y]", "echo toml", "toml.txt");
-    p += &stage("inline", "[rank]", "echo inline", "inline.txt");
+    p += &stage("inline", "[]", "echo ${params.rank}", "inline.txt");
     p += "  down:\n    cmd: echo down >> log.txt; cat n.txt > down.txt\n    deps: [n.txt]\n    outs: [down.txt]\n";
     write(d, "p.yaml", &p);
     dir
@@ -91,11 +101,19 @@ fn a_params_file_key_reruns_only_the_stages_that_list_it() {
         ("toml", 1),
     ]);
     assert_eq!(runs(d), all1);
-    // `${params.train.n_est}` read params.yaml.
+    // `${params.train.n_est}` read params.yaml; an inline param wins over a key of it.
     assert_eq!(std::fs::read_to_string(d.join("n.txt")).unwrap(), "50\n");
+    assert_eq!(
+        std::fs::read_to_string(d.join("inline.txt")).unwrap(),
+        "16\n"
+    );
 
     // Another key of the file, and the file rewritten with the same values: nothing runs.
-    write(d, "params.yaml", "train: {seed: 1, n_est: 50}\nother: 4\nnew: x\n");
+    write(
+        d,
+        "params.yaml",
+        "train: {seed: 1, n_est: 50}\nother: 4\nnew: x\nrank: 1\n",
+    );
     ok(d, &["run", "p.yaml", "-q"]);
     assert_eq!(runs(d), all1);
 
@@ -137,7 +155,9 @@ fn a_missing_params_file_or_key_is_a_positioned_error() {
     let err = fails(d, &["run", "p.yaml"]);
     assert!(
         err.contains("p.yaml:3:15")
-            && err.contains("params file 'params.yaml' has no key 'train.nope' (keys of 'train': lr)"),
+            && err.contains(
+                "params file 'params.yaml' has no key 'train.nope' (keys of 'train': lr)"
+            ),
         "{err}"
     );
     assert!(
@@ -151,9 +171,16 @@ fn a_missing_params_file_or_key_is_a_positioned_error() {
         "{err}"
     );
     // An override of a key that does not exist is refused before anything runs.
-    write(d, "p.yaml", "stages:\n  a:\n    cmd: echo ${params.train.lr}\n");
+    write(
+        d,
+        "p.yaml",
+        "stages:\n  a:\n    cmd: echo ${params.train.lr}\n",
+    );
     let err = fails(d, &["exp", "run", "p.yaml", "-S", "train.rl=1"]);
-    assert!(err.contains("params file 'params.yaml' has no key 'train.rl'"), "{err}");
+    assert!(
+        err.contains("params file 'params.yaml' has no key 'train.rl'"),
+        "{err}"
+    );
     assert!(!d.join("runs/tsumugi.db").exists() || ok(d, &["runs"]).contains("no runs"));
 }
 
@@ -189,8 +216,24 @@ fn a_3x2_grid_reruns_only_what_each_override_reaches() {
         std::fs::read(d.join("params.yaml")).unwrap(),
     );
 
-    let out = ok(d, &["exp", "run", "grid.yaml", "-S", "a=1,2,3", "-S", "b=x,y", "-q"]);
-    assert_eq!(out.lines().filter(|l| l.contains(": run ")).count(), 6, "{out}");
+    let out = ok(
+        d,
+        &[
+            "exp",
+            "run",
+            "grid.yaml",
+            "-S",
+            "a=1,2,3",
+            "-S",
+            "b=x,y",
+            "-q",
+        ],
+    );
+    assert_eq!(
+        out.lines().filter(|l| l.contains(": run ")).count(),
+        6,
+        "{out}"
+    );
     // prep once per a, train and eval once per (a, b), indep once.
     assert_eq!(
         runs(d),
@@ -220,7 +263,21 @@ fn a_3x2_grid_reruns_only_what_each_override_reaches() {
     assert_eq!(seen.len(), 6, "six distinct grid points");
 
     // The same grid again: all cached, nothing runs.
-    ok(d, &["exp", "run", "grid.yaml", "-S", "a=1,2,3", "-S", "b=x,y", "-q", "-n", "again"]);
+    ok(
+        d,
+        &[
+            "exp",
+            "run",
+            "grid.yaml",
+            "-S",
+            "a=1,2,3",
+            "-S",
+            "b=x,y",
+            "-q",
+            "-n",
+            "again",
+        ],
+    );
     assert_eq!(
         runs(d),
         counts(&[("eval", 6), ("indep", 1), ("prep", 3), ("train", 6)])
@@ -242,7 +299,10 @@ fn a_3x2_grid_reruns_only_what_each_override_reaches() {
         std::fs::read_to_string(d.join("params.yaml")).unwrap(),
         "# the params\na: 2\nb: y\n"
     );
-    assert_eq!(std::fs::read_to_string(d.join("model.txt")).unwrap(), "a=2\nb=y\n");
+    assert_eq!(
+        std::fs::read_to_string(d.join("model.txt")).unwrap(),
+        "a=2\nb=y\n"
+    );
     let run: Value = serde_json::from_str(&ok(d, &["run", "grid.yaml", "--json"])).unwrap();
     for s in run["stages"].as_array().unwrap() {
         assert_eq!(s["status"], "cached", "{s}");
@@ -265,8 +325,16 @@ fn inline_overrides_queue_apply_and_remove() {
         "r.yaml",
         "params:\n  rank: 16 # LoRA rank\nstages:\n  r:\n    cmd: echo r >> log.txt; echo ${params.rank} > r.txt\n    outs: [r.txt]\n",
     );
-    let q = ok(d, &["exp", "run", "r.yaml", "-S", "rank=4,8", "-n", "rk", "--queue"]);
-    assert!(q.contains("queued rk-1 (rank=4)") && q.contains("queued rk-2 (rank=8)"), "{q}");
+    let q = ok(
+        d,
+        &[
+            "exp", "run", "r.yaml", "-S", "rank=4,8", "-n", "rk", "--queue",
+        ],
+    );
+    assert!(
+        q.contains("queued rk-1 (rank=4)") && q.contains("queued rk-2 (rank=8)"),
+        "{q}"
+    );
     assert!(runs(d).is_empty(), "--queue runs nothing");
     ok(d, &["exp", "run", "--run-all", "-q"]);
     assert_eq!(runs(d), counts(&[("r", 2)]));

@@ -309,7 +309,14 @@ fn exp_run(project: &Project, args: ExpRunArgs) -> anyhow::Result<ExitCode> {
 /// `run ID ok in 1.2s: 2 ran, 3 cached`, as `tsumugi run` prints it.
 fn summary_line(s: &RunSummary) -> String {
     let mut parts = Vec::new();
-    for st in ["ran", "cached", "restored", "failed", "skipped", "cancelled"] {
+    for st in [
+        "ran",
+        "cached",
+        "restored",
+        "failed",
+        "skipped",
+        "cancelled",
+    ] {
         let n = s.stages.iter().filter(|o| o.status.as_str() == st).count();
         if n > 0 {
             parts.push(format!("{n} {st}"));
@@ -357,7 +364,9 @@ fn names(conn: &rusqlite::Connection, name: Option<&str>, n: usize) -> anyhow::R
             bail!("invalid experiment name '{nm}' (no spaces)");
         }
         if experiments::name_taken(conn, nm)? {
-            bail!("an experiment named '{nm}' exists (remove it with `tsumugi exp remove {nm}`, or choose another -n)");
+            bail!(
+                "an experiment named '{nm}' exists (remove it with `tsumugi exp remove {nm}`, or choose another -n)"
+            );
         }
     }
     Ok(out)
@@ -520,7 +529,10 @@ fn show(project: &Project, args: ExpShowArgs) -> anyhow::Result<ExitCode> {
             }
         };
         for line in std::iter::once(&header).chain(table.iter()) {
-            println!("{}", line.iter().map(|s| esc(s)).collect::<Vec<_>>().join(","));
+            println!(
+                "{}",
+                line.iter().map(|s| esc(s)).collect::<Vec<_>>().join(",")
+            );
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -568,7 +580,10 @@ fn number(x: f64) -> String {
 
 fn apply(project: &Project, args: ExpNameArgs) -> anyhow::Result<ExitCode> {
     let Some(conn) = rundb::open_read(project)? else {
-        bail!("no experiment '{}' (nothing has run in this project)", args.name);
+        bail!(
+            "no experiment '{}' (nothing has run in this project)",
+            args.name
+        );
     };
     let Some(exp) = experiments::find(&conn, &args.name)? else {
         let known: Vec<String> = experiments::list(&conn, None)?
@@ -641,6 +656,9 @@ fn remove(project: &Project, args: ExpNameArgs) -> anyhow::Result<ExitCode> {
     if n == 0 {
         bail!("no experiment or queued experiment named '{}'", args.name);
     }
-    println!("removed experiment {} (its runs stay in `tsumugi runs`)", args.name);
+    println!(
+        "removed experiment {} (its runs stay in `tsumugi runs`)",
+        args.name
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -25,6 +25,7 @@ mod yaml;
 
 pub use error::{Diagnostic, SpecError, did_you_mean};
 pub use load::{
-    BuiltinInput, builtin_inputs, builtin_outputs, load, load_str, load_str_with_kinds, load_with_overrides,
+    BuiltinInput, builtin_inputs, builtin_outputs, load, load_str, load_str_with_kinds,
+    load_with_overrides,
 };
 pub use model::*;

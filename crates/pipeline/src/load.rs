@@ -1051,7 +1051,8 @@ impl<'a> Cx<'a> {
                     let file = f
                         .clone()
                         .unwrap_or_else(|| PathBuf::from(params_file::DEFAULT_FILE));
-                    self.files.add_override(file, o.key.clone(), o.value.clone());
+                    self.files
+                        .add_override(file, o.key.clone(), o.value.clone());
                 }
             }
         }
@@ -2011,7 +2012,13 @@ impl<'a> Cx<'a> {
                         Kind::Seq(ks) => ks.iter().collect(),
                         Kind::Scalar { .. } => vec![keys],
                         Kind::Map(_) => {
-                            self.err(keys.pos, format!("expected a list of keys of '{}' in {what}, found a mapping", file.display()));
+                            self.err(
+                                keys.pos,
+                                format!(
+                                    "expected a list of keys of '{}' in {what}, found a mapping",
+                                    file.display()
+                                ),
+                            );
                             continue;
                         }
                     };
@@ -2024,7 +2031,10 @@ impl<'a> Cx<'a> {
                             }
                             _ => self.err(
                                 k.pos,
-                                format!("expected a key of '{}' (like train.lr) in {what}", file.display()),
+                                format!(
+                                    "expected a key of '{}' (like train.lr) in {what}",
+                                    file.display()
+                                ),
                             ),
                         }
                     }

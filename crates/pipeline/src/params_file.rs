@@ -34,9 +34,9 @@ impl Override {
     /// Parses `KEY=V` or `FILE:KEY=V`; V is a YAML scalar (`3e-4` is a number, `x` a
     /// string, `'"16"'` the string 16).
     pub fn parse(s: &str) -> Result<Override, String> {
-        let (lhs, rhs) = s
-            .split_once('=')
-            .ok_or_else(|| format!("invalid override '{s}' (expected KEY=VALUE or FILE:KEY=VALUE)"))?;
+        let (lhs, rhs) = s.split_once('=').ok_or_else(|| {
+            format!("invalid override '{s}' (expected KEY=VALUE or FILE:KEY=VALUE)")
+        })?;
         let (file, key) = match lhs.rsplit_once(':') {
             Some((f, k)) => (Some(PathBuf::from(f)), k),
             None => (None, lhs),
@@ -93,7 +93,12 @@ fn node_value(n: &Node) -> Value {
         Kind::Map(entries) => Value::Object(
             entries
                 .iter()
-                .map(|(k, v)| (k.scalar_text().unwrap_or_default().to_owned(), node_value(v)))
+                .map(|(k, v)| {
+                    (
+                        k.scalar_text().unwrap_or_default().to_owned(),
+                        node_value(v),
+                    )
+                })
                 .collect(),
         ),
     }
@@ -134,7 +139,9 @@ fn parse(file: &Path, text: &str) -> Result<Value, String> {
                     e.message
                 ));
             }
-            root.as_ref().map(node_value).unwrap_or(Value::Object(Map::new()))
+            root.as_ref()
+                .map(node_value)
+                .unwrap_or(Value::Object(Map::new()))
         }
         _ => {
             return Err(format!(
@@ -275,7 +282,11 @@ impl ParamFiles {
                             .as_object()
                             .map(|o| o.keys().cloned().collect())
                             .unwrap_or_default();
-                        (segs[..i].join("."), segs.get(i).copied().unwrap_or(""), keys)
+                        (
+                            segs[..i].join("."),
+                            segs.get(i).copied().unwrap_or(""),
+                            keys,
+                        )
                     })
                     .unwrap_or_default();
                 let hint = super::error::did_you_mean(missing, keys.iter().map(String::as_str))
@@ -390,7 +401,10 @@ fn splice_yaml(file: &Path, text: &str, values: &[(String, Value)]) -> Option<St
             let Kind::Map(entries) = &n.kind else {
                 return None;
             };
-            n = &entries.iter().find(|(key, _)| key.scalar_text() == Some(seg))?.1;
+            n = &entries
+                .iter()
+                .find(|(key, _)| key.scalar_text() == Some(seg))?
+                .1;
         }
         if !matches!(n.kind, Kind::Scalar { .. }) || v.is_object() || v.is_array() {
             return None;
@@ -420,7 +434,10 @@ fn yaml_scalar(v: &Value) -> String {
         Value::String(s) => {
             let plain_ok = !s.is_empty()
                 && plain_value(s) == Value::String(s.clone())
-                && !s.contains([':', '#', '\'', '"', '{', '}', '[', ']', ',', '&', '*', '!', '|', '>', '%', '@', '`', '\n'])
+                && !s.contains([
+                    ':', '#', '\'', '"', '{', '}', '[', ']', ',', '&', '*', '!', '|', '>', '%',
+                    '@', '`', '\n',
+                ])
                 && !s.starts_with(['-', '?', ' '])
                 && !s.ends_with(' ');
             if plain_ok {
@@ -478,7 +495,10 @@ mod tests {
     #[test]
     fn overrides_parse_as_yaml_scalars() {
         let o = Override::parse("train.lr=3e-4").unwrap();
-        assert_eq!((o.file, o.key.as_str(), o.value), (None, "train.lr", json!(3e-4)));
+        assert_eq!(
+            (o.file, o.key.as_str(), o.value),
+            (None, "train.lr", json!(3e-4))
+        );
         let o = Override::parse("other.toml:a.b=x").unwrap();
         assert_eq!(o.file, Some(PathBuf::from("other.toml")));
         assert_eq!(o.value, json!("x"));
@@ -496,7 +516,10 @@ mod tests {
         write_back(
             dir.path(),
             Path::new("params.yaml"),
-            &[("train.lr".into(), json!(0.0003)), ("name".into(), json!("a: b"))],
+            &[
+                ("train.lr".into(), json!(0.0003)),
+                ("name".into(), json!("a: b")),
+            ],
             true,
         )
         .unwrap();
@@ -512,8 +535,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("p.json"), r#"{"a": {"b": 1, "c": 2}}"#).unwrap();
         std::fs::write(dir.path().join("p.toml"), "x = 1\n[t]\ny = \"s\"\n").unwrap();
-        write_back(dir.path(), Path::new("p.json"), &[("a.b".into(), json!(5))], true).unwrap();
-        write_back(dir.path(), Path::new("p.toml"), &[("t.y".into(), json!("z"))], true).unwrap();
+        write_back(
+            dir.path(),
+            Path::new("p.json"),
+            &[("a.b".into(), json!(5))],
+            true,
+        )
+        .unwrap();
+        write_back(
+            dir.path(),
+            Path::new("p.toml"),
+            &[("t.y".into(), json!("z"))],
+            true,
+        )
+        .unwrap();
         let j = read(dir.path(), Path::new("p.json")).unwrap();
         assert_eq!(j, json!({"a": {"b": 5, "c": 2}}));
         let t = read(dir.path(), Path::new("p.toml")).unwrap();
@@ -524,7 +559,13 @@ mod tests {
     fn a_yaml_file_that_cannot_be_spliced_is_rewritten_whole() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("params.yaml"), "a: {b: [1, 2]}\nc: 3\n").unwrap();
-        write_back(dir.path(), Path::new("params.yaml"), &[("a.b".into(), json!(7))], true).unwrap();
+        write_back(
+            dir.path(),
+            Path::new("params.yaml"),
+            &[("a.b".into(), json!(7))],
+            true,
+        )
+        .unwrap();
         let v = read(dir.path(), Path::new("params.yaml")).unwrap();
         assert_eq!(v, json!({"a": {"b": 7}, "c": 3}));
     }

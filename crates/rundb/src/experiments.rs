@@ -83,7 +83,8 @@ fn exp_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ExpRow> {
     })
 }
 
-const NEWEST: &str = "SELECT r.exp, r.id, r.pipeline, r.pipeline_file, r.status, r.started_at, r.overrides
+const NEWEST: &str =
+    "SELECT r.exp, r.id, r.pipeline, r.pipeline_file, r.status, r.started_at, r.overrides
      FROM runs r WHERE r.exp IS NOT NULL
        AND r.seq = (SELECT max(seq) FROM runs r2 WHERE r2.exp = r.exp)";
 
@@ -114,7 +115,10 @@ pub fn name_taken(conn: &Connection, name: &str) -> Result<bool> {
 }
 
 /// The params each stage of `run` used: (stage, key, value).
-pub fn run_params(conn: &Connection, run: &str) -> Result<Vec<(String, String, serde_json::Value)>> {
+pub fn run_params(
+    conn: &Connection,
+    run: &str,
+) -> Result<Vec<(String, String, serde_json::Value)>> {
     let mut st = conn.prepare(
         "SELECT stage, key, value_json FROM run_params WHERE run_id = ?1 ORDER BY stage, key",
     )?;
