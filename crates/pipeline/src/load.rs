@@ -330,8 +330,12 @@ impl<'a> Scope<'a> {
                 }
                 // Not an inline param: DVC's default params file, if the name is not
                 // an inline param's (a missing field of one is not looked up elsewhere).
+                // Without a params.yaml the message is about inline params only.
                 match self.files {
-                    Some(_) if !self.params.contains_key(&path[0]) => {
+                    Some(f)
+                        if !self.params.contains_key(&path[0])
+                            && f.exists(Path::new(params_file::DEFAULT_FILE)) =>
+                    {
                         let file = Path::new(params_file::DEFAULT_FILE);
                         self.lookup_file(file, &path.join("."))
                             .map_err(|e| format!("{}; {e}", unknown_param(self.params, path)))

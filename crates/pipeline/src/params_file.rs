@@ -240,6 +240,11 @@ impl ParamFiles {
         }
     }
 
+    /// Whether `file` is there (a file, under the project root).
+    pub(crate) fn exists(&self, file: &Path) -> bool {
+        self.root.join(file).is_file()
+    }
+
     /// Checks that the file reads and that its overrides apply.
     pub(crate) fn check(&self, file: &Path) -> Result<(), String> {
         self.with_file(file, |_| ())?;
