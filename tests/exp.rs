@@ -361,3 +361,76 @@ fn inline_overrides_queue_apply_and_remove() {
     assert_eq!(names.len(), 1);
     assert_eq!(names[0]["name"], "rk-2");
 }
+
+#[test]
+fn experiments_side_by_side_run_in_copies_and_leave_the_workspace_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(d, "params.yaml", "a: 1\nb: x\n");
+    // The copies each have their own log.txt: count in the project's, by absolute path.
+    let log = d.join("log.txt");
+    write(
+        d,
+        "grid.yaml",
+        &GRID.replace("log.txt", log.to_str().unwrap()),
+    );
+    ok(d, &["run", "grid.yaml", "-q"]);
+    let before: Vec<Vec<u8>> = ["grid.yaml", "params.yaml", "model.txt", "prep.txt"]
+        .iter()
+        .map(|f| std::fs::read(d.join(f)).unwrap())
+        .collect();
+
+    let out = ok(
+        d,
+        &[
+            "exp",
+            "run",
+            "grid.yaml",
+            "-S",
+            "b=x,y,z,w",
+            "-j",
+            "3",
+            "-q",
+        ],
+    );
+    assert!(out.contains("4 experiments, 4 ok, 0 failed"), "{out}");
+    // a is the baseline's: prep is cached in every copy; train and eval run once per new b.
+    assert_eq!(
+        runs(d),
+        counts(&[("eval", 4), ("indep", 1), ("prep", 1), ("train", 4)])
+    );
+    // The workspace is as it was, and the copies are gone.
+    let after: Vec<Vec<u8>> = ["grid.yaml", "params.yaml", "model.txt", "prep.txt"]
+        .iter()
+        .map(|f| std::fs::read(d.join(f)).unwrap())
+        .collect();
+    assert_eq!(after, before);
+    let left: Vec<_> = std::fs::read_dir(d.join(".tsumugi/exp"))
+        .map(|r| r.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+
+    let show: Vec<Value> = serde_json::from_str(&ok(d, &["exp", "show", "--json"])).unwrap();
+    assert_eq!(show.len(), 4);
+    for e in &show {
+        assert_eq!(e["status"], "success");
+        assert_eq!(e["params"]["params.yaml:b"], e["overrides"]["b"]);
+        assert_eq!(e["metrics"]["a"].as_f64(), Some(1.0));
+        assert_eq!(e["metrics"]["len"].as_f64(), Some(8.0));
+    }
+    // What ran in a copy is in the cache: apply brings it into the workspace.
+    let w = show.iter().find(|e| e["overrides"]["b"] == "w").unwrap();
+    ok(d, &["exp", "apply", w["name"].as_str().unwrap()]);
+    assert_eq!(
+        std::fs::read_to_string(d.join("model.txt")).unwrap(),
+        "a=1\nb=w\n"
+    );
+    let run: Value = serde_json::from_str(&ok(d, &["run", "grid.yaml", "--json"])).unwrap();
+    for s in run["stages"].as_array().unwrap() {
+        assert_eq!(s["status"], "cached", "{s}");
+    }
+    assert_eq!(
+        runs(d),
+        counts(&[("eval", 4), ("indep", 1), ("prep", 1), ("train", 4)])
+    );
+}

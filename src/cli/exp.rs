@@ -15,6 +15,8 @@ use crate::project::Project;
 use crate::rundb::{self, experiments};
 use crate::spec::params_file::{self, Override};
 
+mod workspace;
+
 const RUN_ABOUT: &str = "\
 Run the pipeline with -S overrides, as a named experiment. Overrides replace values as the
 pipeline and its params files are read: no file is edited. Every experiment shares the
@@ -29,14 +31,18 @@ cache, so only the stages an override reaches run again.
 Values read as YAML scalars: 3e-4 and 16 are numbers, true a boolean, x a string, '\"16\"'
 the string 16.
 
-Experiments run one after another in the project's workspace (each with -j stages at
-once), so the workspace ends with the last one's outputs; `tsumugi exp apply NAME` brings
-back any other. Commands that read params.yaml themselves get TSUMUGI_PARAMS: the path of
-a file holding the effective values (docs/experiments.md).
+By default (-j 1) experiments run one after another in the project's workspace, which
+ends with the last one's outputs. With -j N, up to N run at once, each in a copy of the
+project under .tsumugi/exp/NAME/ (reflinked where the file system can) that shares the
+cache and the run database and is removed afterwards: the workspace is left as it was.
+GPUs are split between the experiments running at once, so two never share one.
+`tsumugi exp apply NAME` brings any experiment's outputs into the workspace. Commands that
+read params.yaml themselves get TSUMUGI_PARAMS: the path of a file holding the effective
+values (docs/experiments.md).
 
 Examples:
   tsumugi exp run pipelines/train.yaml -S train.lr=3e-4
-  tsumugi exp run pipelines/train.yaml -S 'lr=1e-4,3e-4,1e-3' -S lora.r=8,16 -n sweep
+  tsumugi exp run pipelines/train.yaml -S 'lr=1e-4,3e-4,1e-3' -S lora.r=8,16 -n sweep -j 3
   tsumugi exp run pipelines/train.yaml -S lr=1e-4,3e-4 --queue   # store; run later:
   tsumugi exp run --run-all
   tsumugi exp show --sort rmse";
@@ -80,9 +86,13 @@ pub struct ExpRunArgs {
     /// Experiment name (a grid gets NAME-1, NAME-2, …). Default: exp-1, exp-2, … .
     #[arg(short = 'n', long = "name")]
     pub name: Option<String>,
+    /// Experiments running at once, each in its own copy of the workspace (default 1: one
+    /// after another, in the workspace itself).
+    #[arg(short = 'j', long = "jobs", value_name = "N", default_value_t = 1)]
+    pub jobs: usize,
     /// Stages running at once within an experiment (default: number of cores).
-    #[arg(short = 'j', long = "jobs", value_name = "N")]
-    pub jobs: Option<usize>,
+    #[arg(long = "stage-jobs", value_name = "N")]
+    pub stage_jobs: Option<usize>,
     /// Store the experiments to run later (`tsumugi exp run --run-all`); run nothing now.
     #[arg(long, conflicts_with = "run_all")]
     pub queue: bool,
@@ -251,47 +261,19 @@ fn exp_run(project: &Project, args: ExpRunArgs) -> anyhow::Result<ExitCode> {
     }
     drop(conn);
 
-    let rt = super::run::runtime()?;
-    let mut failed = 0;
     let total = points.len();
-    for (i, (p, (pipeline, ov))) in points.iter().zip(loaded).enumerate() {
-        if args.run_all {
-            experiments::dequeue(&rundb::open(&project.db_path())?, &p.name)?;
-        }
-        eprintln!(
-            "experiment {}/{total}: {} ({})",
-            i + 1,
-            p.name,
-            if p.set.is_empty() {
-                "no overrides".into()
-            } else {
-                p.set.join(" ")
-            }
-        );
-        let opts = RunOptions {
-            targets: p.targets.clone(),
-            jobs: args.jobs.unwrap_or(0),
-            keep_going: args.keep_going,
-            trigger: TriggerKind::Manual,
-            gpus: args.gpus,
-            device: args.device.clone(),
-            progress: if args.quiet {
-                ProgressMode::Quiet
-            } else {
-                ProgressMode::Auto
-            },
-            exp: Some(p.name.clone()),
-            overrides: (!ov.is_empty()).then(|| overrides_json(&ov)),
-            ..RunOptions::default()
-        };
-        let summary = rt.block_on(executor::run(project, &pipeline, &opts))?;
-        if !summary.success {
-            failed += 1;
-        }
-        println!("{}: {}", p.name, summary_line(&summary));
-        if summary.cancelled {
-            return Ok(super::run::exit_code(&summary));
-        }
+    let work: Vec<Job> = points
+        .into_iter()
+        .zip(loaded)
+        .map(|(p, (pipeline, ov))| Job { p, pipeline, ov })
+        .collect();
+    let (failed, cancelled) = if args.jobs > 1 && total > 1 {
+        side_by_side(project, &args, work)?
+    } else {
+        one_by_one(project, &args, work)?
+    };
+    if let Some(code) = cancelled {
+        return Ok(code);
     }
     if total > 1 {
         println!(
@@ -304,6 +286,193 @@ fn exp_run(project: &Project, args: ExpRunArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// One experiment, loaded with its overrides.
+struct Job {
+    p: Point,
+    pipeline: crate::spec::Pipeline,
+    ov: Vec<Override>,
+}
+
+fn options(args: &ExpRunArgs, job: &Job, progress: ProgressMode) -> RunOptions {
+    RunOptions {
+        targets: job.p.targets.clone(),
+        jobs: args.stage_jobs.unwrap_or(0),
+        keep_going: args.keep_going,
+        trigger: TriggerKind::Manual,
+        gpus: args.gpus,
+        device: args.device.clone(),
+        progress,
+        exp: Some(job.p.name.clone()),
+        overrides: (!job.ov.is_empty()).then(|| overrides_json(&job.ov)),
+        ..RunOptions::default()
+    }
+}
+
+fn describe(p: &Point) -> String {
+    if p.set.is_empty() {
+        "no overrides".into()
+    } else {
+        p.set.join(" ")
+    }
+}
+
+/// `-j 1`: in the workspace, one after another. Returns (failed, exit code if cancelled).
+fn one_by_one(
+    project: &Project,
+    args: &ExpRunArgs,
+    work: Vec<Job>,
+) -> anyhow::Result<(usize, Option<ExitCode>)> {
+    let rt = super::run::runtime()?;
+    let total = work.len();
+    let mut failed = 0;
+    for (i, job) in work.into_iter().enumerate() {
+        if args.run_all {
+            experiments::dequeue(&rundb::open(&project.db_path())?, &job.p.name)?;
+        }
+        eprintln!(
+            "experiment {}/{total}: {} ({})",
+            i + 1,
+            job.p.name,
+            describe(&job.p)
+        );
+        let progress = if args.quiet {
+            ProgressMode::Quiet
+        } else {
+            ProgressMode::Auto
+        };
+        let opts = options(args, &job, progress);
+        let summary = rt.block_on(executor::run(project, &job.pipeline, &opts))?;
+        if !summary.success {
+            failed += 1;
+        }
+        println!("{}: {}", job.p.name, summary_line(&summary));
+        if summary.cancelled {
+            return Ok((failed, Some(super::run::exit_code(&summary))));
+        }
+    }
+    Ok((failed, None))
+}
+
+/// `-j N`: up to N experiments at once, each in its own copy of the project under
+/// `.tsumugi/exp/NAME/` sharing `cache/` and `runs/`. This command holds the project lock
+/// meanwhile (so no `run` or `gc` comes between); each experiment locks its own copy.
+fn side_by_side(
+    project: &Project,
+    args: &ExpRunArgs,
+    work: Vec<Job>,
+) -> anyhow::Result<(usize, Option<ExitCode>)> {
+    let _lock =
+        crate::lock::ProjectLock::acquire(project, "tsumugi exp run", crate::lock::Wait::Yes)?;
+    // GPUs: each experiment running at once gets its own, as many as its hungriest stage
+    // asks for; fewer GPUs than that means fewer experiments at once.
+    let gpus = executor::detect_gpus(args.gpus);
+    let need = work
+        .iter()
+        .flat_map(|j| j.pipeline.stages.iter().map(|s| s.resources.gpu as usize))
+        .max()
+        .unwrap_or(0);
+    let mut workers = args.jobs.min(work.len());
+    if need > 0 {
+        let fit = (gpus.len() / need).max(1);
+        if fit < workers {
+            eprintln!(
+                "{} GPU(s), {need} per experiment: running {fit} experiment(s) at once, not {workers}",
+                gpus.len()
+            );
+            workers = fit;
+        }
+    }
+    let shares: Vec<Vec<String>> = (0..workers)
+        .map(|w| {
+            gpus.iter()
+                .enumerate()
+                .filter(|(i, _)| i % workers == w)
+                .map(|(_, g)| g.clone())
+                .collect()
+        })
+        .collect();
+    let total = work.len();
+    let queue = std::sync::Mutex::new(work.into_iter().enumerate().collect::<Vec<_>>());
+    queue.lock().expect("queue").reverse();
+    let failed = std::sync::atomic::AtomicUsize::new(0);
+    let errors = std::sync::Mutex::new(Vec::<String>::new());
+    std::thread::scope(|sc| {
+        for share in &shares {
+            sc.spawn(|| {
+                let rt = match super::run::runtime() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        errors.lock().expect("errors").push(format!("{e:#}"));
+                        return;
+                    }
+                };
+                loop {
+                    let Some((i, job)) = queue.lock().expect("queue").pop() else {
+                        break;
+                    };
+                    let r = in_workspace(project, args, &rt, &job, share.clone(), i, total);
+                    match r {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            failed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        Err(e) => {
+                            failed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            eprintln!("{}: error: {e:#}", job.p.name);
+                            errors.lock().expect("errors").push(format!("{e:#}"));
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = errors.into_inner().expect("errors").into_iter().next()
+        && failed.load(std::sync::atomic::Ordering::SeqCst) == total
+    {
+        bail!("{e}");
+    }
+    Ok((failed.into_inner(), None))
+}
+
+/// Runs one experiment in `.tsumugi/exp/NAME/`; true if it succeeded.
+fn in_workspace(
+    project: &Project,
+    args: &ExpRunArgs,
+    rt: &tokio::runtime::Runtime,
+    job: &Job,
+    gpus: Vec<String>,
+    i: usize,
+    total: usize,
+) -> anyhow::Result<bool> {
+    if args.run_all {
+        experiments::dequeue(&rundb::open(&project.db_path())?, &job.p.name)?;
+    }
+    let dir = project.root().join(".tsumugi/exp").join(&job.p.name);
+    let t0 = std::time::Instant::now();
+    let copied = workspace::populate(project.root(), &dir)?;
+    eprintln!(
+        "experiment {}/{total}: {} ({}) in {}: {} files, {:.1} MiB copied in {:.2}s",
+        i + 1,
+        job.p.name,
+        describe(&job.p),
+        dir.strip_prefix(project.root()).unwrap_or(&dir).display(),
+        copied.files,
+        copied.bytes as f64 / (1024.0 * 1024.0),
+        t0.elapsed().as_secs_f64()
+    );
+    let ws = Project::workspace(&dir, project);
+    let mut opts = options(args, job, ProgressMode::Quiet);
+    opts.gpu_ids = Some(gpus);
+    let res = rt.block_on(executor::run(&ws, &job.pipeline, &opts));
+    // The results are in the cache (and `exp apply` brings them back): the copy goes.
+    if let Err(e) = std::fs::remove_dir_all(&dir) {
+        eprintln!("warning: cannot remove {}: {e}", dir.display());
+    }
+    let summary = res?;
+    println!("{}: {}", job.p.name, summary_line(&summary));
+    Ok(summary.success)
 }
 
 /// `run ID ok in 1.2s: 2 ran, 3 cached`, as `tsumugi run` prints it.

@@ -218,7 +218,8 @@ fn write_params_yaml(
     for v in pipeline.param_files.values() {
         tsumugi_pipeline::params_file::merge(&mut doc, v);
     }
-    let path = project.runs_dir().join(run_id).join("params.yaml");
+    // Absolute: an experiment's workspace runs its commands elsewhere than runs/ is.
+    let path = std::path::absolute(project.runs_dir().join(run_id).join("params.yaml"))?;
     std::fs::create_dir_all(path.parent().expect("under runs/"))?;
     tsumugi_base::atomic::write_atomic(
         &path,
@@ -237,7 +238,10 @@ async fn schedule(
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let gpus = detect_gpus(opts.gpus);
+    let gpus = opts
+        .gpu_ids
+        .clone()
+        .unwrap_or_else(|| detect_gpus(opts.gpus));
     let pool = Arc::new(SlotPool {
         cpu_total: cores as u32,
         gpu_total: gpus.len(),

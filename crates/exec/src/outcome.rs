@@ -71,6 +71,9 @@ pub struct RunOptions {
     /// `--executor`: where stages without their own `executor:` run (default: the
     /// pipeline's `executor:`, else local).
     pub executor: Option<tsumugi_pipeline::ExecutorKind>,
+    /// The GPU ids to hand out, instead of detecting them (`tsumugi exp run -j N` gives
+    /// each experiment running at once its own share).
+    pub gpu_ids: Option<Vec<String>>,
     /// `tsumugi exp run`: the experiment's name, recorded with the run.
     pub exp: Option<String>,
     /// The `-S` overrides the pipeline was loaded with (`{"KEY": value}`), recorded with
@@ -95,6 +98,7 @@ impl Default for RunOptions {
             progress: ProgressMode::Auto,
             remote: None,
             executor: None,
+            gpu_ids: None,
             exp: None,
             overrides: None,
         }

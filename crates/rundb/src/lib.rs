@@ -327,14 +327,17 @@ impl RunDb {
                 params![at, lost],
             )?;
         }
-        conn.execute(
-            "UPDATE stage_runs SET status = 'cancelled', ended_at = ?1, message = 'tsumugi was killed while this stage ran' WHERE status = 'running'",
-            [&at],
-        )?;
-        conn.execute(
-            "UPDATE runs SET status = 'interrupted', ended_at = ?1 WHERE status = 'running'",
-            [&at],
-        )?;
+        // An experiment's workspace runs beside its siblings: their runs are live.
+        if !project.is_workspace() {
+            conn.execute(
+                "UPDATE stage_runs SET status = 'cancelled', ended_at = ?1, message = 'tsumugi was killed while this stage ran' WHERE status = 'running'",
+                [&at],
+            )?;
+            conn.execute(
+                "UPDATE runs SET status = 'interrupted', ended_at = ?1 WHERE status = 'running'",
+                [&at],
+            )?;
+        }
         let (tx, rx) = mpsc::channel::<Msg>();
         let thread = std::thread::Builder::new()
             .name("tsumugi-rundb".into())
