@@ -374,15 +374,14 @@ fn side_by_side(
         .max()
         .unwrap_or(0);
     let mut workers = args.jobs.min(work.len());
-    if need > 0 {
-        let fit = (gpus.len() / need).max(1);
-        if fit < workers {
-            eprintln!(
-                "{} GPU(s), {need} per experiment: running {fit} experiment(s) at once, not {workers}",
-                gpus.len()
-            );
-            workers = fit;
-        }
+    if let Some(fit) = gpus.len().checked_div(need).map(|f| f.max(1))
+        && fit < workers
+    {
+        eprintln!(
+            "{} GPU(s), {need} per experiment: running {fit} experiment(s) at once, not {workers}",
+            gpus.len()
+        );
+        workers = fit;
     }
     let shares: Vec<Vec<String>> = (0..workers)
         .map(|w| {
