@@ -434,3 +434,50 @@ fn experiments_side_by_side_run_in_copies_and_leave_the_workspace_alone() {
         counts(&[("eval", 4), ("indep", 1), ("prep", 1), ("train", 4)])
     );
 }
+
+#[test]
+fn commands_that_read_params_files_see_the_overrides_through_tsumugi_params() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(d, "params.yaml", "train:\n  seed: 1\n  lr: 0.1\n");
+    write(d, "more.toml", "# tuning\n[t]\ny = \"s\"\nz = 2\n");
+    write(
+        d,
+        "p.yaml",
+        "stages:\n  s:\n    cmd: cp \"$TSUMUGI_PARAMS\" seen.yaml\n    params: [train.seed, {more.toml: [t.y]}]\n    outs: [seen.yaml]\n",
+    );
+    ok(
+        d,
+        &[
+            "exp",
+            "run",
+            "p.yaml",
+            "-S",
+            "more.toml:t.y=q",
+            "-S",
+            "train.seed=7",
+            "-n",
+            "e",
+        ],
+    );
+    // Every params-file key the run uses, with its effective value, in one document.
+    assert_eq!(
+        std::fs::read_to_string(d.join("seen.yaml")).unwrap(),
+        "t:\n  y: q\ntrain:\n  seed: 7\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.join("more.toml")).unwrap(),
+        "# tuning\n[t]\ny = \"s\"\nz = 2\n"
+    );
+    // apply writes TOML anew (its comment goes), keeping the other keys.
+    ok(d, &["exp", "apply", "e"]);
+    let toml = std::fs::read_to_string(d.join("more.toml")).unwrap();
+    assert!(
+        toml.contains("y = \"q\"") && toml.contains("z = 2"),
+        "{toml}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.join("params.yaml")).unwrap(),
+        "train:\n  seed: 7\n  lr: 0.1\n"
+    );
+}

@@ -396,6 +396,8 @@ fn side_by_side(
     let queue = std::sync::Mutex::new(work.into_iter().enumerate().collect::<Vec<_>>());
     queue.lock().expect("queue").reverse();
     let failed = std::sync::atomic::AtomicUsize::new(0);
+    // After a Ctrl-C no experiment starts.
+    let cancelled = std::sync::atomic::AtomicBool::new(false);
     let errors = std::sync::Mutex::new(Vec::<String>::new());
     std::thread::scope(|sc| {
         for share in &shares {
@@ -408,14 +410,20 @@ fn side_by_side(
                     }
                 };
                 loop {
+                    if cancelled.load(std::sync::atomic::Ordering::SeqCst) {
+                        break;
+                    }
                     let Some((i, job)) = queue.lock().expect("queue").pop() else {
                         break;
                     };
                     let r = in_workspace(project, args, &rt, &job, share.clone(), i, total);
                     match r {
-                        Ok(true) => {}
-                        Ok(false) => {
+                        Ok(s) if s.success => {}
+                        Ok(s) => {
                             failed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            if s.cancelled {
+                                cancelled.store(true, std::sync::atomic::Ordering::SeqCst);
+                            }
                         }
                         Err(e) => {
                             failed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -432,10 +440,11 @@ fn side_by_side(
     {
         bail!("{e}");
     }
-    Ok((failed.into_inner(), None))
+    let code = cancelled.into_inner().then(|| ExitCode::from(130));
+    Ok((failed.into_inner(), code))
 }
 
-/// Runs one experiment in `.tsumugi/exp/NAME/`; true if it succeeded.
+/// Runs one experiment in `.tsumugi/exp/NAME/`.
 fn in_workspace(
     project: &Project,
     args: &ExpRunArgs,
@@ -444,7 +453,7 @@ fn in_workspace(
     gpus: Vec<String>,
     i: usize,
     total: usize,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<RunSummary> {
     if args.run_all {
         experiments::dequeue(&rundb::open(&project.db_path())?, &job.p.name)?;
     }
@@ -471,7 +480,7 @@ fn in_workspace(
     }
     let summary = res?;
     println!("{}: {}", job.p.name, summary_line(&summary));
-    Ok(summary.success)
+    Ok(summary)
 }
 
 /// `run ID ok in 1.2s: 2 ran, 3 cached`, as `tsumugi run` prints it.
