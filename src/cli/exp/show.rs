@@ -172,7 +172,7 @@ pub(super) fn show(project: &Project, args: ExpShowArgs) -> anyhow::Result<ExitC
             line.extend(metric_names.iter().map(|m| {
                 r.metrics
                     .get(m)
-                    .map(|v| number(*v))
+                    .map(|v| tsumugi_base::metrics_file::display(*v, false))
                     .unwrap_or_else(|| "-".into())
             }));
             line
@@ -221,17 +221,9 @@ pub(super) fn show(project: &Project, args: ExpShowArgs) -> anyhow::Result<ExitC
 pub(super) fn scalar(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
-        Value::Number(n) => n.as_f64().map(number).unwrap_or_else(|| n.to_string()),
+        // serde_json prints the shortest form that reads back: 3, 0.0003, 1e-7.
+        Value::Number(n) => n.to_string(),
         other => other.to_string(),
     }
 }
 
-/// Whole numbers as integers, others with up to 6 significant decimals.
-fn number(x: f64) -> String {
-    if x.fract() == 0.0 && x.abs() < 1e15 {
-        format!("{}", x as i64)
-    } else {
-        let s = format!("{x:.6}");
-        s.trim_end_matches('0').to_owned()
-    }
-}
