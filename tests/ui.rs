@@ -46,9 +46,17 @@ stages:
       mkdir -p work/plots
       echo '{"accuracy": {ACC}}' > work/eval.json
       printf '<svg xmlns="http://www.w3.org/2000/svg" width="160" height="60"><rect width="160" height="60" fill="#56B4E9"/><text x="10" y="35">acc {ACC}</text></svg>' > work/plots/accuracy.svg
-    deps: [work/model.txt]
+      echo '{"roc": [{"fpr": 0, "tpr": 0}, {"fpr": 0.2, "tpr": {ACC}}, {"fpr": 1, "tpr": 1}]}' > work/plots/roc.json
+      printf 'actual,predicted\nyes,yes\nyes,no\nno,no\n' > work/plots/cm.csv
+    deps: [work/model.txt, data/labels.txt]
     outs: [work/plots]
     metrics: [work/eval.json]
+    plots:
+      - work/plots/roc.json: {x: fpr, y: tpr, title: ROC curve}
+      - Confusion:
+          template: confusion
+          x: actual
+          y: {work/plots/cm.csv: predicted}
   export:
     cmd: mkdir -p work/export && cp work/model.txt work/export/model.txt
     deps: [work/model.txt]
@@ -67,17 +75,19 @@ fn pipeline(lr: &str, loss: &str, acc: &str) -> String {
         .replace("{ACC}", acc)
 }
 
-/// A project with two successful runs (accuracy 0.72, then 0.81), then an edited input
-/// so that `prepare` and everything after it is stale. Returns the project and the run ids.
+/// A project with two successful runs (accuracy 0.72, then 0.81), then an edited input of
+/// `evaluate` only, so that `prepare` and `train` are fresh and `evaluate` is stale.
+/// Returns the project and the run ids.
 fn project() -> (Proj, String, String) {
     let p = Proj::new(&pipeline("0.1", "0.3", "0.72"));
     p.write("data/raw.txt", "some training text\n");
+    p.write("data/labels.txt", "yes\nno\n");
     let (code, v1, err) = p.run(&[]);
     assert_eq!(code, 0, "first run failed: {err}");
     p.set_pipeline(&pipeline("0.3", "0.2", "0.81"));
     let (code, v2, err) = p.run(&[]);
     assert_eq!(code, 0, "second run failed: {err}");
-    p.write("data/raw.txt", "some other training text\n");
+    p.write("data/labels.txt", "yes\nno\nmaybe\n");
     let id = |v: &serde_json::Value| v["run_id"].as_str().unwrap().to_string();
     let (run1, run2) = (id(&v1), id(&v2));
     record_as_experiment(&p, &run1, &run2);
@@ -241,6 +251,13 @@ fn browse(chrome: &Path, profile: &Path, url: &str, screenshot: Option<&Path>) -
     }
 }
 
+/// The `<figure>` of declared plot `STAGE.ID` on a page.
+fn figure<'a>(dom: &'a str, plot: &str) -> &'a str {
+    let start = pos(dom, &format!("data-plot=\"{plot}\""));
+    let len = pos(&dom[start..], "</figure>");
+    &dom[start..start + len]
+}
+
 fn pos(hay: &str, needle: &str) -> usize {
     hay.find(needle)
         .unwrap_or_else(|| panic!("{needle:?} not on the page:\n{hay}"))
@@ -277,6 +294,9 @@ fn every_page_renders_in_headless_chromium_without_console_errors() {
         assert!(shot.console.is_empty(), "{:?}", shot.console);
         let bytes = std::fs::read(&png).unwrap();
         assert_eq!(&bytes[1..4], b"PNG", "a PNG screenshot of {path}");
+        if let Some(d) = std::env::var_os("UI_DOM_DUMP") {
+            std::fs::write(PathBuf::from(d).join(format!("{name}.html")), &page.dom).unwrap();
+        }
         page.dom
     };
 
@@ -310,7 +330,21 @@ fn every_page_renders_in_headless_chromium_without_console_errors() {
     );
     pos(&dom, "+0.09");
     pos(&dom, "train · loss");
-    assert_eq!(dom.matches("<polyline").count(), 2, "two loss curves");
+    let curves = &dom[..pos(&dom, "<h2>Plots</h2>")];
+    assert_eq!(curves.matches("<polyline").count(), 2, "two loss curves");
+    // The declared plots, drawn by tsumugi-plots from each run's cache entry: the ROC
+    // curve with a legend naming both runs, the confusion matrices side by side.
+    for plot in ["evaluate.work_plots_roc.json", "evaluate.Confusion"] {
+        let fig = figure(&dom, plot);
+        for run in [&run1, &run2] {
+            pos(fig, &format!("\n{run}\n</text>"));
+        }
+    }
+    pos(
+        figure(&dom, "evaluate.work_plots_roc.json"),
+        "\nROC curve\n</text>",
+    );
+    pos(figure(&dom, "evaluate.Confusion"), "\nConfusion\n</text>");
     assert_eq!(
         dom.matches("<figcaption>work/plots/accuracy.svg").count(),
         2,
@@ -335,17 +369,42 @@ fn every_page_renders_in_headless_chromium_without_console_errors() {
     assert!(!dom.contains("<script>alert"), "log text is escaped");
     pos(&dom, "work/plots/accuracy.svg");
     pos(&dom, "<svg class=\"timeline\"");
+    // Its declared plots: titled, the axes named by the fields, one run so no run legend.
+    let roc = figure(&dom, "evaluate.work_plots_roc.json");
+    for text in [
+        "\nROC curve\n</text>",
+        "\nfpr\n</text>",
+        "<figcaption>evaluate: ROC curve<",
+    ] {
+        pos(roc, text);
+    }
+    assert!(!roc.contains(&run1), "one run's plot has no run legend");
+    let cm = figure(&dom, "evaluate.Confusion");
+    for text in ["\nConfusion\n</text>", "\nyes\n</text>", "\nno\n</text>"] {
+        pos(cm, text);
+    }
 
-    // The DAG: every stage, stale after the input edit, with the reason.
+    // The DAG after an input of `evaluate` changed: the stages before it fresh, it and
+    // what follows stale, with the reason.
     let dom = visit("dag", "/dag");
-    for stage in ["prepare", "train", "evaluate", "export"] {
+    for (stage, state) in [
+        ("prepare", "fresh"),
+        ("train", "fresh"),
+        ("evaluate", "stale"),
+        ("export", "stale"),
+    ] {
         pos(
             &dom,
-            &format!("class=\"node stale\" data-stage=\"{stage}\""),
+            &format!("class=\"node {state}\" data-stage=\"{stage}\""),
         );
     }
-    pos(&dom, "4 of 4 stages stale");
-    pos(&dom, "data/raw.txt");
+    pos(&dom, "2 of 4 stages stale");
+    pos(
+        &dom,
+        "<tr data-stage=\"train\"><td>train</td><td><span class=\"badge good\">fresh</span></td><td></td></tr>",
+    );
+    pos(&dom, "<td>dep data/labels.txt changed: ");
+    pos(&dom, "<td>upstream stage evaluate is stale</td>");
 
     // Adapters: two versions, the second current, both gates passed.
     let dom = visit("adapters", "/adapters");
@@ -374,6 +433,7 @@ fn every_page_renders_in_headless_chromium_without_console_errors() {
 fn without_a_token_the_ui_is_read_only_and_bad_requests_say_why() {
     let p = Proj::new(&pipeline("0.1", "0.3", "0.72"));
     p.write("data/raw.txt", "x\n");
+    p.write("data/labels.txt", "yes\n");
     // Nothing has run yet: the pages say so instead of failing.
     let server = Server::start(p.root(), None);
     let (status, body) = http(&server.url, "GET", "/", None);

@@ -2,7 +2,6 @@
 //! number and time formatting. Every string that comes from the database, a log, a
 //! pipeline file or the request goes through [`esc`] (text and attribute values alike).
 
-
 /// Escapes text for HTML element content and quoted attribute values.
 pub fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 8);
