@@ -49,6 +49,7 @@ fn pipeline(stages: Vec<Stage>) -> Pipeline {
         name: "api".into(),
         file: PathBuf::from("api.yaml"),
         params: BTreeMap::new(),
+        param_files: BTreeMap::new(),
         stages,
         triggers: Vec::new(),
     }

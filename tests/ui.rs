@@ -558,7 +558,7 @@ fn bench_run_list_10k() {
         assert!(out.status.success());
     }
     let cli = t.elapsed().as_secs_f64() * 1000.0 / n as f64;
-    // The same pages without the indexes of migration 3 (what they are for).
+    // The same pages without the indexes of migration 4 (what they are for).
     let conn = rusqlite::Connection::open(p.path("runs/tsumugi.db")).unwrap();
     conn.execute_batch("DROP INDEX runs_seq; DROP INDEX runs_status; DROP INDEX metrics_final;")
         .unwrap();
@@ -571,8 +571,8 @@ fn bench_run_list_10k() {
     println!("  page 150 (OFFSET 7450)                    {deep:7.1}");
     println!("  one run (/runs/ID, 4 stages, a series)    {run_page:7.1}");
     println!("  compare 3 runs                            {compare:7.1}");
-    println!("  without migration 3's indexes: first page {first_bare:7.1}");
-    println!("  without migration 3's indexes: by metric  {by_metric_bare:7.1}");
+    println!("  without migration 4's indexes: first page {first_bare:7.1}");
+    println!("  without migration 4's indexes: by metric  {by_metric_bare:7.1}");
     println!("  peer: `tsumugi runs --json -n 50` process {cli:7.1}");
     println!("  ratio first page / peer: {:.2}", first / cli);
 }

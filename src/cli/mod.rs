@@ -9,6 +9,7 @@ use crate::project::Project;
 
 mod adapters;
 mod dag;
+mod exp;
 mod fsmonitor;
 mod gc;
 mod metrics;
@@ -120,6 +121,9 @@ pub enum Command {
     /// A local web UI: runs, comparisons, timelines and logs, the DAG, adapter versions.
     #[command(long_about = ui::LONG_ABOUT)]
     Ui(ui::UiArgs),
+    /// Experiments: runs with -S overrides and grids, compared in a table (docs/experiments.md).
+    #[command(subcommand)]
+    Exp(exp::ExpCommand),
 }
 
 pub fn main() -> ExitCode {
@@ -155,6 +159,7 @@ pub fn main() -> ExitCode {
         #[cfg(feature = "ml")]
         Command::Serve(a) => serve::run(&project, a),
         Command::Ui(a) => ui::run(&project, a),
+        Command::Exp(a) => exp::run(&project, a),
     };
     match result {
         Ok(code) => code,

@@ -57,7 +57,7 @@ impl ProjectLock {
     /// Takes the lock, waiting (with one message on stderr) unless `wait` is [`Wait::No`],
     /// in which case a held lock is a [`Locked`] error.
     pub fn acquire(project: &Project, command: &str, wait: Wait) -> Result<ProjectLock> {
-        let dir = project.runs_dir();
+        let dir = project.lock_dir();
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
         let path = dir.join(".lock");

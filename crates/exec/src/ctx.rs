@@ -39,4 +39,7 @@ pub(crate) struct Ctx {
     pub(crate) registry: Mutex<()>,
     /// Read-through / write-through remote cache (`run --remote`).
     pub(crate) remote: Option<Arc<tsumugi_remote::Remote>>,
+    /// `runs/<run>/params.yaml`: the effective values of the params-file keys the run
+    /// uses, for stages that list file params (`TSUMUGI_PARAMS`); None if none.
+    pub(crate) params_yaml: Option<std::path::PathBuf>,
 }

@@ -132,6 +132,23 @@ pub async fn run(project: &Project, pipeline: &Pipeline, opts: &RunOptions) -> R
         opts.trigger.as_str(),
         &opts.targets,
     );
+    db.run_params(
+        &run_id,
+        tsumugi_rundb::experiments::RunParams {
+            exp: opts.exp.clone(),
+            overrides: opts.overrides.clone(),
+            params: order
+                .iter()
+                .filter_map(|n| pipeline.stage(n))
+                .flat_map(|s| {
+                    s.params
+                        .iter()
+                        .map(|(k, v)| (s.name.clone(), k.clone(), v.clone()))
+                })
+                .collect(),
+        },
+    );
+    let params_yaml = write_params_yaml(project, &run_id, pipeline)?;
     let ctx = Arc::new(Ctx {
         project: project.clone(),
         pipeline_name: pipeline.name.clone(),
@@ -154,6 +171,7 @@ pub async fn run(project: &Project, pipeline: &Pipeline, opts: &RunOptions) -> R
         stop_reason: Mutex::new(String::new()),
         registry: Mutex::new(()),
         remote: opts.remote.clone(),
+        params_yaml,
     });
 
     let outcomes = schedule(&ctx, pipeline, &selection, opts).await;
@@ -183,6 +201,33 @@ pub async fn run(project: &Project, pipeline: &Pipeline, opts: &RunOptions) -> R
     })
 }
 
+/// Writes `runs/<run>/params.yaml`: every params-file key the pipeline's stages use, with
+/// its effective value (after `-S` overrides), all files merged into one document shaped
+/// like params.yaml. A command that reads params.yaml itself reads this file instead when
+/// `TSUMUGI_PARAMS` is set, and so sees the overrides. Not written when no stage lists
+/// file params.
+fn write_params_yaml(
+    project: &Project,
+    run_id: &str,
+    pipeline: &Pipeline,
+) -> Result<Option<std::path::PathBuf>> {
+    if pipeline.param_files.is_empty() {
+        return Ok(None);
+    }
+    let mut doc = serde_json::Value::Object(Default::default());
+    for v in pipeline.param_files.values() {
+        tsumugi_pipeline::params_file::merge(&mut doc, v);
+    }
+    // Absolute: an experiment's workspace runs its commands elsewhere than runs/ is.
+    let path = std::path::absolute(project.runs_dir().join(run_id).join("params.yaml"))?;
+    std::fs::create_dir_all(path.parent().expect("under runs/"))?;
+    tsumugi_base::atomic::write_atomic(
+        &path,
+        tsumugi_pipeline::params_file::to_yaml(&doc).as_bytes(),
+    )?;
+    Ok(Some(path))
+}
+
 async fn schedule(
     ctx: &Arc<Ctx>,
     pipeline: &Pipeline,
@@ -193,7 +238,10 @@ async fn schedule(
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let gpus = detect_gpus(opts.gpus);
+    let gpus = opts
+        .gpu_ids
+        .clone()
+        .unwrap_or_else(|| detect_gpus(opts.gpus));
     let pool = Arc::new(SlotPool {
         cpu_total: cores as u32,
         gpu_total: gpus.len(),
@@ -555,6 +603,14 @@ async fn run_stage(
         return o;
     };
     let mut env = stage.env.clone();
+    if let Some(p) = &ctx.params_yaml
+        && stage
+            .params
+            .keys()
+            .any(|k| tsumugi_pipeline::params_file::split_key(k).is_some())
+    {
+        env.insert("TSUMUGI_PARAMS".into(), path_str(p));
+    }
     if !grant.gpus.is_empty() {
         env.insert("CUDA_VISIBLE_DEVICES".into(), grant.gpus.join(","));
     }

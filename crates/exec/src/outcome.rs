@@ -77,6 +77,14 @@ pub struct RunOptions {
     /// `--executor`: where stages without their own `executor:` run (default: the
     /// pipeline's `executor:`, else local).
     pub executor: Option<tsumugi_pipeline::ExecutorKind>,
+    /// The GPU ids to hand out, instead of detecting them (`tsumugi exp run -j N` gives
+    /// each experiment running at once its own share).
+    pub gpu_ids: Option<Vec<String>>,
+    /// `tsumugi exp run`: the experiment's name, recorded with the run.
+    pub exp: Option<String>,
+    /// The `-S` overrides the pipeline was loaded with (`{"KEY": value}`), recorded with
+    /// the run.
+    pub overrides: Option<serde_json::Value>,
 }
 
 impl RunOptions {
@@ -111,6 +119,9 @@ impl Default for RunOptions {
             progress_interval: Duration::from_secs(10),
             remote: None,
             executor: None,
+            gpu_ids: None,
+            exp: None,
+            overrides: None,
         }
     }
 }

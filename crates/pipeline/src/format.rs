@@ -11,7 +11,7 @@ pub const TOP: Keys = &[
     ),
     (
         "params",
-        "Parameters, referenced as ${params.NAME} (nested: ${params.A.B}).",
+        "Parameters, referenced as ${params.NAME} (nested: ${params.A.B}); a name that is not here is looked up in params.yaml at the project root.",
     ),
     ("stages", "Stages by name, in file order."),
     (
@@ -53,7 +53,7 @@ pub const STAGE: Keys = &[
     ),
     (
         "params",
-        "Parameters the stage uses besides those referenced with ${params.NAME}.",
+        "Parameters the stage uses besides those referenced with ${params.NAME}, each its own fingerprint input: an inline param name, a key of params.yaml (train.lr), FILE:KEY, or {FILE: [KEYS]} (YAML, JSON or TOML).",
     ),
     (
         "env",

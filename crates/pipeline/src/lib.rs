@@ -19,6 +19,7 @@ mod interp;
 mod load;
 mod model;
 mod plots;
+pub mod params_file;
 pub mod schema;
 mod settings;
 mod yaml;
@@ -26,6 +27,7 @@ mod yaml;
 pub use error::{Diagnostic, SpecError, did_you_mean};
 pub use load::{
     BuiltinInput, builtin_inputs, builtin_outputs, load, load_str, load_str_with_kinds,
+    load_with_overrides,
 };
 pub use model::*;
 pub use plots::{Plot, Series, Template};

@@ -11,6 +11,7 @@ use super::error::{Diagnostic, SpecError, did_you_mean};
 use super::format::{self, Keys};
 use super::interp::{self, Ref, Seg};
 use super::model::*;
+use super::params_file::{self, Override, ParamFiles};
 use super::yaml::{self, Kind, Node, Plain, Pos};
 use tsumugi_base::project::Project;
 
@@ -44,7 +45,41 @@ pub fn load_str_with_kinds(
     project: &Project,
     kinds: &'static [KindInfo],
 ) -> Result<Pipeline, SpecError> {
-    let mut cx = Cx::new(file, text, project.root(), kinds);
+    load_inner(file, text, project, kinds, &[])
+}
+
+/// [`load`] with `-S KEY=VALUE` overrides (`tsumugi exp run`): each replaces a value as the
+/// pipeline and its params files are read; no file is edited. A `KEY` whose first segment
+/// is an inline param overrides that param, any other `KEY` a key of `params.yaml`, and
+/// `FILE:KEY` a key of `FILE`. An override of a key that does not exist is an error.
+pub fn load_with_overrides(
+    file: &Path,
+    project: &Project,
+    overrides: &[Override],
+) -> Result<Pipeline, SpecError> {
+    let text = std::fs::read_to_string(project.root().join(file)).map_err(|e| {
+        SpecError::single(
+            Span {
+                file: file.to_path_buf(),
+                line: 0,
+                col: 0,
+            },
+            format!("cannot read pipeline file: {e}"),
+        )
+    })?;
+    load_inner(file, &text, project, tsumugi_stages::kinds(), overrides)
+}
+
+fn load_inner(
+    file: &Path,
+    text: &str,
+    project: &Project,
+    kinds: &'static [KindInfo],
+    overrides: &[Override],
+) -> Result<Pipeline, SpecError> {
+    let files = ParamFiles::new(project.root());
+    let mut cx = Cx::new(file, text, project.root(), kinds, &files);
+    cx.overrides = overrides.to_vec();
     let (root, yaml_errors) = yaml::parse(text);
     for e in yaml_errors {
         cx.err(e.pos, e.message);
@@ -252,6 +287,9 @@ struct Scope<'a> {
     /// In a `map:` stage: `${item.*}` stays as written (filled per item at run time); the
     /// fields allowed, or an empty list for any field (JSONL rows).
     map_item: Option<&'static [&'static str]>,
+    /// Params files, where `${params.…}` looks after the inline params (None where only
+    /// inline params may be used: `params:` itself, foreach, matrix, triggers).
+    files: Option<&'a ParamFiles>,
 }
 
 impl<'a> Scope<'a> {
@@ -266,16 +304,44 @@ impl<'a> Scope<'a> {
             used_params: BTreeSet::new(),
             stage_refs: Vec::new(),
             map_item: None,
+            files: None,
         }
+    }
+
+    /// `FILE:KEY` of a stage's `params:` list.
+    fn lookup_file(&mut self, file: &Path, key: &str) -> Result<Value, String> {
+        let Some(files) = self.files else {
+            return Err(format!(
+                "params files cannot be used in {}",
+                self.no_outputs_reason
+            ));
+        };
+        let v = files.lookup(file, key)?;
+        self.used_params.insert(params_file::param_key(file, key));
+        Ok(v)
     }
 
     fn lookup(&mut self, r: &Ref) -> Result<Value, String> {
         match r {
             Ref::Param(path) => {
-                let v = index_path(self.params, path)
-                    .ok_or_else(|| unknown_param(self.params, path))?;
-                self.used_params.insert(path.join("."));
-                Ok(v.clone())
+                if let Some(v) = index_path(self.params, path) {
+                    self.used_params.insert(path.join("."));
+                    return Ok(v.clone());
+                }
+                // Not an inline param: DVC's default params file, if the name is not
+                // an inline param's (a missing field of one is not looked up elsewhere).
+                // Without a params.yaml the message is about inline params only.
+                match self.files {
+                    Some(f)
+                        if !self.params.contains_key(&path[0])
+                            && f.exists(Path::new(params_file::DEFAULT_FILE)) =>
+                    {
+                        let file = Path::new(params_file::DEFAULT_FILE);
+                        self.lookup_file(file, &path.join("."))
+                            .map_err(|e| format!("{}; {e}", unknown_param(self.params, path)))
+                    }
+                    _ => Err(unknown_param(self.params, path)),
+                }
             }
             Ref::Item(path) if self.map_item.is_some() => {
                 let allowed = self.map_item.unwrap_or_default();
@@ -448,10 +514,20 @@ struct Cx<'a> {
     over_limit: bool,
     /// The pipeline's `executor:` and `slurm:`, which every stage starts from.
     pipeline_exec: StageExecutor,
+    /// Params files read by this load (each once), with their overrides.
+    files: &'a ParamFiles,
+    /// `-S` overrides as given; the inline ones apply while `params:` resolves.
+    overrides: Vec<Override>,
 }
 
 impl<'a> Cx<'a> {
-    fn new(file: &'a Path, text: &str, root: &'a Path, kinds: &'static [KindInfo]) -> Self {
+    fn new(
+        file: &'a Path,
+        text: &str,
+        root: &'a Path,
+        kinds: &'static [KindInfo],
+        files: &'a ParamFiles,
+    ) -> Self {
         let src: Vec<char> = text.chars().collect();
         let mut line_starts = vec![0];
         line_starts.extend(
@@ -471,6 +547,8 @@ impl<'a> Cx<'a> {
             expansion: interp::Budget::default(),
             over_limit: false,
             pipeline_exec: StageExecutor::default(),
+            files,
+            overrides: Vec::new(),
         }
     }
 
@@ -918,6 +996,17 @@ impl<'a> Cx<'a> {
             },
         };
 
+        let inline_names: BTreeSet<String> = match get("params") {
+            Some((_, p)) => match &p.kind {
+                Kind::Map(e) => e
+                    .iter()
+                    .filter_map(|(k, _)| k.scalar_text().map(str::to_owned))
+                    .collect(),
+                _ => BTreeSet::new(),
+            },
+            None => BTreeSet::new(),
+        };
+        self.route_overrides(root.pos, &inline_names);
         let params = match get("params") {
             None => Map::new(),
             Some((_, p)) => self.params(p),
@@ -948,9 +1037,65 @@ impl<'a> Cx<'a> {
             name,
             file: self.file.to_path_buf(),
             params: params.into_iter().collect(),
+            param_files: self.files.used(),
             stages,
             triggers,
         })
+    }
+
+    /// Sends each file override to its params file (read and checked now, so that a typo
+    /// is an error even when no stage lists the key); inline ones stay for [`Self::params`].
+    fn route_overrides(&mut self, pos: Pos, inline: &BTreeSet<String>) {
+        let mut keep = Vec::new();
+        for o in std::mem::take(&mut self.overrides) {
+            let first = o.key.split('.').next().unwrap_or_default();
+            match &o.file {
+                None if inline.contains(first) => keep.push(o),
+                f => {
+                    let file = f
+                        .clone()
+                        .unwrap_or_else(|| PathBuf::from(params_file::DEFAULT_FILE));
+                    self.files
+                        .add_override(file, o.key.clone(), o.value.clone());
+                }
+            }
+        }
+        for f in self.files.overridden_files() {
+            if let Err(e) = self.files.check(&f) {
+                self.err(pos, format!("cannot apply -S: {e}"));
+                // Errors of the next file's overrides are new ones only.
+                self.files.clear_override_errors();
+            }
+        }
+        self.overrides = keep;
+    }
+
+    /// Applies the inline overrides of param `name` to its resolved value.
+    fn override_param(&mut self, pos: Pos, name: &str, value: &mut Value) {
+        let mine: Vec<Override> = self
+            .overrides
+            .iter()
+            .filter(|o| o.key.split('.').next() == Some(name))
+            .cloned()
+            .collect();
+        for o in mine {
+            match o.key.split_once('.') {
+                None => *value = o.value.clone(),
+                Some((_, rest)) => {
+                    if params_file::get(value, rest).is_none() {
+                        self.err(
+                            pos,
+                            format!(
+                                "cannot apply -S {}: param '{name}' has no field '{rest}'",
+                                o.key
+                            ),
+                        );
+                        continue;
+                    }
+                    params_file::set(value, rest, o.value.clone());
+                }
+            }
+        }
     }
 
     /// Params may refer to other params; they are resolved in dependency order.
@@ -971,7 +1116,8 @@ impl<'a> Cx<'a> {
                         || !entries.iter().any(|(k2, _)| k2.scalar_text() == Some(n))
                 }) {
                     let mut scope = Scope::params_only(&resolved, "params");
-                    if let Some(val) = self.interp(v, &mut scope) {
+                    if let Some(mut val) = self.interp(v, &mut scope) {
+                        self.override_param(k.pos, &name, &mut val);
                         resolved.insert(name, val);
                     } else {
                         // Mark as resolved so dependants report their own problems only.
@@ -1310,7 +1456,10 @@ impl<'a> Cx<'a> {
         inst: &'s Inst<'_>,
         params: &'s Map<String, Value>,
         reason: &'s str,
-    ) -> Scope<'s> {
+    ) -> Scope<'s>
+    where
+        'a: 's,
+    {
         Scope {
             params,
             item: inst.item.as_ref(),
@@ -1321,6 +1470,7 @@ impl<'a> Cx<'a> {
             used_params: BTreeSet::new(),
             stage_refs: Vec::new(),
             map_item: None,
+            files: Some(self.files),
         }
     }
 
@@ -1555,6 +1705,7 @@ impl<'a> Cx<'a> {
             used_params: BTreeSet::new(),
             stage_refs: Vec::new(),
             map_item: None,
+            files: Some(self.files),
         };
         let mine = outputs.get(name);
         if let Some(o) = mine {
@@ -1714,33 +1865,7 @@ impl<'a> Cx<'a> {
         }
 
         if let Some(p) = inst.get("params") {
-            let what = format!("'params' of stage '{name}'");
-            if let Some(items) = self.expect_list(p, &what) {
-                for it in items {
-                    let Some(s) = it.as_str() else {
-                        self.err(
-                            it.pos,
-                            format!(
-                                "expected a parameter name for {what}, found {}",
-                                it.type_name()
-                            ),
-                        );
-                        continue;
-                    };
-                    let path: Vec<String> = s
-                        .trim_start_matches("params.")
-                        .split('.')
-                        .map(str::to_owned)
-                        .collect();
-                    if path.iter().any(|p| p.is_empty()) {
-                        self.err(it.pos, format!("invalid parameter name '{s}' in {what}"));
-                        continue;
-                    }
-                    if let Err(m) = scope.lookup(&Ref::Param(path)) {
-                        self.err(it.pos, m);
-                    }
-                }
-            }
+            self.stage_params_list(p, name, &mut scope);
         }
 
         let mut env = BTreeMap::new();
@@ -1835,9 +1960,12 @@ impl<'a> Cx<'a> {
         let stage_params: BTreeMap<String, Value> = scope
             .used_params
             .iter()
-            .filter_map(|p| {
-                let path: Vec<String> = p.split('.').map(str::to_owned).collect();
-                index_path(params, &path).map(|v| (p.clone(), v.clone()))
+            .filter_map(|p| match params_file::split_key(p) {
+                Some((file, key)) => self.files.lookup(&file, key).ok().map(|v| (p.clone(), v)),
+                None => {
+                    let path: Vec<String> = p.split('.').map(str::to_owned).collect();
+                    index_path(params, &path).map(|v| (p.clone(), v.clone()))
+                }
             })
             .collect();
 
@@ -1925,6 +2053,99 @@ impl<'a> Cx<'a> {
         ok
     }
 
+    /// A stage's `params:` list: inline param names, keys of params.yaml, `FILE:KEY`, and
+    /// DVC's mapping form `FILE: [KEYS]`. Each becomes a fingerprint input of its own.
+    fn stage_params_list(&mut self, node: &Node, stage: &str, scope: &mut Scope<'_>) {
+        let what = format!("'params' of stage '{stage}'");
+        let Some(items) = self.expect_list(node, &what) else {
+            return;
+        };
+        let bad_key = |k: &str| k.is_empty() || k.split('.').any(str::is_empty);
+        for it in items {
+            if let Kind::Map(entries) = &it.kind {
+                for (f, keys) in entries {
+                    let file = f.scalar_text().unwrap_or_default();
+                    let file = match norm_path(file) {
+                        Ok(p) => p,
+                        Err(m) => {
+                            self.err(f.pos, format!("{m} in {what}"));
+                            continue;
+                        }
+                    };
+                    let list: Vec<&Node> = match &keys.kind {
+                        Kind::Seq(ks) => ks.iter().collect(),
+                        Kind::Scalar { .. } => vec![keys],
+                        Kind::Map(_) => {
+                            self.err(
+                                keys.pos,
+                                format!(
+                                    "expected a list of keys of '{}' in {what}, found a mapping",
+                                    file.display()
+                                ),
+                            );
+                            continue;
+                        }
+                    };
+                    for k in list {
+                        match k.scalar_text() {
+                            Some(key) if !bad_key(key) => {
+                                if let Err(m) = scope.lookup_file(&file, key) {
+                                    self.err(k.pos, m);
+                                }
+                            }
+                            _ => self.err(
+                                k.pos,
+                                format!(
+                                    "expected a key of '{}' (like train.lr) in {what}",
+                                    file.display()
+                                ),
+                            ),
+                        }
+                    }
+                }
+                continue;
+            }
+            let Some(s) = it.as_str() else {
+                self.err(
+                    it.pos,
+                    format!(
+                        "expected a parameter name, FILE:KEY or {{FILE: [KEYS]}} for {what}, found {}",
+                        it.type_name()
+                    ),
+                );
+                continue;
+            };
+            if let Some((file, key)) = s.rsplit_once(':') {
+                let file = match norm_path(file.trim()) {
+                    Ok(p) => p,
+                    Err(m) => {
+                        self.err(it.pos, format!("{m} in {what}"));
+                        continue;
+                    }
+                };
+                let key = key.trim();
+                if bad_key(key) {
+                    self.err(it.pos, format!("invalid key '{key}' in '{s}' of {what}"));
+                } else if let Err(m) = scope.lookup_file(&file, key) {
+                    self.err(it.pos, m);
+                }
+                continue;
+            }
+            let path: Vec<String> = s
+                .trim_start_matches("params.")
+                .split('.')
+                .map(str::to_owned)
+                .collect();
+            if path.iter().any(|p| p.is_empty()) {
+                self.err(it.pos, format!("invalid parameter name '{s}' in {what}"));
+                continue;
+            }
+            if let Err(m) = scope.lookup(&Ref::Param(path)) {
+                self.err(it.pos, m);
+            }
+        }
+    }
+
     /// `register: {name, out, metrics, promote_if}` of stage `inst`, whose outputs are
     /// `outs`. A reference in `metrics` to another stage's output orders the stages (it is
     /// pushed to `needs`) but is not an input: registering is not part of the stage's work,
@@ -1961,6 +2182,7 @@ impl<'a> Cx<'a> {
             used_params: BTreeSet::new(),
             stage_refs: Vec::new(),
             map_item: None,
+            files: Some(self.files),
         };
 
         let name = match get("name") {

@@ -31,6 +31,9 @@ pub struct Pipeline {
     pub file: PathBuf,
     /// All parameters after interpolation.
     pub params: BTreeMap<String, serde_json::Value>,
+    /// The params-file keys the stages use, with their effective values (overrides
+    /// applied), per file, each shaped like its file (see `params_file`).
+    pub param_files: BTreeMap<PathBuf, serde_json::Value>,
     /// Stages in file order (after expansion); names are unique.
     pub stages: Vec<Stage>,
     pub triggers: Vec<Trigger>,

@@ -45,7 +45,13 @@ fn key_type(table: &str, key: &str) -> Option<Value> {
             ]
         }),
         ("stage", "metrics") => paths,
-        ("stage", "params") => json!({"type": "array", "items": {"type": "string"}}),
+        ("stage", "params") => json!({"type": "array", "items": {"anyOf": [
+            {"type": "string"},
+            {"type": "object", "additionalProperties": {"anyOf": [
+                {"type": "array", "items": {"type": "string"}},
+                {"type": "string"}
+            ]}}
+        ]}}),
         ("stage", "plots") => {
             let props = json!({
                 "type": ["object", "null"],

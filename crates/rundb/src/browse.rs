@@ -1,6 +1,6 @@
 //! Read queries for `tsumugi ui`: one page of runs at a time, sorted and filtered in SQL,
 //! so a database of 10,000 runs answers as fast as one of ten (see BENCHMARKS.md, "tsumugi
-//! ui"). The indexes they use are migration 3 in `lib.rs`.
+//! ui"). The indexes they use are migration 4 in `lib.rs`.
 //!
 //! Columns that other features add (`runs.exp`, `runs.overrides`, the `run_params` table of
 //! experiments) are read only when the database has them, so this works on any schema

@@ -20,6 +20,7 @@ use serde::Serialize;
 use tsumugi_base::project::Project;
 
 pub mod browse;
+pub mod experiments;
 pub mod identity;
 
 /// Schema migrations, in order; `schema_version` holds how many have been applied.
@@ -110,7 +111,9 @@ CREATE INDEX adapter_events_name ON adapter_events(name, id);
 CREATE TRIGGER adapter_events_no_update BEFORE UPDATE ON adapter_events BEGIN SELECT RAISE(ABORT, 'adapter events are append-only'); END;
 CREATE TRIGGER adapter_events_no_delete BEFORE DELETE ON adapter_events BEGIN SELECT RAISE(ABORT, 'adapter events are append-only'); END;
 "#,
-    // 3: indexes for `tsumugi ui`'s pages (browse.rs): the run list in run order and by
+    // 3: experiments (`runs.exp`, `runs.overrides`), params per stage, the queue.
+    experiments::MIGRATION,
+    // 4: indexes for `tsumugi ui`'s pages (browse.rs): the run list in run order and by
     // status without a sort of the whole table, and a run's final metrics (sort by metric,
     // the metric columns of a page) without reading its per-step series.
     r#"
@@ -272,6 +275,10 @@ enum Msg {
         reason: String,
         run: Option<String>,
     },
+    RunParams {
+        run: String,
+        p: experiments::RunParams,
+    },
     Flush(mpsc::Sender<()>),
 }
 
@@ -329,14 +336,17 @@ impl RunDb {
                 params![at, lost],
             )?;
         }
-        conn.execute(
-            "UPDATE stage_runs SET status = 'cancelled', ended_at = ?1, message = 'tsumugi was killed while this stage ran' WHERE status = 'running'",
-            [&at],
-        )?;
-        conn.execute(
-            "UPDATE runs SET status = 'interrupted', ended_at = ?1 WHERE status = 'running'",
-            [&at],
-        )?;
+        // An experiment's workspace runs beside its siblings: their runs are live.
+        if !project.is_workspace() {
+            conn.execute(
+                "UPDATE stage_runs SET status = 'cancelled', ended_at = ?1, message = 'tsumugi was killed while this stage ran' WHERE status = 'running'",
+                [&at],
+            )?;
+            conn.execute(
+                "UPDATE runs SET status = 'interrupted', ended_at = ?1 WHERE status = 'running'",
+                [&at],
+            )?;
+        }
         let (tx, rx) = mpsc::channel::<Msg>();
         let thread = std::thread::Builder::new()
             .name("tsumugi-rundb".into())
@@ -415,6 +425,11 @@ impl RunDb {
             kind: kind.into(),
             message: message.into(),
         });
+    }
+
+    /// The run's experiment name and overrides, and the params its stages used.
+    pub fn run_params(&self, run: &str, p: experiments::RunParams) {
+        self.send(Msg::RunParams { run: run.into(), p });
     }
 
     pub fn end_run(&self, id: &str, status: &str) {
@@ -674,6 +689,7 @@ fn apply(tx: &Connection, m: Msg) -> Result<()> {
                 params![ts(now()), name, version, action, reason, run],
             )?;
         }
+        Msg::RunParams { run, p } => experiments::write(tx, &run, &p)?,
         Msg::Flush(_) => {}
     }
     Ok(())
