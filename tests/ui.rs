@@ -22,10 +22,11 @@ use engine_support::Proj;
 
 const TOKEN: &str = "ui-test-token-41c9";
 
-/// The pipeline of the test project; `{LR}`, `{LOSS}`, `{ACC}` differ between the runs.
+/// The pipeline of the test project: the loss and the accuracy follow `lr` (0.1 → loss
+/// 0.3, accuracy 0.72; 0.3 → 0.2, 0.81), so an experiment over `lr` changes its metrics.
 const PIPELINE: &str = r##"
 name: demo
-params: {lr: {LR}}
+params: {lr: 0.1}
 stages:
   prepare:
     cmd: mkdir -p work && tr a-z A-Z < data/raw.txt > work/prepared.txt
@@ -34,7 +35,8 @@ stages:
   train:
     cmd: |
       echo "training with lr ${params.lr}"
-      echo '{"loss": [1.0, 0.61, 0.43, {LOSS}], "final_loss": {LOSS}}' > work/train.json
+      LOSS=$(awk 'BEGIN {print 0.35 - ${params.lr} / 2}')
+      echo "{\"loss\": [1.0, 0.61, 0.43, $LOSS], \"final_loss\": $LOSS}" > work/train.json
       cat work/prepared.txt > work/model.txt
       echo ${params.lr} >> work/model.txt
     deps: [work/prepared.txt]
@@ -43,10 +45,11 @@ stages:
   evaluate:
     cmd: |
       echo '<script>alert("xss")</script> evaluating'
+      ACC=$(tail -n 1 work/model.txt | awk '{print 0.675 + $1 * 0.45}')
       mkdir -p work/plots
-      echo '{"accuracy": {ACC}}' > work/eval.json
-      printf '<svg xmlns="http://www.w3.org/2000/svg" width="160" height="60"><rect width="160" height="60" fill="#56B4E9"/><text x="10" y="35">acc {ACC}</text></svg>' > work/plots/accuracy.svg
-      echo '{"roc": [{"fpr": 0, "tpr": 0}, {"fpr": 0.2, "tpr": {ACC}}, {"fpr": 1, "tpr": 1}]}' > work/plots/roc.json
+      echo "{\"accuracy\": $ACC}" > work/eval.json
+      printf '<svg xmlns="http://www.w3.org/2000/svg" width="160" height="60"><rect width="160" height="60" fill="#56B4E9"/><text x="10" y="35">acc %s</text></svg>' $ACC > work/plots/accuracy.svg
+      echo "{\"roc\": [{\"fpr\": 0, \"tpr\": 0}, {\"fpr\": 0.2, \"tpr\": $ACC}, {\"fpr\": 1, \"tpr\": 1}]}" > work/plots/roc.json
       printf 'actual,predicted\nyes,yes\nyes,no\nno,no\n' > work/plots/cm.csv
     deps: [work/model.txt, data/labels.txt]
     outs: [work/plots]
@@ -68,66 +71,39 @@ stages:
       promote_if: {metric: accuracy, min: 0.6}
 "##;
 
-fn pipeline(lr: &str, loss: &str, acc: &str) -> String {
-    PIPELINE
-        .replace("{LR}", lr)
-        .replace("{LOSS}", loss)
-        .replace("{ACC}", acc)
-}
-
-/// A project with two successful runs (accuracy 0.72, then 0.81), then an edited input of
-/// `evaluate` only, so that `prepare` and `train` are fresh and `evaluate` is stale.
-/// Returns the project and the run ids.
+/// A project with a run (lr 0.1, accuracy 0.72) and an experiment `lr-sweep`
+/// (`tsumugi exp run p.yaml -S lr=0.3`, accuracy 0.81), whose value is then kept in the
+/// pipeline file; then an input of `evaluate` only changes, so that `prepare` and `train`
+/// are fresh and `evaluate` and `export` stale. Returns the project and the run ids.
 fn project() -> (Proj, String, String) {
-    let p = Proj::new(&pipeline("0.1", "0.3", "0.72"));
+    let p = Proj::new(PIPELINE);
     p.write("data/raw.txt", "some training text\n");
     p.write("data/labels.txt", "yes\nno\n");
     let (code, v1, err) = p.run(&[]);
     assert_eq!(code, 0, "first run failed: {err}");
-    p.set_pipeline(&pipeline("0.3", "0.2", "0.81"));
-    let (code, v2, err) = p.run(&[]);
-    assert_eq!(code, 0, "second run failed: {err}");
-    p.write("data/labels.txt", "yes\nno\nmaybe\n");
-    let id = |v: &serde_json::Value| v["run_id"].as_str().unwrap().to_string();
-    let (run1, run2) = (id(&v1), id(&v2));
-    record_as_experiment(&p, &run1, &run2);
-    (p, run1, run2)
-}
-
-/// What `tsumugi exp run -S lr=0.3` records (issue 14's contract: `runs.exp`,
-/// `runs.overrides`, `run_params`), written into the run database of the two runs, adding
-/// the columns when this build's migrations lack them.
-// TODO(lead, after merging exp): make run 2 a real `tsumugi exp run p.yaml -S lr=0.3`.
-fn record_as_experiment(p: &Proj, run1: &str, run2: &str) {
-    let conn = rusqlite::Connection::open(p.path("runs/tsumugi.db")).unwrap();
-    let has = |col: &str| {
-        conn.prepare("SELECT 1 FROM pragma_table_info('runs') WHERE name = ?1")
-            .unwrap()
-            .exists([col])
-            .unwrap()
-    };
-    for col in ["exp", "overrides"] {
-        if !has(col) {
-            conn.execute_batch(&format!("ALTER TABLE runs ADD COLUMN {col} TEXT"))
-                .unwrap();
-        }
-    }
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS run_params (run_id TEXT NOT NULL, stage TEXT NOT NULL, key TEXT NOT NULL, value_json TEXT NOT NULL)",
-    )
-    .unwrap();
-    conn.execute(
-        "UPDATE runs SET exp = 'lr-sweep', overrides = '{\"lr\":0.3}' WHERE id = ?1",
-        [run2],
-    )
-    .unwrap();
-    for (run, lr) in [(run1, "0.1"), (run2, "0.3")] {
-        conn.execute(
-            "INSERT INTO run_params(run_id, stage, key, value_json) VALUES (?1, 'train', 'lr', ?2)",
-            [run, lr],
-        )
+    let run1 = v1["run_id"].as_str().unwrap().to_string();
+    let out = p
+        .cmd()
+        .args(["exp", "run", "p.yaml", "-S", "lr=0.3", "-n", "lr-sweep"])
+        .output()
         .unwrap();
-    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "exp run failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // `lr-sweep: run ID ok in …`
+    let run2 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("lr-sweep: run ")?.split(' ').next())
+        .unwrap_or_else(|| panic!("no run id in {stdout:?}"))
+        .to_string();
+    // Keep the experiment's value (the workspace holds its outputs), then edit `evaluate`'s
+    // own input.
+    p.set_pipeline(&PIPELINE.replace("params: {lr: 0.1}", "params: {lr: 0.3}"));
+    p.write("data/labels.txt", "yes\nno\nmaybe\n");
+    (p, run1, run2)
 }
 
 /// A running `tsumugi ui`; SIGTERM and a wait when dropped.
@@ -431,7 +407,7 @@ fn every_page_renders_in_headless_chromium_without_console_errors() {
 
 #[test]
 fn without_a_token_the_ui_is_read_only_and_bad_requests_say_why() {
-    let p = Proj::new(&pipeline("0.1", "0.3", "0.72"));
+    let p = Proj::new(PIPELINE);
     p.write("data/raw.txt", "x\n");
     p.write("data/labels.txt", "yes\n");
     // Nothing has run yet: the pages say so instead of failing.
@@ -470,7 +446,7 @@ fn without_a_token_the_ui_is_read_only_and_bad_requests_say_why() {
 #[ignore]
 fn bench_run_list_10k() {
     use tsumugi::rundb::{MetricRow, RunDb, StageRecord};
-    let p = Proj::new(&pipeline("0.1", "0.3", "0.72"));
+    let p = Proj::new(PIPELINE);
     let project = tsumugi::project::Project::new(p.root());
     let t = Instant::now();
     let db = RunDb::start(&project).unwrap();
@@ -579,7 +555,7 @@ fn bench_run_list_10k() {
 
 #[test]
 fn another_address_than_loopback_needs_bind_and_gets_a_warning() {
-    let p = Proj::new(&pipeline("0.1", "0.3", "0.72"));
+    let p = Proj::new(PIPELINE);
     let mut child = Command::new(Proj::bin())
         .arg("-C")
         .arg(p.root())
