@@ -1,5 +1,6 @@
 //! `tsumugi ui` end to end (docs/ui.md): a real temporary project that ran a small pipeline
-//! twice (command stages writing metrics, a per-step loss, a plot, a registered adapter),
+//! and an experiment over it (command stages writing metrics, a per-step loss, declared
+//! plots and an image, a registered adapter),
 //! the real `tsumugi ui` on a free port, and headless Chromium loading every page: the
 //! content a user reads is checked in the DOM after scripts ran, the browser's console must
 //! stay empty, and a screenshot is taken of each page.
@@ -194,7 +195,8 @@ struct Loaded {
     console: Vec<String>,
 }
 
-fn browse(chrome: &Path, profile: &Path, url: &str, screenshot: Option<&Path>) -> Loaded {
+/// `screenshot`: the PNG to write and the window's height (the page's top that much).
+fn browse(chrome: &Path, profile: &Path, url: &str, screenshot: Option<(&Path, u32)>) -> Loaded {
     let mut cmd = Command::new(chrome);
     cmd.args([
         "--headless=new",
@@ -204,13 +206,14 @@ fn browse(chrome: &Path, profile: &Path, url: &str, screenshot: Option<&Path>) -
         "--hide-scrollbars",
         "--enable-logging=stderr",
         "--v=0",
-        "--window-size=1280,800",
         "--virtual-time-budget=3000",
     ])
     .arg(format!("--user-data-dir={}", profile.display()));
     match screenshot {
-        Some(png) => cmd.arg(format!("--screenshot={}", png.display())),
-        None => cmd.arg("--dump-dom"),
+        Some((png, height)) => cmd
+            .arg(format!("--screenshot={}", png.display()))
+            .arg(format!("--window-size=1280,{height}")),
+        None => cmd.arg("--dump-dom").arg("--window-size=1280,800"),
     };
     let out = cmd.arg(url).output().expect("chromium runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -257,7 +260,7 @@ fn every_page_renders_in_headless_chromium_without_console_errors() {
         .unwrap_or_else(|| shots_tmp.path().to_path_buf());
     std::fs::create_dir_all(&shots).unwrap();
 
-    let visit = |name: &str, path: &str| -> String {
+    let visit_tall = |name: &str, path: &str, height: u32| -> String {
         let url = format!("{}{path}", server.url);
         let page = browse(&chrome, profile.path(), &url, None);
         assert!(
@@ -266,15 +269,13 @@ fn every_page_renders_in_headless_chromium_without_console_errors() {
             page.console.join("\n")
         );
         let png = shots.join(format!("{name}.png"));
-        let shot = browse(&chrome, profile.path(), &url, Some(&png));
+        let shot = browse(&chrome, profile.path(), &url, Some((&png, height)));
         assert!(shot.console.is_empty(), "{:?}", shot.console);
         let bytes = std::fs::read(&png).unwrap();
         assert_eq!(&bytes[1..4], b"PNG", "a PNG screenshot of {path}");
-        if let Some(d) = std::env::var_os("UI_DOM_DUMP") {
-            std::fs::write(PathBuf::from(d).join(format!("{name}.html")), &page.dom).unwrap();
-        }
         page.dom
     };
+    let visit = |name: &str, path: &str| visit_tall(name, path, 800);
 
     // The run list: both runs, newest first, their final metrics; sorted by accuracy
     // ascending the first run comes first.
@@ -306,7 +307,7 @@ fn every_page_renders_in_headless_chromium_without_console_errors() {
     );
     pos(&dom, "+0.09");
     pos(&dom, "train · loss");
-    let curves = &dom[..pos(&dom, "<h2>Plots</h2>")];
+    let curves = &dom[..pos(&dom, "<h2 id=\"plots\">Plots</h2>")];
     assert_eq!(curves.matches("<polyline").count(), 2, "two loss curves");
     // The declared plots, drawn by tsumugi-plots from each run's cache entry: the ROC
     // curve with a legend naming both runs, the confusion matrices side by side.
@@ -326,6 +327,9 @@ fn every_page_renders_in_headless_chromium_without_console_errors() {
         2,
         "each run's plot"
     );
+    // The whole page, plots included (the screenshot docs/ui/plots.png).
+    let dom = visit_tall("plots", &format!("/compare?run={run1}&run={run2}"), 1500);
+    pos(&dom, "data-plot=\"evaluate.work_plots_roc.json\"");
 
     // Compare without runs picked: a list to pick from.
     let dom = visit("compare-pick", "/compare");

@@ -225,7 +225,7 @@ pub(crate) fn page(app: &App, q: &Query) -> PageResult {
         plots_html.push_str("</div>");
     }
     if any_plot {
-        b.push_str("<h2>Plots</h2>");
+        b.push_str("<h2 id=\"plots\">Plots</h2>");
         b.push_str(&plots_html);
     }
     Ok(frame("Compare", Nav::Compare, &b))

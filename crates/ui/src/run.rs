@@ -247,7 +247,7 @@ pub(crate) fn page(app: &App, id: &str) -> PageResult {
         crate::plots::declared(app, &[crate::plots::RunEntries::new(run.clone(), &stages)]);
     let plots = plots(app, &artifacts);
     if !declared.is_empty() || !plots.is_empty() {
-        b.push_str("<h2>Plots</h2><div class=\"plots\">");
+        b.push_str("<h2 id=\"plots\">Plots</h2><div class=\"plots\">");
         b.push_str(&declared);
         for p in &plots {
             b.push_str(&plot_img(p));
