@@ -440,6 +440,22 @@ fn without_a_token_the_ui_is_read_only_and_bad_requests_say_why() {
     assert_eq!(status, 404);
     let (status, _) = http(&server.url, "GET", "/object/..%2F..%2Fetc%2Fpasswd", None);
     assert_eq!(status, 400);
+
+    // A declared plot that cannot be drawn (the file now names a field the run's data
+    // lacks) is a sentence in its place; the page and the other plot are still shown.
+    let (code, v, err) = p.run(&[]);
+    assert_eq!(code, 0, "{err}");
+    p.set_pipeline(&PIPELINE.replace("y: tpr,", "y: recall,"));
+    let run = v["run_id"].as_str().unwrap();
+    let (status, body) = http(&server.url, "GET", &format!("/runs/{run}"), None);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains(
+            "<p class=\"error\">plot &#39;work/plots/roc.json&#39;: work/plots/roc.json has no field &quot;recall&quot; (it has: fpr, tpr)</p>"
+        ),
+        "{body}"
+    );
+    assert!(body.contains("\nConfusion\n</text>"), "{body}");
 }
 
 /// `cargo test --no-default-features --test ui -- --ignored --nocapture bench_run_list_10k`:
