@@ -16,16 +16,8 @@ fn copy_dir(from: &Path, to: &Path) {
         let name = e.file_name();
         let ty = e.file_type().unwrap();
         // Only the sources: a run of the example in place leaves outputs that a fresh copy lacks.
-        if [
-            "data",
-            "eval",
-            "cache",
-            "runs",
-            ".tsumugi",
-            "model.json",
-            "__pycache__",
-        ]
-        .contains(&name.to_str().unwrap())
+        if ["data", "eval", "cache", "runs", ".tsumugi", "model.json", "__pycache__"]
+            .contains(&name.to_str().unwrap())
         {
             continue;
         }
@@ -67,10 +59,7 @@ impl Example {
 
     fn ok(&self, args: &[&str]) -> String {
         let (code, stdout, stderr) = self.tsumugi(args);
-        assert_eq!(
-            code, 0,
-            "tsumugi {args:?} failed\nstdout: {stdout}\nstderr: {stderr}"
-        );
+        assert_eq!(code, 0, "tsumugi {args:?} failed\nstdout: {stdout}\nstderr: {stderr}");
         stdout
     }
 
