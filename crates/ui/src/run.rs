@@ -1,7 +1,6 @@
 //! `/runs/ID`: one run — its stages on a timeline, each stage's log (the tail), its
 //! metrics and curves, its declared plots (`plots:`), its artifacts and the images among
-//! them. Also `/object/HASH`, which
-//! serves a cached file (a plot) by content hash.
+//! them. Also `/object/HASH`, which serves a cached file (a plot) by content hash.
 
 use std::fmt::Write;
 use std::io::{Read, Seek, SeekFrom};
