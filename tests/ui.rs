@@ -1,5 +1,6 @@
 //! `tsumugi ui` end to end (docs/ui.md): a real temporary project that ran a small pipeline
-//! twice (command stages writing metrics, a per-step loss, a plot, a registered adapter),
+//! and an experiment over it (command stages writing metrics, a per-step loss, declared
+//! plots and an image, a registered adapter),
 //! the real `tsumugi ui` on a free port, and headless Chromium loading every page: the
 //! content a user reads is checked in the DOM after scripts ran, the browser's console must
 //! stay empty, and a screenshot is taken of each page.
@@ -22,10 +23,11 @@ use engine_support::Proj;
 
 const TOKEN: &str = "ui-test-token-41c9";
 
-/// The pipeline of the test project; `{LR}`, `{LOSS}`, `{ACC}` differ between the runs.
+/// The pipeline of the test project: the loss and the accuracy follow `lr` (0.1 → loss
+/// 0.3, accuracy 0.72; 0.3 → 0.2, 0.81), so an experiment over `lr` changes its metrics.
 const PIPELINE: &str = r##"
 name: demo
-params: {lr: {LR}}
+params: {lr: 0.1}
 stages:
   prepare:
     cmd: mkdir -p work && tr a-z A-Z < data/raw.txt > work/prepared.txt
@@ -34,7 +36,8 @@ stages:
   train:
     cmd: |
       echo "training with lr ${params.lr}"
-      echo '{"loss": [1.0, 0.61, 0.43, {LOSS}], "final_loss": {LOSS}}' > work/train.json
+      LOSS=$(awk 'BEGIN {print 0.35 - ${params.lr} / 2}')
+      echo "{\"loss\": [1.0, 0.61, 0.43, $LOSS], \"final_loss\": $LOSS}" > work/train.json
       cat work/prepared.txt > work/model.txt
       echo ${params.lr} >> work/model.txt
     deps: [work/prepared.txt]
@@ -43,12 +46,21 @@ stages:
   evaluate:
     cmd: |
       echo '<script>alert("xss")</script> evaluating'
+      ACC=$(tail -n 1 work/model.txt | awk '{print 0.675 + $1 * 0.45}')
       mkdir -p work/plots
-      echo '{"accuracy": {ACC}}' > work/eval.json
-      printf '<svg xmlns="http://www.w3.org/2000/svg" width="160" height="60"><rect width="160" height="60" fill="#56B4E9"/><text x="10" y="35">acc {ACC}</text></svg>' > work/plots/accuracy.svg
-    deps: [work/model.txt]
+      echo "{\"accuracy\": $ACC}" > work/eval.json
+      printf '<svg xmlns="http://www.w3.org/2000/svg" width="160" height="60"><rect width="160" height="60" fill="#56B4E9"/><text x="10" y="35">acc %s</text></svg>' $ACC > work/plots/accuracy.svg
+      echo "{\"roc\": [{\"fpr\": 0, \"tpr\": 0}, {\"fpr\": 0.2, \"tpr\": $ACC}, {\"fpr\": 1, \"tpr\": 1}]}" > work/plots/roc.json
+      printf 'actual,predicted\nyes,yes\nyes,no\nno,no\n' > work/plots/cm.csv
+    deps: [work/model.txt, data/labels.txt]
     outs: [work/plots]
     metrics: [work/eval.json]
+    plots:
+      - work/plots/roc.json: {x: fpr, y: tpr, title: ROC curve}
+      - Confusion:
+          template: confusion
+          x: actual
+          y: {work/plots/cm.csv: predicted}
   export:
     cmd: mkdir -p work/export && cp work/model.txt work/export/model.txt
     deps: [work/model.txt]
@@ -60,64 +72,39 @@ stages:
       promote_if: {metric: accuracy, min: 0.6}
 "##;
 
-fn pipeline(lr: &str, loss: &str, acc: &str) -> String {
-    PIPELINE
-        .replace("{LR}", lr)
-        .replace("{LOSS}", loss)
-        .replace("{ACC}", acc)
-}
-
-/// A project with two successful runs (accuracy 0.72, then 0.81), then an edited input
-/// so that `prepare` and everything after it is stale. Returns the project and the run ids.
+/// A project with a run (lr 0.1, accuracy 0.72) and an experiment `lr-sweep`
+/// (`tsumugi exp run p.yaml -S lr=0.3`, accuracy 0.81), whose value is then kept in the
+/// pipeline file; then an input of `evaluate` only changes, so that `prepare` and `train`
+/// are fresh and `evaluate` and `export` stale. Returns the project and the run ids.
 fn project() -> (Proj, String, String) {
-    let p = Proj::new(&pipeline("0.1", "0.3", "0.72"));
+    let p = Proj::new(PIPELINE);
     p.write("data/raw.txt", "some training text\n");
+    p.write("data/labels.txt", "yes\nno\n");
     let (code, v1, err) = p.run(&[]);
     assert_eq!(code, 0, "first run failed: {err}");
-    p.set_pipeline(&pipeline("0.3", "0.2", "0.81"));
-    let (code, v2, err) = p.run(&[]);
-    assert_eq!(code, 0, "second run failed: {err}");
-    p.write("data/raw.txt", "some other training text\n");
-    let id = |v: &serde_json::Value| v["run_id"].as_str().unwrap().to_string();
-    let (run1, run2) = (id(&v1), id(&v2));
-    record_as_experiment(&p, &run1, &run2);
-    (p, run1, run2)
-}
-
-/// What `tsumugi exp run -S lr=0.3` records (issue 14's contract: `runs.exp`,
-/// `runs.overrides`, `run_params`), written into the run database of the two runs, adding
-/// the columns when this build's migrations lack them.
-// TODO(lead, after merging exp): make run 2 a real `tsumugi exp run p.yaml -S lr=0.3`.
-fn record_as_experiment(p: &Proj, run1: &str, run2: &str) {
-    let conn = rusqlite::Connection::open(p.path("runs/tsumugi.db")).unwrap();
-    let has = |col: &str| {
-        conn.prepare("SELECT 1 FROM pragma_table_info('runs') WHERE name = ?1")
-            .unwrap()
-            .exists([col])
-            .unwrap()
-    };
-    for col in ["exp", "overrides"] {
-        if !has(col) {
-            conn.execute_batch(&format!("ALTER TABLE runs ADD COLUMN {col} TEXT"))
-                .unwrap();
-        }
-    }
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS run_params (run_id TEXT NOT NULL, stage TEXT NOT NULL, key TEXT NOT NULL, value_json TEXT NOT NULL)",
-    )
-    .unwrap();
-    conn.execute(
-        "UPDATE runs SET exp = 'lr-sweep', overrides = '{\"lr\":0.3}' WHERE id = ?1",
-        [run2],
-    )
-    .unwrap();
-    for (run, lr) in [(run1, "0.1"), (run2, "0.3")] {
-        conn.execute(
-            "INSERT INTO run_params(run_id, stage, key, value_json) VALUES (?1, 'train', 'lr', ?2)",
-            [run, lr],
-        )
+    let run1 = v1["run_id"].as_str().unwrap().to_string();
+    let out = p
+        .cmd()
+        .args(["exp", "run", "p.yaml", "-S", "lr=0.3", "-n", "lr-sweep"])
+        .output()
         .unwrap();
-    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "exp run failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // `lr-sweep: run ID ok in …`
+    let run2 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("lr-sweep: run ")?.split(' ').next())
+        .unwrap_or_else(|| panic!("no run id in {stdout:?}"))
+        .to_string();
+    // Keep the experiment's value (the workspace holds its outputs), then edit `evaluate`'s
+    // own input.
+    p.set_pipeline(&PIPELINE.replace("params: {lr: 0.1}", "params: {lr: 0.3}"));
+    p.write("data/labels.txt", "yes\nno\nmaybe\n");
+    (p, run1, run2)
 }
 
 /// A running `tsumugi ui`; SIGTERM and a wait when dropped.
@@ -208,7 +195,8 @@ struct Loaded {
     console: Vec<String>,
 }
 
-fn browse(chrome: &Path, profile: &Path, url: &str, screenshot: Option<&Path>) -> Loaded {
+/// `screenshot`: the PNG to write and the window's height (the page's top that much).
+fn browse(chrome: &Path, profile: &Path, url: &str, screenshot: Option<(&Path, u32)>) -> Loaded {
     let mut cmd = Command::new(chrome);
     cmd.args([
         "--headless=new",
@@ -218,13 +206,14 @@ fn browse(chrome: &Path, profile: &Path, url: &str, screenshot: Option<&Path>) -
         "--hide-scrollbars",
         "--enable-logging=stderr",
         "--v=0",
-        "--window-size=1280,800",
         "--virtual-time-budget=3000",
     ])
     .arg(format!("--user-data-dir={}", profile.display()));
     match screenshot {
-        Some(png) => cmd.arg(format!("--screenshot={}", png.display())),
-        None => cmd.arg("--dump-dom"),
+        Some((png, height)) => cmd
+            .arg(format!("--screenshot={}", png.display()))
+            .arg(format!("--window-size=1280,{height}")),
+        None => cmd.arg("--dump-dom").arg("--window-size=1280,800"),
     };
     let out = cmd.arg(url).output().expect("chromium runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -239,6 +228,13 @@ fn browse(chrome: &Path, profile: &Path, url: &str, screenshot: Option<&Path>) -
             .map(str::to_string)
             .collect(),
     }
+}
+
+/// The `<figure>` of declared plot `STAGE.ID` on a page.
+fn figure<'a>(dom: &'a str, plot: &str) -> &'a str {
+    let start = pos(dom, &format!("data-plot=\"{plot}\""));
+    let len = pos(&dom[start..], "</figure>");
+    &dom[start..start + len]
 }
 
 fn pos(hay: &str, needle: &str) -> usize {
@@ -264,7 +260,7 @@ fn every_page_renders_in_headless_chromium_without_console_errors() {
         .unwrap_or_else(|| shots_tmp.path().to_path_buf());
     std::fs::create_dir_all(&shots).unwrap();
 
-    let visit = |name: &str, path: &str| -> String {
+    let visit_tall = |name: &str, path: &str, height: u32| -> String {
         let url = format!("{}{path}", server.url);
         let page = browse(&chrome, profile.path(), &url, None);
         assert!(
@@ -273,12 +269,13 @@ fn every_page_renders_in_headless_chromium_without_console_errors() {
             page.console.join("\n")
         );
         let png = shots.join(format!("{name}.png"));
-        let shot = browse(&chrome, profile.path(), &url, Some(&png));
+        let shot = browse(&chrome, profile.path(), &url, Some((&png, height)));
         assert!(shot.console.is_empty(), "{:?}", shot.console);
         let bytes = std::fs::read(&png).unwrap();
         assert_eq!(&bytes[1..4], b"PNG", "a PNG screenshot of {path}");
         page.dom
     };
+    let visit = |name: &str, path: &str| visit_tall(name, path, 800);
 
     // The run list: both runs, newest first, their final metrics; sorted by accuracy
     // ascending the first run comes first.
@@ -310,12 +307,29 @@ fn every_page_renders_in_headless_chromium_without_console_errors() {
     );
     pos(&dom, "+0.09");
     pos(&dom, "train · loss");
-    assert_eq!(dom.matches("<polyline").count(), 2, "two loss curves");
+    let curves = &dom[..pos(&dom, "<h2 id=\"plots\">Plots</h2>")];
+    assert_eq!(curves.matches("<polyline").count(), 2, "two loss curves");
+    // The declared plots, drawn by tsumugi-plots from each run's cache entry: the ROC
+    // curve with a legend naming both runs, the confusion matrices side by side.
+    for plot in ["evaluate.work_plots_roc.json", "evaluate.Confusion"] {
+        let fig = figure(&dom, plot);
+        for run in [&run1, &run2] {
+            pos(fig, &format!("\n{run}\n</text>"));
+        }
+    }
+    pos(
+        figure(&dom, "evaluate.work_plots_roc.json"),
+        "\nROC curve\n</text>",
+    );
+    pos(figure(&dom, "evaluate.Confusion"), "\nConfusion\n</text>");
     assert_eq!(
         dom.matches("<figcaption>work/plots/accuracy.svg").count(),
         2,
         "each run's plot"
     );
+    // The whole page, plots included (the screenshot docs/ui/plots.png).
+    let dom = visit_tall("plots", &format!("/compare?run={run1}&run={run2}"), 1500);
+    pos(&dom, "data-plot=\"evaluate.work_plots_roc.json\"");
 
     // Compare without runs picked: a list to pick from.
     let dom = visit("compare-pick", "/compare");
@@ -335,17 +349,42 @@ fn every_page_renders_in_headless_chromium_without_console_errors() {
     assert!(!dom.contains("<script>alert"), "log text is escaped");
     pos(&dom, "work/plots/accuracy.svg");
     pos(&dom, "<svg class=\"timeline\"");
+    // Its declared plots: titled, the axes named by the fields, one run so no run legend.
+    let roc = figure(&dom, "evaluate.work_plots_roc.json");
+    for text in [
+        "\nROC curve\n</text>",
+        "\nfpr\n</text>",
+        "<figcaption>evaluate: ROC curve<",
+    ] {
+        pos(roc, text);
+    }
+    assert!(!roc.contains(&run1), "one run's plot has no run legend");
+    let cm = figure(&dom, "evaluate.Confusion");
+    for text in ["\nConfusion\n</text>", "\nyes\n</text>", "\nno\n</text>"] {
+        pos(cm, text);
+    }
 
-    // The DAG: every stage, stale after the input edit, with the reason.
+    // The DAG after an input of `evaluate` changed: the stages before it fresh, it and
+    // what follows stale, with the reason.
     let dom = visit("dag", "/dag");
-    for stage in ["prepare", "train", "evaluate", "export"] {
+    for (stage, state) in [
+        ("prepare", "fresh"),
+        ("train", "fresh"),
+        ("evaluate", "stale"),
+        ("export", "stale"),
+    ] {
         pos(
             &dom,
-            &format!("class=\"node stale\" data-stage=\"{stage}\""),
+            &format!("class=\"node {state}\" data-stage=\"{stage}\""),
         );
     }
-    pos(&dom, "4 of 4 stages stale");
-    pos(&dom, "data/raw.txt");
+    pos(&dom, "2 of 4 stages stale");
+    pos(
+        &dom,
+        "<tr data-stage=\"train\"><td>train</td><td><span class=\"badge good\">fresh</span></td><td></td></tr>",
+    );
+    pos(&dom, "<td>dep data/labels.txt changed: ");
+    pos(&dom, "<td>upstream stage evaluate is stale</td>");
 
     // Adapters: two versions, the second current, both gates passed.
     let dom = visit("adapters", "/adapters");
@@ -372,8 +411,9 @@ fn every_page_renders_in_headless_chromium_without_console_errors() {
 
 #[test]
 fn without_a_token_the_ui_is_read_only_and_bad_requests_say_why() {
-    let p = Proj::new(&pipeline("0.1", "0.3", "0.72"));
+    let p = Proj::new(PIPELINE);
     p.write("data/raw.txt", "x\n");
+    p.write("data/labels.txt", "yes\n");
     // Nothing has run yet: the pages say so instead of failing.
     let server = Server::start(p.root(), None);
     let (status, body) = http(&server.url, "GET", "/", None);
@@ -400,6 +440,22 @@ fn without_a_token_the_ui_is_read_only_and_bad_requests_say_why() {
     assert_eq!(status, 404);
     let (status, _) = http(&server.url, "GET", "/object/..%2F..%2Fetc%2Fpasswd", None);
     assert_eq!(status, 400);
+
+    // A declared plot that cannot be drawn (the file now names a field the run's data
+    // lacks) is a sentence in its place; the page and the other plot are still shown.
+    let (code, v, err) = p.run(&[]);
+    assert_eq!(code, 0, "{err}");
+    p.set_pipeline(&PIPELINE.replace("y: tpr,", "y: recall,"));
+    let run = v["run_id"].as_str().unwrap();
+    let (status, body) = http(&server.url, "GET", &format!("/runs/{run}"), None);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains(
+            "<p class=\"error\">plot &#39;work/plots/roc.json&#39;: work/plots/roc.json has no field &quot;recall&quot; (it has: fpr, tpr)</p>"
+        ),
+        "{body}"
+    );
+    assert!(body.contains("\nConfusion\n</text>"), "{body}");
 }
 
 /// `cargo test --no-default-features --test ui -- --ignored --nocapture bench_run_list_10k`:
@@ -410,7 +466,7 @@ fn without_a_token_the_ui_is_read_only_and_bad_requests_say_why() {
 #[ignore]
 fn bench_run_list_10k() {
     use tsumugi::rundb::{MetricRow, RunDb, StageRecord};
-    let p = Proj::new(&pipeline("0.1", "0.3", "0.72"));
+    let p = Proj::new(PIPELINE);
     let project = tsumugi::project::Project::new(p.root());
     let t = Instant::now();
     let db = RunDb::start(&project).unwrap();
@@ -519,7 +575,7 @@ fn bench_run_list_10k() {
 
 #[test]
 fn another_address_than_loopback_needs_bind_and_gets_a_warning() {
-    let p = Proj::new(&pipeline("0.1", "0.3", "0.72"));
+    let p = Proj::new(PIPELINE);
     let mut child = Command::new(Proj::bin())
         .arg("-C")
         .arg(p.root())

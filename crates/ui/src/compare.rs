@@ -1,6 +1,6 @@
 //! `/compare?run=A&run=B…`: N runs side by side — the params that differ, the final
-//! metrics with their change against the first run, the training curves overlaid, and the
-//! plots each run wrote.
+//! metrics with their change against the first run, the training curves overlaid, the
+//! declared plots with a series per run, and the images each run wrote.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
@@ -63,7 +63,8 @@ pub(crate) fn page(app: &App, q: &Query) -> PageResult {
             let series = browse::metric_series(c, &run.id)?;
             let artifacts = tsumugi_rundb::run_artifacts(c, &run.id)?;
             let exp = browse::run_experiment(c, &run.id)?;
-            out.push((run, finals, params, series, artifacts, exp));
+            let stages = tsumugi_rundb::stage_records(c, &run.id)?;
+            out.push((run, finals, params, series, artifacts, exp, stages));
         }
         Ok(Ok(out))
     })?;
@@ -75,7 +76,7 @@ pub(crate) fn page(app: &App, q: &Query) -> PageResult {
 
     let mut b = format!("<h1>Compare {} runs</h1>", runs.len());
     b.push_str("<table id=\"compared\"><thead><tr><th></th><th>Run</th><th>Pipeline</th><th>Started</th><th>Status</th><th>Experiment</th></tr></thead><tbody>");
-    for (i, (run, _, _, _, _, (exp, ov))) in runs.iter().enumerate() {
+    for (i, (run, _, _, _, _, (exp, ov), _)) in runs.iter().enumerate() {
         let _ = write!(
             b,
             "<tr><td><svg width=\"14\" height=\"14\" aria-hidden=\"true\"><rect width=\"14\" height=\"14\" rx=\"3\" fill=\"{}\"/></svg></td>\
@@ -100,7 +101,7 @@ pub(crate) fn page(app: &App, q: &Query) -> PageResult {
 
     // Params: key → value per run (a key's value is the same in every stage that uses it).
     let mut params: BTreeMap<String, Vec<Option<String>>> = BTreeMap::new();
-    for (i, (_, _, ps, _, _, _)) in runs.iter().enumerate() {
+    for (i, (_, _, ps, _, _, _, _)) in runs.iter().enumerate() {
         for p in ps {
             let row = params
                 .entry(p.key.clone())
@@ -145,7 +146,7 @@ pub(crate) fn page(app: &App, q: &Query) -> PageResult {
 
     // Metrics: (stage, name) → value per run, with the change against the first run.
     let mut metrics: BTreeMap<(String, String), Vec<Option<f64>>> = BTreeMap::new();
-    for (i, (_, finals, _, _, _, _)) in runs.iter().enumerate() {
+    for (i, (_, finals, _, _, _, _, _)) in runs.iter().enumerate() {
         for m in finals {
             metrics
                 .entry((m.stage.clone(), m.name.clone()))
@@ -195,9 +196,18 @@ pub(crate) fn page(app: &App, q: &Query) -> PageResult {
         b.push_str("</div>");
     }
 
-    let mut any_plot = false;
+    // Declared plots: one figure per plot, a series per run (as `tsumugi plots diff`).
+    let entries: Vec<crate::plots::RunEntries> = runs
+        .iter()
+        .map(|r| crate::plots::RunEntries::new(r.0.clone(), &r.6))
+        .collect();
+    let declared = crate::plots::declared(app, &entries);
+    let mut any_plot = !declared.is_empty();
     let mut plots_html = String::new();
-    for (i, (run, _, _, _, artifacts, _)) in runs.iter().enumerate() {
+    if !declared.is_empty() {
+        let _ = write!(plots_html, "<div class=\"plots\">{declared}</div>");
+    }
+    for (i, (run, _, _, _, artifacts, _, _)) in runs.iter().enumerate() {
         let plots = crate::run::plots(app, artifacts);
         if plots.is_empty() {
             continue;
@@ -215,7 +225,7 @@ pub(crate) fn page(app: &App, q: &Query) -> PageResult {
         plots_html.push_str("</div>");
     }
     if any_plot {
-        b.push_str("<h2>Plots</h2>");
+        b.push_str("<h2 id=\"plots\">Plots</h2>");
         b.push_str(&plots_html);
     }
     Ok(frame("Compare", Nav::Compare, &b))

@@ -15,6 +15,7 @@
 //! | `run` | `/runs/ID`: stage timeline, logs (tail), metrics, artifacts |
 //! | `dag` | `/dag`: each pipeline's graph coloured stale/fresh, with the reasons |
 //! | `adapters` | `/adapters`: registry versions and their gate results |
+//! | `plots` | the declared plots (`plots:`) of a run or several, drawn by tsumugi-plots |
 //! | [`html`], `svg` | escaping and the page frame; the drawings |
 //!
 //! It listens on 127.0.0.1 unless told otherwise, and is read-only unless started with a
@@ -47,6 +48,7 @@ mod adapters;
 mod compare;
 mod dag;
 pub mod html;
+mod plots;
 mod run;
 mod runs;
 mod svg;

@@ -1,6 +1,6 @@
 //! `/runs/ID`: one run — its stages on a timeline, each stage's log (the tail), its
-//! metrics and curves, its artifacts and the plots among them. Also `/object/HASH`, which
-//! serves a cached file (a plot) by content hash.
+//! metrics and curves, its declared plots (`plots:`), its artifacts and the images among
+//! them. Also `/object/HASH`, which serves a cached file (a plot) by content hash.
 
 use std::fmt::Write;
 use std::io::{Read, Seek, SeekFrom};
@@ -242,9 +242,12 @@ pub(crate) fn page(app: &App, id: &str) -> PageResult {
         b.push_str(&curves(&[(run.id.clone(), series)]));
     }
 
+    let declared =
+        crate::plots::declared(app, &[crate::plots::RunEntries::new(run.clone(), &stages)]);
     let plots = plots(app, &artifacts);
-    if !plots.is_empty() {
-        b.push_str("<h2>Plots</h2><div class=\"plots\">");
+    if !declared.is_empty() || !plots.is_empty() {
+        b.push_str("<h2 id=\"plots\">Plots</h2><div class=\"plots\">");
+        b.push_str(&declared);
         for p in &plots {
             b.push_str(&plot_img(p));
         }
