@@ -106,25 +106,11 @@ pub struct RunPage {
     pub rows: Vec<RunListRow>,
 }
 
-/// Whether `table` has `column` (a migration of another feature may not have run).
-pub fn has_column(conn: &Connection, table: &str, column: &str) -> Result<bool> {
-    let mut st = conn.prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?;
-    Ok(st.exists([table, column])?)
-}
-
-pub fn has_table(conn: &Connection, table: &str) -> Result<bool> {
-    let mut st =
-        conn.prepare("SELECT 1 FROM sqlite_master WHERE type IN ('table','view') AND name = ?1")?;
-    Ok(st.exists([table])?)
-}
-
 const DURATION_MS: &str =
     "CAST(round((julianday(r.ended_at) - julianday(r.started_at)) * 86400000.0) AS INTEGER)";
 
 /// One page of runs with their final metrics, params, experiment and overrides.
 pub fn runs_page(conn: &Connection, q: &RunQuery) -> Result<RunPage> {
-    let has_exp = has_column(conn, "runs", "exp")?;
-    let has_overrides = has_column(conn, "runs", "overrides")?;
     let mut filter = Vec::new();
     let mut args: Vec<Value> = Vec::new();
     if let Some(p) = &q.pipeline {
@@ -132,11 +118,7 @@ pub fn runs_page(conn: &Connection, q: &RunQuery) -> Result<RunPage> {
         filter.push(format!("r.pipeline = ?{}", args.len()));
     }
     if q.experiments_only {
-        filter.push(if has_exp {
-            "r.exp IS NOT NULL".to_string()
-        } else {
-            "0".to_string()
-        });
+        filter.push("r.exp IS NOT NULL".to_string());
     }
     let where_sql = if filter.is_empty() {
         String::new()
@@ -172,11 +154,7 @@ pub fn runs_page(conn: &Connection, q: &RunQuery) -> Result<RunPage> {
     let l = args.len();
     args.push(Value::Integer(q.offset as i64));
     let o = args.len();
-    let extra = format!(
-        ", {DURATION_MS}, {}, {}",
-        if has_exp { "r.exp" } else { "NULL" },
-        if has_overrides { "r.overrides" } else { "NULL" }
-    );
+    let extra = format!(", {DURATION_MS}, r.exp, r.overrides");
     let cols = RUN_COLS
         .split(", ")
         .map(|c| format!("r.{c}"))
@@ -251,7 +229,7 @@ pub fn final_metrics(
 /// (`run_params`, written by experiments); empty otherwise.
 pub fn run_params(conn: &Connection, ids: &[String]) -> Result<HashMap<String, Vec<ParamValue>>> {
     let mut out: HashMap<String, Vec<ParamValue>> = HashMap::new();
-    if ids.is_empty() || !has_table(conn, "run_params")? {
+    if ids.is_empty() {
         return Ok(out);
     }
     let mut st = conn.prepare(&format!(
@@ -276,23 +254,13 @@ pub fn run_params(conn: &Connection, ids: &[String]) -> Result<HashMap<String, V
     Ok(out)
 }
 
-/// The experiment name and overrides of one run, when the columns exist.
+/// The experiment name and overrides of one run (both `None` for a plain run).
 pub fn run_experiment(conn: &Connection, id: &str) -> Result<(Option<String>, Option<String>)> {
-    let exp = if has_column(conn, "runs", "exp")? {
-        "exp"
-    } else {
-        "NULL"
-    };
-    let ov = if has_column(conn, "runs", "overrides")? {
-        "overrides"
-    } else {
-        "NULL"
-    };
-    Ok(conn.query_row(
-        &format!("SELECT {exp}, {ov} FROM runs WHERE id = ?1"),
-        [id],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?)
+    Ok(
+        conn.query_row("SELECT exp, overrides FROM runs WHERE id = ?1", [id], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?,
+    )
 }
 
 /// A metric series (rows with a step) of one run: `(stage, name) → [(step, value)]`.
@@ -430,11 +398,9 @@ mod tests {
     #[test]
     fn experiments_columns_and_params_are_read_when_present() {
         let (_d, conn) = db_with_runs(4);
-        // What experiments record (the contract of issue 14), added as its migration does.
+        // What `tsumugi exp run` records (migration 3's columns and table).
         conn.execute_batch(
-            "ALTER TABLE runs ADD COLUMN exp TEXT; ALTER TABLE runs ADD COLUMN overrides TEXT;
-             CREATE TABLE run_params (run_id TEXT NOT NULL, stage TEXT NOT NULL, key TEXT NOT NULL, value_json TEXT NOT NULL);
-             UPDATE runs SET exp = 'sweep', overrides = '{\"lr\":0.3}' WHERE id = 'r002';
+            "UPDATE runs SET exp = 'sweep', overrides = '{\"lr\":0.3}' WHERE id = 'r002';
              INSERT INTO run_params VALUES ('r002', 'train', 'lr', '0.3'), ('r001', 'train', 'lr', '0.1');",
         )
         .unwrap();

@@ -226,4 +226,3 @@ pub(super) fn scalar(v: &Value) -> String {
         other => other.to_string(),
     }
 }
-
