@@ -330,7 +330,7 @@ fn one_by_one(
         if !summary.success {
             failed += 1;
         }
-        println!("{}: {}", job.p.name, summary_line(&summary));
+        println!("{}: {}", job.p.name, super::run::summary_line(&summary));
         if summary.cancelled {
             return Ok((failed, Some(super::run::exit_code(&summary))));
         }
@@ -462,43 +462,8 @@ fn in_workspace(
         eprintln!("warning: cannot remove {}: {e}", dir.display());
     }
     let summary = res?;
-    println!("{}: {}", job.p.name, summary_line(&summary));
+    println!("{}: {}", job.p.name, super::run::summary_line(&summary));
     Ok(summary)
-}
-
-/// `run ID ok in 1.2s: 2 ran, 3 cached`, as `tsumugi run` prints it.
-fn summary_line(s: &RunSummary) -> String {
-    let mut parts = Vec::new();
-    for st in [
-        "ran",
-        "cached",
-        "restored",
-        "failed",
-        "skipped",
-        "cancelled",
-    ] {
-        let n = s.stages.iter().filter(|o| o.status.as_str() == st).count();
-        if n > 0 {
-            parts.push(format!("{n} {st}"));
-        }
-    }
-    let verdict = if s.cancelled {
-        "cancelled"
-    } else if s.success {
-        "ok"
-    } else {
-        "failed"
-    };
-    format!(
-        "run {} {verdict} in {:.1}s: {}",
-        s.run_id,
-        s.duration.as_secs_f64(),
-        if parts.is_empty() {
-            "nothing to do".into()
-        } else {
-            parts.join(", ")
-        }
-    )
 }
 
 /// Names for `n` new experiments: NAME (or NAME-1…NAME-n), else the next free exp-N.
@@ -600,7 +565,11 @@ fn apply(project: &Project, args: ExpNameArgs) -> anyhow::Result<ExitCode> {
         ..RunOptions::default()
     };
     let summary = super::run::runtime()?.block_on(executor::run(project, &pipeline, &opts))?;
-    println!("applied {}: {}", exp.name, summary_line(&summary));
+    println!(
+        "applied {}: {}",
+        exp.name,
+        super::run::summary_line(&summary)
+    );
     Ok(super::run::exit_code(&summary))
 }
 

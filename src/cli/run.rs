@@ -228,6 +228,11 @@ fn print_summary(s: &RunSummary, dry_run: bool) {
         );
         return;
     }
+    println!("{}", summary_line(s));
+}
+
+/// `run ID ok in 1.2s: 2 ran, 3 cached`: the last line of a run.
+pub fn summary_line(s: &RunSummary) -> String {
     let mut parts = Vec::new();
     for st in [
         "ran",
@@ -237,7 +242,7 @@ fn print_summary(s: &RunSummary, dry_run: bool) {
         "skipped",
         "cancelled",
     ] {
-        let n = count(st);
+        let n = s.stages.iter().filter(|o| o.status.as_str() == st).count();
         if n > 0 {
             parts.push(format!("{n} {st}"));
         }
@@ -249,7 +254,7 @@ fn print_summary(s: &RunSummary, dry_run: bool) {
     } else {
         "failed"
     };
-    println!(
+    format!(
         "run {} {verdict} in {:.1}s: {}",
         s.run_id,
         s.duration.as_secs_f64(),
@@ -258,7 +263,7 @@ fn print_summary(s: &RunSummary, dry_run: bool) {
         } else {
             parts.join(", ")
         }
-    );
+    )
 }
 
 /// The stable `--json` shape of a run (docs/json-output.md).

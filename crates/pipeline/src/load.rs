@@ -18,18 +18,7 @@ use tsumugi_base::project::Project;
 /// Reads and validates a pipeline file. A relative `file` is taken relative to the project
 /// root (as `-C DIR` means "run in DIR"); messages name `file` as given.
 pub fn load(file: &Path, project: &Project) -> Result<Pipeline, SpecError> {
-    let path = project.root().join(file);
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        SpecError::single(
-            Span {
-                file: file.to_path_buf(),
-                line: 0,
-                col: 0,
-            },
-            format!("cannot read pipeline file: {e}"),
-        )
-    })?;
-    load_str(file, &text, project)
+    load_with_overrides(file, project, &[])
 }
 
 /// [`load`] on text already in memory; `file` is used for messages and the default name.
