@@ -1,5 +1,9 @@
-//! A plot file as a table: JSON (an array of objects, or an object whose single array value
-//! holds them, as DVC's `{"roc": [{…}]}`), CSV or TSV with a header row.
+//! A plot file as a table: JSON (an array of objects, or an object whose array value holds
+//! them, as DVC's `{"roc": [{…}]}`), CSV or TSV with a header row.
+//!
+//! A JSON object with several arrays of objects (train-lora's `history.json`: `steps` and
+//! `evals`) gives the array whose rows have every field the plot names (x and y); when more
+//! than one has them, the longest (the per-step log rather than the periodic evaluations).
 
 use std::path::Path;
 
@@ -52,14 +56,17 @@ impl Table {
     }
 }
 
-/// Parses `bytes`, the content of `name` (its extension says the format).
-pub fn parse(name: &Path, bytes: &[u8]) -> Result<Table> {
+/// Parses `bytes`, the content of `name` (its extension says the format); `fields` are the
+/// fields the plot reads, which choose among several arrays of a JSON object.
+pub fn parse(name: &Path, bytes: &[u8], fields: &[&str]) -> Result<Table> {
     let ext = name
         .extension()
         .and_then(|e| e.to_str())
         .map(str::to_ascii_lowercase);
     match ext.as_deref() {
-        Some("json") => json(bytes).with_context(|| format!("plot file {}", name.display())),
+        Some("json") => {
+            json(bytes, fields).with_context(|| format!("plot file {}", name.display()))
+        }
         Some("csv") => {
             delimited(bytes, b',').with_context(|| format!("plot file {}", name.display()))
         }
@@ -73,17 +80,33 @@ pub fn parse(name: &Path, bytes: &[u8]) -> Result<Table> {
     }
 }
 
-fn json(bytes: &[u8]) -> Result<Table> {
+fn json(bytes: &[u8], fields: &[&str]) -> Result<Table> {
     let v: Value = serde_json::from_slice(bytes)?;
     let rows = match &v {
         Value::Array(a) => a,
         Value::Object(o) => {
-            let arrays: Vec<&Vec<Value>> = o.values().filter_map(Value::as_array).collect();
-            match arrays.as_slice() {
-                [one] => *one,
-                _ => bail!(
-                    "expected an array of objects, or an object whose one array holds them (found an object with {} arrays)",
-                    arrays.len()
+            let arrays: Vec<(&String, &Vec<Value>)> = o
+                .iter()
+                .filter_map(|(k, v)| Some((k, v.as_array()?)))
+                .collect();
+            let has_fields = |a: &Vec<Value>| {
+                a.first()
+                    .and_then(Value::as_object)
+                    .is_some_and(|row| fields.iter().all(|f| row.contains_key(*f)))
+            };
+            let fitting = arrays.iter().filter(|(_, a)| has_fields(a));
+            match (arrays.as_slice(), fitting.max_by_key(|(_, a)| a.len())) {
+                ([(_, one)], _) => *one,
+                (_, Some((_, best))) => *best,
+                ([], None) => bail!("expected an array of objects, or an object holding one"),
+                (_, None) => bail!(
+                    "none of its arrays ({}) has rows with the fields {}",
+                    arrays
+                        .iter()
+                        .map(|(k, _)| k.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    fields.join(", ")
                 ),
             }
         }
@@ -151,16 +174,41 @@ mod tests {
         let j = parse(
             Path::new("roc.json"),
             br#"{"roc": [{"fpr": 0, "tpr": 0.5}, {"fpr": 1, "tpr": 1, "t": "x"}]}"#,
+            &["fpr", "tpr"],
         )
         .unwrap();
         assert_eq!(j.columns, ["fpr", "tpr", "t"]);
         assert_eq!(j.rows[0][2], None);
         assert_eq!(j.numeric_columns(), [0, 1]);
-        let c = parse(Path::new("h.csv"), b"step,loss\n1,0.5\n2,0.25\n").unwrap();
+        let c = parse(Path::new("h.csv"), b"step,loss\n1,0.5\n2,0.25\n", &[]).unwrap();
         assert_eq!(c.rows[1][1], Some(Cell::Num(0.25)));
-        let t = parse(Path::new("h.tsv"), b"a\tb\n1\tx\n").unwrap();
+        let t = parse(Path::new("h.tsv"), b"a\tb\n1\tx\n", &[]).unwrap();
         assert_eq!(t.numeric_columns(), [0]);
-        assert!(parse(Path::new("x.json"), br#"{"a": [], "b": []}"#).is_err());
-        assert!(parse(Path::new("x.png"), b"").is_err());
+        assert!(parse(Path::new("x.json"), br#"{"a": [], "b": []}"#, &[]).is_err());
+        assert!(parse(Path::new("x.png"), b"", &[]).is_err());
+    }
+
+    #[test]
+    fn of_several_arrays_the_one_with_the_plots_fields_is_read() {
+        // train-lora's history.json, shortened.
+        let h = br#"{"task": "regression", "steps": [{"step": 1, "loss": 0.9, "lr": 1e-4},
+            {"step": 2, "loss": 0.7, "lr": 1e-4}, {"step": 3, "loss": 0.6, "lr": 1e-4}],
+            "evals": [{"step": 2, "loss": 0.8, "metric": 0.55}], "total_steps": 3}"#;
+        let path = Path::new("history.json");
+        let by_metric = parse(path, h, &["step", "metric"]).unwrap();
+        assert_eq!(by_metric.rows.len(), 1, "only evals has a metric field");
+        let by_loss = parse(path, h, &["step", "loss"]).unwrap();
+        assert_eq!(
+            by_loss.rows.len(),
+            3,
+            "both have loss: the longer, the per-step log"
+        );
+        let err = parse(path, h, &["step", "accuracy"]).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("none of its arrays"), "{msg}");
+        assert!(
+            msg.contains("has rows with the fields step, accuracy"),
+            "{msg}"
+        );
     }
 }

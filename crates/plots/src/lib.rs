@@ -75,7 +75,8 @@ pub fn draw_plot(
             let bytes = (run.read)(&s.file).with_context(|| {
                 format!("plot '{}' of stage '{stage}' ({})", plot.id, run.label)
             })?;
-            let t = data::parse(&s.file, &bytes)?;
+            let fields: Vec<&str> = plot.x.iter().chain(&s.y).map(String::as_str).collect();
+            let t = data::parse(&s.file, &bytes, &fields)?;
             let mut label = Vec::new();
             if several_runs {
                 label.push(run.label.clone());
