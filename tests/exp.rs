@@ -303,10 +303,7 @@ fn a_3x2_grid_reruns_only_what_each_override_reaches() {
         std::fs::read_to_string(d.join("model.txt")).unwrap(),
         "a=2\nb=y\n"
     );
-    let run: Value = serde_json::from_str(&ok(d, &["run", "grid.yaml", "--json"])).unwrap();
-    for s in run["stages"].as_array().unwrap() {
-        assert_eq!(s["status"], "cached", "{s}");
-    }
+    assert_all_cached(d);
     assert_eq!(
         runs(d),
         counts(&[("eval", 6), ("indep", 1), ("prep", 3), ("train", 6)]),
@@ -425,10 +422,7 @@ fn experiments_side_by_side_run_in_copies_and_leave_the_workspace_alone() {
         std::fs::read_to_string(d.join("model.txt")).unwrap(),
         "a=1\nb=w\n"
     );
-    let run: Value = serde_json::from_str(&ok(d, &["run", "grid.yaml", "--json"])).unwrap();
-    for s in run["stages"].as_array().unwrap() {
-        assert_eq!(s["status"], "cached", "{s}");
-    }
+    assert_all_cached(d);
     assert_eq!(
         runs(d),
         counts(&[("eval", 4), ("indep", 1), ("prep", 1), ("train", 4)])
@@ -480,4 +474,12 @@ fn commands_that_read_params_files_see_the_overrides_through_tsumugi_params() {
         std::fs::read_to_string(d.join("params.yaml")).unwrap(),
         "train:\n  seed: 7\n  lr: 0.1\n"
     );
+}
+
+/// `tsumugi run grid.yaml` finds every stage cached.
+fn assert_all_cached(d: &Path) {
+    let run: Value = serde_json::from_str(&ok(d, &["run", "grid.yaml", "--json"])).unwrap();
+    for s in run["stages"].as_array().unwrap() {
+        assert_eq!(s["status"], "cached", "{s}");
+    }
 }

@@ -6,7 +6,6 @@
 
 mod engine_support;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -43,21 +42,11 @@ impl Server {
             .args(["--bind", "127.0.0.1:0", "--poll", "50ms"])
             .args(args)
             .env_remove("TSUMUGI_SERVE_TOKEN")
-            .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         if let Some(t) = token {
             cmd.env("TSUMUGI_SERVE_TOKEN", t);
         }
-        let mut child = cmd.spawn().unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("expected `listening on …`, got {line:?}"))
-            .to_string();
+        let (child, url) = engine_support::spawn_listening(&mut cmd);
         Server { child, url }
     }
 

@@ -120,21 +120,11 @@ impl Server {
             .arg(project)
             .args(["ui", "--port", "0"])
             .env_remove("TSUMUGI_UI_TOKEN")
-            .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         if let Some(t) = token {
             cmd.env("TSUMUGI_UI_TOKEN", t);
         }
-        let mut child = cmd.spawn().unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("expected `listening on …`, got {line:?}"))
-            .to_string();
+        let (child, url) = engine_support::spawn_listening(&mut cmd);
         assert!(
             url.starts_with("http://127.0.0.1:"),
             "binds 127.0.0.1: {url}"
