@@ -27,6 +27,36 @@ impl Architecture {
         }
     }
 
+    /// The transformers class of its sequence-classification model (`architectures` in an
+    /// exported `config.json`).
+    pub fn hf_class(self) -> &'static str {
+        match self {
+            Architecture::Bert => "BertForSequenceClassification",
+            Architecture::Roberta => "RobertaForSequenceClassification",
+            Architecture::XlmRoberta => "XLMRobertaForSequenceClassification",
+        }
+    }
+
+    /// The linears of one encoder layer an adapter may wrap (the model's
+    /// `SequenceClassifier::layer_linears`).
+    pub fn layer_linears(self) -> &'static [&'static str] {
+        match self {
+            Architecture::Bert | Architecture::Roberta | Architecture::XlmRoberta => {
+                &super::bert::LAYER_LINEARS
+            }
+        }
+    }
+
+    /// PEFT's default LoRA targets for the model type
+    /// (`TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`).
+    pub fn default_lora_targets(self) -> Vec<String> {
+        match self {
+            Architecture::Bert | Architecture::Roberta | Architecture::XlmRoberta => {
+                vec!["query".into(), "value".into()]
+            }
+        }
+    }
+
     /// True when the architecture feeds token type ids (segment ids) to the model.
     pub fn uses_token_types(self) -> bool {
         matches!(self, Architecture::Bert)
@@ -80,6 +110,10 @@ pub struct ModelConfig {
     pub legacy_num_labels: Option<usize>,
     #[serde(default)]
     pub problem_type: Option<String>,
+    /// Every other field of `config.json`, for the architectures' own settings
+    /// (read with [`ModelConfig::extra_field`]).
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 fn default_act() -> String {
@@ -172,6 +206,17 @@ impl ModelConfig {
             .or(self.num_labels)
             .or(self.legacy_num_labels)
             .unwrap_or(2)
+    }
+
+    /// An architecture-specific field of `config.json` (`None` when absent or null), or an
+    /// error naming the field and what was expected.
+    pub fn extra_field<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
+        match self.extra.get(name) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(v) => serde_json::from_value(v.clone())
+                .map(Some)
+                .map_err(|e| MlError::Unsupported(format!("config.json field {name:?}: {e}"))),
+        }
     }
 
     /// Size of one attention head.
