@@ -27,8 +27,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{MlError, Result};
 use crate::models::{CrossEncoder, LinearHook, ModelInput, SequenceClassifier};
+use crate::oft::{OftLinear, OftSettings};
 
-/// LoRA hyper-parameters, named as in PEFT's `LoraConfig`.
+/// Adapter hyper-parameters, named as in PEFT's `LoraConfig`; with `oft` set, an OFT
+/// adapter (`crate::oft`) on the same targets instead, and `r`, `alpha`, `dropout` and
+/// `rslora` unused.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LoraSettings {
     pub r: usize,
@@ -41,6 +44,10 @@ pub struct LoraSettings {
     pub rslora: bool,
     /// Train (and save) the pooler too (`modules_to_save` gets `pooler` for BERT).
     pub train_pooler: bool,
+    /// OFT instead of LoRA. Absent from the serialized form when `None`, so LoRA
+    /// settings serialize (and fingerprint) as they always did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oft: Option<OftSettings>,
 }
 
 impl LoraSettings {
@@ -64,6 +71,14 @@ impl LoraSettings {
     /// that matches none of them is an error (PEFT fails the same way), so a typo does not
     /// silently train only the head.
     pub fn validate(&self, linears: &[&str]) -> Result<()> {
+        self.check_targets(linears)?;
+        match &self.oft {
+            Some(oft) => oft.validate(),
+            None => self.validate_lora(),
+        }
+    }
+
+    fn validate_lora(&self) -> Result<()> {
         if self.r == 0 {
             return Err(MlError::Input("lora.r must be at least 1".into()));
         }
@@ -79,8 +94,12 @@ impl LoraSettings {
                 self.dropout
             )));
         }
+        Ok(())
+    }
+
+    fn check_targets(&self, linears: &[&str]) -> Result<()> {
         if self.targets.is_empty() {
-            return Err(MlError::Input("lora.targets is empty".into()));
+            return Err(MlError::Input("adapter targets are empty".into()));
         }
         for t in &self.targets {
             let one = LoraSettings {
@@ -89,7 +108,7 @@ impl LoraSettings {
             };
             if !linears.iter().any(|l| one.targets_linear(l)) {
                 return Err(MlError::Input(format!(
-                    "lora target {t:?} matches no layer linear of this model (expected a suffix of one of {})",
+                    "adapter target {t:?} matches no layer linear of this model (expected a suffix of one of {})",
                     linears.join(", ")
                 )));
             }
@@ -156,24 +175,57 @@ impl<B: Backend> LoraLinear<B> {
     }
 }
 
-/// The LoRA paths of one encoder layer: one slot per layer linear of the architecture,
+/// What an adapter adds to one targeted linear.
+#[derive(Module, Debug)]
+pub enum AdapterLinear<B: Backend> {
+    Lora(LoraLinear<B>),
+    Oft(OftLinear<B>),
+}
+
+impl<B: Backend> AdapterLinear<B> {
+    /// `base(x)` with the adapter.
+    pub fn forward(&self, base: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        match self {
+            AdapterLinear::Lora(l) => l.forward(base, x),
+            AdapterLinear::Oft(o) => o.forward(base, x),
+        }
+    }
+
+    /// The LoRA path, if this is one.
+    pub fn lora(&self) -> Option<&LoraLinear<B>> {
+        match self {
+            AdapterLinear::Lora(l) => Some(l),
+            AdapterLinear::Oft(_) => None,
+        }
+    }
+
+    /// The base weight `[in, out]` with the adapter merged in (`sign` −1 takes it out).
+    fn merge_into(&self, w: Tensor<B, 2>, sign: f64) -> Tensor<B, 2> {
+        match self {
+            AdapterLinear::Lora(l) => w + l.delta().detach().mul_scalar(sign),
+            AdapterLinear::Oft(o) => o.merge_into(w, sign < 0.0),
+        }
+    }
+}
+
+/// The adapter paths of one encoder layer: one slot per layer linear of the architecture,
 /// `None` where the linear is not targeted.
 #[derive(Module, Debug)]
 pub struct LayerLora<B: Backend> {
-    pub slots: Vec<Option<LoraLinear<B>>>,
+    pub slots: Vec<Option<AdapterLinear<B>>>,
 }
 
 impl<B: Backend> LinearHook<B> for Vec<LayerLora<B>> {
     fn linear(&self, layer: usize, slot: usize, base: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
         match self.get(layer).and_then(|l| l.slots[slot].as_ref()) {
-            Some(lora) => lora.forward(base, x),
+            Some(adapter) => adapter.forward(base, x),
             None => base.forward(x),
         }
     }
 }
 
-/// A cross-encoder with LoRA paths: the trainable module. Only the LoRA matrices and the
-/// head (plus the pooler when asked) require gradients.
+/// A cross-encoder with adapter paths (LoRA or OFT): the trainable module. Only the
+/// adapter weights and the head (plus the pooler when asked) require gradients.
 #[derive(Module, Debug)]
 pub struct LoraModel<B: Backend> {
     pub base: CrossEncoder<B>,
@@ -224,17 +276,27 @@ impl<B: Backend> LoraModel<B> {
         settings.validate(linears)?;
         let mut rng = SplitMix(seed);
         let layers = (0..base.num_layers())
-            .map(|i| LayerLora {
-                slots: (0..linears.len())
+            .map(|i| {
+                let slots = (0..linears.len())
                     .map(|s| {
-                        settings.targets_linear(linears[s]).then(|| {
-                            let [d_in, d_out] = base.layer_linear(i, s).weight.dims();
-                            LoraLinear::init(d_in, d_out, settings, &mut rng, device)
-                        })
+                        if !settings.targets_linear(linears[s]) {
+                            return Ok(None);
+                        }
+                        let [d_in, d_out] = base.layer_linear(i, s).weight.dims();
+                        Ok(Some(match &settings.oft {
+                            Some(oft) => {
+                                let name = format!("{}.{}", base.layer_path(i), linears[s]);
+                                AdapterLinear::Oft(OftLinear::init(d_in, oft, &name, device)?)
+                            }
+                            None => AdapterLinear::Lora(LoraLinear::init(
+                                d_in, d_out, settings, &mut rng, device,
+                            )),
+                        }))
                     })
-                    .collect(),
+                    .collect::<Result<_>>()?;
+                Ok(LayerLora { slots })
             })
-            .collect();
+            .collect::<Result<_>>()?;
         Ok(Self {
             base: base.freeze_except_head(settings.train_pooler),
             layers,
@@ -246,8 +308,8 @@ impl<B: Backend> LoraModel<B> {
         self.base.forward_with(input, &self.layers)
     }
 
-    /// Every targeted linear with its LoRA path: `(layer, slot, path)`.
-    pub fn paths(&self) -> impl Iterator<Item = (usize, usize, &LoraLinear<B>)> {
+    /// Every targeted linear with its adapter: `(layer, slot, adapter)`.
+    pub fn paths(&self) -> impl Iterator<Item = (usize, usize, &AdapterLinear<B>)> {
         self.layers.iter().enumerate().flat_map(|(i, l)| {
             l.slots
                 .iter()
@@ -256,22 +318,24 @@ impl<B: Backend> LoraModel<B> {
         })
     }
 
-    /// The base model with every `s · A B` added to its weight (PEFT `merge_and_unload`).
+    /// The base model with every adapter merged into its weight (PEFT `merge_and_unload`):
+    /// `W + s · A B` for LoRA, `R W` for OFT.
     pub fn merged(&self) -> CrossEncoder<B> {
         self.shifted(self.base.clone(), 1.0)
     }
 
-    /// Removes the LoRA deltas from a model made by [`LoraModel::merged`] (PEFT `unmerge`):
-    /// the base weights again, up to rounding.
+    /// Removes the adapters from a model made by [`LoraModel::merged`] (PEFT `unmerge`):
+    /// the base weights again, up to rounding (and, for OFT's truncated Cayley series, up
+    /// to its distance from a true rotation).
     pub fn unmerge(&self, merged: CrossEncoder<B>) -> CrossEncoder<B> {
         self.shifted(merged, -1.0)
     }
 
-    /// `model` with `sign · s · A B` added to each targeted weight.
+    /// `model` with each adapter merged into (`sign` 1) or out of (−1) its weight.
     fn shifted(&self, mut model: CrossEncoder<B>, sign: f64) -> CrossEncoder<B> {
-        for (i, s, lora) in self.paths() {
+        for (i, s, adapter) in self.paths() {
             let lin = model.layer_linear_mut(i, s);
-            let w = lin.weight.val().detach() + lora.delta().detach().mul_scalar(sign);
+            let w = adapter.merge_into(lin.weight.val().detach(), sign).detach();
             lin.weight = Param::from_tensor(w);
         }
         model
@@ -282,8 +346,10 @@ impl<B: Backend> LoraModel<B> {
     pub fn without_dropout(mut self) -> Self {
         self.base.without_dropout();
         for layer in &mut self.layers {
-            for lora in layer.slots.iter_mut().flatten() {
-                lora.dropout.prob = 0.0;
+            for adapter in layer.slots.iter_mut().flatten() {
+                if let AdapterLinear::Lora(lora) = adapter {
+                    lora.dropout.prob = 0.0;
+                }
             }
         }
         self
@@ -302,6 +368,7 @@ mod tests {
             targets: targets.iter().map(|s| s.to_string()).collect(),
             rslora: false,
             train_pooler: false,
+            oft: None,
         }
     }
 

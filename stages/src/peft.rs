@@ -21,9 +21,10 @@ use burn::prelude::*;
 use serde_json::{Value, json};
 
 use crate::error::{MlError, Result};
-use crate::lora::{LoraLinear, LoraModel, LoraSettings};
+use crate::lora::{AdapterLinear, LoraLinear, LoraModel, LoraSettings};
 pub use crate::models::tensors::{TensorSet, transpose, values};
 use crate::models::{CrossEncoder, LoadOptions, ModelDir, SequenceClassifier};
+use crate::oft::{OftLinear, OftSettings, Rotation};
 
 pub const CONFIG_FILE: &str = "adapter_config.json";
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
@@ -49,6 +50,43 @@ pub fn adapter_config<B: Backend>(
     model: &CrossEncoder<B>,
     base_model: &str,
 ) -> Value {
+    let modules_to_save = model.modules_to_save(settings.train_pooler);
+    if let Some(oft) = &settings.oft {
+        let (neumann, terms) = match oft.rotation {
+            Rotation::Cayley { terms } => (true, terms),
+            Rotation::Exp => (false, 5),
+        };
+        let mut config = json!({
+            "auto_mapping": null,
+            "base_model_name_or_path": base_model,
+            "bias": "none",
+            "block_share": false,
+            "coft": false,
+            "eps": 6e-05,
+            "exclude_modules": null,
+            "fan_in_fan_out": false,
+            "inference_mode": true,
+            "init_weights": true,
+            "layers_pattern": null,
+            "layers_to_transform": null,
+            "module_dropout": 0.0,
+            "modules_to_save": modules_to_save,
+            "num_cayley_neumann_terms": terms,
+            "oft_block_size": oft.block_size,
+            "peft_type": "OFT",
+            "r": 0,
+            "revision": null,
+            "target_modules": settings.targets,
+            "task_type": "SEQ_CLS",
+            "use_cayley_neumann": neumann,
+        });
+        if oft.rotation == Rotation::Exp {
+            // PEFT has no exponential rotation; the key tells tsumugi (and a reader) that
+            // PEFT's Cayley reading of these weights is not what was trained.
+            config["tsumugi_rotation"] = json!("exp");
+        }
+        return config;
+    }
     json!({
         "alpha_pattern": {},
         "auto_mapping": null,
@@ -61,7 +99,7 @@ pub fn adapter_config<B: Backend>(
         "layers_to_transform": null,
         "lora_alpha": settings.alpha,
         "lora_dropout": settings.dropout,
-        "modules_to_save": model.modules_to_save(settings.train_pooler),
+        "modules_to_save": modules_to_save,
         "peft_type": "LORA",
         "r": settings.r,
         "rank_pattern": {},
@@ -76,10 +114,22 @@ pub fn adapter_config<B: Backend>(
 /// The adapter's tensors under PEFT's key names.
 pub fn adapter_tensors<B: Backend>(model: &LoraModel<B>, settings: &LoraSettings) -> TensorSet {
     let mut set = TensorSet::default();
-    for (i, s, l) in model.paths() {
+    for (i, s, adapter) in model.paths() {
         let key = lora_key(&model.base, i, s);
-        set.matrix(format!("{key}.lora_A.weight"), l.a.val());
-        set.matrix(format!("{key}.lora_B.weight"), l.b.val());
+        match adapter {
+            AdapterLinear::Lora(l) => {
+                set.matrix(format!("{key}.lora_A.weight"), l.a.val());
+                set.matrix(format!("{key}.lora_B.weight"), l.b.val());
+            }
+            // `[blocks, n]` in both layouts: not a linear's weight, not transposed.
+            AdapterLinear::Oft(o) => {
+                let w = o.weight.val();
+                set.0.insert(
+                    format!("{key}.oft_R.weight"),
+                    (w.dims().to_vec(), values(w)),
+                );
+            }
+        }
     }
     model
         .base
@@ -117,16 +167,23 @@ pub fn read_adapter_config(dir: &Path) -> Result<LoraSettings> {
         message,
     };
     let get = |k: &str| v.get(k).filter(|x| !x.is_null());
-    match get("peft_type").and_then(Value::as_str) {
-        Some("LORA") => {}
+    let is_oft = match get("peft_type").and_then(Value::as_str) {
+        Some("LORA") => false,
+        Some("OFT") => true,
         other => {
             return Err(bad(format!(
-                "peft_type: expected \"LORA\", found {other:?}"
+                "peft_type: expected \"LORA\" or \"OFT\", found {other:?}"
             )));
         }
-    }
+    };
     let truthy = |k: &str| get(k).and_then(Value::as_bool).unwrap_or(false);
-    for k in ["use_dora", "fan_in_fan_out", "lora_bias"] {
+    for k in [
+        "use_dora",
+        "fan_in_fan_out",
+        "lora_bias",
+        "coft",
+        "block_share",
+    ] {
         if truthy(k) {
             return Err(bad(format!("{k}: true is not supported")));
         }
@@ -151,13 +208,18 @@ pub fn read_adapter_config(dir: &Path) -> Result<LoraSettings> {
     if get("layers_to_transform").is_some() {
         return Err(bad("layers_to_transform is not supported".into()));
     }
-    let r = get("r")
-        .and_then(Value::as_u64)
-        .ok_or_else(|| bad("r: expected a positive integer".into()))? as usize;
-    let alpha = get("lora_alpha")
-        .and_then(Value::as_f64)
-        .ok_or_else(|| bad("lora_alpha: expected a number".into()))?;
-    let dropout = get("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0);
+    let (r, alpha, dropout, oft) = if is_oft {
+        (0, 0.0, 0.0, Some(read_oft_config(&v, &bad)?))
+    } else {
+        let r = get("r")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| bad("r: expected a positive integer".into()))? as usize;
+        let alpha = get("lora_alpha")
+            .and_then(Value::as_f64)
+            .ok_or_else(|| bad("lora_alpha: expected a number".into()))?;
+        let dropout = get("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0);
+        (r, alpha, dropout, None)
+    };
     let targets = match get("target_modules") {
         Some(Value::Array(a)) => a
             .iter()
@@ -187,7 +249,48 @@ pub fn read_adapter_config(dir: &Path) -> Result<LoraSettings> {
         train_pooler: saved
             .iter()
             .any(|m| *m == "pooler" || m.ends_with(".pooler")),
+        oft,
     };
+    Ok(settings)
+}
+
+/// The OFT part of an `adapter_config.json` (`peft_type: OFT`): the block-size form
+/// (`r: 0`, PEFT's default) with the Cayley–Neumann rotation, or tsumugi's `exp`.
+fn read_oft_config(v: &Value, bad: &dyn Fn(String) -> MlError) -> Result<OftSettings> {
+    let get = |k: &str| v.get(k).filter(|x| !x.is_null());
+    if get("r").and_then(Value::as_u64).is_some_and(|r| r != 0) {
+        return Err(bad(
+            "r: OFT by number of blocks is not supported; give oft_block_size with r: 0".into(),
+        ));
+    }
+    let block_size = get("oft_block_size")
+        .and_then(Value::as_u64)
+        .filter(|&b| b >= 2)
+        .ok_or_else(|| bad("oft_block_size: expected an integer ≥ 2".into()))?
+        as usize;
+    let exp = get("tsumugi_rotation").and_then(Value::as_str) == Some("exp");
+    let neumann = get("use_cayley_neumann")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
+    let rotation = if exp {
+        Rotation::Exp
+    } else if neumann {
+        let terms = get("num_cayley_neumann_terms")
+            .and_then(Value::as_u64)
+            .unwrap_or(5) as usize;
+        Rotation::Cayley { terms }
+    } else {
+        return Err(bad(
+            "use_cayley_neumann: false (the exact Cayley transform) is not supported; \
+             tsumugi computes PEFT's default Neumann series"
+                .into(),
+        ));
+    };
+    let settings = OftSettings {
+        block_size,
+        rotation,
+    };
+    settings.validate().map_err(|e| bad(e.to_string()))?;
     Ok(settings)
 }
 
@@ -222,19 +325,35 @@ pub fn load_adapter<B: Backend>(
     let mut model = LoraModel::new(base, &settings, 0, device).map_err(bad_targets)?;
     for i in 0..model.layers.len() {
         for s in 0..model.layers[i].slots.len() {
-            let Some(old) = &model.layers[i].slots[s] else {
-                continue;
-            };
-            let [d_in, r] = old.a.dims();
-            let [_, d_out] = old.b.dims();
             let key = lora_key(&model.base, i, s);
-            let a = tensors.take(&path, &format!("{key}.lora_A.weight"), &[r, d_in])?;
-            let b = tensors.take(&path, &format!("{key}.lora_B.weight"), &[d_out, r])?;
-            model.layers[i].slots[s] = Some(LoraLinear::from_values(
-                Tensor::from_data(TensorData::new(a, [d_in, r]), device),
-                Tensor::from_data(TensorData::new(b, [r, d_out]), device),
-                &settings,
-            ));
+            let loaded = match &model.layers[i].slots[s] {
+                None => continue,
+                Some(AdapterLinear::Lora(old)) => {
+                    let [d_in, r] = old.a.dims();
+                    let [_, d_out] = old.b.dims();
+                    let a = tensors.take(&path, &format!("{key}.lora_A.weight"), &[r, d_in])?;
+                    let b = tensors.take(&path, &format!("{key}.lora_B.weight"), &[d_out, r])?;
+                    AdapterLinear::Lora(LoraLinear::from_values(
+                        Tensor::from_data(TensorData::new(a, [d_in, r]), device),
+                        Tensor::from_data(TensorData::new(b, [r, d_out]), device),
+                        &settings,
+                    ))
+                }
+                Some(AdapterLinear::Oft(old)) => {
+                    let shape = old.weight.dims();
+                    let w =
+                        tensors.take_as_stored(&path, &format!("{key}.oft_R.weight"), &shape)?;
+                    let oft = settings
+                        .oft
+                        .as_ref()
+                        .expect("OFT slots come from OFT settings");
+                    AdapterLinear::Oft(OftLinear::from_values(
+                        Tensor::from_data(TensorData::new(w, shape), device),
+                        oft,
+                    ))
+                }
+            };
+            model.layers[i].slots[s] = Some(loaded);
         }
     }
     model

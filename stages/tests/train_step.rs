@@ -1,6 +1,7 @@
 //! Two training steps (dropout off) against PyTorch + PEFT on the fixtures of
-//! `scripts/make_lora_fixtures.py`: the gradients of every trainable tensor (LoRA A/B and
-//! the head) before clipping, and the values after global-norm clipping + AdamW, ≤ 1e-4.
+//! `scripts/make_lora_fixtures.py` (LoRA, and OFT with `oft`): the gradients of every
+//! trainable tensor (LoRA A/B or OFT's rotation weights, and the head) before clipping,
+//! and the values after global-norm clipping + AdamW, ≤ 1e-4.
 //! Step 2 checks AdamW's moments and bias correction as well.
 #![cfg(feature = "ml")]
 
@@ -9,7 +10,7 @@ use std::path::{Path, PathBuf};
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use serde_json::Value;
-use tsumugi_stages::lora::LoraModel;
+use tsumugi_stages::lora::{AdapterLinear, LoraModel};
 use tsumugi_stages::models::SequenceClassifier;
 use tsumugi_stages::models::{ModelDir, ModelInput};
 use tsumugi_stages::peft::{self, TensorSet};
@@ -51,14 +52,28 @@ fn named_grads(
             model.base.layer_linears()[s]
         );
         assert!(key.starts_with(&format!("{p}{arch}.")), "{key}");
-        set.matrix(
-            format!("{key}.lora_A.weight"),
-            l.a.val().grad(grads).expect("A has a gradient"),
-        );
-        set.matrix(
-            format!("{key}.lora_B.weight"),
-            l.b.val().grad(grads).expect("B has a gradient"),
-        );
+        match l {
+            AdapterLinear::Lora(l) => {
+                set.matrix(
+                    format!("{key}.lora_A.weight"),
+                    l.a.val().grad(grads).expect("A has a gradient"),
+                );
+                set.matrix(
+                    format!("{key}.lora_B.weight"),
+                    l.b.val().grad(grads).expect("B has a gradient"),
+                );
+            }
+            AdapterLinear::Oft(o) => {
+                let g = o
+                    .weight
+                    .val()
+                    .grad(grads)
+                    .expect("OFT weight has a gradient");
+                let shape = g.dims().to_vec();
+                set.0
+                    .insert(format!("{key}.oft_R.weight"), (shape, peft::values(g)));
+            }
+        }
     }
     let mut lin = |key: &str, l: &burn::nn::Linear<B>| {
         set.matrix(
@@ -132,8 +147,12 @@ fn compare(what: &str, ours: &TensorSet, reference: &TensorSet, prefix: &str) ->
 
 #[test]
 fn two_adamw_steps_match_pytorch_peft() {
-    for (name, arch) in [("bert-1", "bert"), ("roberta-3", "roberta")] {
-        let dir = fixtures().join("lora").join(name);
+    for (kind, name, arch) in [
+        ("lora", "bert-1", "bert"),
+        ("lora", "roberta-3", "roberta"),
+        ("oft", "bert-1", "bert"),
+    ] {
+        let dir = fixtures().join(kind).join(name);
         let e: Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
                 .unwrap();
@@ -178,11 +197,11 @@ fn two_adamw_steps_match_pytorch_peft() {
             let after = peft::adapter_tensors(&model, &settings);
             let vd = compare("value", &after, &reference, &format!("value.{step}."));
             println!(
-                "{name} step {step}: |Δloss| {dl:.2e}, |Δgrad_norm| {dn:.2e}, max |Δgrad| {gd:.2e}, max |Δvalue| {vd:.2e}"
+                "{kind} {name} step {step}: |Δloss| {dl:.2e}, |Δgrad_norm| {dn:.2e}, max |Δgrad| {gd:.2e}, max |Δvalue| {vd:.2e}"
             );
             assert!(
                 dl <= 1e-5 && dn <= 1e-4 && gd <= 1e-4 && vd <= 1e-4,
-                "{name} step {step}"
+                "{kind} {name} step {step}"
             );
         }
     }

@@ -18,7 +18,6 @@
 // Without `ml` only the descriptor and the `with:` parsing are compiled.
 #![cfg_attr(not(feature = "ml"), allow(dead_code, unused_imports))]
 
-use crate::models::SequenceClassifier;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -93,7 +92,7 @@ fn copy(from: &Path, to: &Path) -> Result<()> {
 #[cfg(feature = "ml")]
 fn run(cfg: Config, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()> {
     use crate::device::CpuBackend;
-    use crate::models::ModelDir;
+    use crate::models::{ModelDir, SequenceClassifier};
     use crate::peft::{CONFIG_FILE, WEIGHTS_FILE};
 
     let root = input.project_root;

@@ -121,6 +121,21 @@ impl TensorSet {
 
     /// Removes `key`, checking its PyTorch shape; returns burn's layout (matrices transposed).
     pub fn take(&mut self, path: &Path, key: &str, torch_shape: &[usize]) -> Result<Vec<f32>> {
+        let v = self.take_as_stored(path, key, torch_shape)?;
+        Ok(match torch_shape {
+            [o, i] => transpose(&v, *o, *i),
+            _ => v,
+        })
+    }
+
+    /// [`TensorSet::take`] without the transpose: for tensors laid out the same in both
+    /// (OFT's rotation weights, embedding tables).
+    pub fn take_as_stored(
+        &mut self,
+        path: &Path,
+        key: &str,
+        torch_shape: &[usize],
+    ) -> Result<Vec<f32>> {
         let (shape, v) = self.0.remove(key).ok_or_else(|| MlError::Weights {
             path: path.into(),
             message: format!("missing tensor {key}"),
@@ -131,10 +146,7 @@ impl TensorSet {
                 message: format!("{key}: expected shape {torch_shape:?}, found {shape:?}"),
             });
         }
-        Ok(match torch_shape {
-            [o, i] => transpose(&v, *o, *i),
-            _ => v,
-        })
+        Ok(v)
     }
 
     /// A LayerNorm as `{key}.weight` (+ `{key}.bias` when it has one).
