@@ -19,6 +19,19 @@ pub enum Architecture {
 }
 
 impl Architecture {
+    /// The `model_type` values of config.json that tsumugi loads.
+    pub const MODEL_TYPES: &[&str] = &["bert", "roberta", "xlm-roberta"];
+
+    /// The architecture of a `model_type`, or an error naming it and what is supported.
+    pub fn from_model_type(model_type: &str) -> Result<Self> {
+        match model_type {
+            "bert" => Ok(Architecture::Bert),
+            "roberta" => Ok(Architecture::Roberta),
+            "xlm-roberta" => Ok(Architecture::XlmRoberta),
+            other => Err(MlError::UnsupportedModel(other.to_string())),
+        }
+    }
+
     /// The key prefix of the encoder's weights in a `*ForSequenceClassification` checkpoint.
     pub fn prefix(self) -> &'static str {
         match self {
@@ -136,10 +149,21 @@ impl ModelConfig {
     /// Reads and checks `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| MlError::io(path, e))?;
-        let cfg: ModelConfig = serde_json::from_str(&text).map_err(|e| MlError::Config {
+        let bad = |message: String| MlError::Config {
             path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+            message,
+        };
+        // The model type first: an unsupported model (say Qwen2-VL) is named as such, not
+        // reported as lacking a BERT field.
+        let raw: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+        match raw.get("model_type").and_then(|t| t.as_str()) {
+            None => return Err(bad("no model_type".into())),
+            Some(t) => {
+                Architecture::from_model_type(t).map_err(|e| bad(e.to_string()))?;
+            }
+        }
+        let cfg: ModelConfig = serde_json::from_value(raw).map_err(|e| bad(e.to_string()))?;
         cfg.validate(path)?;
         Ok(cfg)
     }
@@ -179,12 +203,7 @@ impl ModelConfig {
 
     /// The architecture named by `model_type`, or an error naming the unsupported type.
     pub fn architecture(&self) -> Result<Architecture> {
-        match self.model_type.as_str() {
-            "bert" => Ok(Architecture::Bert),
-            "roberta" => Ok(Architecture::Roberta),
-            "xlm-roberta" => Ok(Architecture::XlmRoberta),
-            other => Err(MlError::UnsupportedModel(other.to_string())),
-        }
+        Architecture::from_model_type(&self.model_type)
     }
 
     /// The feed-forward activation named by `hidden_act`.

@@ -16,6 +16,7 @@
 //! `model_type` in `config.rs`.
 
 pub mod bert;
+pub mod check;
 pub mod config;
 pub mod cpu;
 pub mod loader;
