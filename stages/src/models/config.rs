@@ -80,6 +80,10 @@ pub struct ModelConfig {
     pub legacy_num_labels: Option<usize>,
     #[serde(default)]
     pub problem_type: Option<String>,
+    /// The config.json fields not named above (architecture-specific ones, e.g.
+    /// ModernBERT's `local_attention`), read by the architecture's own file.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 fn default_act() -> String {

@@ -74,10 +74,79 @@ pub fn attention<B: Backend>(
         hidden,
         heads: num_heads,
     };
-    attend(q, k, v, pad, &mut out, shape);
+    attend(q, k, v, pad, &mut out, shape, None);
     from_flex(FlexTensor::from_data(TensorData::new(
         out,
         [batch, sq, hidden],
+    )))
+}
+
+/// [`attention`] of `[batch, seq, hidden]` queries over keys of the same positions, where
+/// with `window: Some(w)` query `i` sees only keys `j` with `|i − j| ≤ w` (ModernBERT's
+/// local layers). A query whose keys are all padding gets zeros.
+pub fn attention_windowed<B: Backend>(
+    queries: Tensor<B, 3>,
+    keys: Tensor<B, 3>,
+    values: Tensor<B, 3>,
+    padding: Tensor<B, 2, Bool>,
+    num_heads: usize,
+    window: Option<usize>,
+) -> Tensor<B, 3> {
+    let Some(w) = window else {
+        return attention(queries, keys, values, padding, num_heads);
+    };
+    let [batch, seq, hidden] = queries.dims();
+    if !is_flex_f32::<B>(queries.dtype()) {
+        let device = queries.device();
+        let hd = hidden / num_heads;
+        let split = |t: Tensor<B, 3>| t.reshape([batch, seq, num_heads, hd]).swap_dims(1, 2);
+        // Far keys masked, and each query keeps its own key so no row is fully masked.
+        let far: Vec<bool> = (0..seq * seq)
+            .map(|n| {
+                let (i, j) = (n / seq, n % seq);
+                i.abs_diff(j) > w
+            })
+            .collect();
+        let own: Vec<bool> = (0..seq * seq).map(|n| n / seq != n % seq).collect();
+        let grid = |v: Vec<bool>| {
+            Tensor::<B, 4, Bool>::from_data(TensorData::new(v, [1, 1, seq, seq]), &device)
+                .expand([batch, 1, seq, seq])
+        };
+        let mask = padding
+            .reshape([batch, 1, 1, seq])
+            .expand([batch, 1, seq, seq])
+            .bool_or(grid(far))
+            .bool_and(grid(own));
+        let context = burn::tensor::module::attention(
+            split(queries),
+            split(keys),
+            split(values),
+            Some(mask),
+            None,
+            AttentionModuleOptions::default(),
+        );
+        return context.swap_dims(1, 2).reshape([batch, seq, hidden]);
+    }
+    let flat = |t: Tensor<B, 3>| into_flex(t).to_contiguous();
+    let (q, k, v) = (flat(queries), flat(keys), flat(values));
+    let pad = match downcast::<FlexTensor, B::BoolTensorPrimitive>(padding.into_primitive()) {
+        Ok(t) => t.to_contiguous(),
+        Err(_) => unreachable!("B is Flex, whose bool primitive is FlexTensor"),
+    };
+    let (q, k, v) = (f32s(&q), f32s(&k), f32s(&v));
+    let pad = bools(&pad);
+    let mut out = vec![0.0f32; batch * seq * hidden];
+    let shape = Shape {
+        batch,
+        sq: seq,
+        seq,
+        hidden,
+        heads: num_heads,
+    };
+    attend(q, k, v, pad, &mut out, shape, Some(w));
+    from_flex(FlexTensor::from_data(TensorData::new(
+        out,
+        [batch, seq, hidden],
     )))
 }
 
@@ -153,8 +222,17 @@ struct Shape {
     heads: usize,
 }
 
-/// The attention kernel on row-major `[batch, rows, hidden]` slices.
-fn attend(q: &[f32], k: &[f32], v: &[f32], pad: &[u8], out: &mut [f32], s: Shape) {
+/// The attention kernel on row-major `[batch, rows, hidden]` slices; with `window: Some(w)`
+/// query row `i` sees keys `i − w ..= i + w` only.
+fn attend(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    pad: &[u8],
+    out: &mut [f32],
+    s: Shape,
+    window: Option<usize>,
+) {
     let Shape {
         batch,
         sq,
@@ -197,8 +275,16 @@ fn attend(q: &[f32], k: &[f32], v: &[f32], pad: &[u8], out: &mut [f32], s: Shape
                     gemm::Parallelism::None,
                 );
             }
-            for row in probs.chunks_exact_mut(seq) {
-                softmax_masked(row, pad_b);
+            for (i, row) in probs.chunks_exact_mut(seq).enumerate() {
+                match window {
+                    None => softmax_masked(row, pad_b),
+                    Some(w) => {
+                        let (lo, hi) = (i.saturating_sub(w), (i + w + 1).min(seq));
+                        row[..lo].fill(0.0);
+                        row[hi..].fill(0.0);
+                        softmax_masked(&mut row[lo..hi], &pad_b[lo..hi]);
+                    }
+                }
             }
             let oh = &mut out[b * sq * hidden + h * hd..];
             unsafe {

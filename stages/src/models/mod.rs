@@ -13,10 +13,12 @@ pub mod bert;
 pub mod config;
 pub mod cpu;
 pub mod loader;
+pub mod modernbert;
 pub mod roberta;
 
 use std::path::{Path, PathBuf};
 
+use burn::nn::Linear;
 use burn::prelude::*;
 
 pub use config::{Architecture, HiddenAct, ModelConfig};
@@ -24,6 +26,33 @@ pub use loader::{Checkpoint, LoadReport};
 
 use crate::error::{MlError, Result};
 use crate::tokenize::{EncodedBatch, PairTokenizer, Truncation};
+
+/// Runs the linears an adapter may wrap: [`Plain`] for inference, `LoraModel`/OFT add their paths.
+pub trait LinearHook<B: Backend> {
+    /// `x` `[rows, in]` through linear `slot` (index into the architecture's `LAYER_LINEARS`)
+    /// of encoder layer `layer`, whose base weights are `base`. Returns `[rows, out]`.
+    fn linear(&self, layer: usize, slot: usize, base: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2>;
+}
+
+/// No adapter: `base.forward(x)`.
+pub struct Plain;
+
+impl<B: Backend> LinearHook<B> for Plain {
+    fn linear(&self, _: usize, _: usize, base: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        base.forward(x)
+    }
+}
+
+/// `hook.linear` on `x` of any rank (seen as rows).
+pub fn hooked<B: Backend, H: LinearHook<B>, const D: usize>(
+    hook: &H,
+    layer: usize,
+    slot: usize,
+    base: &Linear<B>,
+    x: Tensor<B, D>,
+) -> Tensor<B, D> {
+    bert::on_rows(x, |rows| hook.linear(layer, slot, base, rows))
+}
 
 /// A Hugging Face model directory: `config.json`, weights, `tokenizer.json`.
 #[derive(Debug, Clone)]
