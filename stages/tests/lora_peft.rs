@@ -99,11 +99,11 @@ fn fresh_lora_forward_equals_base_forward() {
         println!("{name}: fresh LoRA vs base max |Δ| = {diff:e}");
         assert!(diff <= 1e-6, "{name}: {diff}");
         // And A really is PEFT's Kaiming-uniform: within ±1/√in, not all zero.
-        let a = peft::values(lora.layers[0].query.as_ref().unwrap().a.val());
+        let a = peft::values(lora.layers[0].slots[0].as_ref().unwrap().a.val());
         let bound = 1.0 / (32f32).sqrt();
         assert!(a.iter().all(|x| x.abs() <= bound) && a.iter().any(|x| x.abs() > bound / 2.0));
         assert!(
-            peft::values(lora.layers[1].output.as_ref().unwrap().b.val())
+            peft::values(lora.layers[1].slots[5].as_ref().unwrap().b.val())
                 .iter()
                 .all(|x| *x == 0.0)
         );
@@ -162,7 +162,7 @@ fn saved_adapter_has_peft_keys_and_loads_back() {
         let d = Default::default();
         let (lora, settings) = peft::load_adapter::<B>(&c.base, &c.adapter, &d).unwrap();
         let tmp = tempfile::tempdir().unwrap();
-        peft::save_adapter(&lora, &settings, c.base.architecture, "fixture", tmp.path()).unwrap();
+        peft::save_adapter(&lora, &settings, "fixture", tmp.path()).unwrap();
         // Same keys, shapes and values as the Python-made file.
         let ours = TensorSet::read(&tmp.path().join(peft::WEIGHTS_FILE)).unwrap();
         let theirs = TensorSet::read(&c.adapter.join(peft::WEIGHTS_FILE)).unwrap();
@@ -233,21 +233,18 @@ fn tsumugi_adapter_for_python() {
     let (base, _) = CrossEncoder::<B>::load(&c.base, &LoadOptions::default(), &d).unwrap();
     let settings = all_targets();
     let mut lora = LoraModel::new(base, &settings, 11, &d).unwrap();
-    for layer in lora.layers.iter_mut() {
-        for s in 0..6 {
-            if let Some(l) = layer.slot_mut(s) {
-                let b = l.b.val();
-                let shape = b.dims();
-                let n = shape[0] * shape[1];
-                let v: Vec<f32> = (0..n)
-                    .map(|i| ((i * 7919 % 97) as f32 / 97.0 - 0.5) * 0.4)
-                    .collect();
-                l.b = burn::module::Param::from_tensor(Tensor::from_data(
-                    TensorData::new(v, shape),
-                    &d,
-                ));
-            }
-        }
+    for l in lora
+        .layers
+        .iter_mut()
+        .flat_map(|l| l.slots.iter_mut().flatten())
+    {
+        let b = l.b.val();
+        let shape = b.dims();
+        let n = shape[0] * shape[1];
+        let v: Vec<f32> = (0..n)
+            .map(|i| ((i * 7919 % 97) as f32 / 97.0 - 0.5) * 0.4)
+            .collect();
+        l.b = burn::module::Param::from_tensor(Tensor::from_data(TensorData::new(v, shape), &d));
     }
     let keep = std::env::var_os("TSUMUGI_PEFT_CHECK_DIR").map(PathBuf::from);
     let tmp = tempfile::tempdir().unwrap();
@@ -255,7 +252,6 @@ fn tsumugi_adapter_for_python() {
     peft::save_adapter(
         &lora,
         &settings,
-        c.base.architecture,
         &c.base.path.display().to_string(),
         &out.join("adapter"),
     )

@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use serde_json::Value;
-use tsumugi_stages::models::modernbert::{ModernBertConfig, ModernBertForSequenceClassification};
-use tsumugi_stages::models::{Checkpoint, LoadOptions, ModelConfig, ModelInput};
+use tsumugi_stages::models::modernbert::ModernBertConfig;
+use tsumugi_stages::models::{
+    Architecture, CrossEncoder, LoadOptions, ModelConfig, ModelDir, ModelInput, SequenceClassifier,
+};
 use tsumugi_stages::tokenize::{EncodedBatch, PairTokenizer, Truncation};
 
 const TOL: f32 = 1e-4;
@@ -26,45 +28,32 @@ fn config(name: &str) -> ModelConfig {
     serde_json::from_str(&text).unwrap()
 }
 
-fn load<B: Backend>(name: &str) -> ModernBertForSequenceClassification<B> {
-    let cfg = config(name);
-    let mut ck = Checkpoint::open(&fixture(name), "model").unwrap();
-    let model = ModernBertForSequenceClassification::load(
-        &mut ck,
-        &cfg,
-        &LoadOptions::default(),
-        &Default::default(),
-    )
-    .unwrap();
-    let report = ck.finish().unwrap();
+fn load<B: Backend>(name: &str) -> CrossEncoder<B> {
+    let dir = ModelDir::open(&fixture(name)).unwrap();
+    assert_eq!(dir.architecture, Architecture::ModernBert);
+    let (model, report) =
+        CrossEncoder::load(&dir, &LoadOptions::default(), &Default::default()).unwrap();
     assert!(
         report.unused.is_empty(),
         "{name}: unused {:?}",
         report.unused
     );
+    assert!(report.initialized.is_empty());
+    assert!(matches!(model, CrossEncoder::ModernBert(_)));
     model
 }
 
+/// The model directory's own tokenizer (a byte-level BPE `tokenizer.json`, no token types).
 fn tokenizer(name: &str, max_length: usize, truncation: Truncation) -> PairTokenizer {
-    let pad = config(name).pad_token_id.unwrap() as u32;
-    PairTokenizer::from_file(
-        &fixture(name).join("tokenizer.json"),
-        pad,
-        false,
-        max_length,
-        truncation,
-    )
-    .unwrap()
+    let dir = ModelDir::open(&fixture(name)).unwrap();
+    PairTokenizer::for_model(&dir, max_length, truncation).unwrap()
 }
 
 fn rows<T: Clone>(flat: &[T], width: usize) -> Vec<Vec<T>> {
     flat.chunks(width).map(<[T]>::to_vec).collect()
 }
 
-fn logits<B: Backend>(
-    model: &ModernBertForSequenceClassification<B>,
-    enc: &EncodedBatch,
-) -> Vec<Vec<f32>> {
+fn logits<B: Backend>(model: &CrossEncoder<B>, enc: &EncodedBatch) -> Vec<Vec<f32>> {
     let input = ModelInput::<B>::from_batch(enc, &Default::default());
     let out = model.forward(&input);
     let labels = out.dims()[1];
@@ -221,9 +210,62 @@ fn the_local_window_matters_on_these_fixtures() {
         .unwrap();
     assert!(enc.seq > 8, "longer than the window");
     let local = logits(&model, &enc);
-    for l in &mut model.model.layers {
+    let CrossEncoder::ModernBert(m) = &mut model else {
+        unreachable!()
+    };
+    for l in &mut m.model.layers {
         l.attn.window = None;
     }
     let global = logits(&model, &enc);
     assert!(max_diff(&local, &global) > 1e-2, "{local:?} vs {global:?}");
+}
+
+#[test]
+fn a_bad_field_fails_when_the_directory_is_opened() {
+    let tmp = tempfile::tempdir().unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(fixture("modernbert-1").join(f), tmp.path().join(f)).unwrap();
+    }
+    let path = tmp.path().join("config.json");
+    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    cfg["local_attention"] = serde_json::json!("wide");
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    let err = ModelDir::open(tmp.path()).unwrap_err().to_string();
+    assert!(
+        err.contains("config.json") && err.contains("local_attention"),
+        "{err}"
+    );
+}
+
+#[test]
+fn encoder_gives_the_classifier_hidden_states() {
+    use tsumugi_stages::models::Encoder;
+    let dir = ModelDir::open(&fixture("modernbert-3")).unwrap();
+    let (enc_model, report) = Encoder::<Flex>::load(&dir, &Default::default()).unwrap();
+    // The head's weights are all that is left over.
+    let mut unused = report.unused.clone();
+    unused.sort();
+    assert_eq!(
+        unused,
+        [
+            "classifier.bias",
+            "classifier.weight",
+            "head.dense.bias",
+            "head.dense.weight",
+            "head.norm.bias",
+            "head.norm.weight"
+        ]
+    );
+    let model = load::<Flex>("modernbert-3");
+    let tok = tokenizer("modernbert-3", 64, Truncation::LongestFirst);
+    let enc = tok
+        .encode_batch(&[(
+            "A man is playing a guitar.",
+            "A person plays an instrument.",
+        )])
+        .unwrap();
+    let x = ModelInput::<Flex>::from_batch(&enc, &Default::default());
+    let a = enc_model.forward(&x).into_data().to_vec::<f32>().unwrap();
+    let b = model.encode(&x).into_data().to_vec::<f32>().unwrap();
+    assert_eq!(a, b);
 }

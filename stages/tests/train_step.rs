@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use serde_json::Value;
-use tsumugi_stages::lora::{LAYER_LINEARS, LoraModel};
+use tsumugi_stages::lora::LoraModel;
+use tsumugi_stages::models::SequenceClassifier;
 use tsumugi_stages::models::{ModelDir, ModelInput};
 use tsumugi_stages::peft::{self, TensorSet};
 use tsumugi_stages::train::{loss, optim};
@@ -43,20 +44,21 @@ fn named_grads(
 ) -> TensorSet {
     let mut set = TensorSet::default();
     let p = "base_model.model.";
-    for (i, layer) in model.layers.iter().enumerate() {
-        for (s, name) in LAYER_LINEARS.iter().enumerate() {
-            if let Some(l) = layer.slot(s) {
-                let key = format!("{p}{arch}.encoder.layer.{i}.{name}");
-                set.matrix(
-                    format!("{key}.lora_A.weight"),
-                    l.a.val().grad(grads).expect("A has a gradient"),
-                );
-                set.matrix(
-                    format!("{key}.lora_B.weight"),
-                    l.b.val().grad(grads).expect("B has a gradient"),
-                );
-            }
-        }
+    for (i, s, l) in model.paths() {
+        let key = format!(
+            "{p}{}.{}",
+            model.base.layer_path(i),
+            model.base.layer_linears()[s]
+        );
+        assert!(key.starts_with(&format!("{p}{arch}.")), "{key}");
+        set.matrix(
+            format!("{key}.lora_A.weight"),
+            l.a.val().grad(grads).expect("A has a gradient"),
+        );
+        set.matrix(
+            format!("{key}.lora_B.weight"),
+            l.b.val().grad(grads).expect("B has a gradient"),
+        );
     }
     let mut lin = |key: &str, l: &burn::nn::Linear<B>| {
         set.matrix(
@@ -173,7 +175,7 @@ fn two_adamw_steps_match_pytorch_peft() {
             let norm = optim::clip_grad_norm::<B>(&mut grads, rec["max_norm"].as_f64().unwrap());
             let dn = (norm - rec["grad_norm"].as_f64().unwrap()).abs();
             model = optim::adamw_step(model, grads, lr, cfg, &mut state);
-            let after = peft::adapter_tensors(&model, &settings, base.architecture);
+            let after = peft::adapter_tensors(&model, &settings);
             let vd = compare("value", &after, &reference, &format!("value.{step}."));
             println!(
                 "{name} step {step}: |Δloss| {dl:.2e}, |Δgrad_norm| {dn:.2e}, max |Δgrad| {gd:.2e}, max |Δvalue| {vd:.2e}"

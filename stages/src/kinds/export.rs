@@ -18,6 +18,7 @@
 // Without `ml` only the descriptor and the `with:` parsing are compiled.
 #![cfg_attr(not(feature = "ml"), allow(dead_code, unused_imports))]
 
+use crate::models::SequenceClassifier;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -121,7 +122,7 @@ fn run(cfg: Config, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()>
             .with_context(|| format!("stage {}: loading the adapter", input.name))?;
     report.progress(1, Some(3), "merging");
     let merged = model.merged();
-    let tensors = crate::peft::model_tensors(&merged, dir.architecture);
+    let tensors = crate::peft::model_tensors(&merged);
     let bytes = tensors.to_bytes(Some([("format".to_string(), "pt".to_string())].into()))?;
     tsumugi_base::atomic::write_atomic(&dest.join("model.safetensors"), &bytes)?;
     report.progress(2, Some(3), "config and tokenizer");
@@ -149,12 +150,7 @@ fn run(cfg: Config, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()>
             labels.len()
         );
     }
-    let arch_name = match dir.architecture {
-        crate::models::Architecture::Bert => "BertForSequenceClassification",
-        crate::models::Architecture::Roberta => "RobertaForSequenceClassification",
-        crate::models::Architecture::XlmRoberta => "XLMRobertaForSequenceClassification",
-    };
-    config["architectures"] = json!([arch_name]);
+    config["architectures"] = json!([dir.architecture.hf_class()]);
     config["id2label"] = Value::Object(
         labels
             .iter()

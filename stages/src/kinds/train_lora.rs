@@ -352,7 +352,7 @@ fn run(cfg: Config, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()>
         dropout: lw.dropout.unwrap_or(0.1),
         targets: lw
             .targets
-            .unwrap_or_else(|| LoraSettings::default_targets(dir.architecture)),
+            .unwrap_or_else(|| dir.architecture.default_lora_targets()),
         rslora: lw.rslora.unwrap_or(false),
         train_pooler: lw.train_pooler.unwrap_or(false),
     };

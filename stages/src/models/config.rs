@@ -16,6 +16,8 @@ pub enum Architecture {
     Roberta,
     /// XLM-RoBERTa: the RoBERTa architecture with a SentencePiece vocabulary.
     XlmRoberta,
+    /// ModernBERT: rotary positions, GeGLU, alternating local/global attention.
+    ModernBert,
 }
 
 impl Architecture {
@@ -24,6 +26,40 @@ impl Architecture {
         match self {
             Architecture::Bert => "bert",
             Architecture::Roberta | Architecture::XlmRoberta => "roberta",
+            Architecture::ModernBert => "model",
+        }
+    }
+
+    /// The transformers class of its sequence-classification model (`architectures` in an
+    /// exported `config.json`).
+    pub fn hf_class(self) -> &'static str {
+        match self {
+            Architecture::Bert => "BertForSequenceClassification",
+            Architecture::Roberta => "RobertaForSequenceClassification",
+            Architecture::XlmRoberta => "XLMRobertaForSequenceClassification",
+            Architecture::ModernBert => super::modernbert::HF_CLASS,
+        }
+    }
+
+    /// The linears of one encoder layer an adapter may wrap (the model's
+    /// `SequenceClassifier::layer_linears`).
+    pub fn layer_linears(self) -> &'static [&'static str] {
+        match self {
+            Architecture::Bert | Architecture::Roberta | Architecture::XlmRoberta => {
+                &super::bert::LAYER_LINEARS
+            }
+            Architecture::ModernBert => &super::modernbert::LAYER_LINEARS,
+        }
+    }
+
+    /// PEFT's default LoRA targets for the model type
+    /// (`TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`).
+    pub fn default_lora_targets(self) -> Vec<String> {
+        match self {
+            Architecture::Bert | Architecture::Roberta | Architecture::XlmRoberta => {
+                vec!["query".into(), "value".into()]
+            }
+            Architecture::ModernBert => super::modernbert::default_lora_targets(),
         }
     }
 
@@ -80,8 +116,8 @@ pub struct ModelConfig {
     pub legacy_num_labels: Option<usize>,
     #[serde(default)]
     pub problem_type: Option<String>,
-    /// The config.json fields not named above (architecture-specific ones, e.g.
-    /// ModernBERT's `local_attention`), read by the architecture's own file.
+    /// Every other field of `config.json`, for the architectures' own settings
+    /// (read with [`ModelConfig::extra_field`]).
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
@@ -139,7 +175,14 @@ impl ModelConfig {
         if self.num_labels() == 0 {
             return Err(bad("the model declares 0 labels".into()));
         }
-        if self.architecture()? != Architecture::Bert && self.pad_token_id.is_none() {
+        if self.architecture()? == Architecture::ModernBert {
+            // Its own fields (window, layer types, rotary bases, pooling), checked here so
+            // that a bad one fails when the directory is opened.
+            super::modernbert::ModernBertConfig::from_config(self).map_err(|e| match e {
+                MlError::Config { message, .. } => bad(message),
+                other => other,
+            })?;
+        } else if self.architecture()? != Architecture::Bert && self.pad_token_id.is_none() {
             return Err(bad(
                 "RoBERTa-style models need pad_token_id (positions are offset by it)".into(),
             ));
@@ -153,6 +196,7 @@ impl ModelConfig {
             "bert" => Ok(Architecture::Bert),
             "roberta" => Ok(Architecture::Roberta),
             "xlm-roberta" => Ok(Architecture::XlmRoberta),
+            "modernbert" => Ok(Architecture::ModernBert),
             other => Err(MlError::UnsupportedModel(other.to_string())),
         }
     }
@@ -178,6 +222,17 @@ impl ModelConfig {
             .unwrap_or(2)
     }
 
+    /// An architecture-specific field of `config.json` (`None` when absent or null), or an
+    /// error naming the field and what was expected.
+    pub fn extra_field<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
+        match self.extra.get(name) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(v) => serde_json::from_value(v.clone())
+                .map(Some)
+                .map_err(|e| MlError::Unsupported(format!("config.json field {name:?}: {e}"))),
+        }
+    }
+
     /// Size of one attention head.
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
@@ -192,7 +247,10 @@ impl ModelConfig {
     /// RoBERTa positions start after the padding index, so it loses `pad + 1` positions.
     pub fn max_input_length(&self) -> usize {
         match self.architecture() {
-            Ok(Architecture::Bert) | Err(_) => self.max_position_embeddings,
+            // ModernBERT's rotary positions have no table; its limit is the trained length.
+            Ok(Architecture::Bert | Architecture::ModernBert) | Err(_) => {
+                self.max_position_embeddings
+            }
             Ok(_) => self
                 .max_position_embeddings
                 .saturating_sub(self.pad_token_id.unwrap_or(1) + 1),

@@ -8,6 +8,12 @@
 //!
 //! One file per architecture (`bert.rs`, `roberta.rs`); `cpu.rs` holds the two kernels
 //! (GELU, attention) that replace slow burn ops when the backend is the CPU one.
+//!
+//! Every architecture's `*ForSequenceClassification` implements [`SequenceClassifier`]:
+//! the contract that adapters (`lora.rs`), their PEFT files (`peft.rs`), training and export
+//! are written against, so none of them names an architecture. A new architecture is one
+//! file implementing it, a `CrossEncoder` variant, an arm in [`each_arch!`] and its
+//! `model_type` in `config.rs`.
 
 pub mod bert;
 pub mod config;
@@ -15,6 +21,7 @@ pub mod cpu;
 pub mod loader;
 pub mod modernbert;
 pub mod roberta;
+pub mod tensors;
 
 use std::path::{Path, PathBuf};
 
@@ -23,18 +30,18 @@ use burn::prelude::*;
 
 pub use config::{Architecture, HiddenAct, ModelConfig};
 pub use loader::{Checkpoint, LoadReport};
+pub use tensors::TensorSet;
 
-use crate::error::{MlError, Result};
-use crate::tokenize::{EncodedBatch, PairTokenizer, Truncation};
-
-/// Runs the linears an adapter may wrap: [`Plain`] for inference, `LoraModel`/OFT add their paths.
+/// Runs the linears an adapter may wrap: [`Plain`] for inference; `LoraModel` (and OFT)
+/// add their paths. One forward per architecture serves both, monomorphised per hook.
 pub trait LinearHook<B: Backend> {
-    /// `x` `[rows, in]` through linear `slot` (index into the architecture's `LAYER_LINEARS`)
-    /// of encoder layer `layer`, whose base weights are `base`. Returns `[rows, out]`.
+    /// `x` `[rows, in]` through linear `slot` (an index into the architecture's
+    /// [`SequenceClassifier::layer_linears`]) of encoder layer `layer`, whose base weights
+    /// are `base`. Returns `[rows, out]`.
     fn linear(&self, layer: usize, slot: usize, base: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2>;
 }
 
-/// No adapter: `base.forward(x)`.
+/// No adapter: the base linear.
 pub struct Plain;
 
 impl<B: Backend> LinearHook<B> for Plain {
@@ -43,7 +50,8 @@ impl<B: Backend> LinearHook<B> for Plain {
     }
 }
 
-/// `hook.linear` on `x` of any rank (seen as rows).
+/// `hook.linear` on `x` of any rank, seen as one `[rows, features]` matrix
+/// (see [`bert::on_rows`] for why rows).
 pub fn hooked<B: Backend, H: LinearHook<B>, const D: usize>(
     hook: &H,
     layer: usize,
@@ -53,6 +61,60 @@ pub fn hooked<B: Backend, H: LinearHook<B>, const D: usize>(
 ) -> Tensor<B, D> {
     bert::on_rows(x, |rows| hook.linear(layer, slot, base, rows))
 }
+
+/// What each architecture's sequence-classification model provides.
+pub trait SequenceClassifier<B: Backend>: Sized {
+    /// The linears of one encoder layer an adapter may wrap, by their PEFT/transformers
+    /// module name relative to the layer's path; a slot is an index into this list.
+    fn layer_linears(&self) -> &'static [&'static str];
+    /// The module path of encoder layer `i` in the transformers model
+    /// (`bert.encoder.layer.3`): PEFT's adapter keys start with it.
+    fn layer_path(&self, i: usize) -> String;
+    fn num_layers(&self) -> usize;
+    fn layer_linear(&self, layer: usize, slot: usize) -> &Linear<B>;
+    fn layer_linear_mut(&mut self, layer: usize, slot: usize) -> &mut Linear<B>;
+    /// Logits `[batch, num_labels]`, every adaptable linear run through `hook`.
+    fn forward_with<H: LinearHook<B>>(&self, input: &ModelInput<B>, hook: &H) -> Tensor<B, 2>;
+    /// The last hidden state `[batch, seq, hidden]` of the encoder under the head.
+    fn encode(&self, input: &ModelInput<B>) -> Tensor<B, 3>;
+    /// Number of outputs of the head.
+    fn num_labels(&self) -> usize;
+    /// Sets every dropout probability to 0 (gradient checks against PyTorch in eval mode).
+    fn without_dropout(&mut self);
+    /// Freezes every weight, then lets the head (and with `train_pooler` the pooler, where
+    /// the architecture has one outside its head) learn.
+    fn freeze_except_head(self, train_pooler: bool) -> Self;
+    /// PEFT's `modules_to_save` for the trained head.
+    fn modules_to_save(&self, train_pooler: bool) -> Vec<&'static str>;
+    /// The trained head's tensors under `prefix` + their transformers keys.
+    fn head_tensors(&self, train_pooler: bool, set: &mut TensorSet, prefix: &str);
+    /// Takes the head's tensors (as [`SequenceClassifier::head_tensors`] writes them) out of
+    /// `set`, read from `path`.
+    fn load_head(
+        &mut self,
+        train_pooler: bool,
+        set: &mut TensorSet,
+        path: &Path,
+        prefix: &str,
+        device: &B::Device,
+    ) -> Result<()>;
+    /// Every weight under its transformers key, PyTorch layout: a full `model.safetensors`.
+    fn model_tensors(&self, set: &mut TensorSet);
+}
+
+/// `$body` with `$m` bound to the architecture's model, whatever variant `$model` is.
+macro_rules! each_arch {
+    ($model:expr, $m:ident => $body:expr) => {
+        match $model {
+            CrossEncoder::Bert($m) => $body,
+            CrossEncoder::Roberta($m) => $body,
+            CrossEncoder::ModernBert($m) => $body,
+        }
+    };
+}
+
+use crate::error::{MlError, Result};
+use crate::tokenize::{EncodedBatch, PairTokenizer, Truncation};
 
 /// A Hugging Face model directory: `config.json`, weights, `tokenizer.json`.
 #[derive(Debug, Clone)]
@@ -132,6 +194,7 @@ pub enum CrossEncoder<B: Backend> {
     Bert(bert::BertForSequenceClassification<B>),
     /// RoBERTa and XLM-RoBERTa.
     Roberta(roberta::RobertaForSequenceClassification<B>),
+    ModernBert(modernbert::ModernBertForSequenceClassification<B>),
 }
 
 impl<B: Backend> CrossEncoder<B> {
@@ -156,33 +219,79 @@ impl<B: Backend> CrossEncoder<B> {
                         device,
                     )?)
                 }
+                Architecture::ModernBert => {
+                    CrossEncoder::ModernBert(modernbert::ModernBertForSequenceClassification::load(
+                        &mut ck,
+                        &dir.config,
+                        opts,
+                        device,
+                    )?)
+                }
             };
         Ok((model, ck.finish()?))
     }
 
     /// Logits `[batch, num_labels]`.
     pub fn forward(&self, input: &ModelInput<B>) -> Tensor<B, 2> {
+        self.forward_with(input, &Plain)
+    }
+}
+
+impl<B: Backend> SequenceClassifier<B> for CrossEncoder<B> {
+    fn layer_linears(&self) -> &'static [&'static str] {
+        each_arch!(self, m => m.layer_linears())
+    }
+    fn layer_path(&self, i: usize) -> String {
+        each_arch!(self, m => m.layer_path(i))
+    }
+    fn num_layers(&self) -> usize {
+        each_arch!(self, m => m.num_layers())
+    }
+    fn layer_linear(&self, layer: usize, slot: usize) -> &Linear<B> {
+        each_arch!(self, m => m.layer_linear(layer, slot))
+    }
+    fn layer_linear_mut(&mut self, layer: usize, slot: usize) -> &mut Linear<B> {
+        each_arch!(self, m => m.layer_linear_mut(layer, slot))
+    }
+    fn forward_with<H: LinearHook<B>>(&self, input: &ModelInput<B>, hook: &H) -> Tensor<B, 2> {
+        each_arch!(self, m => m.forward_with(input, hook))
+    }
+    fn encode(&self, input: &ModelInput<B>) -> Tensor<B, 3> {
+        each_arch!(self, m => m.encode(input))
+    }
+    fn num_labels(&self) -> usize {
+        each_arch!(self, m => m.num_labels())
+    }
+    fn without_dropout(&mut self) {
+        each_arch!(self, m => m.without_dropout())
+    }
+    fn freeze_except_head(self, train_pooler: bool) -> Self {
         match self {
-            CrossEncoder::Bert(m) => m.forward(input),
-            CrossEncoder::Roberta(m) => m.forward(input),
+            CrossEncoder::Bert(m) => CrossEncoder::Bert(m.freeze_except_head(train_pooler)),
+            CrossEncoder::Roberta(m) => CrossEncoder::Roberta(m.freeze_except_head(train_pooler)),
+            CrossEncoder::ModernBert(m) => {
+                CrossEncoder::ModernBert(m.freeze_except_head(train_pooler))
+            }
         }
     }
-
-    /// The last hidden state `[batch, seq, hidden]` of the encoder under the head.
-    pub fn encode(&self, input: &ModelInput<B>) -> Tensor<B, 3> {
-        match self {
-            CrossEncoder::Bert(m) => m.bert.forward(input),
-            CrossEncoder::Roberta(m) => m.roberta.forward(input),
-        }
+    fn modules_to_save(&self, train_pooler: bool) -> Vec<&'static str> {
+        each_arch!(self, m => m.modules_to_save(train_pooler))
     }
-
-    /// Number of outputs of the head.
-    pub fn num_labels(&self) -> usize {
-        let out = match self {
-            CrossEncoder::Bert(m) => &m.classifier,
-            CrossEncoder::Roberta(m) => &m.classifier.out_proj,
-        };
-        out.weight.dims()[1]
+    fn head_tensors(&self, train_pooler: bool, set: &mut TensorSet, prefix: &str) {
+        each_arch!(self, m => m.head_tensors(train_pooler, set, prefix))
+    }
+    fn load_head(
+        &mut self,
+        train_pooler: bool,
+        set: &mut TensorSet,
+        path: &Path,
+        prefix: &str,
+        device: &B::Device,
+    ) -> Result<()> {
+        each_arch!(self, m => m.load_head(train_pooler, set, path, prefix, device))
+    }
+    fn model_tensors(&self, set: &mut TensorSet) {
+        each_arch!(self, m => m.model_tensors(set))
     }
 }
 
@@ -191,6 +300,7 @@ impl<B: Backend> CrossEncoder<B> {
 pub enum Encoder<B: Backend> {
     Bert(bert::BertModel<B>),
     Roberta(roberta::RobertaModel<B>),
+    ModernBert(modernbert::ModernBertModel<B>),
 }
 
 impl<B: Backend> Encoder<B> {
@@ -204,6 +314,11 @@ impl<B: Backend> Encoder<B> {
             Architecture::Roberta | Architecture::XlmRoberta => {
                 Encoder::Roberta(roberta::RobertaModel::load(&mut ck, &dir.config, device)?)
             }
+            Architecture::ModernBert => Encoder::ModernBert(modernbert::ModernBertModel::load(
+                &mut ck,
+                &dir.config,
+                device,
+            )?),
         };
         Ok((model, ck.finish()?))
     }
@@ -213,6 +328,7 @@ impl<B: Backend> Encoder<B> {
         match self {
             Encoder::Bert(m) => m.forward(input),
             Encoder::Roberta(m) => m.forward(input),
+            Encoder::ModernBert(m) => m.forward(input),
         }
     }
 }

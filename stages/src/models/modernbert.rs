@@ -33,9 +33,8 @@ use serde_json::Value;
 use super::config::{HiddenAct, ModelConfig};
 use super::cpu;
 use super::loader::Checkpoint;
-use super::{LinearHook, LoadOptions, ModelInput, Plain, hooked};
+use super::{LinearHook, LoadOptions, ModelInput, Plain, SequenceClassifier, TensorSet, hooked};
 use crate::error::{MlError, Result};
-use crate::peft::TensorSet;
 
 /// The linears of one encoder layer an adapter may target, by their module name relative to
 /// the layer (`model.layers.{i}`); the index is the `slot` of [`LinearHook::linear`].
@@ -669,8 +668,59 @@ impl<B: Backend> ModernBertForSequenceClassification<B> {
         self.forward_with(input, &Plain)
     }
 
-    /// Logits with the layers' linears run through `hook` (LoRA, OFT).
-    pub fn forward_with<H: LinearHook<B>>(&self, input: &ModelInput<B>, hook: &H) -> Tensor<B, 2> {
+    /// PEFT's `modules_to_save` for this head: the classifier, and `head` (dense + norm)
+    /// when it trains too.
+    pub fn modules_to_save(train_pooler: bool) -> Vec<&'static str> {
+        if train_pooler {
+            vec!["classifier", "head"]
+        } else {
+            vec!["classifier"]
+        }
+    }
+}
+
+impl<B: Backend> SequenceClassifier<B> for ModernBertForSequenceClassification<B> {
+    fn layer_linears(&self) -> &'static [&'static str] {
+        &LAYER_LINEARS
+    }
+
+    fn layer_path(&self, i: usize) -> String {
+        layer_path(i)
+    }
+
+    fn num_layers(&self) -> usize {
+        self.model.layers.len()
+    }
+
+    fn layer_linear(&self, layer: usize, slot: usize) -> &Linear<B> {
+        let l = &self.model.layers[layer];
+        match slot {
+            WQKV => &l.attn.wqkv,
+            ATTN_WO => &l.attn.wo,
+            WI => &l.mlp.wi,
+            MLP_WO => &l.mlp.wo,
+            _ => panic!(
+                "ModernBERT has {} layer linears, not {slot}",
+                LAYER_LINEARS.len()
+            ),
+        }
+    }
+
+    fn layer_linear_mut(&mut self, layer: usize, slot: usize) -> &mut Linear<B> {
+        let l = &mut self.model.layers[layer];
+        match slot {
+            WQKV => &mut l.attn.wqkv,
+            ATTN_WO => &mut l.attn.wo,
+            WI => &mut l.mlp.wi,
+            MLP_WO => &mut l.mlp.wo,
+            _ => panic!(
+                "ModernBERT has {} layer linears, not {slot}",
+                LAYER_LINEARS.len()
+            ),
+        }
+    }
+
+    fn forward_with<H: LinearHook<B>>(&self, input: &ModelInput<B>, hook: &H) -> Tensor<B, 2> {
         let hidden = self.model.forward_with(input, hook);
         let [b, s, h] = hidden.dims();
         let pooled = match self.pooling {
@@ -688,50 +738,15 @@ impl<B: Backend> ModernBertForSequenceClassification<B> {
         super::bert::dense(&self.classifier, self.drop.forward(x))
     }
 
-    /// The last hidden state `[batch, seq, hidden]` under the head.
-    pub fn encode(&self, input: &ModelInput<B>) -> Tensor<B, 3> {
+    fn encode(&self, input: &ModelInput<B>) -> Tensor<B, 3> {
         self.model.forward(input)
     }
 
-    pub fn num_labels(&self) -> usize {
+    fn num_labels(&self) -> usize {
         self.classifier.weight.dims()[1]
     }
 
-    pub fn num_layers(&self) -> usize {
-        self.model.layers.len()
-    }
-
-    /// Linear `slot` of [`LAYER_LINEARS`] in layer `layer`.
-    pub fn layer_linear(&self, layer: usize, slot: usize) -> &Linear<B> {
-        let l = &self.model.layers[layer];
-        match slot {
-            WQKV => &l.attn.wqkv,
-            ATTN_WO => &l.attn.wo,
-            WI => &l.mlp.wi,
-            MLP_WO => &l.mlp.wo,
-            _ => panic!(
-                "ModernBERT has {} layer linears, not {slot}",
-                LAYER_LINEARS.len()
-            ),
-        }
-    }
-
-    pub fn layer_linear_mut(&mut self, layer: usize, slot: usize) -> &mut Linear<B> {
-        let l = &mut self.model.layers[layer];
-        match slot {
-            WQKV => &mut l.attn.wqkv,
-            ATTN_WO => &mut l.attn.wo,
-            WI => &mut l.mlp.wi,
-            MLP_WO => &mut l.mlp.wo,
-            _ => panic!(
-                "ModernBERT has {} layer linears, not {slot}",
-                LAYER_LINEARS.len()
-            ),
-        }
-    }
-
-    /// Every dropout probability 0 (for gradient checks against PyTorch in eval mode).
-    pub fn without_dropout(&mut self) {
+    fn without_dropout(&mut self) {
         let off = || DropoutConfig::new(0.0).init();
         self.model.embeddings.drop = off();
         for l in &mut self.model.layers {
@@ -742,21 +757,9 @@ impl<B: Backend> ModernBertForSequenceClassification<B> {
         self.drop = off();
     }
 
-    /// PEFT's `modules_to_save` for this head: the classifier, and `head` (dense + norm)
-    /// when it trains too.
-    pub fn modules_to_save(train_pooler: bool) -> Vec<&'static str> {
-        if train_pooler {
-            vec!["classifier", "head"]
-        } else {
-            vec!["classifier"]
-        }
-    }
-}
-
-impl<B: Backend> ModernBertForSequenceClassification<B> {
     /// Every base weight frozen; the classifier, and with `train_pooler` the `head`
-    /// (dense + norm), trainable.
-    pub fn freeze_except_head(self, train_pooler: bool) -> Self {
+    /// (dense + norm: ModernBERT's pooler), trainable.
+    fn freeze_except_head(self, train_pooler: bool) -> Self {
         let mut m = self.no_grad();
         m.classifier = trainable_linear(m.classifier);
         if train_pooler {
@@ -767,19 +770,19 @@ impl<B: Backend> ModernBertForSequenceClassification<B> {
         m
     }
 
-    /// The `modules_to_save` tensors under their HF keys behind `prefix` (PEFT's
-    /// `base_model.model.`), in PyTorch layout.
-    pub fn head_tensors(&self, train_pooler: bool, set: &mut TensorSet, prefix: &str) {
+    fn modules_to_save(&self, train_pooler: bool) -> Vec<&'static str> {
+        Self::modules_to_save(train_pooler)
+    }
+
+    fn head_tensors(&self, train_pooler: bool, set: &mut TensorSet, prefix: &str) {
         set.linear(&format!("{prefix}classifier"), &self.classifier);
         if train_pooler {
             set.linear(&format!("{prefix}head.dense"), &self.head.dense);
-            norm_tensors(set, &format!("{prefix}head.norm"), &self.head.norm);
+            set.norm(&format!("{prefix}head.norm"), &self.head.norm);
         }
     }
 
-    /// Replaces the `modules_to_save` weights with those in `set` (keys behind `prefix`),
-    /// removing them from `set`; `path` names the file in errors.
-    pub fn load_head(
+    fn load_head(
         &mut self,
         train_pooler: bool,
         set: &mut TensorSet,
@@ -787,61 +790,43 @@ impl<B: Backend> ModernBertForSequenceClassification<B> {
         prefix: &str,
         device: &B::Device,
     ) -> Result<()> {
-        take_linear(
-            &mut self.classifier,
-            set,
+        set.take_linear(
             path,
             &format!("{prefix}classifier"),
+            &mut self.classifier,
+            true,
             device,
         )?;
         if train_pooler {
-            take_linear(
-                &mut self.head.dense,
-                set,
-                path,
-                &format!("{prefix}head.dense"),
-                device,
-            )?;
-            let n = &mut self.head.norm;
-            let d = n.gamma.dims()[0];
-            let key = format!("{prefix}head.norm");
-            n.gamma = Param::from_tensor(Tensor::from_data(
-                TensorData::new(take(set, path, &format!("{key}.weight"), &[d])?, [d]),
-                device,
-            ));
-            if n.beta.is_some() {
-                n.beta = Some(Param::from_tensor(Tensor::from_data(
-                    TensorData::new(take(set, path, &format!("{key}.bias"), &[d])?, [d]),
-                    device,
-                )));
-            }
+            let (d, n) = (format!("{prefix}head.dense"), format!("{prefix}head.norm"));
+            set.take_linear(path, &d, &mut self.head.dense, true, device)?;
+            set.take_norm(path, &n, &mut self.head.norm, true, device)?;
         }
         Ok(())
     }
 
-    /// Every weight under its HF key in PyTorch layout (a merged `model.safetensors`).
-    pub fn model_tensors(&self, set: &mut TensorSet) {
+    fn model_tensors(&self, set: &mut TensorSet) {
         let e = &self.model.embeddings;
         let w = e.tok_embeddings.weight.val();
         let [n, d] = w.dims();
         set.0.insert(
             "model.embeddings.tok_embeddings.weight".into(),
-            (vec![n, d], crate::peft::values(w)),
+            (vec![n, d], super::tensors::values(w)),
         );
-        norm_tensors(set, "model.embeddings.norm", &e.norm);
+        set.norm("model.embeddings.norm", &e.norm);
         for (i, l) in self.model.layers.iter().enumerate() {
             let k = layer_path(i);
             if let Some(n) = &l.attn_norm {
-                norm_tensors(set, &format!("{k}.attn_norm"), n);
+                set.norm(&format!("{k}.attn_norm"), n);
             }
-            norm_tensors(set, &format!("{k}.mlp_norm"), &l.mlp_norm);
+            set.norm(&format!("{k}.mlp_norm"), &l.mlp_norm);
             for (slot, name) in LAYER_LINEARS.iter().enumerate() {
                 set.linear(&format!("{k}.{name}"), self.layer_linear(i, slot));
             }
         }
-        norm_tensors(set, "model.final_norm", &self.model.final_norm);
+        set.norm("model.final_norm", &self.model.final_norm);
         set.linear("head.dense", &self.head.dense);
-        norm_tensors(set, "head.norm", &self.head.norm);
+        set.norm("head.norm", &self.head.norm);
         set.linear("classifier", &self.classifier);
     }
 }
@@ -851,52 +836,6 @@ fn trainable_linear<B: Backend>(l: Linear<B>) -> Linear<B> {
         weight: l.weight.set_require_grad(true),
         bias: l.bias.map(|b| b.set_require_grad(true)),
     }
-}
-
-fn norm_tensors<B: Backend>(set: &mut TensorSet, key: &str, n: &LayerNorm<B>) {
-    set.vector(format!("{key}.weight"), n.gamma.val());
-    if let Some(b) = &n.beta {
-        set.vector(format!("{key}.bias"), b.val());
-    }
-}
-
-/// Removes `key` from `set`, checking its PyTorch shape; matrices come back as burn's
-/// `[in, out]`.
-fn take(set: &mut TensorSet, path: &Path, key: &str, torch_shape: &[usize]) -> Result<Vec<f32>> {
-    let (shape, v) = set.0.remove(key).ok_or_else(|| MlError::Weights {
-        path: path.into(),
-        message: format!("missing tensor {key}"),
-    })?;
-    if shape != torch_shape {
-        return Err(MlError::Weights {
-            path: path.into(),
-            message: format!("{key}: expected shape {torch_shape:?}, found {shape:?}"),
-        });
-    }
-    Ok(match torch_shape {
-        [o, i] => crate::peft::transpose(&v, *o, *i),
-        _ => v,
-    })
-}
-
-fn take_linear<B: Backend>(
-    l: &mut Linear<B>,
-    set: &mut TensorSet,
-    path: &Path,
-    key: &str,
-    device: &B::Device,
-) -> Result<()> {
-    let [d_in, d_out] = l.weight.dims();
-    let w = take(set, path, &format!("{key}.weight"), &[d_out, d_in])?;
-    l.weight = Param::from_tensor(Tensor::from_data(TensorData::new(w, [d_in, d_out]), device));
-    if l.bias.is_some() {
-        let b = take(set, path, &format!("{key}.bias"), &[d_out])?;
-        l.bias = Some(Param::from_tensor(Tensor::from_data(
-            TensorData::new(b, [d_out]),
-            device,
-        )));
-    }
-    Ok(())
 }
 
 /// A head linear (`head.dense`, `classifier`) that a base checkpoint may lack: with `init`
