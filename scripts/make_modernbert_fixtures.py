@@ -28,6 +28,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -82,6 +83,14 @@ def train_tokenizer():
         special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
     )
     return tok
+
+
+def save_tokenizer_config(hf_tok, out):
+    with tempfile.TemporaryDirectory() as tmp:
+        hf_tok.save_pretrained(tmp)
+        for f in ("tokenizer_config.json", "special_tokens_map.json"):
+            if os.path.exists(os.path.join(tmp, f)):
+                shutil.copy(os.path.join(tmp, f), out)
 
 
 def randomize(model, gen):
@@ -151,6 +160,9 @@ def make(num_labels, pooling, layers, every, biases, legacy_config, seed, tok):
         tokenizer_file=tok_path, unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
         pad_token="[PAD]", mask_token="[MASK]",
     )
+    # The tokenizer_config.json a real checkpoint ships (transformers' AutoTokenizer needs
+    # it for the special tokens, e.g. scripts/check_export.py padding a batch).
+    save_tokenizer_config(hf_tok, out)
 
     batches = []
     longest = 0
@@ -214,4 +226,14 @@ def main():
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--tokenizer-config-only"]:
+        for n in (1, 3):
+            out = os.path.join(ROOT, f"modernbert-{n}")
+            save_tokenizer_config(PreTrainedTokenizerFast(
+                tokenizer_file=os.path.join(out, "tokenizer.json"), unk_token="[UNK]", cls_token="[CLS]",
+                sep_token="[SEP]", pad_token="[PAD]", mask_token="[MASK]"), out)
+        sys.exit(0)
     sys.exit(main())
+
+# Adds the tokenizer_config.json to fixtures made before it was written (weights untouched):
+#   python scripts/make_modernbert_fixtures.py --tokenizer-config-only
