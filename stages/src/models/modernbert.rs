@@ -326,9 +326,53 @@ pub struct ModernBertLayer<B: Backend> {
 struct Context<B: Backend> {
     /// `[batch, seq]`: true where a key is padding.
     padding: Tensor<B, 2, Bool>,
-    /// Rotary `(cos, sin)` `[1, seq, 1, head_dim]` for global and for local layers.
-    global_rope: (Tensor<B, 4>, Tensor<B, 4>),
-    local_rope: (Tensor<B, 4>, Tensor<B, 4>),
+    /// Rotary tables for global and for local layers.
+    global_rope: Rope,
+    local_rope: Rope,
+}
+
+/// Rotary `cos`, `sin` tables `[seq, head_dim]`, row-major.
+struct Rope {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    seq: usize,
+    head_dim: usize,
+}
+
+impl Rope {
+    /// The tables for base `theta`, computed as transformers does in f32
+    /// (`inv_freq = 1 / theta^(2i/d)`, angle = position · inv_freq, the half-table repeated).
+    fn new(seq: usize, head_dim: usize, theta: f64) -> Self {
+        let half = head_dim / 2;
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| (1.0 / theta.powf((2 * i) as f64 / head_dim as f64)) as f32)
+            .collect();
+        let mut cos = vec![0.0f32; seq * head_dim];
+        let mut sin = vec![0.0f32; seq * head_dim];
+        for p in 0..seq {
+            for (i, f) in inv_freq.iter().enumerate() {
+                let angle = (p as f32 * f) as f64;
+                let (c, s) = (angle.cos() as f32, angle.sin() as f32);
+                for j in [i, i + half] {
+                    cos[p * head_dim + j] = c;
+                    sin[p * head_dim + j] = s;
+                }
+            }
+        }
+        Self {
+            cos,
+            sin,
+            seq,
+            head_dim,
+        }
+    }
+
+    /// As tensors `[1, seq, 1, head_dim]` (burn's path: training, other backends).
+    fn tensors<B: Backend>(&self, device: &B::Device) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let shape = [1, self.seq, 1, self.head_dim];
+        let t = |v: &[f32]| Tensor::from_data(TensorData::new(v.to_vec(), shape), device);
+        (t(&self.cos), t(&self.sin))
+    }
 }
 
 impl<B: Backend> ModernBertLayer<B> {
@@ -387,25 +431,42 @@ impl<B: Backend> ModernBertLayer<B> {
         };
         let a = &self.attn;
         let qkv = hooked(hook, li, WQKV, &a.wqkv, normed);
-        let q = qkv.clone().slice([0..b, 0..s, 0..h]);
-        let k = qkv.clone().slice([0..b, 0..s, h..2 * h]);
-        let v = qkv.slice([0..b, 0..s, 2 * h..3 * h]);
-        let (cos, sin) = if a.window.is_some() {
+        let rope = if a.window.is_some() {
             &ctx.local_rope
         } else {
             &ctx.global_rope
         };
-        let q = rotary(q, cos, sin, a.num_heads);
-        let k = rotary(k, cos, sin, a.num_heads);
+        let (q, k, v) = match cpu::split_qkv_rotary(qkv.clone(), &rope.cos, &rope.sin, a.num_heads)
+        {
+            Some(qkv) => qkv,
+            None => {
+                let (cos, sin) = rope.tensors(&qkv.device());
+                let q = qkv.clone().slice([0..b, 0..s, 0..h]);
+                let k = qkv.clone().slice([0..b, 0..s, h..2 * h]);
+                let v = qkv.slice([0..b, 0..s, 2 * h..3 * h]);
+                (
+                    rotary(q, &cos, &sin, a.num_heads),
+                    rotary(k, &cos, &sin, a.num_heads),
+                    v,
+                )
+            }
+        };
         let attended = attention(q, k, v, ctx.padding.clone(), a);
         let x = x + a
             .out_drop
             .forward(hooked(hook, li, ATTN_WO, &a.wo, attended));
         let inner = hooked(hook, li, WI, &self.mlp.wi, self.mlp_norm.forward(x.clone()));
-        let m = inner.dims()[2] / 2;
-        let input = inner.clone().slice([0..b, 0..s, 0..m]);
-        let gate = inner.slice([0..b, 0..s, m..2 * m]);
-        let glu = self.mlp.drop.forward(act(self.mlp.act, input) * gate);
+        let fused = match self.mlp.act {
+            HiddenAct::Gelu => cpu::geglu(inner.clone()),
+            _ => None,
+        };
+        let glu = fused.unwrap_or_else(|| {
+            let m = inner.dims()[2] / 2;
+            let input = inner.clone().slice([0..b, 0..s, 0..m]);
+            let gate = inner.slice([0..b, 0..s, m..2 * m]);
+            act(self.mlp.act, input) * gate
+        });
+        let glu = self.mlp.drop.forward(glu);
         x + hooked(hook, li, MLP_WO, &self.mlp.wo, glu)
     }
 }
@@ -426,35 +487,6 @@ fn rotary<B: Backend>(
     let x2 = x.clone().slice([0..b, 0..s, 0..heads, hd / 2..hd]);
     let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
     (x * cos.clone() + rotated * sin.clone()).reshape([b, s, h])
-}
-
-/// Rotary `(cos, sin)` tables `[1, seq, 1, head_dim]` for base `theta`, computed as
-/// transformers does in f32 (`inv_freq = 1 / theta^(2i/d)`, angle = position · inv_freq,
-/// the half-table repeated).
-fn rope_tables<B: Backend>(
-    seq: usize,
-    head_dim: usize,
-    theta: f64,
-    device: &B::Device,
-) -> (Tensor<B, 4>, Tensor<B, 4>) {
-    let half = head_dim / 2;
-    let inv_freq: Vec<f32> = (0..half)
-        .map(|i| (1.0 / theta.powf((2 * i) as f64 / head_dim as f64)) as f32)
-        .collect();
-    let mut cos = vec![0.0f32; seq * head_dim];
-    let mut sin = vec![0.0f32; seq * head_dim];
-    for p in 0..seq {
-        for (i, f) in inv_freq.iter().enumerate() {
-            let angle = (p as f32 * f) as f64;
-            let (c, s) = (angle.cos() as f32, angle.sin() as f32);
-            for j in [i, i + half] {
-                cos[p * head_dim + j] = c;
-                sin[p * head_dim + j] = s;
-            }
-        }
-    }
-    let t = |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [1, seq, 1, head_dim]), device);
-    (t(cos), t(sin))
 }
 
 /// Scaled dot-product attention of `q` over `k`, `v` (all `[batch, seq, hidden]`, heads
@@ -562,7 +594,6 @@ impl<B: Backend> ModernBertModel<B> {
     /// [`Self::forward`] with the layers' linears run through `hook`.
     pub fn forward_with<H: LinearHook<B>>(&self, input: &ModelInput<B>, hook: &H) -> Tensor<B, 3> {
         let [_, s] = input.input_ids.dims();
-        let device = input.input_ids.device();
         let e = &self.embeddings;
         let mut x = e.drop.forward(
             e.norm
@@ -572,8 +603,8 @@ impl<B: Backend> ModernBertModel<B> {
         let hd = x.dims()[2] / heads;
         let ctx = Context {
             padding: input.attention_mask.clone().equal_elem(0),
-            global_rope: rope_tables(s, hd, self.global_rope_theta, &device),
-            local_rope: rope_tables(s, hd, self.local_rope_theta, &device),
+            global_rope: Rope::new(s, hd, self.global_rope_theta),
+            local_rope: Rope::new(s, hd, self.local_rope_theta),
         };
         for (li, layer) in self.layers.iter().enumerate() {
             x = layer.forward(x, &ctx, hook, li);
