@@ -3,18 +3,20 @@
 # (burn, flex CPU backend) vs PyTorch transformers (sdpa), same CPU, model, pairs, batch
 # size, max length and thread count, alternating runs, medians.
 #
-#   benches/models/modernbert.sh [THREADS=2] [BATCH=16] [MAX_LENGTH=256] [RUNS=3]
+#   benches/models/modernbert.sh [THREADS=2] [BATCH=16] [MAX_LENGTH=256] [RUNS=3] [PAIRS=all]
 #
 # Needs a Python with torch and transformers ($PYTHON, default /tmp/javenv/bin/python).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-threads="${1:-2}"; batch="${2:-16}"; max_len="${3:-256}"; runs="${4:-3}"
+threads="${1:-2}"; batch="${2:-16}"; max_len="${3:-256}"; runs="${4:-3}"; n="${5:-}"
 py="${PYTHON:-/tmp/javenv/bin/python}"
 out=out/bench-modernbert
 model="$out/modernbert-base-1label"
 [ -d "$model" ] || "$py" benches/models/prepare_modernbert.py --out "$out"
 cargo build --release --quiet --features ml --bin tsumugi
 bin="${CARGO_TARGET_DIR:-target}/release/tsumugi"
+pairs="$out/pairs.jsonl"
+if [ -n "$n" ]; then head -n "$n" "$out/pairs.jsonl" > "$out/pairs.$n.jsonl"; pairs="$out/pairs.$n.jsonl"; fi
 
 peak() { python3 - "$@" <<'PY'
 import resource, subprocess, sys
@@ -25,10 +27,10 @@ PY
 }
 
 for run in $(seq "$runs"); do
-  RAYON_NUM_THREADS="$threads" peak "$bin" score --model "$model" --pairs "$out/pairs.jsonl" \
+  RAYON_NUM_THREADS="$threads" peak "$bin" score --model "$model" --pairs "$pairs" \
     --out "$out/tsumugi.jsonl" --batch "$batch" --max-length "$max_len" 2> "$out/tsumugi.$run.log"
   OMP_NUM_THREADS="$threads" MKL_NUM_THREADS="$threads" peak "$py" benches/score/bench_torch.py \
-    --model "$model" --pairs "$out/pairs.jsonl" --out "$out/torch.jsonl" \
+    --model "$model" --pairs "$pairs" --out "$out/torch.jsonl" \
     --batch "$batch" --max-length "$max_len" --threads "$threads" > "$out/torch.$run.json" 2> "$out/torch.$run.log"
 done
 
