@@ -189,6 +189,8 @@ impl<B: Backend> ModelInput<B> {
 }
 
 /// A sequence-classification model of any supported architecture.
+// One model per run, moved rarely: the variants' size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum CrossEncoder<B: Backend> {
     Bert(bert::BertForSequenceClassification<B>),
