@@ -199,6 +199,13 @@ impl<B: Backend> AdapterLinear<B> {
         }
     }
 
+    pub fn lora_mut(&mut self) -> Option<&mut LoraLinear<B>> {
+        match self {
+            AdapterLinear::Lora(l) => Some(l),
+            AdapterLinear::Oft(_) => None,
+        }
+    }
+
     /// The base weight `[in, out]` with the adapter merged in (`sign` −1 takes it out).
     fn merge_into(&self, w: Tensor<B, 2>, sign: f64) -> Tensor<B, 2> {
         match self {

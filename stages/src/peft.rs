@@ -246,9 +246,10 @@ pub fn read_adapter_config(dir: &Path) -> Result<LoraSettings> {
         dropout,
         targets,
         rslora: truthy("use_rslora"),
+        // `head` is ModernBERT's pooler (dense + norm before the classifier).
         train_pooler: saved
             .iter()
-            .any(|m| *m == "pooler" || m.ends_with(".pooler")),
+            .any(|m| *m == "pooler" || m.ends_with(".pooler") || *m == "head"),
         oft,
     };
     Ok(settings)

@@ -119,6 +119,10 @@ fn named_grads(
                     .is_none()
             );
         }
+        // ModernBERT's steps are checked in tests/modernbert_lora.rs.
+        tsumugi_stages::models::CrossEncoder::ModernBert(_) => {
+            unreachable!("BERT/RoBERTa fixtures")
+        }
     }
     set
 }

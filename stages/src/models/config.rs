@@ -16,11 +16,13 @@ pub enum Architecture {
     Roberta,
     /// XLM-RoBERTa: the RoBERTa architecture with a SentencePiece vocabulary.
     XlmRoberta,
+    /// ModernBERT: rotary positions, GeGLU, alternating local/global attention.
+    ModernBert,
 }
 
 impl Architecture {
     /// The `model_type` values of config.json that tsumugi loads.
-    pub const MODEL_TYPES: &[&str] = &["bert", "roberta", "xlm-roberta"];
+    pub const MODEL_TYPES: &[&str] = &["bert", "roberta", "xlm-roberta", "modernbert"];
 
     /// The architecture of a `model_type`, or an error naming it and what is supported.
     pub fn from_model_type(model_type: &str) -> Result<Self> {
@@ -28,6 +30,7 @@ impl Architecture {
             "bert" => Ok(Architecture::Bert),
             "roberta" => Ok(Architecture::Roberta),
             "xlm-roberta" => Ok(Architecture::XlmRoberta),
+            "modernbert" => Ok(Architecture::ModernBert),
             other => Err(MlError::UnsupportedModel(other.to_string())),
         }
     }
@@ -37,6 +40,7 @@ impl Architecture {
         match self {
             Architecture::Bert => "bert",
             Architecture::Roberta | Architecture::XlmRoberta => "roberta",
+            Architecture::ModernBert => "model",
         }
     }
 
@@ -47,6 +51,7 @@ impl Architecture {
             Architecture::Bert => "BertForSequenceClassification",
             Architecture::Roberta => "RobertaForSequenceClassification",
             Architecture::XlmRoberta => "XLMRobertaForSequenceClassification",
+            Architecture::ModernBert => super::modernbert::HF_CLASS,
         }
     }
 
@@ -57,6 +62,7 @@ impl Architecture {
             Architecture::Bert | Architecture::Roberta | Architecture::XlmRoberta => {
                 &super::bert::LAYER_LINEARS
             }
+            Architecture::ModernBert => &super::modernbert::LAYER_LINEARS,
         }
     }
 
@@ -67,6 +73,7 @@ impl Architecture {
             Architecture::Bert | Architecture::Roberta | Architecture::XlmRoberta => {
                 vec!["query".into(), "value".into()]
             }
+            Architecture::ModernBert => super::modernbert::default_lora_targets(),
         }
     }
 
@@ -193,7 +200,14 @@ impl ModelConfig {
         if self.num_labels() == 0 {
             return Err(bad("the model declares 0 labels".into()));
         }
-        if self.architecture()? != Architecture::Bert && self.pad_token_id.is_none() {
+        if self.architecture()? == Architecture::ModernBert {
+            // Its own fields (window, layer types, rotary bases, pooling), checked here so
+            // that a bad one fails when the directory is opened.
+            super::modernbert::ModernBertConfig::from_config(self).map_err(|e| match e {
+                MlError::Config { message, .. } => bad(message),
+                other => other,
+            })?;
+        } else if self.architecture()? != Architecture::Bert && self.pad_token_id.is_none() {
             return Err(bad(
                 "RoBERTa-style models need pad_token_id (positions are offset by it)".into(),
             ));
@@ -252,7 +266,10 @@ impl ModelConfig {
     /// RoBERTa positions start after the padding index, so it loses `pad + 1` positions.
     pub fn max_input_length(&self) -> usize {
         match self.architecture() {
-            Ok(Architecture::Bert) | Err(_) => self.max_position_embeddings,
+            // ModernBERT's rotary positions have no table; its limit is the trained length.
+            Ok(Architecture::Bert | Architecture::ModernBert) | Err(_) => {
+                self.max_position_embeddings
+            }
             Ok(_) => self
                 .max_position_embeddings
                 .saturating_sub(self.pad_token_id.unwrap_or(1) + 1),

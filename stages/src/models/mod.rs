@@ -20,6 +20,7 @@ pub mod check;
 pub mod config;
 pub mod cpu;
 pub mod loader;
+pub mod modernbert;
 pub mod roberta;
 pub mod tensors;
 
@@ -108,6 +109,7 @@ macro_rules! each_arch {
         match $model {
             CrossEncoder::Bert($m) => $body,
             CrossEncoder::Roberta($m) => $body,
+            CrossEncoder::ModernBert($m) => $body,
         }
     };
 }
@@ -188,11 +190,14 @@ impl<B: Backend> ModelInput<B> {
 }
 
 /// A sequence-classification model of any supported architecture.
+// One model per run, moved rarely: the variants' size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum CrossEncoder<B: Backend> {
     Bert(bert::BertForSequenceClassification<B>),
     /// RoBERTa and XLM-RoBERTa.
     Roberta(roberta::RobertaForSequenceClassification<B>),
+    ModernBert(modernbert::ModernBertForSequenceClassification<B>),
 }
 
 impl<B: Backend> CrossEncoder<B> {
@@ -211,6 +216,14 @@ impl<B: Backend> CrossEncoder<B> {
                 ),
                 Architecture::Roberta | Architecture::XlmRoberta => {
                     CrossEncoder::Roberta(roberta::RobertaForSequenceClassification::load(
+                        &mut ck,
+                        &dir.config,
+                        opts,
+                        device,
+                    )?)
+                }
+                Architecture::ModernBert => {
+                    CrossEncoder::ModernBert(modernbert::ModernBertForSequenceClassification::load(
                         &mut ck,
                         &dir.config,
                         opts,
@@ -259,6 +272,9 @@ impl<B: Backend> SequenceClassifier<B> for CrossEncoder<B> {
         match self {
             CrossEncoder::Bert(m) => CrossEncoder::Bert(m.freeze_except_head(train_pooler)),
             CrossEncoder::Roberta(m) => CrossEncoder::Roberta(m.freeze_except_head(train_pooler)),
+            CrossEncoder::ModernBert(m) => {
+                CrossEncoder::ModernBert(m.freeze_except_head(train_pooler))
+            }
         }
     }
     fn modules_to_save(&self, train_pooler: bool) -> Vec<&'static str> {
@@ -287,6 +303,7 @@ impl<B: Backend> SequenceClassifier<B> for CrossEncoder<B> {
 pub enum Encoder<B: Backend> {
     Bert(bert::BertModel<B>),
     Roberta(roberta::RobertaModel<B>),
+    ModernBert(modernbert::ModernBertModel<B>),
 }
 
 impl<B: Backend> Encoder<B> {
@@ -300,6 +317,11 @@ impl<B: Backend> Encoder<B> {
             Architecture::Roberta | Architecture::XlmRoberta => {
                 Encoder::Roberta(roberta::RobertaModel::load(&mut ck, &dir.config, device)?)
             }
+            Architecture::ModernBert => Encoder::ModernBert(modernbert::ModernBertModel::load(
+                &mut ck,
+                &dir.config,
+                device,
+            )?),
         };
         Ok((model, ck.finish()?))
     }
@@ -309,6 +331,7 @@ impl<B: Backend> Encoder<B> {
         match self {
             Encoder::Bert(m) => m.forward(input),
             Encoder::Roberta(m) => m.forward(input),
+            Encoder::ModernBert(m) => m.forward(input),
         }
     }
 }
