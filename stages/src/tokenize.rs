@@ -3,10 +3,15 @@
 //! longest pair of a batch, attention masks, token type ids (BERT) or none (RoBERTa), and
 //! length-bucketed batching so short pairs are not padded to long ones.
 
+pub mod japanese;
+
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rayon::prelude::*;
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+
+use japanese::{JapaneseConfig, JapaneseWords};
 
 use crate::error::{MlError, Result};
 
@@ -58,10 +63,13 @@ impl EncodedBatch {
     }
 }
 
-/// A `tokenizer.json` set up for pairs of one model.
+/// A `tokenizer.json` set up for pairs of one model (or, for Japanese BERTs, a WordPiece
+/// over `vocab.txt` fed MeCab words).
 #[derive(Clone)]
 pub struct PairTokenizer {
     tokenizer: Tokenizer,
+    /// `BertJapaneseTokenizer` models: texts become MeCab words before `tokenizer`.
+    japanese: Option<Arc<JapaneseWords>>,
     path: PathBuf,
     pad_id: u32,
     token_types: bool,
@@ -85,6 +93,7 @@ impl PairTokenizer {
         })?;
         let mut out = Self {
             tokenizer,
+            japanese: None,
             path: path.to_path_buf(),
             pad_id,
             token_types,
@@ -94,6 +103,90 @@ impl PairTokenizer {
         out.tokenizer.with_padding(None);
         out.set_truncation(max_length, truncation)?;
         Ok(out)
+    }
+
+    /// A Japanese BERT's tokenizer (`BertJapaneseTokenizer` in `DIR/tokenizer_config.json`,
+    /// `DIR/vocab.txt`): MeCab words, then WordPiece, `[CLS] a [SEP] b [SEP]`. Returns the
+    /// tokenizer and the id of the config's pad token (when in the vocab).
+    pub fn japanese(
+        dir: &Path,
+        token_types: bool,
+        max_length: usize,
+        truncation: Truncation,
+        pad_id: Option<u32>,
+    ) -> Result<Self> {
+        let config = JapaneseConfig::from_dir(dir)?;
+        let words = JapaneseWords::new(config)?;
+        Self::japanese_with(dir, words, token_types, max_length, truncation, pad_id)
+    }
+
+    /// [`PairTokenizer::japanese`] with the words already set up (tests, benches).
+    pub fn japanese_with(
+        dir: &Path,
+        words: JapaneseWords,
+        token_types: bool,
+        max_length: usize,
+        truncation: Truncation,
+        pad_id: Option<u32>,
+    ) -> Result<Self> {
+        use tokenizers::models::wordpiece::WordPiece;
+        use tokenizers::processors::bert::BertProcessing;
+        let path = dir.join("vocab.txt");
+        let err = |message: String| MlError::Tokenizer {
+            path: path.clone(),
+            message,
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| MlError::io(&path, e))?;
+        // transformers' load_vocab: one token a line, a repeated token keeps its last index.
+        let vocab: ahash::AHashMap<String, u32> = text
+            .lines()
+            .enumerate()
+            .map(|(i, t)| (t.to_string(), i as u32))
+            .collect();
+        let config = words.config().clone();
+        let id = |t: &str, what: &str| {
+            vocab
+                .get(t)
+                .copied()
+                .ok_or_else(|| err(format!("the {what} token {t:?} is not in the vocabulary")))
+        };
+        let (cls_id, sep_id) = (id(&config.cls, "cls")?, id(&config.sep, "sep")?);
+        id(&config.unk, "unk")?;
+        let pad_id = match pad_id {
+            Some(p) => p,
+            None => id(&config.pad, "pad")?,
+        };
+        let model = WordPiece::builder()
+            .vocab(vocab)
+            .unk_token(config.unk.clone())
+            .continuing_subword_prefix("##".into())
+            .max_input_chars_per_word(100)
+            .build()
+            .map_err(|e| err(format!("WordPiece: {e}")))?;
+        let mut tokenizer = Tokenizer::new(model);
+        tokenizer.with_post_processor(Some(BertProcessing::new(
+            (config.sep.clone(), sep_id),
+            (config.cls.clone(), cls_id),
+        )));
+        let mut out = Self {
+            tokenizer,
+            japanese: Some(Arc::new(words)),
+            path,
+            pad_id,
+            token_types,
+            max_length: 0,
+            truncation,
+        };
+        out.set_truncation(max_length, truncation)?;
+        Ok(out)
+    }
+
+    /// "BertJapaneseTokenizer (mecab/unidic_lite, wordpiece)" or the tokenizer file's path.
+    pub fn describe(&self) -> String {
+        match &self.japanese {
+            Some(j) => j.config().describe(),
+            None => self.path.display().to_string(),
+        }
     }
 
     fn set_truncation(&mut self, max_length: usize, truncation: Truncation) -> Result<()> {
@@ -140,16 +233,42 @@ impl PairTokenizer {
 
     /// Tokenizes one pair (`index` is only for the error message).
     pub fn encode(&self, index: usize, a: &str, b: &str) -> Result<EncodedPair> {
-        let enc = self
-            .tokenizer
-            .encode((a, b), true)
-            .map_err(|e| MlError::Encode {
+        let enc = match &self.japanese {
+            None => self.tokenizer.encode((a, b), true),
+            Some(j) => {
+                let (mut wa, mut wb) = (Vec::new(), Vec::new());
+                j.words(a, &mut wa);
+                j.words(b, &mut wb);
+                self.tokenizer.encode((wa, wb), true)
+            }
+        };
+        let enc = enc.map_err(|e| MlError::Encode {
                 index,
                 message: format!(
                     "{e} (max_length {}, {:?})",
                     self.max_length, self.truncation
                 ),
             })?;
+        Ok(EncodedPair {
+            ids: enc.get_ids().to_vec(),
+            type_ids: enc.get_type_ids().to_vec(),
+        })
+    }
+
+    /// Tokenizes one text alone (`[CLS] a [SEP]`), as transformers' `tokenizer(text)`.
+    pub fn encode_single(&self, index: usize, a: &str) -> Result<EncodedPair> {
+        let enc = match &self.japanese {
+            None => self.tokenizer.encode(a, true),
+            Some(j) => {
+                let mut wa = Vec::new();
+                j.words(a, &mut wa);
+                self.tokenizer.encode(wa, true)
+            }
+        };
+        let enc = enc.map_err(|e| MlError::Encode {
+            index,
+            message: e.to_string(),
+        })?;
         Ok(EncodedPair {
             ids: enc.get_ids().to_vec(),
             type_ids: enc.get_type_ids().to_vec(),
