@@ -63,13 +63,21 @@ impl EncodedBatch {
     }
 }
 
+/// A Japanese BERT's segmenter and the ids `[CLS] a [SEP] b [SEP]` are built with.
+struct JapaneseSpecials {
+    words: JapaneseWords,
+    cls_id: u32,
+    sep_id: u32,
+}
+
 /// A `tokenizer.json` set up for pairs of one model (or, for Japanese BERTs, a WordPiece
 /// over `vocab.txt` fed MeCab words).
 #[derive(Clone)]
 pub struct PairTokenizer {
     tokenizer: Tokenizer,
-    /// `BertJapaneseTokenizer` models: texts become MeCab words before `tokenizer`.
-    japanese: Option<Arc<JapaneseWords>>,
+    /// `BertJapaneseTokenizer` models: texts become MeCab words before `tokenizer`, and
+    /// specials and truncation are transformers' (Python) ones, done here.
+    japanese: Option<Arc<JapaneseSpecials>>,
     path: PathBuf,
     pad_id: u32,
     token_types: bool,
@@ -130,7 +138,6 @@ impl PairTokenizer {
         pad_id: Option<u32>,
     ) -> Result<Self> {
         use tokenizers::models::wordpiece::WordPiece;
-        use tokenizers::processors::bert::BertProcessing;
         let path = dir.join("vocab.txt");
         let err = |message: String| MlError::Tokenizer {
             path: path.clone(),
@@ -163,14 +170,14 @@ impl PairTokenizer {
             .max_input_chars_per_word(100)
             .build()
             .map_err(|e| err(format!("WordPiece: {e}")))?;
-        let mut tokenizer = Tokenizer::new(model);
-        tokenizer.with_post_processor(Some(BertProcessing::new(
-            (config.sep.clone(), sep_id),
-            (config.cls.clone(), cls_id),
-        )));
+        let tokenizer = Tokenizer::new(model);
         let mut out = Self {
             tokenizer,
-            japanese: Some(Arc::new(words)),
+            japanese: Some(Arc::new(JapaneseSpecials {
+                words,
+                cls_id,
+                sep_id,
+            })),
             path,
             pad_id,
             token_types,
@@ -184,7 +191,7 @@ impl PairTokenizer {
     /// "BertJapaneseTokenizer (mecab/unidic_lite, wordpiece)" or the tokenizer file's path.
     pub fn describe(&self) -> String {
         match &self.japanese {
-            Some(j) => j.config().describe(),
+            Some(j) => j.words.config().describe(),
             None => self.path.display().to_string(),
         }
     }
@@ -194,6 +201,18 @@ impl PairTokenizer {
             Truncation::LongestFirst => TruncationStrategy::LongestFirst,
             Truncation::OnlySecond => TruncationStrategy::OnlySecond,
         };
+        if self.japanese.is_some() {
+            // Truncated in `encode_japanese`, the way transformers' Python tokenizers do.
+            if max_length < 3 {
+                return Err(MlError::Tokenizer {
+                    path: self.path.clone(),
+                    message: format!("max_length {max_length}: below the 3 special tokens of a pair"),
+                });
+            }
+            self.max_length = max_length;
+            self.truncation = truncation;
+            return Ok(());
+        }
         let params = TruncationParams {
             max_length,
             strategy,
@@ -233,16 +252,10 @@ impl PairTokenizer {
 
     /// Tokenizes one pair (`index` is only for the error message).
     pub fn encode(&self, index: usize, a: &str, b: &str) -> Result<EncodedPair> {
-        let enc = match &self.japanese {
-            None => self.tokenizer.encode((a, b), true),
-            Some(j) => {
-                let (mut wa, mut wb) = (Vec::new(), Vec::new());
-                j.words(a, &mut wa);
-                j.words(b, &mut wb);
-                self.tokenizer.encode((wa, wb), true)
-            }
-        };
-        let enc = enc.map_err(|e| MlError::Encode {
+        if let Some(j) = &self.japanese {
+            return self.encode_japanese(j, index, a, Some(b));
+        }
+        let enc = self.tokenizer.encode((a, b), true).map_err(|e| MlError::Encode {
                 index,
                 message: format!(
                     "{e} (max_length {}, {:?})",
@@ -257,21 +270,94 @@ impl PairTokenizer {
 
     /// Tokenizes one text alone (`[CLS] a [SEP]`), as transformers' `tokenizer(text)`.
     pub fn encode_single(&self, index: usize, a: &str) -> Result<EncodedPair> {
-        let enc = match &self.japanese {
-            None => self.tokenizer.encode(a, true),
-            Some(j) => {
-                let mut wa = Vec::new();
-                j.words(a, &mut wa);
-                self.tokenizer.encode(wa, true)
-            }
-        };
-        let enc = enc.map_err(|e| MlError::Encode {
+        if let Some(j) = &self.japanese {
+            return self.encode_japanese(j, index, a, None);
+        }
+        let enc = self.tokenizer.encode(a, true).map_err(|e| MlError::Encode {
             index,
             message: e.to_string(),
         })?;
         Ok(EncodedPair {
             ids: enc.get_ids().to_vec(),
             type_ids: enc.get_type_ids().to_vec(),
+        })
+    }
+
+    /// WordPiece ids of a Japanese text (no specials).
+    fn japanese_ids(&self, j: &JapaneseSpecials, index: usize, text: &str) -> Result<Vec<u32>> {
+        let mut words = Vec::new();
+        j.words.words(text, &mut words);
+        let enc = self
+            .tokenizer
+            .encode(words, false)
+            .map_err(|e| MlError::Encode {
+                index,
+                message: e.to_string(),
+            })?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// `[CLS] a [SEP] (b [SEP])`, truncated as transformers' Python tokenizers do: their
+    /// longest_first splits a tie differently from the `tokenizers` crate (the second text
+    /// gives up the odd token), and BertJapaneseTokenizer has no fast version.
+    fn encode_japanese(
+        &self,
+        j: &JapaneseSpecials,
+        index: usize,
+        a: &str,
+        b: Option<&str>,
+    ) -> Result<EncodedPair> {
+        let mut ids = self.japanese_ids(j, index, a)?;
+        let mut pair = match b {
+            Some(b) => Some(self.japanese_ids(j, index, b)?),
+            None => None,
+        };
+        let specials = if pair.is_some() { 3 } else { 2 };
+        let total = ids.len() + pair.as_ref().map_or(0, Vec::len) + specials;
+        if total > self.max_length {
+            let remove = total - self.max_length;
+            match (&mut pair, self.truncation) {
+                (None, _) => ids.truncate(ids.len().saturating_sub(remove)),
+                (Some(p), Truncation::LongestFirst) => {
+                    let (la, lb) = (ids.len(), p.len());
+                    let first = la.abs_diff(lb).min(remove);
+                    let second = remove - first;
+                    let (cut_a, cut_b) = if la > lb {
+                        (first + second / 2, second - second / 2)
+                    } else {
+                        (second / 2, first + second - second / 2)
+                    };
+                    ids.truncate(la.saturating_sub(cut_a));
+                    p.truncate(lb.saturating_sub(cut_b));
+                }
+                (Some(p), Truncation::OnlySecond) => {
+                    if p.len() <= remove {
+                        return Err(MlError::Encode {
+                            index,
+                            message: format!(
+                                "the second text has {} tokens and {remove} must go to fit max_length {} (only_second truncation)",
+                                p.len(),
+                                self.max_length
+                            ),
+                        });
+                    }
+                    p.truncate(p.len() - remove);
+                }
+            }
+        }
+        let mut out_ids = Vec::with_capacity(self.max_length.min(total));
+        out_ids.push(j.cls_id);
+        out_ids.extend(&ids);
+        out_ids.push(j.sep_id);
+        let mut type_ids = vec![0; out_ids.len()];
+        if let Some(p) = pair {
+            out_ids.extend(&p);
+            out_ids.push(j.sep_id);
+            type_ids.resize(out_ids.len(), 1);
+        }
+        Ok(EncodedPair {
+            ids: out_ids,
+            type_ids,
         })
     }
 

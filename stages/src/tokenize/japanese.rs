@@ -791,16 +791,18 @@ fn decompile_char_bin(path: &Path) -> Result<String> {
     }
     let cs = u32_at(&b, 0) as usize;
     let names_end = 4 + 32 * cs;
-    if b.len() < names_end + 4 * 65536 {
+    // MeCab writes 0xFFFF code points (U+0000..U+FFFE), not 65,536.
+    if b.len() < names_end + 4 * 0xFFFF {
         return Err(bad());
     }
+    let count = (b.len() - names_end) / 4;
     let names: Vec<String> = (0..cs)
         .map(|i| {
             let raw = &b[4 + 32 * i..4 + 32 * (i + 1)];
             String::from_utf8_lossy(raw.split(|&c| c == 0).next().unwrap_or(&[])).into_owned()
         })
         .collect();
-    let info: Vec<u32> = (0..65536).map(|i| u32_at(&b, names_end + 4 * i)).collect();
+    let info: Vec<u32> = (0..count).map(|i| u32_at(&b, names_end + 4 * i)).collect();
     // CharInfo bitfield, LSB first: type:18 default_type:8 length:4 group:1 invoke:1.
     let dec = |x: u32| {
         (
