@@ -206,7 +206,9 @@ impl PairTokenizer {
             if max_length < 3 {
                 return Err(MlError::Tokenizer {
                     path: self.path.clone(),
-                    message: format!("max_length {max_length}: below the 3 special tokens of a pair"),
+                    message: format!(
+                        "max_length {max_length}: below the 3 special tokens of a pair"
+                    ),
                 });
             }
             self.max_length = max_length;
@@ -255,7 +257,10 @@ impl PairTokenizer {
         if let Some(j) = &self.japanese {
             return self.encode_japanese(j, index, a, Some(b));
         }
-        let enc = self.tokenizer.encode((a, b), true).map_err(|e| MlError::Encode {
+        let enc = self
+            .tokenizer
+            .encode((a, b), true)
+            .map_err(|e| MlError::Encode {
                 index,
                 message: format!(
                     "{e} (max_length {}, {:?})",
@@ -273,10 +278,13 @@ impl PairTokenizer {
         if let Some(j) = &self.japanese {
             return self.encode_japanese(j, index, a, None);
         }
-        let enc = self.tokenizer.encode(a, true).map_err(|e| MlError::Encode {
-            index,
-            message: e.to_string(),
-        })?;
+        let enc = self
+            .tokenizer
+            .encode(a, true)
+            .map_err(|e| MlError::Encode {
+                index,
+                message: e.to_string(),
+            })?;
         Ok(EncodedPair {
             ids: enc.get_ids().to_vec(),
             type_ids: enc.get_type_ids().to_vec(),

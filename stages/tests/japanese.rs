@@ -86,7 +86,8 @@ fn check_ids(dic: &str, sub: &str) {
     assert_eq!(split, sentences.len());
     assert!(sentences.len() >= 2000);
     let dir = tokenizer_dir(dic, sub);
-    let tok = PairTokenizer::japanese(dir.path(), true, 512, Truncation::LongestFirst, None).unwrap();
+    let tok =
+        PairTokenizer::japanese(dir.path(), true, 512, Truncation::LongestFirst, None).unwrap();
     let mut wrong = Vec::new();
     for (i, (s, want)) in sentences.iter().zip(&expected).enumerate() {
         let got = tok.encode_single(i, s).unwrap().ids;
@@ -107,9 +108,15 @@ fn check_ids(dic: &str, sub: &str) {
     assert_eq!(pairs.len(), 300);
     for (k, line) in pairs.iter().enumerate() {
         let (want_ids, want_types) = line.split_once('|').unwrap();
-        let got = tok.encode(k, &sentences[2 * k], &sentences[2 * k + 1]).unwrap();
+        let got = tok
+            .encode(k, &sentences[2 * k], &sentences[2 * k + 1])
+            .unwrap();
         assert_eq!(got.ids, ids(want_ids), "{dic}/{sub} pair {k}: input_ids");
-        assert_eq!(got.type_ids, ids(want_types), "{dic}/{sub} pair {k}: token_type_ids");
+        assert_eq!(
+            got.type_ids,
+            ids(want_types),
+            "{dic}/{sub} pair {k}: token_type_ids"
+        );
     }
     println!(
         "{dic}/{sub}: {} texts and {} pairs identical to BertJapaneseTokenizer",
@@ -195,7 +202,10 @@ fn tiny_japanese_bert_scores_like_transformers() {
         .zip(&want)
         .map(|(a, b)| (a - b).abs())
         .fold(0.0f32, f32::max);
-    println!("tiny Japanese BERT, {} pairs: max |Δ logits| = {d:.2e}", pairs.len());
+    println!(
+        "tiny Japanese BERT, {} pairs: max |Δ logits| = {d:.2e}",
+        pairs.len()
+    );
     assert_eq!(got.len(), want.len());
     assert!(d <= 1e-4, "logits differ from transformers by {d}");
 }
@@ -212,7 +222,9 @@ fn other_word_tokenizers_are_refused_by_name() {
         let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
         cfg[key] = Value::from(value);
         std::fs::write(&p, cfg.to_string()).unwrap();
-        let err = JapaneseConfig::from_dir(dir.path()).unwrap_err().to_string();
+        let err = JapaneseConfig::from_dir(dir.path())
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains(needle) && err.contains("tokenizer_config.json"),
             "{err}"
@@ -234,7 +246,10 @@ fn a_missing_dictionary_names_the_install_command() {
         Ok(src) => println!("skipped: a full UniDic is installed at {:?}", src.path()),
         Err(e) => {
             let e = e.to_string();
-            assert!(e.contains("\"unidic\"") && e.contains("pip install unidic"), "{e}");
+            assert!(
+                e.contains("\"unidic\"") && e.contains("pip install unidic"),
+                "{e}"
+            );
         }
     }
     // An explicit dicdir that is not one is refused with its path.
@@ -245,5 +260,8 @@ fn a_missing_dictionary_names_the_install_command() {
     let e = find_dictionary(&JapaneseConfig::from_dir(dir.path()).unwrap())
         .unwrap_err()
         .to_string();
-    assert!(e.contains("/nonexistent/dicdir") && e.contains("sys.dic"), "{e}");
+    assert!(
+        e.contains("/nonexistent/dicdir") && e.contains("sys.dic"),
+        "{e}"
+    );
 }

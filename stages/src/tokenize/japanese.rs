@@ -207,8 +207,7 @@ impl JapaneseConfig {
             }
         }
         // special_tokens_map.json wins over tokenizer_config.json, as in transformers.
-        let map: serde_json::Value = match fs::read_to_string(dir.join("special_tokens_map.json"))
-        {
+        let map: serde_json::Value = match fs::read_to_string(dir.join("special_tokens_map.json")) {
             Ok(t) => serde_json::from_str(&t).map_err(|e| MlError::Config {
                 path: dir.join("special_tokens_map.json"),
                 message: format!("not JSON: {e}"),
@@ -226,7 +225,13 @@ impl JapaneseConfig {
         let cls = special("cls_token", "[CLS]");
         let pad = special("pad_token", "[PAD]");
         let mask = special("mask_token", "[MASK]");
-        let mut specials = vec![unk.clone(), sep.clone(), pad.clone(), cls.clone(), mask.clone()];
+        let mut specials = vec![
+            unk.clone(),
+            sep.clone(),
+            pad.clone(),
+            cls.clone(),
+            mask.clone(),
+        ];
         for key in ["additional_special_tokens", "extra_special_tokens"] {
             for src in [map.get(key), v.get(key)].into_iter().flatten() {
                 if let Some(arr) = src.as_array() {
@@ -342,7 +347,12 @@ impl JapaneseWords {
         self.segment(&mut worker, &rest[plain_start..], out);
     }
 
-    fn segment(&self, worker: &mut vibrato::tokenizer::worker::Worker<'_>, text: &str, out: &mut Vec<String>) {
+    fn segment(
+        &self,
+        worker: &mut vibrato::tokenizer::worker::Worker<'_>,
+        text: &str,
+        out: &mut Vec<String>,
+    ) {
         if text.is_empty() {
             return;
         }
@@ -581,7 +591,13 @@ fn content_key(src: &DicSource) -> Result<String> {
     };
     names.sort();
     let mut h = xxhash_rust::xxh3::Xxh3::new();
-    h.update(concat!("vibrato-0.5.3/tsumugi-decompile-1/", env!("CARGO_PKG_VERSION")).as_bytes());
+    h.update(
+        concat!(
+            "vibrato-0.5.3/tsumugi-decompile-1/",
+            env!("CARGO_PKG_VERSION")
+        )
+        .as_bytes(),
+    );
     let mut buf = vec![0u8; 1 << 20];
     for n in &names {
         let p = dir.join(n);
@@ -654,9 +670,8 @@ pub fn load_segmenter_from(src: &DicSource) -> Result<Arc<Vibrato>> {
 
 /// Builds a vibrato dictionary from a MeCab dicdir (compiled or EUC-JP sources).
 pub fn build_dictionary(src: &DicSource) -> Result<Dictionary> {
-    let vib = |e: vibrato::errors::VibratoError| {
-        MlError::Input(format!("{}: {e}", src.path().display()))
-    };
+    let vib =
+        |e: vibrato::errors::VibratoError| MlError::Input(format!("{}: {e}", src.path().display()));
     match src {
         DicSource::Compiled(dir) => {
             let lex = decompile_dic(&dir.join("sys.dic"), true)?;
@@ -859,12 +874,18 @@ impl MatrixDef {
     fn open(path: &Path) -> Result<Self> {
         let data = fs::read(path).map_err(|e| MlError::io(path, e))?;
         if data.len() < 4 {
-            return Err(MlError::Input(format!("{}: not a MeCab matrix.bin", path.display())));
+            return Err(MlError::Input(format!(
+                "{}: not a MeCab matrix.bin",
+                path.display()
+            )));
         }
         let lsize = u16::from_le_bytes([data[0], data[1]]) as usize;
         let rsize = u16::from_le_bytes([data[2], data[3]]) as usize;
         if data.len() < 4 + 2 * lsize * rsize {
-            return Err(MlError::Input(format!("{}: truncated matrix.bin", path.display())));
+            return Err(MlError::Input(format!(
+                "{}: truncated matrix.bin",
+                path.display()
+            )));
         }
         Ok(Self {
             data,
