@@ -4,6 +4,7 @@
 #
 #   benches/tokenize/japanese.sh [ROUNDS]              # default 5
 #   PY=/tmp/javenv/bin/python benches/tokenize/japanese.sh
+#   BIN=target/debug/examples/bench-japanese-tokenize benches/tokenize/japanese.sh   # prebuilt
 #
 # PY: a Python with transformers, fugashi, unidic-lite and ipadic (pip install transformers
 # fugashi unidic-lite==1.0.8 ipadic==1.0.0). Prints one JSON line per implementation and
@@ -12,8 +13,11 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROUNDS=${1:-5}
 PY=${PY:-/tmp/javenv/bin/python}
-cargo build --release -p tsumugi-stages --features ml --example bench-japanese-tokenize
-BIN=${CARGO_TARGET_DIR:-target}/release/examples/bench-japanese-tokenize
+# BIN: an already built bench-japanese-tokenize (skips the release build).
+if [ -z "${BIN:-}" ]; then
+  cargo build --release -p tsumugi-stages --features ml --example bench-japanese-tokenize
+  BIN=${CARGO_TARGET_DIR:-target}/release/examples/bench-japanese-tokenize
+fi
 export RAYON_NUM_THREADS=1 OMP_NUM_THREADS=1
 for dic in unidic_lite ipadic; do
   for sub in wordpiece character; do
@@ -30,4 +34,4 @@ print(f"{r['dic']}/{r['sub']}: tsumugi {r['sentences_per_cpu_s']:.0f} sentences/
 PYEOF
   done
 done
-echo "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "machine: $(nproc --all) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"

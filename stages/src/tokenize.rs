@@ -66,8 +66,66 @@ impl EncodedBatch {
 /// A Japanese BERT's segmenter and the ids `[CLS] a [SEP] b [SEP]` are built with.
 struct JapaneseSpecials {
     words: JapaneseWords,
+    /// vocab.txt, looked up directly: 3-4× faster than going through `tokenizers` per word.
+    vocab: std::collections::HashMap<String, u32>,
     cls_id: u32,
     sep_id: u32,
+    unk_id: u32,
+    wordpiece: bool,
+}
+
+impl JapaneseSpecials {
+    /// transformers' WordpieceTokenizer on one word: greedy longest match, `##` after the
+    /// first piece, the whole word `[UNK]` when a piece is missing or it has > 100 chars.
+    fn wordpiece(&self, word: &str, out: &mut Vec<u32>, buf: &mut String) {
+        if word.chars().count() > 100 {
+            out.push(self.unk_id);
+            return;
+        }
+        let first = out.len();
+        let mut start = 0;
+        while start < word.len() {
+            let mut end = word.len();
+            let mut found = None;
+            while start < end {
+                buf.clear();
+                if start > 0 {
+                    buf.push_str("##");
+                }
+                buf.push_str(&word[start..end]);
+                if let Some(&id) = self.vocab.get(buf.as_str()) {
+                    found = Some(id);
+                    break;
+                }
+                end -= word[..end].chars().next_back().map_or(1, char::len_utf8);
+            }
+            match found {
+                Some(id) => {
+                    out.push(id);
+                    start = end;
+                }
+                None => {
+                    out.truncate(first);
+                    out.push(self.unk_id);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The ids of `text`, no specials added.
+    fn ids(&self, text: &str) -> Vec<u32> {
+        let mut out = Vec::new();
+        let mut buf = String::new();
+        self.words.each_word(text, &mut |w| {
+            if self.wordpiece {
+                self.wordpiece(w, &mut out, &mut buf)
+            } else {
+                out.push(self.vocab.get(w).copied().unwrap_or(self.unk_id))
+            }
+        });
+        out
+    }
 }
 
 /// A `tokenizer.json` set up for pairs of one model (or, for Japanese BERTs, a WordPiece
@@ -158,11 +216,13 @@ impl PairTokenizer {
                 .ok_or_else(|| err(format!("the {what} token {t:?} is not in the vocabulary")))
         };
         let (cls_id, sep_id) = (id(&config.cls, "cls")?, id(&config.sep, "sep")?);
-        id(&config.unk, "unk")?;
         let pad_id = match pad_id {
             Some(p) => p,
             None => id(&config.pad, "pad")?,
         };
+        let unk_id = id(&config.unk, "unk")?;
+        let direct: std::collections::HashMap<String, u32> =
+            vocab.iter().map(|(k, v)| (k.clone(), *v)).collect();
         let model = WordPiece::builder()
             .vocab(vocab)
             .unk_token(config.unk.clone())
@@ -174,9 +234,12 @@ impl PairTokenizer {
         let mut out = Self {
             tokenizer,
             japanese: Some(Arc::new(JapaneseSpecials {
+                wordpiece: config.subword == japanese::Subword::WordPiece,
                 words,
+                vocab: direct,
                 cls_id,
                 sep_id,
+                unk_id,
             })),
             path,
             pad_id,
@@ -291,20 +354,6 @@ impl PairTokenizer {
         })
     }
 
-    /// WordPiece ids of a Japanese text (no specials).
-    fn japanese_ids(&self, j: &JapaneseSpecials, index: usize, text: &str) -> Result<Vec<u32>> {
-        let mut words = Vec::new();
-        j.words.words(text, &mut words);
-        let enc = self
-            .tokenizer
-            .encode(words, false)
-            .map_err(|e| MlError::Encode {
-                index,
-                message: e.to_string(),
-            })?;
-        Ok(enc.get_ids().to_vec())
-    }
-
     /// `[CLS] a [SEP] (b [SEP])`, truncated as transformers' Python tokenizers do: their
     /// longest_first splits a tie differently from the `tokenizers` crate (the second text
     /// gives up the odd token), and BertJapaneseTokenizer has no fast version.
@@ -315,11 +364,8 @@ impl PairTokenizer {
         a: &str,
         b: Option<&str>,
     ) -> Result<EncodedPair> {
-        let mut ids = self.japanese_ids(j, index, a)?;
-        let mut pair = match b {
-            Some(b) => Some(self.japanese_ids(j, index, b)?),
-            None => None,
-        };
+        let mut ids = j.ids(a);
+        let mut pair = b.map(|b| j.ids(b));
         let specials = if pair.is_some() { 3 } else { 2 };
         let total = ids.len() + pair.as_ref().map_or(0, Vec::len) + specials;
         if total > self.max_length {

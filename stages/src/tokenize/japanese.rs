@@ -324,9 +324,14 @@ impl JapaneseWords {
 
     /// Appends the words of `text` (specials as themselves) to `out`.
     pub fn words(&self, text: &str, out: &mut Vec<String>) {
+        self.each_word(text, &mut |w| out.push(w.to_string()));
+    }
+
+    /// Calls `f` with each word of `text` in order (specials as themselves; for
+    /// `character`, each character): what WordPiece / the vocabulary lookup takes next.
+    pub fn each_word(&self, text: &str, f: &mut dyn FnMut(&str)) {
         let mut worker = self.vibrato.new_worker();
         let mut rest = text;
-        let mut plain_start = 0;
         let mut pos = 0;
         // Longest special token at each char boundary; the text between goes to MeCab.
         while pos < rest.len() {
@@ -335,23 +340,22 @@ impl JapaneseWords {
                 .iter()
                 .find(|s| rest[pos..].starts_with(s.as_str()))
             {
-                self.segment(&mut worker, &rest[plain_start..pos], out);
-                out.push(sp.clone());
+                self.segment(&mut worker, &rest[..pos], f);
+                f(sp);
                 rest = &rest[pos + sp.len()..];
                 pos = 0;
-                plain_start = 0;
             } else {
                 pos += rest[pos..].chars().next().map_or(1, char::len_utf8);
             }
         }
-        self.segment(&mut worker, &rest[plain_start..], out);
+        self.segment(&mut worker, rest, f);
     }
 
     fn segment(
         &self,
         worker: &mut vibrato::tokenizer::worker::Worker<'_>,
         text: &str,
-        out: &mut Vec<String>,
+        f: &mut dyn FnMut(&str),
     ) {
         if text.is_empty() {
             return;
@@ -363,29 +367,36 @@ impl JapaneseWords {
         };
         worker.reset_sentence(&norm);
         worker.tokenize();
+        let mut ch = [0u8; 4];
         for i in 0..worker.num_tokens() {
             let surface = worker.token(i).surface();
+            let lowered;
             let word = if self.config.do_lower_case && !self.keep_case.contains(surface) {
-                surface.to_lowercase()
+                lowered = surface.to_lowercase();
+                lowered.as_str()
             } else {
-                surface.to_string()
+                surface
             };
             match self.config.subword {
                 // WordPiece then splits on Python's whitespace; surfaces carry none but the
                 // FS..US controls, which Python's str.split() also treats as spaces.
-                Subword::WordPiece => out.extend(
-                    word.split(is_python_space)
-                        .filter(|w| !w.is_empty())
-                        .map(str::to_string),
-                ),
+                Subword::WordPiece => {
+                    for w in word.split(is_python_space).filter(|w| !w.is_empty()) {
+                        f(w)
+                    }
+                }
                 // CharacterTokenizer: NFKC again (idempotent when normalize_text), each code point.
                 Subword::Character => {
-                    let w: String = if self.config.normalize_text {
-                        word.nfkc().collect()
+                    if self.config.normalize_text && !word.is_ascii() {
+                        let w: String = word.nfkc().collect();
+                        for c in w.chars() {
+                            f(c.encode_utf8(&mut ch))
+                        }
                     } else {
-                        word
-                    };
-                    out.extend(w.chars().map(String::from))
+                        for c in word.chars() {
+                            f(c.encode_utf8(&mut ch))
+                        }
+                    }
                 }
             }
         }
