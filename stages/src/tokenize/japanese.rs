@@ -127,9 +127,7 @@ impl JapaneseConfig {
                 Some(other) => Err(bad(format!("`{k}`: expected true or false, got {other}"))),
             }
         };
-        if bool_field("do_word_tokenize", true)? != true
-            || bool_field("do_subword_tokenize", true)? != true
-        {
+        if !bool_field("do_word_tokenize", true)? || !bool_field("do_subword_tokenize", true)? {
             return Err(bad(
                 "`do_word_tokenize`/`do_subword_tokenize` false is not supported (expected both true, the default)".into(),
             ));
@@ -453,10 +451,10 @@ fn site_packages_dirs() -> Vec<PathBuf> {
     // The venv/prefix of each python3 on PATH (`…/bin/python3` → `…/lib`).
     if let Some(path) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&path) {
-            if dir.join("python3").exists() {
-                if let Some(prefix) = dir.parent() {
-                    roots.push(prefix.join("lib"));
-                }
+            if dir.join("python3").exists()
+                && let Some(prefix) = dir.parent()
+            {
+                roots.push(prefix.join("lib"));
             }
         }
     }
