@@ -310,7 +310,8 @@ impl PairTokenizer {
         self.pad_id
     }
 
-    /// The underlying `tokenizers` tokenizer.
+    /// The underlying `tokenizers` tokenizer (for a Japanese BERT: the WordPiece over
+    /// `vocab.txt` alone, without the MeCab step; use [`PairTokenizer::encode`]).
     pub fn inner(&self) -> &Tokenizer {
         &self.tokenizer
     }
