@@ -177,13 +177,16 @@ fn run(cfg: Config, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()>
         "vocab.json",
         "merges.txt",
         "sentencepiece.bpe.model",
+        "spm.model",
     ] {
         if base.join(f).is_file() {
             copy(&base.join(f), &dest.join(f))?;
             copied.push(f);
         }
     }
-    if !copied.contains(&"tokenizer.json") {
+    // Japanese BERTs have no tokenizer.json: vocab.txt + tokenizer_config.json are theirs.
+    if !copied.contains(&"tokenizer.json") && !crate::tokenize::japanese::is_bert_japanese(&base)
+    {
         bail!(
             "stage {}: {} has no tokenizer.json",
             input.name,

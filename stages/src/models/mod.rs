@@ -342,6 +342,16 @@ impl PairTokenizer {
     /// at what the model's position table allows.
     pub fn for_model(dir: &ModelDir, max_length: usize, truncation: Truncation) -> Result<Self> {
         let path = dir.tokenizer_path();
+        // Japanese BERTs ship vocab.txt + tokenizer_config.json and no tokenizer.json.
+        if !path.exists() && crate::tokenize::japanese::is_bert_japanese(&dir.path) {
+            return Self::japanese(
+                &dir.path,
+                dir.architecture.uses_token_types(),
+                max_length.min(dir.config.max_input_length()),
+                truncation,
+                dir.config.pad_token_id.map(|id| id as u32),
+            );
+        }
         let probe = tokenizers::Tokenizer::from_file(&path).map_err(|e| MlError::Tokenizer {
             path: path.clone(),
             message: format!("cannot load tokenizer: {e}"),
