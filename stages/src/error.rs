@@ -14,11 +14,9 @@ pub enum MlError {
     },
     #[error("{path}: {message}")]
     Config { path: PathBuf, message: String },
-    #[error(
-        "model_type {0:?} is not supported (supported: {types})",
-        types = crate::models::Architecture::MODEL_TYPES.join(", ")
-    )]
-    UnsupportedModel(String),
+    /// A `model_type` and the supported ones, comma-separated.
+    #[error("model_type {0:?} is not supported (supported: {1})")]
+    UnsupportedModel(String, String),
     #[error("{0} is not supported")]
     Unsupported(String),
     #[error("{path}: {message}")]

@@ -31,7 +31,10 @@ impl Architecture {
             "roberta" => Ok(Architecture::Roberta),
             "xlm-roberta" => Ok(Architecture::XlmRoberta),
             "modernbert" => Ok(Architecture::ModernBert),
-            other => Err(MlError::UnsupportedModel(other.to_string())),
+            other => Err(MlError::UnsupportedModel(
+                other.to_string(),
+                Self::MODEL_TYPES.join(", "),
+            )),
         }
     }
 
