@@ -65,6 +65,7 @@ impl LoraSettings {
             Architecture::Bert | Architecture::Roberta | Architecture::XlmRoberta => {
                 vec!["query".into(), "value".into()]
             }
+            Architecture::DebertaV2 => crate::models::deberta_v2::default_lora_targets(),
         }
     }
 

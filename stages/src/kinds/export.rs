@@ -153,6 +153,7 @@ fn run(cfg: Config, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()>
         crate::models::Architecture::Bert => "BertForSequenceClassification",
         crate::models::Architecture::Roberta => "RobertaForSequenceClassification",
         crate::models::Architecture::XlmRoberta => "XLMRobertaForSequenceClassification",
+        crate::models::Architecture::DebertaV2 => crate::models::deberta_v2::HF_CLASS,
     };
     config["architectures"] = json!([arch_name]);
     config["id2label"] = Value::Object(

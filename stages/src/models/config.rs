@@ -16,6 +16,8 @@ pub enum Architecture {
     Roberta,
     /// XLM-RoBERTa: the RoBERTa architecture with a SentencePiece vocabulary.
     XlmRoberta,
+    /// DeBERTa-v2 and DeBERTa-v3 (`deberta-v2`): disentangled relative attention.
+    DebertaV2,
 }
 
 impl Architecture {
@@ -24,6 +26,7 @@ impl Architecture {
         match self {
             Architecture::Bert => "bert",
             Architecture::Roberta | Architecture::XlmRoberta => "roberta",
+            Architecture::DebertaV2 => "deberta",
         }
     }
 
@@ -135,7 +138,11 @@ impl ModelConfig {
         if self.num_labels() == 0 {
             return Err(bad("the model declares 0 labels".into()));
         }
-        if self.architecture()? != Architecture::Bert && self.pad_token_id.is_none() {
+        if matches!(
+            self.architecture()?,
+            Architecture::Roberta | Architecture::XlmRoberta
+        ) && self.pad_token_id.is_none()
+        {
             return Err(bad(
                 "RoBERTa-style models need pad_token_id (positions are offset by it)".into(),
             ));
@@ -149,6 +156,7 @@ impl ModelConfig {
             "bert" => Ok(Architecture::Bert),
             "roberta" => Ok(Architecture::Roberta),
             "xlm-roberta" => Ok(Architecture::XlmRoberta),
+            "deberta-v2" => Ok(Architecture::DebertaV2),
             other => Err(MlError::UnsupportedModel(other.to_string())),
         }
     }
@@ -188,7 +196,9 @@ impl ModelConfig {
     /// RoBERTa positions start after the padding index, so it loses `pad + 1` positions.
     pub fn max_input_length(&self) -> usize {
         match self.architecture() {
-            Ok(Architecture::Bert) | Err(_) => self.max_position_embeddings,
+            Ok(Architecture::Bert | Architecture::DebertaV2) | Err(_) => {
+                self.max_position_embeddings
+            }
             Ok(_) => self
                 .max_position_embeddings
                 .saturating_sub(self.pad_token_id.unwrap_or(1) + 1),

@@ -111,6 +111,11 @@ impl Checkpoint {
         })
     }
 
+    /// The directory holding the weights (and the model's `config.json`).
+    pub fn dir(&self) -> &Path {
+        self.origin.parent().unwrap_or(Path::new("."))
+    }
+
     /// All keys in the checkpoint.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
         self.entries.keys().map(String::as_str)
@@ -189,6 +194,25 @@ impl Checkpoint {
                 TensorData::new(b, [d_out]),
                 device,
             )));
+        }
+        Ok(linear)
+    }
+
+    /// Reads a PyTorch `nn.Linear(bias=False)` (`{key}.weight` only).
+    pub fn linear_no_bias<B: Backend>(
+        &mut self,
+        key: &str,
+        d_in: usize,
+        d_out: usize,
+        device: &B::Device,
+    ) -> Result<Linear<B>> {
+        let mut linear = LinearConfig::new(d_in, d_out)
+            .with_bias(false)
+            .init::<B>(device);
+        if let Some(w) = self.read(&format!("{key}.weight"), &[d_out, d_in])? {
+            let w = transpose(&w, d_out, d_in);
+            linear.weight =
+                Param::from_tensor(Tensor::from_data(TensorData::new(w, [d_in, d_out]), device));
         }
         Ok(linear)
     }
