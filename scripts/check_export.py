@@ -10,6 +10,13 @@ On the test fixture (the Rust test keeps its merged export and adapter when aske
     python scripts/check_export.py /tmp/export-check/model stages/tests/fixtures/bert-1 \
         /tmp/export-check/adapter
 
+ModernBERT (issue 12; one directory per fixture under the kept one):
+
+    TSUMUGI_EXPORT_CHECK_DIR=/tmp/mb-export cargo test -p tsumugi-stages --features ml \
+        --test modernbert_lora merged_export
+    for n in modernbert-1 modernbert-3; do python scripts/check_export.py \
+        /tmp/mb-export/$n/model stages/tests/fixtures/$n /tmp/mb-export/$n/adapter; done
+
 Loads EXPORT_DIR with plain transformers (`AutoModelForSequenceClassification`,
 `AutoTokenizer`: no PEFT), and BASE_DIR + ADAPTER_DIR with PEFT, scores a few pairs with
 both and exits non-zero when the logits differ by more than 1e-4 or transformers reports

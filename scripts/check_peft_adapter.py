@@ -5,6 +5,9 @@
         --test lora_peft tsumugi_adapter_for_python
     /work/.venv-ml/bin/python scripts/check_peft_adapter.py /tmp/peft-check
 
+ModernBERT (issue 12): `TSUMUGI_PEFT_CHECK_DIR=/tmp/mb-peft cargo test … --test
+modernbert_lora tsumugi_adapter_for_python`, then DIR = /tmp/mb-peft/modernbert-{1,3}.
+
 DIR holds `adapter/` (adapter_config.json + adapter_model.safetensors) and `expected.json`
 (`base`: the base model directory, `inputs`: tokenized batch, `logits`: tsumugi's). Exits
 non-zero when PEFT refuses the adapter or the logits differ by more than 1e-4.

@@ -17,6 +17,10 @@ stages/tests/fixtures/lora/<base>/:
   trainable tensor before clipping (`grad.s.<key>`) and the values after the step
   (`value.s.<key>`), keys as in the adapter file (PEFT names, transposes are tsumugi's job).
 
+With the argument `oft` it writes the same files for PEFT's OFT (`OFTConfig`,
+oft_block_size 8, Cayley–Neumann) into stages/tests/fixtures/oft/<base>/ instead, the
+`oft_R` weights randomised (at init they are 0: the identity rotation).
+
 `scripts/check_peft_adapter.py` is the other direction: it loads an adapter written by
 tsumugi with PEFT and compares its logits with the ones tsumugi wrote next to it.
 """
@@ -26,7 +30,7 @@ import os
 import sys
 
 import torch
-from peft import LoraConfig, TaskType, get_peft_model
+from peft import LoraConfig, OFTConfig, TaskType, get_peft_model
 from safetensors.torch import save_file
 from transformers import AutoModelForSequenceClassification
 
@@ -45,12 +49,12 @@ def peft_key(name):
     name `.default` removed, `modules_to_save.default.` collapsed onto the module."""
     name = name.replace(".modules_to_save.default.", ".")
     name = name.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B.")
-    return name
+    return name.replace(".oft_R.default.", ".oft_R.")
 
 
-def make(base_name, targets, seed):
+def make(base_name, targets, seed, kind="lora"):
     base_dir = os.path.join(ROOT, base_name)
-    out = os.path.join(ROOT, "lora", base_name)
+    out = os.path.join(ROOT, kind, base_name)
     os.makedirs(out, exist_ok=True)
     torch.manual_seed(seed)
     expected = json.load(open(os.path.join(base_dir, "expected.json"), encoding="utf-8"))
@@ -66,19 +70,29 @@ def make(base_name, targets, seed):
     model = AutoModelForSequenceClassification.from_pretrained(base_dir, dtype=torch.float32).eval()
     with torch.no_grad():
         base_logits = model(**inputs).logits
-    config = LoraConfig(
-        task_type=TaskType.SEQ_CLS,
-        r=4,
-        lora_alpha=8,
-        lora_dropout=0.0,
-        target_modules=targets,
-        modules_to_save=["classifier"],
-    )
+    if kind == "oft":
+        config = OFTConfig(
+            task_type=TaskType.SEQ_CLS,
+            r=0,
+            oft_block_size=8,
+            target_modules=targets,
+            modules_to_save=["classifier"],
+        )
+    else:
+        config = LoraConfig(
+            task_type=TaskType.SEQ_CLS,
+            r=4,
+            lora_alpha=8,
+            lora_dropout=0.0,
+            target_modules=targets,
+            modules_to_save=["classifier"],
+        )
     model = get_peft_model(model, config).eval()
     with torch.no_grad():
+        init_logits = model(**inputs).logits
         for name, p in model.named_parameters():
-            if "lora_B" in name or "modules_to_save" in name:
-                p.copy_(torch.randn_like(p) * 0.2)
+            if "lora_B" in name or "oft_R" in name or "modules_to_save" in name:
+                p.copy_(torch.randn_like(p) * (0.05 if "oft_R" in name else 0.2))
         lora_logits = model(**inputs).logits
     model.save_pretrained(os.path.join(out, "adapter"))
 
@@ -123,6 +137,7 @@ def make(base_name, targets, seed):
         "num_labels": num_labels,
         "inputs": {k: v.tolist() for k, v in inputs.items()},
         "base_logits": base_logits.tolist(),
+        "init_logits": init_logits.tolist(),
         "lora_logits": lora_logits.tolist(),
         "merged_logits": merged_logits.tolist(),
         "labels": label_list,
@@ -137,8 +152,12 @@ def make(base_name, targets, seed):
 
 
 def main():
-    make("bert-1", ["query", "key", "value", "attention.output.dense", "intermediate.dense"], 7)
-    make("roberta-3", ["query", "value", "output.dense"], 8)
+    kind = sys.argv[1] if len(sys.argv) > 1 else "lora"
+    make("bert-1", ["query", "key", "value", "attention.output.dense", "intermediate.dense"], 7, kind)
+    # PEFT 0.21.2's OFT fails on RoBERTa's two-linear head in modules_to_save
+    # ("RobertaClassificationHead has no attribute weight"), so OFT is checked on BERT only.
+    if kind != "oft":
+        make("roberta-3", ["query", "value", "output.dense"], 8, kind)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ mod exp;
 mod fsmonitor;
 mod gc;
 mod metrics;
+#[cfg(feature = "ml")]
+mod models;
 mod plots;
 mod remote;
 mod results;
@@ -104,6 +106,11 @@ pub enum Command {
     /// Score text pairs (JSONL) with a cross-encoder model directory.
     #[cfg(feature = "ml")]
     Score(score::ScoreArgs),
+    /// Model directories: `check` says which architecture, tokenizer and head one holds and
+    /// whether tsumugi loads it.
+    #[cfg(feature = "ml")]
+    #[command(subcommand)]
+    Models(models::ModelsCommand),
     /// Remote caches on object storage (S3, a shared directory): add, list, remove, verify.
     #[command(subcommand, long_about = remote::LONG_ABOUT)]
     Remote(remote::RemoteCommand),
@@ -150,6 +157,8 @@ pub fn main() -> ExitCode {
         Command::Fsmonitor(a) => fsmonitor::run(&project, a),
         #[cfg(feature = "ml")]
         Command::Score(a) => score::run(a),
+        #[cfg(feature = "ml")]
+        Command::Models(c) => models::run(c),
         Command::Remote(a) => remote::run(&project, a),
         Command::Push(a) => remote::sync(&project, a, false),
         Command::Pull(a) => remote::sync(&project, a, true),
@@ -185,7 +194,7 @@ fn prints_for_a_reader(command: &Command) -> bool {
         | Command::Metrics(_)
         | Command::Adapters(_) => true,
         #[cfg(feature = "ml")]
-        Command::Score(_) => true,
+        Command::Score(_) | Command::Models(_) => true,
         _ => false,
     }
 }

@@ -14,7 +14,10 @@ pub enum MlError {
     },
     #[error("{path}: {message}")]
     Config { path: PathBuf, message: String },
-    #[error("model_type {0:?} is not supported (supported: bert, roberta, xlm-roberta)")]
+    #[error(
+        "model_type {0:?} is not supported (supported: {types})",
+        types = crate::models::Architecture::MODEL_TYPES.join(", ")
+    )]
     UnsupportedModel(String),
     #[error("{0} is not supported")]
     Unsupported(String),

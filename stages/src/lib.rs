@@ -35,6 +35,8 @@ pub mod tokenize;
 #[cfg(feature = "ml")]
 pub mod lora;
 #[cfg(feature = "ml")]
+pub mod oft;
+#[cfg(feature = "ml")]
 pub mod peft;
 #[cfg(feature = "ml")]
 pub mod train;

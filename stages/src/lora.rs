@@ -15,34 +15,23 @@
 //!
 //! Targets are matched as PEFT matches `target_modules` given as a list: a module is
 //! targeted when its name equals a target or ends with `"." + target` (so `dense` means
-//! every `*.dense` linear of a layer, `output.dense` both `attention.output.dense` and the
-//! layer's `output.dense`). The per-layer linears are candidates (`attention.self.query|key|
-//! value`, `attention.output.dense`, `intermediate.dense`, `output.dense`); the pooler and
-//! the head are trained whole through `modules_to_save` instead.
+//! every `*.dense` linear of a BERT layer, `output.dense` both `attention.output.dense` and
+//! the layer's `output.dense`). The candidates are each architecture's
+//! [`SequenceClassifier::layer_linears`]; the pooler and the head are trained whole through
+//! `modules_to_save` instead.
 
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::prelude::*;
-use burn::tensor::activation;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{MlError, Result};
-use crate::models::bert::{BertLayer, key_padding, multi_head_attention, on_rows};
-use crate::models::roberta::position_ids;
-use crate::models::{Architecture, CrossEncoder, HiddenAct, ModelInput};
+use crate::models::{CrossEncoder, LinearHook, ModelInput, SequenceClassifier};
+use crate::oft::{OftLinear, OftSettings};
 
-/// The six linears of an encoder layer a LoRA may target, by their PEFT module name
-/// relative to `encoder.layer.N.`.
-pub const LAYER_LINEARS: [&str; 6] = [
-    "attention.self.query",
-    "attention.self.key",
-    "attention.self.value",
-    "attention.output.dense",
-    "intermediate.dense",
-    "output.dense",
-];
-
-/// LoRA hyper-parameters, named as in PEFT's `LoraConfig`.
+/// Adapter hyper-parameters, named as in PEFT's `LoraConfig`; with `oft` set, an OFT
+/// adapter (`crate::oft`) on the same targets instead, and `r`, `alpha`, `dropout` and
+/// `rslora` unused.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LoraSettings {
     pub r: usize,
@@ -55,20 +44,13 @@ pub struct LoraSettings {
     pub rslora: bool,
     /// Train (and save) the pooler too (`modules_to_save` gets `pooler` for BERT).
     pub train_pooler: bool,
+    /// OFT instead of LoRA. Absent from the serialized form when `None`, so LoRA
+    /// settings serialize (and fingerprint) as they always did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oft: Option<OftSettings>,
 }
 
 impl LoraSettings {
-    /// PEFT's default targets per architecture
-    /// (`TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`): query and value.
-    pub fn default_targets(arch: Architecture) -> Vec<String> {
-        match arch {
-            Architecture::Bert | Architecture::Roberta | Architecture::XlmRoberta => {
-                vec!["query".into(), "value".into()]
-            }
-            Architecture::DebertaV2 => crate::models::deberta_v2::default_lora_targets(),
-        }
-    }
-
     pub fn scaling(&self) -> f64 {
         if self.rslora {
             self.alpha / (self.r as f64).sqrt()
@@ -77,17 +59,26 @@ impl LoraSettings {
         }
     }
 
-    /// Whether layer linear `name` (one of [`LAYER_LINEARS`]) is targeted.
+    /// Whether layer linear `name` (one of the architecture's layer linears) is targeted.
     pub fn targets_linear(&self, name: &str) -> bool {
-        let full = format!("encoder.layer.0.{name}");
+        let full = format!("layer.0.{name}");
         self.targets
             .iter()
             .any(|t| name == t || full.ends_with(&format!(".{t}")))
     }
 
-    /// Checks the settings; a target that matches none of the layer linears is an error
-    /// (PEFT fails the same way), so a typo does not silently train only the head.
-    pub fn validate(&self) -> Result<()> {
+    /// Checks the settings against an architecture's layer linears (`linears`); a target
+    /// that matches none of them is an error (PEFT fails the same way), so a typo does not
+    /// silently train only the head.
+    pub fn validate(&self, linears: &[&str]) -> Result<()> {
+        self.check_targets(linears)?;
+        match &self.oft {
+            Some(oft) => oft.validate(),
+            None => self.validate_lora(),
+        }
+    }
+
+    fn validate_lora(&self) -> Result<()> {
         if self.r == 0 {
             return Err(MlError::Input("lora.r must be at least 1".into()));
         }
@@ -103,18 +94,22 @@ impl LoraSettings {
                 self.dropout
             )));
         }
+        Ok(())
+    }
+
+    fn check_targets(&self, linears: &[&str]) -> Result<()> {
         if self.targets.is_empty() {
-            return Err(MlError::Input("lora.targets is empty".into()));
+            return Err(MlError::Input("adapter targets are empty".into()));
         }
         for t in &self.targets {
             let one = LoraSettings {
                 targets: vec![t.clone()],
                 ..self.clone()
             };
-            if !LAYER_LINEARS.iter().any(|l| one.targets_linear(l)) {
+            if !linears.iter().any(|l| one.targets_linear(l)) {
                 return Err(MlError::Input(format!(
-                    "lora target {t:?} matches no layer linear (expected a suffix of one of {})",
-                    LAYER_LINEARS.join(", ")
+                    "adapter target {t:?} matches no layer linear of this model (expected a suffix of one of {})",
+                    linears.join(", ")
                 )));
             }
         }
@@ -180,94 +175,64 @@ impl<B: Backend> LoraLinear<B> {
     }
 }
 
-/// A base linear with an optional LoRA path.
-fn apply<B: Backend, const D: usize>(
-    base: &Linear<B>,
-    lora: &Option<LoraLinear<B>>,
-    x: Tensor<B, D>,
-) -> Tensor<B, D> {
-    on_rows(x, |x| match lora {
-        Some(l) => l.forward(base, x),
-        None => base.forward(x),
-    })
-}
-
-/// The LoRA paths of one encoder layer, one slot per [`LAYER_LINEARS`] entry.
+/// What an adapter adds to one targeted linear.
 #[derive(Module, Debug)]
-pub struct LayerLora<B: Backend> {
-    pub query: Option<LoraLinear<B>>,
-    pub key: Option<LoraLinear<B>>,
-    pub value: Option<LoraLinear<B>>,
-    pub attention_output: Option<LoraLinear<B>>,
-    pub intermediate: Option<LoraLinear<B>>,
-    pub output: Option<LoraLinear<B>>,
+pub enum AdapterLinear<B: Backend> {
+    Lora(LoraLinear<B>),
+    Oft(OftLinear<B>),
 }
 
-impl<B: Backend> LayerLora<B> {
-    /// The slot of [`LAYER_LINEARS`]`[i]`.
-    pub fn slot(&self, i: usize) -> &Option<LoraLinear<B>> {
-        [
-            &self.query,
-            &self.key,
-            &self.value,
-            &self.attention_output,
-            &self.intermediate,
-            &self.output,
-        ][i]
+impl<B: Backend> AdapterLinear<B> {
+    /// `base(x)` with the adapter.
+    pub fn forward(&self, base: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        match self {
+            AdapterLinear::Lora(l) => l.forward(base, x),
+            AdapterLinear::Oft(o) => o.forward(base, x),
+        }
     }
 
-    pub fn slot_mut(&mut self, i: usize) -> &mut Option<LoraLinear<B>> {
-        match i {
-            0 => &mut self.query,
-            1 => &mut self.key,
-            2 => &mut self.value,
-            3 => &mut self.attention_output,
-            4 => &mut self.intermediate,
-            _ => &mut self.output,
+    /// The LoRA path, if this is one.
+    pub fn lora(&self) -> Option<&LoraLinear<B>> {
+        match self {
+            AdapterLinear::Lora(l) => Some(l),
+            AdapterLinear::Oft(_) => None,
+        }
+    }
+
+    pub fn lora_mut(&mut self) -> Option<&mut LoraLinear<B>> {
+        match self {
+            AdapterLinear::Lora(l) => Some(l),
+            AdapterLinear::Oft(_) => None,
+        }
+    }
+
+    /// The base weight `[in, out]` with the adapter merged in (`sign` −1 takes it out).
+    fn merge_into(&self, w: Tensor<B, 2>, sign: f64) -> Tensor<B, 2> {
+        match self {
+            AdapterLinear::Lora(l) => w + l.delta().detach().mul_scalar(sign),
+            AdapterLinear::Oft(o) => o.merge_into(w, sign < 0.0),
         }
     }
 }
 
-/// The base layer's linear of [`LAYER_LINEARS`]`[i]`.
-pub fn layer_linear<B: Backend>(layer: &BertLayer<B>, i: usize) -> &Linear<B> {
-    match i {
-        0 => &layer.attention.self_attention.query,
-        1 => &layer.attention.self_attention.key,
-        2 => &layer.attention.self_attention.value,
-        3 => &layer.attention.output.dense,
-        4 => &layer.intermediate.dense,
-        _ => &layer.output.dense,
+/// The adapter paths of one encoder layer: one slot per layer linear of the architecture,
+/// `None` where the linear is not targeted.
+#[derive(Module, Debug)]
+pub struct LayerLora<B: Backend> {
+    pub slots: Vec<Option<AdapterLinear<B>>>,
+}
+
+impl<B: Backend> LinearHook<B> for Vec<LayerLora<B>> {
+    fn linear(&self, layer: usize, slot: usize, base: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        match self.get(layer).and_then(|l| l.slots[slot].as_ref()) {
+            Some(adapter) => adapter.forward(base, x),
+            None => base.forward(x),
+        }
     }
 }
 
-fn layer_linear_mut<B: Backend>(layer: &mut BertLayer<B>, i: usize) -> &mut Linear<B> {
-    match i {
-        0 => &mut layer.attention.self_attention.query,
-        1 => &mut layer.attention.self_attention.key,
-        2 => &mut layer.attention.self_attention.value,
-        3 => &mut layer.attention.output.dense,
-        4 => &mut layer.intermediate.dense,
-        _ => &mut layer.output.dense,
-    }
-}
-
-/// The layers of a cross-encoder's encoder.
-pub fn encoder_layers<B: Backend>(model: &CrossEncoder<B>) -> &Vec<BertLayer<B>> {
-    match model {
-        CrossEncoder::Bert(m) => &m.bert.encoder.layer,
-        CrossEncoder::Roberta(m) => &m.roberta.encoder.layer,
-    }
-}
-
-fn encoder_layers_mut<B: Backend>(model: &mut CrossEncoder<B>) -> &mut Vec<BertLayer<B>> {
-    match model {
-        CrossEncoder::Bert(m) => &mut m.bert.encoder.layer,
-        CrossEncoder::Roberta(m) => &mut m.roberta.encoder.layer,
-    }
-}
-
-/// A cross-encoder with LoRA paths: the trainable module. Only the LoRA matrices and the
-/// head (plus the pooler when asked) require gradients.
+/// A cross-encoder with adapter paths (LoRA or OFT): the trainable module. Only the
+/// adapter weights and the head (plus the pooler when asked) require gradients.
 #[derive(Module, Debug)]
 pub struct LoraModel<B: Backend> {
     pub base: CrossEncoder<B>,
@@ -314,197 +279,88 @@ impl<B: Backend> LoraModel<B> {
         seed: u64,
         device: &B::Device,
     ) -> Result<Self> {
-        settings.validate()?;
+        let linears = base.layer_linears();
+        settings.validate(linears)?;
         let mut rng = SplitMix(seed);
-        let layers = encoder_layers(&base)
-            .iter()
-            .map(|layer| {
-                let mut slots = LayerLora {
-                    query: None,
-                    key: None,
-                    value: None,
-                    attention_output: None,
-                    intermediate: None,
-                    output: None,
-                };
-                for (i, name) in LAYER_LINEARS.iter().enumerate() {
-                    if settings.targets_linear(name) {
-                        let [d_in, d_out] = layer_linear(layer, i).weight.dims();
-                        *slots.slot_mut(i) =
-                            Some(LoraLinear::init(d_in, d_out, settings, &mut rng, device));
-                    }
-                }
-                slots
+        let layers = (0..base.num_layers())
+            .map(|i| {
+                let slots = (0..linears.len())
+                    .map(|s| {
+                        if !settings.targets_linear(linears[s]) {
+                            return Ok(None);
+                        }
+                        let [d_in, d_out] = base.layer_linear(i, s).weight.dims();
+                        Ok(Some(match &settings.oft {
+                            Some(oft) => {
+                                let name = format!("{}.{}", base.layer_path(i), linears[s]);
+                                AdapterLinear::Oft(OftLinear::init(d_in, oft, &name, device)?)
+                            }
+                            None => AdapterLinear::Lora(LoraLinear::init(
+                                d_in, d_out, settings, &mut rng, device,
+                            )),
+                        }))
+                    })
+                    .collect::<Result<_>>()?;
+                Ok(LayerLora { slots })
             })
-            .collect();
+            .collect::<Result<_>>()?;
         Ok(Self {
-            base: freeze_base(base, settings.train_pooler),
+            base: base.freeze_except_head(settings.train_pooler),
             layers,
         })
     }
 
     /// Logits `[batch, num_labels]`: `CrossEncoder::forward` with the LoRA paths added.
     pub fn forward(&self, input: &ModelInput<B>) -> Tensor<B, 2> {
-        match &self.base {
-            CrossEncoder::Bert(m) => {
-                let x = m.bert.embeddings.forward(
-                    input.input_ids.clone(),
-                    None,
-                    input.token_type_ids.clone(),
-                );
-                let hidden = self.encode(&m.bert.encoder.layer, x, input.attention_mask.clone());
-                m.classifier
-                    .forward(m.dropout.forward(m.pooler.forward(hidden)))
-            }
-            CrossEncoder::Roberta(m) => {
-                let positions = position_ids(input.input_ids.clone(), m.roberta.padding_idx);
-                let x =
-                    m.roberta
-                        .embeddings
-                        .forward(input.input_ids.clone(), Some(positions), None);
-                let hidden = self.encode(&m.roberta.encoder.layer, x, input.attention_mask.clone());
-                m.classifier.forward(hidden)
-            }
-        }
+        self.base.forward_with(input, &self.layers)
     }
 
-    /// `BertEncoder::forward_first_token` with the LoRA paths: `[batch, 1, hidden]`.
-    fn encode(
-        &self,
-        layers: &[BertLayer<B>],
-        mut x: Tensor<B, 3>,
-        attention_mask: Tensor<B, 2, Int>,
-    ) -> Tensor<B, 3> {
-        let b = x.dims()[0];
-        let padding = key_padding(attention_mask);
-        let n = layers.len().min(self.layers.len());
-        for (layer, lora) in layers.iter().zip(&self.layers).take(n.saturating_sub(1)) {
-            x = layer_forward(layer, lora, x.clone(), x, padding.clone());
-        }
-        let first = x.clone().slice([0..b, 0..1]);
-        match n {
-            0 => first,
-            _ => layer_forward(&layers[n - 1], &self.layers[n - 1], first, x, padding),
-        }
+    /// Every targeted linear with its adapter: `(layer, slot, adapter)`.
+    pub fn paths(&self) -> impl Iterator<Item = (usize, usize, &AdapterLinear<B>)> {
+        self.layers.iter().enumerate().flat_map(|(i, l)| {
+            l.slots
+                .iter()
+                .enumerate()
+                .filter_map(move |(s, p)| p.as_ref().map(|p| (i, s, p)))
+        })
     }
 
-    /// The base model with every `s · A B` added to its weight (PEFT `merge_and_unload`).
+    /// The base model with every adapter merged into its weight (PEFT `merge_and_unload`):
+    /// `W + s · A B` for LoRA, `R W` for OFT.
     pub fn merged(&self) -> CrossEncoder<B> {
-        let mut base = self.base.clone();
-        for (layer, lora) in encoder_layers_mut(&mut base).iter_mut().zip(&self.layers) {
-            for i in 0..LAYER_LINEARS.len() {
-                if let Some(l) = lora.slot(i) {
-                    let lin = layer_linear_mut(layer, i);
-                    let w = lin.weight.val().detach() + l.delta().detach();
-                    lin.weight = Param::from_tensor(w);
-                }
-            }
-        }
-        base
+        self.shifted(self.base.clone(), 1.0)
     }
 
-    /// Removes the LoRA deltas from a model made by [`LoraModel::merged`] (PEFT `unmerge`):
-    /// the base weights again, up to rounding.
-    pub fn unmerge(&self, mut merged: CrossEncoder<B>) -> CrossEncoder<B> {
-        for (layer, lora) in encoder_layers_mut(&mut merged).iter_mut().zip(&self.layers) {
-            for i in 0..LAYER_LINEARS.len() {
-                if let Some(l) = lora.slot(i) {
-                    let lin = layer_linear_mut(layer, i);
-                    let w = lin.weight.val().detach() - l.delta().detach();
-                    lin.weight = Param::from_tensor(w);
-                }
-            }
+    /// Removes the adapters from a model made by [`LoraModel::merged`] (PEFT `unmerge`):
+    /// the base weights again, up to rounding (and, for OFT's truncated Cayley series, up
+    /// to its distance from a true rotation).
+    pub fn unmerge(&self, merged: CrossEncoder<B>) -> CrossEncoder<B> {
+        self.shifted(merged, -1.0)
+    }
+
+    /// `model` with each adapter merged into (`sign` 1) or out of (−1) its weight.
+    fn shifted(&self, mut model: CrossEncoder<B>, sign: f64) -> CrossEncoder<B> {
+        for (i, s, adapter) in self.paths() {
+            let lin = model.layer_linear_mut(i, s);
+            let w = adapter.merge_into(lin.weight.val().detach(), sign).detach();
+            lin.weight = Param::from_tensor(w);
         }
-        merged
+        model
     }
 
     /// Sets every dropout probability (model and LoRA paths) to 0: for gradient checks
     /// against PyTorch in eval mode.
     pub fn without_dropout(mut self) -> Self {
-        let off = |d: &mut Dropout| d.prob = 0.0;
-        let layers = match &mut self.base {
-            CrossEncoder::Bert(m) => {
-                off(&mut m.dropout);
-                off(&mut m.bert.embeddings.dropout);
-                &mut m.bert.encoder.layer
-            }
-            CrossEncoder::Roberta(m) => {
-                off(&mut m.classifier.dropout);
-                off(&mut m.roberta.embeddings.dropout);
-                &mut m.roberta.encoder.layer
-            }
-        };
-        for layer in layers.iter_mut() {
-            off(&mut layer.attention.self_attention.dropout);
-            off(&mut layer.attention.output.dropout);
-            off(&mut layer.output.dropout);
-        }
-        for lora in &mut self.layers {
-            for i in 0..LAYER_LINEARS.len() {
-                if let Some(l) = lora.slot_mut(i) {
-                    off(&mut l.dropout);
+        self.base.without_dropout();
+        for layer in &mut self.layers {
+            for adapter in layer.slots.iter_mut().flatten() {
+                if let AdapterLinear::Lora(lora) = adapter {
+                    lora.dropout.prob = 0.0;
                 }
             }
         }
         self
     }
-}
-
-/// Freezes every base weight, then lets the head (and, when asked, the pooler) learn.
-pub fn freeze_base<B: Backend>(base: CrossEncoder<B>, train_pooler: bool) -> CrossEncoder<B> {
-    let trainable = |l: Linear<B>| -> Linear<B> {
-        Linear {
-            weight: l.weight.set_require_grad(true),
-            bias: l.bias.map(|b| b.set_require_grad(true)),
-        }
-    };
-    match base.no_grad() {
-        CrossEncoder::Bert(mut m) => {
-            m.classifier = trainable(m.classifier);
-            if train_pooler {
-                m.pooler.dense = trainable(m.pooler.dense);
-            }
-            CrossEncoder::Bert(m)
-        }
-        CrossEncoder::Roberta(mut m) => {
-            // RoBERTa's head has its own dense layer (PEFT's modules_to_save `classifier`
-            // covers both), so `train_pooler` changes nothing here.
-            m.classifier.dense = trainable(m.classifier.dense);
-            m.classifier.out_proj = trainable(m.classifier.out_proj);
-            CrossEncoder::Roberta(m)
-        }
-    }
-}
-
-/// One encoder layer as `BertLayer::forward_rows`, with the LoRA paths: the output for the
-/// rows of `queries`, attending over all of `x`.
-fn layer_forward<B: Backend>(
-    layer: &BertLayer<B>,
-    lora: &LayerLora<B>,
-    queries: Tensor<B, 3>,
-    x: Tensor<B, 3>,
-    padding: Tensor<B, 2, Bool>,
-) -> Tensor<B, 3> {
-    let sa = &layer.attention.self_attention;
-    let q = apply(&sa.query, &lora.query, queries.clone());
-    let k = apply(&sa.key, &lora.key, x.clone());
-    let v = apply(&sa.value, &lora.value, x);
-    let attended = multi_head_attention(q, k, v, padding, sa.num_heads, &sa.dropout);
-    let ao = &layer.attention.output;
-    let x = ao.layer_norm.forward(
-        ao.dropout
-            .forward(apply(&ao.dense, &lora.attention_output, attended))
-            + queries,
-    );
-    let inner = apply(&layer.intermediate.dense, &lora.intermediate, x.clone());
-    let inner = match layer.intermediate.act {
-        HiddenAct::Gelu => crate::models::cpu::gelu(inner),
-        HiddenAct::GeluTanh => activation::gelu_approximate(inner),
-        HiddenAct::Relu => activation::relu(inner),
-    };
-    let out = &layer.output;
-    out.layer_norm
-        .forward(out.dropout.forward(apply(&out.dense, &lora.output, inner)) + x)
 }
 
 #[cfg(test)]
@@ -519,11 +375,13 @@ mod tests {
             targets: targets.iter().map(|s| s.to_string()).collect(),
             rslora: false,
             train_pooler: false,
+            oft: None,
         }
     }
 
     #[test]
     fn targets_match_as_peft_suffixes() {
+        use crate::models::bert::LAYER_LINEARS;
         let s = settings(&["query", "value"]);
         let hit: Vec<_> = LAYER_LINEARS
             .iter()
@@ -542,9 +400,12 @@ mod tests {
             3
         );
         // "ery" is not a module-name suffix at a dot.
-        let err = settings(&["ery"]).validate().unwrap_err().to_string();
+        let err = settings(&["ery"])
+            .validate(&LAYER_LINEARS)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("\"ery\" matches no layer linear"), "{err}");
-        assert!(settings(&["query"]).validate().is_ok());
+        assert!(settings(&["query"]).validate(&LAYER_LINEARS).is_ok());
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! label chosen with `label:` (e.g. the entailment class of an NLI model), which, unlike a
 //! raw logit of one class, is comparable between pairs. `margin` is in these units.
 
+use crate::models::SequenceClassifier;
 use std::path::Path;
 
 use burn::prelude::*;

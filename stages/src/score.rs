@@ -1,6 +1,7 @@
 //! Scoring text pairs with a cross-encoder: the library function behind `tsumugi score`
 //! and the ML stages.
 
+use crate::models::SequenceClassifier;
 use std::path::Path;
 
 use burn::prelude::*;

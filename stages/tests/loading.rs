@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use tsumugi_stages::models::SequenceClassifier;
 
 use burn::prelude::*;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};

@@ -5,7 +5,8 @@
 //! - merging gives the same logits as base + adapter, and unmerging restores the base;
 //! - saving writes PEFT's keys and shapes, and loading what we saved gives the same model;
 //! - the other direction (Python loading our adapter) is checked by
-//!   `scripts/check_peft_adapter.py` on the directory `tsumugi_adapter_for_python` writes.
+//!   `scripts/check_peft_adapter.py` on the directory `tsumugi_adapter_for_python` writes;
+//! - the same for OFT adapters (`oft_*` tests, fixtures of `make_lora_fixtures.py oft`).
 #![cfg(feature = "ml")]
 
 use std::path::{Path, PathBuf};
@@ -13,8 +14,9 @@ use std::path::{Path, PathBuf};
 use burn::backend::Flex;
 use burn::prelude::*;
 use serde_json::Value;
-use tsumugi_stages::lora::{LoraModel, LoraSettings};
+use tsumugi_stages::lora::{AdapterLinear, LoraModel, LoraSettings};
 use tsumugi_stages::models::{CrossEncoder, LoadOptions, ModelDir, ModelInput};
+use tsumugi_stages::oft::{OftSettings, Rotation};
 use tsumugi_stages::peft::{self, TensorSet};
 
 type B = Flex;
@@ -30,7 +32,11 @@ struct Case {
 }
 
 fn case(name: &str) -> Case {
-    let dir = fixtures().join("lora").join(name);
+    case_of("lora", name)
+}
+
+fn case_of(kind: &str, name: &str) -> Case {
+    let dir = fixtures().join(kind).join(name);
     let expected: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
     Case {
@@ -83,6 +89,7 @@ fn all_targets() -> LoraSettings {
             .to_vec(),
         rslora: false,
         train_pooler: true,
+        oft: None,
     }
 }
 
@@ -99,13 +106,29 @@ fn fresh_lora_forward_equals_base_forward() {
         println!("{name}: fresh LoRA vs base max |Δ| = {diff:e}");
         assert!(diff <= 1e-6, "{name}: {diff}");
         // And A really is PEFT's Kaiming-uniform: within ±1/√in, not all zero.
-        let a = peft::values(lora.layers[0].query.as_ref().unwrap().a.val());
+        let a = peft::values(
+            lora.layers[0].slots[0]
+                .as_ref()
+                .unwrap()
+                .lora()
+                .unwrap()
+                .a
+                .val(),
+        );
         let bound = 1.0 / (32f32).sqrt();
         assert!(a.iter().all(|x| x.abs() <= bound) && a.iter().any(|x| x.abs() > bound / 2.0));
         assert!(
-            peft::values(lora.layers[1].output.as_ref().unwrap().b.val())
-                .iter()
-                .all(|x| *x == 0.0)
+            peft::values(
+                lora.layers[1].slots[5]
+                    .as_ref()
+                    .unwrap()
+                    .lora()
+                    .unwrap()
+                    .b
+                    .val()
+            )
+            .iter()
+            .all(|x| *x == 0.0)
         );
     }
 }
@@ -162,7 +185,7 @@ fn saved_adapter_has_peft_keys_and_loads_back() {
         let d = Default::default();
         let (lora, settings) = peft::load_adapter::<B>(&c.base, &c.adapter, &d).unwrap();
         let tmp = tempfile::tempdir().unwrap();
-        peft::save_adapter(&lora, &settings, c.base.architecture, "fixture", tmp.path()).unwrap();
+        peft::save_adapter(&lora, &settings, "fixture", tmp.path()).unwrap();
         // Same keys, shapes and values as the Python-made file.
         let ours = TensorSet::read(&tmp.path().join(peft::WEIGHTS_FILE)).unwrap();
         let theirs = TensorSet::read(&c.adapter.join(peft::WEIGHTS_FILE)).unwrap();
@@ -233,21 +256,21 @@ fn tsumugi_adapter_for_python() {
     let (base, _) = CrossEncoder::<B>::load(&c.base, &LoadOptions::default(), &d).unwrap();
     let settings = all_targets();
     let mut lora = LoraModel::new(base, &settings, 11, &d).unwrap();
-    for layer in lora.layers.iter_mut() {
-        for s in 0..6 {
-            if let Some(l) = layer.slot_mut(s) {
-                let b = l.b.val();
-                let shape = b.dims();
-                let n = shape[0] * shape[1];
-                let v: Vec<f32> = (0..n)
-                    .map(|i| ((i * 7919 % 97) as f32 / 97.0 - 0.5) * 0.4)
-                    .collect();
-                l.b = burn::module::Param::from_tensor(Tensor::from_data(
-                    TensorData::new(v, shape),
-                    &d,
-                ));
-            }
-        }
+    for a in lora
+        .layers
+        .iter_mut()
+        .flat_map(|l| l.slots.iter_mut().flatten())
+    {
+        let AdapterLinear::Lora(l) = a else {
+            unreachable!("LoRA settings give LoRA paths")
+        };
+        let b = l.b.val();
+        let shape = b.dims();
+        let n = shape[0] * shape[1];
+        let v: Vec<f32> = (0..n)
+            .map(|i| ((i * 7919 % 97) as f32 / 97.0 - 0.5) * 0.4)
+            .collect();
+        l.b = burn::module::Param::from_tensor(Tensor::from_data(TensorData::new(v, shape), &d));
     }
     let keep = std::env::var_os("TSUMUGI_PEFT_CHECK_DIR").map(PathBuf::from);
     let tmp = tempfile::tempdir().unwrap();
@@ -255,7 +278,6 @@ fn tsumugi_adapter_for_python() {
     peft::save_adapter(
         &lora,
         &settings,
-        c.base.architecture,
         &c.base.path.display().to_string(),
         &out.join("adapter"),
     )
@@ -270,6 +292,196 @@ fn tsumugi_adapter_for_python() {
     .unwrap();
     let (again, _) = peft::load_adapter::<B>(&c.base, &out.join("adapter"), &d).unwrap();
     assert_eq!(peft::values(again.forward(&input(&c))), logits);
+    if let Some(k) = keep {
+        println!("wrote {} for scripts/check_peft_adapter.py", k.display());
+    }
+}
+
+fn oft_settings(rotation: Rotation) -> LoraSettings {
+    LoraSettings {
+        oft: Some(OftSettings {
+            block_size: 8,
+            rotation,
+        }),
+        ..all_targets()
+    }
+}
+
+#[test]
+fn oft_fresh_forward_equals_base_for_both_rotations() {
+    for name in ["bert-1", "roberta-3"] {
+        for rotation in [Rotation::Cayley { terms: 5 }, Rotation::Exp] {
+            let c = case(name);
+            let d = Default::default();
+            let (base, _) = CrossEncoder::<B>::load(&c.base, &LoadOptions::default(), &d).unwrap();
+            let want = peft::values(base.forward(&input(&c)));
+            let oft = LoraModel::new(base, &oft_settings(rotation), 3, &d).unwrap();
+            // Every linear the targets name is rotated: 6 per layer on BERT's 2 layers.
+            assert_eq!(oft.paths().count(), 12);
+            let diff = max_diff(&peft::values(oft.forward(&input(&c))), &want);
+            println!("{name} {rotation:?}: fresh OFT vs base max |Δ| = {diff:e}");
+            assert!(diff <= 1e-6, "{name}: {diff}");
+        }
+    }
+}
+
+#[test]
+fn oft_python_peft_adapter_gives_python_logits_merges_and_saves_back() {
+    let c = case_of("oft", "bert-1");
+    let d = Default::default();
+    let (oft, settings) = peft::load_adapter::<B>(&c.base, &c.adapter, &d).unwrap();
+    assert_eq!(
+        settings.oft,
+        Some(OftSettings {
+            block_size: 8,
+            rotation: Rotation::Cayley { terms: 5 }
+        })
+    );
+    let got = peft::values(oft.forward(&input(&c)));
+    let want = floats(&c.expected["lora_logits"]);
+    let diff = max_diff(&got, &want);
+    println!("OFT: PEFT adapter, tsumugi vs PEFT logits max |Δ| = {diff:e}");
+    assert!(diff <= 1e-4, "{diff}");
+    assert!(max_diff(&got, &floats(&c.expected["base_logits"])) > 0.1);
+    // PEFT at init (zero weights) is the base model, as tsumugi's fresh adapter is.
+    let init = floats(&c.expected["init_logits"]);
+    assert!(max_diff(&init, &floats(&c.expected["base_logits"])) <= 1e-5);
+
+    let merged = peft::values(oft.merged().forward(&input(&c)));
+    let diff = max_diff(&merged, &floats(&c.expected["merged_logits"]));
+    println!("OFT: merged, tsumugi vs PEFT merge_and_unload max |Δ| = {diff:e}");
+    assert!(diff <= 1e-4, "merged {diff}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    peft::save_adapter(&oft, &settings, "fixture", tmp.path()).unwrap();
+    let ours = TensorSet::read(&tmp.path().join(peft::WEIGHTS_FILE)).unwrap();
+    let theirs = TensorSet::read(&c.adapter.join(peft::WEIGHTS_FILE)).unwrap();
+    assert_eq!(
+        ours.0.keys().collect::<Vec<_>>(),
+        theirs.0.keys().collect::<Vec<_>>()
+    );
+    for (k, (s, v)) in &theirs.0 {
+        assert_eq!(&ours.0[k].0, s, "{k}");
+        assert_eq!(&ours.0[k].1, v, "{k}: values");
+    }
+    let (again, s2) = peft::load_adapter::<B>(&c.base, tmp.path(), &d).unwrap();
+    assert_eq!(s2, settings);
+    assert_eq!(peft::values(again.forward(&input(&c))), got);
+}
+
+#[test]
+fn oft_exp_adapter_round_trips_and_says_it_is_not_cayley() {
+    let c = case("bert-1");
+    let d = Default::default();
+    let (base, _) = CrossEncoder::<B>::load(&c.base, &LoadOptions::default(), &d).unwrap();
+    let settings = oft_settings(Rotation::Exp);
+    let mut oft = LoraModel::new(base, &settings, 3, &d).unwrap();
+    perturb(&mut oft);
+    let tmp = tempfile::tempdir().unwrap();
+    peft::save_adapter(&oft, &settings, "fixture", tmp.path()).unwrap();
+    let config = std::fs::read_to_string(tmp.path().join(peft::CONFIG_FILE)).unwrap();
+    assert!(config.contains("\"tsumugi_rotation\": \"exp\""), "{config}");
+    let (again, s2) = peft::load_adapter::<B>(&c.base, tmp.path(), &d).unwrap();
+    assert_eq!((&s2.oft, &s2.targets), (&settings.oft, &settings.targets));
+    let a = peft::values(oft.forward(&input(&c)));
+    assert_eq!(peft::values(again.forward(&input(&c))), a);
+    // exp rotations are exact, so merging is exact up to rounding too.
+    let m = peft::values(oft.merged().forward(&input(&c)));
+    assert!(max_diff(&m, &a) <= 1e-5);
+}
+
+#[test]
+fn oft_errors_name_the_setting() {
+    let c = case_of("oft", "bert-1");
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        c.adapter.join(peft::WEIGHTS_FILE),
+        tmp.path().join(peft::WEIGHTS_FILE),
+    )
+    .unwrap();
+    let cfg = std::fs::read_to_string(c.adapter.join(peft::CONFIG_FILE)).unwrap();
+    for (from, to, says) in [
+        (
+            "\"use_cayley_neumann\": true",
+            "\"use_cayley_neumann\": false",
+            "use_cayley_neumann",
+        ),
+        (
+            "\"coft\": false",
+            "\"coft\": true",
+            "coft: true is not supported",
+        ),
+        (
+            "\"oft_block_size\": 8",
+            "\"oft_block_size\": 5",
+            "block_size 5 does not divide the 32 input features of bert.encoder.layer.0.attention.self.query",
+        ),
+    ] {
+        std::fs::write(tmp.path().join(peft::CONFIG_FILE), cfg.replace(from, to)).unwrap();
+        let err = peft::load_adapter::<B>(&c.base, tmp.path(), &Default::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("adapter_config.json") && err.contains(says),
+            "{err}"
+        );
+    }
+}
+
+/// Every OFT weight set to a seeded pattern, so the rotations are not the identity.
+fn perturb(model: &mut LoraModel<B>) {
+    for a in model
+        .layers
+        .iter_mut()
+        .flat_map(|l| l.slots.iter_mut().flatten())
+    {
+        if let AdapterLinear::Oft(o) = a {
+            let w = o.weight.val();
+            let shape = w.dims();
+            let v: Vec<f32> = (0..shape[0] * shape[1])
+                .map(|i| ((i * 7919 % 97) as f32 / 97.0 - 0.5) * 0.3)
+                .collect();
+            o.weight = burn::module::Param::from_tensor(Tensor::from_data(
+                TensorData::new(v, shape),
+                &Default::default(),
+            ));
+        }
+    }
+}
+
+/// `tsumugi_adapter_for_python` for OFT (Cayley, which PEFT computes): a tsumugi-made OFT
+/// adapter and its logits, for `scripts/check_peft_adapter.py`
+/// (`$TSUMUGI_PEFT_CHECK_DIR/oft`).
+#[test]
+fn oft_tsumugi_adapter_for_python() {
+    let c = case("bert-1");
+    let d = Default::default();
+    let (base, _) = CrossEncoder::<B>::load(&c.base, &LoadOptions::default(), &d).unwrap();
+    let settings = oft_settings(Rotation::Cayley { terms: 5 });
+    let mut oft = LoraModel::new(base, &settings, 3, &d).unwrap();
+    perturb(&mut oft);
+    let keep = std::env::var_os("TSUMUGI_PEFT_CHECK_DIR").map(|d| PathBuf::from(d).join("oft"));
+    let tmp = tempfile::tempdir().unwrap();
+    let out = keep.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    peft::save_adapter(
+        &oft,
+        &settings,
+        &c.base.path.display().to_string(),
+        &out.join("adapter"),
+    )
+    .unwrap();
+    let logits = peft::values(oft.forward(&input(&c)));
+    let record = serde_json::json!({
+        "base": c.base.path,
+        "inputs": c.expected["inputs"],
+        "logits": logits,
+    });
+    std::fs::write(
+        out.join("expected.json"),
+        serde_json::to_string_pretty(&record).unwrap(),
+    )
+    .unwrap();
     if let Some(k) = keep {
         println!("wrote {} for scripts/check_peft_adapter.py", k.display());
     }

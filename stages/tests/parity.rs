@@ -3,6 +3,7 @@
 #![cfg(feature = "ml")]
 
 use std::path::{Path, PathBuf};
+use tsumugi_stages::models::SequenceClassifier;
 
 use serde_json::Value;
 use tsumugi_stages::device::CpuBackend;

@@ -313,4 +313,87 @@ fn train_evaluate_export_through_the_stage_contract() {
     )
     .unwrap_err();
     assert!(format!("{err:#}").contains("regresion"), "{err:#}");
+
+    // An OFT adapter through the same stages: trained (the loss falls), saved in PEFT's
+    // OFT format, merged on export with the adapter's logits.
+    let oft_with = |adapter: Value| {
+        json!({
+            "base": base, "train": "train.jsonl", "task": "regression", "adapter": adapter,
+            "optim": {"lr": 2e-2, "epochs": 3, "batch": 4, "seed": 7},
+            "max_length": 32
+        })
+    };
+    let rep = Recorder::default();
+    let o = run(
+        "train-lora",
+        root,
+        "train_oft",
+        oft_with(
+            json!({"type": "oft", "block_size": 8, "targets": ["query", "value", "output.dense"]}),
+        ),
+        &rep,
+    )
+    .unwrap();
+    let config: Value = serde_json::from_str(
+        &std::fs::read_to_string(o["adapter"].join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(config["peft_type"], "OFT");
+    assert_eq!(config["oft_block_size"], 8);
+    let losses: Vec<f64> = rep
+        .metrics
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(n, s, _)| n == "train/loss" && s.is_some())
+        .map(|(_, _, v)| *v)
+        .collect();
+    let third = losses.len() / 3;
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    assert!(
+        mean(&losses[losses.len() - third..]) < mean(&losses[..third]),
+        "OFT training lowers the loss: {losses:?}"
+    );
+    let (oft, _) = tsumugi_stages::peft::load_adapter::<Flex>(&dir, &o["adapter"], &dev).unwrap();
+    let want = tsumugi_stages::peft::values(oft.forward(&input));
+    let xo = run(
+        "export",
+        root,
+        "export_oft",
+        json!({"base": base, "adapter": o["adapter"], "merge": true}),
+        &Recorder::default(),
+    )
+    .unwrap();
+    let (merged, _) = CrossEncoder::<Flex>::load(
+        &ModelDir::open(&xo["model"]).unwrap(),
+        &LoadOptions::default(),
+        &dev,
+    )
+    .unwrap();
+    let got = tsumugi_stages::peft::values(merged.forward(&input));
+    let diff = want
+        .iter()
+        .zip(&got)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0.0, f32::max);
+    assert!(diff <= 1e-5, "merged OFT export vs base + adapter: {diff}");
+    let mut both = oft_with(json!({"type": "oft"}));
+    both["lora"] = json!({"r": 4});
+    let err = run("train-lora", root, "bad_oft", both, &Recorder::default()).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("with.adapter is type oft, so with.lora does not apply"),
+        "{err:#}"
+    );
+    let err = run(
+        "train-lora",
+        root,
+        "bad_block",
+        oft_with(json!({"type": "oft", "block_size": 5})),
+        &Recorder::default(),
+    )
+    .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("block_size 5 does not divide the 32 input features"),
+        "{err:#}"
+    );
 }

@@ -51,6 +51,7 @@ fn lora_training_throughput() {
             targets: ["query", "key", "value"].map(String::from).to_vec(),
             rslora: false,
             train_pooler: false,
+            oft: None,
         },
         optim: OptimSettings {
             batch,

@@ -1,6 +1,7 @@
 //! Two training steps (dropout off) against PyTorch + PEFT on the fixtures of
-//! `scripts/make_lora_fixtures.py`: the gradients of every trainable tensor (LoRA A/B and
-//! the head) before clipping, and the values after global-norm clipping + AdamW, ≤ 1e-4.
+//! `scripts/make_lora_fixtures.py` (LoRA, and OFT with `oft`): the gradients of every
+//! trainable tensor (LoRA A/B or OFT's rotation weights, and the head) before clipping,
+//! and the values after global-norm clipping + AdamW, ≤ 1e-4.
 //! Step 2 checks AdamW's moments and bias correction as well.
 #![cfg(feature = "ml")]
 
@@ -9,7 +10,8 @@ use std::path::{Path, PathBuf};
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use serde_json::Value;
-use tsumugi_stages::lora::{LAYER_LINEARS, LoraModel};
+use tsumugi_stages::lora::{AdapterLinear, LoraModel};
+use tsumugi_stages::models::SequenceClassifier;
 use tsumugi_stages::models::{ModelDir, ModelInput};
 use tsumugi_stages::peft::{self, TensorSet};
 use tsumugi_stages::train::{loss, optim};
@@ -43,10 +45,15 @@ fn named_grads(
 ) -> TensorSet {
     let mut set = TensorSet::default();
     let p = "base_model.model.";
-    for (i, layer) in model.layers.iter().enumerate() {
-        for (s, name) in LAYER_LINEARS.iter().enumerate() {
-            if let Some(l) = layer.slot(s) {
-                let key = format!("{p}{arch}.encoder.layer.{i}.{name}");
+    for (i, s, l) in model.paths() {
+        let key = format!(
+            "{p}{}.{}",
+            model.base.layer_path(i),
+            model.base.layer_linears()[s]
+        );
+        assert!(key.starts_with(&format!("{p}{arch}.")), "{key}");
+        match l {
+            AdapterLinear::Lora(l) => {
                 set.matrix(
                     format!("{key}.lora_A.weight"),
                     l.a.val().grad(grads).expect("A has a gradient"),
@@ -55,6 +62,16 @@ fn named_grads(
                     format!("{key}.lora_B.weight"),
                     l.b.val().grad(grads).expect("B has a gradient"),
                 );
+            }
+            AdapterLinear::Oft(o) => {
+                let g = o
+                    .weight
+                    .val()
+                    .grad(grads)
+                    .expect("OFT weight has a gradient");
+                let shape = g.dims().to_vec();
+                set.0
+                    .insert(format!("{key}.oft_R.weight"), (shape, peft::values(g)));
             }
         }
     }
@@ -102,6 +119,10 @@ fn named_grads(
                     .is_none()
             );
         }
+        // ModernBERT's steps are checked in tests/modernbert_lora.rs.
+        tsumugi_stages::models::CrossEncoder::ModernBert(_) => {
+            unreachable!("BERT/RoBERTa fixtures")
+        }
     }
     set
 }
@@ -130,8 +151,12 @@ fn compare(what: &str, ours: &TensorSet, reference: &TensorSet, prefix: &str) ->
 
 #[test]
 fn two_adamw_steps_match_pytorch_peft() {
-    for (name, arch) in [("bert-1", "bert"), ("roberta-3", "roberta")] {
-        let dir = fixtures().join("lora").join(name);
+    for (kind, name, arch) in [
+        ("lora", "bert-1", "bert"),
+        ("lora", "roberta-3", "roberta"),
+        ("oft", "bert-1", "bert"),
+    ] {
+        let dir = fixtures().join(kind).join(name);
         let e: Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
                 .unwrap();
@@ -173,14 +198,14 @@ fn two_adamw_steps_match_pytorch_peft() {
             let norm = optim::clip_grad_norm::<B>(&mut grads, rec["max_norm"].as_f64().unwrap());
             let dn = (norm - rec["grad_norm"].as_f64().unwrap()).abs();
             model = optim::adamw_step(model, grads, lr, cfg, &mut state);
-            let after = peft::adapter_tensors(&model, &settings, base.architecture);
+            let after = peft::adapter_tensors(&model, &settings);
             let vd = compare("value", &after, &reference, &format!("value.{step}."));
             println!(
-                "{name} step {step}: |Δloss| {dl:.2e}, |Δgrad_norm| {dn:.2e}, max |Δgrad| {gd:.2e}, max |Δvalue| {vd:.2e}"
+                "{kind} {name} step {step}: |Δloss| {dl:.2e}, |Δgrad_norm| {dn:.2e}, max |Δgrad| {gd:.2e}, max |Δvalue| {vd:.2e}"
             );
             assert!(
                 dl <= 1e-5 && dn <= 1e-4 && gd <= 1e-4 && vd <= 1e-4,
-                "{name} step {step}"
+                "{kind} {name} step {step}"
             );
         }
     }

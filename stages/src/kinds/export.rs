@@ -92,7 +92,7 @@ fn copy(from: &Path, to: &Path) -> Result<()> {
 #[cfg(feature = "ml")]
 fn run(cfg: Config, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()> {
     use crate::device::CpuBackend;
-    use crate::models::ModelDir;
+    use crate::models::{ModelDir, SequenceClassifier};
     use crate::peft::{CONFIG_FILE, WEIGHTS_FILE};
 
     let root = input.project_root;
@@ -121,7 +121,7 @@ fn run(cfg: Config, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()>
             .with_context(|| format!("stage {}: loading the adapter", input.name))?;
     report.progress(1, Some(3), "merging");
     let merged = model.merged();
-    let tensors = crate::peft::model_tensors(&merged, dir.architecture);
+    let tensors = crate::peft::model_tensors(&merged);
     let bytes = tensors.to_bytes(Some([("format".to_string(), "pt".to_string())].into()))?;
     tsumugi_base::atomic::write_atomic(&dest.join("model.safetensors"), &bytes)?;
     report.progress(2, Some(3), "config and tokenizer");
@@ -149,13 +149,7 @@ fn run(cfg: Config, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()>
             labels.len()
         );
     }
-    let arch_name = match dir.architecture {
-        crate::models::Architecture::Bert => "BertForSequenceClassification",
-        crate::models::Architecture::Roberta => "RobertaForSequenceClassification",
-        crate::models::Architecture::XlmRoberta => "XLMRobertaForSequenceClassification",
-        crate::models::Architecture::DebertaV2 => crate::models::deberta_v2::HF_CLASS,
-    };
-    config["architectures"] = json!([arch_name]);
+    config["architectures"] = json!([dir.architecture.hf_class()]);
     config["id2label"] = Value::Object(
         labels
             .iter()
@@ -183,13 +177,16 @@ fn run(cfg: Config, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()>
         "vocab.json",
         "merges.txt",
         "sentencepiece.bpe.model",
+        "spm.model",
     ] {
         if base.join(f).is_file() {
             copy(&base.join(f), &dest.join(f))?;
             copied.push(f);
         }
     }
-    if !copied.contains(&"tokenizer.json") {
+    // Japanese BERTs have no tokenizer.json: vocab.txt + tokenizer_config.json are theirs.
+    if !copied.contains(&"tokenizer.json") && !crate::tokenize::japanese::is_bert_japanese(&base)
+    {
         bail!(
             "stage {}: {} has no tokenizer.json",
             input.name,

@@ -11,6 +11,8 @@
 //!     loss: mse                         # mse | bce (regression), cross_entropy, margin | listwise (ranking)
 //!     labels: [entailment, neutral, contradiction]   # classification: class names (or num_labels: 3)
 //!     lora: {r: 16, alpha: 32, dropout: 0.1, targets: [query, key, value]}
+//!     # or, instead of lora:, an orthogonal adapter (PEFT's OFT):
+//!     # adapter: {type: oft, block_size: 32, rotation: cayley, targets: [query, value]}
 //!     optim: {lr: 5e-4, epochs: 1, batch: 16, seed: 13, warmup: 0.1}
 //!     max_length: 128
 //!     checkpoint_dir: cache/checkpoints/train  # optional: resume an interrupted run from here
@@ -76,6 +78,44 @@ pub(crate) struct LoraWith {
     pub train_pooler: Option<bool>,
 }
 
+/// The kinds of `adapter: {type: …}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum AdapterType {
+    /// LoRA, as `lora:` configures it (the default).
+    Lora,
+    /// OFT: block-diagonal rotations of each targeted linear's input (PEFT's `OFTConfig`).
+    Oft,
+}
+
+/// The rotations of `adapter: {type: oft, rotation: …}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RotationWith {
+    /// PEFT's Cayley transform by a 5-term Neumann series: PEFT loads the adapter as is.
+    Cayley,
+    /// The matrix exponential (exact rotations; PEFT cannot read it, `export` merges it).
+    Exp,
+}
+
+/// `adapter:` of `train-lora`: which adapter to train. Without it (or with `type: lora`),
+/// LoRA as `lora:` says.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AdapterWith {
+    #[serde(rename = "type")]
+    pub kind: AdapterType,
+    /// OFT: input features per rotated block (default 32, PEFT's); it must divide the
+    /// input size of every targeted linear.
+    pub block_size: Option<usize>,
+    /// OFT: how a block's rotation is computed (default cayley).
+    pub rotation: Option<RotationWith>,
+    /// OFT: module names to adapt (default: the architecture's LoRA defaults).
+    pub targets: Option<Vec<String>>,
+    /// OFT: train the pooler in full too.
+    pub train_pooler: Option<bool>,
+}
+
 /// `with:` of `train-lora`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -96,6 +136,8 @@ pub(crate) struct Config {
     labels: Option<Vec<String>>,
     num_labels: Option<usize>,
     lora: Option<LoraWith>,
+    /// The adapter kind: `{type: oft, …}` trains an orthogonal adapter instead of LoRA.
+    adapter: Option<AdapterWith>,
     /// Optimisation settings; each absent key has the trainer's default.
     optim: Option<OptimWith>,
     /// Tokens per pair (default 128).
@@ -352,9 +394,45 @@ fn run(cfg: Config, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()>
         dropout: lw.dropout.unwrap_or(0.1),
         targets: lw
             .targets
-            .unwrap_or_else(|| LoraSettings::default_targets(dir.architecture)),
+            .unwrap_or_else(|| dir.architecture.default_lora_targets()),
         rslora: lw.rslora.unwrap_or(false),
         train_pooler: lw.train_pooler.unwrap_or(false),
+        oft: None,
+    };
+    let lora = match &cfg.adapter {
+        None => lora,
+        Some(a) if a.kind == AdapterType::Lora => {
+            if a.block_size.is_some() || a.rotation.is_some() || a.targets.is_some() {
+                bail!(
+                    "stage {}: with.adapter: type lora takes no other keys; LoRA settings go under `lora:`",
+                    input.name
+                );
+            }
+            lora
+        }
+        Some(a) => {
+            if cfg.lora.is_some() {
+                bail!(
+                    "stage {}: with.adapter is type oft, so with.lora does not apply; remove one of them",
+                    input.name
+                );
+            }
+            LoraSettings {
+                targets: a
+                    .targets
+                    .clone()
+                    .unwrap_or_else(|| dir.architecture.default_lora_targets()),
+                train_pooler: a.train_pooler.unwrap_or(false),
+                oft: Some(crate::oft::OftSettings {
+                    block_size: a.block_size.unwrap_or(32),
+                    rotation: match a.rotation.unwrap_or(RotationWith::Cayley) {
+                        RotationWith::Cayley => crate::oft::Rotation::Cayley { terms: 5 },
+                        RotationWith::Exp => crate::oft::Rotation::Exp,
+                    },
+                }),
+                ..lora
+            }
+        }
     };
     let optim: OptimSettings = match &cfg.optim {
         // The keys as given (`OptimWith` serializes back to them); absent ones default.

@@ -3,9 +3,9 @@
 //! Module and field names follow the Hugging Face weight keys, so a key maps to a field
 //! path mechanically (`encoder.layer.3.attention.self.query` is
 //! `encoder.layer[3].attention.self_attention.query`; `self` is a Rust keyword, and
-//! `LayerNorm` is `layer_norm`). The linears a LoRA adapter targets (PEFT names `query`,
-//! `key`, `value`, `attention.output.dense`, `intermediate.dense`, `output.dense`) are
-//! plain `Linear` fields reached only through [`dense`], so wrapping them is local.
+//! `LayerNorm` is `layer_norm`). The linears an adapter may wrap ([`LAYER_LINEARS`]) run
+//! through the forward's [`LinearHook`], so LoRA and OFT add their paths without a second
+//! copy of the forward.
 //!
 //! The encoder (`BertEncoder`) is shared with RoBERTa/XLM-R, which differ only in their
 //! embeddings and classification head (see `roberta.rs`).
@@ -17,10 +17,22 @@ use burn::tensor::activation;
 use super::config::{HiddenAct, ModelConfig};
 use super::cpu;
 use super::loader::Checkpoint;
-use super::{LoadOptions, ModelInput};
+use super::tensors::TensorSet;
+use super::{LinearHook, LoadOptions, ModelInput, Plain, SequenceClassifier, hooked};
 use crate::error::Result;
 
-/// Applies one of the model's linear projections. The single call site LoRA hooks into.
+/// The linears of an encoder layer an adapter may wrap, by their PEFT module name relative
+/// to `encoder.layer.N.`; a slot is an index into this list. Shared by RoBERTa and XLM-R.
+pub const LAYER_LINEARS: [&str; 6] = [
+    "attention.self.query",
+    "attention.self.key",
+    "attention.self.value",
+    "attention.output.dense",
+    "intermediate.dense",
+    "output.dense",
+];
+
+/// Applies a linear that no adapter wraps (pooler, head) on rows.
 pub fn dense<B: Backend, const D: usize>(linear: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
     on_rows(x, |rows| linear.forward(rows))
 }
@@ -86,6 +98,24 @@ impl<B: Backend> BertEmbeddings<B> {
         })
     }
 
+    /// The embedding tables and LayerNorm under `{prefix}.embeddings.…`.
+    pub fn tensors(&self, prefix: &str, set: &mut TensorSet) {
+        for (name, t) in [
+            ("word_embeddings", &self.word_embeddings),
+            ("position_embeddings", &self.position_embeddings),
+            ("token_type_embeddings", &self.token_type_embeddings),
+        ] {
+            // Embedding tables are `[rows, dim]` in both layouts: not transposed.
+            let w = t.weight.val();
+            let [n, d] = w.dims();
+            set.0.insert(
+                format!("{prefix}.embeddings.{name}.weight"),
+                (vec![n, d], super::tensors::values(w)),
+            );
+        }
+        set.norm(&format!("{prefix}.embeddings.LayerNorm"), &self.layer_norm);
+    }
+
     /// `position_ids` `[batch, seq]`; BERT counts 0.. for every row, RoBERTa offsets them.
     /// `token_type_ids` default to zeros, as in transformers.
     pub fn forward(
@@ -134,15 +164,18 @@ impl<B: Backend> BertSelfAttention<B> {
     /// Attention of the rows of `queries` `[batch, q, hidden]` over all of `x`
     /// `[batch, seq, hidden]` (`queries` is `x` itself, or its first row in a
     /// classifier's last layer). `padding` `[batch, seq]`: true where a key is padding.
-    pub fn forward(
+    /// The projections are slots 0–2 of layer `layer` for `hook`.
+    pub fn forward<H: LinearHook<B>>(
         &self,
+        layer: usize,
+        hook: &H,
         queries: Tensor<B, 3>,
         x: Tensor<B, 3>,
         padding: Tensor<B, 2, Bool>,
     ) -> Tensor<B, 3> {
-        let q = dense(&self.query, queries);
-        let k = dense(&self.key, x.clone());
-        let v = dense(&self.value, x);
+        let q = hooked(hook, layer, 0, &self.query, queries);
+        let k = hooked(hook, layer, 1, &self.key, x.clone());
+        let v = hooked(hook, layer, 2, &self.value, x);
         multi_head_attention(q, k, v, padding, self.num_heads, &self.dropout)
     }
 }
@@ -186,9 +219,15 @@ pub struct BertSelfOutput<B: Backend> {
 }
 
 impl<B: Backend> BertSelfOutput<B> {
-    pub fn forward(&self, x: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.layer_norm
-            .forward(self.dropout.forward(dense(&self.dense, x)) + residual)
+    /// `dense` is slot `slot` of layer `layer` for `hook`.
+    pub fn forward<H: LinearHook<B>>(
+        &self,
+        (layer, slot, hook): (usize, usize, &H),
+        x: Tensor<B, 3>,
+        residual: Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
+        let x = hooked(hook, layer, slot, &self.dense, x);
+        self.layer_norm.forward(self.dropout.forward(x) + residual)
     }
 }
 
@@ -209,8 +248,14 @@ pub struct BertIntermediate<B: Backend> {
 }
 
 impl<B: Backend> BertIntermediate<B> {
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let x = dense(&self.dense, x);
+    /// `dense` is slot 4 of layer `layer` for `hook`.
+    pub fn forward<H: LinearHook<B>>(
+        &self,
+        layer: usize,
+        hook: &H,
+        x: Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
+        let x = hooked(hook, layer, 4, &self.dense, x);
         match self.act {
             HiddenAct::Gelu => cpu::gelu(x),
             HiddenAct::GeluTanh => activation::gelu_approximate(x),
@@ -269,16 +314,14 @@ impl<B: Backend> BertLayer<B> {
         })
     }
 
-    /// The layer's output for every row of `x`; `padding` `[batch, seq]`.
-    pub fn forward(&self, x: Tensor<B, 3>, padding: Tensor<B, 2, Bool>) -> Tensor<B, 3> {
-        self.forward_rows(x.clone(), x, padding)
-    }
-
-    /// The layer's output for the rows of `queries` only (keys and values still come from
-    /// all of `x`). Each row's output depends on the other rows only through attention,
-    /// so this gives `forward`'s rows (up to float rounding).
-    pub fn forward_rows(
+    /// The output, for the rows of `queries` only, of this layer (number `i` for `hook`);
+    /// keys and values still come from all of `x`. Each row's output depends on the other
+    /// rows only through attention, so `queries = x` gives every row and a subset gives
+    /// those rows (up to float rounding). `padding` `[batch, seq]`.
+    pub fn forward_rows<H: LinearHook<B>>(
         &self,
+        i: usize,
+        hook: &H,
         queries: Tensor<B, 3>,
         x: Tensor<B, 3>,
         padding: Tensor<B, 2, Bool>,
@@ -286,10 +329,54 @@ impl<B: Backend> BertLayer<B> {
         let attended = self
             .attention
             .self_attention
-            .forward(queries.clone(), x, padding);
-        let x = self.attention.output.forward(attended, queries);
-        let inner = self.intermediate.forward(x.clone());
-        self.output.forward(inner, x)
+            .forward(i, hook, queries.clone(), x, padding);
+        let x = self
+            .attention
+            .output
+            .forward((i, 3, hook), attended, queries);
+        let inner = self.intermediate.forward(i, hook, x.clone());
+        self.output.forward((i, 5, hook), inner, x)
+    }
+
+    /// The linear of slot `slot` ([`LAYER_LINEARS`]).
+    pub fn linear(&self, slot: usize) -> &Linear<B> {
+        match slot {
+            0 => &self.attention.self_attention.query,
+            1 => &self.attention.self_attention.key,
+            2 => &self.attention.self_attention.value,
+            3 => &self.attention.output.dense,
+            4 => &self.intermediate.dense,
+            _ => &self.output.dense,
+        }
+    }
+
+    pub fn linear_mut(&mut self, slot: usize) -> &mut Linear<B> {
+        match slot {
+            0 => &mut self.attention.self_attention.query,
+            1 => &mut self.attention.self_attention.key,
+            2 => &mut self.attention.self_attention.value,
+            3 => &mut self.attention.output.dense,
+            4 => &mut self.intermediate.dense,
+            _ => &mut self.output.dense,
+        }
+    }
+
+    pub fn without_dropout(&mut self) {
+        self.attention.self_attention.dropout.prob = 0.0;
+        self.attention.output.dropout.prob = 0.0;
+        self.output.dropout.prob = 0.0;
+    }
+
+    /// Every weight under `{key}.…` (`key` = the layer's HF path).
+    pub fn tensors(&self, key: &str, set: &mut TensorSet) {
+        for (s, name) in LAYER_LINEARS.iter().enumerate() {
+            set.linear(&format!("{key}.{name}"), self.linear(s));
+        }
+        set.norm(
+            &format!("{key}.attention.output.LayerNorm"),
+            &self.attention.output.layer_norm,
+        );
+        set.norm(&format!("{key}.output.LayerNorm"), &self.output.layer_norm);
     }
 }
 
@@ -311,18 +398,26 @@ impl<B: Backend> BertEncoder<B> {
     /// tokens, 0 for padding.
     pub fn forward(&self, mut x: Tensor<B, 3>, attention_mask: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         let padding = key_padding(attention_mask);
-        for layer in &self.layer {
-            x = layer.forward(x, padding.clone());
+        for (i, layer) in self.layer.iter().enumerate() {
+            x = layer.forward_rows(i, &Plain, x.clone(), x, padding.clone());
         }
         x
+    }
+
+    /// Every layer's weights under `{prefix}.encoder.layer.N.…`.
+    fn tensors(&self, prefix: &str, set: &mut TensorSet) {
+        for (i, l) in self.layer.iter().enumerate() {
+            l.tensors(&format!("{prefix}.encoder.layer.{i}"), set);
+        }
     }
 
     /// The last hidden state of the first token only, `[batch, 1, hidden]`: all a
     /// classification head reads. The last layer runs its queries, attention output and
     /// feed-forward for that one row instead of all `seq`, which saves nearly a layer's
     /// work (a sixth of MiniLM's) with the same result up to float rounding.
-    pub fn forward_first_token(
+    pub fn forward_first_token<H: LinearHook<B>>(
         &self,
+        hook: &H,
         mut x: Tensor<B, 3>,
         attention_mask: Tensor<B, 2, Int>,
     ) -> Tensor<B, 3> {
@@ -331,11 +426,11 @@ impl<B: Backend> BertEncoder<B> {
             return x.slice([0..b, 0..1]);
         };
         let padding = key_padding(attention_mask);
-        for layer in rest {
-            x = layer.forward(x, padding.clone());
+        for (i, layer) in rest.iter().enumerate() {
+            x = layer.forward_rows(i, hook, x.clone(), x, padding.clone());
         }
         let first = x.clone().slice([0..b, 0..1]);
-        last.forward_rows(first, x, padding)
+        last.forward_rows(rest.len(), hook, first, x, padding)
     }
 }
 
@@ -381,9 +476,19 @@ impl<B: Backend> BertModel<B> {
     }
 
     /// Last hidden state of the first (`[CLS]`) token, `[batch, 1, hidden]`.
-    pub fn forward_first_token(&self, input: &ModelInput<B>) -> Tensor<B, 3> {
+    pub fn forward_first_token<H: LinearHook<B>>(
+        &self,
+        hook: &H,
+        input: &ModelInput<B>,
+    ) -> Tensor<B, 3> {
         self.encoder
-            .forward_first_token(self.embed(input), input.attention_mask.clone())
+            .forward_first_token(hook, self.embed(input), input.attention_mask.clone())
+    }
+
+    /// Embedding and encoder weights under `{prefix}.…`.
+    pub fn tensors(&self, prefix: &str, set: &mut TensorSet) {
+        self.embeddings.tensors(prefix, set);
+        self.encoder.tensors(prefix, set);
     }
 
     fn embed(&self, input: &ModelInput<B>) -> Tensor<B, 3> {
@@ -432,13 +537,114 @@ impl<B: Backend> BertForSequenceClassification<B> {
             classifier,
         })
     }
+}
 
-    /// Logits `[batch, num_labels]`.
-    pub fn forward(&self, input: &ModelInput<B>) -> Tensor<B, 2> {
-        let hidden = self.bert.forward_first_token(input);
+impl<B: Backend> SequenceClassifier<B> for BertForSequenceClassification<B> {
+    fn layer_linears(&self) -> &'static [&'static str] {
+        &LAYER_LINEARS
+    }
+
+    fn layer_path(&self, i: usize) -> String {
+        format!("bert.encoder.layer.{i}")
+    }
+
+    fn num_layers(&self) -> usize {
+        self.bert.encoder.layer.len()
+    }
+
+    fn layer_linear(&self, layer: usize, slot: usize) -> &Linear<B> {
+        self.bert.encoder.layer[layer].linear(slot)
+    }
+
+    fn layer_linear_mut(&mut self, layer: usize, slot: usize) -> &mut Linear<B> {
+        self.bert.encoder.layer[layer].linear_mut(slot)
+    }
+
+    fn forward_with<H: LinearHook<B>>(&self, input: &ModelInput<B>, hook: &H) -> Tensor<B, 2> {
+        let hidden = self.bert.forward_first_token(hook, input);
         dense(
             &self.classifier,
             self.dropout.forward(self.pooler.forward(hidden)),
         )
+    }
+
+    fn encode(&self, input: &ModelInput<B>) -> Tensor<B, 3> {
+        self.bert.forward(input)
+    }
+
+    fn num_labels(&self) -> usize {
+        self.classifier.weight.dims()[1]
+    }
+
+    fn without_dropout(&mut self) {
+        self.dropout.prob = 0.0;
+        self.bert.embeddings.dropout.prob = 0.0;
+        self.bert
+            .encoder
+            .layer
+            .iter_mut()
+            .for_each(BertLayer::without_dropout);
+    }
+
+    fn freeze_except_head(self, train_pooler: bool) -> Self {
+        let mut m = self.no_grad();
+        m.classifier = trainable(m.classifier);
+        if train_pooler {
+            m.pooler.dense = trainable(m.pooler.dense);
+        }
+        m
+    }
+
+    fn modules_to_save(&self, train_pooler: bool) -> Vec<&'static str> {
+        if train_pooler {
+            vec!["classifier", "pooler"]
+        } else {
+            vec!["classifier"]
+        }
+    }
+
+    fn head_tensors(&self, train_pooler: bool, set: &mut TensorSet, prefix: &str) {
+        set.linear(&format!("{prefix}classifier"), &self.classifier);
+        if train_pooler {
+            set.linear(&format!("{prefix}bert.pooler.dense"), &self.pooler.dense);
+        }
+    }
+
+    fn load_head(
+        &mut self,
+        train_pooler: bool,
+        set: &mut TensorSet,
+        path: &std::path::Path,
+        prefix: &str,
+        device: &B::Device,
+    ) -> Result<()> {
+        set.take_linear(
+            path,
+            &format!("{prefix}classifier"),
+            &mut self.classifier,
+            true,
+            device,
+        )?;
+        set.take_linear(
+            path,
+            &format!("{prefix}bert.pooler.dense"),
+            &mut self.pooler.dense,
+            train_pooler,
+            device,
+        )
+    }
+
+    fn model_tensors(&self, set: &mut TensorSet) {
+        self.bert.tensors("bert", set);
+        set.linear("bert.pooler.dense", &self.pooler.dense);
+        set.linear("classifier", &self.classifier);
+    }
+}
+
+/// `l` with its weight and bias learning (after a `no_grad()` of the whole model).
+pub fn trainable<B: Backend>(l: Linear<B>) -> Linear<B> {
+    Linear {
+        weight: l.weight.set_require_grad(true),
+        bias: l.bias.map(|b| b.set_require_grad(true)),
     }
 }

@@ -16,17 +16,71 @@ pub enum Architecture {
     Roberta,
     /// XLM-RoBERTa: the RoBERTa architecture with a SentencePiece vocabulary.
     XlmRoberta,
+    /// ModernBERT: rotary positions, GeGLU, alternating local/global attention.
+    ModernBert,
     /// DeBERTa-v2 and DeBERTa-v3 (`deberta-v2`): disentangled relative attention.
     DebertaV2,
 }
 
 impl Architecture {
+    /// The `model_type` values of config.json that tsumugi loads.
+    pub const MODEL_TYPES: &[&str] = &["bert", "roberta", "xlm-roberta", "modernbert", "deberta-v2"];
+
+    /// The architecture of a `model_type`, or an error naming it and what is supported.
+    pub fn from_model_type(model_type: &str) -> Result<Self> {
+        match model_type {
+            "bert" => Ok(Architecture::Bert),
+            "roberta" => Ok(Architecture::Roberta),
+            "xlm-roberta" => Ok(Architecture::XlmRoberta),
+            "modernbert" => Ok(Architecture::ModernBert),
+            "deberta-v2" => Ok(Architecture::DebertaV2),
+            other => Err(MlError::UnsupportedModel(other.to_string())),
+        }
+    }
+
     /// The key prefix of the encoder's weights in a `*ForSequenceClassification` checkpoint.
     pub fn prefix(self) -> &'static str {
         match self {
             Architecture::Bert => "bert",
             Architecture::Roberta | Architecture::XlmRoberta => "roberta",
+            Architecture::ModernBert => "model",
             Architecture::DebertaV2 => "deberta",
+        }
+    }
+
+    /// The transformers class of its sequence-classification model (`architectures` in an
+    /// exported `config.json`).
+    pub fn hf_class(self) -> &'static str {
+        match self {
+            Architecture::Bert => "BertForSequenceClassification",
+            Architecture::Roberta => "RobertaForSequenceClassification",
+            Architecture::XlmRoberta => "XLMRobertaForSequenceClassification",
+            Architecture::ModernBert => super::modernbert::HF_CLASS,
+            Architecture::DebertaV2 => super::deberta_v2::HF_CLASS,
+        }
+    }
+
+    /// The linears of one encoder layer an adapter may wrap (the model's
+    /// `SequenceClassifier::layer_linears`).
+    pub fn layer_linears(self) -> &'static [&'static str] {
+        match self {
+            Architecture::Bert | Architecture::Roberta | Architecture::XlmRoberta => {
+                &super::bert::LAYER_LINEARS
+            }
+            Architecture::ModernBert => &super::modernbert::LAYER_LINEARS,
+            Architecture::DebertaV2 => &super::deberta_v2::LAYER_LINEARS,
+        }
+    }
+
+    /// PEFT's default LoRA targets for the model type
+    /// (`TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`).
+    pub fn default_lora_targets(self) -> Vec<String> {
+        match self {
+            Architecture::Bert | Architecture::Roberta | Architecture::XlmRoberta => {
+                vec!["query".into(), "value".into()]
+            }
+            Architecture::ModernBert => super::modernbert::default_lora_targets(),
+            Architecture::DebertaV2 => super::deberta_v2::default_lora_targets(),
         }
     }
 
@@ -83,6 +137,10 @@ pub struct ModelConfig {
     pub legacy_num_labels: Option<usize>,
     #[serde(default)]
     pub problem_type: Option<String>,
+    /// Every other field of `config.json`, for the architectures' own settings
+    /// (read with [`ModelConfig::extra_field`]).
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 fn default_act() -> String {
@@ -105,10 +163,21 @@ impl ModelConfig {
     /// Reads and checks `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| MlError::io(path, e))?;
-        let cfg: ModelConfig = serde_json::from_str(&text).map_err(|e| MlError::Config {
+        let bad = |message: String| MlError::Config {
             path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+            message,
+        };
+        // The model type first: an unsupported model (say Qwen2-VL) is named as such, not
+        // reported as lacking a BERT field.
+        let raw: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+        match raw.get("model_type").and_then(|t| t.as_str()) {
+            None => return Err(bad("no model_type".into())),
+            Some(t) => {
+                Architecture::from_model_type(t).map_err(|e| bad(e.to_string()))?;
+            }
+        }
+        let cfg: ModelConfig = serde_json::from_value(raw).map_err(|e| bad(e.to_string()))?;
         cfg.validate(path)?;
         Ok(cfg)
     }
@@ -138,7 +207,14 @@ impl ModelConfig {
         if self.num_labels() == 0 {
             return Err(bad("the model declares 0 labels".into()));
         }
-        if matches!(
+        if self.architecture()? == Architecture::ModernBert {
+            // Its own fields (window, layer types, rotary bases, pooling), checked here so
+            // that a bad one fails when the directory is opened.
+            super::modernbert::ModernBertConfig::from_config(self).map_err(|e| match e {
+                MlError::Config { message, .. } => bad(message),
+                other => other,
+            })?;
+        } else if matches!(
             self.architecture()?,
             Architecture::Roberta | Architecture::XlmRoberta
         ) && self.pad_token_id.is_none()
@@ -152,13 +228,7 @@ impl ModelConfig {
 
     /// The architecture named by `model_type`, or an error naming the unsupported type.
     pub fn architecture(&self) -> Result<Architecture> {
-        match self.model_type.as_str() {
-            "bert" => Ok(Architecture::Bert),
-            "roberta" => Ok(Architecture::Roberta),
-            "xlm-roberta" => Ok(Architecture::XlmRoberta),
-            "deberta-v2" => Ok(Architecture::DebertaV2),
-            other => Err(MlError::UnsupportedModel(other.to_string())),
-        }
+        Architecture::from_model_type(&self.model_type)
     }
 
     /// The feed-forward activation named by `hidden_act`.
@@ -182,6 +252,17 @@ impl ModelConfig {
             .unwrap_or(2)
     }
 
+    /// An architecture-specific field of `config.json` (`None` when absent or null), or an
+    /// error naming the field and what was expected.
+    pub fn extra_field<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
+        match self.extra.get(name) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(v) => serde_json::from_value(v.clone())
+                .map(Some)
+                .map_err(|e| MlError::Unsupported(format!("config.json field {name:?}: {e}"))),
+        }
+    }
+
     /// Size of one attention head.
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
@@ -196,7 +277,8 @@ impl ModelConfig {
     /// RoBERTa positions start after the padding index, so it loses `pad + 1` positions.
     pub fn max_input_length(&self) -> usize {
         match self.architecture() {
-            Ok(Architecture::Bert | Architecture::DebertaV2) | Err(_) => {
+            // ModernBERT's rotary positions have no table; its limit is the trained length.
+            Ok(Architecture::Bert | Architecture::ModernBert | Architecture::DebertaV2) | Err(_) => {
                 self.max_position_embeddings
             }
             Ok(_) => self

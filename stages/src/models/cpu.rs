@@ -74,11 +74,157 @@ pub fn attention<B: Backend>(
         hidden,
         heads: num_heads,
     };
-    attend(q, k, v, pad, &mut out, shape);
+    attend(q, k, v, pad, &mut out, shape, None);
     from_flex(FlexTensor::from_data(TensorData::new(
         out,
         [batch, sq, hidden],
     )))
+}
+
+/// [`attention`] of `[batch, seq, hidden]` queries over keys of the same positions, where
+/// with `window: Some(w)` query `i` sees only keys `j` with `|i − j| ≤ w` (ModernBERT's
+/// local layers). A query whose keys are all padding gets zeros.
+pub fn attention_windowed<B: Backend>(
+    queries: Tensor<B, 3>,
+    keys: Tensor<B, 3>,
+    values: Tensor<B, 3>,
+    padding: Tensor<B, 2, Bool>,
+    num_heads: usize,
+    window: Option<usize>,
+) -> Tensor<B, 3> {
+    let Some(w) = window else {
+        return attention(queries, keys, values, padding, num_heads);
+    };
+    let [batch, seq, hidden] = queries.dims();
+    if !is_flex_f32::<B>(queries.dtype()) {
+        let device = queries.device();
+        let hd = hidden / num_heads;
+        let split = |t: Tensor<B, 3>| t.reshape([batch, seq, num_heads, hd]).swap_dims(1, 2);
+        // Far keys masked, and each query keeps its own key so no row is fully masked.
+        let far: Vec<bool> = (0..seq * seq)
+            .map(|n| {
+                let (i, j) = (n / seq, n % seq);
+                i.abs_diff(j) > w
+            })
+            .collect();
+        let own: Vec<bool> = (0..seq * seq).map(|n| n / seq != n % seq).collect();
+        let grid = |v: Vec<bool>| {
+            Tensor::<B, 4, Bool>::from_data(TensorData::new(v, [1, 1, seq, seq]), &device)
+                .expand([batch, 1, seq, seq])
+        };
+        let mask = padding
+            .reshape([batch, 1, 1, seq])
+            .expand([batch, 1, seq, seq])
+            .bool_or(grid(far))
+            .bool_and(grid(own));
+        let context = burn::tensor::module::attention(
+            split(queries),
+            split(keys),
+            split(values),
+            Some(mask),
+            None,
+            AttentionModuleOptions::default(),
+        );
+        return context.swap_dims(1, 2).reshape([batch, seq, hidden]);
+    }
+    let flat = |t: Tensor<B, 3>| into_flex(t).to_contiguous();
+    let (q, k, v) = (flat(queries), flat(keys), flat(values));
+    let pad = match downcast::<FlexTensor, B::BoolTensorPrimitive>(padding.into_primitive()) {
+        Ok(t) => t.to_contiguous(),
+        Err(_) => unreachable!("B is Flex, whose bool primitive is FlexTensor"),
+    };
+    let (q, k, v) = (f32s(&q), f32s(&k), f32s(&v));
+    let pad = bools(&pad);
+    let mut out = vec![0.0f32; batch * seq * hidden];
+    let shape = Shape {
+        batch,
+        sq: seq,
+        seq,
+        hidden,
+        heads: num_heads,
+    };
+    attend(q, k, v, pad, &mut out, shape, Some(w));
+    from_flex(FlexTensor::from_data(TensorData::new(
+        out,
+        [batch, seq, hidden],
+    )))
+}
+
+/// ModernBERT's fused projection `qkv` `[batch, seq, 3·hidden]` split into queries, keys
+/// and values `[batch, seq, hidden]` (heads side by side), with the rotary embedding
+/// `x·cos + rotate_half(x)·sin` applied to queries and keys; `cos`, `sin` are `[seq,
+/// head_dim]` row-major. `None` when the backend is not flex in f32 (the caller then uses
+/// burn's ops).
+///
+/// Why: with burn's ops the three slices, the half-swap and the broadcast products each go
+/// through flex's generic strided iterator; that was 27 % of a ModernBERT-base forward
+/// pass (perf, one thread), more than the attention itself. Here it is one pass per row.
+#[allow(clippy::type_complexity)]
+pub fn split_qkv_rotary<B: Backend>(
+    qkv: Tensor<B, 3>,
+    cos: &[f32],
+    sin: &[f32],
+    heads: usize,
+) -> Option<(Tensor<B, 3>, Tensor<B, 3>, Tensor<B, 3>)> {
+    if !is_flex_f32::<B>(qkv.dtype()) {
+        return None;
+    }
+    let [batch, seq, h3] = qkv.dims();
+    let h = h3 / 3;
+    let hd = h / heads;
+    let half = hd / 2;
+    let t = into_flex(qkv).to_contiguous();
+    let x = f32s(&t);
+    let mut q = vec![0.0f32; batch * seq * h];
+    let mut k = vec![0.0f32; batch * seq * h];
+    let mut v = vec![0.0f32; batch * seq * h];
+    let rotate = |src: &[f32], dst: &mut [f32], c: &[f32], s: &[f32]| {
+        for (xs, d) in src.chunks_exact(hd).zip(dst.chunks_exact_mut(hd)) {
+            let (x1, x2) = xs.split_at(half);
+            let (d1, d2) = d.split_at_mut(half);
+            for i in 0..half {
+                d1[i] = x1[i] * c[i] - x2[i] * s[i];
+                d2[i] = x2[i] * c[half + i] + x1[i] * s[half + i];
+            }
+        }
+    };
+    for (row, src) in x.chunks_exact(h3).enumerate() {
+        let p = row % seq;
+        let (c, s) = (&cos[p * hd..(p + 1) * hd], &sin[p * hd..(p + 1) * hd]);
+        let out = row * h..(row + 1) * h;
+        rotate(&src[..h], &mut q[out.clone()], c, s);
+        rotate(&src[h..2 * h], &mut k[out.clone()], c, s);
+        v[out].copy_from_slice(&src[2 * h..]);
+    }
+    let t = |d: Vec<f32>| from_flex(FlexTensor::from_data(TensorData::new(d, [batch, seq, h])));
+    Some((t(q), t(k), t(v)))
+}
+
+/// GeGLU with exact GELU: `gelu(input) · gate` of `x` `[batch, seq, 2·m]` holding input and
+/// gate side by side (ModernBERT's `mlp.Wi` output); `[batch, seq, m]`. `None` when the
+/// backend is not flex in f32. Why: as [`split_qkv_rotary`], the two strided halves.
+pub fn geglu<B: Backend>(x: Tensor<B, 3>) -> Option<Tensor<B, 3>> {
+    if !is_flex_f32::<B>(x.dtype()) {
+        return None;
+    }
+    let [batch, seq, m2] = x.dims();
+    let m = m2 / 2;
+    let t = into_flex(x).to_contiguous();
+    let src = f32s(&t);
+    let mut out = vec![0.0f32; batch * seq * m];
+    for (o, row) in out.chunks_exact_mut(m).zip(src.chunks_exact(m2)) {
+        o.copy_from_slice(&row[..m]);
+    }
+    gelu_in_place(&mut out);
+    for (o, row) in out.chunks_exact_mut(m).zip(src.chunks_exact(m2)) {
+        for (y, g) in o.iter_mut().zip(&row[m..]) {
+            *y *= g;
+        }
+    }
+    Some(from_flex(FlexTensor::from_data(TensorData::new(
+        out,
+        [batch, seq, m],
+    ))))
 }
 
 /// Whether the fast paths apply: `B` is the flex backend and the tensor is f32.
@@ -153,8 +299,17 @@ struct Shape {
     heads: usize,
 }
 
-/// The attention kernel on row-major `[batch, rows, hidden]` slices.
-fn attend(q: &[f32], k: &[f32], v: &[f32], pad: &[u8], out: &mut [f32], s: Shape) {
+/// The attention kernel on row-major `[batch, rows, hidden]` slices; with `window: Some(w)`
+/// query row `i` sees keys `i − w ..= i + w` only.
+fn attend(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    pad: &[u8],
+    out: &mut [f32],
+    s: Shape,
+    window: Option<usize>,
+) {
     let Shape {
         batch,
         sq,
@@ -197,8 +352,16 @@ fn attend(q: &[f32], k: &[f32], v: &[f32], pad: &[u8], out: &mut [f32], s: Shape
                     gemm::Parallelism::None,
                 );
             }
-            for row in probs.chunks_exact_mut(seq) {
-                softmax_masked(row, pad_b);
+            for (i, row) in probs.chunks_exact_mut(seq).enumerate() {
+                match window {
+                    None => softmax_masked(row, pad_b),
+                    Some(w) => {
+                        let (lo, hi) = (i.saturating_sub(w), (i + w + 1).min(seq));
+                        row[..lo].fill(0.0);
+                        row[hi..].fill(0.0);
+                        softmax_masked(&mut row[lo..hi], &pad_b[lo..hi]);
+                    }
+                }
             }
             let oh = &mut out[b * sq * hidden + h * hd..];
             unsafe {

@@ -23,7 +23,9 @@ use super::bert::{BertIntermediate, BertSelfOutput, on_rows};
 use super::config::{HiddenAct, ModelConfig};
 use super::cpu;
 use super::loader::Checkpoint;
-use super::{LinearHook, LoadOptions, ModelInput, Plain, hooked};
+use super::bert::trainable;
+use super::tensors::{TensorSet, values};
+use super::{LinearHook, LoadOptions, ModelInput, Plain, SequenceClassifier, hooked};
 use crate::error::{MlError, Result};
 
 /// The linears of an encoder layer an adapter may wrap, by their PEFT module name relative
@@ -750,41 +752,44 @@ impl<B: Backend> DebertaV2ForSequenceClassification<B> {
         })
     }
 
-    /// Logits `[batch, num_labels]`.
-    pub fn forward(&self, input: &ModelInput<B>) -> Tensor<B, 2> {
-        self.forward_with(input, &Plain)
+}
+
+impl<B: Backend> SequenceClassifier<B> for DebertaV2ForSequenceClassification<B> {
+    fn layer_linears(&self) -> &'static [&'static str] {
+        &LAYER_LINEARS
     }
 
-    /// Logits, every [`LAYER_LINEARS`] linear run through `hook`.
-    pub fn forward_with<H: LinearHook<B>>(&self, input: &ModelInput<B>, hook: &H) -> Tensor<B, 2> {
+    fn layer_path(&self, i: usize) -> String {
+        layer_path(i)
+    }
+
+    fn num_layers(&self) -> usize {
+        self.deberta.encoder.layer.len()
+    }
+
+    fn layer_linear(&self, layer: usize, slot: usize) -> &Linear<B> {
+        self.deberta.encoder.layer[layer].linear(slot)
+    }
+
+    fn layer_linear_mut(&mut self, layer: usize, slot: usize) -> &mut Linear<B> {
+        self.deberta.encoder.layer[layer].linear_mut(slot)
+    }
+
+    fn forward_with<H: LinearHook<B>>(&self, input: &ModelInput<B>, hook: &H) -> Tensor<B, 2> {
         let hidden = self.deberta.forward_with(input, hook);
         self.classifier
             .forward(self.dropout.forward(self.pooler.forward(hidden)))
     }
 
-    /// The last hidden state `[batch, seq, hidden]`.
-    pub fn encode(&self, input: &ModelInput<B>) -> Tensor<B, 3> {
+    fn encode(&self, input: &ModelInput<B>) -> Tensor<B, 3> {
         self.deberta.forward(input)
     }
 
-    pub fn num_labels(&self) -> usize {
+    fn num_labels(&self) -> usize {
         self.classifier.weight.dims()[1]
     }
 
-    pub fn num_layers(&self) -> usize {
-        self.deberta.encoder.layer.len()
-    }
-
-    pub fn layer_linear(&self, layer: usize, slot: usize) -> &Linear<B> {
-        self.deberta.encoder.layer[layer].linear(slot)
-    }
-
-    pub fn layer_linear_mut(&mut self, layer: usize, slot: usize) -> &mut Linear<B> {
-        self.deberta.encoder.layer[layer].linear_mut(slot)
-    }
-
-    /// Every dropout probability to 0 (gradient checks against PyTorch in eval mode).
-    pub fn without_dropout(&mut self) {
+    fn without_dropout(&mut self) {
         self.deberta.embeddings.dropout.prob = 0.0;
         for l in &mut self.deberta.encoder.layer {
             l.without_dropout();
@@ -793,12 +798,91 @@ impl<B: Backend> DebertaV2ForSequenceClassification<B> {
         self.dropout.prob = 0.0;
     }
 
-    /// PEFT's `modules_to_save` for the trained head.
-    pub fn modules_to_save(train_pooler: bool) -> Vec<&'static str> {
+    fn freeze_except_head(self, train_pooler: bool) -> Self {
+        let mut m = self.no_grad();
+        m.classifier = trainable(m.classifier);
+        if train_pooler {
+            m.pooler.dense = trainable(m.pooler.dense);
+        }
+        m
+    }
+
+    fn modules_to_save(&self, train_pooler: bool) -> Vec<&'static str> {
         if train_pooler {
             vec!["classifier", "pooler"]
         } else {
             vec!["classifier"]
         }
+    }
+
+    fn head_tensors(&self, train_pooler: bool, set: &mut TensorSet, prefix: &str) {
+        set.linear(&format!("{prefix}classifier"), &self.classifier);
+        if train_pooler {
+            set.linear(&format!("{prefix}pooler.dense"), &self.pooler.dense);
+        }
+    }
+
+    fn load_head(
+        &mut self,
+        train_pooler: bool,
+        set: &mut TensorSet,
+        path: &Path,
+        prefix: &str,
+        device: &B::Device,
+    ) -> Result<()> {
+        set.take_linear(path, &format!("{prefix}classifier"), &mut self.classifier, true, device)?;
+        set.take_linear(
+            path,
+            &format!("{prefix}pooler.dense"),
+            &mut self.pooler.dense,
+            train_pooler,
+            device,
+        )
+    }
+
+    fn model_tensors(&self, set: &mut TensorSet) {
+        let e = &self.deberta.embeddings;
+        let table = |set: &mut TensorSet, key: &str, t: &Embedding<B>| {
+            // Embedding tables are `[rows, dim]` in both layouts: not transposed.
+            let w = t.weight.val();
+            set.0.insert(key.to_string(), (w.dims().to_vec(), values(w)));
+        };
+        table(set, "deberta.embeddings.word_embeddings.weight", &e.word_embeddings);
+        if let Some(p) = &e.position_embeddings {
+            table(set, "deberta.embeddings.position_embeddings.weight", p);
+        }
+        if let Some(t) = &e.token_type_embeddings {
+            table(set, "deberta.embeddings.token_type_embeddings.weight", t);
+        }
+        if let Some(p) = &e.embed_proj {
+            set.linear("deberta.embeddings.embed_proj", p);
+        }
+        set.norm("deberta.embeddings.LayerNorm", &e.layer_norm);
+        for (i, l) in self.deberta.encoder.layer.iter().enumerate() {
+            let k = layer_path(i);
+            for (s, name) in LAYER_LINEARS.iter().enumerate() {
+                set.linear(&format!("{k}.{name}"), l.linear(s));
+            }
+            let sa = &l.attention.self_attention;
+            if let Some(p) = &sa.pos_key_proj {
+                set.linear(&format!("{k}.attention.self.pos_key_proj"), p);
+            }
+            if let Some(p) = &sa.pos_query_proj {
+                set.linear(&format!("{k}.attention.self.pos_query_proj"), p);
+            }
+            set.norm(
+                &format!("{k}.attention.output.LayerNorm"),
+                &l.attention.output.layer_norm,
+            );
+            set.norm(&format!("{k}.output.LayerNorm"), &l.output.layer_norm);
+        }
+        if let Some(r) = &self.deberta.encoder.rel_embeddings {
+            table(set, "deberta.encoder.rel_embeddings.weight", r);
+        }
+        if let Some(n) = &self.deberta.encoder.layer_norm {
+            set.norm("deberta.encoder.LayerNorm", n);
+        }
+        set.linear("pooler.dense", &self.pooler.dense);
+        set.linear("classifier", &self.classifier);
     }
 }

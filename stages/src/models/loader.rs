@@ -280,6 +280,47 @@ impl Checkpoint {
         Ok(emb)
     }
 
+    /// A PyTorch `nn.Linear(bias=False)`: `{key}.weight` only (ModernBERT).
+    pub fn linear_no_bias<B: Backend>(
+        &mut self,
+        key: &str,
+        d_in: usize,
+        d_out: usize,
+        device: &B::Device,
+    ) -> Result<Linear<B>> {
+        let mut linear = LinearConfig::new(d_in, d_out)
+            .with_bias(false)
+            .init::<B>(device);
+        if let Some(w) = self.read(&format!("{key}.weight"), &[d_out, d_in])? {
+            let w = transpose(&w, d_out, d_in);
+            linear.weight =
+                Param::from_tensor(Tensor::from_data(TensorData::new(w, [d_in, d_out]), device));
+        }
+        Ok(linear)
+    }
+
+    /// A PyTorch `nn.LayerNorm(bias=False)`: `{key}.weight` only (ModernBERT).
+    pub fn layer_norm_no_bias<B: Backend>(
+        &mut self,
+        key: &str,
+        d: usize,
+        eps: f64,
+        device: &B::Device,
+    ) -> Result<LayerNorm<B>> {
+        let mut norm = LayerNormConfig::new(d).with_epsilon(eps).init::<B>(device);
+        norm.beta = None;
+        if let Some(g) = self.read(&format!("{key}.weight"), &[d])? {
+            norm.gamma = Param::from_tensor(Tensor::from_data(TensorData::new(g, [d]), device));
+        }
+        Ok(norm)
+    }
+
+    /// Records that a head weight absent from the checkpoint was freshly initialised
+    /// (listed in [`LoadReport::initialized`]).
+    pub fn mark_initialized(&mut self, key: &str) {
+        self.initialized.push(key.to_string());
+    }
+
     /// Ends loading: an error naming every missing weight, else what was left unused.
     pub fn finish(self) -> Result<LoadReport> {
         if !self.missing.is_empty() {

@@ -8,13 +8,22 @@
 //!
 //! One file per architecture (`bert.rs`, `roberta.rs`); `cpu.rs` holds the two kernels
 //! (GELU, attention) that replace slow burn ops when the backend is the CPU one.
+//!
+//! Every architecture's `*ForSequenceClassification` implements [`SequenceClassifier`]:
+//! the contract that adapters (`lora.rs`), their PEFT files (`peft.rs`), training and export
+//! are written against, so none of them names an architecture. A new architecture is one
+//! file implementing it, a `CrossEncoder` variant, an arm in [`each_arch!`] and its
+//! `model_type` in `config.rs`.
 
 pub mod bert;
+pub mod check;
 pub mod config;
 pub mod cpu;
 pub mod deberta_v2;
 pub mod loader;
+pub mod modernbert;
 pub mod roberta;
+pub mod tensors;
 
 use std::path::{Path, PathBuf};
 
@@ -23,13 +32,14 @@ use burn::prelude::*;
 
 pub use config::{Architecture, HiddenAct, ModelConfig};
 pub use loader::{Checkpoint, LoadReport};
+pub use tensors::TensorSet;
 
 /// Runs the linears an adapter may wrap: [`Plain`] for inference; `LoraModel` (and OFT)
 /// add their paths. One forward per architecture serves both, monomorphised per hook.
 pub trait LinearHook<B: Backend> {
     /// `x` `[rows, in]` through linear `slot` (an index into the architecture's
-    /// `LAYER_LINEARS`) of encoder layer `layer`, whose base weights are `base`.
-    /// Returns `[rows, out]`.
+    /// [`SequenceClassifier::layer_linears`]) of encoder layer `layer`, whose base weights
+    /// are `base`. Returns `[rows, out]`.
     fn linear(&self, layer: usize, slot: usize, base: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2>;
 }
 
@@ -52,6 +62,58 @@ pub fn hooked<B: Backend, H: LinearHook<B>, const D: usize>(
     x: Tensor<B, D>,
 ) -> Tensor<B, D> {
     bert::on_rows(x, |rows| hook.linear(layer, slot, base, rows))
+}
+
+/// What each architecture's sequence-classification model provides.
+pub trait SequenceClassifier<B: Backend>: Sized {
+    /// The linears of one encoder layer an adapter may wrap, by their PEFT/transformers
+    /// module name relative to the layer's path; a slot is an index into this list.
+    fn layer_linears(&self) -> &'static [&'static str];
+    /// The module path of encoder layer `i` in the transformers model
+    /// (`bert.encoder.layer.3`): PEFT's adapter keys start with it.
+    fn layer_path(&self, i: usize) -> String;
+    fn num_layers(&self) -> usize;
+    fn layer_linear(&self, layer: usize, slot: usize) -> &Linear<B>;
+    fn layer_linear_mut(&mut self, layer: usize, slot: usize) -> &mut Linear<B>;
+    /// Logits `[batch, num_labels]`, every adaptable linear run through `hook`.
+    fn forward_with<H: LinearHook<B>>(&self, input: &ModelInput<B>, hook: &H) -> Tensor<B, 2>;
+    /// The last hidden state `[batch, seq, hidden]` of the encoder under the head.
+    fn encode(&self, input: &ModelInput<B>) -> Tensor<B, 3>;
+    /// Number of outputs of the head.
+    fn num_labels(&self) -> usize;
+    /// Sets every dropout probability to 0 (gradient checks against PyTorch in eval mode).
+    fn without_dropout(&mut self);
+    /// Freezes every weight, then lets the head (and with `train_pooler` the pooler, where
+    /// the architecture has one outside its head) learn.
+    fn freeze_except_head(self, train_pooler: bool) -> Self;
+    /// PEFT's `modules_to_save` for the trained head.
+    fn modules_to_save(&self, train_pooler: bool) -> Vec<&'static str>;
+    /// The trained head's tensors under `prefix` + their transformers keys.
+    fn head_tensors(&self, train_pooler: bool, set: &mut TensorSet, prefix: &str);
+    /// Takes the head's tensors (as [`SequenceClassifier::head_tensors`] writes them) out of
+    /// `set`, read from `path`.
+    fn load_head(
+        &mut self,
+        train_pooler: bool,
+        set: &mut TensorSet,
+        path: &Path,
+        prefix: &str,
+        device: &B::Device,
+    ) -> Result<()>;
+    /// Every weight under its transformers key, PyTorch layout: a full `model.safetensors`.
+    fn model_tensors(&self, set: &mut TensorSet);
+}
+
+/// `$body` with `$m` bound to the architecture's model, whatever variant `$model` is.
+macro_rules! each_arch {
+    ($model:expr, $m:ident => $body:expr) => {
+        match $model {
+            CrossEncoder::Bert($m) => $body,
+            CrossEncoder::Roberta($m) => $body,
+            CrossEncoder::ModernBert($m) => $body,
+            CrossEncoder::DebertaV2($m) => $body,
+        }
+    };
 }
 
 use crate::error::{MlError, Result};
@@ -130,11 +192,16 @@ impl<B: Backend> ModelInput<B> {
 }
 
 /// A sequence-classification model of any supported architecture.
+// One model per run, moved rarely: the variants' size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum CrossEncoder<B: Backend> {
     Bert(bert::BertForSequenceClassification<B>),
     /// RoBERTa and XLM-RoBERTa.
     Roberta(roberta::RobertaForSequenceClassification<B>),
+    ModernBert(modernbert::ModernBertForSequenceClassification<B>),
+    /// DeBERTa-v2 and -v3.
+    DebertaV2(deberta_v2::DebertaV2ForSequenceClassification<B>),
 }
 
 impl<B: Backend> CrossEncoder<B> {
@@ -159,34 +226,88 @@ impl<B: Backend> CrossEncoder<B> {
                         device,
                     )?)
                 }
-                Architecture::DebertaV2 => return Err(not_yet()),
+                Architecture::DebertaV2 => CrossEncoder::DebertaV2(
+                    deberta_v2::DebertaV2ForSequenceClassification::load(
+                        &mut ck,
+                        &dir.config,
+                        opts,
+                        device,
+                    )?,
+                ),
+                Architecture::ModernBert => {
+                    CrossEncoder::ModernBert(modernbert::ModernBertForSequenceClassification::load(
+                        &mut ck,
+                        &dir.config,
+                        opts,
+                        device,
+                    )?)
+                }
             };
         Ok((model, ck.finish()?))
     }
 
     /// Logits `[batch, num_labels]`.
     pub fn forward(&self, input: &ModelInput<B>) -> Tensor<B, 2> {
+        self.forward_with(input, &Plain)
+    }
+}
+
+impl<B: Backend> SequenceClassifier<B> for CrossEncoder<B> {
+    fn layer_linears(&self) -> &'static [&'static str] {
+        each_arch!(self, m => m.layer_linears())
+    }
+    fn layer_path(&self, i: usize) -> String {
+        each_arch!(self, m => m.layer_path(i))
+    }
+    fn num_layers(&self) -> usize {
+        each_arch!(self, m => m.num_layers())
+    }
+    fn layer_linear(&self, layer: usize, slot: usize) -> &Linear<B> {
+        each_arch!(self, m => m.layer_linear(layer, slot))
+    }
+    fn layer_linear_mut(&mut self, layer: usize, slot: usize) -> &mut Linear<B> {
+        each_arch!(self, m => m.layer_linear_mut(layer, slot))
+    }
+    fn forward_with<H: LinearHook<B>>(&self, input: &ModelInput<B>, hook: &H) -> Tensor<B, 2> {
+        each_arch!(self, m => m.forward_with(input, hook))
+    }
+    fn encode(&self, input: &ModelInput<B>) -> Tensor<B, 3> {
+        each_arch!(self, m => m.encode(input))
+    }
+    fn num_labels(&self) -> usize {
+        each_arch!(self, m => m.num_labels())
+    }
+    fn without_dropout(&mut self) {
+        each_arch!(self, m => m.without_dropout())
+    }
+    fn freeze_except_head(self, train_pooler: bool) -> Self {
         match self {
-            CrossEncoder::Bert(m) => m.forward(input),
-            CrossEncoder::Roberta(m) => m.forward(input),
+            CrossEncoder::Bert(m) => CrossEncoder::Bert(m.freeze_except_head(train_pooler)),
+            CrossEncoder::Roberta(m) => CrossEncoder::Roberta(m.freeze_except_head(train_pooler)),
+            CrossEncoder::ModernBert(m) => {
+                CrossEncoder::ModernBert(m.freeze_except_head(train_pooler))
+            }
+            CrossEncoder::DebertaV2(m) => CrossEncoder::DebertaV2(m.freeze_except_head(train_pooler)),
         }
     }
-
-    /// The last hidden state `[batch, seq, hidden]` of the encoder under the head.
-    pub fn encode(&self, input: &ModelInput<B>) -> Tensor<B, 3> {
-        match self {
-            CrossEncoder::Bert(m) => m.bert.forward(input),
-            CrossEncoder::Roberta(m) => m.roberta.forward(input),
-        }
+    fn modules_to_save(&self, train_pooler: bool) -> Vec<&'static str> {
+        each_arch!(self, m => m.modules_to_save(train_pooler))
     }
-
-    /// Number of outputs of the head.
-    pub fn num_labels(&self) -> usize {
-        let out = match self {
-            CrossEncoder::Bert(m) => &m.classifier,
-            CrossEncoder::Roberta(m) => &m.classifier.out_proj,
-        };
-        out.weight.dims()[1]
+    fn head_tensors(&self, train_pooler: bool, set: &mut TensorSet, prefix: &str) {
+        each_arch!(self, m => m.head_tensors(train_pooler, set, prefix))
+    }
+    fn load_head(
+        &mut self,
+        train_pooler: bool,
+        set: &mut TensorSet,
+        path: &Path,
+        prefix: &str,
+        device: &B::Device,
+    ) -> Result<()> {
+        each_arch!(self, m => m.load_head(train_pooler, set, path, prefix, device))
+    }
+    fn model_tensors(&self, set: &mut TensorSet) {
+        each_arch!(self, m => m.model_tensors(set))
     }
 }
 
@@ -195,6 +316,8 @@ impl<B: Backend> CrossEncoder<B> {
 pub enum Encoder<B: Backend> {
     Bert(bert::BertModel<B>),
     Roberta(roberta::RobertaModel<B>),
+    ModernBert(modernbert::ModernBertModel<B>),
+    DebertaV2(deberta_v2::DebertaV2Model<B>),
 }
 
 impl<B: Backend> Encoder<B> {
@@ -208,7 +331,16 @@ impl<B: Backend> Encoder<B> {
             Architecture::Roberta | Architecture::XlmRoberta => {
                 Encoder::Roberta(roberta::RobertaModel::load(&mut ck, &dir.config, device)?)
             }
-            Architecture::DebertaV2 => return Err(not_yet()),
+            Architecture::DebertaV2 => Encoder::DebertaV2(deberta_v2::DebertaV2Model::load(
+                &mut ck,
+                &dir.config,
+                device,
+            )?),
+            Architecture::ModernBert => Encoder::ModernBert(modernbert::ModernBertModel::load(
+                &mut ck,
+                &dir.config,
+                device,
+            )?),
         };
         Ok((model, ck.finish()?))
     }
@@ -218,16 +350,12 @@ impl<B: Backend> Encoder<B> {
         match self {
             Encoder::Bert(m) => m.forward(input),
             Encoder::Roberta(m) => m.forward(input),
+            Encoder::ModernBert(m) => m.forward(input),
+            Encoder::DebertaV2(m) => m.forward(input),
         }
     }
 }
 
-// TEMPORARY until the adapter refactor lands: DeBERTa loads through its own type only.
-fn not_yet() -> MlError {
-    MlError::Unsupported(
-        "DeBERTa-v2 in CrossEncoder/Encoder (wired after the adapter refactor)".into(),
-    )
-}
 
 // Here rather than in `tokenize`, which knows nothing of model directories.
 impl PairTokenizer {
@@ -235,6 +363,16 @@ impl PairTokenizer {
     /// at what the model's position table allows.
     pub fn for_model(dir: &ModelDir, max_length: usize, truncation: Truncation) -> Result<Self> {
         let path = dir.tokenizer_path();
+        // Japanese BERTs ship vocab.txt + tokenizer_config.json and no tokenizer.json.
+        if !path.exists() && crate::tokenize::japanese::is_bert_japanese(&dir.path) {
+            return Self::japanese(
+                &dir.path,
+                dir.architecture.uses_token_types(),
+                max_length.min(dir.config.max_input_length()),
+                truncation,
+                dir.config.pad_token_id.map(|id| id as u32),
+            );
+        }
         let probe = tokenizers::Tokenizer::from_file(&path).map_err(|e| MlError::Tokenizer {
             path: path.clone(),
             message: format!("cannot load tokenizer: {e}"),

@@ -4,15 +4,16 @@
 //! Differences from BERT: position ids count only non-padding tokens and start after the
 //! padding index (`padding_idx + 1`), there are no meaningful token types (one row, always
 //! 0), no pooler, and the head is dense → tanh → out_proj over the `<s>` token. The
-//! encoder layers are BERT's (`bert::BertEncoder`), so LoRA targets are the same.
+//! encoder layers are BERT's (`bert::BertEncoder`), so adapter targets are the same.
 
 use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::prelude::*;
 
-use super::bert::{BertEmbeddings, BertEncoder, dense};
+use super::bert::{BertEmbeddings, BertEncoder, BertLayer, LAYER_LINEARS, dense, trainable};
 use super::config::ModelConfig;
 use super::loader::Checkpoint;
-use super::{LoadOptions, ModelInput};
+use super::tensors::TensorSet;
+use super::{LinearHook, LoadOptions, ModelInput, SequenceClassifier};
 use crate::error::Result;
 
 /// HF `RobertaModel` without pooler: embeddings with offset positions + BERT's encoder.
@@ -40,9 +41,13 @@ impl<B: Backend> RobertaModel<B> {
     }
 
     /// Last hidden state of the first (`<s>`) token, `[batch, 1, hidden]`.
-    pub fn forward_first_token(&self, input: &ModelInput<B>) -> Tensor<B, 3> {
+    pub fn forward_first_token<H: LinearHook<B>>(
+        &self,
+        hook: &H,
+        input: &ModelInput<B>,
+    ) -> Tensor<B, 3> {
         self.encoder
-            .forward_first_token(self.embed(input), input.attention_mask.clone())
+            .forward_first_token(hook, self.embed(input), input.attention_mask.clone())
     }
 
     fn embed(&self, input: &ModelInput<B>) -> Tensor<B, 3> {
@@ -112,10 +117,104 @@ impl<B: Backend> RobertaForSequenceClassification<B> {
             classifier,
         })
     }
+}
 
-    /// Logits `[batch, num_labels]`.
-    pub fn forward(&self, input: &ModelInput<B>) -> Tensor<B, 2> {
+impl<B: Backend> SequenceClassifier<B> for RobertaForSequenceClassification<B> {
+    fn layer_linears(&self) -> &'static [&'static str] {
+        &LAYER_LINEARS
+    }
+
+    fn layer_path(&self, i: usize) -> String {
+        format!("roberta.encoder.layer.{i}")
+    }
+
+    fn num_layers(&self) -> usize {
+        self.roberta.encoder.layer.len()
+    }
+
+    fn layer_linear(&self, layer: usize, slot: usize) -> &Linear<B> {
+        self.roberta.encoder.layer[layer].linear(slot)
+    }
+
+    fn layer_linear_mut(&mut self, layer: usize, slot: usize) -> &mut Linear<B> {
+        self.roberta.encoder.layer[layer].linear_mut(slot)
+    }
+
+    fn forward_with<H: LinearHook<B>>(&self, input: &ModelInput<B>, hook: &H) -> Tensor<B, 2> {
         self.classifier
-            .forward(self.roberta.forward_first_token(input))
+            .forward(self.roberta.forward_first_token(hook, input))
+    }
+
+    fn encode(&self, input: &ModelInput<B>) -> Tensor<B, 3> {
+        self.roberta.forward(input)
+    }
+
+    fn num_labels(&self) -> usize {
+        self.classifier.out_proj.weight.dims()[1]
+    }
+
+    fn without_dropout(&mut self) {
+        self.classifier.dropout.prob = 0.0;
+        self.roberta.embeddings.dropout.prob = 0.0;
+        self.roberta
+            .encoder
+            .layer
+            .iter_mut()
+            .for_each(BertLayer::without_dropout);
+    }
+
+    /// RoBERTa's head has its own dense layer (PEFT's `classifier` covers both), so
+    /// `train_pooler` changes nothing here.
+    fn freeze_except_head(self, _train_pooler: bool) -> Self {
+        let mut m = self.no_grad();
+        m.classifier.dense = trainable(m.classifier.dense);
+        m.classifier.out_proj = trainable(m.classifier.out_proj);
+        m
+    }
+
+    fn modules_to_save(&self, _train_pooler: bool) -> Vec<&'static str> {
+        vec!["classifier"]
+    }
+
+    fn head_tensors(&self, _train_pooler: bool, set: &mut TensorSet, prefix: &str) {
+        set.linear(&format!("{prefix}classifier.dense"), &self.classifier.dense);
+        set.linear(
+            &format!("{prefix}classifier.out_proj"),
+            &self.classifier.out_proj,
+        );
+    }
+
+    fn load_head(
+        &mut self,
+        _train_pooler: bool,
+        set: &mut TensorSet,
+        path: &std::path::Path,
+        prefix: &str,
+        device: &B::Device,
+    ) -> Result<()> {
+        let c = &mut self.classifier;
+        set.take_linear(
+            path,
+            &format!("{prefix}classifier.dense"),
+            &mut c.dense,
+            true,
+            device,
+        )?;
+        set.take_linear(
+            path,
+            &format!("{prefix}classifier.out_proj"),
+            &mut c.out_proj,
+            true,
+            device,
+        )
+    }
+
+    fn model_tensors(&self, set: &mut TensorSet) {
+        self.roberta.embeddings.tensors("roberta", set);
+        for (i, l) in self.roberta.encoder.layer.iter().enumerate() {
+            l.tensors(&format!("roberta.encoder.layer.{i}"), set);
+        }
+        set.linear("classifier.dense", &self.classifier.dense);
+        set.linear("classifier.out_proj", &self.classifier.out_proj);
     }
 }

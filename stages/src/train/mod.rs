@@ -613,7 +613,6 @@ fn save_checkpoint<B: AutodiffBackend>(
     dir: &Path,
     model: &LoraModel<B>,
     spec: &TrainSpec,
-    arch: crate::models::Architecture,
     state: &AdamWState<B::InnerBackend>,
     extra: Value,
 ) -> Result<()> {
@@ -627,7 +626,6 @@ fn save_checkpoint<B: AutodiffBackend>(
     peft::save_adapter(
         model,
         &spec.lora,
-        arch,
         &spec.model_dir.display().to_string(),
         &tmp,
     )?;
@@ -728,10 +726,10 @@ pub fn train<B: AutodiffBackend>(
     report: &dyn Reporter,
 ) -> Result<TrainOutcome> {
     spec.optim.validate()?;
-    spec.lora.validate()?;
     let _rng = backend_rng(report)?;
     let o = &spec.optim;
     let dir = ModelDir::open(&spec.model_dir)?;
+    spec.lora.validate(dir.architecture.layer_linears())?;
     let tok = PairTokenizer::for_model(&dir, spec.max_length, Truncation::LongestFirst)?;
     let TrainItems { items, epochs } = read_train_items(&spec.train, spec.task, spec.num_labels)?;
     let mut plan = plan_epochs(epochs.as_deref(), items.len(), o.epochs, o.limit);
@@ -842,7 +840,6 @@ pub fn train<B: AutodiffBackend>(
     if spec.dropout_off {
         model = model.without_dropout();
     }
-    let arch = dir.architecture;
     let metric = metric_name(spec.task);
     let mut history: Vec<StepLog> = Vec::new();
     let mut evals: Vec<EvalLog> = Vec::new();
@@ -885,7 +882,6 @@ pub fn train<B: AutodiffBackend>(
         peft::save_adapter(
             model,
             &spec.lora,
-            arch,
             &spec.model_dir.display().to_string(),
             &spec.adapter_out,
         )
@@ -989,7 +985,7 @@ pub fn train<B: AutodiffBackend>(
                 || spec.checkpoint_every.is_some_and(|c| done % c == 0)
                 || (at_eval && dev.is_some());
             if let (Some(ck), true) = (&spec.checkpoint_dir, checkpoint_due) {
-                save_checkpoint(ck, &model, spec, arch, &state, extra(&history, &evals))?;
+                save_checkpoint(ck, &model, spec, &state, extra(&history, &evals))?;
             }
             if o.patience.is_some_and(|p| since_best >= p) {
                 report.log(&format!(
