@@ -135,7 +135,7 @@ fn fresh_lora_forward_equals_base_forward() {
 
 #[test]
 fn python_peft_adapter_gives_python_logits_and_merges() {
-    for name in ["bert-1", "roberta-3"] {
+    for name in ["bert-1", "roberta-3", "deberta-v3-1", "deberta-v2-3"] {
         let c = case(name);
         let d = Default::default();
         let (lora, settings) = peft::load_adapter::<B>(&c.base, &c.adapter, &d).unwrap();
@@ -180,7 +180,7 @@ fn python_peft_adapter_gives_python_logits_and_merges() {
 
 #[test]
 fn saved_adapter_has_peft_keys_and_loads_back() {
-    for name in ["bert-1", "roberta-3"] {
+    for name in ["bert-1", "roberta-3", "deberta-v3-1", "deberta-v2-3"] {
         let c = case(name);
         let d = Default::default();
         let (lora, settings) = peft::load_adapter::<B>(&c.base, &c.adapter, &d).unwrap();
