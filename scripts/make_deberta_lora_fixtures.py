@@ -19,7 +19,8 @@ lora = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(lora)
 
 if __name__ == "__main__":
-    # Every layer linear of the v3-style model (shared keys: q/k also see positions).
-    lora.make("deberta-v3-1", ["query_proj", "key_proj", "value_proj", "dense"], 31)
+    # Every layer linear of the v3-style model (shared keys: q/k also see positions);
+    # not `dense`, which PEFT would also match on `pooler.dense`, outside the layers.
+    lora.make("deberta-v3-1", ["query_proj", "key_proj", "value_proj", "output.dense", "intermediate.dense"], 31)
     # PEFT's default targets on the v2-style model with separate position projections.
     lora.make("deberta-v2-3", ["query_proj", "value_proj"], 32)

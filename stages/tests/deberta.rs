@@ -4,6 +4,7 @@
 #![cfg(feature = "ml")]
 
 use std::path::{Path, PathBuf};
+use tsumugi_stages::models::{Plain, SequenceClassifier};
 
 use burn::backend::Autodiff;
 use burn::prelude::Backend;
@@ -89,7 +90,9 @@ fn check_on<B: Backend>(name: &str, labels: usize, what: &str) {
     )
     .unwrap();
     let device = Default::default();
-    let model = load::<B>(&dir);
+    let mut model = load::<B>(&dir);
+    // Under autodiff burn's dropout is live (training); transformers' reference is eval.
+    model.without_dropout();
     assert_eq!(model.num_labels(), labels);
     let batches = expected["batches"].as_array().unwrap();
     let mut longest = 0;
@@ -126,7 +129,7 @@ fn check_on<B: Backend>(name: &str, labels: usize, what: &str) {
             (got, _) => panic!("{name} batch {bi}: token_type_ids presence differs: got {got:?}"),
         }
         let want = floats(&b["logits"]);
-        let logits = model.forward(&ModelInput::from_batch(&enc, &device));
+        let logits = model.forward_with(&ModelInput::from_batch(&enc, &device), &Plain);
         let got: Vec<Vec<f32>> = logits
             .into_data()
             .to_vec::<f32>()
@@ -179,7 +182,7 @@ fn deberta_v3_ignores_token_types_and_reports_bad_fields() {
     // DeBERTa-v3 has type_vocab_size 0: the tokenizer gives no segment ids.
     let dir = ModelDir::open(&fixture("deberta-v3-1")).unwrap();
     let tok = PairTokenizer::for_model(&dir, 64, Truncation::LongestFirst).unwrap();
-    let enc = tok.encode_batch(&[("a".into(), "b".into())]).unwrap();
+    let enc = tok.encode_batch(&[("a", "b")]).unwrap();
     assert!(enc.token_type_ids.is_none());
 
     // A conv layer (DeBERTa-v2-xlarge) is refused with the file and the field named.

@@ -185,8 +185,7 @@ fn run(cfg: Config, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()>
         }
     }
     // Japanese BERTs have no tokenizer.json: vocab.txt + tokenizer_config.json are theirs.
-    if !copied.contains(&"tokenizer.json") && !crate::tokenize::japanese::is_bert_japanese(&base)
-    {
+    if !copied.contains(&"tokenizer.json") && !crate::tokenize::japanese::is_bert_japanese(&base) {
         bail!(
             "stage {}: {} has no tokenizer.json",
             input.name,

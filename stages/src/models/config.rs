@@ -24,7 +24,8 @@ pub enum Architecture {
 
 impl Architecture {
     /// The `model_type` values of config.json that tsumugi loads.
-    pub const MODEL_TYPES: &[&str] = &["bert", "roberta", "xlm-roberta", "modernbert", "deberta-v2"];
+    pub const MODEL_TYPES: &[&str] =
+        &["bert", "roberta", "xlm-roberta", "modernbert", "deberta-v2"];
 
     /// The architecture of a `model_type`, or an error naming it and what is supported.
     pub fn from_model_type(model_type: &str) -> Result<Self> {
@@ -278,9 +279,8 @@ impl ModelConfig {
     pub fn max_input_length(&self) -> usize {
         match self.architecture() {
             // ModernBERT's rotary positions have no table; its limit is the trained length.
-            Ok(Architecture::Bert | Architecture::ModernBert | Architecture::DebertaV2) | Err(_) => {
-                self.max_position_embeddings
-            }
+            Ok(Architecture::Bert | Architecture::ModernBert | Architecture::DebertaV2)
+            | Err(_) => self.max_position_embeddings,
             Ok(_) => self
                 .max_position_embeddings
                 .saturating_sub(self.pad_token_id.unwrap_or(1) + 1),

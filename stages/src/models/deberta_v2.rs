@@ -19,11 +19,11 @@ use burn::prelude::*;
 use burn::tensor::activation;
 use serde::Deserialize;
 
+use super::bert::trainable;
 use super::bert::{BertIntermediate, BertSelfOutput, on_rows};
 use super::config::{HiddenAct, ModelConfig};
 use super::cpu;
 use super::loader::Checkpoint;
-use super::bert::trainable;
 use super::tensors::{TensorSet, values};
 use super::{LinearHook, LoadOptions, ModelInput, Plain, SequenceClassifier, hooked};
 use crate::error::{MlError, Result};
@@ -751,7 +751,6 @@ impl<B: Backend> DebertaV2ForSequenceClassification<B> {
             classifier,
         })
     }
-
 }
 
 impl<B: Backend> SequenceClassifier<B> for DebertaV2ForSequenceClassification<B> {
@@ -830,7 +829,13 @@ impl<B: Backend> SequenceClassifier<B> for DebertaV2ForSequenceClassification<B>
         prefix: &str,
         device: &B::Device,
     ) -> Result<()> {
-        set.take_linear(path, &format!("{prefix}classifier"), &mut self.classifier, true, device)?;
+        set.take_linear(
+            path,
+            &format!("{prefix}classifier"),
+            &mut self.classifier,
+            true,
+            device,
+        )?;
         set.take_linear(
             path,
             &format!("{prefix}pooler.dense"),
@@ -845,9 +850,14 @@ impl<B: Backend> SequenceClassifier<B> for DebertaV2ForSequenceClassification<B>
         let table = |set: &mut TensorSet, key: &str, t: &Embedding<B>| {
             // Embedding tables are `[rows, dim]` in both layouts: not transposed.
             let w = t.weight.val();
-            set.0.insert(key.to_string(), (w.dims().to_vec(), values(w)));
+            set.0
+                .insert(key.to_string(), (w.dims().to_vec(), values(w)));
         };
-        table(set, "deberta.embeddings.word_embeddings.weight", &e.word_embeddings);
+        table(
+            set,
+            "deberta.embeddings.word_embeddings.weight",
+            &e.word_embeddings,
+        );
         if let Some(p) = &e.position_embeddings {
             table(set, "deberta.embeddings.position_embeddings.weight", p);
         }

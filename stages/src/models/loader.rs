@@ -198,25 +198,6 @@ impl Checkpoint {
         Ok(linear)
     }
 
-    /// Reads a PyTorch `nn.Linear(bias=False)` (`{key}.weight` only).
-    pub fn linear_no_bias<B: Backend>(
-        &mut self,
-        key: &str,
-        d_in: usize,
-        d_out: usize,
-        device: &B::Device,
-    ) -> Result<Linear<B>> {
-        let mut linear = LinearConfig::new(d_in, d_out)
-            .with_bias(false)
-            .init::<B>(device);
-        if let Some(w) = self.read(&format!("{key}.weight"), &[d_out, d_in])? {
-            let w = transpose(&w, d_out, d_in);
-            linear.weight =
-                Param::from_tensor(Tensor::from_data(TensorData::new(w, [d_in, d_out]), device));
-        }
-        Ok(linear)
-    }
-
     /// A head `nn.Linear` that may be absent from a base checkpoint: when `init` allows it
     /// and neither weight nor bias is there, it is initialised as transformers does
     /// (weight ~ N(0, std), bias 0) and listed in the report instead of failing.

@@ -226,14 +226,14 @@ impl<B: Backend> CrossEncoder<B> {
                         device,
                     )?)
                 }
-                Architecture::DebertaV2 => CrossEncoder::DebertaV2(
-                    deberta_v2::DebertaV2ForSequenceClassification::load(
+                Architecture::DebertaV2 => {
+                    CrossEncoder::DebertaV2(deberta_v2::DebertaV2ForSequenceClassification::load(
                         &mut ck,
                         &dir.config,
                         opts,
                         device,
-                    )?,
-                ),
+                    )?)
+                }
                 Architecture::ModernBert => {
                     CrossEncoder::ModernBert(modernbert::ModernBertForSequenceClassification::load(
                         &mut ck,
@@ -287,7 +287,9 @@ impl<B: Backend> SequenceClassifier<B> for CrossEncoder<B> {
             CrossEncoder::ModernBert(m) => {
                 CrossEncoder::ModernBert(m.freeze_except_head(train_pooler))
             }
-            CrossEncoder::DebertaV2(m) => CrossEncoder::DebertaV2(m.freeze_except_head(train_pooler)),
+            CrossEncoder::DebertaV2(m) => {
+                CrossEncoder::DebertaV2(m.freeze_except_head(train_pooler))
+            }
         }
     }
     fn modules_to_save(&self, train_pooler: bool) -> Vec<&'static str> {
@@ -355,7 +357,6 @@ impl<B: Backend> Encoder<B> {
         }
     }
 }
-
 
 // Here rather than in `tokenize`, which knows nothing of model directories.
 impl PairTokenizer {
