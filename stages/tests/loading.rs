@@ -130,14 +130,14 @@ fn unsupported_model_type_is_a_clear_error() {
     let dir = variant(
         "bert-1",
         |k| Some(k.to_string()),
-        |c| c["model_type"] = "deberta-v2".into(),
+        |c| c["model_type"] = "qwen2_vl".into(),
     );
     let err = ModelDir::open(dir.path())
         .err()
         .expect("must fail")
         .to_string();
     assert!(
-        err.contains("config.json") && err.contains("\"deberta-v2\"") && err.contains("supported"),
+        err.contains("config.json") && err.contains("\"qwen2_vl\"") && err.contains("supported"),
         "{err}"
     );
 }

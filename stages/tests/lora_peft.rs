@@ -9,6 +9,8 @@
 //! - the same for OFT adapters (`oft_*` tests, fixtures of `make_lora_fixtures.py oft`).
 #![cfg(feature = "ml")]
 
+mod support;
+
 use std::path::{Path, PathBuf};
 
 use burn::backend::Flex;
@@ -135,7 +137,7 @@ fn fresh_lora_forward_equals_base_forward() {
 
 #[test]
 fn python_peft_adapter_gives_python_logits_and_merges() {
-    for name in ["bert-1", "roberta-3"] {
+    for name in ["bert-1", "roberta-3", "deberta-v3-1", "deberta-v2-3"] {
         let c = case(name);
         let d = Default::default();
         let (lora, settings) = peft::load_adapter::<B>(&c.base, &c.adapter, &d).unwrap();
@@ -180,7 +182,7 @@ fn python_peft_adapter_gives_python_logits_and_merges() {
 
 #[test]
 fn saved_adapter_has_peft_keys_and_loads_back() {
-    for name in ["bert-1", "roberta-3"] {
+    for name in ["bert-1", "roberta-3", "deberta-v3-1", "deberta-v2-3"] {
         let c = case(name);
         let d = Default::default();
         let (lora, settings) = peft::load_adapter::<B>(&c.base, &c.adapter, &d).unwrap();
@@ -251,10 +253,26 @@ fn adapter_errors_name_file_and_key() {
 /// `$TSUMUGI_PEFT_CHECK_DIR` or a temporary one (then only the write path is exercised).
 #[test]
 fn tsumugi_adapter_for_python() {
-    let c = case("bert-1");
+    // BERT into `$TSUMUGI_PEFT_CHECK_DIR` itself, DeBERTa (the pooler trained too) into
+    // its `deberta-v3-1/`.
+    let deberta = LoraSettings {
+        targets: ["query_proj", "key_proj", "value_proj", "output.dense"]
+            .map(String::from)
+            .to_vec(),
+        ..all_targets()
+    };
+    for (name, sub, settings) in [
+        ("bert-1", "", all_targets()),
+        ("deberta-v3-1", "deberta-v3-1", deberta),
+    ] {
+        adapter_for_python(name, sub, settings);
+    }
+}
+
+fn adapter_for_python(name: &str, sub: &str, settings: LoraSettings) {
+    let c = case(name);
     let d = Default::default();
     let (base, _) = CrossEncoder::<B>::load(&c.base, &LoadOptions::default(), &d).unwrap();
-    let settings = all_targets();
     let mut lora = LoraModel::new(base, &settings, 11, &d).unwrap();
     for a in lora
         .layers
@@ -272,7 +290,7 @@ fn tsumugi_adapter_for_python() {
             .collect();
         l.b = burn::module::Param::from_tensor(Tensor::from_data(TensorData::new(v, shape), &d));
     }
-    let keep = std::env::var_os("TSUMUGI_PEFT_CHECK_DIR").map(PathBuf::from);
+    let keep = std::env::var_os("TSUMUGI_PEFT_CHECK_DIR").map(|k| PathBuf::from(k).join(sub));
     let tmp = tempfile::tempdir().unwrap();
     let out = keep.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     peft::save_adapter(
@@ -484,5 +502,65 @@ fn oft_tsumugi_adapter_for_python() {
     .unwrap();
     if let Some(k) = keep {
         println!("wrote {} for scripts/check_peft_adapter.py", k.display());
+    }
+}
+
+struct Quiet;
+
+impl tsumugi_stages::contract::Reporter for Quiet {
+    fn progress(&self, _: u64, _: Option<u64>, _: &str) {}
+    fn metric(&self, _: &str, _: Option<u64>, _: f64) {}
+    fn log(&self, _: &str) {}
+    fn cancelled(&self) -> bool {
+        false
+    }
+}
+
+/// `export` with `merge: true` on PEFT's DeBERTa adapters: a plain checkpoint with PEFT's
+/// merged logits. Kept under `$TSUMUGI_EXPORT_CHECK_DIR/<fixture>/{model,adapter}` for
+/// `scripts/check_export.py` (transformers loading it).
+#[test]
+fn deberta_merged_export_is_a_plain_checkpoint_with_the_adapter_logits() {
+    for name in ["deberta-v3-1", "deberta-v2-3"] {
+        let c = case(name);
+        let root = tempfile::tempdir().unwrap();
+        let outs = support::run_kind(
+            "export",
+            root.path(),
+            "export",
+            &serde_json::json!({"base": c.base.path, "adapter": c.adapter, "merge": true}),
+            &Quiet,
+        )
+        .unwrap();
+        let config: Value = serde_json::from_str(
+            &std::fs::read_to_string(outs["model"].join("config.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            config["architectures"],
+            serde_json::json!(["DebertaV2ForSequenceClassification"])
+        );
+        let d = Default::default();
+        let (merged, report) = CrossEncoder::<B>::load(
+            &ModelDir::open(&outs["model"]).unwrap(),
+            &LoadOptions::default(),
+            &d,
+        )
+        .unwrap();
+        assert!(report.unused.is_empty(), "{:?}", report.unused);
+        let got = peft::values(merged.forward(&input(&c)));
+        let diff = max_diff(&got, &floats(&c.expected["merged_logits"]));
+        println!("{name}: merged export vs PEFT merge_and_unload max |Δ| = {diff:.2e}");
+        assert!(diff <= 1e-4, "{name}: {diff}");
+        if let Some(keep) = std::env::var_os("TSUMUGI_EXPORT_CHECK_DIR") {
+            let keep = PathBuf::from(keep).join(name);
+            for (from, to) in [(&outs["model"], "model"), (&c.adapter, "adapter")] {
+                std::fs::create_dir_all(keep.join(to)).unwrap();
+                for f in std::fs::read_dir(from).unwrap() {
+                    let f = f.unwrap().path();
+                    std::fs::copy(&f, keep.join(to).join(f.file_name().unwrap())).unwrap();
+                }
+            }
+        }
     }
 }

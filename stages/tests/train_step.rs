@@ -120,8 +120,12 @@ fn named_grads(
             );
         }
         // ModernBERT's steps are checked in tests/modernbert_lora.rs.
+        tsumugi_stages::models::CrossEncoder::DebertaV2(m) => {
+            lin("classifier", &m.classifier);
+            assert!(m.pooler.dense.weight.val().grad(grads).is_none());
+        }
         tsumugi_stages::models::CrossEncoder::ModernBert(_) => {
-            unreachable!("BERT/RoBERTa fixtures")
+            unreachable!("ModernBERT's steps are checked in modernbert_lora.rs")
         }
     }
     set
@@ -155,6 +159,8 @@ fn two_adamw_steps_match_pytorch_peft() {
         ("lora", "bert-1", "bert"),
         ("lora", "roberta-3", "roberta"),
         ("oft", "bert-1", "bert"),
+        ("lora", "deberta-v3-1", "deberta"),
+        ("lora", "deberta-v2-3", "deberta"),
     ] {
         let dir = fixtures().join(kind).join(name);
         let e: Value =

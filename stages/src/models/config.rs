@@ -18,11 +18,14 @@ pub enum Architecture {
     XlmRoberta,
     /// ModernBERT: rotary positions, GeGLU, alternating local/global attention.
     ModernBert,
+    /// DeBERTa-v2 and DeBERTa-v3 (`deberta-v2`): disentangled relative attention.
+    DebertaV2,
 }
 
 impl Architecture {
     /// The `model_type` values of config.json that tsumugi loads.
-    pub const MODEL_TYPES: &[&str] = &["bert", "roberta", "xlm-roberta", "modernbert"];
+    pub const MODEL_TYPES: &[&str] =
+        &["bert", "roberta", "xlm-roberta", "modernbert", "deberta-v2"];
 
     /// The architecture of a `model_type`, or an error naming it and what is supported.
     pub fn from_model_type(model_type: &str) -> Result<Self> {
@@ -31,6 +34,7 @@ impl Architecture {
             "roberta" => Ok(Architecture::Roberta),
             "xlm-roberta" => Ok(Architecture::XlmRoberta),
             "modernbert" => Ok(Architecture::ModernBert),
+            "deberta-v2" => Ok(Architecture::DebertaV2),
             other => Err(MlError::UnsupportedModel(
                 other.to_string(),
                 Self::MODEL_TYPES.join(", "),
@@ -44,6 +48,7 @@ impl Architecture {
             Architecture::Bert => "bert",
             Architecture::Roberta | Architecture::XlmRoberta => "roberta",
             Architecture::ModernBert => "model",
+            Architecture::DebertaV2 => "deberta",
         }
     }
 
@@ -55,6 +60,7 @@ impl Architecture {
             Architecture::Roberta => "RobertaForSequenceClassification",
             Architecture::XlmRoberta => "XLMRobertaForSequenceClassification",
             Architecture::ModernBert => super::modernbert::HF_CLASS,
+            Architecture::DebertaV2 => super::deberta_v2::HF_CLASS,
         }
     }
 
@@ -66,6 +72,7 @@ impl Architecture {
                 &super::bert::LAYER_LINEARS
             }
             Architecture::ModernBert => &super::modernbert::LAYER_LINEARS,
+            Architecture::DebertaV2 => &super::deberta_v2::LAYER_LINEARS,
         }
     }
 
@@ -77,6 +84,7 @@ impl Architecture {
                 vec!["query".into(), "value".into()]
             }
             Architecture::ModernBert => super::modernbert::default_lora_targets(),
+            Architecture::DebertaV2 => super::deberta_v2::default_lora_targets(),
         }
     }
 
@@ -210,7 +218,11 @@ impl ModelConfig {
                 MlError::Config { message, .. } => bad(message),
                 other => other,
             })?;
-        } else if self.architecture()? != Architecture::Bert && self.pad_token_id.is_none() {
+        } else if matches!(
+            self.architecture()?,
+            Architecture::Roberta | Architecture::XlmRoberta
+        ) && self.pad_token_id.is_none()
+        {
             return Err(bad(
                 "RoBERTa-style models need pad_token_id (positions are offset by it)".into(),
             ));
@@ -270,9 +282,8 @@ impl ModelConfig {
     pub fn max_input_length(&self) -> usize {
         match self.architecture() {
             // ModernBERT's rotary positions have no table; its limit is the trained length.
-            Ok(Architecture::Bert | Architecture::ModernBert) | Err(_) => {
-                self.max_position_embeddings
-            }
+            Ok(Architecture::Bert | Architecture::ModernBert | Architecture::DebertaV2)
+            | Err(_) => self.max_position_embeddings,
             Ok(_) => self
                 .max_position_embeddings
                 .saturating_sub(self.pad_token_id.unwrap_or(1) + 1),

@@ -111,6 +111,11 @@ impl Checkpoint {
         })
     }
 
+    /// The directory holding the weights (and the model's `config.json`).
+    pub fn dir(&self) -> &Path {
+        self.origin.parent().unwrap_or(Path::new("."))
+    }
+
     /// All keys in the checkpoint.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
         self.entries.keys().map(String::as_str)

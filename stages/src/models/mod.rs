@@ -19,6 +19,7 @@ pub mod bert;
 pub mod check;
 pub mod config;
 pub mod cpu;
+pub mod deberta_v2;
 pub mod loader;
 pub mod modernbert;
 pub mod roberta;
@@ -110,6 +111,7 @@ macro_rules! each_arch {
             CrossEncoder::Bert($m) => $body,
             CrossEncoder::Roberta($m) => $body,
             CrossEncoder::ModernBert($m) => $body,
+            CrossEncoder::DebertaV2($m) => $body,
         }
     };
 }
@@ -198,6 +200,8 @@ pub enum CrossEncoder<B: Backend> {
     /// RoBERTa and XLM-RoBERTa.
     Roberta(roberta::RobertaForSequenceClassification<B>),
     ModernBert(modernbert::ModernBertForSequenceClassification<B>),
+    /// DeBERTa-v2 and -v3.
+    DebertaV2(deberta_v2::DebertaV2ForSequenceClassification<B>),
 }
 
 impl<B: Backend> CrossEncoder<B> {
@@ -216,6 +220,14 @@ impl<B: Backend> CrossEncoder<B> {
                 ),
                 Architecture::Roberta | Architecture::XlmRoberta => {
                     CrossEncoder::Roberta(roberta::RobertaForSequenceClassification::load(
+                        &mut ck,
+                        &dir.config,
+                        opts,
+                        device,
+                    )?)
+                }
+                Architecture::DebertaV2 => {
+                    CrossEncoder::DebertaV2(deberta_v2::DebertaV2ForSequenceClassification::load(
                         &mut ck,
                         &dir.config,
                         opts,
@@ -275,6 +287,9 @@ impl<B: Backend> SequenceClassifier<B> for CrossEncoder<B> {
             CrossEncoder::ModernBert(m) => {
                 CrossEncoder::ModernBert(m.freeze_except_head(train_pooler))
             }
+            CrossEncoder::DebertaV2(m) => {
+                CrossEncoder::DebertaV2(m.freeze_except_head(train_pooler))
+            }
         }
     }
     fn modules_to_save(&self, train_pooler: bool) -> Vec<&'static str> {
@@ -299,11 +314,14 @@ impl<B: Backend> SequenceClassifier<B> for CrossEncoder<B> {
 }
 
 /// The bare encoder (no head) of any supported architecture.
+// As for CrossEncoder: one per run, the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Encoder<B: Backend> {
     Bert(bert::BertModel<B>),
     Roberta(roberta::RobertaModel<B>),
     ModernBert(modernbert::ModernBertModel<B>),
+    DebertaV2(deberta_v2::DebertaV2Model<B>),
 }
 
 impl<B: Backend> Encoder<B> {
@@ -317,6 +335,11 @@ impl<B: Backend> Encoder<B> {
             Architecture::Roberta | Architecture::XlmRoberta => {
                 Encoder::Roberta(roberta::RobertaModel::load(&mut ck, &dir.config, device)?)
             }
+            Architecture::DebertaV2 => Encoder::DebertaV2(deberta_v2::DebertaV2Model::load(
+                &mut ck,
+                &dir.config,
+                device,
+            )?),
             Architecture::ModernBert => Encoder::ModernBert(modernbert::ModernBertModel::load(
                 &mut ck,
                 &dir.config,
@@ -332,6 +355,7 @@ impl<B: Backend> Encoder<B> {
             Encoder::Bert(m) => m.forward(input),
             Encoder::Roberta(m) => m.forward(input),
             Encoder::ModernBert(m) => m.forward(input),
+            Encoder::DebertaV2(m) => m.forward(input),
         }
     }
 }
@@ -370,12 +394,14 @@ impl PairTokenizer {
                 })?,
         };
         let max_length = max_length.min(dir.config.max_input_length());
-        Self::from_file(
-            &path,
-            pad_id,
-            dir.architecture.uses_token_types(),
-            max_length,
-            truncation,
-        )
+        // DeBERTa feeds segment ids only when its config has token types (v3 has none).
+        let token_types = match dir.architecture {
+            Architecture::DebertaV2 => {
+                let config = dir.path.join("config.json");
+                deberta_v2::DebertaConfig::from_file(&config, &dir.config)?.type_vocab_size > 0
+            }
+            arch => arch.uses_token_types(),
+        };
+        Self::from_file(&path, pad_id, token_types, max_length, truncation)
     }
 }
