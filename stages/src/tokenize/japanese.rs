@@ -732,7 +732,7 @@ fn euc_jp(bytes: &[u8]) -> String {
 }
 
 fn u32_at(b: &[u8], off: usize) -> u32 {
-    u32::from_le_bytes(b[off..off + 4].try_into().unwrap())
+    u32::from_le_bytes(b[off..off + 4].try_into().expect("a 4-byte slice"))
 }
 
 /// MeCab's compiled `sys.dic`/`unk.dic` → lexicon CSV (`surface,left,right,cost,features`).
@@ -761,7 +761,8 @@ fn decompile_dic(path: &Path, quote: bool) -> Result<String> {
     let da = &b[72..72 + dsize];
     let toks = &b[72 + dsize..72 + dsize + tsize];
     let n = dsize / 8;
-    let base_of = |i: usize| i32::from_le_bytes(da[8 * i..8 * i + 4].try_into().unwrap());
+    let base_of =
+        |i: usize| i32::from_le_bytes(da[8 * i..8 * i + 4].try_into().expect("a 4-byte slice"));
     let check_of = |i: usize| u32_at(da, 8 * i + 4) as i64;
     let mut out = String::new();
     if n == 0 {
