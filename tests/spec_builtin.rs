@@ -18,6 +18,7 @@ static KINDS: &[KindInfo] = &[
         input_fields: &["input"],
         outputs: &[("pairs", "pairs.jsonl")],
         metrics: None,
+        per_item: false,
         settings: SettingsInfo::ANY,
     },
     KindInfo {
@@ -27,6 +28,7 @@ static KINDS: &[KindInfo] = &[
         input_fields: &["base", "train", "extra"],
         outputs: &[("adapter", "adapter"), ("metrics", "metrics.json")],
         metrics: Some("metrics"),
+        per_item: false,
         settings: SettingsInfo::ANY,
     },
 ];

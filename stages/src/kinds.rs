@@ -31,6 +31,9 @@ pub struct KindInfo {
     pub outputs: &'static [(&'static str, &'static str)],
     /// The output key holding the stage's metrics JSON, if it writes one.
     pub metrics: Option<&'static str>,
+    /// Whether `map:` may run the kind once per item: every output is a line-oriented file
+    /// (JSONL) whose per-item parts concatenate, in item-key order, into the whole.
+    pub per_item: bool,
     /// The `with:` settings: checked when the pipeline is loaded, and its JSON Schema.
     pub settings: SettingsInfo,
 }

@@ -51,6 +51,7 @@ pub const INFO: KindInfo = KindInfo {
         ("plots", "plots"),
     ],
     metrics: Some("metrics"),
+    per_item: false,
     settings: SettingsInfo::of::<Config>(),
 };
 

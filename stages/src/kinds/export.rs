@@ -38,6 +38,7 @@ pub const INFO: KindInfo = KindInfo {
     input_fields: &["base", "adapter"],
     outputs: &[("model", "model")],
     metrics: None,
+    per_item: false,
     settings: SettingsInfo::of::<Config>(),
 };
 

@@ -71,6 +71,7 @@ pub const INFO: KindInfo = KindInfo {
         ("stats", "stats.json"),
     ],
     metrics: Some("stats"),
+    per_item: false,
     settings: SettingsInfo::of::<Config>(),
 };
 

@@ -57,6 +57,7 @@ pub const INFO: KindInfo = KindInfo {
         ("metrics", "metrics.json"),
     ],
     metrics: Some("metrics"),
+    per_item: false,
     settings: SettingsInfo::of::<Config>(),
 };
 
