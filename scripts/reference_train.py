@@ -21,15 +21,18 @@ The recipe, fixed here and mirrored by tsumugi's quickstart pipeline:
   (the files contain stray quotes); label = score / 5;
 - LoRA r=16, alpha=32, dropout=0.1 on query/key/value; classifier trainable and saved
   (`modules_to_save`); everything else frozen (pooler included);
-- loss: MSE between the logit and score / 5;
+- loss (`--recipe bce`, the default and the quickstart's): BCE with logits against
+  score / 5, constant lr, no warmup; the prediction is sigmoid(logit). `--recipe mse`:
+  MSE between the logit and score / 5, linear warmup over the first 10% of steps then
+  linear decay to 0; the prediction is the logit;
 - AdamW with torch's defaults stated explicitly (betas 0.9/0.999, eps 1e-8, weight decay
-  0.01), lr 5e-4, batch 16, 1 epoch, seed 13, linear warmup over the first 10% of steps
-  then linear decay to 0; max_length 128, each batch padded to its longest pair;
-- evaluation: Spearman and Pearson between the logit and the gold score on sts-test (also
-  before training, as the untrained-head baseline).
+  0.01), lr 5e-4, batch 16, 1 epoch, seed 13; max_length 128, each batch padded to its
+  longest pair;
+- evaluation: Spearman and Pearson between the prediction and the gold score on sts-test
+  (also before training, as the untrained-head baseline).
 
 Details that decide parity for a re-implementation:
-- the schedule is transformers' `get_linear_schedule_with_warmup`: optimizer step s
+- the mse recipe's schedule is transformers' `get_linear_schedule_with_warmup`: optimizer step s
   (0-based) uses lr·s/warmup while s < warmup (so step 0 uses lr 0), then
   lr·(total − s)/(total − warmup); warmup = int(0.1·total) = 36 of 360 steps here;
 - shuffling is `torch.randperm` from a generator seeded with the seed, once per epoch;
@@ -94,6 +97,13 @@ def main():
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--seed", type=int, default=13)
     ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument(
+        "--recipe",
+        choices=["bce", "mse"],
+        default="bce",
+        help="bce (the quickstart's): BCE-with-logits on score/5, constant lr, no warmup, "
+        "prediction sigmoid(logit); mse (the earlier one): MSE, 10%% warmup, linear decay",
+    )
     ap.add_argument("--no-baseline", action="store_true", help="skip the evaluation before training")
     ap.add_argument("--save", default=None, help="save the PEFT adapter (head included) to this directory")
     ap.add_argument("--history", default=None, help="write the per-step loss and learning rate to this JSON file")
@@ -158,14 +168,15 @@ def main():
         preds = []
         t0 = time.perf_counter()
         for enc, _ in batches(rows, 64):
-            preds.append(model(**enc).logits.squeeze(-1).float())
+            logits = model(**enc).logits.squeeze(-1).float()
+            preds.append(torch.sigmoid(logits) if args.recipe == "bce" else logits)
         secs = time.perf_counter() - t0
         pred = torch.cat(preds).numpy().astype(np.float64)
         gold = np.array([r[2] for r in rows], dtype=np.float64)
         return {
             "spearman": float(spearmanr(gold, pred)[0]),
             "pearson": float(pearsonr(gold, pred)[0]),
-            # On the training scale (score / 5).
+            # On the training scale (score / 5), of the prediction.
             "mse": float(np.mean((pred - gold / 5.0) ** 2)),
             "pairs": len(rows),
             "pairs_per_s": len(rows) / secs,
@@ -177,7 +188,7 @@ def main():
 
     steps_per_epoch = math.ceil(len(train) / args.batch)
     total_steps = steps_per_epoch * args.epochs
-    warmup = int(0.1 * total_steps)
+    warmup = int(0.1 * total_steps) if args.recipe == "mse" else 0
     optim = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
         lr=args.lr,
@@ -185,8 +196,12 @@ def main():
         eps=1e-8,
         weight_decay=0.01,
     )
-    sched = get_linear_schedule_with_warmup(optim, warmup, total_steps)
-    loss_fn = torch.nn.MSELoss()
+    if args.recipe == "mse":
+        sched = get_linear_schedule_with_warmup(optim, warmup, total_steps)
+        loss_fn = torch.nn.MSELoss()
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda _: 1.0)
+        loss_fn = torch.nn.BCEWithLogitsLoss()
     gen = torch.Generator().manual_seed(args.seed)
 
     history, lrs = [], []
@@ -236,12 +251,12 @@ def main():
         "config": {
             "lora": {"r": 16, "alpha": 32, "dropout": 0.1, "targets": ["query", "key", "value"], "modules_to_save": ["classifier"]},
             "optim": {"name": "AdamW", "lr": args.lr, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.01},
-            "schedule": "linear warmup 10% then linear decay to 0",
+            "schedule": "linear warmup 10% then linear decay to 0" if args.recipe == "mse" else "constant",
             "batch": args.batch,
             "epochs": args.epochs,
             "seed": args.seed,
             "max_length": args.max_length,
-            "loss": "MSE(logit, score/5)",
+            "loss": "MSE(logit, score/5)" if args.recipe == "mse" else "BCEWithLogits(logit, score/5)",
             "trainable_parameters": trainable,
         },
         "versions": {

@@ -10,7 +10,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Map, Value};
 use tsumugi_stages::device::DeviceSpec;
-use tsumugi_stages::score::{Interpreted, ScoreOptions, Scorer, interpret};
+use tsumugi_stages::score::{Interpreted, ScoreOptions, Scorer};
 use tsumugi_stages::tokenize::Truncation;
 
 #[derive(Debug, Args)]
@@ -26,8 +26,10 @@ pub struct ScoreArgs {
     /// to the output.
     #[arg(long, value_name = "FILE")]
     pub pairs: PathBuf,
-    /// Output JSONL (default: stdout): the input object plus `logits` and `score` (sigmoid,
-    /// one-label heads) or `probs` (softmax, several labels), in input order.
+    /// Output JSONL (default: stdout): the input object plus `logits` and `score` (one-label
+    /// heads: the logit through the activation recorded with the adapter or model, as
+    /// sentence-transformers records it — identity after MSE training, sigmoid after BCE —
+    /// and sigmoid when none is recorded) or `probs` (softmax, several labels), in input order.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
     /// cpu, wgpu, wgpu:N, cuda or cuda:N.
@@ -99,7 +101,7 @@ pub fn run(args: ScoreArgs) -> anyhow::Result<ExitCode> {
     };
     let mut out = BufWriter::new(sink);
     for (mut record, logits) in records.into_iter().zip(logits) {
-        let extra = match interpret(&logits) {
+        let extra = match scorer.interpret(&logits) {
             Interpreted::Score(s) => ("score", Value::from(s)),
             Interpreted::Probs(p) => ("probs", Value::from(p)),
         };

@@ -12,6 +12,7 @@
 //! (scoring pairs), [`device`] (run-time backend choice).
 
 pub mod contract;
+pub mod head;
 pub mod kinds;
 // Issue 4 without burn: loss formulas, evaluation metrics, plots.
 pub mod losses;

@@ -317,6 +317,7 @@ pub fn load_adapter<B: Backend>(
     let opts = LoadOptions {
         num_labels: adapter_num_labels(&tensors),
         init_missing_head: true,
+        init_seed: 0,
     };
     let (base, _) = CrossEncoder::<B>::load(model_dir, &opts, device)?;
     let bad_targets = |e: MlError| MlError::Config {

@@ -9,7 +9,8 @@ use burn::prelude::*;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 use crate::device;
 use crate::device::{CpuBackend, DeviceSpec};
-use crate::error::Result;
+use crate::error::{MlError, Result};
+use crate::head::HeadActivation;
 use crate::models::{CrossEncoder, LoadOptions, LoadReport, ModelDir, ModelInput};
 use crate::tokenize::{EncodedPair, PairTokenizer, Truncation, length_batches};
 
@@ -117,16 +118,17 @@ fn is_cpu<B: Backend>() -> bool {
 /// What a head's logits mean for one pair.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Interpreted {
-    /// One label: sigmoid of the logit.
+    /// One label: the logit through the head's activation.
     Score(f32),
     /// Several labels: softmax over the logits.
     Probs(Vec<f32>),
 }
 
-/// Sigmoid for one logit, softmax for several.
-pub fn interpret(logits: &[f32]) -> Interpreted {
+/// One logit through `act` (sigmoid by default: see [`Scorer::activation`]), several
+/// through softmax.
+pub fn interpret(logits: &[f32], act: HeadActivation) -> Interpreted {
     if logits.len() == 1 {
-        Interpreted::Score(1.0 / (1.0 + (-logits[0]).exp()))
+        Interpreted::Score(act.apply(f64::from(logits[0])) as f32)
     } else {
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let exps: Vec<f32> = logits.iter().map(|&l| (l - max).exp()).collect();
@@ -172,6 +174,7 @@ pub struct Scorer {
     num_labels: usize,
     report: LoadReport,
     device: DeviceSpec,
+    activation: HeadActivation,
 }
 
 impl Scorer {
@@ -191,6 +194,10 @@ impl Scorer {
         options: ScoreOptions,
     ) -> Result<Self> {
         device.check_compiled()?;
+        // sentence-transformers' rule: the recorded activation, else sigmoid for one label.
+        let activation = crate::head::resolve(dir, adapter)
+            .map_err(|e| MlError::Input(format!("{e:#}")))?
+            .unwrap_or(HeadActivation::Sigmoid);
         let dir = ModelDir::open(dir)?;
         let tokenizer = PairTokenizer::for_model(&dir, options.max_length, options.truncation)?;
         let (model, report) = match device {
@@ -229,7 +236,20 @@ impl Scorer {
             num_labels,
             report,
             device,
+            activation,
         })
+    }
+
+    /// The head's activation for one-logit predictions: recorded with the adapter or the
+    /// model (`config_sentence_transformers.json`), else sigmoid (sentence-transformers'
+    /// default for one label).
+    pub fn activation(&self) -> HeadActivation {
+        self.activation
+    }
+
+    /// `logits` of one pair read through this model's head: see [`interpret`].
+    pub fn interpret(&self, logits: &[f32]) -> Interpreted {
+        interpret(logits, self.activation)
     }
 
     pub fn num_labels(&self) -> usize {
@@ -303,8 +323,13 @@ mod tests {
 
     #[test]
     fn sigmoid_for_one_label_softmax_for_more() {
-        assert_eq!(interpret(&[0.0]), Interpreted::Score(0.5));
-        let Interpreted::Probs(p) = interpret(&[1.0, 1.0, 1.0 + 2f32.ln()]) else {
+        let sig = HeadActivation::Sigmoid;
+        assert_eq!(interpret(&[0.0], sig), Interpreted::Score(0.5));
+        assert_eq!(
+            interpret(&[-2.5], HeadActivation::Identity),
+            Interpreted::Score(-2.5)
+        );
+        let Interpreted::Probs(p) = interpret(&[1.0, 1.0, 1.0 + 2f32.ln()], sig) else {
             panic!("expected probs")
         };
         assert!(
@@ -312,7 +337,7 @@ mod tests {
             "{p:?}"
         );
         // Large logits must not overflow.
-        let Interpreted::Probs(p) = interpret(&[1000.0, 0.0]) else {
+        let Interpreted::Probs(p) = interpret(&[1000.0, 0.0], sig) else {
             panic!("expected probs")
         };
         assert!((p[0] - 1.0).abs() < 1e-6);

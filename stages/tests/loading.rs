@@ -159,10 +159,30 @@ fn a_missing_head_is_initialised_only_when_asked_and_unused_keys_are_reported() 
     let opts = LoadOptions {
         num_labels: Some(2),
         init_missing_head: true,
+        init_seed: 5,
     };
     let (model, report) = CrossEncoder::<CpuBackend>::load(&md, &opts, &device).unwrap();
     assert_eq!(model.num_labels(), 2);
     assert_eq!(report.initialized.len(), 4, "{report:?}");
+    // The new head is drawn on the host from the seed: the same seed, the same head
+    // (on any backend); another seed, another head; N(0, initializer_range²) weights.
+    let head = |seed: u64| {
+        let (m, _) = CrossEncoder::<CpuBackend>::load(
+            &md,
+            &LoadOptions {
+                init_seed: seed,
+                ..opts.clone()
+            },
+            &device,
+        )
+        .unwrap();
+        let mut set = tsumugi_stages::models::tensors::TensorSet::default();
+        m.head_tensors(true, &mut set, "");
+        set.0
+    };
+    let (a, b, c) = (head(5), head(5), head(6));
+    assert_eq!(a, b);
+    assert_ne!(a, c);
     // The encoder alone leaves the head of a full checkpoint unused.
     let (_, report) =
         Encoder::<CpuBackend>::load(&ModelDir::open(&fixture("bert-3")).unwrap(), &device).unwrap();

@@ -165,6 +165,7 @@ fn python_peft_adapter_gives_python_logits_and_merges() {
             &LoadOptions {
                 num_labels: None,
                 init_missing_head: false,
+                ..Default::default()
             },
             &d,
         )

@@ -202,7 +202,8 @@ fn scores_equal_the_scoring_library() {
     let got = three.score(q, ps).unwrap();
     let logits = lib3.score(&pairs, &mut |_| {}).unwrap();
     for (g, l) in got.iter().zip(&logits) {
-        let tsumugi_stages::score::Interpreted::Probs(p) = tsumugi_stages::score::interpret(l)
+        let tsumugi_stages::score::Interpreted::Probs(p) =
+            tsumugi_stages::score::interpret(l, tsumugi_stages::head::HeadActivation::Sigmoid)
         else {
             panic!("probs")
         };

@@ -3,7 +3,8 @@
 //! `outs` says, progress and metrics reported, same seed ⇒ identical adapter bytes, an
 //! interrupted run resumed from its checkpoint ⇒ the same adapter as an uninterrupted
 //! one, gates failing the stage, a merged export that loads as a plain model with the
-//! same logits.
+//! same logits, and a one-logit head's activation (identity after MSE, sigmoid after BCE)
+//! carried from train-lora to evaluate, export and the scorer.
 //!
 //! One #[test] on purpose: burn's CPU backend has one process-wide RNG (dropout masks,
 //! layer init), so trainings in parallel test threads would perturb each other's draws.
@@ -302,6 +303,116 @@ fn train_evaluate_export_through_the_stage_contract() {
     )
     .unwrap();
     assert!(std::fs::read(y["model"].join("adapter_model.safetensors")).unwrap() == weights(&a));
+
+    // The head's activation travels with the adapter: MSE → identity, BCE → sigmoid.
+    use tsumugi_stages::head::{self, HeadActivation};
+    use tsumugi_stages::score::{ScoreOptions, Scorer};
+    assert_eq!(
+        head::read(&a["adapter"]).unwrap(),
+        Some(HeadActivation::Identity)
+    );
+    assert_eq!(em["activation"], "identity");
+    let mut bce_with = train_with(7, None);
+    bce_with["loss"] = json!("bce");
+    let bce = run(
+        "train-lora",
+        root,
+        "train_bce",
+        bce_with,
+        &Recorder::default(),
+    )
+    .unwrap();
+    let st: Value = serde_json::from_str(
+        &std::fs::read_to_string(bce["adapter"].join(head::ST_CONFIG_FILE)).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(st["activation_fn"], "torch.nn.modules.activation.Sigmoid");
+    let eb = run(
+        "evaluate",
+        root,
+        "eval_bce",
+        json!({"base": base, "adapter": bce["adapter"], "test": "test.jsonl", "task": "regression", "max_length": 32}),
+        &Recorder::default(),
+    )
+    .unwrap();
+    let ebm: Value =
+        serde_json::from_str(&std::fs::read_to_string(&eb["metrics"]).unwrap()).unwrap();
+    assert_eq!(ebm["activation"], "sigmoid");
+    // Predictions (and so RMSE/R²) are sigmoid(logit): in (0, 1), equal to the sigmoid of
+    // the adapter's own logits.
+    let (bce_model, _) =
+        tsumugi_stages::peft::load_adapter::<Flex>(&dir, &bce["adapter"], &dev).unwrap();
+    let test_rows: Vec<Value> = std::fs::read_to_string(root.join("test.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let first: Vec<(&str, &str)> = test_rows[..2]
+        .iter()
+        .map(|r| (r["text_a"].as_str().unwrap(), r["text_b"].as_str().unwrap()))
+        .collect();
+    let logits = tsumugi_stages::peft::values(bce_model.forward(&ModelInput::<Flex>::from_batch(
+        &tok.encode_batch(&first).unwrap(),
+        &dev,
+    )));
+    let preds: Vec<f64> = std::fs::read_to_string(&eb["predictions"])
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["score"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    for (p, l) in preds.iter().zip(&logits) {
+        let want = 1.0 / (1.0 + (-f64::from(*l)).exp());
+        assert!((p - want).abs() < 1e-5, "prediction {p} vs sigmoid({l})");
+    }
+    let rmse_sigmoid = (preds
+        .iter()
+        .zip(&test_rows)
+        .map(|(p, r)| (p - r["label"].as_f64().unwrap()).powi(2))
+        .sum::<f64>()
+        / preds.len() as f64)
+        .sqrt();
+    assert!(
+        (ebm["rmse"].as_f64().unwrap() - rmse_sigmoid).abs() < 1e-9,
+        "{ebm}"
+    );
+    // The merged export records it for sentence-transformers, and the scorer applies it.
+    let xb = run(
+        "export",
+        root,
+        "export_bce",
+        json!({"base": base, "adapter": bce["adapter"], "merge": true}),
+        &Recorder::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        head::read(&xb["model"]).unwrap(),
+        Some(HeadActivation::Sigmoid)
+    );
+    let scorer = Scorer::load(
+        &xb["model"],
+        tsumugi_stages::device::DeviceSpec::Cpu,
+        ScoreOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(scorer.activation(), HeadActivation::Sigmoid);
+    let mse_scorer = Scorer::load(
+        &x["model"],
+        tsumugi_stages::device::DeviceSpec::Cpu,
+        ScoreOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(mse_scorer.activation(), HeadActivation::Identity);
+    let raw = mse_scorer
+        .score(&[("a cat sleeps", "the dog runs")], &mut |_| {})
+        .unwrap();
+    assert_eq!(
+        mse_scorer.interpret(&raw[0]),
+        tsumugi_stages::score::Interpreted::Score(raw[0][0])
+    );
 
     // Bad input: a clear error naming the field.
     let err = run(

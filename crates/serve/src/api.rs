@@ -119,7 +119,7 @@ pub struct Prediction {
 pub struct RerankRequest {
     pub query: String,
     pub texts: Vec<String>,
-    /// The logit instead of its sigmoid.
+    /// The logit instead of the head's activation of it (sigmoid unless the model records another).
     #[serde(default)]
     pub raw_scores: bool,
     /// Echo each text in its result.

@@ -19,6 +19,7 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 use tsumugi_base::project::Project;
 use tsumugi_stages::device::DeviceSpec;
+use tsumugi_stages::head::HeadActivation;
 use tsumugi_stages::score::{Interpreted, ScoreOptions, interpret};
 use tsumugi_stages::tokenize::Truncation;
 
@@ -335,14 +336,15 @@ async fn predict(
     let b = body(b, "see --max-body")?;
     let req: api::PredictRequest = api::parse(&b)?;
     let (logits, version) = logits(&s, req.into_pairs()?).await?;
-    let results: Vec<Prediction> = logits.into_iter().map(prediction).collect();
+    let act = version.scorer.activation();
+    let results: Vec<Prediction> = logits.into_iter().map(|l| prediction(l, act)).collect();
     Ok(axum::Json(
         json!({"adapter": version.brief(), "results": results}),
     ))
 }
 
-fn prediction(logits: Vec<f32>) -> Prediction {
-    match interpret(&logits) {
+fn prediction(logits: Vec<f32>, act: HeadActivation) -> Prediction {
+    match interpret(&logits, act) {
         Interpreted::Score(s) => Prediction {
             logits,
             score: Some(s),
@@ -382,7 +384,8 @@ async fn rerank(
         .iter()
         .map(|t| (req.query.clone(), t.clone()))
         .collect();
-    let (logits, _) = logits(&s, pairs).await?;
+    let (logits, version) = logits(&s, pairs).await?;
+    let act = version.scorer.activation();
     let results = logits
         .into_iter()
         .enumerate()
@@ -393,7 +396,7 @@ async fn rerank(
                 score: if req.raw_scores {
                     x
                 } else {
-                    1.0 / (1.0 + (-x).exp())
+                    act.apply(f64::from(x)) as f32
                 },
                 text: req.return_text.then(|| req.texts[i].clone()),
             }

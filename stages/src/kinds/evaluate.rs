@@ -42,7 +42,8 @@ pub struct Evaluate;
 
 pub const INFO: KindInfo = KindInfo {
     name: "evaluate",
-    version: 1,
+    // 2: one-logit predictions go through the head's recorded activation (metrics say which).
+    version: 2,
     summary: "metrics, predictions and plots of a model (+ LoRA adapter) on a test set, with fail_if gates",
     input_fields: &["base", "adapter", "test", "history", "baseline"],
     outputs: &[
@@ -429,12 +430,16 @@ fn run(cfg: Config, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()>
                     logits[0].len()
                 );
             }
-            let p: Vec<f64> = logits.iter().map(|l| l[0] as f64).collect();
+            // The head's own prediction: sigmoid(logit) for a BCE-trained head. Without a
+            // record (adapters from before it was kept, plain models) the logit, as before.
+            let act = crate::head::resolve(&base, adapter.as_deref())?
+                .unwrap_or(crate::head::HeadActivation::Identity);
+            let p: Vec<f64> = logits.iter().map(|l| act.apply(l[0] as f64)).collect();
             for (r, s) in rows.iter().zip(&p) {
                 predictions += &(json!({"text_a": r.a, "text_b": r.b, "label": r.label, "score": s})
                     .to_string() + "\n");
             }
-            if cfg.task == Task::Regression {
+            let mut m = if cfg.task == Task::Regression {
                 both("predicted_vs_true", &|path| {
                     crate::plots::predicted_vs_true(path, &y, &p)
                 })?;
@@ -447,7 +452,9 @@ fn run(cfg: Config, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()>
                     &p,
                     cfg.ks.as_deref().unwrap_or(&[1, 5, 10]),
                 )?
-            }
+            };
+            m.insert("activation".into(), json!(act.name()));
+            m
         }
         Task::Classification => {
             let k = logits[0].len();

@@ -33,7 +33,8 @@ pub struct Export;
 
 pub const INFO: KindInfo = KindInfo {
     name: "export",
-    version: 1,
+    // 2: the head's activation goes with the export (config_sentence_transformers.json).
+    version: 2,
     summary: "a LoRA adapter as a PEFT directory, or merged into a full Hugging Face checkpoint",
     input_fields: &["base", "adapter"],
     outputs: &[("model", "model")],
@@ -105,7 +106,12 @@ fn run(cfg: Config, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()>
         .with_context(|| format!("reading {}", adapter.join(WEIGHTS_FILE).display()))?;
     let id = content_id(&weights);
     if !cfg.merge {
-        for f in [CONFIG_FILE, WEIGHTS_FILE, "labels.json"] {
+        for f in [
+            CONFIG_FILE,
+            WEIGHTS_FILE,
+            "labels.json",
+            crate::head::ST_CONFIG_FILE,
+        ] {
             if adapter.join(f).is_file() {
                 copy(&adapter.join(f), &dest.join(f))?;
             }
@@ -169,6 +175,13 @@ fn run(cfg: Config, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()>
         config["problem_type"] = json!("regression");
     }
     write_json(&dest.join("config.json"), &config)?;
+    // sentence-transformers' CrossEncoder (and tsumugi score/serve) read the head's
+    // activation from here: sigmoid for a BCE-trained head, identity after MSE.
+    if k == 1
+        && let Some(act) = crate::head::resolve(&base, Some(&adapter))?
+    {
+        crate::head::write(dest, act)?;
+    }
     let mut copied = vec![];
     for f in [
         "tokenizer.json",

@@ -17,7 +17,9 @@
 //!     max_length: 128
 //!     checkpoint_dir: cache/checkpoints/train  # optional: resume an interrupted run from here
 //! ```
-//! Outputs: `adapter` (PEFT directory, the head included), `history` (per-step loss, lr,
+//! Outputs: `adapter` (PEFT directory, the head included, and for a one-logit head its
+//! activation — identity after MSE, sigmoid otherwise — in `config_sentence_transformers.json`,
+//! see [`crate::head`]), `history` (per-step loss, lr,
 //! gradient norm; dev evaluations), `metrics` (final numbers the engine records).
 //!
 //! A ranking `train` file from `sample-negatives` carries `epoch` on every line: training
@@ -48,7 +50,8 @@ pub const INFO: KindInfo = KindInfo {
     // 2: ranking lines with `epoch` train epoch e on draw e mod E only (per-epoch negatives).
     // 3: the last layer runs for the first token only, so dropout draws fewer numbers and a
     //    seeded training takes a different (equally valid) path.
-    version: 3,
+    // 4: a one-logit head's activation recorded in the adapter (config_sentence_transformers.json).
+    version: 4,
     summary: "LoRA fine-tuning of a cross-encoder (regression, classification, ranking); PEFT adapter out",
     input_fields: &["base", "train", "dev"],
     outputs: &[
@@ -486,13 +489,20 @@ fn run(cfg: Config, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()>
         }
         .with_context(|| format!("stage {} (train-lora)", input.name))?;
 
-    // Class names travel with the adapter so that export and evaluate can name them.
+    // Class names travel with the adapter so that export and evaluate can name them, and a
+    // one-logit head's activation so that evaluate, score, serve and export predict with it.
     if let Some(labels) = &cfg.labels {
         write_json(&spec.adapter_out.join("labels.json"), &json!(labels))?;
+    }
+    let activation =
+        (spec.num_labels == 1).then(|| crate::head::HeadActivation::for_loss(spec.loss.name()));
+    if let Some(act) = activation {
+        crate::head::write(&spec.adapter_out, act)?;
     }
     let history = json!({
         "task": spec.task,
         "loss": spec.loss.name(),
+        "activation": activation.map(|a| a.name()),
         "metric": outcome.metric_name,
         "steps": outcome.history,
         "evals": outcome.evals,

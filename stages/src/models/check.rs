@@ -102,6 +102,7 @@ pub fn check(dir: &Path) -> CheckReport {
     let opts = LoadOptions {
         num_labels: None,
         init_missing_head: true,
+        init_seed: 0,
     };
     let model_ok = match CrossEncoder::<CpuBackend>::load(&model_dir, &opts, &Default::default()) {
         Ok((model, report)) => {

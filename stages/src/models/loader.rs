@@ -46,6 +46,8 @@ pub struct Checkpoint {
     used: BTreeSet<String>,
     missing: Vec<String>,
     initialized: Vec<String>,
+    /// Seed of the host draws of [`Checkpoint::init_normal`].
+    init_seed: u64,
     /// Shown in errors: the index file or the single weights file.
     origin: PathBuf,
 }
@@ -107,6 +109,7 @@ impl Checkpoint {
             used: BTreeSet::new(),
             missing: Vec::new(),
             initialized: Vec::new(),
+            init_seed: 0,
             origin,
         })
     }
@@ -215,8 +218,9 @@ impl Checkpoint {
             && !self.contains(&bk)
         {
             let mut linear = LinearConfig::new(d_in, d_out)
-                .with_initializer(burn::nn::Initializer::Normal { mean: 0.0, std })
+                .with_initializer(burn::nn::Initializer::Zeros)
                 .init::<B>(device);
+            linear.weight = self.init_normal(&wk, d_in, d_out, std, device);
             linear.bias = Some(Param::from_tensor(Tensor::zeros([d_out], device)));
             self.initialized.push(wk);
             self.initialized.push(bk);
@@ -298,6 +302,41 @@ impl Checkpoint {
 
     /// Records that a head weight absent from the checkpoint was freshly initialised
     /// (listed in [`LoadReport::initialized`]).
+    /// Seeds the weights [`Checkpoint::init_normal`] draws (see `LoadOptions::init_seed`).
+    pub fn set_init_seed(&mut self, seed: u64) {
+        self.init_seed = seed;
+    }
+
+    /// A new `[d_in, d_out]` weight ~ N(0, std²) for `key`, drawn on the host from
+    /// `(init seed, key)` (Box–Muller over splitmix64) and moved to `device`: the same
+    /// numbers on every backend.
+    pub fn init_normal<B: Backend>(
+        &self,
+        key: &str,
+        d_in: usize,
+        d_out: usize,
+        std: f64,
+        device: &B::Device,
+    ) -> Param<Tensor<B, 2>> {
+        // FNV-1a of the name: each weight its own stream.
+        let name = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        let mut rng = crate::lora::SplitMix(self.init_seed ^ name);
+        let n = d_in * d_out;
+        let mut v = Vec::with_capacity(n + 1);
+        while v.len() < n {
+            let u1 = 1.0 - rng.next_f64(); // (0, 1]: ln is finite
+            let u2 = rng.next_f64();
+            let r = (-2.0 * u1.ln()).sqrt() * std;
+            let t = std::f64::consts::TAU * u2;
+            v.push((r * t.cos()) as f32);
+            v.push((r * t.sin()) as f32);
+        }
+        v.truncate(n);
+        Param::from_tensor(Tensor::from_data(TensorData::new(v, [d_in, d_out]), device))
+    }
+
     pub fn mark_initialized(&mut self, key: &str) {
         self.initialized.push(key.to_string());
     }

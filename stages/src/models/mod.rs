@@ -164,6 +164,10 @@ pub struct LoadOptions {
     /// Initialise head weights (pooler/classifier) that the checkpoint lacks, as
     /// transformers does, instead of failing: for training a head on a base encoder.
     pub init_missing_head: bool,
+    /// Seed of those initial weights. They are drawn on the host from `(seed, weight
+    /// name)`, so a seed gives the same head on every backend (burn's own generators
+    /// differ between CPU and GPU backends).
+    pub init_seed: u64,
 }
 
 /// One padded batch on a device, as the models take it.
@@ -213,6 +217,7 @@ impl<B: Backend> CrossEncoder<B> {
         device: &B::Device,
     ) -> Result<(Self, LoadReport)> {
         let mut ck = dir.checkpoint()?;
+        ck.set_init_seed(opts.init_seed);
         let model =
             match dir.architecture {
                 Architecture::Bert => CrossEncoder::Bert(

@@ -886,8 +886,9 @@ fn head_linear<B: Backend>(
     {
         let mut l = LinearConfig::new(d_in, d_out)
             .with_bias(bias)
-            .with_initializer(burn::nn::Initializer::Normal { mean: 0.0, std })
+            .with_initializer(burn::nn::Initializer::Zeros)
             .init::<B>(device);
+        l.weight = ck.init_normal(&wk, d_in, d_out, std, device);
         ck.mark_initialized(&wk);
         if bias {
             l.bias = Some(Param::from_tensor(Tensor::zeros([d_out], device)));

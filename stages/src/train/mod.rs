@@ -782,8 +782,6 @@ pub fn train<B: AutodiffBackend>(
     let warmup = o.warmup_steps.unwrap_or((o.warmup * total as f64) as u64);
     let last_step = o.max_steps.map_or(total, |m| m.min(total));
 
-    // The backend RNG initialises a missing head; seed it so that is reproducible too.
-    B::seed(device, mix(o.seed, u64::MAX));
     let resume_dir = spec
         .checkpoint_dir
         .as_ref()
@@ -822,6 +820,7 @@ pub fn train<B: AutodiffBackend>(
             let opts = LoadOptions {
                 num_labels: Some(spec.num_labels),
                 init_missing_head: true,
+                init_seed: mix(o.seed, u64::MAX),
             };
             let (base, load) = CrossEncoder::<B>::load(&dir, &opts, device)?;
             if !load.initialized.is_empty() {
