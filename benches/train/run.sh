@@ -43,7 +43,7 @@ for run in $(seq 1 "$runs"); do
     TSUMUGI_BENCH_LIMIT="$pairs" peak cargo test --release -q -p tsumugi-stages --features ml --test train_bench -- \
     --ignored --nocapture > "$out/tsumugi.$run.out" 2> "$out/tsumugi.$run.log"
   OMP_NUM_THREADS="$threads" MKL_NUM_THREADS="$threads" peak "$py" scripts/reference_train.py \
-    --threads "$threads" --limit "$pairs" --eval-limit 16 --no-baseline > "$out/torch.$run.json" 2> "$out/torch.$run.log"
+    --recipe mse --threads "$threads" --limit "$pairs" --eval-limit 16 --no-baseline > "$out/torch.$run.json" 2> "$out/torch.$run.log"
 done
 
 python3 - "$out" "$runs" "$pairs" "$threads" <<'PY'

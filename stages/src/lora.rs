@@ -20,8 +20,9 @@
 //! [`SequenceClassifier::layer_linears`]; the pooler and the head are trained whole through
 //! `modules_to_save` instead.
 
+use crate::models::dropout::Dropout;
 use burn::module::{Module, Param};
-use burn::nn::{Dropout, DropoutConfig, Linear};
+use burn::nn::Linear;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -154,7 +155,7 @@ impl<B: Backend> LoraLinear<B> {
         Self {
             a: Param::from_tensor(a),
             b: Param::from_tensor(b),
-            dropout: DropoutConfig::new(settings.dropout).init(),
+            dropout: Dropout::new(settings.dropout),
             scaling: settings.scaling(),
         }
     }

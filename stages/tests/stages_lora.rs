@@ -6,8 +6,7 @@
 //! same logits, and a one-logit head's activation (identity after MSE, sigmoid after BCE)
 //! carried from train-lora to evaluate, export and the scorer.
 //!
-//! One #[test] on purpose: burn's CPU backend has one process-wide RNG (dropout masks,
-//! layer init), so trainings in parallel test threads would perturb each other's draws.
+//! One #[test]: the steps build on each other's outputs.
 #![cfg(feature = "ml")]
 
 mod support;

@@ -1,7 +1,7 @@
 //! Two `train-lora` stages running at once in one process (as the executor runs
-//! independent stages) produce exactly the adapters they produce alone. burn's random
-//! generator is process-wide (a new head's weights, dropout masks): without the trainer's
-//! turn-taking their draws interleave and the bytes change from run to run.
+//! independent stages) produce exactly the adapters they produce alone: a new head's
+//! weights and the dropout masks come from each training's own host-side streams, not
+//! from burn's process-wide generator (where their draws would interleave).
 #![cfg(feature = "ml")]
 
 mod support;
@@ -25,7 +25,7 @@ fn write_pairs(path: &Path) {
     std::fs::write(path, out).unwrap();
 }
 
-/// A 3-class training with dropout, whose masks come from the backend's generator.
+/// A 3-class training with dropout.
 fn train(root: &Path, name: &str, seed: u64) -> Vec<u8> {
     let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bert-3");
     let with = json!({

@@ -10,7 +10,8 @@
 //! The encoder (`BertEncoder`) is shared with RoBERTa/XLM-R, which differ only in their
 //! embeddings and classification head (see `roberta.rs`).
 
-use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, Linear};
+use crate::models::dropout::Dropout;
+use burn::nn::{Embedding, LayerNorm, Linear};
 use burn::prelude::*;
 use burn::tensor::activation;
 
@@ -94,7 +95,7 @@ impl<B: Backend> BertEmbeddings<B> {
                 cfg.layer_norm_eps,
                 device,
             )?,
-            dropout: DropoutConfig::new(cfg.hidden_dropout_prob).init(),
+            dropout: Dropout::new(cfg.hidden_dropout_prob),
         })
     }
 
@@ -293,13 +294,13 @@ impl<B: Backend> BertLayer<B> {
                     query: ck.linear(&kq, h, h, device)?,
                     key: ck.linear(&kk, h, h, device)?,
                     value: ck.linear(&kv, h, h, device)?,
-                    dropout: DropoutConfig::new(cfg.attention_probs_dropout_prob).init(),
+                    dropout: Dropout::new(cfg.attention_probs_dropout_prob),
                     num_heads: cfg.num_attention_heads,
                 },
                 output: BertSelfOutput {
                     dense: ck.linear(&kao, h, h, device)?,
                     layer_norm: ck.layer_norm(&kaol, h, eps, device)?,
-                    dropout: DropoutConfig::new(cfg.hidden_dropout_prob).init(),
+                    dropout: Dropout::new(cfg.hidden_dropout_prob),
                 },
             },
             intermediate: BertIntermediate {
@@ -309,7 +310,7 @@ impl<B: Backend> BertLayer<B> {
             output: BertSelfOutput {
                 dense: ck.linear(&ko, m, h, device)?,
                 layer_norm: ck.layer_norm(&kol, h, eps, device)?,
-                dropout: DropoutConfig::new(cfg.hidden_dropout_prob).init(),
+                dropout: Dropout::new(cfg.hidden_dropout_prob),
             },
         })
     }
@@ -533,7 +534,7 @@ impl<B: Backend> BertForSequenceClassification<B> {
         Ok(Self {
             bert,
             pooler,
-            dropout: DropoutConfig::new(cfg.classifier_dropout()).init(),
+            dropout: Dropout::new(cfg.classifier_dropout()),
             classifier,
         })
     }

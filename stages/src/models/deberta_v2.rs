@@ -14,7 +14,8 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, Linear};
+use crate::models::dropout::Dropout;
+use burn::nn::{Embedding, LayerNorm, Linear};
 use burn::prelude::*;
 use burn::tensor::activation;
 use serde::Deserialize;
@@ -288,7 +289,7 @@ impl<B: Backend> DebertaV2Embeddings<B> {
             token_type_embeddings,
             embed_proj,
             layer_norm: ck.layer_norm(&k, h, dc.layer_norm_eps, device)?,
-            dropout: DropoutConfig::new(cfg.hidden_dropout_prob).init(),
+            dropout: Dropout::new(cfg.hidden_dropout_prob),
         })
     }
 
@@ -489,8 +490,8 @@ impl<B: Backend> DebertaV2Layer<B> {
             value_proj: lin(ck, "attention.self.value_proj", h, h)?,
             pos_key_proj,
             pos_query_proj,
-            dropout: DropoutConfig::new(cfg.attention_probs_dropout_prob).init(),
-            pos_dropout: DropoutConfig::new(cfg.hidden_dropout_prob).init(),
+            dropout: Dropout::new(cfg.attention_probs_dropout_prob),
+            pos_dropout: Dropout::new(cfg.hidden_dropout_prob),
             num_heads: cfg.num_attention_heads,
             c2p: dc.has("c2p"),
             p2c: dc.has("p2c"),
@@ -505,7 +506,7 @@ impl<B: Backend> DebertaV2Layer<B> {
                 output: BertSelfOutput {
                     dense: lin(ck, "attention.output.dense", h, h)?,
                     layer_norm: ck.layer_norm(&kaol, h, eps, device)?,
-                    dropout: DropoutConfig::new(cfg.hidden_dropout_prob).init(),
+                    dropout: Dropout::new(cfg.hidden_dropout_prob),
                 },
             },
             intermediate: BertIntermediate {
@@ -515,7 +516,7 @@ impl<B: Backend> DebertaV2Layer<B> {
             output: BertSelfOutput {
                 dense: lin(ck, "output.dense", m, h)?,
                 layer_norm: ck.layer_norm(&kol, h, eps, device)?,
-                dropout: DropoutConfig::new(cfg.hidden_dropout_prob).init(),
+                dropout: Dropout::new(cfg.hidden_dropout_prob),
             },
         })
     }
@@ -734,7 +735,7 @@ impl<B: Backend> DebertaV2ForSequenceClassification<B> {
         let deberta = DebertaV2Model::load_with(ck, cfg, &dc, device)?;
         let pooler = ContextPooler {
             dense: ck.head_linear("pooler.dense", h, h, init, device)?,
-            dropout: DropoutConfig::new(dc.pooler_dropout).init(),
+            dropout: Dropout::new(dc.pooler_dropout),
             act: activation_named(&dc.pooler_hidden_act)?,
         };
         let classifier = ck.head_linear(
@@ -747,7 +748,7 @@ impl<B: Backend> DebertaV2ForSequenceClassification<B> {
         Ok(Self {
             deberta,
             pooler,
-            dropout: DropoutConfig::new(dc.cls_dropout.unwrap_or(cfg.hidden_dropout_prob)).init(),
+            dropout: Dropout::new(dc.cls_dropout.unwrap_or(cfg.hidden_dropout_prob)),
             classifier,
         })
     }

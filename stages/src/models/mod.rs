@@ -20,6 +20,7 @@ pub mod check;
 pub mod config;
 pub mod cpu;
 pub mod deberta_v2;
+pub mod dropout;
 pub mod loader;
 pub mod modernbert;
 pub mod roberta;

@@ -24,8 +24,9 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::models::dropout::Dropout;
 use burn::module::Param;
-use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, Linear, LinearConfig};
+use burn::nn::{Embedding, LayerNorm, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation;
 use serde_json::Value;
@@ -402,8 +403,8 @@ impl<B: Backend> ModernBertLayer<B> {
             attn: ModernBertAttention {
                 wqkv: linear(ck, &kqkv, h, 3 * h, mb.attention_bias, device)?,
                 wo: linear(ck, &kao, h, h, mb.attention_bias, device)?,
-                drop: DropoutConfig::new(mb.attention_dropout).init(),
-                out_drop: DropoutConfig::new(mb.attention_dropout).init(),
+                drop: Dropout::new(mb.attention_dropout),
+                out_drop: Dropout::new(mb.attention_dropout),
                 num_heads: cfg.num_attention_heads,
                 window: (!mb.global_layers[i]).then_some(mb.local_attention / 2),
             },
@@ -411,7 +412,7 @@ impl<B: Backend> ModernBertLayer<B> {
             mlp: ModernBertMlp {
                 wi: linear(ck, &kwi, h, 2 * m, mb.mlp_bias, device)?,
                 wo: linear(ck, &kwo, m, h, mb.mlp_bias, device)?,
-                drop: DropoutConfig::new(mb.mlp_dropout).init(),
+                drop: Dropout::new(mb.mlp_dropout),
                 act: mb.hidden_activation,
             },
         })
@@ -572,7 +573,7 @@ impl<B: Backend> ModernBertModel<B> {
         let embeddings = ModernBertEmbeddings {
             tok_embeddings: ck.embedding(&ke, cfg.vocab_size, h, device)?,
             norm: norm(ck, &kn, h, mb, device)?,
-            drop: DropoutConfig::new(mb.embedding_dropout).init(),
+            drop: Dropout::new(mb.embedding_dropout),
         };
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| ModernBertLayer::load(ck, cfg, mb, i, device))
@@ -688,7 +689,7 @@ impl<B: Backend> ModernBertForSequenceClassification<B> {
         Ok(Self {
             model,
             head,
-            drop: DropoutConfig::new(mb.classifier_dropout).init(),
+            drop: Dropout::new(mb.classifier_dropout),
             classifier,
             pooling: mb.classifier_pooling,
         })
@@ -778,7 +779,7 @@ impl<B: Backend> SequenceClassifier<B> for ModernBertForSequenceClassification<B
     }
 
     fn without_dropout(&mut self) {
-        let off = || DropoutConfig::new(0.0).init();
+        let off = || Dropout::new(0.0);
         self.model.embeddings.drop = off();
         for l in &mut self.model.layers {
             l.attn.drop = off();

@@ -6,7 +6,8 @@
 //! 0), no pooler, and the head is dense → tanh → out_proj over the `<s>` token. The
 //! encoder layers are BERT's (`bert::BertEncoder`), so adapter targets are the same.
 
-use burn::nn::{Dropout, DropoutConfig, Linear};
+use crate::models::dropout::Dropout;
+use burn::nn::Linear;
 use burn::prelude::*;
 
 use super::bert::{BertEmbeddings, BertEncoder, BertLayer, LAYER_LINEARS, dense, trainable};
@@ -110,7 +111,7 @@ impl<B: Backend> RobertaForSequenceClassification<B> {
         let classifier = RobertaClassificationHead {
             dense: ck.head_linear("classifier.dense", h, h, init, device)?,
             out_proj: ck.head_linear("classifier.out_proj", h, labels, init, device)?,
-            dropout: DropoutConfig::new(cfg.classifier_dropout()).init(),
+            dropout: Dropout::new(cfg.classifier_dropout()),
         };
         Ok(Self {
             roberta,

@@ -5,9 +5,11 @@
 //! is the mean over all its items whatever the accumulation. Then global-norm clipping,
 //! AdamW and the schedule of [`optim`].
 //!
-//! Determinism and resuming: every random draw is derived from `(seed, position)`: the
-//! LoRA init from `seed`, epoch `e`'s shuffle from `(seed, e)`, and the backend's RNG
-//! (dropout masks) is re-seeded at every optimizer step `k` from `(seed, k)`. A checkpoint
+//! Determinism and resuming: every random draw is derived from `(seed, position)` and made
+//! on the host, so it is the same on every backend: the LoRA init and a new head from
+//! `seed`, epoch `e`'s shuffle from `(seed, e)`, and the dropout masks of optimizer step `k`
+//! from a per-thread stream seeded with `(seed, k)` ([`crate::models::dropout`]). Trainings
+//! in parallel threads of one process do not disturb each other. A checkpoint
 //! therefore needs no RNG state beyond the step: it holds the adapter, AdamW's moments and
 //! the step count, and a resumed run continues bit for bit as the uninterrupted one.
 //!
@@ -689,36 +691,6 @@ fn mix(seed: u64, a: u64) -> u64 {
     SplitMix(seed ^ a.wrapping_mul(0xD1B5_4A32_D192_ED03)).next_u64()
 }
 
-/// burn's backends draw random numbers (a new head's initial weights, dropout masks) from
-/// one process-wide generator, which `train` seeds per step. Two trainings in one process
-/// (two `train-lora` stages the executor runs in parallel) would interleave their draws and
-/// neither would be reproducible, so trainings take turns.
-static BACKEND_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// Waits for this process's other training to finish (cancellable), then holds the
-/// backend's generator until the guard is dropped.
-fn backend_rng(report: &dyn Reporter) -> Result<std::sync::MutexGuard<'static, ()>> {
-    use std::sync::TryLockError;
-    let mut said = false;
-    loop {
-        match BACKEND_RNG.try_lock() {
-            Ok(g) => return Ok(g),
-            // A panicked training held it; the generator is re-seeded below anyway.
-            Err(TryLockError::Poisoned(p)) => return Ok(p.into_inner()),
-            Err(TryLockError::WouldBlock) => {
-                if !said {
-                    report.log("waiting for another training in this process to finish (burn's random generator is process-wide)");
-                    said = true;
-                }
-                if report.cancelled() {
-                    return Err(MlError::Input("training cancelled".into()));
-                }
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-        }
-    }
-}
-
 /// Trains a LoRA adapter as `spec` says, reporting progress and per-step metrics.
 pub fn train<B: AutodiffBackend>(
     spec: &TrainSpec,
@@ -726,7 +698,6 @@ pub fn train<B: AutodiffBackend>(
     report: &dyn Reporter,
 ) -> Result<TrainOutcome> {
     spec.optim.validate()?;
-    let _rng = backend_rng(report)?;
     let o = &spec.optim;
     let dir = ModelDir::open(&spec.model_dir)?;
     spec.lora.validate(dir.architecture.layer_linears())?;
@@ -913,7 +884,9 @@ pub fn train<B: AutodiffBackend>(
             if report.cancelled() {
                 return Err(MlError::Input("training cancelled".into()));
             }
-            B::seed(device, mix(o.seed, step));
+            // This step's dropout masks, drawn on the host: the same on every backend, and
+            // untouched by other trainings in the process (each thread its own stream).
+            let _masks = crate::models::dropout::seeded(mix(o.seed, step));
             let step_items: usize = group.iter().map(|m| m.len()).sum();
             let mut grads: optim::Grads<B> = Vec::new();
             let mut step_loss = 0.0;
