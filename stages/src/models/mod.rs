@@ -22,6 +22,7 @@ pub mod cpu;
 pub mod deberta_v2;
 pub mod loader;
 pub mod modernbert;
+pub mod qwen2_vl;
 pub mod roberta;
 pub mod tensors;
 
