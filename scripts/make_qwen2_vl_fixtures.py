@@ -24,6 +24,7 @@ The tokenizer is a tiny byte-level BPE trained here (no Qwen2 tokenizer.json shi
 registry package) with Qwen2-VL's special tokens.
 """
 
+import copy
 import gzip
 import json
 import os
@@ -208,8 +209,9 @@ def main():
         shutil.rmtree(OUT)
     os.makedirs(os.path.join(OUT, "images"))
     with tempfile.TemporaryDirectory() as tmp:
-        model.to(torch.bfloat16).save_pretrained(tmp)
-        model.float()
+        # A copy: `.to(bfloat16)` would also round the rotary `inv_freq` buffers, which
+        # the f32 reference must keep in f32 (as loading the checkpoint gives them).
+        copy.deepcopy(model).to(torch.bfloat16).save_pretrained(tmp)
         for f in ["config.json", "model.safetensors", "generation_config.json"]:
             shutil.copy(os.path.join(tmp, f), OUT)
     image_processor.save_pretrained(OUT)

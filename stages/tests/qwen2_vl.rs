@@ -89,3 +89,156 @@ fn image_processor_matches_transformers() {
         assert!(diff <= 1e-5, "{name}: max |Δ| {diff}");
     }
 }
+
+type B = burn::backend::Flex;
+
+use burn::prelude::*;
+use tsumugi_stages::models::qwen2_vl::generate::{self, GenerateOptions, Sampling};
+use tsumugi_stages::models::qwen2_vl::text::KvCache;
+use tsumugi_stages::models::qwen2_vl::{Qwen2Vl, Qwen2VlCaptioner, Qwen2VlConfig, chat, rope_index};
+
+fn captioner() -> Qwen2VlCaptioner<B> {
+    Qwen2VlCaptioner::<B>::load(&fixture(), &Default::default()).unwrap()
+}
+
+fn values<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().into_vec().unwrap()
+}
+
+#[test]
+fn loads_every_weight_of_the_checkpoint() {
+    let dir = fixture();
+    let cfg = Qwen2VlConfig::from_file(&dir.join("config.json")).unwrap();
+    assert_eq!(cfg.text.mrope_section, [2, 3, 3]);
+    assert_eq!(cfg.vision.depth, 2);
+    let (_, report) = Qwen2Vl::<B>::load(&dir, &cfg, &Default::default()).unwrap();
+    assert!(report.unused.is_empty(), "unused: {:?}", report.unused);
+}
+
+#[test]
+fn vision_tower_matches_transformers() {
+    let cap = captioner();
+    let tensors = reference_tensors();
+    for name in ["disc-97x61.png", "noise-20x20.png", "tall-40x150.png", "wide-300x200.png"] {
+        let patches = preprocess(&load_image(name), &cap.processor).unwrap();
+        let got = values(cap.model.image_features(&patches, &Default::default()));
+        let (shape, expected) = &tensors[&format!("vision/{name}")];
+        assert_eq!(shape[0], patches.merged_tokens(2), "{name}");
+        let diff = max_abs_diff(&got, expected);
+        println!("{name}: merged image tokens {shape:?}, max |Δ| {diff:e}");
+        assert!(diff <= 1e-4, "{name}: max |Δ| {diff}");
+    }
+}
+
+#[test]
+fn chat_prompt_ids_and_positions_match_transformers() {
+    let cap = captioner();
+    for case in reference_json()["cases"].as_array().unwrap() {
+        let name = case["image"].as_str().unwrap();
+        let patches = preprocess(&load_image(name), &cap.processor).unwrap();
+        let prompt = case["prompt"].as_str().unwrap();
+        // The template before the processor expands the pad.
+        assert_eq!(chat::user_prompt(prompt, 1), case["chat"].as_str().unwrap());
+        let ids = cap.prompt_ids(&patches, prompt).unwrap();
+        let expected: Vec<u32> = case["input_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(ids, expected, "{name}");
+        let (pos, delta) = rope_index(&ids, cap.config.image_token_id, &[patches.grid_thw], 2).unwrap();
+        let expected_pos: Vec<Vec<i64>> = serde_json::from_value(case["position_ids"].clone()).unwrap();
+        assert_eq!(pos.to_vec(), expected_pos, "{name}");
+        assert_eq!(delta, case["rope_delta"].as_i64().unwrap());
+    }
+}
+
+#[test]
+fn logits_match_transformers() {
+    let cap = captioner();
+    let tensors = reference_tensors();
+    let device = Default::default();
+    for (i, case) in reference_json()["cases"].as_array().unwrap().iter().enumerate() {
+        let name = case["image"].as_str().unwrap();
+        let patches = preprocess(&load_image(name), &cap.processor).unwrap();
+        let ids = cap.prompt_ids(&patches, case["prompt"].as_str().unwrap()).unwrap();
+        let (pos, _) = rope_index(&ids, cap.config.image_token_id, &[patches.grid_thw], 2).unwrap();
+        let embeds = cap
+            .model
+            .inputs_embeds(&ids, std::slice::from_ref(&patches), cap.config.image_token_id, &device)
+            .unwrap();
+        let logits = cap.model.text.forward(embeds, &pos, &mut KvCache::default(), false);
+        let (shape, expected) = &tensors[&format!("logits/{i}")];
+        assert_eq!(logits.dims().to_vec(), *shape);
+        let got = values(logits);
+        if std::env::var("QVL_DEBUG").is_ok() {
+            for (r, (a, b)) in got.chunks(shape[1]).zip(expected.chunks(shape[1])).enumerate() {
+                println!("row {r} id {} Δ {:e}", ids[r], max_abs_diff(a, b));
+            }
+        }
+        let diff = max_abs_diff(&got, expected);
+        println!("prompt {i} ({name}, {} tokens): logits max |Δ| {diff:e}", ids.len());
+        assert!(diff <= 1e-4, "prompt {i}: max |Δ| {diff}");
+    }
+}
+
+#[test]
+fn greedy_generation_is_token_identical_with_and_without_cache() {
+    let cap = captioner();
+    for case in reference_json()["cases"].as_array().unwrap() {
+        let name = case["image"].as_str().unwrap();
+        let expected: Vec<u32> = serde_json::from_value(case["generated"].clone()).unwrap();
+        assert_eq!(expected.len(), 32);
+        let image = load_image(name);
+        for use_cache in [true, false] {
+            let opts = GenerateOptions {
+                max_new_tokens: 32,
+                min_new_tokens: 32,
+                use_cache,
+                ..Default::default()
+            };
+            let got = cap.generate_ids(&image, case["prompt"].as_str().unwrap(), &opts).unwrap();
+            println!("{name}: cache {use_cache}: {} tokens, identical: {}", got.len(), got == expected);
+            assert_eq!(got, expected, "{name}, cache {use_cache}");
+        }
+    }
+}
+
+#[test]
+fn generation_stops_at_the_checkpoints_end_tokens_and_sampling_is_seeded() {
+    let cap = captioner();
+    // generation_config.json: eos_token_id [<|im_end|>, <|endoftext|>].
+    assert_eq!(cap.stop_tokens, vec![2, 0]);
+    let image = load_image("disc-97x61.png");
+    let prompt = "Describe this image in one sentence.";
+    let sample = |seed| GenerateOptions {
+        max_new_tokens: 12,
+        sampling: Sampling::Sample {
+            temperature: 1.0,
+            top_p: 0.9,
+            seed,
+        },
+        ..Default::default()
+    };
+    let a = cap.generate_ids(&image, prompt, &sample(3)).unwrap();
+    assert_eq!(a, cap.generate_ids(&image, prompt, &sample(3)).unwrap());
+    assert!(a.iter().all(|t| !cap.stop_tokens.contains(t)));
+    // A stop token chosen by the caller ends the text before it: greedy's first token.
+    let greedy = cap.generate_ids(&image, prompt, &GenerateOptions::default()).unwrap();
+    let first = greedy[0];
+    let stopped = cap
+        .generate_ids(
+            &image,
+            prompt,
+            &GenerateOptions {
+                stop_tokens: Some(vec![first]),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert!(stopped.is_empty());
+    let text = cap.generate(&image, prompt, &GenerateOptions { max_new_tokens: 8, ..Default::default() }).unwrap();
+    assert!(!text.contains("<|"), "{text}");
+    let _ = generate::stop_tokens;
+}
