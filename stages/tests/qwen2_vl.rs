@@ -46,7 +46,10 @@ fn reference_tensors() -> HashMap<String, (Vec<usize>, Vec<f32>)> {
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn load_image(name: &str) -> image::RgbImage {
@@ -95,7 +98,9 @@ type B = burn::backend::Flex;
 use burn::prelude::*;
 use tsumugi_stages::models::qwen2_vl::generate::{self, GenerateOptions, Sampling};
 use tsumugi_stages::models::qwen2_vl::text::KvCache;
-use tsumugi_stages::models::qwen2_vl::{Qwen2Vl, Qwen2VlCaptioner, Qwen2VlConfig, chat, rope_index};
+use tsumugi_stages::models::qwen2_vl::{
+    Qwen2Vl, Qwen2VlCaptioner, Qwen2VlConfig, chat, rope_index,
+};
 
 fn captioner() -> Qwen2VlCaptioner<B> {
     Qwen2VlCaptioner::<B>::load(&fixture(), &Default::default()).unwrap()
@@ -119,7 +124,12 @@ fn loads_every_weight_of_the_checkpoint() {
 fn vision_tower_matches_transformers() {
     let cap = captioner();
     let tensors = reference_tensors();
-    for name in ["disc-97x61.png", "noise-20x20.png", "tall-40x150.png", "wide-300x200.png"] {
+    for name in [
+        "disc-97x61.png",
+        "noise-20x20.png",
+        "tall-40x150.png",
+        "wide-300x200.png",
+    ] {
         let patches = preprocess(&load_image(name), &cap.processor).unwrap();
         let got = values(cap.model.image_features(&patches, &Default::default()));
         let (shape, expected) = &tensors[&format!("vision/{name}")];
@@ -147,8 +157,10 @@ fn chat_prompt_ids_and_positions_match_transformers() {
             .map(|v| v.as_u64().unwrap() as u32)
             .collect();
         assert_eq!(ids, expected, "{name}");
-        let (pos, delta) = rope_index(&ids, cap.config.image_token_id, &[patches.grid_thw], 2).unwrap();
-        let expected_pos: Vec<Vec<i64>> = serde_json::from_value(case["position_ids"].clone()).unwrap();
+        let (pos, delta) =
+            rope_index(&ids, cap.config.image_token_id, &[patches.grid_thw], 2).unwrap();
+        let expected_pos: Vec<Vec<i64>> =
+            serde_json::from_value(case["position_ids"].clone()).unwrap();
         assert_eq!(pos.to_vec(), expected_pos, "{name}");
         assert_eq!(delta, case["rope_delta"].as_i64().unwrap());
     }
@@ -159,26 +171,48 @@ fn logits_match_transformers() {
     let cap = captioner();
     let tensors = reference_tensors();
     let device = Default::default();
-    for (i, case) in reference_json()["cases"].as_array().unwrap().iter().enumerate() {
+    for (i, case) in reference_json()["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
         let name = case["image"].as_str().unwrap();
         let patches = preprocess(&load_image(name), &cap.processor).unwrap();
-        let ids = cap.prompt_ids(&patches, case["prompt"].as_str().unwrap()).unwrap();
+        let ids = cap
+            .prompt_ids(&patches, case["prompt"].as_str().unwrap())
+            .unwrap();
         let (pos, _) = rope_index(&ids, cap.config.image_token_id, &[patches.grid_thw], 2).unwrap();
         let embeds = cap
             .model
-            .inputs_embeds(&ids, std::slice::from_ref(&patches), cap.config.image_token_id, &device)
+            .inputs_embeds(
+                &ids,
+                std::slice::from_ref(&patches),
+                cap.config.image_token_id,
+                &device,
+            )
             .unwrap();
-        let logits = cap.model.text.forward(embeds, &pos, &mut KvCache::default(), false);
+        let logits = cap
+            .model
+            .text
+            .forward(embeds, &pos, &mut KvCache::default(), false);
         let (shape, expected) = &tensors[&format!("logits/{i}")];
         assert_eq!(logits.dims().to_vec(), *shape);
         let got = values(logits);
         if std::env::var("QVL_DEBUG").is_ok() {
-            for (r, (a, b)) in got.chunks(shape[1]).zip(expected.chunks(shape[1])).enumerate() {
+            for (r, (a, b)) in got
+                .chunks(shape[1])
+                .zip(expected.chunks(shape[1]))
+                .enumerate()
+            {
                 println!("row {r} id {} Δ {:e}", ids[r], max_abs_diff(a, b));
             }
         }
         let diff = max_abs_diff(&got, expected);
-        println!("prompt {i} ({name}, {} tokens): logits max |Δ| {diff:e}", ids.len());
+        println!(
+            "prompt {i} ({name}, {} tokens): logits max |Δ| {diff:e}",
+            ids.len()
+        );
         assert!(diff <= 1e-4, "prompt {i}: max |Δ| {diff}");
     }
 }
@@ -198,8 +232,14 @@ fn greedy_generation_is_token_identical_with_and_without_cache() {
                 use_cache,
                 ..Default::default()
             };
-            let got = cap.generate_ids(&image, case["prompt"].as_str().unwrap(), &opts).unwrap();
-            println!("{name}: cache {use_cache}: {} tokens, identical: {}", got.len(), got == expected);
+            let got = cap
+                .generate_ids(&image, case["prompt"].as_str().unwrap(), &opts)
+                .unwrap();
+            println!(
+                "{name}: cache {use_cache}: {} tokens, identical: {}",
+                got.len(),
+                got == expected
+            );
             assert_eq!(got, expected, "{name}, cache {use_cache}");
         }
     }
@@ -225,7 +265,9 @@ fn generation_stops_at_the_checkpoints_end_tokens_and_sampling_is_seeded() {
     assert_eq!(a, cap.generate_ids(&image, prompt, &sample(3)).unwrap());
     assert!(a.iter().all(|t| !cap.stop_tokens.contains(t)));
     // A stop token chosen by the caller ends the text before it: greedy's first token.
-    let greedy = cap.generate_ids(&image, prompt, &GenerateOptions::default()).unwrap();
+    let greedy = cap
+        .generate_ids(&image, prompt, &GenerateOptions::default())
+        .unwrap();
     let first = greedy[0];
     let stopped = cap
         .generate_ids(
@@ -238,7 +280,78 @@ fn generation_stops_at_the_checkpoints_end_tokens_and_sampling_is_seeded() {
         )
         .unwrap();
     assert!(stopped.is_empty());
-    let text = cap.generate(&image, prompt, &GenerateOptions { max_new_tokens: 8, ..Default::default() }).unwrap();
+    let text = cap
+        .generate(
+            &image,
+            prompt,
+            &GenerateOptions {
+                max_new_tokens: 8,
+                ..Default::default()
+            },
+        )
+        .unwrap();
     assert!(!text.contains("<|"), "{text}");
     let _ = generate::stop_tokens;
+}
+
+#[test]
+fn the_captioner_can_be_shared_between_threads() {
+    // caption-images holds it behind its `Captioner: Send + Sync` trait.
+    fn shared<T: Send + Sync>() {}
+    shared::<Qwen2VlCaptioner<B>>();
+}
+
+#[test]
+fn bad_checkpoints_are_named_with_the_field_at_fault() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "preprocessor_config.json",
+    ] {
+        std::fs::copy(fixture().join(f), dir.join(f)).unwrap();
+    }
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture().join("config.json")).unwrap())
+            .unwrap();
+    let err = |edit: &dyn Fn(&mut Value)| {
+        let mut c = config.clone();
+        edit(&mut c);
+        std::fs::write(dir.join("config.json"), c.to_string()).unwrap();
+        match Qwen2VlCaptioner::<B>::load(dir, &Default::default()) {
+            Ok(_) => panic!("loaded"),
+            Err(e) => e.to_string(),
+        }
+    };
+    let e = err(&|c| {
+        c["text_config"]["rope_parameters"]["mrope_section"] = serde_json::json!([2, 3, 4])
+    });
+    assert!(
+        e.contains("config.json: mrope_section [2, 3, 4] sums to 9, not head_dim / 2 = 8"),
+        "{e}"
+    );
+    let e = err(&|c| c["vision_config"]["hidden_act"] = "gelu".into());
+    assert!(
+        e.contains("vision_config.hidden_act \"gelu\" is not supported"),
+        "{e}"
+    );
+    let e = err(&|c| c["text_config"]["num_hidden_layers"] = 3.into());
+    assert!(
+        e.contains("missing 12 weight(s): model.layers.2.input_layernorm.weight"),
+        "{e}"
+    );
+    // Without generation_config.json the chat template's end tokens stop generation.
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let cap = Qwen2VlCaptioner::<B>::load(dir, &Default::default()).unwrap();
+    assert_eq!(cap.stop_tokens, vec![2, 0]);
+    let e = Qwen2VlCaptioner::<B>::load(&dir.join("nope"), &Default::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("not a directory (a Hugging Face Qwen2-VL checkpoint is expected)"),
+        "{e}"
+    );
 }

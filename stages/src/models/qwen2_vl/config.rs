@@ -80,10 +80,11 @@ impl Fields<'_> {
     }
 
     fn get(&self, key: &str) -> Option<&Value> {
-        self.map
-            .get(key)
-            .filter(|v| !v.is_null())
-            .or_else(|| self.fallback.and_then(|f| f.get(key)).filter(|v| !v.is_null()))
+        self.map.get(key).filter(|v| !v.is_null()).or_else(|| {
+            self.fallback
+                .and_then(|f| f.get(key))
+                .filter(|v| !v.is_null())
+        })
     }
 
     fn float(&self, key: &str, default: Option<f64>) -> Result<f64> {
@@ -98,7 +99,10 @@ impl Fields<'_> {
     fn count(&self, key: &str, default: Option<usize>) -> Result<usize> {
         match self.get(key) {
             Some(v) => v.as_u64().map(|n| n as usize).ok_or_else(|| {
-                self.bad(format!("{}{key}: expected a whole number, found {v}", self.scope))
+                self.bad(format!(
+                    "{}{key}: expected a whole number, found {v}",
+                    self.scope
+                ))
             }),
             None => default.ok_or_else(|| self.bad(format!("{}{key} is missing", self.scope))),
         }
@@ -145,12 +149,16 @@ impl Qwen2VlConfig {
                 .ok_or_else(|| t.bad(format!("rope_theta: expected a number, found {v}")))?,
             None => t.float("rope_theta", Some(1_000_000.0))?,
         };
-        let section = rope
-            .and_then(|r| r.get("mrope_section"))
-            .ok_or_else(|| t.bad("mrope_section is missing (rope_parameters or rope_scaling)".into()))?;
+        let section = rope.and_then(|r| r.get("mrope_section")).ok_or_else(|| {
+            t.bad("mrope_section is missing (rope_parameters or rope_scaling)".into())
+        })?;
         let section: Vec<usize> = section
             .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_u64().map(|n| n as usize)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_u64().map(|n| n as usize))
+                    .collect()
+            })
             .unwrap_or_default();
         let [s0, s1, s2] = section[..] else {
             return Err(t.bad(format!(
@@ -195,7 +203,9 @@ impl Qwen2VlConfig {
         if let Some(act) = t.get("hidden_act").and_then(Value::as_str)
             && act != "silu"
         {
-            return Err(t.bad(format!("hidden_act {act:?} is not supported (only \"silu\")")));
+            return Err(t.bad(format!(
+                "hidden_act {act:?} is not supported (only \"silu\")"
+            )));
         }
         let vmap = root
             .get("vision_config")

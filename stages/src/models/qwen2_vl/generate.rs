@@ -21,7 +21,11 @@ pub enum Sampling {
     /// `softmax(logits / temperature)`, cut to the smallest set of tokens whose probability
     /// reaches `top_p` (transformers' `TopPLogitsWarper`), drawn with a generator seeded by
     /// `seed`: the same seed gives the same text.
-    Sample { temperature: f32, top_p: f32, seed: u64 },
+    Sample {
+        temperature: f32,
+        top_p: f32,
+        seed: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -34,6 +38,10 @@ pub struct GenerateOptions {
     pub use_cache: bool,
     /// Tokens that end generation (not returned); `None`: the checkpoint's.
     pub stop_tokens: Option<Vec<u32>>,
+    /// transformers' `repetition_penalty` over the prompt and the tokens so far (a seen
+    /// token's logit divided by it when positive, multiplied when negative); `None`: the
+    /// checkpoint's `generation_config.json` value (Qwen2-VL-Instruct ships 1.05), else 1.
+    pub repetition_penalty: Option<f32>,
 }
 
 impl Default for GenerateOptions {
@@ -44,6 +52,7 @@ impl Default for GenerateOptions {
             sampling: Sampling::Greedy,
             use_cache: true,
             stop_tokens: None,
+            repetition_penalty: None,
         }
     }
 }
@@ -78,6 +87,40 @@ pub fn stop_tokens(path: &Path, tokenizer: &tokenizers::Tokenizer) -> Result<Vec
         .collect())
 }
 
+/// `generation_config.json`'s `repetition_penalty`, 1 without the file or the field.
+pub fn repetition_penalty(path: &Path) -> Result<f32> {
+    if !path.is_file() {
+        return Ok(1.0);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| MlError::io(path, e))?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| MlError::Config {
+        path: path.to_path_buf(),
+        message: format!("not valid JSON: {e}"),
+    })?;
+    match v.get("repetition_penalty") {
+        None | Some(Value::Null) => Ok(1.0),
+        Some(p) => match p.as_f64() {
+            Some(f) if f > 0.0 => Ok(f as f32),
+            _ => Err(MlError::Config {
+                path: path.to_path_buf(),
+                message: format!("repetition_penalty: expected a number > 0, found {p}"),
+            }),
+        },
+    }
+}
+
+/// transformers' `RepetitionPenaltyLogitsProcessor` on one row of logits.
+fn penalise(logits: &mut [f32], seen: &[u32], penalty: f32) {
+    if penalty == 1.0 {
+        return;
+    }
+    for &t in seen {
+        if let Some(v) = logits.get_mut(t as usize) {
+            *v = if *v < 0.0 { *v * penalty } else { *v / penalty };
+        }
+    }
+}
+
 /// SplitMix64: a small, fixed generator, so a seed means the same draws on every machine.
 struct Rng(u64);
 
@@ -105,9 +148,7 @@ fn pick(logits: &mut [f32], sampling: &Sampling, rng: &mut Rng) -> u32 {
             best as u32
         }
         Sampling::Sample {
-            temperature,
-            top_p,
-            ..
+            temperature, top_p, ..
         } => {
             let t = temperature.max(1e-6);
             let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -159,9 +200,15 @@ pub fn generate<B: Backend>(
         Sampling::Sample { seed, .. } => seed,
         Sampling::Greedy => 0,
     });
+    let penalty = opts.repetition_penalty.unwrap_or(cap.repetition_penalty);
+    let mut seen: Vec<u32> = ids.to_vec();
+    seen.sort_unstable();
+    seen.dedup();
     let mut out = Vec::new();
     let mut cache = KvCache::default();
-    let mut logits = model.text.forward(prompt.clone(), &positions, &mut cache, true);
+    let mut logits = model
+        .text
+        .forward(prompt.clone(), &positions, &mut cache, true);
     // Without the cache: the whole sequence's rows, grown by one per step.
     let mut all_embeds = prompt;
     let mut all_positions = positions;
@@ -171,6 +218,7 @@ pub fn generate<B: Backend>(
             .convert::<f32>()
             .into_vec()
             .map_err(|e| MlError::Input(format!("logits: {e:?}")))?;
+        penalise(&mut row, &seen, penalty);
         if out.len() < opts.min_new_tokens {
             for &s in stops {
                 if let Some(v) = row.get_mut(s as usize) {
@@ -183,6 +231,9 @@ pub fn generate<B: Backend>(
             break;
         }
         out.push(token);
+        if let Err(i) = seen.binary_search(&token) {
+            seen.insert(i, token);
+        }
         if out.len() == opts.max_new_tokens {
             break;
         }
@@ -197,9 +248,12 @@ pub fn generate<B: Backend>(
             for axis in &mut all_positions {
                 axis.push(pos);
             }
-            logits = model
-                .text
-                .forward(all_embeds.clone(), &all_positions, &mut KvCache::default(), true);
+            logits = model.text.forward(
+                all_embeds.clone(),
+                &all_positions,
+                &mut KvCache::default(),
+                true,
+            );
         }
     }
     Ok(out)
@@ -208,6 +262,13 @@ pub fn generate<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repetition_penalty_as_transformers() {
+        let mut row = vec![2.0f32, -2.0, 1.0];
+        penalise(&mut row, &[0, 1], 2.0);
+        assert_eq!(row, vec![1.0, -4.0, 1.0]);
+    }
 
     #[test]
     fn sampling_is_seeded_and_top_p_cuts() {

@@ -70,18 +70,23 @@ impl ImageProcessorConfig {
         };
         let size = v.get("size");
         c.min_pixels = count(
-            v.get("min_pixels").or(size.and_then(|s| s.get("shortest_edge"))),
+            v.get("min_pixels")
+                .or(size.and_then(|s| s.get("shortest_edge"))),
             "size.shortest_edge",
             c.min_pixels,
         )?;
         c.max_pixels = count(
-            v.get("max_pixels").or(size.and_then(|s| s.get("longest_edge"))),
+            v.get("max_pixels")
+                .or(size.and_then(|s| s.get("longest_edge"))),
             "size.longest_edge",
             c.max_pixels,
         )?;
         c.patch_size = count(v.get("patch_size"), "patch_size", c.patch_size)?;
-        c.temporal_patch_size =
-            count(v.get("temporal_patch_size"), "temporal_patch_size", c.temporal_patch_size)?;
+        c.temporal_patch_size = count(
+            v.get("temporal_patch_size"),
+            "temporal_patch_size",
+            c.temporal_patch_size,
+        )?;
         c.merge_size = count(v.get("merge_size"), "merge_size", c.merge_size)?;
         let triple = |key: &str, default: [f32; 3]| -> Result<[f32; 3]> {
             match v.get(key) {
@@ -89,7 +94,11 @@ impl ImageProcessorConfig {
                 Some(x) => {
                     let vals: Vec<f32> = x
                         .as_array()
-                        .map(|a| a.iter().filter_map(|n| n.as_f64().map(|f| f as f32)).collect())
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|n| n.as_f64().map(|f| f as f32))
+                                .collect()
+                        })
                         .unwrap_or_default();
                     <[f32; 3]>::try_from(vals)
                         .map_err(|_| bad(format!("{key}: expected three numbers, found {x}")))
@@ -156,7 +165,9 @@ pub fn smart_resize(
     max_pixels: usize,
 ) -> Result<(usize, usize)> {
     if height == 0 || width == 0 {
-        return Err(MlError::Input(format!("image of {width}×{height} pixels is empty")));
+        return Err(MlError::Input(format!(
+            "image of {width}×{height} pixels is empty"
+        )));
     }
     let (h, w, f) = (height as f64, width as f64, factor as f64);
     if h.max(w) / h.min(w) > 200.0 {
@@ -348,8 +359,14 @@ mod tests {
     #[test]
     fn smart_resize_as_transformers() {
         // Rounds halves to even (42/28 = 1.5 → 2, 70/28 = 2.5 → 2), then the bounds.
-        assert_eq!(smart_resize(42, 70, 28, 56 * 56, 28 * 28 * 1280).unwrap(), (56, 56));
-        assert_eq!(smart_resize(20, 20, 28, 56 * 56, 28 * 28 * 1280).unwrap(), (56, 56));
+        assert_eq!(
+            smart_resize(42, 70, 28, 56 * 56, 28 * 28 * 1280).unwrap(),
+            (56, 56)
+        );
+        assert_eq!(
+            smart_resize(20, 20, 28, 56 * 56, 28 * 28 * 1280).unwrap(),
+            (56, 56)
+        );
         assert_eq!(smart_resize(200, 300, 28, 3136, 6272).unwrap(), (56, 84));
         assert!(smart_resize(1, 300, 28, 3136, 6272).is_err());
     }

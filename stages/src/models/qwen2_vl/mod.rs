@@ -85,27 +85,57 @@ impl Weights {
         format!("{}{k}", self.prefix)
     }
 
-    pub fn linear<B: Backend>(&mut self, k: &str, i: usize, o: usize, d: &B::Device) -> Result<Linear<B>> {
+    pub fn linear<B: Backend>(
+        &mut self,
+        k: &str,
+        i: usize,
+        o: usize,
+        d: &B::Device,
+    ) -> Result<Linear<B>> {
         let key = self.key(k);
         self.ck.linear(&key, i, o, d)
     }
 
-    pub fn linear_no_bias<B: Backend>(&mut self, k: &str, i: usize, o: usize, d: &B::Device) -> Result<Linear<B>> {
+    pub fn linear_no_bias<B: Backend>(
+        &mut self,
+        k: &str,
+        i: usize,
+        o: usize,
+        d: &B::Device,
+    ) -> Result<Linear<B>> {
         let key = self.key(k);
         self.ck.linear_no_bias(&key, i, o, d)
     }
 
     /// A bias-free linear at an absolute key (`lm_head`).
-    pub fn linear_no_bias_abs<B: Backend>(&mut self, k: &str, i: usize, o: usize, d: &B::Device) -> Result<Linear<B>> {
+    pub fn linear_no_bias_abs<B: Backend>(
+        &mut self,
+        k: &str,
+        i: usize,
+        o: usize,
+        d: &B::Device,
+    ) -> Result<Linear<B>> {
         self.ck.linear_no_bias(k, i, o, d)
     }
 
-    pub fn layer_norm<B: Backend>(&mut self, k: &str, n: usize, eps: f64, d: &B::Device) -> Result<LayerNorm<B>> {
+    pub fn layer_norm<B: Backend>(
+        &mut self,
+        k: &str,
+        n: usize,
+        eps: f64,
+        d: &B::Device,
+    ) -> Result<LayerNorm<B>> {
         let key = self.key(k);
         self.ck.layer_norm(&key, n, eps, d)
     }
 
-    pub fn embedding<B: Backend>(&mut self, k: &str, n: usize, dim: usize, d: &B::Device) -> Result<Embedding<B>> {
+    pub fn embedding<B: Backend>(
+        &mut self,
+        k: &str,
+        n: usize,
+        dim: usize,
+        d: &B::Device,
+    ) -> Result<Embedding<B>> {
         let key = self.key(k);
         self.ck.embedding(&key, n, dim, d)
     }
@@ -149,8 +179,8 @@ impl<B: Backend> Qwen2Vl<B> {
         w.scope(&["model.visual.", "visual."], "patch_embed.proj.weight");
         let visual = vision::VisionModel::load(&mut w, &cfg.vision, device)?;
         w.scope(&["model.language_model.", "model."], "embed_tokens.weight");
-        let lm_head = (!cfg.text.tie_word_embeddings || w.contains("lm_head.weight"))
-            .then_some("lm_head");
+        let lm_head =
+            (!cfg.text.tie_word_embeddings || w.contains("lm_head.weight")).then_some("lm_head");
         let text = text::TextModel::load(&mut w, lm_head, &cfg.text, device)?;
         Ok((Self { visual, text }, w.finish()?))
     }
@@ -165,7 +195,9 @@ impl<B: Backend> Qwen2Vl<B> {
         device: &B::Device,
     ) -> Result<Tensor<B, 3>> {
         let mut x = self.text.embed(ids, device);
-        let pads: Vec<usize> = (0..ids.len()).filter(|&i| ids[i] == image_token_id).collect();
+        let pads: Vec<usize> = (0..ids.len())
+            .filter(|&i| ids[i] == image_token_id)
+            .collect();
         if images.is_empty() {
             return if pads.is_empty() {
                 Ok(x)
@@ -176,7 +208,10 @@ impl<B: Backend> Qwen2Vl<B> {
                 )))
             };
         }
-        let feats: Vec<Tensor<B, 2>> = images.iter().map(|p| self.image_features(p, device)).collect();
+        let feats: Vec<Tensor<B, 2>> = images
+            .iter()
+            .map(|p| self.image_features(p, device))
+            .collect();
         let feats = Tensor::cat(feats, 0);
         let [n, d] = feats.dims();
         if n != pads.len() {
@@ -195,7 +230,10 @@ impl<B: Backend> Qwen2Vl<B> {
             }
             x = x.slice_assign(
                 [0..1, start..start + len, 0..d],
-                feats.clone().slice([done..done + len, 0..d]).unsqueeze::<3>(),
+                feats
+                    .clone()
+                    .slice([done..done + len, 0..d])
+                    .unsqueeze::<3>(),
             );
             done += len;
         }
@@ -273,6 +311,8 @@ pub struct Qwen2VlCaptioner<B: Backend> {
     pub tokenizer: tokenizers::Tokenizer,
     /// `generation_config.json`'s `eos_token_id`(s), else `<|im_end|>` and `<|endoftext|>`.
     pub stop_tokens: Vec<u32>,
+    /// `generation_config.json`'s `repetition_penalty` (1 when absent).
+    pub repetition_penalty: f32,
     pub dir: PathBuf,
     pub device: B::Device,
 }
@@ -312,11 +352,14 @@ impl<B: Backend> Qwen2VlCaptioner<B> {
             });
         }
         let tok_path = dir.join("tokenizer.json");
-        let tokenizer = tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| MlError::Tokenizer {
-            path: tok_path.clone(),
-            message: format!("cannot load tokenizer: {e}"),
-        })?;
-        let stop_tokens = generate::stop_tokens(&dir.join("generation_config.json"), &tokenizer)?;
+        let tokenizer =
+            tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| MlError::Tokenizer {
+                path: tok_path.clone(),
+                message: format!("cannot load tokenizer: {e}"),
+            })?;
+        let gen_config = dir.join("generation_config.json");
+        let stop_tokens = generate::stop_tokens(&gen_config, &tokenizer)?;
+        let repetition_penalty = generate::repetition_penalty(&gen_config)?;
         let (model, _report) = Qwen2Vl::load(dir, &config, device)?;
         Ok(Self {
             model,
@@ -324,6 +367,7 @@ impl<B: Backend> Qwen2VlCaptioner<B> {
             processor,
             tokenizer,
             stop_tokens,
+            repetition_penalty,
             dir: dir.to_path_buf(),
             device: device.clone(),
         })
@@ -331,35 +375,52 @@ impl<B: Backend> Qwen2VlCaptioner<B> {
 
     /// The directory's name: what a caption row records as its model.
     pub fn name(&self) -> String {
-        self.dir
-            .file_name()
-            .map_or_else(|| self.dir.display().to_string(), |n| n.to_string_lossy().into_owned())
+        self.dir.file_name().map_or_else(
+            || self.dir.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        )
     }
 
     /// Token ids of the chat prompt for one image (already preprocessed) and `prompt`.
     pub fn prompt_ids(&self, patches: &Patches, prompt: &str) -> Result<Vec<u32>> {
         let text = chat::user_prompt(prompt, patches.merged_tokens(self.processor.merge_size));
-        let enc = self.tokenizer.encode(text, false).map_err(|e| MlError::Tokenizer {
-            path: self.dir.join("tokenizer.json"),
-            message: format!("cannot encode the prompt: {e}"),
-        })?;
+        let enc = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| MlError::Tokenizer {
+                path: self.dir.join("tokenizer.json"),
+                message: format!("cannot encode the prompt: {e}"),
+            })?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// The generated token ids for `image` and `prompt`.
-    pub fn generate_ids(&self, image: &image::RgbImage, prompt: &str, opts: &GenerateOptions) -> Result<Vec<u32>> {
+    pub fn generate_ids(
+        &self,
+        image: &image::RgbImage,
+        prompt: &str,
+        opts: &GenerateOptions,
+    ) -> Result<Vec<u32>> {
         let patches = image_processor::preprocess(image, &self.processor)?;
         let ids = self.prompt_ids(&patches, prompt)?;
         generate::generate(self, &ids, &[patches], opts)
     }
 
     /// The caption: the generated text without special tokens, trimmed.
-    pub fn generate(&self, image: &image::RgbImage, prompt: &str, opts: &GenerateOptions) -> Result<String> {
+    pub fn generate(
+        &self,
+        image: &image::RgbImage,
+        prompt: &str,
+        opts: &GenerateOptions,
+    ) -> Result<String> {
         let ids = self.generate_ids(image, prompt, opts)?;
-        let text = self.tokenizer.decode(&ids, true).map_err(|e| MlError::Tokenizer {
-            path: self.dir.join("tokenizer.json"),
-            message: format!("cannot decode the generated tokens: {e}"),
-        })?;
+        let text = self
+            .tokenizer
+            .decode(&ids, true)
+            .map_err(|e| MlError::Tokenizer {
+                path: self.dir.join("tokenizer.json"),
+                message: format!("cannot decode the generated tokens: {e}"),
+            })?;
         Ok(text.trim().to_string())
     }
 }

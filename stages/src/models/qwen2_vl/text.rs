@@ -117,12 +117,23 @@ impl<B: Backend> TextModel<B> {
                 let p = format!("layers.{i}");
                 let eps = cfg.rms_norm_eps;
                 Ok(DecoderLayer {
-                    input_layernorm: RmsNorm::load(w, &format!("{p}.input_layernorm"), d, eps, device)?,
+                    input_layernorm: RmsNorm::load(
+                        w,
+                        &format!("{p}.input_layernorm"),
+                        d,
+                        eps,
+                        device,
+                    )?,
                     self_attn: Attention {
                         q_proj: w.linear(&format!("{p}.self_attn.q_proj"), d, nh * hd, device)?,
                         k_proj: w.linear(&format!("{p}.self_attn.k_proj"), d, nkv * hd, device)?,
                         v_proj: w.linear(&format!("{p}.self_attn.v_proj"), d, nkv * hd, device)?,
-                        o_proj: w.linear_no_bias(&format!("{p}.self_attn.o_proj"), nh * hd, d, device)?,
+                        o_proj: w.linear_no_bias(
+                            &format!("{p}.self_attn.o_proj"),
+                            nh * hd,
+                            d,
+                            device,
+                        )?,
                         num_heads: nh,
                         num_kv_heads: nkv,
                     },
@@ -134,9 +145,24 @@ impl<B: Backend> TextModel<B> {
                         device,
                     )?,
                     mlp: Mlp {
-                        gate_proj: w.linear_no_bias(&format!("{p}.mlp.gate_proj"), d, cfg.intermediate_size, device)?,
-                        up_proj: w.linear_no_bias(&format!("{p}.mlp.up_proj"), d, cfg.intermediate_size, device)?,
-                        down_proj: w.linear_no_bias(&format!("{p}.mlp.down_proj"), cfg.intermediate_size, d, device)?,
+                        gate_proj: w.linear_no_bias(
+                            &format!("{p}.mlp.gate_proj"),
+                            d,
+                            cfg.intermediate_size,
+                            device,
+                        )?,
+                        up_proj: w.linear_no_bias(
+                            &format!("{p}.mlp.up_proj"),
+                            d,
+                            cfg.intermediate_size,
+                            device,
+                        )?,
+                        down_proj: w.linear_no_bias(
+                            &format!("{p}.mlp.down_proj"),
+                            cfg.intermediate_size,
+                            d,
+                            device,
+                        )?,
                     },
                 })
             })

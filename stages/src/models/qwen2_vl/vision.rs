@@ -68,7 +68,13 @@ impl<B: Backend> VisionModel<B> {
         let patch = cfg.in_channels * cfg.temporal_patch_size * cfg.patch_size * cfg.patch_size;
         let conv = w.tensor::<B, 2>(
             "patch_embed.proj.weight",
-            &[cfg.embed_dim, cfg.in_channels, cfg.temporal_patch_size, cfg.patch_size, cfg.patch_size],
+            &[
+                cfg.embed_dim,
+                cfg.in_channels,
+                cfg.temporal_patch_size,
+                cfg.patch_size,
+                cfg.patch_size,
+            ],
             [d, patch],
             device,
         )?;
@@ -146,9 +152,7 @@ impl<B: Backend> VisionModel<B> {
         let m = self.spatial_merge_size;
         let quarter = head_dim / 4;
         let inv_freq: Vec<f32> = (0..quarter)
-            .map(|i| {
-                1.0 / (self.rope_theta as f32).powf((2 * i) as f32 / (head_dim / 2) as f32)
-            })
+            .map(|i| 1.0 / (self.rope_theta as f32).powf((2 * i) as f32 / (head_dim / 2) as f32))
             .collect();
         let rows = t * h * w;
         let mut cos = Vec::with_capacity(rows * head_dim);
@@ -183,7 +187,13 @@ impl<B: Backend> VisionModel<B> {
 
 impl<B: Backend> VisionAttention<B> {
     /// `x` `[rows, d]`; attention within consecutive runs of `frame` rows.
-    fn forward(&self, x: Tensor<B, 2>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>, frame: usize) -> Tensor<B, 2> {
+    fn forward(
+        &self,
+        x: Tensor<B, 2>,
+        cos: &Tensor<B, 2>,
+        sin: &Tensor<B, 2>,
+        frame: usize,
+    ) -> Tensor<B, 2> {
         let [rows, d] = x.dims();
         let heads = self.num_heads;
         let hd = d / heads;
