@@ -138,6 +138,13 @@ fn vision_tower_matches_transformers() {
         println!("{name}: merged image tokens {shape:?}, max |Δ| {diff:e}");
         assert!(diff <= 1e-4, "{name}: max |Δ| {diff}");
     }
+    // Attention by blocks of query rows (what keeps big pictures in memory) changes nothing.
+    let mut blocked = captioner();
+    blocked.model.visual.query_block = 7;
+    let patches = preprocess(&load_image("tall-40x150.png"), &blocked.processor).unwrap();
+    let got = values(blocked.model.image_features(&patches, &Default::default()));
+    let diff = max_abs_diff(&got, &tensors["vision/tall-40x150.png"].1);
+    assert!(diff <= 1e-4, "blocks of 7 query rows: max |Δ| {diff}");
 }
 
 #[test]

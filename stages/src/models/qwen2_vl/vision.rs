@@ -57,7 +57,13 @@ pub struct VisionModel<B: Backend> {
     pub spatial_merge_size: usize,
     #[module(skip)]
     pub rope_theta: f64,
+    /// Query rows per attention block ([`QUERY_BLOCK`]; the tests make it small).
+    #[module(skip)]
+    pub query_block: usize,
 }
+
+/// Query rows per attention block of the vision tower.
+pub const QUERY_BLOCK: usize = 512;
 
 /// PyTorch `nn.LayerNorm(eps=1e-6)`, as every norm of the tower is built.
 const NORM_EPS: f64 = 1e-6;
@@ -113,6 +119,7 @@ impl<B: Backend> VisionModel<B> {
             merger,
             spatial_merge_size: cfg.spatial_merge_size,
             rope_theta: cfg.rope_theta,
+            query_block: QUERY_BLOCK,
         })
     }
 
@@ -128,7 +135,7 @@ impl<B: Backend> VisionModel<B> {
         let frame = grid_thw[1] * grid_thw[2];
         for block in &self.blocks {
             let h = block.norm1.forward(x.clone());
-            x = x + block.attn.forward(h, &cos, &sin, frame);
+            x = x + block.attn.forward(h, &cos, &sin, frame, self.query_block);
             let h = block.norm2.forward(x.clone());
             let h = block.mlp.fc1.forward(h);
             let h = h.clone() * activation::sigmoid(h * 1.702);
@@ -193,6 +200,7 @@ impl<B: Backend> VisionAttention<B> {
         cos: &Tensor<B, 2>,
         sin: &Tensor<B, 2>,
         frame: usize,
+        block: usize,
     ) -> Tensor<B, 2> {
         let [rows, d] = x.dims();
         let heads = self.num_heads;
@@ -212,13 +220,20 @@ impl<B: Backend> VisionAttention<B> {
         let mut outs = Vec::new();
         for start in (0..rows).step_by(frame.max(1)) {
             let end = (start + frame).min(rows);
-            let r = start..end;
-            let qs = q.clone().slice([0..heads, r.clone(), 0..hd]);
-            let ks = k.clone().slice([0..heads, r.clone(), 0..hd]);
-            let vs = v.clone().slice([0..heads, r, 0..hd]);
-            let scores = qs.matmul(ks.swap_dims(1, 2)) * scale;
-            let probs = activation::softmax(scores, 2);
-            outs.push(probs.matmul(vs));
+            let ks = k
+                .clone()
+                .slice([0..heads, start..end, 0..hd])
+                .swap_dims(1, 2);
+            let vs = v.clone().slice([0..heads, start..end, 0..hd]);
+            // Queries in blocks: a 1080p picture is ~10k patches, and its full score matrix
+            // (heads × 10k × 10k f32) would be gigabytes; a block of rows is a few hundred MB.
+            for qs in (start..end).step_by(block.max(1)) {
+                let qe = (qs + block.max(1)).min(end);
+                let q_block = q.clone().slice([0..heads, qs..qe, 0..hd]);
+                let scores = q_block.matmul(ks.clone()) * scale;
+                let probs = activation::softmax(scores, 2);
+                outs.push(probs.matmul(vs.clone()));
+            }
         }
         let out = Tensor::cat(outs, 1).swap_dims(0, 1).reshape([rows, d]);
         self.proj.forward(out)
