@@ -362,3 +362,28 @@ fn bad_checkpoints_are_named_with_the_field_at_fault() {
         "{e}"
     );
 }
+
+/// A real checkpoint (not in CI: gigabytes), run by hand:
+/// `QWEN2_VL_DIR=models/Qwen2-VL-2B-Instruct cargo test --release -p tsumugi-stages --features ml --test qwen2_vl -- --ignored --nocapture real_checkpoint`
+#[test]
+#[ignore = "needs a real Qwen2-VL checkpoint directory in QWEN2_VL_DIR (docs/models.md)"]
+fn real_checkpoint_captions_an_image() {
+    let dir = std::env::var("QWEN2_VL_DIR")
+        .expect("set QWEN2_VL_DIR to a Qwen2-VL-*-Instruct checkpoint directory");
+    let cap = Qwen2VlCaptioner::<B>::load(Path::new(&dir), &Default::default()).unwrap();
+    let opts = GenerateOptions {
+        max_new_tokens: 32,
+        ..Default::default()
+    };
+    for name in ["disc-97x61.png", "wide-300x200.png"] {
+        let text = cap
+            .generate(
+                &load_image(name),
+                "この画像を日本語で簡潔に説明してください。",
+                &opts,
+            )
+            .unwrap();
+        println!("{name}: {text}");
+        assert!(!text.is_empty(), "{name}: empty caption");
+    }
+}

@@ -39,7 +39,7 @@ impl Default for ImageProcessorConfig {
             merge_size: 2,
             // OPENAI_CLIP_MEAN / OPENAI_CLIP_STD.
             image_mean: [0.481_454_66, 0.457_827_5, 0.408_210_73],
-            image_std: [0.268_629_54, 0.261_302_58, 0.275_777_1],
+            image_std: [0.268_629_54, 0.261_302_6, 0.275_777_1],
             rescale_factor: 1.0 / 255.0,
         }
     }

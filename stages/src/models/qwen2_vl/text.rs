@@ -260,9 +260,11 @@ impl<B: Backend> TextModel<B> {
         let seq = positions[0].len();
         let mut cos = Vec::with_capacity(seq * head_dim);
         let mut sin = Vec::with_capacity(seq * head_dim);
-        for s in 0..seq {
+        let rows = positions[0].iter().zip(&positions[1]).zip(&positions[2]);
+        for ((&t, &h), &w) in rows {
+            let ids = [t, h, w];
             let angles: Vec<f32> = (0..half)
-                .map(|j| positions[axis(j)][s] as f32 * inv_freq[j])
+                .map(|j| ids[axis(j)] as f32 * inv_freq[j])
                 .collect();
             for _ in 0..2 {
                 cos.extend(angles.iter().map(|a| a.cos()));
