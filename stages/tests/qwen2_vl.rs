@@ -387,3 +387,77 @@ fn real_checkpoint_captions_an_image() {
         assert!(!text.is_empty(), "{name}: empty caption");
     }
 }
+
+/// The fixture's weights under other key layouts: `rename` maps each stored key (the Hub's
+/// `visual.…`/`model.…`) to its new name, or drops it (`None`).
+fn rewrite_weights(dir: &Path, rename: &dyn Fn(&str) -> Option<String>) {
+    let bytes = std::fs::read(fixture().join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = st
+        .tensors()
+        .into_iter()
+        .filter_map(|(k, v)| rename(&k).map(|n| (n, v)))
+        .collect();
+    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+}
+
+#[test]
+fn reads_the_hub_config_layout_and_transformers_5_weight_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    for f in [
+        "tokenizer.json",
+        "preprocessor_config.json",
+        "generation_config.json",
+    ] {
+        std::fs::copy(fixture().join(f), dir.join(f)).unwrap();
+    }
+    // config.json as the Hub's Qwen2-VL-*-Instruct: text fields at the top level,
+    // rope_theta + rope_scaling {type: mrope}, vision_config's `in_chans`.
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture().join("config.json")).unwrap())
+            .unwrap();
+    let mut hub = config.clone();
+    let text = hub["text_config"].as_object().unwrap().clone();
+    hub.as_object_mut().unwrap().remove("text_config");
+    for (k, v) in text {
+        if k != "rope_parameters" {
+            hub[&k] = v;
+        }
+    }
+    hub["rope_theta"] = 1_000_000.0.into();
+    hub["rope_scaling"] = serde_json::json!({"type": "mrope", "mrope_section": [2, 3, 3]});
+    hub["model_type"] = "qwen2_vl".into();
+    hub["vision_config"]["in_chans"] = 3.into();
+    std::fs::write(dir.join("config.json"), hub.to_string()).unwrap();
+    // Weights as transformers 5 names them.
+    rewrite_weights(dir, &|k| {
+        Some(if let Some(rest) = k.strip_prefix("visual.") {
+            format!("model.visual.{rest}")
+        } else if let Some(rest) = k.strip_prefix("model.") {
+            format!("model.language_model.{rest}")
+        } else {
+            k.to_string()
+        })
+    });
+    let cap = Qwen2VlCaptioner::<B>::load(dir, &Default::default()).unwrap();
+    let case = &reference_json()["cases"][1];
+    let image = load_image(case["image"].as_str().unwrap());
+    let opts = GenerateOptions {
+        max_new_tokens: 32,
+        min_new_tokens: 32,
+        ..Default::default()
+    };
+    let prompt = case["prompt"].as_str().unwrap();
+    let expected: Vec<u32> = serde_json::from_value(case["generated"].clone()).unwrap();
+    assert_eq!(cap.generate_ids(&image, prompt, &opts).unwrap(), expected);
+
+    // Tied embeddings (Qwen2-VL-2B): no lm_head in the file, the embedding table is the head.
+    hub["tie_word_embeddings"] = true.into();
+    std::fs::write(dir.join("config.json"), hub.to_string()).unwrap();
+    rewrite_weights(dir, &|k| (k != "lm_head.weight").then(|| k.to_string()));
+    let cfg = Qwen2VlConfig::from_file(&dir.join("config.json")).unwrap();
+    let (model, report) = Qwen2Vl::<B>::load(dir, &cfg, &Default::default()).unwrap();
+    assert!(report.unused.is_empty());
+    assert!(model.text.lm_head.is_none());
+}
