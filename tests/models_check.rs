@@ -53,9 +53,24 @@ fn fixtures_load_and_say_what_they_are() {
 }
 
 #[test]
+fn a_qwen2_vl_checkpoint_is_recognised_as_a_captioning_model() {
+    let (code, text) = check(&fixture("qwen2-vl"), true);
+    assert_eq!(code, 0, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["architecture"], "Qwen2VL");
+    assert_eq!(v["loads"], true);
+    assert_eq!(
+        v["head"],
+        "a captioning model (Qwen2-VL): used by caption-images, not by train-lora"
+    );
+    assert!(v["parameters"].as_u64().unwrap() > 100_000);
+}
+
+#[test]
 fn what_does_not_load_is_named() {
     let tmp = tempfile::tempdir().unwrap();
-    // Seed 000's captioner: not an encoder tsumugi loads.
+    // Seed 000's captioner, its config only: said to be a captioning model, and why it
+    // does not load.
     let qwen = tmp.path().join("qwen");
     std::fs::create_dir(&qwen).unwrap();
     std::fs::write(
@@ -67,7 +82,11 @@ fn what_does_not_load_is_named() {
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("Qwen2VLForConditionalGeneration"), "{text}");
     assert!(
-        text.contains("model_type \"qwen2_vl\" is not supported (supported: bert,"),
+        text.contains("a captioning model (Qwen2-VL): used by caption-images, not by train-lora"),
+        "{text}"
+    );
+    assert!(
+        text.contains("config.json: mrope_section is missing"),
         "{text}"
     );
 

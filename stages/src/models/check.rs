@@ -85,6 +85,10 @@ pub fn check(dir: &Path) -> CheckReport {
             return r;
         }
     }
+    if r.model_type.as_deref() == Some("qwen2_vl") {
+        check_qwen2_vl(dir, &mut r);
+        return r;
+    }
     let model_dir = match ModelDir::open(dir) {
         Ok(d) => d,
         Err(e) => {
@@ -141,6 +145,25 @@ pub fn check(dir: &Path) -> CheckReport {
     };
     r.loads = model_ok && tokenizer_ok;
     r
+}
+
+/// A Qwen2-VL checkpoint: not a cross-encoder, so it is said what it is for rather than
+/// refused; whether it loads comes from the captioner's own loader.
+fn check_qwen2_vl(dir: &Path, r: &mut CheckReport) {
+    r.architecture = Some("Qwen2VL".into());
+    r.head = super::qwen2_vl::CHECK_SENTENCE.into();
+    r.notes.push(format!(
+        "{}; caption-images reads it with `method: vlm` and `model: {}`",
+        super::qwen2_vl::CHECK_SENTENCE,
+        dir.display()
+    ));
+    match super::qwen2_vl::Qwen2VlCaptioner::<CpuBackend>::load(dir, &Default::default()) {
+        Ok(cap) => {
+            r.parameters = Some(cap.model.num_params());
+            r.loads = true;
+        }
+        Err(e) => r.problems.push(e.to_string()),
+    }
 }
 
 /// The tokenizer the directory carries, by its files.

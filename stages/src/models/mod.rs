@@ -23,6 +23,7 @@ pub mod deberta_v2;
 pub mod dropout;
 pub mod loader;
 pub mod modernbert;
+pub mod qwen2_vl;
 pub mod roberta;
 pub mod tensors;
 
