@@ -150,6 +150,166 @@ pub fn attention_windowed<B: Backend>(
     )))
 }
 
+/// The relative-position terms of DeBERTa's disentangled attention, for
+/// [`disentangled_attention`]: position keys/queries `[2·span, hidden]` (heads side by side)
+/// and the gather indices `[seq · seq]` row-major, as `RelPos` in deberta_v2.rs builds them.
+pub struct Disentangled<'a, B: Backend> {
+    /// c2p: `pos_key` and `c2p[i·seq + j]`, the column of `q_i · pos_keyᵀ` added to score (i, j).
+    pub c2p: Option<(Tensor<B, 2>, &'a [u32])>,
+    /// p2c: `pos_query` and `p2c[j·seq + i]`, the column of `k_j · pos_queryᵀ` added to score (i, j).
+    pub p2c: Option<(Tensor<B, 2>, &'a [u32])>,
+}
+
+/// DeBERTa's disentangled self-attention of `[batch, seq, hidden]` queries, keys and values
+/// (heads side by side): scores `q·kᵀ + c2p + p2c` times `scale`, padding keys masked,
+/// softmax, times `v`. `None` when the backend is not flex in f32 (the caller then uses
+/// burn's ops, which autodiff needs).
+///
+/// Why: with burn's ops each gather reads a `[batch, heads, seq, seq]` index tensor
+/// expanded from `[seq, seq]` through flex's strided iterator, one closure call per
+/// element, and the expanded operands are copied out first; that made DeBERTa-v3-xsmall
+/// scoring 2 pairs/s. Here the two products per head are gemm calls and the gathers read
+/// the shared `[seq, seq]` indices in place.
+pub fn disentangled_attention<B: Backend>(
+    queries: Tensor<B, 3>,
+    keys: Tensor<B, 3>,
+    values: Tensor<B, 3>,
+    rel: Disentangled<'_, B>,
+    padding: Tensor<B, 2, Bool>,
+    num_heads: usize,
+    scale: f32,
+) -> Option<Tensor<B, 3>> {
+    let [batch, seq, hidden] = queries.dims();
+    if !is_flex_f32::<B>(queries.dtype()) {
+        return None;
+    }
+    let flat3 = |t: Tensor<B, 3>| into_flex(t).to_contiguous();
+    let (q, k, v) = (flat3(queries), flat3(keys), flat3(values));
+    let pad = match downcast::<FlexTensor, B::BoolTensorPrimitive>(padding.into_primitive()) {
+        Ok(t) => t.to_contiguous(),
+        Err(_) => unreachable!("B is Flex, whose bool primitive is FlexTensor"),
+    };
+    fn pos<'a, B: Backend>(
+        p: Option<(Tensor<B, 2>, &'a [u32])>,
+    ) -> Option<(FlexTensor, &'a [u32], usize)> {
+        p.map(|(t, idx)| {
+            let rows = t.dims()[0];
+            (into_flex(t).to_contiguous(), idx, rows)
+        })
+    }
+    let (c2p, p2c) = (pos(rel.c2p), pos(rel.p2c));
+    let (q, k, v, pad) = (f32s(&q), f32s(&k), f32s(&v), bools(&pad));
+    let hd = hidden / num_heads;
+    let mut out = vec![0.0f32; batch * seq * hidden];
+    let mut scores = vec![0.0f32; seq * seq];
+    let rows = c2p.as_ref().or(p2c.as_ref()).map_or(0, |p| p.2);
+    let mut rel_scores = vec![0.0f32; seq * rows];
+    // c [m, n] = alpha · a [m, kd] (row stride lda) · b [n, kd]ᵀ (row stride ldb).
+    let abt = |c: &mut [f32], a: &[f32], lda: usize, b: &[f32], ldb: usize, m: usize, n: usize| {
+        // SAFETY: a holds m rows of hd values at stride lda, b n rows at stride ldb, c m·n.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                hd,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                1,
+                lda as isize,
+                b.as_ptr(),
+                ldb as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    };
+    for b in 0..batch {
+        let pad_b = &pad[b * seq..(b + 1) * seq];
+        for h in 0..num_heads {
+            let qh = &q[b * seq * hidden + h * hd..];
+            let kh = &k[b * seq * hidden + h * hd..];
+            let vh = &v[b * seq * hidden + h * hd..];
+            abt(&mut scores, qh, hidden, kh, hidden, seq, seq);
+            if let Some((pk, idx, r)) = &c2p {
+                abt(
+                    &mut rel_scores,
+                    qh,
+                    hidden,
+                    &f32s(pk)[h * hd..],
+                    hidden,
+                    seq,
+                    *r,
+                );
+                for (i, row) in scores.chunks_exact_mut(seq).enumerate() {
+                    let rel = &rel_scores[i * r..(i + 1) * r];
+                    for (x, &c) in row.iter_mut().zip(&idx[i * seq..(i + 1) * seq]) {
+                        *x += rel[c as usize];
+                    }
+                }
+            }
+            if let Some((pq, idx, r)) = &p2c {
+                abt(
+                    &mut rel_scores,
+                    kh,
+                    hidden,
+                    &f32s(pq)[h * hd..],
+                    hidden,
+                    seq,
+                    *r,
+                );
+                for j in 0..seq {
+                    let rel = &rel_scores[j * r..(j + 1) * r];
+                    for (i, &c) in idx[j * seq..(j + 1) * seq].iter().enumerate() {
+                        scores[i * seq + j] += rel[c as usize];
+                    }
+                }
+            }
+            for row in scores.chunks_exact_mut(seq) {
+                row.iter_mut().for_each(|x| *x *= scale);
+                softmax_masked(row, pad_b);
+            }
+            let oh = &mut out[b * seq * hidden + h * hd..];
+            // SAFETY: scores is seq × seq, v_h seq rows of hd at stride hidden, and out_h
+            // seq rows of hd at stride hidden inside out.
+            unsafe {
+                gemm::gemm(
+                    seq,
+                    hd,
+                    seq,
+                    oh.as_mut_ptr(),
+                    1,
+                    hidden as isize,
+                    false,
+                    scores.as_ptr(),
+                    1,
+                    seq as isize,
+                    vh.as_ptr(),
+                    1,
+                    hidden as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        }
+    }
+    Some(from_flex(FlexTensor::from_data(TensorData::new(
+        out,
+        [batch, seq, hidden],
+    ))))
+}
+
 /// ModernBERT's fused projection `qkv` `[batch, seq, 3·hidden]` split into queries, keys
 /// and values `[batch, seq, hidden]` (heads side by side), with the rotary embedding
 /// `x·cos + rotate_half(x)·sin` applied to queries and keys; `cos`, `sin` are `[seq,
@@ -228,7 +388,7 @@ pub fn geglu<B: Backend>(x: Tensor<B, 3>) -> Option<Tensor<B, 3>> {
 }
 
 /// Whether the fast paths apply: `B` is the flex backend and the tensor is f32.
-fn is_flex_f32<B: Backend>(dtype: DType) -> bool {
+pub fn is_flex_f32<B: Backend>(dtype: DType) -> bool {
     TypeId::of::<B>() == TypeId::of::<Flex>() && dtype == DType::F32
 }
 

@@ -338,6 +338,9 @@ pub struct DisentangledSelfAttention<B: Backend> {
 pub struct RelPos<B: Backend> {
     c2p: Tensor<B, 4, Int>,
     p2c: Tensor<B, 4, Int>,
+    /// The same indices on the host, for [`cpu::disentangled_attention`].
+    c2p_host: Vec<u32>,
+    p2c_host: Vec<u32>,
 }
 
 /// transformers' `make_log_bucket_position` for one distance, in f32 as torch computes it.
@@ -375,17 +378,68 @@ impl<B: Backend> RelPos<B> {
                 p2c.push((-rel(i, j) + span as i64).clamp(0, top));
             }
         }
-        let t = |v: Vec<i64>| {
-            Tensor::<B, 4, Int>::from_data(TensorData::new(v, [1, 1, seq, seq]), device)
+        let t = |v: &[i64]| {
+            Tensor::<B, 4, Int>::from_data(TensorData::new(v.to_vec(), [1, 1, seq, seq]), device)
         };
+        // In 0..2·span by the clamp above.
+        let host = |v: &[i64]| v.iter().map(|&x| x as u32).collect();
         Self {
-            c2p: t(c2p),
-            p2c: t(p2c),
+            c2p: t(&c2p),
+            p2c: t(&p2c),
+            c2p_host: host(&c2p),
+            p2c_host: host(&p2c),
         }
     }
 }
 
 impl<B: Backend> DisentangledSelfAttention<B> {
+    /// [`Self::forward`] after the projections, through [`cpu::disentangled_attention`]:
+    /// `None` off the flex backend (and under autodiff), where burn's ops run instead.
+    fn forward_cpu<H: LinearHook<B>>(
+        &self,
+        layer: usize,
+        hook: &H,
+        [q, k, v]: [&Tensor<B, 3>; 3],
+        padding: &Tensor<B, 2, Bool>,
+        rel: &Option<(&RelPos<B>, Tensor<B, 2>)>,
+    ) -> Option<Tensor<B, 3>> {
+        if !cpu::is_flex_f32::<B>(q.dtype()) {
+            return None;
+        }
+        let d = q.dims()[2] / self.num_heads;
+        let mut terms = cpu::Disentangled {
+            c2p: None,
+            p2c: None,
+        };
+        if let Some((pos, rel_emb)) = rel {
+            if self.c2p {
+                let pk = match &self.pos_key_proj {
+                    Some(p) => p.forward(rel_emb.clone()),
+                    None => hooked(hook, layer, 1, &self.key_proj, rel_emb.clone()),
+                };
+                terms.c2p = Some((pk, pos.c2p_host.as_slice()));
+            }
+            if self.p2c {
+                let pq = match &self.pos_query_proj {
+                    Some(p) => p.forward(rel_emb.clone()),
+                    None => hooked(hook, layer, 0, &self.query_proj, rel_emb.clone()),
+                };
+                terms.p2c = Some((pq, pos.p2c_host.as_slice()));
+            }
+        }
+        let factor = 1 + usize::from(terms.c2p.is_some()) + usize::from(terms.p2c.is_some());
+        let scale = 1.0 / ((d * factor) as f32).sqrt();
+        cpu::disentangled_attention(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            terms,
+            padding.clone(),
+            self.num_heads,
+            scale,
+        )
+    }
+
     /// `x` `[batch, seq, hidden]` → `[batch, seq, hidden]`; `padding` `[batch, seq]` true
     /// where a key is padding; `rel_emb` `[2·span, hidden]` (already normalised).
     fn forward<H: LinearHook<B>>(
@@ -400,9 +454,13 @@ impl<B: Backend> DisentangledSelfAttention<B> {
         let nh = self.num_heads;
         let d = h / nh;
         let split = |t: Tensor<B, 3>| t.reshape([b, s, nh, d]).swap_dims(1, 2);
-        let q = split(hooked(hook, layer, 0, &self.query_proj, x.clone()));
-        let k = split(hooked(hook, layer, 1, &self.key_proj, x.clone()));
-        let v = split(hooked(hook, layer, 2, &self.value_proj, x));
+        let q3 = hooked(hook, layer, 0, &self.query_proj, x.clone());
+        let k3 = hooked(hook, layer, 1, &self.key_proj, x.clone());
+        let v3 = hooked(hook, layer, 2, &self.value_proj, x);
+        if let Some(out) = self.forward_cpu(layer, hook, [&q3, &k3, &v3], &padding, &rel) {
+            return out;
+        }
+        let (q, k, v) = (split(q3), split(k3), split(v3));
         let mut factor = 1;
         let mut scores = q.clone().matmul(k.clone().swap_dims(2, 3));
         if let Some((pos, rel_emb)) = rel {
