@@ -257,12 +257,15 @@ impl Bound {
     }
 }
 
-/// A per-item stage (`map:`), resolved. `${item.*}` in the command and in `item_outs` are
-/// left in place by the loader and filled in per item at run time.
+/// A per-item stage (`map:`), resolved. `${item.*}` in the command, in `item_outs` and in a
+/// built-in kind's `with:` strings are left in place by the loader and filled in per item
+/// at run time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MapSpec {
     pub source: MapSource,
     /// Per-item output path templates, relative to the project root (`out/${item.stem}.txt`).
+    /// Empty for a built-in kind (`uses:`): its per-item outputs are placed by the runtime,
+    /// under `out/<pipeline>/<stage>/items/`.
     pub item_outs: Vec<String>,
     /// Run the command once with lists of added/changed/removed items instead of once per item.
     pub batch: bool,
