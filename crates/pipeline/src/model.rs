@@ -132,7 +132,8 @@ pub struct Stage {
     pub retry: Retry,
     pub timeout: Option<Duration>,
     /// `map:`: the stage runs once per item (or once per batch of changed items) instead of
-    /// once; its `outs` are then the merged output only (see [`MapSpec`]).
+    /// once; its `outs` are then the merged output only, or a built-in kind's outputs, each
+    /// every item's part in key order (see [`MapSpec`]).
     pub map: Option<MapSpec>,
     /// `register:`: after the stage completes, keep one of its outputs as a version in the
     /// adapter registry (see `docs/adapters.md`). Not part of the fingerprint.
