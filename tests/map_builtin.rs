@@ -90,8 +90,16 @@ fn a_per_item_kind_under_map_keeps_its_outputs_and_per_item_with() {
     assert_eq!(kind, "shout");
     assert_eq!(with["input"], "${item.path}");
     assert_eq!(with["tag"], "k=${item.key}");
-    assert!(s.deps.contains(&Dep::Path("data/notes".into())), "{:?}", s.deps);
-    assert!(s.deps.contains(&Dep::Path("data/lexicon.txt".into())), "{:?}", s.deps);
+    assert!(
+        s.deps.contains(&Dep::Path("data/notes".into())),
+        "{:?}",
+        s.deps
+    );
+    assert!(
+        s.deps.contains(&Dep::Path("data/lexicon.txt".into())),
+        "{:?}",
+        s.deps
+    );
     assert_eq!(s.deps.len(), 2, "{:?}", s.deps);
     // A downstream reference to the mapped stage's output is an edge as usual.
     let r = p.stage("report").unwrap();
@@ -104,7 +112,9 @@ fn map_over_a_built_in_kind_says_what_is_wrong_and_where() {
     let err = |yaml: &str| load_in(d.path(), yaml).unwrap_err().to_string();
 
     // A kind that is not per-item: the stage, the kind and the kinds that can be mapped.
-    let e = err("stages:\n  pairs:\n    uses: build-pairs\n    map: {glob: \"data/notes/*.txt\"}\n    with: {input: \"${item.path}\"}\n");
+    let e = err(
+        "stages:\n  pairs:\n    uses: build-pairs\n    map: {glob: \"data/notes/*.txt\"}\n    with: {input: \"${item.path}\"}\n",
+    );
     assert!(e.contains("pipelines/p.yaml:3:11"), "{e}");
     assert!(
         e.contains("stage 'pairs': kind 'build-pairs' cannot run per item under 'map'"),
@@ -113,7 +123,9 @@ fn map_over_a_built_in_kind_says_what_is_wrong_and_where() {
     assert!(e.contains("kinds that can: shout"), "{e}");
 
     // `merge:` — the kind's own outputs are the merged ones.
-    let e = err("stages:\n  s:\n    uses: shout\n    map: {glob: \"data/notes/*.txt\"}\n    with: {input: \"${item.path}\"}\n    merge: {out: out/all.jsonl}\n");
+    let e = err(
+        "stages:\n  s:\n    uses: shout\n    map: {glob: \"data/notes/*.txt\"}\n    with: {input: \"${item.path}\"}\n    merge: {out: out/all.jsonl}\n",
+    );
     assert!(e.contains("pipelines/p.yaml:6:5"), "{e}");
     assert!(
         e.contains("'merge' is not allowed in stage 's' with 'uses'") && e.contains("rows, sizes"),
@@ -121,12 +133,16 @@ fn map_over_a_built_in_kind_says_what_is_wrong_and_where() {
     );
 
     // A field the map source does not have.
-    let e = err("stages:\n  s:\n    uses: shout\n    map: {glob: \"data/notes/*.txt\"}\n    with: {input: \"${item.line}\"}\n");
+    let e = err(
+        "stages:\n  s:\n    uses: shout\n    map: {glob: \"data/notes/*.txt\"}\n    with: {input: \"${item.line}\"}\n",
+    );
     assert!(e.contains("pipelines/p.yaml:5:"), "{e}");
     assert!(e.contains("item has no field 'line'"), "{e}");
 
     // `batch:` runs a command once; a kind has none.
-    let e = err("stages:\n  s:\n    uses: shout\n    map: {glob: \"data/notes/*.txt\", batch: true}\n    with: {input: \"${item.path}\"}\n");
+    let e = err(
+        "stages:\n  s:\n    uses: shout\n    map: {glob: \"data/notes/*.txt\", batch: true}\n    with: {input: \"${item.path}\"}\n",
+    );
     assert!(e.contains("pipelines/p.yaml:4:"), "{e}");
     assert!(e.contains("'batch: true' needs 'cmd' in stage 's'"), "{e}");
 
@@ -231,7 +247,10 @@ fn a_mapped_kind_runs_only_new_and_changed_items_and_merges_like_a_fresh_run() {
     let mut files: Vec<(String, String)> = (0..30)
         .map(|i| {
             (
-                format!("data/notes/{}/n{i:02}.txt", if i % 3 == 0 { "sub" } else { "top" }),
+                format!(
+                    "data/notes/{}/n{i:02}.txt",
+                    if i % 3 == 0 { "sub" } else { "top" }
+                ),
                 format!("note {i}\n"),
             )
         })
@@ -262,7 +281,11 @@ fn a_mapped_kind_runs_only_new_and_changed_items_and_merges_like_a_fresh_run() {
     assert!(prog.iter().all(|&(_, t)| t == Some(30)), "{prog:?}");
     let lines = log.lines.lock().unwrap().clone();
     assert!(lines.contains(&"[top/n01.txt] read data/notes/top/n01.txt".to_string()));
-    assert!(lines.iter().any(|l| l == "shout: 30 of 30 items ran, 0 cached, 0 removed"));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l == "shout: 30 of 30 items ran, 0 cached, 0 removed")
+    );
 
     // Nothing changed: no call.
     assert_eq!(run_map(dir, false).0, 0);
@@ -274,9 +297,14 @@ fn a_mapped_kind_runs_only_new_and_changed_items_and_merges_like_a_fresh_run() {
     let project = Project::new(dir);
     let p = load_in(dir, PIPE).unwrap();
     let stat = StatCache::in_memory();
-    let counts = map::status(&project, &Hasher::new(&stat), "p", p.stage("shout").unwrap())
-        .unwrap()
-        .unwrap();
+    let counts = map::status(
+        &project,
+        &Hasher::new(&stat),
+        "p",
+        p.stage("shout").unwrap(),
+    )
+    .unwrap()
+    .unwrap();
     assert_eq!(
         counts.describe("shout"),
         "shout: 2 of 30 items stale (added: top/n99.txt; changed: top/n01.txt; removed: sub/n03.txt)"
@@ -312,7 +340,10 @@ fn a_mapped_kind_runs_only_new_and_changed_items_and_merges_like_a_fresh_run() {
     std::fs::write(dir.join("data/notes/top/n04.txt"), "note four\n").unwrap();
     let (_, err, _) = run_map(dir, false);
     let err = err.expect("the failing item fails the stage");
-    assert!(err.contains("item top/n02.txt") && err.contains("says fail"), "{err}");
+    assert!(
+        err.contains("item top/n02.txt") && err.contains("says fail"),
+        "{err}"
+    );
     std::fs::write(dir.join("data/notes/top/n02.txt"), "note two\n").unwrap();
     let (calls, err, _) = run_map(dir, false);
     assert_eq!(err, None);
@@ -379,7 +410,13 @@ stages:
     assert!(!dir.join("out/p/up").exists());
     let n = std::fs::read_dir(dir.join("out/p/shout/items"))
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with('@'))
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with('@')
+        })
         .count();
     assert_eq!(n, 2, "'../up' and 'a/b' are hashed");
 }

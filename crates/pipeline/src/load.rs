@@ -1501,9 +1501,14 @@ impl<'a> Cx<'a> {
             if let Some(p) = inst.key_pos("merge") {
                 let keys: Vec<&str> = kind.outputs.iter().map(|(k, _)| *k).collect();
                 let m = if inst.get("map").is_some() {
-                    format!("'merge' is not allowed in stage '{name}' with 'uses': a mapped built-in kind's outputs ({}) are already every item's outputs in key order", keys.join(", "))
+                    format!(
+                        "'merge' is not allowed in stage '{name}' with 'uses': a mapped built-in kind's outputs ({}) are already every item's outputs in key order",
+                        keys.join(", ")
+                    )
                 } else {
-                    format!("'merge' needs 'map' in stage '{name}' (and a built-in kind merges its own outputs)")
+                    format!(
+                        "'merge' needs 'map' in stage '{name}' (and a built-in kind merges its own outputs)"
+                    )
                 };
                 self.err(p, m);
             }
