@@ -363,7 +363,7 @@ stages:
     let d = project_with(&[
         (
             "data/rows.jsonl",
-            "{\"id\": \"../up\", \"file\": \"a.txt\"}\n{\"id\": \"a\", \"file\": \"b.txt\"}\n{\"id\": \"a/b\", \"file\": \"a.txt\"}\n",
+            "{\"id\": \"../up\", \"file\": \"a.txt\"}\n{\"id\": \"a\", \"file\": \"b.txt\"}\n{\"id\": \"a/b\", \"file\": \"a.txt\"}\n{\"id\": \"写真 1\", \"file\": \"b.txt\"}\n",
         ),
         ("data/a.txt", "alpha\n"),
         ("data/b.txt", "beta\n"),
@@ -403,9 +403,10 @@ stages:
     map::run(&mr, stage, &imp, &input, &Log::default()).unwrap();
     assert_eq!(
         read(dir, "out/p/shout/rows.jsonl"),
-        "{\"file\":\"data/a.txt\",\"text\":\"ALPHA\"}\n{\"file\":\"data/b.txt\",\"text\":\"BETA\"}\n{\"file\":\"data/a.txt\",\"text\":\"ALPHA\"}\n"
+        "{\"file\":\"data/a.txt\",\"text\":\"ALPHA\"}\n{\"file\":\"data/b.txt\",\"text\":\"BETA\"}\n{\"file\":\"data/a.txt\",\"text\":\"ALPHA\"}\n{\"file\":\"data/b.txt\",\"text\":\"BETA\"}\n"
     );
     assert!(dir.join("out/p/shout/items/a/rows.jsonl").exists());
+    assert!(dir.join("out/p/shout/items/写真 1/rows.jsonl").exists());
     // Nothing was written outside the stage's items folder.
     assert!(!dir.join("out/p/up").exists());
     let n = std::fs::read_dir(dir.join("out/p/shout/items"))

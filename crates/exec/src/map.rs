@@ -119,12 +119,14 @@ fn fill_value(v: &Value, it: &Item) -> Result<Value> {
 /// files; otherwise (a row key with spaces or `..`, a key that could be another key's
 /// folder) `@` and a hash of the key, which no plain key can be.
 fn item_dir(spec: &MapSpec, key: &str) -> String {
+    // Letters of any script (`写真.png`), digits and a few marks file names often have;
+    // no `@`, so a hashed folder never looks like a key.
     let plain_seg = |s: &str| {
         !s.is_empty()
             && s != "."
             && s != ".."
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            && s.chars()
+                .all(|c| c.is_alphanumeric() || matches!(c, '.' | '_' | '-' | '+' | ' ' | ','))
     };
     // Glob keys are paths of files, so none is the folder of another; any other key may
     // be `a` next to `a/b`, so only single segments are used as they are.
