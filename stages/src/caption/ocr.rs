@@ -40,8 +40,8 @@ fn install_line(langs: &[&str]) -> String {
 
 impl Tesseract {
     /// The program named by `explicit`, else `$TSUMUGI_TESSERACT`, else `tesseract` on
-    /// `PATH`; runs `--version` to check it. `env` is the stage's extra environment (its
-    /// `TSUMUGI_TESSERACT` wins over the process's).
+    /// `PATH`; runs `--version` to check it. The stage passes its own `env:`'s
+    /// `TSUMUGI_TESSERACT` as `explicit`, so it wins over the process's.
     pub fn find(explicit: Option<&Path>) -> Result<Tesseract> {
         let program = match explicit {
             Some(p) => p.to_path_buf(),
@@ -187,12 +187,11 @@ pub fn tidy(raw: &str) -> String {
             if c == ' ' {
                 let prev = out.chars().last();
                 let next = chars[i + 1..].iter().find(|c| **c != ' ').copied();
-                if prev.is_some_and(is_cjk) && next.is_some_and(is_cjk) || prev == Some(' ') {
-                    continue;
-                }
-                if prev.is_some_and(is_cjk) && next.is_some_and(is_cjk_punct)
-                    || prev.is_some_and(is_cjk_punct) && next.is_some_and(is_cjk)
-                {
+                // A space next to a CJK character (or a run of spaces) is Tesseract's, not the
+                // text's; `!`/`?` after Japanese count as Japanese punctuation.
+                let joined = (prev.is_some_and(is_cjk) && next.is_some_and(is_cjk_or_punct))
+                    || (prev.is_some_and(is_cjk_or_punct) && next.is_some_and(is_cjk));
+                if joined || prev == Some(' ') {
                     continue;
                 }
             }
@@ -211,8 +210,8 @@ fn is_cjk(c: char) -> bool {
         | 0x4E00..=0x9FFF | 0xF900..=0xFAFF | 0xFF00..=0xFFEF)
 }
 
-fn is_cjk_punct(c: char) -> bool {
-    is_cjk(c) || matches!(c, '!' | '?' | '、' | '。')
+fn is_cjk_or_punct(c: char) -> bool {
+    is_cjk(c) || matches!(c, '!' | '?')
 }
 
 /// OCR as a [`Captioner`]: preprocessing, then Tesseract.

@@ -239,7 +239,9 @@ impl Stage for CaptionImages {
         let outs = output_paths(input)?;
         let engine = Engine::load(&cfg, input)?;
         let root = input.project_root;
-        let paths = images::list(root, &root.join(&cfg.images))?;
+        let paths = images::list(root, &root.join(&cfg.images)).with_context(|| {
+            format!("caption-images stage `{}`: `images: {}`", input.name, cfg.images.display())
+        })?;
         let total = paths.len();
         let batch = cfg.batch_size.map_or(1, NonZeroUsize::get);
         report.log(&format!(
