@@ -1,5 +1,7 @@
 //! Per-item stages (`map:`): a stage that runs once per item of a glob, of the lines of a
-//! file or of the rows of a JSONL file, instead of once.
+//! file or of the rows of a JSONL file, instead of once — its command with the item's
+//! `${item.…}` filled in, or a per-item built-in kind (`KindInfo::per_item`) with the item's
+//! `with:`, whose per-item outputs concatenate into the kind's declared ones.
 //!
 //! Two levels of caching, so that the common case stays as cheap as any other stage:
 //! - The stage as a whole has an ordinary fingerprint, in which the map source counts as
@@ -116,7 +118,7 @@ fn fill_value(v: &Value, it: &Item) -> Result<Value> {
 
 /// The folder of one item's outputs under a built-in stage's `items/`: the key itself when
 /// it is a plain relative path (glob keys: `sub/a.png`), so a user can find an item's
-/// files; otherwise (a row key with spaces or `..`, a key that could be another key's
+/// files; otherwise (a row key with `..`, `:` or `\`, a key that could be another key's
 /// folder) `@` and a hash of the key, which no plain key can be.
 fn item_dir(spec: &MapSpec, key: &str) -> String {
     // Letters of any script (`写真.png`), digits and a few marks file names often have;
