@@ -180,6 +180,8 @@ impl StageImpl for Shout {
 struct Log {
     lines: Mutex<Vec<String>>,
     progress: Mutex<Vec<(u64, Option<u64>)>>,
+    /// Says "cancelled" once this many items are done (Ctrl-C in the middle of a stage).
+    cancel_after: Option<usize>,
 }
 
 impl Reporter for Log {
@@ -191,12 +193,17 @@ impl Reporter for Log {
         self.lines.lock().unwrap().push(line.to_string());
     }
     fn cancelled(&self) -> bool {
-        false
+        self.cancel_after
+            .is_some_and(|n| self.progress.lock().unwrap().len() >= n)
     }
 }
 
 /// Runs the mapped stage of `dir` once; (calls of the kind, its error, the reporter).
 fn run_map(dir: &Path, force: bool) -> (usize, Option<String>, Log) {
+    run_map_with(dir, force, 3, Log::default())
+}
+
+fn run_map_with(dir: &Path, force: bool, jobs: usize, log: Log) -> (usize, Option<String>, Log) {
     let project = Project::new(dir);
     let p = load_in(dir, PIPE).unwrap_or_else(|e| panic!("{e}"));
     let stage = p.stage("shout").unwrap();
@@ -209,7 +216,6 @@ fn run_map(dir: &Path, force: bool) -> (usize, Option<String>, Log) {
     let imp = Shout {
         calls: AtomicUsize::new(0),
     };
-    let log = Log::default();
     let outs = Default::default();
     let env = Default::default();
     let input = StageInput {
@@ -225,7 +231,7 @@ fn run_map(dir: &Path, force: bool) -> (usize, Option<String>, Log) {
         cache: &cache,
         stat: &stat,
         pipeline: "p",
-        jobs: 3,
+        jobs,
         force,
         run_id: "r",
         db: &db,
@@ -420,4 +426,29 @@ stages:
         })
         .count();
     assert_eq!(n, 2, "'../up' and 'a/b' are hashed");
+}
+
+#[test]
+fn a_cancelled_stage_stops_between_items_and_keeps_those_done() {
+    let mut files: Vec<(String, String)> = (0..10)
+        .map(|i| (format!("data/notes/n{i}.txt"), format!("note {i}\n")))
+        .collect();
+    files.push(("data/lexicon.txt".into(), "x\n".into()));
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let d = project_with(&refs);
+    let log = Log {
+        cancel_after: Some(3),
+        ..Log::default()
+    };
+    let (calls, err, _) = run_map_with(d.path(), false, 1, log);
+    assert_eq!(calls, 3);
+    assert_eq!(err.as_deref(), Some("cancelled"));
+    // No merged output from a cancelled stage; the three items done are not done again.
+    assert!(!d.path().join("out/p/shout/rows.jsonl").exists());
+    let (calls, err, _) = run_map(d.path(), false);
+    assert_eq!((calls, err), (7, None));
+    assert_eq!(read(d.path(), "out/p/shout/rows.jsonl").lines().count(), 10);
 }
