@@ -7,6 +7,7 @@
 //! as a type ([`settings`]): the load-time check and the JSON Schema come from it.
 
 pub mod build_pairs;
+pub mod caption_images;
 pub mod evaluate;
 pub mod export;
 pub mod sample_negatives;
@@ -55,6 +56,7 @@ static KINDS: &[KindInfo] = &[
     train_lora::INFO,
     evaluate::INFO,
     export::INFO,
+    caption_images::INFO,
 ];
 
 /// The implementation of kind `name`, for the engine to run. `None` for an unknown kind, and
@@ -62,6 +64,8 @@ static KINDS: &[KindInfo] = &[
 pub fn implementation(name: &str) -> Option<Box<dyn Stage>> {
     match name {
         "build-pairs" => Some(Box::new(build_pairs::BuildPairs)),
+        // OCR needs no burn: every build captions (a VLM method says when it is absent).
+        "caption-images" => Some(Box::new(caption_images::CaptionImages)),
         #[cfg(not(feature = "ml"))]
         "sample-negatives" => Some(Box::new(sample_negatives::SampleNegatives::default())),
         #[cfg(feature = "ml")]
@@ -96,7 +100,7 @@ mod tests {
         }
         assert!(implementation("build-pairs").is_some());
         assert!(implementation("sample-negatives").is_some());
-        assert_eq!(kind("build-pairs").map(|k| k.version), Some(1));
+        assert_eq!(kind("build-pairs").map(|k| k.version), Some(2));
         assert!(implementation("no-such-kind").is_none() && kind("no-such-kind").is_none());
     }
 
@@ -159,6 +163,32 @@ mod tests {
                 false,
             ),
             ("build-pairs", with(&pairs, "labels", json!(["a", 1])), true),
+            (
+                "build-pairs",
+                with(&pairs, "captions", json!("out/p/caption/captions.jsonl")),
+                true,
+            ),
+            ("build-pairs", with(&pairs, "caption_for", json!("text_b")), true),
+            ("build-pairs", with(&pairs, "caption_for", json!("prompt")), false),
+            ("build-pairs", with(&pairs, "missing_captions", json!("drop")), true),
+            ("build-pairs", with(&pairs, "missing_captions", json!("skip")), false),
+            ("caption-images", json!({"images": "data/images"}), true),
+            (
+                "caption-images",
+                json!({"images": "d", "method": "vlm+ocr", "model": "m", "prompt": "p",
+                       "language": "jpn", "max_new_tokens": 64, "batch_size": 2,
+                       "on_error": "fallback", "psm": 6,
+                       "preprocess": {"grayscale": true, "contrast": false, "denoise": true,
+                                      "binarize": "none", "deskew": true, "max_skew_degrees": 3.0,
+                                      "upscale_min_height": 0}}),
+                true,
+            ),
+            ("caption-images", json!({"method": "ocr"}), false),
+            ("caption-images", json!({"images": "d", "method": "tesseract"}), false),
+            ("caption-images", json!({"images": "d", "on_error": "ignore"}), false),
+            ("caption-images", json!({"images": "d", "batch_size": 0}), false),
+            ("caption-images", json!({"images": "d", "preprocess": {"binarize": "sauvola"}}), false),
+            ("caption-images", json!({"images": "d", "preprocess": {"deskw": true}}), false),
             ("train-lora", train.clone(), true),
             (
                 "train-lora",

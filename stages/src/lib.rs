@@ -42,6 +42,9 @@ pub mod peft;
 #[cfg(feature = "ml")]
 pub mod train;
 
+// Issue 13: image captions (OCR with Tesseract at run time; no burn).
+pub mod caption;
+
 // Issue 5: reranker data, BM25, hard-negative mining (no burn).
 pub mod ranking;
 

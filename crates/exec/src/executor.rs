@@ -929,6 +929,7 @@ fn execute_once(
                 db: &ctx.db,
             },
             stage,
+            imp.as_ref(),
             &input,
             &reporter,
         ),

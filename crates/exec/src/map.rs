@@ -1,5 +1,7 @@
 //! Per-item stages (`map:`): a stage that runs once per item of a glob, of the lines of a
-//! file or of the rows of a JSONL file, instead of once.
+//! file or of the rows of a JSONL file, instead of once — its command with the item's
+//! `${item.…}` filled in, or a per-item built-in kind (`KindInfo::per_item`) with the item's
+//! `with:`, whose per-item outputs concatenate into the kind's declared ones.
 //!
 //! Two levels of caching, so that the common case stays as cheap as any other stage:
 //! - The stage as a whole has an ordinary fingerprint, in which the map source counts as
@@ -26,6 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use anyhow::{Context, Result, bail};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use tsumugi_stages::{Reporter, Stage as StageImpl, StageInput};
 
 use tsumugi_base::atomic::{remove_path, write_atomic};
@@ -97,9 +100,84 @@ pub fn fill(template: &str, it: &Item, quote: bool) -> Result<String> {
     Ok(out)
 }
 
+/// `${item.NAME}` in every string of a built-in kind's `with:` (keys stay as written).
+fn fill_value(v: &Value, it: &Item) -> Result<Value> {
+    Ok(match v {
+        Value::String(s) if s.contains("${item.") => Value::String(fill(s, it, false)?),
+        Value::Array(a) => {
+            Value::Array(a.iter().map(|x| fill_value(x, it)).collect::<Result<_>>()?)
+        }
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, x)| Ok((k.clone(), fill_value(x, it)?)))
+                .collect::<Result<_>>()?,
+        ),
+        other => other.clone(),
+    })
+}
+
+/// The folder of one item's outputs under a built-in stage's `items/`: the key itself when
+/// it is a plain relative path (glob keys: `sub/a.png`), so a user can find an item's
+/// files; otherwise (a row key with `..`, `:` or `\`, a key that could be another key's
+/// folder) `@` and a hash of the key, which no plain key can be.
+fn item_dir(spec: &MapSpec, key: &str) -> String {
+    // Letters of any script (`写真.png`), digits and a few marks file names often have;
+    // no `@`, so a hashed folder never looks like a key.
+    let plain_seg = |s: &str| {
+        !s.is_empty()
+            && s != "."
+            && s != ".."
+            && s.chars()
+                .all(|c| c.is_alphanumeric() || matches!(c, '.' | '_' | '-' | '+' | ' ' | ','))
+    };
+    // Glob keys are paths of files, so none is the folder of another; any other key may
+    // be `a` next to `a/b`, so only single segments are used as they are.
+    let nested = matches!(spec.source, MapSource::Glob { .. });
+    let plain = key.len() <= 200
+        && if nested {
+            key.split('/').all(plain_seg)
+        } else {
+            plain_seg(key)
+        };
+    if plain {
+        key.to_string()
+    } else {
+        format!("@{}", &sha256_hex(key.as_bytes())[..16])
+    }
+}
+
+/// What an item runs: a command (`cmd:` with `${item.…}`), or a built-in kind through
+/// its implementation with the item's `with:`.
+enum Work<'a> {
+    Cmd(&'a str),
+    Builtin {
+        imp: &'a dyn StageImpl,
+        with: &'a Value,
+        /// The stage's outputs (key, path), in key order: what the items' parts merge into.
+        outs: Vec<(&'a str, &'a Path)>,
+        /// `out/<pipeline>/<stage>/items`.
+        items_dir: PathBuf,
+    },
+}
+
 /// An item's output paths, relative to the project root; an item whose value would lead
 /// outside the project is an error, not a write somewhere else.
-fn item_out_paths(spec: &MapSpec, it: &Item) -> Result<Vec<String>> {
+fn item_out_paths(spec: &MapSpec, work: &Work<'_>, it: &Item) -> Result<Vec<String>> {
+    if let Work::Builtin {
+        outs, items_dir, ..
+    } = work
+    {
+        let dir = items_dir.join(item_dir(spec, &it.key));
+        return outs
+            .iter()
+            .map(|(k, p)| {
+                let file = p
+                    .file_name()
+                    .with_context(|| format!("output {k} has no file name"))?;
+                Ok(path_str(&dir.join(file)))
+            })
+            .collect();
+    }
     spec.item_outs
         .iter()
         .map(|t| {
@@ -317,21 +395,34 @@ pub struct MapRun<'a> {
 }
 
 /// Runs the stale items of a mapped stage (or its batch), restores cached ones, drops removed
-/// ones, writes the manifest and the merged output. Called by the executor in place of the
-/// stage's own implementation; it returns Ok only when every item succeeded.
+/// ones, writes the manifest and the merged output. Called by the executor in place of
+/// running the stage's implementation `imp` once: a command stage runs its command per item,
+/// a built-in kind runs `imp` per item, with the item's `with:` and per-item outputs under
+/// `out/<pipeline>/<stage>/items/`, and its declared outputs become every item's parts in
+/// key order. It returns Ok only when every item succeeded.
 pub fn run(
     mr: &MapRun<'_>,
     stage: &Stage,
+    imp: &dyn StageImpl,
     input: &StageInput<'_>,
     report: &dyn Reporter,
 ) -> Result<()> {
     let spec = stage.map.as_ref().context("not a mapped stage")?;
-    let Action::Cmd { cmd } = &stage.action else {
-        // The loader refuses this; say so rather than guess if a built-in ever gets here.
-        bail!(
-            "stage {}: 'map' over a built-in kind is not available yet",
-            stage.name
-        );
+    let work = match &stage.action {
+        Action::Cmd { cmd } => Work::Cmd(cmd),
+        Action::Builtin { with, .. } => Work::Builtin {
+            imp,
+            with,
+            outs: stage
+                .outs
+                .iter()
+                .map(|(k, o)| (k.as_str(), o.path.as_path()))
+                .collect(),
+            items_dir: mr
+                .project
+                .builtin_out_dir(mr.pipeline, &stage.name)
+                .join("items"),
+        },
     };
     let root = mr.project.root();
     let hasher = Hasher::new(mr.stat);
@@ -348,6 +439,17 @@ pub fn run(
         if let Some(r) = p.manifest.items.get(k) {
             for o in &r.outs {
                 safepath::remove(root, Path::new(&o.path))?;
+            }
+            // A built-in's item folder goes too (and its parents, once empty), so that
+            // `items/` lists the current items only.
+            if let Work::Builtin { items_dir, .. } = &work {
+                let mut d = items_dir.join(item_dir(spec, k));
+                while d.starts_with(items_dir) && d != *items_dir {
+                    if fs::remove_dir(root.join(&d)).is_err() {
+                        break;
+                    }
+                    d.pop();
+                }
             }
         }
     }
@@ -380,6 +482,9 @@ pub fn run(
     let mut failure: Option<anyhow::Error> = None;
 
     if spec.batch {
+        let Work::Cmd(cmd) = work else {
+            bail!("stage {}: 'batch' needs a command", stage.name);
+        };
         let res = run_batch(mr, stage, spec, cmd, &p, &todo, input, report);
         match res {
             Ok(recs) => *done.lock().expect("done") = recs,
@@ -390,6 +495,7 @@ pub fn run(
         let failed = AtomicBool::new(false);
         let first_err: Mutex<Option<anyhow::Error>> = Mutex::new(None);
         let workers = mr.jobs.max(1).min(todo.len());
+        let started = std::time::Instant::now();
         std::thread::scope(|s| {
             for _ in 0..workers {
                 s.spawn(|| {
@@ -399,14 +505,16 @@ pub fn run(
                         }
                         let j = next.fetch_add(1, Ordering::SeqCst);
                         let Some(&i) = todo.get(j) else { break };
-                        match run_item(mr, spec, cmd, &p.items[i], input, report) {
+                        match run_item(mr, spec, &work, &p.items[i], input, report) {
                             Ok(recs) => {
                                 let mut d = done.lock().expect("done");
                                 d.push((i, recs));
+                                // The UI adds the share and the ETA: `12/200 (6%) a.png 3.1 items/s`.
+                                let rate = d.len() as f64 / started.elapsed().as_secs_f64();
                                 report.progress(
                                     d.len() as u64,
                                     Some(todo.len() as u64),
-                                    &p.items[i].key,
+                                    &format!("{} {rate:.1} items/s", p.items[i].key),
                                 );
                             }
                             Err(e) => {
@@ -484,33 +592,44 @@ pub fn run(
     if let Some(e) = failure {
         return Err(e);
     }
+    let recs: Vec<&ItemRec> = p.items.iter().map(|it| &m.items[&it.key]).collect();
     if let Some(merge) = &spec.merge {
-        let mut out = Vec::new();
-        for it in &p.items {
-            let rec = &m.items[&it.key];
-            for o in &rec.outs {
-                if o.kind != OutKind::File {
-                    bail!(
-                        "merge needs file outputs; {} of item {} is a directory",
-                        o.path,
-                        it.key
-                    );
-                }
-                let b = fs::read(root.join(&o.path))
-                    .with_context(|| format!("cannot read {}", o.path))?;
-                let ends = b.last().is_none_or(|&c| c == b'\n');
-                out.extend(b);
-                // Items are records: one that lacks a final newline must not run into the next.
-                if !ends {
-                    out.push(b'\n');
-                }
-            }
+        // Every output of every item, in key order.
+        let parts = recs.iter().flat_map(|r| &r.outs);
+        write_merged(root, merge, parts)?;
+    }
+    if let Work::Builtin { outs, .. } = &work {
+        // Output j of the kind is the j-th part of every item (both in output-key order).
+        for (j, (_, dest)) in outs.iter().enumerate() {
+            let parts = recs.iter().filter_map(|r| r.outs.get(j));
+            write_merged(root, dest, parts)?;
         }
-        // The items ran since the stage's outputs were checked: check the path again.
-        let dest = safepath::resolve(root, merge, false, safepath::Op::RemoveOrWrite)?;
-        write_atomic(&dest, &out)?;
     }
     Ok(())
+}
+
+/// `dest` := the files `parts` concatenated, written atomically.
+fn write_merged<'r>(
+    root: &Path,
+    dest: &Path,
+    parts: impl Iterator<Item = &'r OutRecord>,
+) -> Result<()> {
+    let mut out = Vec::new();
+    for o in parts {
+        if o.kind != OutKind::File {
+            bail!("merge needs file outputs; {} is a directory", o.path);
+        }
+        let b = fs::read(root.join(&o.path)).with_context(|| format!("cannot read {}", o.path))?;
+        let ends = b.last().is_none_or(|&c| c == b'\n');
+        out.extend(b);
+        // Items are records: one that lacks a final newline must not run into the next.
+        if !ends {
+            out.push(b'\n');
+        }
+    }
+    // The items ran since the stage's outputs were checked: check the path again.
+    let dest = safepath::resolve(root, dest, false, safepath::Op::RemoveOrWrite)?;
+    write_atomic(&dest, &out)
 }
 
 /// Clears an item's outputs and makes their folders.
@@ -541,28 +660,55 @@ fn store_outs(mr: &MapRun<'_>, it: &Item, rels: &[String]) -> Result<Vec<OutReco
 fn run_item(
     mr: &MapRun<'_>,
     spec: &MapSpec,
-    cmd: &str,
+    work: &Work<'_>,
     it: &Item,
     input: &StageInput<'_>,
     report: &dyn Reporter,
 ) -> Result<Vec<OutRecord>> {
-    let rels = item_out_paths(spec, it)?;
+    let rels = item_out_paths(spec, work, it)?;
     prepare_outs(mr.project.root(), &rels)?;
-    let imp = CmdStage {
-        cmd: fill(cmd, it, true)?,
-    };
     let mut env = input.env.clone();
     env.insert("TSUMUGI_ITEM_KEY".into(), it.key.clone());
-    let outs: BTreeMap<String, PathBuf> = rels
-        .iter()
-        .map(|r| (r.clone(), mr.project.root().join(r)))
-        .collect();
-    let item_input = StageInput {
-        outs: &outs,
-        env: &env,
-        ..input.clone()
+    let root = mr.project.root();
+    let res = match work {
+        Work::Cmd(cmd) => {
+            let outs: BTreeMap<String, PathBuf> =
+                rels.iter().map(|r| (r.clone(), root.join(r))).collect();
+            let imp = CmdStage {
+                cmd: fill(cmd, it, true)?,
+            };
+            let item_input = StageInput {
+                outs: &outs,
+                env: &env,
+                ..input.clone()
+            };
+            imp.run(&item_input, report)
+        }
+        Work::Builtin {
+            imp, with, outs, ..
+        } => {
+            // The kind writes each output key at the item's path for it.
+            let outs: BTreeMap<String, PathBuf> = outs
+                .iter()
+                .zip(&rels)
+                .map(|((k, _), r)| (k.to_string(), root.join(r)))
+                .collect();
+            let with = fill_value(with, it)?;
+            let item_input = StageInput {
+                with: &with,
+                outs: &outs,
+                env: &env,
+                ..input.clone()
+            };
+            imp.run(
+                &item_input,
+                &ItemReporter {
+                    inner: report,
+                    key: &it.key,
+                },
+            )
+        }
     };
-    let res = imp.run(&item_input, report);
     if let Err(e) = res {
         for r in &rels {
             let _ = safepath::remove(mr.project.root(), Path::new(r));
@@ -595,7 +741,7 @@ fn run_batch(
     let root = mr.project.root();
     let mut rels = Vec::with_capacity(todo.len());
     for &i in todo {
-        let r = item_out_paths(spec, &p.items[i])?;
+        let r = item_out_paths(spec, &Work::Cmd(cmd), &p.items[i])?;
         prepare_outs(root, &r)?;
         rels.push(r);
     }
@@ -648,4 +794,24 @@ fn run_batch(
         .zip(rels)
         .map(|(&i, r)| Ok((i, store_outs(mr, &p.items[i], &r)?)))
         .collect()
+}
+
+/// What a built-in kind sees of the stage's reporter while it runs one item: progress is
+/// the stage's (items done of total, reported by the map loop), so an item's own
+/// "1 of 1 images" would only overwrite it; its log lines are prefixed with the item.
+/// Per-item metrics are dropped: a stage-level metric cannot have one value per item.
+struct ItemReporter<'a> {
+    inner: &'a dyn Reporter,
+    key: &'a str,
+}
+
+impl Reporter for ItemReporter<'_> {
+    fn progress(&self, _done: u64, _total: Option<u64>, _message: &str) {}
+    fn metric(&self, _name: &str, _step: Option<u64>, _value: f64) {}
+    fn log(&self, line: &str) {
+        self.inner.log(&format!("[{}] {line}", self.key));
+    }
+    fn cancelled(&self) -> bool {
+        self.inner.cancelled()
+    }
 }

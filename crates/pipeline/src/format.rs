@@ -82,11 +82,11 @@ pub const STAGE: Keys = &[
     ),
     (
         "map",
-        "Run once per item: {glob: PATTERN} | {lines: PATH} | {rows: PATH, key: FIELD}, optional batch: true; outs are per-item templates using ${item.*}.",
+        "Run once per item: {glob: PATTERN} | {lines: PATH} | {rows: PATH, key: FIELD}, optional batch: true (cmd only); with cmd, outs are per-item templates using ${item.*}; with uses (a per-item kind), ${item.*} goes in with: and the kind's outputs hold every item's rows.",
     ),
     (
         "merge",
-        "With map: {out: PATH}, every item's outputs concatenated in item-key order (output key 'merged').",
+        "With map and cmd: {out: PATH}, every item's outputs concatenated in item-key order (output key 'merged').",
     ),
     (
         "foreach",

@@ -1498,6 +1498,20 @@ impl<'a> Cx<'a> {
                 );
                 return o;
             };
+            if let Some(p) = inst.key_pos("merge") {
+                let keys: Vec<&str> = kind.outputs.iter().map(|(k, _)| *k).collect();
+                let m = if inst.get("map").is_some() {
+                    format!(
+                        "'merge' is not allowed in stage '{name}' with 'uses': a mapped built-in kind's outputs ({}) are already every item's outputs in key order",
+                        keys.join(", ")
+                    )
+                } else {
+                    format!(
+                        "'merge' needs 'map' in stage '{name}' (and a built-in kind merges its own outputs)"
+                    )
+                };
+                self.err(p, m);
+            }
             let dir = project.builtin_out_dir(pipeline, name);
             let (outs, metrics) = builtin_outputs(kind, &dir);
             o.outs = outs.into_iter().map(|(k, v)| (k, (v, uses.pos))).collect();
@@ -1800,11 +1814,31 @@ impl<'a> Cx<'a> {
             }
             _ => None,
         };
-        if let Some(p) = inst.key_pos("uses").filter(|_| inst.get("map").is_some()) {
+        // A kind runs per item only when its outputs are JSONL files whose per-item parts
+        // concatenate into the whole (`KindInfo::per_item`).
+        if let (Some(p), Some(kind)) = (
+            inst.get("uses")
+                .filter(|_| inst.get("map").is_some())
+                .map(|u| u.pos),
+            mine.and_then(|o| o.kind),
+        ) && !kind.per_item
+        {
+            let mappable: Vec<&str> = self
+                .kinds
+                .iter()
+                .filter(|k| k.per_item)
+                .map(|k| k.name)
+                .collect();
+            let list = if mappable.is_empty() {
+                "none in this build".to_string()
+            } else {
+                mappable.join(", ")
+            };
             self.err(
                 p,
                 format!(
-                    "'map' over a built-in kind is not available yet in stage '{name}' (use 'cmd')"
+                    "stage '{name}': kind '{}' cannot run per item under 'map' (its outputs are not per-item JSONL files; kinds that can: {list})",
+                    kind.name
                 ),
             );
         }
@@ -1815,6 +1849,13 @@ impl<'a> Cx<'a> {
             match builtin_inputs(kind, with) {
                 Ok(inputs) => {
                     for (field, input) in inputs {
+                        // A per-item input (`${item.path}`): the item's own content hash
+                        // is part of its fingerprint, and the map source is the stage's dep.
+                        if inst.get("map").is_some()
+                            && matches!(&input, BuiltinInput::Path(p) if p.contains("${item."))
+                        {
+                            continue;
+                        }
                         let pos = wnode.and_then(|w| axis_pos(w, &field)).unwrap_or(inst.pos);
                         let (path, query) = match input {
                             BuiltinInput::Path(p) => (p, None),
@@ -2507,6 +2548,24 @@ impl<'a> Cx<'a> {
                 }
             },
         };
+        if inst.get("uses").is_some() {
+            // A built-in kind's per-item outputs are placed by the runtime, under the
+            // stage's output directory; there is no command to give lists to.
+            if batch {
+                let p = e
+                    .iter()
+                    .find(|(k, _)| k.scalar_text() == Some("batch"))
+                    .map_or(m.pos, |(k, _)| k.pos);
+                self.err(p, format!("'batch: true' needs 'cmd' in stage '{name}' (a built-in kind runs once per item)"));
+                return None;
+            }
+            return Some(MapSpec {
+                source,
+                item_outs: Vec::new(),
+                batch,
+                merge,
+            });
+        }
         let what = format!("'outs' of stage '{name}'");
         let Some(outs) = inst.get("outs") else {
             self.err(m.pos, format!("stage '{name}' with 'map' needs 'outs': the per-item output paths, e.g. out/${{item.key}}.txt"));

@@ -132,7 +132,8 @@ pub struct Stage {
     pub retry: Retry,
     pub timeout: Option<Duration>,
     /// `map:`: the stage runs once per item (or once per batch of changed items) instead of
-    /// once; its `outs` are then the merged output only (see [`MapSpec`]).
+    /// once; its `outs` are then the merged output only, or a built-in kind's outputs, each
+    /// every item's part in key order (see [`MapSpec`]).
     pub map: Option<MapSpec>,
     /// `register:`: after the stage completes, keep one of its outputs as a version in the
     /// adapter registry (see `docs/adapters.md`). Not part of the fingerprint.
@@ -257,12 +258,15 @@ impl Bound {
     }
 }
 
-/// A per-item stage (`map:`), resolved. `${item.*}` in the command and in `item_outs` are
-/// left in place by the loader and filled in per item at run time.
+/// A per-item stage (`map:`), resolved. `${item.*}` in the command, in `item_outs` and in a
+/// built-in kind's `with:` strings are left in place by the loader and filled in per item
+/// at run time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MapSpec {
     pub source: MapSource,
     /// Per-item output path templates, relative to the project root (`out/${item.stem}.txt`).
+    /// Empty for a built-in kind (`uses:`): its per-item outputs are placed by the runtime,
+    /// under `out/<pipeline>/<stage>/items/`.
     pub item_outs: Vec<String>,
     /// Run the command once with lists of added/changed/removed items instead of once per item.
     pub batch: bool,

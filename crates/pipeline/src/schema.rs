@@ -153,7 +153,7 @@ pub fn pipeline_schema() -> Value {
     let mut stage = obj(format::STAGE, "stage", &[]);
     stage["oneOf"] = json!([
         {"required": ["cmd"], "not": {"required": ["uses"]}},
-        {"required": ["uses"], "not": {"anyOf": [{"required": ["cmd"]}, {"required": ["outs"]}, {"required": ["metrics"]}]}}
+        {"required": ["uses"], "not": {"anyOf": [{"required": ["cmd"]}, {"required": ["outs"]}, {"required": ["metrics"]}, {"required": ["merge"]}]}}
     ]);
     stage["not"] = json!({"required": ["foreach", "matrix"]});
     // Per kind: `with:` is the kind's settings type (`$defs/with-<kind>`).

@@ -24,6 +24,14 @@
 //! (default: text_a, so one query's pairs never straddle train and test). `header`
 //! defaults to true exactly when some column is given by name.
 //!
+//! Image prompts: `captions: ${stages.caption.outs.captions}` (the rows of a
+//! `caption-images` stage) turns every text_a that is an image reference (a value ending in
+//! .png/.jpg/.jpeg/.webp/.tif/.tiff: the image's path from the project root, or a unique tail
+//! of it such as `0001.png`) into that image's caption; other text passes through.
+//! `caption_for: text_b` joins on text_b instead. A reference with no caption, or with a
+//! skipped one, is an error naming the row, or with `missing_captions: drop` the row is
+//! dropped and counted in `stats.json` (`dropped_no_caption`).
+//!
 //! Output: one JSON object per line, fields in this order:
 //! `{"text_a": …, "text_b": …, "label": …, "group": …}` (label a number; an integer class
 //! index with `labels`), rows of each split in input order, plus `stats.json` with the
@@ -48,9 +56,10 @@ pub struct BuildPairs;
 /// (the split hash, the JSON layout, label parsing).
 pub const INFO: KindInfo = KindInfo {
     name: "build-pairs",
-    version: 1,
+    // 2: `captions` (image references become their captions).
+    version: 2,
     summary: "text pairs + labels from CSV/TSV/JSONL/SQLite, split by group into train/dev/test JSONL",
-    input_fields: &["input", "train", "dev", "test"],
+    input_fields: &["input", "train", "dev", "test", "captions"],
     outputs: &[
         ("train", "train.jsonl"),
         ("dev", "dev.jsonl"),
@@ -105,6 +114,26 @@ pub(crate) struct Config {
     split: Option<SplitSpec>,
     /// Seed of the split by group (default 0).
     seed: Option<u64>,
+    /// A `caption-images` captions file: an image reference in `caption_for` becomes its caption.
+    captions: Option<PathBuf>,
+    /// Which text may be an image reference: `text_a` (default) or `text_b`.
+    caption_for: Option<CaptionFor>,
+    /// A reference with no caption (or a skipped one): `error` (default) or `drop` the row.
+    missing_captions: Option<OnMissing>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+enum CaptionFor {
+    TextA,
+    TextB,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+enum OnMissing {
+    Error,
+    Drop,
 }
 
 /// A file path, or the rows of a read-only SQLite query.
@@ -257,7 +286,77 @@ struct Read {
 struct Reading<'a> {
     cfg: &'a Config,
     label_index: Option<HashMap<String, u64>>,
+    captions: Option<Captions>,
     report: &'a dyn Reporter,
+}
+
+/// A captions file by image: `None` for an image whose caption was skipped.
+struct Captions {
+    path: PathBuf,
+    by_image: BTreeMap<String, Option<String>>,
+    /// Rows whose text came from a caption, and rows dropped for want of one.
+    captioned: std::cell::Cell<u64>,
+    dropped: std::cell::Cell<u64>,
+}
+
+impl Captions {
+    fn read(path: &Path) -> Result<Captions> {
+        let shown = path.display();
+        let file = File::open(path).with_context(|| format!("build-pairs: cannot open captions {shown}"))?;
+        let mut by_image = BTreeMap::new();
+        for (n, line) in BufReader::new(file).lines().enumerate() {
+            let lineno = n + 1;
+            let line = line.map_err(|e| anyhow!("{shown}:{lineno}: {e}"))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let v: serde_json::Value = serde_json::from_str(&line)
+                .map_err(|e| anyhow!("{shown}:{lineno}: expected one JSON object per line: {e}"))?;
+            let image = v.get("image").and_then(|x| x.as_str()).ok_or_else(|| {
+                anyhow!("{shown}:{lineno}: expected a caption row with a string `image` (a caption-images output)")
+            })?;
+            let caption = match v.get("caption") {
+                Some(serde_json::Value::String(c)) => Some(c.clone()),
+                Some(serde_json::Value::Null) => None,
+                _ => bail!("{shown}:{lineno}: `caption` must be a string or null"),
+            };
+            by_image.insert(normalize_ref(image), caption);
+        }
+        Ok(Captions {
+            path: path.to_path_buf(),
+            by_image,
+            captioned: Default::default(),
+            dropped: Default::default(),
+        })
+    }
+
+    /// The caption of `reference` (exact path, else the one image whose path ends in
+    /// `/reference`): `Ok(None)` when there is none or it was skipped.
+    fn lookup(&self, reference: &str, at: &dyn Fn() -> String) -> Result<Option<&str>> {
+        let key = normalize_ref(reference);
+        if let Some(c) = self.by_image.get(&key) {
+            return Ok(c.as_deref());
+        }
+        let tail = format!("/{key}");
+        let hits: Vec<(&String, &Option<String>)> =
+            self.by_image.iter().filter(|(k, _)| k.ends_with(&tail)).collect();
+        match hits.as_slice() {
+            [] => Ok(None),
+            [(_, c)] => Ok(c.as_deref()),
+            many => bail!(
+                "{}: image reference {reference:?} matches {} captioned images ({}): give more of its path",
+                at(),
+                many.len(),
+                many.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
+}
+
+/// An image reference as caption-images writes it: `/` separators, no leading `./`.
+fn normalize_ref(s: &str) -> String {
+    let s = s.trim().replace('\\', "/");
+    s.strip_prefix("./").unwrap_or(&s).to_string()
 }
 
 impl Stage for BuildPairs {
@@ -265,7 +364,7 @@ impl Stage for BuildPairs {
         let cfg: Config = settings::parse(input.with)
             .map_err(|e| anyhow!("build-pairs `with:` of stage `{}`: {e}", input.name))?;
         let outs = output_paths(input)?;
-        let reading = Reading::new(&cfg, report)?;
+        let reading = Reading::new(&cfg, input.project_root, report)?;
         let read = |s: &Source| match s {
             Source::Path(p) => reading.read(&input.project_root.join(p)),
             Source::Sqlite { sqlite } => {
@@ -339,12 +438,19 @@ impl Stage for BuildPairs {
         let mut stats = serde_json::Map::new();
         let total: usize = splits.iter().map(Vec::len).sum();
         stats.insert("rows".into(), total.into());
+        // Rows dropped for want of a caption come back as skipped too; counted on their own.
+        let dropped = reading.captions.as_ref().map_or(0, |c| c.dropped.get());
+        let skipped = skipped - dropped;
         stats.insert("skipped".into(), skipped.into());
         for (name, (split, groups)) in SPLITS.iter().zip(splits.iter().zip(&group_sets)) {
             stats.insert(format!("rows_{name}"), split.len().into());
             stats.insert(format!("groups_{name}"), groups.len().into());
         }
         stats.insert("groups_shared".into(), shared.into());
+        if let Some(caps) = &reading.captions {
+            stats.insert("captioned".into(), caps.captioned.get().into());
+            stats.insert("dropped_no_caption".into(), caps.dropped.get().into());
+        }
         if seed_used {
             stats.insert("seed".into(), cfg.seed.unwrap_or(0).into());
         }
@@ -479,7 +585,7 @@ fn write_pair(buf: &mut Vec<u8>, p: &Pair) -> Result<()> {
 use tsumugi_base::atomic::write_atomic;
 
 impl<'a> Reading<'a> {
-    fn new(cfg: &'a Config, report: &'a dyn Reporter) -> Result<Self> {
+    fn new(cfg: &'a Config, project_root: &Path, report: &'a dyn Reporter) -> Result<Self> {
         if let Some(s) = cfg.scale {
             if !s.is_finite() {
                 bail!("build-pairs: `scale` must be a finite number, got {s}");
@@ -512,9 +618,19 @@ impl<'a> Reading<'a> {
                 Some(map)
             }
         };
+        let captions = match &cfg.captions {
+            Some(p) => Some(Captions::read(&project_root.join(p))?),
+            None => {
+                if cfg.caption_for.is_some() || cfg.missing_captions.is_some() {
+                    bail!("build-pairs: `caption_for` and `missing_captions` apply to `captions:` (a caption-images output), which is not given");
+                }
+                None
+            }
+        };
         Ok(Reading {
             cfg,
             label_index,
+            captions,
             report,
         })
     }
@@ -845,13 +961,39 @@ impl<'a> Reading<'a> {
                 Cell::Missing => bail!("{}: {}", at(), missing(cols[i].0, cols[i].1)),
             }
         };
-        let text_a = text(0)?;
-        let text_b = text(1)?;
+        let mut text_a = text(0)?;
+        let mut text_b = text(1)?;
+        // The group is taken before captions replace a reference: one image's rows stay
+        // together, and the split does not move when a caption changes.
         let group = if cols.len() > 3 {
             text(3)?
         } else {
             text_a.clone()
         };
+        if let Some(caps) = &self.captions {
+            let (side, name) = match self.cfg.caption_for.unwrap_or(CaptionFor::TextA) {
+                CaptionFor::TextA => (&mut text_a, "text_a"),
+                CaptionFor::TextB => (&mut text_b, "text_b"),
+            };
+            if !side.contains('\n') && crate::caption::images::is_image_name(Path::new(side.trim())) {
+                match caps.lookup(side, at)? {
+                    Some(c) => {
+                        *side = c.to_string();
+                        caps.captioned.set(caps.captioned.get() + 1);
+                    }
+                    None if self.cfg.missing_captions == Some(OnMissing::Drop) => {
+                        caps.dropped.set(caps.dropped.get() + 1);
+                        return Ok(None);
+                    }
+                    None => bail!(
+                        "{}: {name} is the image {:?}, which has no caption in {} (absent or skipped; `missing_captions: drop` drops such rows)",
+                        at(),
+                        side.as_str(),
+                        caps.path.display()
+                    ),
+                }
+            }
+        }
         let label = match (&self.label_index, &cells[2]) {
             (_, Cell::Missing) => bail!("{}: {}", at(), missing("label", cols[2].1)),
             (None, Cell::Number(x)) => Label::Score(self.scaled(*x, at)?),
@@ -1197,6 +1339,76 @@ mod tests {
                 .to_string()
                 .contains("does not exist")
         );
+    }
+
+    #[test]
+    fn image_prompts_take_their_captions_and_text_prompts_pass_through() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("captions.jsonl"),
+            concat!(
+                r#"{"image":"data/img/a.png","sha256":"x","caption":"猫が寝ている","method":"ocr","model":"t","status":"ok","error":null}"#, "\n",
+                r#"{"image":"data/img/b.jpg","sha256":"y","caption":null,"method":"ocr","model":"t","status":"skipped","error":"bad"}"#, "\n",
+                r#"{"image":"data/other/c.png","sha256":"z","caption":"dog","method":"ocr","model":"t","status":"ok","error":null}"#, "\n",
+                r#"{"image":"data/more/c.png","sha256":"w","caption":"cat","method":"ocr","model":"t","status":"ok","error":null}"#, "\n",
+            ),
+        )
+        .unwrap();
+        let rows = |extra: &str| {
+            format!(
+                "{{\"prompt\":\"data/img/a.png\",\"answer\":\"起きて\",\"score\":3}}\n\
+                 {{\"prompt\":\"./a.png\",\"answer\":\"寝かせて\",\"score\":1}}\n\
+                 {{\"prompt\":\"What is a duck?\",\"answer\":\"a bird\",\"score\":2}}\n{extra}"
+            )
+        };
+        std::fs::write(dir.path().join("pairs.jsonl"), rows("")).unwrap();
+        let with = |extra: serde_json::Value| {
+            let mut w = serde_json::json!({"input": "pairs.jsonl", "text_a": "prompt", "text_b": "answer",
+                "label": "score", "split": {"dev": 0.0, "test": 0.0}, "captions": "captions.jsonl"});
+            w.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            w
+        };
+        let out = run(dir.path(), with(serde_json::json!({}))).unwrap();
+        let train = lines(&out["train"]);
+        let texts: Vec<&str> = train.iter().map(|r| r["text_a"].as_str().unwrap()).collect();
+        assert_eq!(texts, ["猫が寝ている", "猫が寝ている", "What is a duck?"]);
+        // The group is the reference, not the caption.
+        assert_eq!(train[0]["group"], "data/img/a.png");
+        let stats: serde_json::Value = serde_json::from_str(&out["stats"]).unwrap();
+        assert_eq!((stats["captioned"].as_u64(), stats["dropped_no_caption"].as_u64()), (Some(2), Some(0)));
+
+        // A skipped caption: an error naming the row, or the row dropped and counted.
+        std::fs::write(
+            dir.path().join("pairs.jsonl"),
+            rows("{\"prompt\":\"data/img/b.jpg\",\"answer\":\"x\",\"score\":0}\n"),
+        )
+        .unwrap();
+        let err = run(dir.path(), with(serde_json::json!({}))).unwrap_err().to_string();
+        assert!(err.contains("pairs.jsonl:4") && err.contains("data/img/b.jpg"), "{err}");
+        assert!(err.contains("missing_captions: drop"), "{err}");
+        let out = run(dir.path(), with(serde_json::json!({"missing_captions": "drop"}))).unwrap();
+        assert_eq!(lines(&out["train"]).len(), 3);
+        let stats: serde_json::Value = serde_json::from_str(&out["stats"]).unwrap();
+        assert_eq!(stats["dropped_no_caption"], 1);
+        assert_eq!(stats["skipped"], 0);
+
+        // A tail that names two images is refused rather than guessed.
+        std::fs::write(
+            dir.path().join("pairs.jsonl"),
+            "{\"prompt\":\"c.png\",\"answer\":\"x\",\"score\":0}\n",
+        )
+        .unwrap();
+        let err = run(dir.path(), with(serde_json::json!({}))).unwrap_err().to_string();
+        assert!(err.contains("matches 2 captioned images"), "{err}");
+
+        let err = run(
+            dir.path(),
+            serde_json::json!({"input": "pairs.jsonl", "text_a": "prompt", "text_b": "answer",
+                "label": "score", "missing_captions": "drop"}),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("apply to `captions:`"), "{err}");
     }
 
     #[test]
