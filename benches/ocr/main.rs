@@ -16,7 +16,10 @@ use tsumugi_stages::caption::ocr::Tesseract;
 use tsumugi_stages::caption::preprocess::{Binarize, Preprocess};
 use tsumugi_stages::caption::render::{self, Fonts, Spec, char_error_rate};
 
-const JA: [&str; 2] = ["今日は雨が降りそうなので傘を持って出かけます", "駅前の新しいパン屋さんはとても人気がある"];
+const JA: [&str; 2] = [
+    "今日は雨が降りそうなので傘を持って出かけます",
+    "駅前の新しいパン屋さんはとても人気がある",
+];
 const EN: [&str; 2] = [
     "The quick brown fox jumps over the lazy dog",
     "Please remember to water the plants on Friday",
@@ -76,9 +79,21 @@ fn main() -> Result<()> {
                                 noise,
                                 seed: cases.len() as u64 + 1,
                             });
-                            let path = dir.join(format!("{:02}-{lang}-{font}-{px}-{rotate}-{noise}.png", cases.len()));
+                            let path = dir.join(format!(
+                                "{:02}-{lang}-{font}-{px}-{rotate}-{noise}.png",
+                                cases.len()
+                            ));
                             img.save(&path)?;
-                            cases.push(Case { lang, font, px, rotate, noise, text, path, img: DynamicImage::ImageRgb8(img) });
+                            cases.push(Case {
+                                lang,
+                                font,
+                                px,
+                                rotate,
+                                noise,
+                                text,
+                                path,
+                                img: DynamicImage::ImageRgb8(img),
+                            });
                         }
                     }
                 }
@@ -124,7 +139,11 @@ fn main() -> Result<()> {
             secs[k] = t.elapsed().as_secs_f64();
             cer[k] = char_error_rate(&text, c.text);
         }
-        rows.push((format!("{}", c.path.file_name().unwrap().to_string_lossy()), cer, secs));
+        rows.push((
+            format!("{}", c.path.file_name().unwrap().to_string_lossy()),
+            cer,
+            secs,
+        ));
         eprintln!(
             "{:<40} a {:.3}  b {:.3}  c {:.3}  d {:.3}  e {:.3}",
             rows.last().unwrap().0,
@@ -158,7 +177,9 @@ fn main() -> Result<()> {
     println!("| --- | --- | --- | --- | --- | --- | --- |");
     for lang in ["jpn", "eng"] {
         for px in [16.0, 32.0] {
-            group(&format!("{lang}, {px} px"), &|c| c.lang == lang && c.px == px);
+            group(&format!("{lang}, {px} px"), &|c| {
+                c.lang == lang && c.px == px
+            });
         }
     }
     for font in ["sans", "serif"] {

@@ -202,7 +202,16 @@ fn despeckle(gray: &mut GrayImage) {
         for x in 0..w {
             let (xi, yi) = (x as i64, y as i64);
             let mut n = 0;
-            for (dx, dy) in [(-1, -1), (0, -1), (1, -1), (-1, 0), (1, 0), (-1, 1), (0, 1), (1, 1)] {
+            for (dx, dy) in [
+                (-1, -1),
+                (0, -1),
+                (1, -1),
+                (-1, 0),
+                (1, 0),
+                (-1, 1),
+                (0, 1),
+                (1, 1),
+            ] {
                 n += u32::from(at(xi + dx, yi + dy));
             }
             let i = (y * w + x) as usize;
@@ -364,8 +373,15 @@ mod tests {
         };
         let (out, applied) = otsu.apply(&DynamicImage::ImageRgb8(img.clone()));
         assert!(applied.scale > 2.0, "{applied:?}");
-        assert_eq!(out.height(), (img.height() as f32 * applied.scale).round() as u32);
-        assert!(out.to_luma8().pixels().all(|p| p.0[0] == 0 || p.0[0] == 255));
+        assert_eq!(
+            out.height(),
+            (img.height() as f32 * applied.scale).round() as u32
+        );
+        assert!(
+            out.to_luma8()
+                .pixels()
+                .all(|p| p.0[0] == 0 || p.0[0] == 255)
+        );
         let (same, none) = Preprocess::none().apply(&DynamicImage::ImageRgb8(img.clone()));
         assert_eq!(none.scale, 1.0);
         assert_eq!(same.to_rgb8(), img);
@@ -387,7 +403,10 @@ mod tests {
         assert_eq!(g.get_pixel(3, 25).0[0], 255);
         assert_eq!(g.get_pixel(12, 10).0[0], 0);
         assert!((5..25).all(|x| (9..12).all(|y| g.get_pixel(x, y).0[0] == 0)));
-        assert!((5..25).all(|x| g.get_pixel(x, 20).0[0] == 0), "a thin stroke stays");
+        assert!(
+            (5..25).all(|x| g.get_pixel(x, 20).0[0] == 0),
+            "a thin stroke stays"
+        );
     }
 
     #[test]
