@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use image::DynamicImage;
+use tsumugi_stages::caption::image::DynamicImage;
 use tsumugi_stages::caption::ocr::Tesseract;
 use tsumugi_stages::caption::preprocess::{Binarize, Preprocess};
 use tsumugi_stages::caption::render::{self, Fonts, Spec, char_error_rate};

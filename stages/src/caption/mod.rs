@@ -20,6 +20,9 @@ pub mod ocr;
 pub mod preprocess;
 pub mod render;
 
+// The image types of [`Captioner`]'s signature, for callers without their own `image`
+// dependency (the OCR benchmark builds as a target of the root package too).
+pub use image;
 use serde::Serialize;
 
 /// Turns one image into text. `ocr_text` is what OCR read from the same image, for a

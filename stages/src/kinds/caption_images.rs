@@ -289,12 +289,8 @@ impl Stage for CaptionImages {
             let n = rows.len();
             let secs = started.elapsed().as_secs_f64().max(1e-9);
             let rate = n as f64 / secs;
-            let eta = (total - n) as f64 / rate.max(1e-9);
-            report.progress(
-                n as u64,
-                Some(total as u64),
-                &format!("{n}/{total} images, {rate:.1} images/s, ETA {eta:.0} s"),
-            );
+            // The engine's display adds done/total, the percentage and the ETA.
+            report.progress(n as u64, Some(total as u64), &format!("{rate:.1} images/s"));
         }
 
         let mut buf = Vec::new();
