@@ -30,9 +30,24 @@ fn tsumugi_run_captions_a_folder_of_images() {
     let fonts = Fonts::find().unwrap();
     let p = Proj::new(PIPELINE);
     let texts = [
-        ("data/images/1-en.png", "Never trust a smiling cat", fonts.sans_latin(), 0.0),
-        ("data/images/2-ja.png", "電車で寝過ごした", fonts.sans_cjk(), 0.0),
-        ("data/images/3-ja-tilted.png", "明日は雨が降るでしょう", fonts.sans_cjk(), 2.0),
+        (
+            "data/images/1-en.png",
+            "Never trust a smiling cat",
+            fonts.sans_latin(),
+            0.0,
+        ),
+        (
+            "data/images/2-ja.png",
+            "電車で寝過ごした",
+            fonts.sans_cjk(),
+            0.0,
+        ),
+        (
+            "data/images/3-ja-tilted.png",
+            "明日は雨が降るでしょう",
+            fonts.sans_cjk(),
+            2.0,
+        ),
     ];
     for (rel, text, font, deg) in &texts {
         let spec = Spec {
@@ -49,7 +64,10 @@ fn tsumugi_run_captions_a_folder_of_images() {
 
     let (code, v, err) = p.run(&[]);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(Proj::statuses(&v), [("caption".to_string(), "ran".to_string())]);
+    assert_eq!(
+        Proj::statuses(&v),
+        [("caption".to_string(), "ran".to_string())]
+    );
     let rows: Vec<serde_json::Value> = p
         .read("out/cap/caption/captions.jsonl")
         .lines()
@@ -68,5 +86,8 @@ fn tsumugi_run_captions_a_folder_of_images() {
     // Nothing changed: nothing runs again.
     let (code, v, _) = p.run(&[]);
     assert_eq!(code, 0);
-    assert_eq!(Proj::statuses(&v), [("caption".to_string(), "cached".to_string())]);
+    assert_eq!(
+        Proj::statuses(&v),
+        [("caption".to_string(), "cached".to_string())]
+    );
 }

@@ -1,6 +1,6 @@
 //! OCR quality (issue 13): character error rate of (a) the plain `tesseract` CLI on the raw
-//! image file, (b) tsumugi's OCR without preprocessing and (c) with its default
-//! preprocessing, over a fixed set of images drawn here: Japanese and English × sans and
+//! image file, (b) tsumugi's OCR without preprocessing, (c) with its default preprocessing,
+//! (d) without denoise and (e) with Otsu binarisation added, over a fixed set of images drawn here: Japanese and English × sans and
 //! serif fonts × 16 and 32 px × straight and rotated 3° × clean and 3 % noise × 2 texts
 //! (64 images). Prints a Markdown table; `benches/ocr/run.sh` runs it.
 //!
@@ -11,12 +11,15 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use image::DynamicImage;
+use tsumugi_stages::caption::image::DynamicImage;
 use tsumugi_stages::caption::ocr::Tesseract;
-use tsumugi_stages::caption::preprocess::Preprocess;
+use tsumugi_stages::caption::preprocess::{Binarize, Preprocess};
 use tsumugi_stages::caption::render::{self, Fonts, Spec, char_error_rate};
 
-const JA: [&str; 2] = ["今日は雨が降りそうなので傘を持って出かけます", "駅前の新しいパン屋さんはとても人気がある"];
+const JA: [&str; 2] = [
+    "今日は雨が降りそうなので傘を持って出かけます",
+    "駅前の新しいパン屋さんはとても人気がある",
+];
 const EN: [&str; 2] = [
     "The quick brown fox jumps over the lazy dog",
     "Please remember to water the plants on Friday",
@@ -34,10 +37,13 @@ struct Case {
     img: DynamicImage,
 }
 
+/// (a) the CLI, then tsumugi's variants.
+const N: usize = 5;
+
 #[derive(Default, Clone, Copy)]
 struct Acc {
-    cer: [f64; 3],
-    secs: [f64; 3],
+    cer: [f64; N],
+    secs: [f64; N],
     n: usize,
 }
 
@@ -73,9 +79,21 @@ fn main() -> Result<()> {
                                 noise,
                                 seed: cases.len() as u64 + 1,
                             });
-                            let path = dir.join(format!("{:02}-{lang}-{font}-{px}-{rotate}-{noise}.png", cases.len()));
+                            let path = dir.join(format!(
+                                "{:02}-{lang}-{font}-{px}-{rotate}-{noise}.png",
+                                cases.len()
+                            ));
                             img.save(&path)?;
-                            cases.push(Case { lang, font, px, rotate, noise, text, path, img: DynamicImage::ImageRgb8(img) });
+                            cases.push(Case {
+                                lang,
+                                font,
+                                px,
+                                rotate,
+                                noise,
+                                text,
+                                path,
+                                img: DynamicImage::ImageRgb8(img),
+                            });
                         }
                     }
                 }
@@ -83,12 +101,22 @@ fn main() -> Result<()> {
         }
     }
 
-    let none = Preprocess::none();
-    let pre = Preprocess::default();
-    let mut rows: Vec<(String, [f64; 3], [f64; 3])> = Vec::new();
+    let variants = [
+        Preprocess::none(),
+        Preprocess::default(),
+        Preprocess {
+            denoise: false,
+            ..Preprocess::default()
+        },
+        Preprocess {
+            binarize: Binarize::Otsu,
+            ..Preprocess::default()
+        },
+    ];
+    let mut rows: Vec<(String, [f64; N], [f64; N])> = Vec::new();
     for c in &cases {
-        let mut cer = [0.0; 3];
-        let mut secs = [0.0; 3];
+        let mut cer = [0.0; N];
+        let mut secs = [0.0; N];
         // (a) what a user runs by hand: the CLI on the file.
         let t = Instant::now();
         let out = Command::new("tesseract")
@@ -102,23 +130,36 @@ fn main() -> Result<()> {
         }
         secs[0] = t.elapsed().as_secs_f64();
         cer[0] = char_error_rate(&String::from_utf8_lossy(&out.stdout), c.text);
-        // (b) tsumugi, no preprocessing; (c) tsumugi, default preprocessing.
-        for (k, p) in [(1, &none), (2, &pre)] {
+        // (b) tsumugi, no preprocessing; (c) default preprocessing; (d) without denoise;
+        // (e) with Otsu binarisation.
+        for (k, p) in variants.iter().enumerate().map(|(i, p)| (i + 1, p)) {
             let t = Instant::now();
             let (page, _) = p.apply(&c.img);
             let text = tess.read(&page, None)?;
             secs[k] = t.elapsed().as_secs_f64();
             cer[k] = char_error_rate(&text, c.text);
         }
-        rows.push((format!("{}", c.path.file_name().unwrap().to_string_lossy()), cer, secs));
-        eprintln!("{:<40} a {:.3}  b {:.3}  c {:.3}", rows.last().unwrap().0, cer[0], cer[1], cer[2]);
+        rows.push((
+            format!("{}", c.path.file_name().unwrap().to_string_lossy()),
+            cer,
+            secs,
+        ));
+        eprintln!(
+            "{:<40} a {:.3}  b {:.3}  c {:.3}  d {:.3}  e {:.3}",
+            rows.last().unwrap().0,
+            cer[0],
+            cer[1],
+            cer[2],
+            cer[3],
+            cer[4]
+        );
     }
 
     let group = |name: &str, pick: &dyn Fn(&Case) -> bool| {
         let mut acc = Acc::default();
         for (c, (_, cer, secs)) in cases.iter().zip(&rows) {
             if pick(c) {
-                for k in 0..3 {
+                for k in 0..N {
                     acc.cer[k] += cer[k];
                     acc.secs[k] += secs[k];
                 }
@@ -126,20 +167,19 @@ fn main() -> Result<()> {
             }
         }
         let m = |x: f64| x / acc.n as f64;
-        println!(
-            "| {name} | {} | {:.3} | {:.3} | {:.3} |",
-            acc.n,
-            m(acc.cer[0]),
-            m(acc.cer[1]),
-            m(acc.cer[2])
-        );
+        let cells: Vec<String> = acc.cer.iter().map(|x| format!("{:.3}", m(*x))).collect();
+        println!("| {name} | {} | {} |", acc.n, cells.join(" | "));
         acc
     };
-    println!("| setting | images | (a) tesseract CLI, raw file | (b) tsumugi, no preprocessing | (c) tsumugi, preprocessing |");
-    println!("| --- | --- | --- | --- | --- |");
+    println!(
+        "| setting | images | (a) tesseract CLI, raw file | (b) tsumugi, no preprocessing | (c) tsumugi, default preprocessing | (d) (c) without denoise | (e) (c) + Otsu binarisation |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
     for lang in ["jpn", "eng"] {
         for px in [16.0, 32.0] {
-            group(&format!("{lang}, {px} px"), &|c| c.lang == lang && c.px == px);
+            group(&format!("{lang}, {px} px"), &|c| {
+                c.lang == lang && c.px == px
+            });
         }
     }
     for font in ["sans", "serif"] {
@@ -151,14 +191,17 @@ fn main() -> Result<()> {
     group("3 % noise", &|c| c.noise != 0.0);
     let all = group("**all**", &|_| true);
     println!();
-    println!(
-        "time per image: (a) {:.2} s, (b) {:.2} s ({:.2}× a), (c) {:.2} s ({:.2}× a)",
-        all.secs[0] / all.n as f64,
-        all.secs[1] / all.n as f64,
-        all.secs[1] / all.secs[0],
-        all.secs[2] / all.n as f64,
-        all.secs[2] / all.secs[0]
-    );
+    let times: Vec<String> = (0..N)
+        .map(|k| {
+            format!(
+                "({}) {:.2} s = {:.2}× a",
+                (b'a' + k as u8) as char,
+                all.secs[k] / all.n as f64,
+                all.secs[k] / all.secs[0]
+            )
+        })
+        .collect();
+    println!("time per image: {}", times.join(", "));
     println!("{}", tess.name());
     Ok(())
 }

@@ -168,10 +168,26 @@ mod tests {
                 with(&pairs, "captions", json!("out/p/caption/captions.jsonl")),
                 true,
             ),
-            ("build-pairs", with(&pairs, "caption_for", json!("text_b")), true),
-            ("build-pairs", with(&pairs, "caption_for", json!("prompt")), false),
-            ("build-pairs", with(&pairs, "missing_captions", json!("drop")), true),
-            ("build-pairs", with(&pairs, "missing_captions", json!("skip")), false),
+            (
+                "build-pairs",
+                with(&pairs, "caption_for", json!("text_b")),
+                true,
+            ),
+            (
+                "build-pairs",
+                with(&pairs, "caption_for", json!("prompt")),
+                false,
+            ),
+            (
+                "build-pairs",
+                with(&pairs, "missing_captions", json!("drop")),
+                true,
+            ),
+            (
+                "build-pairs",
+                with(&pairs, "missing_captions", json!("skip")),
+                false,
+            ),
             ("caption-images", json!({"images": "data/images"}), true),
             (
                 "caption-images",
@@ -184,11 +200,31 @@ mod tests {
                 true,
             ),
             ("caption-images", json!({"method": "ocr"}), false),
-            ("caption-images", json!({"images": "d", "method": "tesseract"}), false),
-            ("caption-images", json!({"images": "d", "on_error": "ignore"}), false),
-            ("caption-images", json!({"images": "d", "batch_size": 0}), false),
-            ("caption-images", json!({"images": "d", "preprocess": {"binarize": "sauvola"}}), false),
-            ("caption-images", json!({"images": "d", "preprocess": {"deskw": true}}), false),
+            (
+                "caption-images",
+                json!({"images": "d", "method": "tesseract"}),
+                false,
+            ),
+            (
+                "caption-images",
+                json!({"images": "d", "on_error": "ignore"}),
+                false,
+            ),
+            (
+                "caption-images",
+                json!({"images": "d", "batch_size": 0}),
+                false,
+            ),
+            (
+                "caption-images",
+                json!({"images": "d", "preprocess": {"binarize": "sauvola"}}),
+                false,
+            ),
+            (
+                "caption-images",
+                json!({"images": "d", "preprocess": {"deskw": true}}),
+                false,
+            ),
             ("train-lora", train.clone(), true),
             (
                 "train-lora",

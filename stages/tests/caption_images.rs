@@ -19,13 +19,16 @@ use tsumugi_stages::kinds;
 #[derive(Default)]
 struct Recorder {
     lines: Mutex<Vec<String>>,
-    progress: Mutex<Vec<String>>,
+    progress: Mutex<Vec<(u64, Option<u64>, String)>>,
     cancel: AtomicBool,
 }
 
 impl Reporter for Recorder {
-    fn progress(&self, _: u64, _: Option<u64>, message: &str) {
-        self.progress.lock().unwrap().push(message.into());
+    fn progress(&self, done: u64, total: Option<u64>, message: &str) {
+        self.progress
+            .lock()
+            .unwrap()
+            .push((done, total, message.into()));
     }
     fn metric(&self, _: &str, _: Option<u64>, _: f64) {}
     fn log(&self, line: &str) {
@@ -53,8 +56,10 @@ fn run_with_env(
         .iter()
         .map(|(k, f)| (k.to_string(), dir.join(f)))
         .collect();
-    let env: BTreeMap<String, String> =
-        env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let env: BTreeMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let input = StageInput {
         name: "caption",
         project_root: root,
@@ -156,32 +161,60 @@ fn japanese_and_english_in_every_format_sizes_rotations_and_noise_are_read() {
     assert_eq!(got, expected, "one row per image, sorted by path");
     for (rel, s, max_cer) in &cases {
         let row = rows.iter().find(|r| r["image"] == *rel).unwrap();
-        let keys: Vec<&str> = row.as_object().unwrap().keys().map(String::as_str).collect();
-        assert_eq!(keys, ["image", "sha256", "caption", "method", "model", "status", "error"]);
+        let keys: Vec<&str> = row
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "image", "sha256", "caption", "method", "model", "status", "error"
+            ]
+        );
         let caption = row["caption"].as_str().unwrap();
         let cer = char_error_rate(caption, &s.text);
-        assert!(cer <= *max_cer, "{rel}: read {caption:?} for {:?} (CER {cer:.3})", s.text);
+        assert!(
+            cer <= *max_cer,
+            "{rel}: read {caption:?} for {:?} (CER {cer:.3})",
+            s.text
+        );
         assert_eq!(row["status"], "ok");
         assert_eq!(row["error"], Value::Null);
         assert_eq!(row["method"], "ocr");
         let model = row["model"].as_str().unwrap();
-        assert!(model.starts_with("tesseract ") && model.ends_with(" jpn+eng"), "{model}");
+        assert!(
+            model.starts_with("tesseract ") && model.ends_with(" jpn+eng"),
+            "{model}"
+        );
         let bytes = std::fs::read(root.join(rel)).unwrap();
         assert_eq!(row["sha256"], hex::encode(Sha256::digest(&bytes)));
     }
-    let timing_keys: Vec<&str> = timings.iter().map(|r| r["image"].as_str().unwrap()).collect();
+    let timing_keys: Vec<&str> = timings
+        .iter()
+        .map(|r| r["image"].as_str().unwrap())
+        .collect();
     assert_eq!(timing_keys, expected);
-    assert!(timings.iter().all(|t| t["caption_ms"].as_f64().unwrap() > 0.0));
-    let progress = rep.progress.lock().unwrap();
     assert!(
-        progress.last().unwrap().starts_with("5/5 images, ") && progress.last().unwrap().contains("images/s"),
+        timings
+            .iter()
+            .all(|t| t["caption_ms"].as_f64().unwrap() > 0.0)
+    );
+    let progress = rep.progress.lock().unwrap();
+    let last = progress.last().unwrap();
+    assert!(
+        last.0 == 5 && last.1 == Some(5) && last.2.ends_with(" images/s"),
         "{progress:?}"
     );
 
     // The same images give the same bytes (no timings in the captions).
     let first = std::fs::read(root.join("out/caption/captions.jsonl")).unwrap();
     run(root, json!({"images": "data/images", "batch_size": 1})).unwrap();
-    assert_eq!(std::fs::read(root.join("out/caption/captions.jsonl")).unwrap(), first);
+    assert_eq!(
+        std::fs::read(root.join("out/caption/captions.jsonl")).unwrap(),
+        first
+    );
 }
 
 /// A minimal EXIF block (APP1) whose Orientation tag is `orientation`, inserted after SOI.
@@ -213,7 +246,10 @@ fn a_jpeg_turned_by_exif_is_read_upright() {
     let stored = image::imageops::rotate270(&upright);
     let mut jpeg = Vec::new();
     image::DynamicImage::ImageRgb8(stored)
-        .write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg)
+        .write_to(
+            &mut std::io::Cursor::new(&mut jpeg),
+            image::ImageFormat::Jpeg,
+        )
         .unwrap();
     let jpeg = with_exif_orientation(&jpeg, 6);
     let decoded = images::decode(&jpeg).unwrap();
@@ -230,13 +266,20 @@ fn a_jpeg_turned_by_exif_is_read_upright() {
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0]["image"], "photos/IMG_0001.JPG");
     let caption = rows[0]["caption"].as_str().unwrap();
-    assert!(char_error_rate(caption, "Sideways photo caption") <= 0.1, "{caption:?}");
+    assert!(
+        char_error_rate(caption, "Sideways photo caption") <= 0.1,
+        "{caption:?}"
+    );
 }
 
 fn broken_project() -> tempfile::TempDir {
     let fonts = Fonts::find().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    save(dir.path(), "imgs/a-good.png", &render::render(&spec("Hello there", fonts.sans_latin(), 32.0)));
+    save(
+        dir.path(),
+        "imgs/a-good.png",
+        &render::render(&spec("Hello there", fonts.sans_latin(), 32.0)),
+    );
     std::fs::write(dir.path().join("imgs/b-broken.png"), b"this is not a PNG").unwrap();
     dir
 }
@@ -250,7 +293,10 @@ fn an_unreadable_image_fails_the_stage_or_is_recorded_as_on_error_says() {
     let err = run(root, with("fail")).unwrap_err().to_string();
     assert!(err.contains("image imgs/b-broken.png"), "{err}");
     assert!(err.contains("on_error: skip"), "{err}");
-    assert!(!root.join("out/caption/captions.jsonl").exists(), "nothing written on failure");
+    assert!(
+        !root.join("out/caption/captions.jsonl").exists(),
+        "nothing written on failure"
+    );
 
     let rep = Recorder::default();
     let (rows, _) = run_with_env(root, with("skip"), &[], &rep).unwrap();
@@ -260,7 +306,11 @@ fn an_unreadable_image_fails_the_stage_or_is_recorded_as_on_error_says() {
     assert_eq!(rows[1]["image"], "imgs/b-broken.png");
     assert_eq!(rows[1]["status"], "skipped");
     assert_eq!(rows[1]["caption"], Value::Null);
-    assert!(rows[1]["error"].as_str().unwrap().contains("not an image"), "{}", rows[1]);
+    assert!(
+        rows[1]["error"].as_str().unwrap().contains("not an image"),
+        "{}",
+        rows[1]
+    );
     assert_eq!(
         rows[1]["sha256"],
         hex::encode(Sha256::digest(b"this is not a PNG")),
@@ -268,7 +318,8 @@ fn an_unreadable_image_fails_the_stage_or_is_recorded_as_on_error_says() {
     );
     let logs = rep.lines.lock().unwrap();
     assert!(
-        logs.iter().any(|l| l.contains("imgs/b-broken.png") && l.contains("skipped")),
+        logs.iter()
+            .any(|l| l.contains("imgs/b-broken.png") && l.contains("skipped")),
         "{logs:?}"
     );
 
@@ -285,7 +336,10 @@ fn a_missing_language_pack_or_engine_names_the_packages_to_install() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("no language pack for zzz"), "{err}");
-    assert!(err.contains("apt-get install tesseract-ocr tesseract-ocr-zzz"), "{err}");
+    assert!(
+        err.contains("apt-get install tesseract-ocr tesseract-ocr-zzz"),
+        "{err}"
+    );
 
     let err = run_with_env(
         dir.path(),
@@ -305,9 +359,12 @@ fn a_missing_language_pack_or_engine_names_the_packages_to_install() {
 #[test]
 fn vlm_is_refused_in_this_build_and_cancellation_stops_between_images() {
     let dir = broken_project();
-    let err = run(dir.path(), json!({"images": "imgs", "method": "vlm", "model": "models/qwen2-vl"}))
-        .unwrap_err()
-        .to_string();
+    let err = run(
+        dir.path(),
+        json!({"images": "imgs", "method": "vlm", "model": "models/qwen2-vl"}),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("not in this build"), "{err}");
     let err = run(dir.path(), json!({"images": "imgs", "method": "vlm+ocr"}))
         .unwrap_err()
@@ -316,12 +373,19 @@ fn vlm_is_refused_in_this_build_and_cancellation_stops_between_images() {
 
     let rep = Recorder::default();
     rep.cancel.store(true, Ordering::SeqCst);
-    let err = run_with_env(dir.path(), json!({"images": "imgs", "language": "eng"}), &[], &rep)
-        .unwrap_err()
-        .to_string();
+    let err = run_with_env(
+        dir.path(),
+        json!({"images": "imgs", "language": "eng"}),
+        &[],
+        &rep,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("cancelled after 0 of 2 images"), "{err}");
     assert!(!dir.path().join("out/caption/captions.jsonl").exists());
 
-    let err = run(dir.path(), json!({"images": "no/such/dir"})).unwrap_err().to_string();
+    let err = run(dir.path(), json!({"images": "no/such/dir"}))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("no/such/dir"), "{err}");
 }

@@ -22,7 +22,10 @@ pub fn list(project_root: &Path, path: &Path) -> Result<Vec<PathBuf>> {
     } else if meta.is_dir() {
         walk(path, &mut found)?;
     } else {
-        bail!("images: {} is neither a file nor a directory", path.display());
+        bail!(
+            "images: {} is neither a file nor a directory",
+            path.display()
+        );
     }
     found.sort_by_cached_key(|p| display_path(project_root, p));
     Ok(found)

@@ -1,7 +1,7 @@
 //! Captions for images: the `caption-images` kind's machinery without the kind itself.
 //!
 //! [`images`] lists and decodes the images (EXIF orientation applied), [`preprocess`]
-//! prepares a page for OCR (grayscale, contrast stretch, Otsu binarisation, deskew,
+//! prepares a page for OCR (grayscale, contrast stretch, despeckling, deskew, optional Otsu,
 //! upscaling of small text), [`ocr`] runs Tesseract found at run time, and [`render`] draws
 //! text into images for tests and the OCR benchmark. A [`Captioner`] turns one image into
 //! text; the OCR one is [`ocr::OcrCaptioner`], a VLM (Qwen2-VL) implements the same trait.
@@ -20,6 +20,9 @@ pub mod ocr;
 pub mod preprocess;
 pub mod render;
 
+// The image types of [`Captioner`]'s signature, for callers without their own `image`
+// dependency (the OCR benchmark builds as a target of the root package too).
+pub use image;
 use serde::Serialize;
 
 /// Turns one image into text. `ocr_text` is what OCR read from the same image, for a

@@ -90,7 +90,9 @@ impl Tesseract {
     pub fn with_languages(mut self, languages: &str) -> Result<Tesseract> {
         let wanted: Vec<&str> = languages.split('+').map(str::trim).collect();
         if wanted.iter().any(|l| l.is_empty()) {
-            bail!("language {languages:?}: expected Tesseract language codes joined by `+`, such as `jpn+eng`");
+            bail!(
+                "language {languages:?}: expected Tesseract language codes joined by `+`, such as `jpn+eng`"
+            );
         }
         let have = self.list_languages()?;
         let missing: Vec<&str> = wanted
@@ -241,7 +243,10 @@ mod tests {
 
     #[test]
     fn japanese_spacing_is_removed_and_latin_kept() {
-        assert_eq!(tidy("日 本 語 の 文\n\n Hello  world \u{c}"), "日本語の文\nHello world");
+        assert_eq!(
+            tidy("日 本 語 の 文\n\n Hello  world \u{c}"),
+            "日本語の文\nHello world"
+        );
         assert_eq!(tidy("猫 が 好 き 。 Cats"), "猫が好き。 Cats");
         assert_eq!(language_package("chi_sim"), "tesseract-ocr-chi-sim");
     }

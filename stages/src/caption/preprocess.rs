@@ -1,5 +1,6 @@
 //! A page made easy for Tesseract, in Rust: grayscale, contrast stretch, dark-on-light,
-//! denoise, deskew by projection profile, upscaling of small text, Otsu binarisation.
+//! despeckling, deskew by projection profile, upscaling of small text, Otsu binarisation
+//! (off by default: Tesseract thresholds the gray page better, BENCHMARKS.md "OCR quality").
 //!
 //! Order matters: the skew and the text height are measured on an Otsu mask of the
 //! stretched grayscale, the grayscale is rotated and scaled (interpolating gray levels, not
@@ -10,7 +11,7 @@ use imageproc::geometric_transformations::{Interpolation, rotate_about_center};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-/// `preprocess:` of `caption-images`. Every step is on by default except `denoise`; any
+/// `preprocess:` of `caption-images`. Every step is on by default except `binarize`; any
 /// step but `grayscale` works on the grayscale image, so it implies it.
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -20,9 +21,12 @@ pub struct Preprocess {
     /// Stretch the 1st..99th percentile of gray levels to the full range, and turn light
     /// text on a dark background into dark on light (default true).
     pub contrast: bool,
-    /// A 3×3 median filter against speckle noise (default false: it thins small strokes).
+    /// Remove speckle noise: isolated dark pixels turn white and pinholes in strokes dark,
+    /// judged against Otsu's threshold by the 8 neighbours (default true). Unlike a median
+    /// filter it leaves thin strokes of small text alone.
     pub denoise: bool,
-    /// `otsu` (default): black and white at Otsu's threshold; `none`: keep gray levels.
+    /// `none` (default): hand Tesseract the gray levels (it thresholds them itself, and
+    /// measured better: BENCHMARKS.md); `otsu`: black and white at Otsu's threshold.
     pub binarize: Binarize,
     /// Straighten text rotated by up to `max_skew_degrees` (default true).
     pub deskew: bool,
@@ -46,8 +50,8 @@ impl Default for Preprocess {
         Preprocess {
             grayscale: true,
             contrast: true,
-            denoise: false,
-            binarize: Binarize::Otsu,
+            denoise: true,
+            binarize: Binarize::None,
             deskew: true,
             max_skew_degrees: 5.0,
             upscale_min_height: 40,
@@ -106,7 +110,7 @@ impl Preprocess {
             stretch(&mut gray);
         }
         if self.denoise {
-            gray = imageproc::filter::median_filter(&gray, 1, 1);
+            despeckle(&mut gray);
         }
         if self.deskew || self.upscale_min_height > 0 {
             let level = imageproc::contrast::otsu_level(&gray);
@@ -182,6 +186,41 @@ fn stretch(gray: &mut GrayImage) {
             p.0[0]
         };
         p.0[0] = if invert { 255 - v } else { v };
+    }
+}
+
+/// Isolated dark pixels (no dark 8-neighbour) become white, light pixels with at least 7
+/// dark neighbours become dark: salt-and-pepper noise goes, strokes keep their width.
+fn despeckle(gray: &mut GrayImage) {
+    let level = imageproc::contrast::otsu_level(gray);
+    let (w, h) = gray.dimensions();
+    let dark: Vec<bool> = gray.pixels().map(|p| p.0[0] <= level).collect();
+    let at = |x: i64, y: i64| {
+        x >= 0 && y >= 0 && x < w as i64 && y < h as i64 && dark[(y as u32 * w + x as u32) as usize]
+    };
+    for y in 0..h {
+        for x in 0..w {
+            let (xi, yi) = (x as i64, y as i64);
+            let mut n = 0;
+            for (dx, dy) in [
+                (-1, -1),
+                (0, -1),
+                (1, -1),
+                (-1, 0),
+                (1, 0),
+                (-1, 1),
+                (0, 1),
+                (1, 1),
+            ] {
+                n += u32::from(at(xi + dx, yi + dy));
+            }
+            let i = (y * w + x) as usize;
+            if dark[i] && n == 0 {
+                gray.put_pixel(x, y, Luma([255]));
+            } else if !dark[i] && n >= 7 {
+                gray.put_pixel(x, y, Luma([0]));
+            }
+        }
     }
 }
 
@@ -263,9 +302,10 @@ fn rotate(gray: &GrayImage, degrees: f32) -> GrayImage {
 }
 
 /// The median height of the runs of rows holding ink (text lines), ignoring runs under 3
-/// rows (speckles, underlines); 0 when there is no text.
+/// rows (speckles, underlines); 0 when there is no text. A row holds ink when it has more
+/// than a tenth of the inkiest row's dark pixels, so scattered noise does not join lines.
 fn median_line_height(dark: &Dark, height: u32) -> u32 {
-    let width_ink_min = 1;
+    let width_ink_min = (dark.rows.iter().copied().max().unwrap_or(0) / 10).max(1);
     let mut runs = Vec::new();
     let mut start = None;
     for y in 0..=height as usize {
@@ -327,13 +367,46 @@ mod tests {
             noise: 0.0,
             seed: 1,
         });
-        let (out, applied) = Preprocess::default().apply(&DynamicImage::ImageRgb8(img.clone()));
+        let otsu = Preprocess {
+            binarize: Binarize::Otsu,
+            ..Preprocess::default()
+        };
+        let (out, applied) = otsu.apply(&DynamicImage::ImageRgb8(img.clone()));
         assert!(applied.scale > 2.0, "{applied:?}");
-        assert_eq!(out.height(), (img.height() as f32 * applied.scale).round() as u32);
-        assert!(out.to_luma8().pixels().all(|p| p.0[0] == 0 || p.0[0] == 255));
+        assert_eq!(
+            out.height(),
+            (img.height() as f32 * applied.scale).round() as u32
+        );
+        assert!(
+            out.to_luma8()
+                .pixels()
+                .all(|p| p.0[0] == 0 || p.0[0] == 255)
+        );
         let (same, none) = Preprocess::none().apply(&DynamicImage::ImageRgb8(img.clone()));
         assert_eq!(none.scale, 1.0);
         assert_eq!(same.to_rgb8(), img);
+    }
+
+    #[test]
+    fn speckles_go_and_strokes_stay() {
+        let mut g = GrayImage::from_pixel(30, 30, Luma([255]));
+        // A 3-px stroke and a 1-px one.
+        for x in 5..25 {
+            for y in 9..12 {
+                g.put_pixel(x, y, Luma([0]));
+            }
+            g.put_pixel(x, 20, Luma([0]));
+        }
+        g.put_pixel(3, 25, Luma([0])); // a speckle
+        g.put_pixel(12, 10, Luma([200])); // a pinhole in the thick stroke
+        despeckle(&mut g);
+        assert_eq!(g.get_pixel(3, 25).0[0], 255);
+        assert_eq!(g.get_pixel(12, 10).0[0], 0);
+        assert!((5..25).all(|x| (9..12).all(|y| g.get_pixel(x, y).0[0] == 0)));
+        assert!(
+            (5..25).all(|x| g.get_pixel(x, 20).0[0] == 0),
+            "a thin stroke stays"
+        );
     }
 
     #[test]

@@ -27,9 +27,7 @@ impl Fonts {
     pub fn find() -> Result<Fonts> {
         let load = |(path, index): (&str, u32)| -> Result<FontArc> {
             let bytes = std::fs::read(path).with_context(|| {
-                format!(
-                    "font {path} not found: apt-get install fonts-noto-cjk fonts-dejavu-core"
-                )
+                format!("font {path} not found: apt-get install fonts-noto-cjk fonts-dejavu-core")
             })?;
             let font = FontVec::try_from_vec_and_index(bytes, index)
                 .with_context(|| format!("font {path}: not a font this build reads"))?;
@@ -107,8 +105,7 @@ pub fn render(spec: &Spec) -> RgbImage {
         let t = spec.rotate_degrees.to_radians().abs();
         let pad_x = ((h as f32 * t.sin()) / 2.0).ceil() as u32 + 2;
         let pad_y = ((w as f32 * t.sin()) / 2.0).ceil() as u32 + 2;
-        let mut canvas =
-            RgbImage::from_pixel(w + 2 * pad_x, h + 2 * pad_y, Rgb([255, 255, 255]));
+        let mut canvas = RgbImage::from_pixel(w + 2 * pad_x, h + 2 * pad_y, Rgb([255, 255, 255]));
         imageops::replace(&mut canvas, &img, pad_x as i64, pad_y as i64);
         img = rotate_about_center(
             &canvas,

@@ -302,7 +302,8 @@ struct Captions {
 impl Captions {
     fn read(path: &Path) -> Result<Captions> {
         let shown = path.display();
-        let file = File::open(path).with_context(|| format!("build-pairs: cannot open captions {shown}"))?;
+        let file = File::open(path)
+            .with_context(|| format!("build-pairs: cannot open captions {shown}"))?;
         let mut by_image = BTreeMap::new();
         for (n, line) in BufReader::new(file).lines().enumerate() {
             let lineno = n + 1;
@@ -338,8 +339,11 @@ impl Captions {
             return Ok(c.as_deref());
         }
         let tail = format!("/{key}");
-        let hits: Vec<(&String, &Option<String>)> =
-            self.by_image.iter().filter(|(k, _)| k.ends_with(&tail)).collect();
+        let hits: Vec<(&String, &Option<String>)> = self
+            .by_image
+            .iter()
+            .filter(|(k, _)| k.ends_with(&tail))
+            .collect();
         match hits.as_slice() {
             [] => Ok(None),
             [(_, c)] => Ok(c.as_deref()),
@@ -347,7 +351,10 @@ impl Captions {
                 "{}: image reference {reference:?} matches {} captioned images ({}): give more of its path",
                 at(),
                 many.len(),
-                many.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(", ")
+                many.iter()
+                    .map(|(k, _)| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         }
     }
@@ -622,7 +629,9 @@ impl<'a> Reading<'a> {
             Some(p) => Some(Captions::read(&project_root.join(p))?),
             None => {
                 if cfg.caption_for.is_some() || cfg.missing_captions.is_some() {
-                    bail!("build-pairs: `caption_for` and `missing_captions` apply to `captions:` (a caption-images output), which is not given");
+                    bail!(
+                        "build-pairs: `caption_for` and `missing_captions` apply to `captions:` (a caption-images output), which is not given"
+                    );
                 }
                 None
             }
@@ -975,7 +984,8 @@ impl<'a> Reading<'a> {
                 CaptionFor::TextA => (&mut text_a, "text_a"),
                 CaptionFor::TextB => (&mut text_b, "text_b"),
             };
-            if !side.contains('\n') && crate::caption::images::is_image_name(Path::new(side.trim())) {
+            if !side.contains('\n') && crate::caption::images::is_image_name(Path::new(side.trim()))
+            {
                 match caps.lookup(side, at)? {
                     Some(c) => {
                         *side = c.to_string();
@@ -1365,17 +1375,28 @@ mod tests {
         let with = |extra: serde_json::Value| {
             let mut w = serde_json::json!({"input": "pairs.jsonl", "text_a": "prompt", "text_b": "answer",
                 "label": "score", "split": {"dev": 0.0, "test": 0.0}, "captions": "captions.jsonl"});
-            w.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            w.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
             w
         };
         let out = run(dir.path(), with(serde_json::json!({}))).unwrap();
         let train = lines(&out["train"]);
-        let texts: Vec<&str> = train.iter().map(|r| r["text_a"].as_str().unwrap()).collect();
+        let texts: Vec<&str> = train
+            .iter()
+            .map(|r| r["text_a"].as_str().unwrap())
+            .collect();
         assert_eq!(texts, ["猫が寝ている", "猫が寝ている", "What is a duck?"]);
         // The group is the reference, not the caption.
         assert_eq!(train[0]["group"], "data/img/a.png");
         let stats: serde_json::Value = serde_json::from_str(&out["stats"]).unwrap();
-        assert_eq!((stats["captioned"].as_u64(), stats["dropped_no_caption"].as_u64()), (Some(2), Some(0)));
+        assert_eq!(
+            (
+                stats["captioned"].as_u64(),
+                stats["dropped_no_caption"].as_u64()
+            ),
+            (Some(2), Some(0))
+        );
 
         // A skipped caption: an error naming the row, or the row dropped and counted.
         std::fs::write(
@@ -1383,10 +1404,19 @@ mod tests {
             rows("{\"prompt\":\"data/img/b.jpg\",\"answer\":\"x\",\"score\":0}\n"),
         )
         .unwrap();
-        let err = run(dir.path(), with(serde_json::json!({}))).unwrap_err().to_string();
-        assert!(err.contains("pairs.jsonl:4") && err.contains("data/img/b.jpg"), "{err}");
+        let err = run(dir.path(), with(serde_json::json!({})))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("pairs.jsonl:4") && err.contains("data/img/b.jpg"),
+            "{err}"
+        );
         assert!(err.contains("missing_captions: drop"), "{err}");
-        let out = run(dir.path(), with(serde_json::json!({"missing_captions": "drop"}))).unwrap();
+        let out = run(
+            dir.path(),
+            with(serde_json::json!({"missing_captions": "drop"})),
+        )
+        .unwrap();
         assert_eq!(lines(&out["train"]).len(), 3);
         let stats: serde_json::Value = serde_json::from_str(&out["stats"]).unwrap();
         assert_eq!(stats["dropped_no_caption"], 1);
@@ -1398,7 +1428,9 @@ mod tests {
             "{\"prompt\":\"c.png\",\"answer\":\"x\",\"score\":0}\n",
         )
         .unwrap();
-        let err = run(dir.path(), with(serde_json::json!({}))).unwrap_err().to_string();
+        let err = run(dir.path(), with(serde_json::json!({})))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("matches 2 captioned images"), "{err}");
 
         let err = run(

@@ -240,7 +240,11 @@ impl Stage for CaptionImages {
         let engine = Engine::load(&cfg, input)?;
         let root = input.project_root;
         let paths = images::list(root, &root.join(&cfg.images)).with_context(|| {
-            format!("caption-images stage `{}`: `images: {}`", input.name, cfg.images.display())
+            format!(
+                "caption-images stage `{}`: `images: {}`",
+                input.name,
+                cfg.images.display()
+            )
         })?;
         let total = paths.len();
         let batch = cfg.batch_size.map_or(1, NonZeroUsize::get);
@@ -256,7 +260,10 @@ impl Stage for CaptionImages {
         report.progress(0, Some(total as u64), "starting");
         for chunk in paths.chunks(batch) {
             if report.cancelled() {
-                bail!("caption-images: cancelled after {} of {total} images", rows.len());
+                bail!(
+                    "caption-images: cancelled after {} of {total} images",
+                    rows.len()
+                );
             }
             let done: Vec<Result<(CaptionRow, TimingRow)>> = chunk
                 .par_iter()
@@ -269,7 +276,11 @@ impl Stage for CaptionImages {
                         "warning: {}: {} ({})",
                         row.image,
                         e,
-                        if row.status == Status::Skipped { "skipped" } else { "empty caption as fallback" }
+                        if row.status == Status::Skipped {
+                            "skipped"
+                        } else {
+                            "empty caption as fallback"
+                        }
                     ));
                 }
                 rows.push(row);
@@ -278,12 +289,8 @@ impl Stage for CaptionImages {
             let n = rows.len();
             let secs = started.elapsed().as_secs_f64().max(1e-9);
             let rate = n as f64 / secs;
-            let eta = (total - n) as f64 / rate.max(1e-9);
-            report.progress(
-                n as u64,
-                Some(total as u64),
-                &format!("{n}/{total} images, {rate:.1} images/s, ETA {eta:.0} s"),
-            );
+            // The engine's display adds done/total, the percentage and the ETA.
+            report.progress(n as u64, Some(total as u64), &format!("{rate:.1} images/s"));
         }
 
         let mut buf = Vec::new();
@@ -300,7 +307,11 @@ impl Stage for CaptionImages {
         write_atomic(&outs["timings"], &buf)?;
 
         let count = |s: Status| rows.iter().filter(|r| r.status == s).count();
-        let (ok, skipped, fallback) = (count(Status::Ok), count(Status::Skipped), count(Status::Fallback));
+        let (ok, skipped, fallback) = (
+            count(Status::Ok),
+            count(Status::Skipped),
+            count(Status::Fallback),
+        );
         report.metric("images", None, total as f64);
         report.metric("skipped", None, skipped as f64);
         report.metric("fallback", None, fallback as f64);
