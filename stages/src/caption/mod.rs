@@ -19,6 +19,8 @@ pub mod images;
 pub mod ocr;
 pub mod preprocess;
 pub mod render;
+#[cfg(feature = "ml")]
+pub mod vlm;
 
 // The image types of [`Captioner`]'s signature, for callers without their own `image`
 // dependency (the OCR benchmark builds as a target of the root package too).

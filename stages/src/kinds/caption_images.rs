@@ -30,7 +30,7 @@ use tsumugi_base::atomic::write_atomic;
 
 use crate::caption::ocr::{self, Tesseract};
 use crate::caption::preprocess::Preprocess;
-use crate::caption::{CaptionRow, Status, TimingRow, images};
+use crate::caption::{CaptionRow, Captioner, Status, TimingRow, images};
 use crate::contract::{Reporter, Stage, StageInput};
 use crate::kinds::{KindInfo, SettingsInfo, settings};
 
@@ -56,8 +56,6 @@ pub const DEFAULT_PROMPT: &str = "この画像を日本語で簡潔に説明し�
 /// `with:` of `caption-images`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-// `prompt` and `max_new_tokens` are for the VLM captioner, not in this build yet.
-#[allow(dead_code)]
 pub(crate) struct Config {
     /// A directory (every .png/.jpg/.jpeg/.webp/.tif/.tiff below it) or one image file.
     images: PathBuf,
@@ -117,17 +115,18 @@ enum OnError {
     Fallback,
 }
 
-/// What captions one image: the OCR engine with its settings (a VLM joins here when the
-/// Qwen2-VL captioner is wired in).
+/// What captions one image: the OCR engine with its settings (`ocr`, `vlm+ocr`) and the VLM
+/// (`vlm`, `vlm+ocr`).
 struct Engine {
-    ocr: Tesseract,
+    ocr: Option<Tesseract>,
+    vlm: Option<Box<dyn Captioner>>,
     preprocess: Preprocess,
     psm: Option<u8>,
     method: Method,
 }
 
 impl Engine {
-    fn load(cfg: &Config, input: &StageInput<'_>) -> Result<Engine> {
+    fn load(cfg: &Config, input: &StageInput<'_>, report: &dyn Reporter) -> Result<Engine> {
         if let Some(psm) = cfg.psm
             && psm > 13
         {
@@ -149,31 +148,92 @@ impl Engine {
                         cfg.method.as_str()
                     );
                 }
-                // No stand-in that pretends to caption: the VLM is refused until the Qwen2-VL
-                // captioner is part of the build.
-                bail!(
-                    "caption-images: `method: {}` needs the Qwen2-VL captioner, which is not in this build (it needs the `ml` feature and the Qwen2-VL model); use `method: ocr`",
-                    cfg.method.as_str()
-                );
             }
         }
-        let explicit = input.env.get(ocr::ENV).map(PathBuf::from);
-        let language = cfg.language.as_deref().unwrap_or("jpn+eng");
-        let ocr = Tesseract::find(explicit.as_deref())
-            .and_then(|t| t.with_languages(language))
-            .map_err(|e| anyhow!("caption-images stage `{}`: {e}", input.name))?;
+        let vlm = match (&cfg.model, cfg.method) {
+            (Some(dir), Method::Vlm | Method::VlmOcr) => Some(load_vlm(cfg, input, dir, report)?),
+            _ => None,
+        };
+        let ocr = if cfg.method == Method::Vlm {
+            None
+        } else {
+            let explicit = input.env.get(ocr::ENV).map(PathBuf::from);
+            let language = cfg.language.as_deref().unwrap_or("jpn+eng");
+            Some(
+                Tesseract::find(explicit.as_deref())
+                    .and_then(|t| t.with_languages(language))
+                    .map_err(|e| anyhow!("caption-images stage `{}`: {e}", input.name))?,
+            )
+        };
         Ok(Engine {
             ocr,
+            vlm,
             preprocess: cfg.preprocess.clone(),
             psm: cfg.psm,
             method: cfg.method,
         })
     }
 
+    /// The rows' `model`: the VLM's directory name and/or the OCR engine.
     fn model(&self) -> String {
-        self.ocr.name()
+        let names: Vec<String> = [
+            self.vlm.as_ref().map(|v| v.name()),
+            self.ocr.as_ref().map(Tesseract::name),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        names.join(" + ")
     }
 }
+
+/// The Qwen2-VL captioner of `model:` (the `ml` feature's).
+#[cfg(feature = "ml")]
+fn load_vlm(
+    cfg: &Config,
+    input: &StageInput<'_>,
+    dir: &Path,
+    report: &dyn Reporter,
+) -> Result<Box<dyn Captioner>> {
+    if input.device != "cpu" {
+        report.log(&format!(
+            "caption-images: Qwen2-VL runs on the CPU in this build (device {} is used by the other stages)",
+            input.device
+        ));
+    }
+    let prompt = cfg.prompt.as_deref().unwrap_or(DEFAULT_PROMPT);
+    let max = cfg.max_new_tokens.map_or(128, NonZeroUsize::get);
+    let vlm = crate::caption::vlm::VlmCaptioner::load(&input.project_root.join(dir), prompt, max)
+        .map_err(|e| anyhow!("caption-images stage `{}`: {e:#}", input.name))?;
+    Ok(Box::new(vlm))
+}
+
+/// Without burn there is no VLM: refused before any image is read, never a stand-in.
+#[cfg(not(feature = "ml"))]
+fn load_vlm(
+    cfg: &Config,
+    _input: &StageInput<'_>,
+    _dir: &Path,
+    _report: &dyn Reporter,
+) -> Result<Box<dyn Captioner>> {
+    bail!(
+        "caption-images: `method: {}` needs the Qwen2-VL captioner, which needs a build with the `ml` feature (the default); use `method: ocr`",
+        cfg.method.as_str()
+    )
+}
+
+
+/// The VLM's error, with what OCR read from the same image (vlm+ocr's fallback).
+#[derive(Debug)]
+struct VlmFailed(anyhow::Error, Option<String>);
+
+impl std::fmt::Display for VlmFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the VLM failed: {:#}", self.0)
+    }
+}
+
+impl std::error::Error for VlmFailed {}
 
 /// One image's rows, or the error that fails the stage (`on_error: fail`).
 fn caption_one(
@@ -197,26 +257,41 @@ fn caption_one(
         sha256 = Some(hex::encode(Sha256::digest(&bytes)));
         let img = images::decode(&bytes)?;
         timing.decode_ms = ms(t);
+        let mut ocr_text = None;
+        if let Some(tess) = &engine.ocr {
+            let t = Instant::now();
+            let (page, _) = engine.preprocess.apply(&img);
+            timing.preprocess_ms = ms(t);
+            let t = Instant::now();
+            ocr_text = Some(tess.read(&page, engine.psm)?);
+            timing.caption_ms = ms(t);
+        }
+        let Some(vlm) = &engine.vlm else {
+            return Ok(ocr_text.unwrap_or_default());
+        };
         let t = Instant::now();
-        let (page, _) = engine.preprocess.apply(&img);
-        timing.preprocess_ms = ms(t);
-        let t = Instant::now();
-        let text = engine.ocr.read(&page, engine.psm)?;
-        timing.caption_ms = ms(t);
-        Ok(text)
+        let caption = vlm.caption(&img, ocr_text.as_deref());
+        timing.caption_ms += ms(t);
+        // vlm+ocr: what OCR read is the fallback when the VLM fails.
+        caption.map_err(|e| VlmFailed(e, ocr_text).into())
     })();
     let (caption, status, error) = match result {
         Ok(text) => (Some(text), Status::Ok, None),
         Err(e) => {
             let msg = format!("{e:#}");
+            let ocr_fallback = e.downcast_ref::<VlmFailed>().and_then(|v| v.1.clone());
             match on_error {
                 OnError::Fail => bail!(
                     "caption-images: image {image}: {msg} (`on_error: skip` records such an image and goes on)"
                 ),
                 OnError::Skip => (None, Status::Skipped, Some(msg)),
-                // For OCR alone there is nothing else to read: an empty caption keeps the
+                // The OCR text when there is one (vlm+ocr); else an empty caption keeps the
                 // row joinable, and `status`/`error` say it is not a real one.
-                OnError::Fallback => (Some(String::new()), Status::Fallback, Some(msg)),
+                OnError::Fallback => (
+                    Some(ocr_fallback.unwrap_or_default()),
+                    Status::Fallback,
+                    Some(msg),
+                ),
             }
         }
     };
@@ -237,7 +312,7 @@ impl Stage for CaptionImages {
         let cfg: Config = settings::parse(input.with)
             .map_err(|e| anyhow!("caption-images `with:` of stage `{}`: {e}", input.name))?;
         let outs = output_paths(input)?;
-        let engine = Engine::load(&cfg, input)?;
+        let engine = Engine::load(&cfg, input, report)?;
         let root = input.project_root;
         let paths = images::list(root, &root.join(&cfg.images)).with_context(|| {
             format!(
