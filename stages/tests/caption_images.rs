@@ -357,19 +357,28 @@ fn a_missing_language_pack_or_engine_names_the_packages_to_install() {
 }
 
 #[test]
-fn vlm_is_refused_in_this_build_and_cancellation_stops_between_images() {
+fn a_vlm_needs_its_model_and_cancellation_stops_between_images() {
     let dir = broken_project();
-    let err = run(
-        dir.path(),
-        json!({"images": "imgs", "method": "vlm", "model": "models/qwen2-vl"}),
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(err.contains("not in this build"), "{err}");
     let err = run(dir.path(), json!({"images": "imgs", "method": "vlm+ocr"}))
         .unwrap_err()
         .to_string();
     assert!(err.contains("needs `model:`"), "{err}");
+    let err = format!(
+        "{:#}",
+        run(
+            dir.path(),
+            json!({"images": "imgs", "method": "vlm", "model": "models/qwen2-vl"}),
+        )
+        .unwrap_err()
+    );
+    if cfg!(feature = "ml") {
+        assert!(
+            err.contains("loading the Qwen2-VL model") && err.contains("models/qwen2-vl"),
+            "{err}"
+        );
+    } else {
+        assert!(err.contains("needs a build with the `ml` feature"), "{err}");
+    }
 
     let rep = Recorder::default();
     rep.cancel.store(true, Ordering::SeqCst);
@@ -388,4 +397,88 @@ fn vlm_is_refused_in_this_build_and_cancellation_stops_between_images() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("no/such/dir"), "{err}");
+}
+
+/// `method: vlm` and `vlm+ocr` with the tiny random-weight Qwen2-VL checkpoint that
+/// transformers wrote (stages/tests/fixtures/qwen2-vl, whose generation matches
+/// transformers token for token: tests/qwen2_vl.rs): each row's caption is what the model
+/// generates for that image and prompt (with the OCR text for vlm+ocr).
+#[cfg(feature = "ml")]
+#[test]
+fn vlm_and_vlm_plus_ocr_caption_with_qwen2_vl() {
+    use tsumugi_stages::caption::Captioner;
+    use tsumugi_stages::caption::vlm::VlmCaptioner;
+    use tsumugi_stages::kinds::caption_images::DEFAULT_PROMPT;
+
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2-vl");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let fonts = Fonts::find().unwrap();
+    let text = "Tokyo 2026";
+    save(
+        root,
+        "imgs/a.png",
+        &render::render(&spec(text, fonts.sans_latin(), 32.0)),
+    );
+    std::fs::copy(
+        fixture.join("images/wide-300x200.png"),
+        root.join("imgs/b.png"),
+    )
+    .unwrap();
+    let vlm = VlmCaptioner::load(&fixture, DEFAULT_PROMPT, 8).unwrap();
+
+    let (rows, timings) = run(
+        root,
+        json!({"images": "imgs", "method": "vlm", "model": fixture, "max_new_tokens": 8}),
+    )
+    .unwrap();
+    assert_eq!(rows.len(), 2);
+    for row in &rows {
+        let img = image::open(root.join(row["image"].as_str().unwrap()))
+            .unwrap()
+            .to_rgb8();
+        assert_eq!(row["caption"], vlm.caption(&img, None).unwrap(), "{row}");
+        assert_eq!(row["method"], "vlm");
+        assert_eq!(row["model"], "qwen2-vl");
+        assert_eq!(row["status"], "ok");
+    }
+    assert!(
+        timings
+            .iter()
+            .all(|t| t["caption_ms"].as_f64().unwrap() > 0.0)
+    );
+
+    // vlm+ocr: the prompt carries what Tesseract read, and the row names both.
+    let (rows, _) = run(
+        root,
+        json!({"images": "imgs/a.png", "method": "vlm+ocr", "model": fixture,
+               "max_new_tokens": 8, "language": "eng"}),
+    )
+    .unwrap();
+    let ocr = {
+        use tsumugi_stages::caption::ocr::{OcrCaptioner, Tesseract};
+        use tsumugi_stages::caption::preprocess::Preprocess;
+        OcrCaptioner {
+            engine: Tesseract::find(None)
+                .unwrap()
+                .with_languages("eng")
+                .unwrap(),
+            preprocess: Preprocess::default(),
+            psm: None,
+        }
+    };
+    let img = image::open(root.join("imgs/a.png")).unwrap().to_rgb8();
+    let read = ocr.caption(&img, None).unwrap();
+    assert!(char_error_rate(&read, text) < 0.2, "OCR read {read:?}");
+    assert!(vlm.prompt_for(Some(&read)).contains(&read));
+    assert_eq!(rows[0]["caption"], vlm.caption(&img, Some(&read)).unwrap());
+    assert_eq!(rows[0]["method"], "vlm+ocr");
+    assert!(
+        rows[0]["model"]
+            .as_str()
+            .unwrap()
+            .starts_with("qwen2-vl + tesseract"),
+        "{}",
+        rows[0]
+    );
 }

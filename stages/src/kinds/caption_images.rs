@@ -56,6 +56,8 @@ pub const DEFAULT_PROMPT: &str = "この画像を日本語で簡潔に説明し�
 /// `with:` of `caption-images`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+// `prompt` and `max_new_tokens` are the VLM's, which needs the `ml` feature.
+#[cfg_attr(not(feature = "ml"), allow(dead_code))]
 pub(crate) struct Config {
     /// A directory (every .png/.jpg/.jpeg/.webp/.tif/.tiff below it) or one image file.
     images: PathBuf,
@@ -222,7 +224,6 @@ fn load_vlm(
     )
 }
 
-
 /// The VLM's error, with what OCR read from the same image (vlm+ocr's fallback).
 #[derive(Debug)]
 struct VlmFailed(anyhow::Error, Option<String>);
@@ -270,7 +271,7 @@ fn caption_one(
             return Ok(ocr_text.unwrap_or_default());
         };
         let t = Instant::now();
-        let caption = vlm.caption(&img, ocr_text.as_deref());
+        let caption = vlm.caption(&img.to_rgb8(), ocr_text.as_deref());
         timing.caption_ms += ms(t);
         // vlm+ocr: what OCR read is the fallback when the VLM fails.
         caption.map_err(|e| VlmFailed(e, ocr_text).into())
