@@ -189,9 +189,7 @@ pub fn disentangled_attention<B: Backend>(
         Ok(t) => t.to_contiguous(),
         Err(_) => unreachable!("B is Flex, whose bool primitive is FlexTensor"),
     };
-    fn pos<'a, B: Backend>(
-        p: Option<(Tensor<B, 2>, &'a [u32])>,
-    ) -> Option<(FlexTensor, &'a [u32], usize)> {
+    fn pos<B: Backend>(p: Option<(Tensor<B, 2>, &[u32])>) -> Option<(FlexTensor, &[u32], usize)> {
         p.map(|(t, idx)| {
             let rows = t.dims()[0];
             (into_flex(t).to_contiguous(), idx, rows)
