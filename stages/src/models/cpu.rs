@@ -202,50 +202,17 @@ pub fn disentangled_attention<B: Backend>(
     let mut scores = vec![0.0f32; seq * seq];
     let rows = c2p.as_ref().or(p2c.as_ref()).map_or(0, |p| p.2);
     let mut rel_scores = vec![0.0f32; seq * rows];
-    // c [m, n] = alpha · a [m, kd] (row stride lda) · b [n, kd]ᵀ (row stride ldb).
-    let abt = |c: &mut [f32], a: &[f32], lda: usize, b: &[f32], ldb: usize, m: usize, n: usize| {
-        // SAFETY: a holds m rows of hd values at stride lda, b n rows at stride ldb, c m·n.
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                hd,
-                c.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                a.as_ptr(),
-                1,
-                lda as isize,
-                b.as_ptr(),
-                ldb as isize,
-                1,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
-    };
     for b in 0..batch {
         let pad_b = &pad[b * seq..(b + 1) * seq];
         for h in 0..num_heads {
             let qh = &q[b * seq * hidden + h * hd..];
             let kh = &k[b * seq * hidden + h * hd..];
             let vh = &v[b * seq * hidden + h * hd..];
-            abt(&mut scores, qh, hidden, kh, hidden, seq, seq);
+            // Each term scaled on its own, as transformers divides each by √(d·factor).
+            let heads = Heads { hidden, hd };
+            heads.a_bt(&mut scores, qh, kh, seq, seq, scale);
             if let Some((pk, idx, r)) = &c2p {
-                abt(
-                    &mut rel_scores,
-                    qh,
-                    hidden,
-                    &f32s(pk)[h * hd..],
-                    hidden,
-                    seq,
-                    *r,
-                );
+                heads.a_bt(&mut rel_scores, qh, &f32s(pk)[h * hd..], seq, *r, scale);
                 for (i, row) in scores.chunks_exact_mut(seq).enumerate() {
                     let rel = &rel_scores[i * r..(i + 1) * r];
                     for (x, &c) in row.iter_mut().zip(&idx[i * seq..(i + 1) * seq]) {
@@ -254,15 +221,7 @@ pub fn disentangled_attention<B: Backend>(
                 }
             }
             if let Some((pq, idx, r)) = &p2c {
-                abt(
-                    &mut rel_scores,
-                    kh,
-                    hidden,
-                    &f32s(pq)[h * hd..],
-                    hidden,
-                    seq,
-                    *r,
-                );
+                heads.a_bt(&mut rel_scores, kh, &f32s(pq)[h * hd..], seq, *r, scale);
                 for j in 0..seq {
                     let rel = &rel_scores[j * r..(j + 1) * r];
                     for (i, &c) in idx[j * seq..(j + 1) * seq].iter().enumerate() {
@@ -271,35 +230,10 @@ pub fn disentangled_attention<B: Backend>(
                 }
             }
             for row in scores.chunks_exact_mut(seq) {
-                row.iter_mut().for_each(|x| *x *= scale);
                 softmax_masked(row, pad_b);
             }
             let oh = &mut out[b * seq * hidden + h * hd..];
-            // SAFETY: scores is seq × seq, v_h seq rows of hd at stride hidden, and out_h
-            // seq rows of hd at stride hidden inside out.
-            unsafe {
-                gemm::gemm(
-                    seq,
-                    hd,
-                    seq,
-                    oh.as_mut_ptr(),
-                    1,
-                    hidden as isize,
-                    false,
-                    scores.as_ptr(),
-                    1,
-                    seq as isize,
-                    vh.as_ptr(),
-                    1,
-                    hidden as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
+            heads.p_v(oh, &scores, vh, seq, seq);
         }
     }
     Some(from_flex(FlexTensor::from_data(TensorData::new(
@@ -457,6 +391,88 @@ struct Shape {
     heads: usize,
 }
 
+/// One head's matrices inside `[rows, hidden]` row-major buffers that hold the heads side
+/// by side: row `r` of a head starts at `r · hidden` and spans `hd` values.
+#[derive(Clone, Copy)]
+struct Heads {
+    hidden: usize,
+    hd: usize,
+}
+
+impl Heads {
+    /// `c [m, n]` (contiguous) = `alpha · a [m, hd] · b [n, hd]ᵀ`, `a` and `b` heads.
+    fn a_bt(self, c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, alpha: f32) {
+        let Heads { hidden, hd } = self;
+        assert!(
+            c.len() >= m * n
+                && (m == 0 || a.len() >= (m - 1) * hidden + hd)
+                && (n == 0 || b.len() >= (n - 1) * hidden + hd),
+            "head matrices out of bounds"
+        );
+        // SAFETY: the assert above: c holds m·n values, a m rows and b n rows of hd values
+        // at stride hidden.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                hd,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                1,
+                hidden as isize,
+                b.as_ptr(),
+                hidden as isize,
+                1,
+                0.0,
+                alpha,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    }
+
+    /// `out [m, hd]` (a head) = `p [m, n]` (contiguous) `· v [n, hd]` (a head).
+    fn p_v(self, out: &mut [f32], p: &[f32], v: &[f32], m: usize, n: usize) {
+        let Heads { hidden, hd } = self;
+        assert!(
+            p.len() >= m * n
+                && (m == 0 || out.len() >= (m - 1) * hidden + hd)
+                && (n == 0 || v.len() >= (n - 1) * hidden + hd),
+            "head matrices out of bounds"
+        );
+        // SAFETY: the assert above: p holds m·n values, out m rows and v n rows of hd
+        // values at stride hidden.
+        unsafe {
+            gemm::gemm(
+                m,
+                hd,
+                n,
+                out.as_mut_ptr(),
+                1,
+                hidden as isize,
+                false,
+                p.as_ptr(),
+                1,
+                n as isize,
+                v.as_ptr(),
+                1,
+                hidden as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    }
+}
+
 /// The attention kernel on row-major `[batch, rows, hidden]` slices; with `window: Some(w)`
 /// query row `i` sees keys `i − w ..= i + w` only.
 fn attend(
@@ -484,32 +500,9 @@ fn attend(
             let qh = &q[b * sq * hidden + h * hd..];
             let kh = &k[b * seq * hidden + h * hd..];
             let vh = &v[b * seq * hidden + h * hd..];
-            // SAFETY: every matrix below lies inside its slice: row r of a head starts at
-            // r · hidden and spans hd ≤ hidden − h · hd elements.
-            unsafe {
-                // probs [sq, seq] = scale · q_h [sq, hd] · k_hᵀ [hd, seq]
-                gemm::gemm(
-                    sq,
-                    seq,
-                    hd,
-                    probs.as_mut_ptr(),
-                    1,
-                    seq as isize,
-                    false,
-                    qh.as_ptr(),
-                    1,
-                    hidden as isize,
-                    kh.as_ptr(),
-                    hidden as isize,
-                    1,
-                    0.0,
-                    scale,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
+            let heads = Heads { hidden, hd };
+            // probs [sq, seq] = scale · q_h [sq, hd] · k_hᵀ [hd, seq]
+            heads.a_bt(&mut probs, qh, kh, sq, seq, scale);
             for (i, row) in probs.chunks_exact_mut(seq).enumerate() {
                 match window {
                     None => softmax_masked(row, pad_b),
@@ -522,30 +515,8 @@ fn attend(
                 }
             }
             let oh = &mut out[b * sq * hidden + h * hd..];
-            unsafe {
-                // out_h [sq, hd] = probs [sq, seq] · v_h [seq, hd]
-                gemm::gemm(
-                    sq,
-                    hd,
-                    seq,
-                    oh.as_mut_ptr(),
-                    1,
-                    hidden as isize,
-                    false,
-                    probs.as_ptr(),
-                    1,
-                    seq as isize,
-                    vh.as_ptr(),
-                    1,
-                    hidden as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
+            // out_h [sq, hd] = probs [sq, seq] · v_h [seq, hd]
+            heads.p_v(oh, &probs, vh, sq, seq);
         }
     }
 }
