@@ -17,7 +17,7 @@ use burn::module::Module;
 use burn::prelude::*;
 use burn::tensor::Distribution;
 
-use crate::lora::SplitMix;
+use crate::rng::SplitMix;
 
 thread_local! {
     static STREAM: RefCell<Option<SplitMix>> = const { RefCell::new(None) };

@@ -322,7 +322,7 @@ impl Checkpoint {
         let name = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
         });
-        let mut rng = crate::lora::SplitMix(self.init_seed ^ name);
+        let mut rng = crate::rng::SplitMix(self.init_seed ^ name);
         let n = d_in * d_out;
         let mut v = Vec::with_capacity(n + 1);
         while v.len() < n {

@@ -34,9 +34,10 @@ use serde_json::{Value, json};
 
 use crate::contract::Reporter;
 use crate::error::{MlError, Result};
-use crate::lora::{LoraModel, LoraSettings, SplitMix};
+use crate::lora::{LoraModel, LoraSettings};
 use crate::models::{CrossEncoder, LoadOptions, ModelDir, ModelInput};
 use crate::peft::{self, TensorSet, write_atomic};
+use crate::rng::SplitMix;
 use crate::tokenize::{EncodedPair, PairTokenizer, Truncation, length_batches};
 use loss::LossKind;
 use optim::{AdamWConfig, AdamWState, Decay};
