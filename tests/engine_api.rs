@@ -136,7 +136,7 @@ async fn builtin_kind_without_an_implementation_fails_clearly() {
         "train",
         Action::Builtin {
             // Not a kind of any build (the loader would refuse it; the executor must too).
-            kind: "caption-images".into(),
+            kind: "render-video".into(),
             version: 1,
             with: serde_json::json!({"r": 16}),
         },
@@ -151,7 +151,7 @@ async fn builtin_kind_without_an_implementation_fails_clearly() {
     assert_eq!(s.stages[0].status, StageState::Failed);
     let msg = s.stages[0].message.as_deref().unwrap();
     assert!(
-        msg.contains("stage kind caption-images is not available in this build"),
+        msg.contains("stage kind render-video is not available in this build"),
         "{msg}"
     );
 }
