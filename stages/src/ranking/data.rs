@@ -25,7 +25,7 @@ use anyhow::{Result, anyhow, bail};
 use serde_json::Value;
 
 use super::normalize;
-use super::rng::stable_hash;
+use crate::rng::stable_hash;
 
 /// A passage: an id and its text.
 #[derive(Debug, Clone, PartialEq, Eq)]

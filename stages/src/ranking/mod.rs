@@ -15,7 +15,6 @@ pub mod analyzer;
 pub mod bm25;
 pub mod data;
 pub mod negatives;
-pub(crate) mod rng;
 
 /// The identity of a query or passage text: leading and trailing whitespace removed and
 /// every run of (Unicode) whitespace replaced by one ASCII space. Case and punctuation are

@@ -29,7 +29,7 @@ use rayon::prelude::*;
 use super::bm25::Bm25Index;
 use super::data::{Passage, QueryGroup};
 use super::passage_key;
-use super::rng::{Rng, stable_hash};
+use crate::rng::{SplitMix, stable_hash};
 
 /// Passages in two flat arenas (ids and texts): a million passages cost their bytes plus
 /// two offsets each, not a `String` allocation each.
@@ -398,7 +398,7 @@ pub fn draw(
     cfg: &MiningConfig,
     epoch: u64,
 ) -> Draw {
-    let mut rng = Rng::new(stable_hash(
+    let mut rng = SplitMix(stable_hash(
         cfg.seed,
         &[b"negatives", &epoch.to_le_bytes(), group.key.as_bytes()],
     ));
