@@ -428,6 +428,12 @@ impl PairTokenizer {
     /// Pads `items` to the longest one (right padding, as transformers does by default).
     pub fn pad(&self, items: &[&EncodedPair]) -> EncodedBatch {
         let seq = items.iter().map(|p| p.ids.len()).max().unwrap_or(0);
+        self.pad_to(items, seq)
+    }
+
+    /// Like [`PairTokenizer::pad`] to `seq` tokens (at least the longest pair's length).
+    pub fn pad_to(&self, items: &[&EncodedPair], seq: usize) -> EncodedBatch {
+        let seq = items.iter().map(|p| p.ids.len()).fold(seq, usize::max);
         let batch = items.len();
         let mut input_ids = vec![self.pad_id as i64; batch * seq];
         let mut attention_mask = vec![0i64; batch * seq];

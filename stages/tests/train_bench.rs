@@ -64,6 +64,11 @@ fn lora_training_throughput() {
         checkpoint_dir: None,
         checkpoint_every: None,
         dropout_off: false,
+        // TSUMUGI_BENCH_SHARD=0: one shard per micro-batch (no data parallelism).
+        shard_pairs: match std::env::var("TSUMUGI_BENCH_SHARD") {
+            Ok(v) => Some(v.parse().expect("TSUMUGI_BENCH_SHARD: a number")).filter(|&n| n > 0),
+            Err(_) => Some(tsumugi_stages::train::CPU_SHARD_PAIRS),
+        },
         fingerprint: String::new(),
     };
     let o =

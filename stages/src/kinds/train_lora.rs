@@ -51,7 +51,9 @@ pub const INFO: KindInfo = KindInfo {
     // 3: the last layer runs for the first token only, so dropout draws fewer numbers and a
     //    seeded training takes a different (equally valid) path.
     // 4: a one-logit head's activation recorded in the adapter (config_sentence_transformers.json).
-    version: 4,
+    // 5: dropout masks drawn row by row per micro-batch (the same for every sharding and
+    //    backend), and CPU micro-batches split into shards trained on parallel threads.
+    version: 5,
     summary: "LoRA fine-tuning of a cross-encoder (regression, classification, ranking); PEFT adapter out",
     input_fields: &["base", "train", "dev"],
     outputs: &[
@@ -445,6 +447,8 @@ fn run(cfg: Config, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()>
             .map_err(|e| anyhow!("stage {}: with.optim: {e}", input.name))?,
         None => OptimSettings::default(),
     };
+    let device: DeviceSpec = input.device.parse()?;
+    device.check_compiled()?;
     let spec = TrainSpec {
         model_dir: base.clone(),
         train: resolve(root, &cfg.train),
@@ -459,10 +463,9 @@ fn run(cfg: Config, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()>
         checkpoint_dir: cfg.checkpoint_dir.as_ref().map(|d| resolve(root, d)),
         checkpoint_every: cfg.checkpoint_every,
         dropout_off: false,
+        shard_pairs: (device == DeviceSpec::Cpu).then_some(crate::train::CPU_SHARD_PAIRS),
         fingerprint: serde_json::to_string(input.with)?,
     };
-    let device: DeviceSpec = input.device.parse()?;
-    device.check_compiled()?;
     let outcome =
         match device {
             DeviceSpec::Cpu => crate::train::train::<

@@ -195,7 +195,14 @@ pub fn multi_head_attention<B: Backend>(
     if !B::ad_enabled(&q.device()) {
         return cpu::attention(q, k, v, padding, num_heads);
     }
-    // Training: spelled out, because transformers drops attention probabilities (no fused
+    if cpu::is_ad_flex_f32::<B>(q.dtype()) {
+        let [b, sq, _] = q.dims();
+        let shape = [b, num_heads, sq, k.dims()[1]];
+        if let Some(mask) = dropout.host_factors::<B>(&q.device(), &shape) {
+            return cpu::attention_tracked(q, k, v, padding, num_heads, mask);
+        }
+    }
+    // Training elsewhere: spelled out, because transformers drops attention probabilities (no fused
     // kernel does), and so that gradients never depend on whether a backend's fused
     // attention has a backward pass.
     let [b, sq, h] = q.dims();

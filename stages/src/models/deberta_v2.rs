@@ -14,7 +14,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::models::dropout::Dropout;
+use crate::models::dropout::{Dropout, shared_masks};
 use burn::nn::{Embedding, LayerNorm, Linear};
 use burn::prelude::*;
 use burn::tensor::activation;
@@ -464,7 +464,8 @@ impl<B: Backend> DisentangledSelfAttention<B> {
         let mut factor = 1;
         let mut scores = q.clone().matmul(k.clone().swap_dims(2, 3));
         if let Some((pos, rel_emb)) = rel {
-            let rel_emb = self.pos_dropout.forward(rel_emb);
+            // One mask for the position embeddings all rows share (see models::dropout).
+            let rel_emb = shared_masks(|| self.pos_dropout.forward(rel_emb));
             let rows = rel_emb.dims()[0];
             // [2·span, hidden] → [batch, heads, 2·span, d]
             let heads = |t: Tensor<B, 2>| {
@@ -478,7 +479,9 @@ impl<B: Backend> DisentangledSelfAttention<B> {
                 factor += 1;
                 let pk = match &self.pos_key_proj {
                     Some(p) => p.forward(rel_emb.clone()),
-                    None => hooked(hook, layer, 1, &self.key_proj, rel_emb.clone()),
+                    None => {
+                        shared_masks(|| hooked(hook, layer, 1, &self.key_proj, rel_emb.clone()))
+                    }
                 };
                 let c2p = q.matmul(heads(pk).swap_dims(2, 3));
                 scores = scores + c2p.gather(3, idx(&pos.c2p));
@@ -487,7 +490,7 @@ impl<B: Backend> DisentangledSelfAttention<B> {
                 factor += 1;
                 let pq = match &self.pos_query_proj {
                     Some(p) => p.forward(rel_emb),
-                    None => hooked(hook, layer, 0, &self.query_proj, rel_emb),
+                    None => shared_masks(|| hooked(hook, layer, 0, &self.query_proj, rel_emb)),
                 };
                 let p2c = k.matmul(heads(pq).swap_dims(2, 3));
                 scores = scores + p2c.gather(3, idx(&pos.p2c)).swap_dims(2, 3);

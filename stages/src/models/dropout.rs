@@ -2,16 +2,25 @@
 //!
 //! burn's `Dropout` draws from the backend's generator: one per process (so two trainings
 //! in one process disturb each other's draws) and a different one per backend (so a CPU
-//! and a GPU run of the same seed take different paths). Here a training step seeds a
-//! per-thread splitmix64 stream ([`seeded`]); every dropout site of the forward pass then
-//! takes its mask from that stream in forward order, and the mask moves to the device like
-//! any input. The same seed gives the same masks on every backend, and concurrent
-//! trainings on other threads have their own streams.
+//! and a GPU run of the same seed take different paths). Here a training step sets a
+//! per-thread mask stream ([`seeded`]) for the rows (pairs) it runs; every dropout site of
+//! the forward pass then takes its mask from that stream in forward order, and the mask
+//! moves to the device like any input.
+//!
+//! A mask is drawn row by row: row `r` of the `c`-th dropout site gets its own splitmix64
+//! stream seeded with `(seed, c, r)`, where `r` counts rows from the start of the whole
+//! micro-batch. So a micro-batch split into shards that run on different threads (each
+//! shard padded to the micro-batch's length and told its first row) draws exactly the
+//! masks the unsplit micro-batch draws: the same seed gives the same masks on every
+//! backend, for every thread count and sharding, and concurrent trainings on other threads
+//! have their own streams. A site whose tensor is not laid out row by row (DeBERTa's
+//! relative position embeddings, shared by all rows) runs inside [`shared_masks`]: its mask
+//! depends on `(seed, c)` only, as one mask over the whole tensor.
 //!
 //! With no stream set (a forward under autodiff outside a training step) the masks come
 //! from the backend's generator, as burn's `Dropout` does it.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use burn::module::Module;
 use burn::prelude::*;
@@ -19,8 +28,21 @@ use burn::tensor::Distribution;
 
 use crate::rng::SplitMix;
 
+/// The mask stream of the training step running on this thread.
+#[derive(Debug, Clone, Copy)]
+struct Stream {
+    seed: u64,
+    /// Dropout sites visited so far in this forward pass.
+    site: u64,
+    /// The micro-batch row of this thread's first row.
+    first_row: usize,
+    /// Rows (pairs) this thread runs: every row-wise tensor's leading elements are theirs.
+    rows: usize,
+}
+
 thread_local! {
-    static STREAM: RefCell<Option<SplitMix>> = const { RefCell::new(None) };
+    static STREAM: RefCell<Option<Stream>> = const { RefCell::new(None) };
+    static SHARED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Dropout with probability `prob` while training (autodiff), the identity otherwise.
@@ -46,10 +68,11 @@ impl Dropout {
         }
         let keep = 1.0 - self.prob;
         let shape = input.shape();
+        let shared = SHARED.with(Cell::get);
         let mask = STREAM.with(|s| {
             s.borrow_mut()
                 .as_mut()
-                .map(|rng| host_mask(rng, shape.num_elements(), self.prob))
+                .map(|st| stream_mask(st, shape.num_elements(), self.prob, shared))
         });
         match mask {
             Some(m) => input * Tensor::from_data(TensorData::new(m, shape), &device),
@@ -59,6 +82,54 @@ impl Dropout {
             }
         }
     }
+}
+
+impl Dropout {
+    /// For an op that applies dropout itself (a fused kernel): the factors (0 or
+    /// `1/(1-p)`) this site draws for a tensor of `shape`, exactly as [`Dropout::forward`]
+    /// would. `Some(None)`: no dropout here (inference, or probability 0); `None`: no host
+    /// stream is set, so the caller must use [`Dropout::forward`] (the backend's generator).
+    pub fn host_factors<B: Backend>(
+        &self,
+        device: &B::Device,
+        shape: &[usize],
+    ) -> Option<Option<Vec<f32>>> {
+        if !B::ad_enabled(device) || self.prob == 0.0 {
+            return Some(None);
+        }
+        let n = shape.iter().product();
+        let shared = SHARED.with(Cell::get);
+        STREAM.with(|s| {
+            s.borrow_mut()
+                .as_mut()
+                .map(|st| Some(stream_mask(st, n, self.prob, shared)))
+        })
+    }
+}
+
+/// The mask of the next site: row by row (each row's elements from `(seed, site, row)`),
+/// or one draw from `(seed, site)` when `shared` or when `n` does not split into the rows.
+fn stream_mask(st: &mut Stream, n: usize, p: f64, shared: bool) -> Vec<f32> {
+    let site = st.site;
+    st.site += 1;
+    let key = |row: u64| mix(mix(st.seed, site), row);
+    if shared || st.rows == 0 || n % st.rows != 0 {
+        return host_mask(&mut SplitMix(key(u64::MAX)), n, p);
+    }
+    let per_row = n / st.rows;
+    let mut out = Vec::with_capacity(n);
+    for r in 0..st.rows {
+        out.extend(host_mask(
+            &mut SplitMix(key((st.first_row + r) as u64)),
+            per_row,
+            p,
+        ));
+    }
+    out
+}
+
+fn mix(seed: u64, a: u64) -> u64 {
+    SplitMix(seed ^ a.wrapping_mul(0x9E37_79B9_7F4A_7C15)).next_u64()
 }
 
 /// `n` factors, each `1/(1-p)` with probability `1-p` and 0 otherwise: two draws of 32 bits
@@ -77,16 +148,23 @@ fn host_mask(rng: &mut SplitMix, n: usize, p: f64) -> Vec<f32> {
     out
 }
 
-/// While the returned guard lives, dropout on this thread draws from a stream seeded with
-/// `seed`; the previous stream (if any) comes back when it drops.
-pub fn seeded(seed: u64) -> StreamGuard {
-    let previous = STREAM.with(|s| s.replace(Some(SplitMix(seed))));
+/// While the returned guard lives, dropout on this thread draws from the stream of `seed`
+/// for `rows` rows that start at row `first_row` of the micro-batch; the previous stream
+/// (if any) comes back when it drops.
+pub fn seeded(seed: u64, first_row: usize, rows: usize) -> StreamGuard {
+    let stream = Stream {
+        seed,
+        site: 0,
+        first_row,
+        rows,
+    };
+    let previous = STREAM.with(|s| s.replace(Some(stream)));
     StreamGuard { previous }
 }
 
 /// See [`seeded`].
 pub struct StreamGuard {
-    previous: Option<SplitMix>,
+    previous: Option<Stream>,
 }
 
 impl Drop for StreamGuard {
@@ -96,6 +174,14 @@ impl Drop for StreamGuard {
     }
 }
 
+/// Runs `f` with every dropout site drawing one mask for its whole tensor (see the module
+/// docs): for tensors that all rows share.
+pub fn shared_masks<T>(f: impl FnOnce() -> T) -> T {
+    let before = SHARED.with(|s| s.replace(true));
+    let out = f();
+    SHARED.with(|s| s.set(before));
+    out
+}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,10 +190,22 @@ mod tests {
     type Ad = Autodiff<crate::device::CpuBackend>;
 
     fn draw(seed: u64) -> Vec<f32> {
-        let _g = seeded(seed);
-        let x = Tensor::<Ad, 2>::ones([64, 50], &Default::default());
-        let y = Dropout::new(0.25).forward(x);
-        y.into_data().to_vec().expect("f32")
+        draw_rows(seed, 0, 64)
+    }
+
+    /// Rows `first..first + rows` of a `[64, 50]` micro-batch, then a site of `[rows·5, 10]`
+    /// (a flattened tensor), then a shared site of `[7, 3]`.
+    fn draw_rows(seed: u64, first: usize, rows: usize) -> Vec<f32> {
+        let _g = seeded(seed, first, rows);
+        let d = Dropout::new(0.25);
+        let device = Default::default();
+        let a = d.forward(Tensor::<Ad, 2>::ones([rows, 50], &device));
+        let b = d.forward(Tensor::<Ad, 2>::ones([rows * 5, 10], &device));
+        let c = shared_masks(|| d.forward(Tensor::<Ad, 2>::ones([7, 3], &device)));
+        let mut out: Vec<f32> = a.into_data().to_vec().expect("f32");
+        out.extend(b.into_data().to_vec::<f32>().expect("f32"));
+        out.extend(c.into_data().to_vec::<f32>().expect("f32"));
+        out
     }
 
     #[test]
@@ -129,8 +227,27 @@ mod tests {
     }
 
     #[test]
+    fn shards_draw_the_rows_of_the_whole_batch() {
+        let whole = draw_rows(5, 0, 64);
+        let (top, bottom) = (draw_rows(5, 0, 40), draw_rows(5, 40, 24));
+        let (w_a, rest) = whole.split_at(64 * 50);
+        let (w_b, w_c) = rest.split_at(64 * 50);
+        let (t_a, rest) = top.split_at(40 * 50);
+        let (t_b, t_c) = rest.split_at(40 * 50);
+        let (b_a, rest) = bottom.split_at(24 * 50);
+        let (b_b, b_c) = rest.split_at(24 * 50);
+        assert_eq!(w_a, [t_a, b_a].concat());
+        assert_eq!(w_b, [t_b, b_b].concat());
+        // The shared site: one mask, the same for every shard.
+        assert_eq!(w_c, t_c);
+        assert_eq!(w_c, b_c);
+        // Rows differ from each other (each its own stream).
+        assert_ne!(&w_a[..50], &w_a[50..100]);
+    }
+
+    #[test]
     fn streams_are_per_thread_and_restored() {
-        let outer = seeded(1);
+        let outer = seeded(1, 0, 1);
         let inner = draw(9); // its own guard, dropped inside
         let again = std::thread::spawn(|| draw(9)).join().expect("thread");
         assert_eq!(inner, again);

@@ -418,6 +418,13 @@ pub struct TrainSpec {
     pub checkpoint_every: Option<u64>,
     /// All dropout off (model and LoRA): for parity checks.
     pub dropout_off: bool,
+    /// Split each micro-batch into shards of at least this many pairs (whole items), run
+    /// on parallel threads with their gradients summed in shard order; `None`: one shard.
+    /// For CPU backends, whose kernels leave cores idle on small batches (see
+    /// [`CPU_SHARD_PAIRS`]). The sharding does not depend on the thread count, and each
+    /// shard draws its rows' own dropout masks ([`crate::models::dropout`]), so a sharded
+    /// run differs from an unsharded one by floating-point rounding only.
+    pub shard_pairs: Option<usize>,
     /// Identifies the run's settings; a checkpoint written under another one is not
     /// resumed from (the run starts over and replaces it).
     pub fingerprint: String,
@@ -493,21 +500,57 @@ pub fn predict<B: Backend>(
     out
 }
 
-/// The loss of one micro-batch of items `idx` (autodiff) and its number of pairs.
-fn batch_loss<B: Backend>(
-    model: &LoraModel<B>,
-    tok: &PairTokenizer,
-    enc: &Encoded,
-    idx: &[usize],
-    kind: LossKind,
-    device: &B::Device,
-) -> (Tensor<B, 1>, usize) {
+/// Shard pairs for CPU training: 8 pairs (two shards of a batch of 16) keep two cores
+/// busy while each shard's matrices stay large enough for the gemm kernels.
+pub const CPU_SHARD_PAIRS: usize = 8;
+
+/// The pairs of items `idx`, in order.
+fn item_pairs<'a>(enc: &'a Encoded, idx: &[usize]) -> Vec<&'a EncodedPair> {
     let mut items: Vec<&EncodedPair> = Vec::new();
     for &i in idx {
         let (start, n) = enc.spans[i];
         items.extend(&enc.pairs[start..start + n]);
     }
-    let input = ModelInput::<B>::from_batch(&tok.pad(&items), device);
+    items
+}
+
+/// `idx` cut into consecutive shards of whole items with at least `min_pairs` pairs each
+/// (the last may have fewer), with each shard's first row (pair) in the micro-batch.
+fn shards<'a>(
+    enc: &Encoded,
+    idx: &'a [usize],
+    min_pairs: Option<usize>,
+) -> Vec<(usize, &'a [usize])> {
+    let Some(min_pairs) = min_pairs.filter(|&m| m > 0) else {
+        return vec![(0, idx)];
+    };
+    let mut out = Vec::new();
+    let (mut start, mut first_row, mut pairs) = (0, 0, 0);
+    for (k, &i) in idx.iter().enumerate() {
+        pairs += enc.spans[i].1;
+        if pairs >= min_pairs && k + 1 < idx.len() {
+            out.push((first_row, &idx[start..=k]));
+            first_row += pairs;
+            (start, pairs) = (k + 1, 0);
+        }
+    }
+    out.push((first_row, &idx[start..]));
+    out
+}
+
+/// The loss of one micro-batch (or shard) of items `idx` (autodiff), padded to `seq`
+/// tokens, and its number of pairs.
+fn batch_loss<B: Backend>(
+    model: &LoraModel<B>,
+    tok: &PairTokenizer,
+    enc: &Encoded,
+    idx: &[usize],
+    seq: usize,
+    kind: LossKind,
+    device: &B::Device,
+) -> (Tensor<B, 1>, usize) {
+    let items = item_pairs(enc, idx);
+    let input = ModelInput::<B>::from_batch(&tok.pad_to(&items, seq), device);
     let logits = model.forward(&input);
     let [rows, k] = logits.dims();
     let labels = || {
@@ -885,20 +928,48 @@ pub fn train<B: AutodiffBackend>(
             if report.cancelled() {
                 return Err(MlError::Input("training cancelled".into()));
             }
-            // This step's dropout masks, drawn on the host: the same on every backend, and
-            // untouched by other trainings in the process (each thread its own stream).
-            let _masks = crate::models::dropout::seeded(mix(o.seed, step));
             let step_items: usize = group.iter().map(|m| m.len()).sum();
             let mut grads: optim::Grads<B> = Vec::new();
             let mut step_loss = 0.0;
-            for idx in group {
-                let (loss, pairs) = batch_loss(&model, &tok, &enc, idx, spec.loss, device);
-                let w = idx.len() as f64 / step_items as f64;
-                let loss = loss.mul_scalar(w);
-                step_loss += loss.clone().into_scalar().elem::<f64>();
-                let g = loss.backward();
-                optim::accumulate::<B>(&mut grads, optim::collect_grads(&model, &g));
-                pairs_seen += pairs as u64;
+            for (micro, idx) in group.iter().enumerate() {
+                // Each micro-batch's dropout masks, drawn on the host row by row: the same
+                // on every backend and sharding, and untouched by other trainings in the
+                // process (each thread its own stream).
+                let mask_seed = mix(mix(o.seed, step), micro as u64);
+                let seq = item_pairs(&enc, idx)
+                    .iter()
+                    .map(|p| p.ids.len())
+                    .max()
+                    .unwrap_or(0);
+                let run = |m: &LoraModel<B>, first_row: usize, shard: &[usize]| {
+                    let rows = item_pairs(&enc, shard).len();
+                    let _masks = crate::models::dropout::seeded(mask_seed, first_row, rows);
+                    let (loss, pairs) = batch_loss(m, &tok, &enc, shard, seq, spec.loss, device);
+                    let loss = loss.mul_scalar(shard.len() as f64 / step_items as f64);
+                    let value = loss.clone().into_scalar().elem::<f64>();
+                    let g = loss.backward();
+                    (value, optim::collect_grads(m, &g), pairs)
+                };
+                let parts = shards(&enc, idx, spec.shard_pairs);
+                let results: Vec<(f64, optim::Grads<B>, usize)> = if parts.len() == 1 {
+                    vec![run(&model, 0, idx)]
+                } else {
+                    // Each shard on its own copy of the trainable leaves, so that the shards'
+                    // autodiff graphs are separate and their backward passes run in parallel.
+                    use rayon::prelude::*;
+                    let jobs: Vec<_> = parts
+                        .into_iter()
+                        .map(|(first, shard)| (optim::fresh_leaves(&model), first, shard))
+                        .collect();
+                    jobs.into_par_iter()
+                        .map(|(m, first, shard)| run(&m, first, shard))
+                        .collect()
+                };
+                for (value, g, pairs) in results {
+                    step_loss += value;
+                    optim::accumulate::<B>(&mut grads, g);
+                    pairs_seen += pairs as u64;
+                }
             }
             if !step_loss.is_finite() {
                 return Err(MlError::Input(format!(

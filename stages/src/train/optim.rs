@@ -200,6 +200,27 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Update<'_, B> {
     }
 }
 
+struct FreshLeaves;
+
+impl<B: AutodiffBackend> ModuleMapper<B> for FreshLeaves {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        if !param.val().is_require_grad() {
+            return param;
+        }
+        let (id, tensor, mapper) = param.consume();
+        let value = Tensor::<B, D>::from_inner(tensor.inner()).require_grad();
+        Param::from_mapped_value(id, value, mapper)
+    }
+}
+
+/// A copy of `module` whose trainable tensors are new autodiff leaves with the same values
+/// (the frozen ones are shared). burn merges the graphs of everything computed from one
+/// leaf and runs a graph's backward under its lock; separate leaves keep the graphs of
+/// parallel shards apart.
+pub fn fresh_leaves<B: AutodiffBackend, M: Module<B>>(module: &M) -> M {
+    module.clone().map(&mut FreshLeaves)
+}
+
 /// One AdamW step with learning rate `lr` on every trainable tensor of `module` that has a
 /// gradient in `grads` (consumed).
 pub fn adamw_step<B: AutodiffBackend, M: Module<B>>(
