@@ -137,14 +137,18 @@ fn mix(seed: u64, a: u64) -> u64 {
 fn host_mask(rng: &mut SplitMix, n: usize, p: f64) -> Vec<f32> {
     let threshold = (p * 4_294_967_296.0) as u64;
     let scale = (1.0 / (1.0 - p)) as f32;
-    let mut out = Vec::with_capacity(n + 1);
-    while out.len() < n {
+    let factor = |half: u64| if half >= threshold { scale } else { 0.0 };
+    // Written in place, two factors per draw (a push per factor was 5 % of a training step).
+    let mut out = vec![0.0f32; n];
+    let mut pairs = out.chunks_exact_mut(2);
+    for pair in &mut pairs {
         let r = rng.next_u64();
-        for half in [r & 0xFFFF_FFFF, r >> 32] {
-            out.push(if half >= threshold { scale } else { 0.0 });
-        }
+        pair[0] = factor(r & 0xFFFF_FFFF);
+        pair[1] = factor(r >> 32);
     }
-    out.truncate(n);
+    if let [last] = pairs.into_remainder() {
+        *last = factor(rng.next_u64() & 0xFFFF_FFFF);
+    }
     out
 }
 
