@@ -104,6 +104,13 @@ def main():
         help="bce (the quickstart's): BCE-with-logits on score/5, constant lr, no warmup, "
         "prediction sigmoid(logit); mse (the earlier one): MSE, 10%% warmup, linear decay",
     )
+    ap.add_argument("--device", default="cpu", help="torch device: cpu (default) or cuda[:N]")
+    ap.add_argument(
+        "--dtype",
+        choices=["f32", "bf16", "f16"],
+        default="f32",
+        help="f32, or autocast to bf16/f16 on the GPU (f32 master weights; f16 with a GradScaler)",
+    )
     ap.add_argument("--no-baseline", action="store_true", help="skip the evaluation before training")
     ap.add_argument("--save", default=None, help="save the PEFT adapter (head included) to this directory")
     ap.add_argument("--history", default=None, help="write the per-step loss and learning rate to this JSON file")
@@ -142,7 +149,19 @@ def main():
         target_modules=["query", "key", "value"],
         modules_to_save=["classifier"],
     )
-    model = get_peft_model(model, lora)
+    model = get_peft_model(model, lora).to(args.device)
+    on_gpu = args.device.startswith("cuda")
+    amp = {"f32": None, "bf16": torch.bfloat16, "f16": torch.float16}[args.dtype]
+    if amp is not None and not on_gpu:
+        sys.exit("--dtype bf16/f16 is for --device cuda")
+    scaler = torch.amp.GradScaler("cuda", enabled=args.dtype == "f16")
+
+    def autocast():
+        return torch.autocast("cuda", dtype=amp, enabled=amp is not None)
+
+    def sync():
+        if on_gpu:
+            torch.cuda.synchronize()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     log(f"trainable parameters: {trainable} of {total}")
@@ -160,7 +179,7 @@ def main():
                 return_tensors="pt",
             )
             labels = torch.tensor([r[2] / 5.0 for r in chunk], dtype=torch.float32)
-            yield enc, labels
+            yield enc.to(args.device), labels.to(args.device)
 
     @torch.no_grad()
     def evaluate(rows):
@@ -168,10 +187,12 @@ def main():
         preds = []
         t0 = time.perf_counter()
         for enc, _ in batches(rows, 64):
-            logits = model(**enc).logits.squeeze(-1).float()
+            with autocast():
+                logits = model(**enc).logits.squeeze(-1).float()
             preds.append(torch.sigmoid(logits) if args.recipe == "bce" else logits)
+        sync()
         secs = time.perf_counter() - t0
-        pred = torch.cat(preds).numpy().astype(np.float64)
+        pred = torch.cat(preds).cpu().numpy().astype(np.float64)
         gold = np.array([r[2] for r in rows], dtype=np.float64)
         return {
             "spearman": float(spearmanr(gold, pred)[0]),
@@ -211,10 +232,12 @@ def main():
         model.train()
         order = torch.randperm(len(train), generator=gen).tolist()
         for enc, labels in batches(train, args.batch, order):
-            logits = model(**enc).logits.squeeze(-1)
-            loss = loss_fn(logits, labels)
-            loss.backward()
-            optim.step()
+            with autocast():
+                logits = model(**enc).logits.squeeze(-1)
+            loss = loss_fn(logits.float(), labels)
+            scaler.scale(loss).backward()
+            scaler.step(optim)
+            scaler.update()
             sched.step()
             optim.zero_grad(set_to_none=True)
             step += 1
@@ -223,7 +246,9 @@ def main():
             if step % 20 == 0 or step == total_steps:
                 rate = step * args.batch / (time.perf_counter() - t_train)
                 log(f"epoch {epoch + 1} step {step}/{total_steps} loss {np.mean(history[-20:]):.4f} ({rate:.1f} pairs/s)")
+    sync()
     train_secs = time.perf_counter() - t_train
+    peak_gpu = torch.cuda.max_memory_allocated() / 2**20 if on_gpu else None
 
     result = evaluate(test)
     if args.history:
@@ -247,6 +272,9 @@ def main():
         "train_pairs_per_s": len(train) * args.epochs / train_secs,
         "eval_pairs_per_s": result["pairs_per_s"],
         "peak_rss_mib": peak_rss_mib(),
+        "peak_gpu_mib": peak_gpu,
+        "device": args.device,
+        "dtype": args.dtype,
         "threads": args.threads,
         "config": {
             "lora": {"r": 16, "alpha": 32, "dropout": 0.1, "targets": ["query", "key", "value"], "modules_to_save": ["classifier"]},

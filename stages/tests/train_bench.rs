@@ -9,6 +9,7 @@
 use std::path::PathBuf;
 
 use tsumugi_stages::contract::Reporter;
+use tsumugi_stages::device::DeviceSpec;
 use tsumugi_stages::lora::LoraSettings;
 use tsumugi_stages::train::loss::LossKind;
 use tsumugi_stages::train::{OptimSettings, Task, TrainSpec, train};
@@ -36,6 +37,12 @@ fn lora_training_throughput() {
         .ok()
         .and_then(|b| b.parse().ok())
         .unwrap_or(16);
+    // TSUMUGI_BENCH_DEVICE: cpu (default), wgpu[:N] or cuda[:N] (builds with that feature).
+    let device: DeviceSpec = std::env::var("TSUMUGI_BENCH_DEVICE")
+        .unwrap_or_else(|_| "cpu".into())
+        .parse()
+        .unwrap();
+    device.check_compiled().unwrap();
     let out = tempfile::tempdir().unwrap();
     let spec = TrainSpec {
         model_dir: PathBuf::from(env("TSUMUGI_BENCH_MODEL")),
@@ -67,13 +74,31 @@ fn lora_training_throughput() {
         // TSUMUGI_BENCH_SHARD=0: one shard per micro-batch (no data parallelism).
         shard_pairs: match std::env::var("TSUMUGI_BENCH_SHARD") {
             Ok(v) => Some(v.parse().expect("TSUMUGI_BENCH_SHARD: a number")).filter(|&n| n > 0),
-            Err(_) => Some(tsumugi_stages::train::CPU_SHARD_PAIRS),
+            Err(_) => (device == DeviceSpec::Cpu).then_some(tsumugi_stages::train::CPU_SHARD_PAIRS),
         },
         fingerprint: String::new(),
     };
-    let o =
-        train::<burn::backend::Autodiff<burn::backend::Flex>>(&spec, &Default::default(), &Quiet)
-            .unwrap();
+    use burn::backend::Autodiff;
+    let o = match device {
+        DeviceSpec::Cpu => {
+            train::<Autodiff<burn::backend::Flex>>(&spec, &Default::default(), &Quiet)
+        }
+        #[cfg(feature = "wgpu")]
+        DeviceSpec::Wgpu(_) => train::<Autodiff<tsumugi_stages::device::WgpuBackend>>(
+            &spec,
+            &device.wgpu_device(),
+            &Quiet,
+        ),
+        #[cfg(feature = "cuda")]
+        DeviceSpec::Cuda(_) => train::<Autodiff<tsumugi_stages::device::CudaBackend>>(
+            &spec,
+            &device.cuda_device(),
+            &Quiet,
+        ),
+        #[allow(unreachable_patterns)]
+        _ => unreachable!("check_compiled rejected backends this build lacks"),
+    }
+    .unwrap();
     // Optionally the test-set Spearman of the trained adapter ($TSUMUGI_BENCH_TEST: pairs JSONL).
     let spearman = std::env::var("TSUMUGI_BENCH_TEST").ok().map(|test| {
         use tsumugi_stages::models::ModelDir;
@@ -108,7 +133,7 @@ fn lora_training_throughput() {
     });
     println!(
         "{}",
-        serde_json::json!({"pairs": o.train_pairs_seen, "seconds": o.train_seconds, "pairs_per_s": o.pairs_per_s,
+        serde_json::json!({"device": device.to_string(), "pairs": o.train_pairs_seen, "seconds": o.train_seconds, "pairs_per_s": o.pairs_per_s,
                            "steps": o.steps, "batch": batch, "final_loss": o.final_loss, "test_spearman": spearman})
     );
 }
