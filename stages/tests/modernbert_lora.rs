@@ -280,8 +280,10 @@ fn two_adamw_steps_match_pytorch_peft() {
             println!(
                 "{name} step {step}: |Δloss| {dl:.2e}, |Δgrad_norm| {dn:.2e}, max |Δgrad| {gd:.2e}, max |Δvalue| {vd:.2e}"
             );
+            // The loss within 2e-5: training's GELU uses the vectorised erf (within 4e-7 of
+            // libm per element, models::cpu::erf), which moves this fixture's loss by 1.0e-5.
             assert!(
-                dl <= 1e-5 && dn <= 1e-4 && gd <= 1e-4 && vd <= 1e-4,
+                dl <= 2e-5 && dn <= 1e-4 && gd <= 1e-4 && vd <= 1e-4,
                 "{name} step {step}"
             );
         }
