@@ -133,8 +133,9 @@ fn named_grads<B: AutodiffBackend>(
     set
 }
 
-fn compare(what: &str, ours: &TensorSet, reference: &TensorSet, prefix: &str) -> f32 {
-    let mut worst = 0f32;
+/// max |ours − reference| over every tensor, and the tensor where it is.
+fn compare(what: &str, ours: &TensorSet, reference: &TensorSet, prefix: &str) -> (f32, String) {
+    let mut worst = (0f32, String::new());
     let mut n = 0;
     for (k, (shape, v)) in &ours.0 {
         let (rs, rv) = reference
@@ -147,7 +148,10 @@ fn compare(what: &str, ours: &TensorSet, reference: &TensorSet, prefix: &str) ->
             .zip(rv)
             .map(|(a, b)| (a - b).abs())
             .fold(0.0, f32::max);
-        worst = worst.max(d);
+        if std::env::var("TS_DEBUG").is_ok() && d > 1e-5 { println!("  {what} {k}: {d:e}"); }
+        if d > worst.0 {
+            worst = (d, k.clone());
+        }
         n += 1;
     }
     let expected = reference.0.keys().filter(|k| k.starts_with(prefix)).count();
@@ -204,19 +208,19 @@ fn steps_on<B: AutodiffBackend>(d: &B::Device) {
                 let y: Vec<i64> = serde_json::from_value(e["labels"].clone()).unwrap();
                 loss::cross_entropy(logits, Tensor::from_data(TensorData::new(y, [n]), d))
             };
-            let value = loss.clone().into_scalar();
-            let dl = (value as f64 - rec["loss"].as_f64().unwrap()).abs();
+            let value: f64 = loss.clone().into_scalar().elem();
+            let dl = (value - rec["loss"].as_f64().unwrap()).abs();
             let g = loss.backward();
             let ours = named_grads::<B>(&model, &g, arch);
-            let gd = compare("grad", &ours, &reference, &format!("grad.{step}."));
+            let (gd, gd_at) = compare("grad", &ours, &reference, &format!("grad.{step}."));
             let mut grads = optim::collect_grads(&model, &g);
             let norm = optim::clip_grad_norm::<B>(&mut grads, rec["max_norm"].as_f64().unwrap());
             let dn = (norm - rec["grad_norm"].as_f64().unwrap()).abs();
             model = optim::adamw_step(model, grads, lr, cfg, &mut state);
             let after = peft::adapter_tensors(&model, &settings);
-            let vd = compare("value", &after, &reference, &format!("value.{step}."));
+            let (vd, vd_at) = compare("value", &after, &reference, &format!("value.{step}."));
             println!(
-                "{kind} {name} [{backend}] step {step}: |Δloss| {dl:.2e}, |Δgrad_norm| {dn:.2e}, max |Δgrad| {gd:.2e}, max |Δvalue| {vd:.2e}"
+                "{kind} {name} [{backend}] step {step}: |Δloss| {dl:.2e}, |Δgrad_norm| {dn:.2e}, max |Δgrad| {gd:.2e} ({gd_at}), max |Δvalue| {vd:.2e} ({vd_at})"
             );
             assert!(
                 dl <= 1e-5 && dn <= 1e-4 && gd <= 1e-4 && vd <= 1e-4,
