@@ -156,7 +156,12 @@ fn check_on<B: Backend>(device: &B::Device, name: &str, labels: usize, what: &st
 
 fn check<B: Backend>(device: &B::Device, name: &str, labels: usize) {
     check_on::<B>(device, name, labels, &support::backend_name::<B>());
-    check_on::<Autodiff<B>>(device, name, labels, &support::backend_name::<Autodiff<B>>());
+    check_on::<Autodiff<B>>(
+        device,
+        name,
+        labels,
+        &support::backend_name::<Autodiff<B>>(),
+    );
 }
 
 support::on_backends! {

@@ -208,13 +208,13 @@ fn saved_adapter_loads_back<X: Backend>(d: &X::Device) {
         );
         for (k, (s, v)) in &theirs.0 {
             assert_eq!(&ours.0[k].0, s, "{name} {k}");
-            assert_eq!(&ours.0[k].1, v, "{name} {k}: values");
+            assert_eq!(&ours.0[k].1, v, "{name} [{backend}] {k}: values");
         }
         let (again, s2) = peft::load_adapter::<X>(&c.base, tmp.path(), d).unwrap();
         assert_eq!(s2, settings);
         let a = peft::values(lora.forward(&input_on::<X>(&c, d)));
         let b = peft::values(again.forward(&input_on::<X>(&c, d)));
-        assert_eq!(a, b, "{name}: reloaded adapter");
+        assert_eq!(a, b, "{name} [{backend}]: reloaded adapter");
     }
 }
 

@@ -148,7 +148,6 @@ fn compare(what: &str, ours: &TensorSet, reference: &TensorSet, prefix: &str) ->
             .zip(rv)
             .map(|(a, b)| (a - b).abs())
             .fold(0.0, f32::max);
-        if std::env::var("TS_DEBUG").is_ok() && d > 1e-5 { println!("  {what} {k}: {d:e}"); }
         if d > worst.0 {
             worst = (d, k.clone());
         }

@@ -108,9 +108,8 @@ pub fn wgpu_device() -> Option<burn::backend::wgpu::WgpuDevice> {
     static PROBED: OnceLock<Result<(), String>> = OnceLock::new();
     let spec = DeviceSpec::Wgpu(None);
     let device = spec.wgpu_device();
-    let probed = PROBED.get_or_init(|| {
-        device::probe::<WgpuBackend>(&spec, &device).map_err(|e| e.to_string())
-    });
+    let probed = PROBED
+        .get_or_init(|| device::probe::<WgpuBackend>(&spec, &device).map_err(|e| e.to_string()));
     match probed {
         Ok(()) => Some(device),
         Err(e) => {
