@@ -324,8 +324,8 @@ pub fn geglu<B: Backend>(x: Tensor<B, 3>) -> Option<Tensor<B, 3>> {
 ///
 /// Why: burn's default `gelu_backward`, which the cubecl backends (wgpu, CUDA) use, is the
 /// derivative of the tanh approximation, not of the exact GELU: on wgpu it put the LoRA
-/// gradients of `tests/train_step.rs` 1.4e-3 away from PyTorch's (4e-6 on flex, whose own
-/// backward is exact); spelled out, 1e-6 (docs/gpu.md).
+/// gradients of `tests/train_step.rs` 1.4e-3 away from PyTorch's; spelled out, 3.3e-6
+/// (flex, whose own backward is exact: 4.0e-6; docs/gpu.md).
 fn gelu_burn<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     let flex_backward = TypeId::of::<B>() == TypeId::of::<burn::backend::Autodiff<Flex>>();
     if !B::ad_enabled(&x.device()) || flex_backward {
