@@ -1,6 +1,6 @@
 //! Shared by the stage tests (`mod support;`): run a built-in kind as the engine does, and
 //! run one test body on every backend of the build ([`on_backends!`]).
-#![allow(dead_code, unused_macros, unused_imports)]
+#![allow(dead_code, unused_macros)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -92,6 +92,8 @@ macro_rules! on_backends {
         }
     };
 }
+// Unused in the test binaries that have no generic bodies.
+#[allow(unused_imports)]
 pub(crate) use on_backends;
 
 /// The wgpu device the `wgpu::` tests run on (`--device wgpu`: wgpu's default adapter,
