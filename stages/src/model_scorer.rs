@@ -100,6 +100,9 @@ fn no_head_hint(e: MlError) -> MlError {
     }
 }
 
+// One model per scorer, built once: the variants' size difference (the wgpu device) costs
+// nothing.
+#[allow(clippy::large_enum_variant)]
 enum Loaded {
     Cpu(Net<CpuBackend>),
     #[cfg(feature = "wgpu")]

@@ -152,6 +152,9 @@ fn load_net<B: Backend>(
     }
 }
 
+// One model per scorer, built once: the variants' size difference (the wgpu device) costs
+// nothing.
+#[allow(clippy::large_enum_variant)]
 enum Loaded {
     Cpu(CrossEncoder<CpuBackend>),
     #[cfg(feature = "wgpu")]

@@ -1,7 +1,10 @@
 //! DeBERTa-v2/v3 parity with transformers on the tiny random-weight fixtures made by
 //! `scripts/make_deberta_fixtures.py` (sequences longer than the position buckets and the
-//! v2 distance limit): token ids exactly, logits to 1e-4 in f32, with and without autodiff.
+//! v2 distance limit): token ids exactly, logits to 1e-4 in f32, with and without autodiff,
+//! on flex and (`--features wgpu`, the `wgpu::` tests) on wgpu.
 #![cfg(feature = "ml")]
+
+mod support;
 
 use std::path::{Path, PathBuf};
 use tsumugi_stages::models::{Plain, SequenceClassifier};
@@ -65,13 +68,13 @@ fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-fn load<B: Backend>(dir: &ModelDir) -> DebertaV2ForSequenceClassification<B> {
+fn load<B: Backend>(dir: &ModelDir, device: &B::Device) -> DebertaV2ForSequenceClassification<B> {
     let mut ck = Checkpoint::open(&dir.path, dir.architecture.prefix()).unwrap();
     let model = DebertaV2ForSequenceClassification::<B>::load(
         &mut ck,
         &dir.config,
         &LoadOptions::default(),
-        &Default::default(),
+        device,
     )
     .unwrap();
     let report = ck.finish().unwrap();
@@ -83,14 +86,13 @@ fn load<B: Backend>(dir: &ModelDir) -> DebertaV2ForSequenceClassification<B> {
     model
 }
 
-fn check_on<B: Backend>(name: &str, labels: usize, what: &str) {
+fn check_on<B: Backend>(device: &B::Device, name: &str, labels: usize, what: &str) {
     let dir = ModelDir::open(&fixture(name)).unwrap();
     let expected: Value = serde_json::from_str(
         &std::fs::read_to_string(fixture(name).join("expected.json")).unwrap(),
     )
     .unwrap();
-    let device = Default::default();
-    let mut model = load::<B>(&dir);
+    let mut model = load::<B>(&dir, device);
     // Under autodiff burn's dropout is live (training); transformers' reference is eval.
     model.without_dropout();
     assert_eq!(model.num_labels(), labels);
@@ -129,7 +131,7 @@ fn check_on<B: Backend>(name: &str, labels: usize, what: &str) {
             (got, _) => panic!("{name} batch {bi}: token_type_ids presence differs: got {got:?}"),
         }
         let want = floats(&b["logits"]);
-        let logits = model.forward_with(&ModelInput::from_batch(&enc, &device), &Plain);
+        let logits = model.forward_with(&ModelInput::from_batch(&enc, device), &Plain);
         let got: Vec<Vec<f32>> = logits
             .into_data()
             .to_vec::<f32>()
@@ -152,29 +154,21 @@ fn check_on<B: Backend>(name: &str, labels: usize, what: &str) {
     assert!(longest > 16, "{name}: longest batch only {longest} tokens");
 }
 
-fn check(name: &str, labels: usize) {
-    check_on::<CpuBackend>(name, labels, "flex");
-    check_on::<Autodiff<CpuBackend>>(name, labels, "autodiff");
+fn check<B: Backend>(device: &B::Device, name: &str, labels: usize) {
+    check_on::<B>(device, name, labels, &support::backend_name::<B>());
+    check_on::<Autodiff<B>>(
+        device,
+        name,
+        labels,
+        &support::backend_name::<Autodiff<B>>(),
+    );
 }
 
-#[test]
-fn deberta_v3_1_label_log_buckets_shared_keys() {
-    check("deberta-v3-1", 1);
-}
-
-#[test]
-fn deberta_v3_3_labels_embed_proj() {
-    check("deberta-v3-3", 3);
-}
-
-#[test]
-fn deberta_v2_1_label_separate_position_projections() {
-    check("deberta-v2-1", 1);
-}
-
-#[test]
-fn deberta_v2_3_labels_absolute_positions_and_token_types() {
-    check("deberta-v2-3", 3);
+support::on_backends! {
+    deberta_v3_1_label_log_buckets_shared_keys: check("deberta-v3-1", 1);
+    deberta_v3_3_labels_embed_proj: check("deberta-v3-3", 3);
+    deberta_v2_1_label_separate_position_projections: check("deberta-v2-1", 1);
+    deberta_v2_3_labels_absolute_positions_and_token_types: check("deberta-v2-3", 3);
 }
 
 #[test]

@@ -7,6 +7,8 @@
 //! - the other direction (Python loading our adapter) is checked by
 //!   `scripts/check_peft_adapter.py` on the directory `tsumugi_adapter_for_python` writes;
 //! - the same for OFT adapters (`oft_*` tests, fixtures of `make_lora_fixtures.py oft`).
+//!
+//! The first three also run on wgpu (`--features wgpu`, the `wgpu::` tests).
 #![cfg(feature = "ml")]
 
 mod support;
@@ -55,9 +57,13 @@ fn ints(v: &Value) -> (Vec<i64>, [usize; 2]) {
 }
 
 fn input(c: &Case) -> ModelInput<B> {
+    input_on::<B>(c, &Default::default())
+}
+
+fn input_on<X: Backend>(c: &Case, device: &X::Device) -> ModelInput<X> {
     let t = |k: &str| {
         let (v, s) = ints(&c.expected["inputs"][k]);
-        Tensor::<B, 2, Int>::from_data(TensorData::new(v, s), &Default::default())
+        Tensor::<X, 2, Int>::from_data(TensorData::new(v, s), device)
     };
     ModelInput {
         input_ids: t("input_ids"),
@@ -95,17 +101,22 @@ fn all_targets() -> LoraSettings {
     }
 }
 
-#[test]
-fn fresh_lora_forward_equals_base_forward() {
+support::on_backends! {
+    fresh_lora_forward_equals_base_forward: fresh_lora_is_the_base();
+    python_peft_adapter_gives_python_logits_and_merges: python_adapter_logits_and_merge();
+    saved_adapter_has_peft_keys_and_loads_back: saved_adapter_loads_back();
+}
+
+fn fresh_lora_is_the_base<X: Backend>(d: &X::Device) {
+    let backend = support::backend_name::<X>();
     for name in ["bert-1", "roberta-3"] {
         let c = case(name);
-        let d = Default::default();
-        let (base, _) = CrossEncoder::<B>::load(&c.base, &LoadOptions::default(), &d).unwrap();
-        let want = peft::values(base.forward(&input(&c)));
-        let lora = LoraModel::new(base, &all_targets(), 3, &d).unwrap();
-        let got = peft::values(lora.forward(&input(&c)));
+        let (base, _) = CrossEncoder::<X>::load(&c.base, &LoadOptions::default(), d).unwrap();
+        let want = peft::values(base.forward(&input_on::<X>(&c, d)));
+        let lora = LoraModel::new(base, &all_targets(), 3, d).unwrap();
+        let got = peft::values(lora.forward(&input_on::<X>(&c, d)));
         let diff = max_diff(&got, &want);
-        println!("{name}: fresh LoRA vs base max |Δ| = {diff:e}");
+        println!("{name} [{backend}]: fresh LoRA vs base max |Δ| = {diff:e}");
         assert!(diff <= 1e-6, "{name}: {diff}");
         // And A really is PEFT's Kaiming-uniform: within ±1/√in, not all zero.
         let a = peft::values(
@@ -135,17 +146,16 @@ fn fresh_lora_forward_equals_base_forward() {
     }
 }
 
-#[test]
-fn python_peft_adapter_gives_python_logits_and_merges() {
+fn python_adapter_logits_and_merge<X: Backend>(d: &X::Device) {
+    let backend = support::backend_name::<X>();
     for name in ["bert-1", "roberta-3", "deberta-v3-1", "deberta-v2-3"] {
         let c = case(name);
-        let d = Default::default();
-        let (lora, settings) = peft::load_adapter::<B>(&c.base, &c.adapter, &d).unwrap();
+        let (lora, settings) = peft::load_adapter::<X>(&c.base, &c.adapter, d).unwrap();
         assert_eq!(settings.r, 4);
-        let got = peft::values(lora.forward(&input(&c)));
+        let got = peft::values(lora.forward(&input_on::<X>(&c, d)));
         let want = floats(&c.expected["lora_logits"]);
         let diff = max_diff(&got, &want);
-        println!("{name}: PEFT adapter, tsumugi vs PEFT logits max |Δ| = {diff:e}");
+        println!("{name} [{backend}]: PEFT adapter, tsumugi vs PEFT logits max |Δ| = {diff:e}");
         assert!(diff <= 1e-4, "{name}: {diff}");
         let base_logits = floats(&c.expected["base_logits"]);
         assert!(
@@ -154,39 +164,38 @@ fn python_peft_adapter_gives_python_logits_and_merges() {
         );
 
         let merged = lora.merged();
-        let m = peft::values(merged.forward(&input(&c)));
+        let m = peft::values(merged.forward(&input_on::<X>(&c, d)));
         let diff = max_diff(&m, &got);
-        println!("{name}: merged vs base + adapter max |Δ| = {diff:e}");
+        println!("{name} [{backend}]: merged vs base + adapter max |Δ| = {diff:e}");
         assert!(diff <= 1e-5, "{name}: merged {diff}");
         let unmerged = lora.unmerge(merged);
-        let u = peft::values(unmerged.forward(&input(&c)));
-        let (base, _) = CrossEncoder::<B>::load(
+        let u = peft::values(unmerged.forward(&input_on::<X>(&c, d)));
+        let (base, _) = CrossEncoder::<X>::load(
             &c.base,
             &LoadOptions {
                 num_labels: None,
                 init_missing_head: false,
                 ..Default::default()
             },
-            &d,
+            d,
         )
         .unwrap();
         // The unmerged model keeps the adapter's head: compare against base + zeroed LoRA.
         let zero = LoraModel {
             base: lora.base.clone(),
-            layers: LoraModel::new(base, &settings, 0, &d).unwrap().layers,
+            layers: LoraModel::new(base, &settings, 0, d).unwrap().layers,
         };
-        let diff = max_diff(&u, &peft::values(zero.forward(&input(&c))));
-        println!("{name}: unmerged vs base (adapter head) max |Δ| = {diff:e}");
+        let diff = max_diff(&u, &peft::values(zero.forward(&input_on::<X>(&c, d))));
+        println!("{name} [{backend}]: unmerged vs base (adapter head) max |Δ| = {diff:e}");
         assert!(diff <= 1e-5, "{name}: unmerge {diff}");
     }
 }
 
-#[test]
-fn saved_adapter_has_peft_keys_and_loads_back() {
+fn saved_adapter_loads_back<X: Backend>(d: &X::Device) {
+    let backend = support::backend_name::<X>();
     for name in ["bert-1", "roberta-3", "deberta-v3-1", "deberta-v2-3"] {
         let c = case(name);
-        let d = Default::default();
-        let (lora, settings) = peft::load_adapter::<B>(&c.base, &c.adapter, &d).unwrap();
+        let (lora, settings) = peft::load_adapter::<X>(&c.base, &c.adapter, d).unwrap();
         let tmp = tempfile::tempdir().unwrap();
         peft::save_adapter(&lora, &settings, "fixture", tmp.path()).unwrap();
         // Same keys, shapes and values as the Python-made file.
@@ -199,13 +208,13 @@ fn saved_adapter_has_peft_keys_and_loads_back() {
         );
         for (k, (s, v)) in &theirs.0 {
             assert_eq!(&ours.0[k].0, s, "{name} {k}");
-            assert_eq!(&ours.0[k].1, v, "{name} {k}: values");
+            assert_eq!(&ours.0[k].1, v, "{name} [{backend}] {k}: values");
         }
-        let (again, s2) = peft::load_adapter::<B>(&c.base, tmp.path(), &d).unwrap();
+        let (again, s2) = peft::load_adapter::<X>(&c.base, tmp.path(), d).unwrap();
         assert_eq!(s2, settings);
-        let a = peft::values(lora.forward(&input(&c)));
-        let b = peft::values(again.forward(&input(&c)));
-        assert_eq!(a, b, "{name}: reloaded adapter");
+        let a = peft::values(lora.forward(&input_on::<X>(&c, d)));
+        let b = peft::values(again.forward(&input_on::<X>(&c, d)));
+        assert_eq!(a, b, "{name} [{backend}]: reloaded adapter");
     }
 }
 

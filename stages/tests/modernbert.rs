@@ -4,6 +4,8 @@
 //! gives each pair's numbers alone.
 #![cfg(feature = "ml")]
 
+mod support;
+
 use std::path::{Path, PathBuf};
 
 use burn::backend::{Autodiff, Flex};
@@ -29,10 +31,13 @@ fn config(name: &str) -> ModelConfig {
 }
 
 fn load<B: Backend>(name: &str) -> CrossEncoder<B> {
+    load_on::<B>(name, &Default::default())
+}
+
+fn load_on<B: Backend>(name: &str, device: &B::Device) -> CrossEncoder<B> {
     let dir = ModelDir::open(&fixture(name)).unwrap();
     assert_eq!(dir.architecture, Architecture::ModernBert);
-    let (model, report) =
-        CrossEncoder::load(&dir, &LoadOptions::default(), &Default::default()).unwrap();
+    let (model, report) = CrossEncoder::load(&dir, &LoadOptions::default(), device).unwrap();
     assert!(
         report.unused.is_empty(),
         "{name}: unused {:?}",
@@ -54,7 +59,15 @@ fn rows<T: Clone>(flat: &[T], width: usize) -> Vec<Vec<T>> {
 }
 
 fn logits<B: Backend>(model: &CrossEncoder<B>, enc: &EncodedBatch) -> Vec<Vec<f32>> {
-    let input = ModelInput::<B>::from_batch(enc, &Default::default());
+    logits_on(model, enc, &Default::default())
+}
+
+fn logits_on<B: Backend>(
+    model: &CrossEncoder<B>,
+    enc: &EncodedBatch,
+    device: &B::Device,
+) -> Vec<Vec<f32>> {
+    let input = ModelInput::<B>::from_batch(enc, device);
     let out = model.forward(&input);
     let labels = out.dims()[1];
     rows(
@@ -84,8 +97,9 @@ fn json_rows<T>(v: &Value, f: impl Fn(&Value) -> T + Copy) -> Vec<Vec<T>> {
 
 /// Every batch of the fixture: ids as transformers', logits within [`TOL`], and each pair
 /// alone (no padding) as in the padded batch.
-fn check<B: Backend>(name: &str, labels: usize, backend: &str) {
-    let mut model = load::<B>(name);
+fn check<B: Backend>(device: &B::Device, name: &str, labels: usize) {
+    let backend = support::backend_name::<B>();
+    let mut model = load_on::<B>(name, device);
     // Under autodiff burn's dropout is live (training); transformers' reference is eval.
     model.without_dropout();
     assert_eq!(model.num_labels(), labels);
@@ -115,11 +129,14 @@ fn check<B: Backend>(name: &str, labels: usize, backend: &str) {
         );
         assert!(enc.token_type_ids.is_none());
         let want = json_rows(&b["logits"], |x| x.as_f64().unwrap() as f32);
-        let got = logits(&model, &enc);
+        let got = logits_on(&model, &enc, device);
         let d = max_diff(&got, &want);
         let alone: Vec<Vec<f32>> = pairs
             .iter()
-            .flat_map(|p| logits(&model, &tok.encode_batch(std::slice::from_ref(p)).unwrap()))
+            .flat_map(|p| {
+                let alone = tok.encode_batch(std::slice::from_ref(p)).unwrap();
+                logits_on(&model, &alone, device)
+            })
             .collect();
         let d_alone = max_diff(&alone, &got);
         println!(
@@ -138,20 +155,15 @@ fn check<B: Backend>(name: &str, labels: usize, backend: &str) {
     }
 }
 
-#[test]
-fn one_label_cls_pooling_legacy_config_matches_transformers() {
-    check::<Flex>("modernbert-1", 1, "flex");
+support::on_backends! {
+    one_label_cls_pooling_legacy_config_matches_transformers: check("modernbert-1", 1);
+    three_labels_mean_pooling_with_biases_matches_transformers: check("modernbert-3", 3);
+    under_autodiff_the_same_logits: check_autodiff();
 }
 
-#[test]
-fn three_labels_mean_pooling_with_biases_matches_transformers() {
-    check::<Flex>("modernbert-3", 3, "flex");
-}
-
-#[test]
-fn under_autodiff_the_same_logits() {
-    check::<Autodiff<Flex>>("modernbert-1", 1, "autodiff");
-    check::<Autodiff<Flex>>("modernbert-3", 3, "autodiff");
+fn check_autodiff<B: Backend>(device: &B::Device) {
+    check::<Autodiff<B>>(device, "modernbert-1", 1);
+    check::<Autodiff<B>>(device, "modernbert-3", 3);
 }
 
 #[test]

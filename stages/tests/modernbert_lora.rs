@@ -4,7 +4,8 @@
 //! - a fresh LoRA leaves the logits unchanged;
 //! - PEFT's adapter gives PEFT's logits here, merges to PEFT's merged logits, and saving it
 //!   again writes PEFT's keys, shapes and values;
-//! - two AdamW steps: every gradient and value within 1e-4 of PyTorch + PEFT;
+//! - two AdamW steps: every gradient and value within 1e-4 of PyTorch + PEFT (on flex and,
+//!   `--features wgpu`, on wgpu: `wgpu::two_adamw_steps_match_pytorch_peft`);
 //! - `export` with `merge: true` gives a plain checkpoint with the adapter's logits;
 //! - the other directions (Python loading tsumugi's adapter and export) are checked by
 //!   `scripts/check_peft_adapter.py` and `scripts/check_export.py` on the directories these
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
 use serde_json::{Value, json};
 use tsumugi_stages::contract::Reporter;
 use tsumugi_stages::lora::{AdapterLinear, LoraModel, LoraSettings};
@@ -25,8 +27,6 @@ use tsumugi_stages::models::{
 };
 use tsumugi_stages::peft;
 use tsumugi_stages::train::{loss, optim};
-
-type AD = Autodiff<Flex>;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -52,10 +52,14 @@ fn case(name: &'static str) -> Case {
 const CASES: [&str; 2] = ["modernbert-1", "modernbert-3"];
 
 fn input<B: Backend>(e: &Value) -> ModelInput<B> {
+    input_on::<B>(e, &Default::default())
+}
+
+fn input_on<B: Backend>(e: &Value, device: &B::Device) -> ModelInput<B> {
     let t = |k: &str| {
         let rows: Vec<Vec<i64>> = serde_json::from_value(e["inputs"][k].clone()).unwrap();
         let s = [rows.len(), rows[0].len()];
-        Tensor::<B, 2, Int>::from_data(TensorData::new(rows.concat(), s), &Default::default())
+        Tensor::<B, 2, Int>::from_data(TensorData::new(rows.concat(), s), device)
     };
     ModelInput {
         input_ids: t("input_ids"),
@@ -157,10 +161,7 @@ fn python_peft_adapter_gives_python_logits_merges_and_saves_back() {
 }
 
 /// The gradients of the trainable tensors under PEFT's keys, PyTorch layout.
-fn named_grads(
-    model: &LoraModel<AD>,
-    grads: &<AD as burn::tensor::backend::AutodiffBackend>::Gradients,
-) -> TensorSet {
+fn named_grads<A: AutodiffBackend>(model: &LoraModel<A>, grads: &A::Gradients) -> TensorSet {
     let mut set = TensorSet::default();
     let p = "base_model.model.";
     for (i, s, l) in model.paths() {
@@ -229,15 +230,22 @@ fn compare(what: &str, ours: &TensorSet, reference: &TensorSet, prefix: &str) ->
     worst
 }
 
-#[test]
-fn two_adamw_steps_match_pytorch_peft() {
+support::on_backends! {
+    two_adamw_steps_match_pytorch_peft: two_adamw_steps();
+}
+
+fn two_adamw_steps<I: Backend>(d: &I::Device) {
+    steps_on::<Autodiff<I>>(d);
+}
+
+fn steps_on<A: AutodiffBackend>(d: &A::Device) {
+    let backend = support::backend_name::<A::InnerBackend>();
     for name in CASES {
         let c = case(name);
         let e = &c.expected;
         let dir = fixtures().join("lora").join(name);
         let reference = TensorSet::read(&dir.join("steps.safetensors")).unwrap();
-        let d = Default::default();
-        let (model, settings) = peft::load_adapter::<AD>(&c.base, &c.adapter, &d).unwrap();
+        let (model, settings) = peft::load_adapter::<A>(&c.base, &c.adapter, d).unwrap();
         let mut model = model.without_dropout();
         let o = &e["optim"];
         let cfg = optim::AdamWConfig {
@@ -248,7 +256,7 @@ fn two_adamw_steps_match_pytorch_peft() {
         };
         let lr = o["lr"].as_f64().unwrap();
         let mut state = optim::AdamWState::default();
-        let x = input::<AD>(e);
+        let x = input_on::<A>(e, d);
         for step in 1..=2 {
             let rec = &e["steps"][step - 1];
             let logits = model.forward(&x);
@@ -257,34 +265,44 @@ fn two_adamw_steps_match_pytorch_peft() {
                 let y: Vec<f32> = serde_json::from_value(e["labels"].clone()).unwrap();
                 loss::mse(
                     logits.reshape([n]),
-                    Tensor::from_data(TensorData::new(y, [n]), &d),
+                    Tensor::from_data(TensorData::new(y, [n]), d),
                 )
             } else {
                 let y: Vec<i64> = serde_json::from_value(e["labels"].clone()).unwrap();
-                loss::cross_entropy(logits, Tensor::from_data(TensorData::new(y, [n]), &d))
+                loss::cross_entropy(logits, Tensor::from_data(TensorData::new(y, [n]), d))
             };
-            let dl = (loss.clone().into_scalar() as f64 - rec["loss"].as_f64().unwrap()).abs();
+            let value: f64 = loss.clone().into_scalar().elem();
+            let dl = (value - rec["loss"].as_f64().unwrap()).abs();
             let g = loss.backward();
             let gd = compare(
                 "grad",
-                &named_grads(&model, &g),
+                &named_grads::<A>(&model, &g),
                 &reference,
                 &format!("grad.{step}."),
             );
             let mut grads = optim::collect_grads(&model, &g);
-            let norm = optim::clip_grad_norm::<AD>(&mut grads, rec["max_norm"].as_f64().unwrap());
-            let dn = (norm - rec["grad_norm"].as_f64().unwrap()).abs();
+            let norm = optim::clip_grad_norm::<A>(&mut grads, rec["max_norm"].as_f64().unwrap());
+            let want_norm = rec["grad_norm"].as_f64().unwrap();
+            let dn = (norm - want_norm).abs();
+            // modernbert-1's gradient norms are 102 and 66: off flex, f32 sums in another
+            // order moved the second by 1.38e-4 on wgpu (2.1e-6 relative; flex: 4.9e-5), so
+            // there the bound is 4e-6 relative where that exceeds 1e-4.
+            let norm_tol = if backend == "flex" {
+                1e-4
+            } else {
+                f64::max(1e-4, 4e-6 * want_norm)
+            };
             model = optim::adamw_step(model, grads, lr, cfg, &mut state);
             let after = peft::adapter_tensors(&model, &settings);
             let vd = compare("value", &after, &reference, &format!("value.{step}."));
             println!(
-                "{name} step {step}: |Δloss| {dl:.2e}, |Δgrad_norm| {dn:.2e}, max |Δgrad| {gd:.2e}, max |Δvalue| {vd:.2e}"
+                "{name} [{backend}] step {step}: |Δloss| {dl:.2e}, |Δgrad_norm| {dn:.2e}, max |Δgrad| {gd:.2e}, max |Δvalue| {vd:.2e}"
             );
             // The loss within 2e-5: training's GELU uses the vectorised erf (within 4e-7 of
             // libm per element, models::cpu::erf), which moves this fixture's loss by 1.0e-5.
             assert!(
-                dl <= 2e-5 && dn <= 1e-4 && gd <= 1e-4 && vd <= 1e-4,
-                "{name} step {step}"
+                dl <= 2e-5 && dn <= norm_tol && gd <= 1e-4 && vd <= 1e-4,
+                "{name} [{backend}] step {step}"
             );
         }
     }

@@ -1,10 +1,14 @@
 //! Parity with Hugging Face transformers on the tiny random-weight fixtures made by
-//! `scripts/make_fixtures.py`: token ids must match exactly and logits to 1e-4 (f32).
+//! `scripts/make_fixtures.py`: token ids must match exactly and logits to 1e-4 (f32), on
+//! flex and (`--features wgpu`, the `wgpu::` tests) on wgpu.
 #![cfg(feature = "ml")]
+
+mod support;
 
 use std::path::{Path, PathBuf};
 use tsumugi_stages::models::SequenceClassifier;
 
+use burn::prelude::Backend;
 use serde_json::Value;
 use tsumugi_stages::device::CpuBackend;
 use tsumugi_stages::models::{CrossEncoder, LoadOptions, ModelDir, ModelInput};
@@ -62,15 +66,14 @@ fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-fn check(name: &str, labels: usize) {
+fn check<B: Backend>(device: &B::Device, name: &str, labels: usize) {
     let dir = ModelDir::open(&fixture(name)).unwrap();
     let expected: Value = serde_json::from_str(
         &std::fs::read_to_string(fixture(name).join("expected.json")).unwrap(),
     )
     .unwrap();
-    let device = Default::default();
-    let (model, report) =
-        CrossEncoder::<CpuBackend>::load(&dir, &LoadOptions::default(), &device).unwrap();
+    let backend = support::backend_name::<B>();
+    let (model, report) = CrossEncoder::<B>::load(&dir, &LoadOptions::default(), device).unwrap();
     assert!(
         report.unused.is_empty(),
         "{name}: unused weights {:?}",
@@ -117,7 +120,7 @@ fn check(name: &str, labels: usize) {
         }
 
         let want = floats(&b["logits"]);
-        let logits = model.forward(&ModelInput::from_batch(&enc, &device));
+        let logits = model.forward(&ModelInput::from_batch(&enc, device));
         let got: Vec<Vec<f32>> = logits
             .into_data()
             .to_vec::<f32>()
@@ -127,7 +130,7 @@ fn check(name: &str, labels: usize) {
             .collect();
         let d = max_diff(&got, &want);
         println!(
-            "{name} batch {bi} ({} pairs, seq {}, {truncation:?}): max |Δ logits| = {d:.2e}",
+            "{name} [{backend}] batch {bi} ({} pairs, seq {}, {truncation:?}): max |Δ logits| = {d:.2e}",
             pairs.len(),
             enc.seq
         );
@@ -140,7 +143,7 @@ fn check(name: &str, labels: usize) {
         // length): results must come back in input order with the same values.
         let encoded = tok.encode_all(&pairs).unwrap();
         let mut seen = 0;
-        let bucketed = score_encoded(&model, &tok, &encoded, 2, &device, &mut |n| seen = n);
+        let bucketed = score_encoded(&model, &tok, &encoded, 2, device, &mut |n| seen = n);
         assert_eq!(seen, pairs.len());
         let d = max_diff(&bucketed, &want);
         assert!(d <= TOL, "{name} batch {bi} bucketed: max |Δ| {d} > {TOL}");
@@ -148,7 +151,7 @@ fn check(name: &str, labels: usize) {
 }
 
 #[test]
-fn bert_1_label_f32_with_position_ids_buffer() {
+fn bert_1_skips_the_position_ids_buffer() {
     let dir = ModelDir::open(&fixture("bert-1")).unwrap();
     let (_, report) =
         CrossEncoder::<CpuBackend>::load(&dir, &LoadOptions::default(), &Default::default())
@@ -157,35 +160,22 @@ fn bert_1_label_f32_with_position_ids_buffer() {
         report.skipped_buffers,
         vec!["bert.embeddings.position_ids".to_string()]
     );
-    check("bert-1", 1);
+}
+
+support::on_backends! {
+    bert_1_label_f32_with_position_ids_buffer: check("bert-1", 1);
+    bert_3_labels_bf16: check("bert-3", 3);
+    roberta_1_label_f16: check("roberta-1", 1);
+    roberta_3_labels_f16_sharded: check("roberta-3", 3);
+    xlm_roberta_1_label_f16: check("xlm-roberta-1", 1);
+    xlm_roberta_3_labels_f32_sharded: check("xlm-roberta-3", 3);
 }
 
 #[test]
-fn bert_3_labels_bf16() {
-    check("bert-3", 3);
-}
-
-#[test]
-fn roberta_1_label_f16() {
-    check("roberta-1", 1);
-}
-
-#[test]
-fn roberta_3_labels_f16_sharded() {
+fn roberta_3_is_sharded() {
     assert!(
         fixture("roberta-3")
             .join("model.safetensors.index.json")
             .is_file()
     );
-    check("roberta-3", 3);
-}
-
-#[test]
-fn xlm_roberta_1_label_f16() {
-    check("xlm-roberta-1", 1);
-}
-
-#[test]
-fn xlm_roberta_3_labels_f32_sharded() {
-    check("xlm-roberta-3", 3);
 }

@@ -3,8 +3,11 @@
 //! on four images of several sizes and aspect ratios, the vision tower's merged
 //! embeddings and the logits of two image + text chat prompts (≤ 1e-4), the chat template
 //! and its token ids, M-RoPE position ids, and greedy generation of 32 new tokens,
-//! token-identical with and without the KV cache.
+//! token-identical with and without the KV cache. The vision tower, the logits and greedy
+//! generation also run on wgpu (`--features wgpu`, the `wgpu::` tests).
 #![cfg(feature = "ml")]
+
+mod support;
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -103,11 +106,21 @@ use tsumugi_stages::models::qwen2_vl::{
 };
 
 fn captioner() -> Qwen2VlCaptioner<B> {
-    Qwen2VlCaptioner::<B>::load(&fixture(), &Default::default()).unwrap()
+    captioner_on::<B>(&Default::default())
 }
 
-fn values<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+fn captioner_on<X: Backend>(device: &X::Device) -> Qwen2VlCaptioner<X> {
+    Qwen2VlCaptioner::<X>::load(&fixture(), device).unwrap()
+}
+
+fn values<X: Backend, const D: usize>(t: Tensor<X, D>) -> Vec<f32> {
     t.into_data().convert::<f32>().into_vec().unwrap()
+}
+
+support::on_backends! {
+    vision_tower_matches_transformers: vision_tower();
+    logits_match_transformers: logits();
+    greedy_generation_is_token_identical_with_and_without_cache: greedy_generation();
 }
 
 #[test]
@@ -120,9 +133,9 @@ fn loads_every_weight_of_the_checkpoint() {
     assert!(report.unused.is_empty(), "unused: {:?}", report.unused);
 }
 
-#[test]
-fn vision_tower_matches_transformers() {
-    let cap = captioner();
+fn vision_tower<X: Backend>(device: &X::Device) {
+    let backend = support::backend_name::<X>();
+    let cap = captioner_on::<X>(device);
     let tensors = reference_tensors();
     for name in [
         "disc-97x61.png",
@@ -131,18 +144,18 @@ fn vision_tower_matches_transformers() {
         "wide-300x200.png",
     ] {
         let patches = preprocess(&load_image(name), &cap.processor).unwrap();
-        let got = values(cap.model.image_features(&patches, &Default::default()));
+        let got = values(cap.model.image_features(&patches, device));
         let (shape, expected) = &tensors[&format!("vision/{name}")];
         assert_eq!(shape[0], patches.merged_tokens(2), "{name}");
         let diff = max_abs_diff(&got, expected);
-        println!("{name}: merged image tokens {shape:?}, max |Δ| {diff:e}");
+        println!("{name} [{backend}]: merged image tokens {shape:?}, max |Δ| {diff:e}");
         assert!(diff <= 1e-4, "{name}: max |Δ| {diff}");
     }
     // Attention by blocks of query rows (what keeps big pictures in memory) changes nothing.
-    let mut blocked = captioner();
+    let mut blocked = captioner_on::<X>(device);
     blocked.model.visual.query_block = 7;
     let patches = preprocess(&load_image("tall-40x150.png"), &blocked.processor).unwrap();
-    let got = values(blocked.model.image_features(&patches, &Default::default()));
+    let got = values(blocked.model.image_features(&patches, device));
     let diff = max_abs_diff(&got, &tensors["vision/tall-40x150.png"].1);
     assert!(diff <= 1e-4, "blocks of 7 query rows: max |Δ| {diff}");
 }
@@ -173,11 +186,10 @@ fn chat_prompt_ids_and_positions_match_transformers() {
     }
 }
 
-#[test]
-fn logits_match_transformers() {
-    let cap = captioner();
+fn logits<X: Backend>(device: &X::Device) {
+    let backend = support::backend_name::<X>();
+    let cap = captioner_on::<X>(device);
     let tensors = reference_tensors();
-    let device = Default::default();
     for (i, case) in reference_json()["cases"]
         .as_array()
         .unwrap()
@@ -196,7 +208,7 @@ fn logits_match_transformers() {
                 &ids,
                 std::slice::from_ref(&patches),
                 cap.config.image_token_id,
-                &device,
+                device,
             )
             .unwrap();
         let logits = cap
@@ -217,16 +229,16 @@ fn logits_match_transformers() {
         }
         let diff = max_abs_diff(&got, expected);
         println!(
-            "prompt {i} ({name}, {} tokens): logits max |Δ| {diff:e}",
+            "prompt {i} ({name}, {} tokens) [{backend}]: logits max |Δ| {diff:e}",
             ids.len()
         );
         assert!(diff <= 1e-4, "prompt {i}: max |Δ| {diff}");
     }
 }
 
-#[test]
-fn greedy_generation_is_token_identical_with_and_without_cache() {
-    let cap = captioner();
+fn greedy_generation<X: Backend>(device: &X::Device) {
+    let backend = support::backend_name::<X>();
+    let cap = captioner_on::<X>(device);
     for case in reference_json()["cases"].as_array().unwrap() {
         let name = case["image"].as_str().unwrap();
         let expected: Vec<u32> = serde_json::from_value(case["generated"].clone()).unwrap();
@@ -243,7 +255,7 @@ fn greedy_generation_is_token_identical_with_and_without_cache() {
                 .generate_ids(&image, case["prompt"].as_str().unwrap(), &opts)
                 .unwrap();
             println!(
-                "{name}: cache {use_cache}: {} tokens, identical: {}",
+                "{name} [{backend}]: cache {use_cache}: {} tokens, identical: {}",
                 got.len(),
                 got == expected
             );

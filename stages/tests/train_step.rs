@@ -2,13 +2,17 @@
 //! `scripts/make_lora_fixtures.py` (LoRA, and OFT with `oft`): the gradients of every
 //! trainable tensor (LoRA A/B or OFT's rotation weights, and the head) before clipping,
 //! and the values after global-norm clipping + AdamW, ≤ 1e-4.
-//! Step 2 checks AdamW's moments and bias correction as well.
+//! Step 2 checks AdamW's moments and bias correction as well. On flex and
+//! (`--features wgpu`, the `wgpu::` tests) on wgpu.
 #![cfg(feature = "ml")]
+
+mod support;
 
 use std::path::{Path, PathBuf};
 
-use burn::backend::{Autodiff, Flex};
+use burn::backend::Autodiff;
 use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
 use serde_json::Value;
 use tsumugi_stages::lora::{AdapterLinear, LoraModel};
 use tsumugi_stages::models::SequenceClassifier;
@@ -16,17 +20,15 @@ use tsumugi_stages::models::{ModelDir, ModelInput};
 use tsumugi_stages::peft::{self, TensorSet};
 use tsumugi_stages::train::{loss, optim};
 
-type B = Autodiff<Flex>;
-
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-fn input(e: &Value) -> ModelInput<B> {
+fn input<B: Backend>(e: &Value, device: &B::Device) -> ModelInput<B> {
     let t = |k: &str| {
         let rows: Vec<Vec<i64>> = serde_json::from_value(e["inputs"][k].clone()).unwrap();
         let s = [rows.len(), rows[0].len()];
-        Tensor::<B, 2, Int>::from_data(TensorData::new(rows.concat(), s), &Default::default())
+        Tensor::<B, 2, Int>::from_data(TensorData::new(rows.concat(), s), device)
     };
     ModelInput {
         input_ids: t("input_ids"),
@@ -38,9 +40,9 @@ fn input(e: &Value) -> ModelInput<B> {
 }
 
 /// The gradients of the trainable tensors, under PEFT's key names and PyTorch's layout.
-fn named_grads(
+fn named_grads<B: AutodiffBackend>(
     model: &LoraModel<B>,
-    grads: &<B as burn::tensor::backend::AutodiffBackend>::Gradients,
+    grads: &B::Gradients,
     arch: &str,
 ) -> TensorSet {
     let mut set = TensorSet::default();
@@ -131,8 +133,9 @@ fn named_grads(
     set
 }
 
-fn compare(what: &str, ours: &TensorSet, reference: &TensorSet, prefix: &str) -> f32 {
-    let mut worst = 0f32;
+/// max |ours − reference| over every tensor, and the tensor where it is.
+fn compare(what: &str, ours: &TensorSet, reference: &TensorSet, prefix: &str) -> (f32, String) {
+    let mut worst = (0f32, String::new());
     let mut n = 0;
     for (k, (shape, v)) in &ours.0 {
         let (rs, rv) = reference
@@ -145,7 +148,9 @@ fn compare(what: &str, ours: &TensorSet, reference: &TensorSet, prefix: &str) ->
             .zip(rv)
             .map(|(a, b)| (a - b).abs())
             .fold(0.0, f32::max);
-        worst = worst.max(d);
+        if d > worst.0 {
+            worst = (d, k.clone());
+        }
         n += 1;
     }
     let expected = reference.0.keys().filter(|k| k.starts_with(prefix)).count();
@@ -153,8 +158,16 @@ fn compare(what: &str, ours: &TensorSet, reference: &TensorSet, prefix: &str) ->
     worst
 }
 
-#[test]
-fn two_adamw_steps_match_pytorch_peft() {
+support::on_backends! {
+    two_adamw_steps_match_pytorch_peft: two_adamw_steps();
+}
+
+fn two_adamw_steps<I: Backend>(device: &I::Device) {
+    steps_on::<Autodiff<I>>(device);
+}
+
+fn steps_on<B: AutodiffBackend>(d: &B::Device) {
+    let backend = support::backend_name::<B::InnerBackend>();
     for (kind, name, arch) in [
         ("lora", "bert-1", "bert"),
         ("lora", "roberta-3", "roberta"),
@@ -168,8 +181,7 @@ fn two_adamw_steps_match_pytorch_peft() {
                 .unwrap();
         let reference = TensorSet::read(&dir.join("steps.safetensors")).unwrap();
         let base = ModelDir::open(&fixtures().join(name)).unwrap();
-        let d = Default::default();
-        let (model, settings) = peft::load_adapter::<B>(&base, &dir.join("adapter"), &d).unwrap();
+        let (model, settings) = peft::load_adapter::<B>(&base, &dir.join("adapter"), d).unwrap();
         let mut model = model.without_dropout();
         let o = &e["optim"];
         let cfg = optim::AdamWConfig {
@@ -180,7 +192,7 @@ fn two_adamw_steps_match_pytorch_peft() {
         };
         let lr = o["lr"].as_f64().unwrap();
         let mut state = optim::AdamWState::default();
-        let x = input(&e);
+        let x = input::<B>(&e, d);
         for step in 1..=2 {
             let rec = &e["steps"][step - 1];
             let logits = model.forward(&x);
@@ -189,25 +201,25 @@ fn two_adamw_steps_match_pytorch_peft() {
                 let y: Vec<f32> = serde_json::from_value(e["labels"].clone()).unwrap();
                 loss::mse(
                     logits.reshape([n]),
-                    Tensor::from_data(TensorData::new(y, [n]), &d),
+                    Tensor::from_data(TensorData::new(y, [n]), d),
                 )
             } else {
                 let y: Vec<i64> = serde_json::from_value(e["labels"].clone()).unwrap();
-                loss::cross_entropy(logits, Tensor::from_data(TensorData::new(y, [n]), &d))
+                loss::cross_entropy(logits, Tensor::from_data(TensorData::new(y, [n]), d))
             };
-            let value = loss.clone().into_scalar();
-            let dl = (value as f64 - rec["loss"].as_f64().unwrap()).abs();
+            let value: f64 = loss.clone().into_scalar().elem();
+            let dl = (value - rec["loss"].as_f64().unwrap()).abs();
             let g = loss.backward();
-            let ours = named_grads(&model, &g, arch);
-            let gd = compare("grad", &ours, &reference, &format!("grad.{step}."));
+            let ours = named_grads::<B>(&model, &g, arch);
+            let (gd, gd_at) = compare("grad", &ours, &reference, &format!("grad.{step}."));
             let mut grads = optim::collect_grads(&model, &g);
             let norm = optim::clip_grad_norm::<B>(&mut grads, rec["max_norm"].as_f64().unwrap());
             let dn = (norm - rec["grad_norm"].as_f64().unwrap()).abs();
             model = optim::adamw_step(model, grads, lr, cfg, &mut state);
             let after = peft::adapter_tensors(&model, &settings);
-            let vd = compare("value", &after, &reference, &format!("value.{step}."));
+            let (vd, vd_at) = compare("value", &after, &reference, &format!("value.{step}."));
             println!(
-                "{kind} {name} step {step}: |Δloss| {dl:.2e}, |Δgrad_norm| {dn:.2e}, max |Δgrad| {gd:.2e}, max |Δvalue| {vd:.2e}"
+                "{kind} {name} [{backend}] step {step}: |Δloss| {dl:.2e}, |Δgrad_norm| {dn:.2e}, max |Δgrad| {gd:.2e} ({gd_at}), max |Δvalue| {vd:.2e} ({vd_at})"
             );
             assert!(
                 dl <= 1e-5 && dn <= 1e-4 && gd <= 1e-4 && vd <= 1e-4,

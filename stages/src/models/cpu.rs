@@ -27,7 +27,7 @@ pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
         return gelu_tracked(x);
     }
     if !is_flex_f32::<B>(x.dtype()) {
-        return activation::gelu(x);
+        return gelu_burn(x);
     }
     from_flex(gelu_flex(into_flex(x)))
 }
@@ -722,6 +722,27 @@ pub fn geglu<B: Backend>(x: Tensor<B, 3>) -> Option<Tensor<B, 3>> {
         out,
         [batch, seq, m],
     ))))
+}
+
+/// GELU on the other backends. Under autodiff (except on flex) it is spelled out with
+/// `erf`, whose gradient burn computes exactly.
+///
+/// Why: burn's default `gelu_backward`, which the cubecl backends (wgpu, CUDA) use, is the
+/// derivative of the tanh approximation, not of the exact GELU: on wgpu it put the LoRA
+/// gradients of `tests/train_step.rs` 1.4e-3 away from PyTorch's; spelled out, 3.3e-6
+/// (flex, whose own backward is exact: 4.0e-6; docs/gpu.md).
+fn gelu_burn<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let flex_backward = TypeId::of::<B>() == TypeId::of::<burn::backend::Autodiff<Flex>>();
+    if !B::ad_enabled(&x.device()) || flex_backward {
+        return activation::gelu(x);
+    }
+    let cdf = x
+        .clone()
+        .div_scalar(std::f64::consts::SQRT_2)
+        .erf()
+        .add_scalar(1.0)
+        .mul_scalar(0.5);
+    x * cdf
 }
 
 /// Whether the fast paths apply: `B` is the flex backend and the tensor is f32.

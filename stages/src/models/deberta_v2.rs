@@ -467,13 +467,11 @@ impl<B: Backend> DisentangledSelfAttention<B> {
             // One mask for the position embeddings all rows share (see models::dropout).
             let rel_emb = shared_masks(|| self.pos_dropout.forward(rel_emb));
             let rows = rel_emb.dims()[0];
-            // [2·span, hidden] → [batch, heads, 2·span, d]
-            let heads = |t: Tensor<B, 2>| {
-                t.reshape([rows, nh, d])
-                    .swap_dims(0, 1)
-                    .unsqueeze::<4>()
-                    .expand([b, nh, rows, d])
-            };
+            // [2·span, hidden] → [1, heads, 2·span, d], broadcast over the batch by matmul.
+            // Not expanded to the batch first: on wgpu (burn-cubecl 0.21) the gradient of
+            // an expanded (or repeated) swap_dims view through matmul comes out wrong
+            // (0.7 off in tests/train_step.rs), while the broadcast one is right.
+            let heads = |t: Tensor<B, 2>| t.reshape([rows, nh, d]).swap_dims(0, 1).unsqueeze::<4>();
             let idx = |i: &Tensor<B, 4, Int>| i.clone().expand([b, nh, s, s]);
             if self.c2p {
                 factor += 1;

@@ -1,5 +1,6 @@
-//! Shared by the stage tests (`mod support;`): run a built-in kind as the engine does.
-#![allow(dead_code)]
+//! Shared by the stage tests (`mod support;`): run a built-in kind as the engine does, and
+//! run one test body on every backend of the build ([`on_backends!`]).
+#![allow(dead_code, unused_macros)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -57,5 +58,83 @@ impl Reporter for Quiet {
     fn log(&self, _: &str) {}
     fn cancelled(&self) -> bool {
         false
+    }
+}
+
+/// Instantiates test bodies generic over the backend once per backend of the build:
+/// `name` on flex (always), and `wgpu::name` on wgpu in builds with `--features wgpu`
+/// (`cargo test -p tsumugi-stages --features wgpu --test T -- wgpu::` runs only those).
+/// Each entry `name: body(args…);` calls `body::<B>(&device, args…)`.
+///
+/// A wgpu test without a usable adapter prints why and passes, unless
+/// `TSUMUGI_REQUIRE_WGPU=1` (CI, on lavapipe), where it fails: see [`wgpu_device`].
+macro_rules! on_backends {
+    ($( $(#[$meta:meta])* $name:ident : $body:ident ( $($arg:expr),* $(,)? ); )+) => {
+        $(
+            $(#[$meta])*
+            #[test]
+            fn $name() {
+                $body::<burn::backend::Flex>(&Default::default() $(, $arg)*)
+            }
+        )+
+        #[cfg(feature = "wgpu")]
+        mod wgpu {
+            use super::*;
+            $(
+                $(#[$meta])*
+                #[test]
+                fn $name() {
+                    if let Some(device) = crate::support::wgpu_device() {
+                        $body::<burn::backend::Wgpu>(&device $(, $arg)*)
+                    }
+                }
+            )+
+        }
+    };
+}
+// Unused in the test binaries that have no generic bodies.
+#[allow(unused_imports)]
+pub(crate) use on_backends;
+
+/// The wgpu device the `wgpu::` tests run on (`--device wgpu`: wgpu's default adapter,
+/// lavapipe on a machine without a GPU), after [`device::probe`] ran a kernel on it.
+/// `None`, with the reason on stderr, when no adapter works; with `TSUMUGI_REQUIRE_WGPU=1`
+/// that is a failure instead, so that CI cannot pass by skipping.
+///
+/// [`device::probe`]: tsumugi_stages::device::probe
+#[cfg(feature = "wgpu")]
+pub fn wgpu_device() -> Option<burn::backend::wgpu::WgpuDevice> {
+    use std::sync::OnceLock;
+    use tsumugi_stages::device::{self, DeviceSpec, WgpuBackend};
+    // One probe per test binary: the adapter does not come and go between tests.
+    static PROBED: OnceLock<Result<(), String>> = OnceLock::new();
+    let spec = DeviceSpec::Wgpu(None);
+    let device = spec.wgpu_device();
+    let probed = PROBED
+        .get_or_init(|| device::probe::<WgpuBackend>(&spec, &device).map_err(|e| e.to_string()));
+    match probed {
+        Ok(()) => Some(device),
+        Err(e) => {
+            let hint = "install a Vulkan driver (Debian: apt-get install mesa-vulkan-drivers, lavapipe runs on the CPU)";
+            if std::env::var("TSUMUGI_REQUIRE_WGPU").is_ok_and(|v| v == "1") {
+                panic!("TSUMUGI_REQUIRE_WGPU=1 but {e}; {hint}");
+            }
+            eprintln!("skipped (no wgpu adapter): {e}; {hint}");
+            None
+        }
+    }
+}
+
+/// `flex`, `wgpu`, `cuda` (with `autodiff ` before it under autodiff), for the tests' output.
+pub fn backend_name<B>() -> String {
+    let t = std::any::type_name::<B>();
+    let base = ["Wgpu", "Cuda", "Flex"]
+        .into_iter()
+        .find(|b| t.contains(b))
+        .map_or(t.to_string(), str::to_lowercase);
+    if t.contains("Autodiff") {
+        format!("autodiff {base}")
+    } else {
+        base
     }
 }
