@@ -33,10 +33,12 @@ train_bin="$(cargo test --release --features cuda -p tsumugi-stages --test train
   | sed -n 's/.*Executable tests\/train_bench.rs (\(.*\))/\1/p' | tail -1)"
 bin="${CARGO_TARGET_DIR:-target}/release/tsumugi"
 
-log "parity tests on CUDA"
-TSUMUGI_TEST_DEVICE=cuda TSUMUGI_REQUIRE_GPU=1 cargo test --release --features cuda -p tsumugi-stages \
-  --test gpu_parity 2>&1 | tail -5 | tee "$out/parity.log" >&2
-parity_ok=$(grep -q "test result: ok" "$out/parity.log" && echo true || echo false)
+log "parity tests on CUDA (the flex parity tests' cuda:: instances, docs/gpu.md)"
+parity_ok=true
+TSUMUGI_REQUIRE_CUDA=1 cargo test --release --features cuda -p tsumugi-stages --test parity --test deberta \
+  --test modernbert --test train_step --test modernbert_lora --test lora_peft --test qwen2_vl -- cuda:: \
+  > "$out/parity.log" 2>&1 || parity_ok=false
+grep -E "test result|FAILED|panicked" "$out/parity.log" >&2 || true
 
 # The largest GPU memory (MiB) that process $1 used, sampled every 100 ms (the binaries run
 # directly, not under cargo, so the process is the one that holds the memory).

@@ -90,6 +90,19 @@ macro_rules! on_backends {
                 }
             )+
         }
+        #[cfg(feature = "cuda")]
+        mod cuda {
+            use super::*;
+            $(
+                $(#[$meta])*
+                #[test]
+                fn $name() {
+                    if let Some(device) = crate::support::cuda_device() {
+                        $body::<burn::backend::Cuda>(&device $(, $arg)*)
+                    }
+                }
+            )+
+        }
     };
 }
 // Unused in the test binaries that have no generic bodies.
@@ -120,6 +133,32 @@ pub fn wgpu_device() -> Option<burn::backend::wgpu::WgpuDevice> {
                 panic!("TSUMUGI_REQUIRE_WGPU=1 but {e}; {hint}");
             }
             eprintln!("skipped (no wgpu adapter): {e}; {hint}");
+            None
+        }
+    }
+}
+
+/// The CUDA device the `cuda::` tests run on (`--device cuda`, GPU 0), after
+/// [`device::probe`] ran a kernel on it; `None` with the reason on stderr when there is no
+/// usable GPU, a failure instead with `TSUMUGI_REQUIRE_CUDA=1` (benches/gpu/run.sh).
+///
+/// [`device::probe`]: tsumugi_stages::device::probe
+#[cfg(feature = "cuda")]
+pub fn cuda_device() -> Option<burn::backend::cuda::CudaDevice> {
+    use std::sync::OnceLock;
+    use tsumugi_stages::device::{self, CudaBackend, DeviceSpec};
+    static PROBED: OnceLock<Result<(), String>> = OnceLock::new();
+    let spec = DeviceSpec::Cuda(0);
+    let device = spec.cuda_device();
+    let probed = PROBED
+        .get_or_init(|| device::probe::<CudaBackend>(&spec, &device).map_err(|e| e.to_string()));
+    match probed {
+        Ok(()) => Some(device),
+        Err(e) => {
+            if std::env::var("TSUMUGI_REQUIRE_CUDA").is_ok_and(|v| v == "1") {
+                panic!("TSUMUGI_REQUIRE_CUDA=1 but {e}");
+            }
+            eprintln!("skipped (no CUDA device): {e}");
             None
         }
     }
