@@ -113,7 +113,7 @@ fn stream_mask(st: &mut Stream, n: usize, p: f64, shared: bool) -> Vec<f32> {
     let site = st.site;
     st.site += 1;
     let key = |row: u64| mix(mix(st.seed, site), row);
-    if shared || st.rows == 0 || n % st.rows != 0 {
+    if shared || st.rows == 0 || !n.is_multiple_of(st.rows) {
         return host_mask(&mut SplitMix(key(u64::MAX)), n, p);
     }
     let per_row = n / st.rows;
