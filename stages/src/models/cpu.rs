@@ -68,10 +68,7 @@ fn gelu_tracked<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
         }
     }
 
-    let x = match downcast::<AdTensor, B::FloatTensorPrimitive>(x.into_primitive().tensor()) {
-        Ok(t) => t,
-        Err(_) => unreachable!("B is Autodiff<Flex>"),
-    };
+    let x = into_ad(x);
     let y = gelu_flex(x.primitive.clone());
     let out = match GeluBackward
         .prepare::<NoCheckpointing>([x.node.clone()])
@@ -81,7 +78,20 @@ fn gelu_tracked<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
         OpsKind::Tracked(prep) => prep.finish(x.primitive, y),
         OpsKind::UnTracked(prep) => prep.finish(y),
     };
-    match downcast::<B::FloatTensorPrimitive, AdTensor>(out) {
+    from_ad(out)
+}
+
+/// The `Autodiff<Flex>` tensor behind `x`; called only when `B` is `Autodiff<Flex>`.
+fn into_ad<B: Backend, const D: usize>(x: Tensor<B, D>) -> AdTensor {
+    match downcast::<AdTensor, B::FloatTensorPrimitive>(x.into_primitive().tensor()) {
+        Ok(t) => t,
+        Err(_) => unreachable!("B is Autodiff<Flex>"),
+    }
+}
+
+/// `t` as a tensor of `B`, which is `Autodiff<Flex>` (the inverse of [`into_ad`]).
+fn from_ad<B: Backend, const D: usize>(t: AdTensor) -> Tensor<B, D> {
+    match downcast::<B::FloatTensorPrimitive, AdTensor>(t) {
         Ok(p) => Tensor::from_primitive(TensorPrimitive::Float(p)),
         Err(_) => unreachable!("B is Autodiff<Flex>"),
     }
@@ -161,13 +171,7 @@ pub fn attention_tracked<B: Backend>(
 
     let [batch, sq, hidden] = queries.dims();
     let seq = keys.dims()[1];
-    let ad = |t: Tensor<B, 3>| match downcast::<AdTensor, B::FloatTensorPrimitive>(
-        t.into_primitive().tensor(),
-    ) {
-        Ok(t) => t,
-        Err(_) => unreachable!("B is Autodiff<Flex>"),
-    };
-    let (q, k, v) = (ad(queries), ad(keys), ad(values));
+    let (q, k, v) = (into_ad(queries), into_ad(keys), into_ad(values));
     let pad = match downcast::<FlexTensor, B::BoolTensorPrimitive>(padding.into_primitive()) {
         Ok(t) => t.to_contiguous(),
         Err(_) => unreachable!("B is Autodiff<Flex>, whose bool primitive is FlexTensor"),
@@ -250,10 +254,7 @@ pub fn attention_tracked<B: Backend>(
         }
         OpsKind::UnTracked(prep) => prep.finish(y),
     };
-    match downcast::<B::FloatTensorPrimitive, AdTensor>(result) {
-        Ok(p) => Tensor::from_primitive(TensorPrimitive::Float(p)),
-        Err(_) => unreachable!("B is Autodiff<Flex>"),
-    }
+    from_ad(result)
 }
 
 /// The gradients of `q`, `k` and `v` (each `[batch, rows, hidden]`, heads side by side)
