@@ -83,18 +83,12 @@ fn gelu_tracked<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
 
 /// The `Autodiff<Flex>` tensor behind `x`; called only when `B` is `Autodiff<Flex>`.
 fn into_ad<B: Backend, const D: usize>(x: Tensor<B, D>) -> AdTensor {
-    match downcast::<AdTensor, B::FloatTensorPrimitive>(x.into_primitive().tensor()) {
-        Ok(t) => t,
-        Err(_) => unreachable!("B is Autodiff<Flex>"),
-    }
+    into_primitive(x, "B is Autodiff<Flex>")
 }
 
 /// `t` as a tensor of `B`, which is `Autodiff<Flex>` (the inverse of [`into_ad`]).
 fn from_ad<B: Backend, const D: usize>(t: AdTensor) -> Tensor<B, D> {
-    match downcast::<B::FloatTensorPrimitive, AdTensor>(t) {
-        Ok(p) => Tensor::from_primitive(TensorPrimitive::Float(p)),
-        Err(_) => unreachable!("B is Autodiff<Flex>"),
-    }
+    from_primitive(t, "B is Autodiff<Flex>")
 }
 
 /// Whether [`attention_tracked`] applies: `B` is `Autodiff<Flex>` (CPU training) and the
@@ -753,17 +747,27 @@ pub fn is_flex_f32<B: Backend>(dtype: DType) -> bool {
 
 /// The flex tensor behind `x`; called only once [`is_flex_f32`] holds.
 fn into_flex<B: Backend, const D: usize>(x: Tensor<B, D>) -> FlexTensor {
-    match downcast::<FlexTensor, B::FloatTensorPrimitive>(x.into_primitive().tensor()) {
-        Ok(t) => t,
-        Err(_) => unreachable!("B is Flex, whose float primitive is FlexTensor"),
-    }
+    into_primitive(x, "B is Flex, whose float primitive is FlexTensor")
 }
 
 /// `t` as a tensor of `B`, which is flex (the inverse of [`into_flex`]).
 fn from_flex<B: Backend, const D: usize>(t: FlexTensor) -> Tensor<B, D> {
-    match downcast::<B::FloatTensorPrimitive, FlexTensor>(t) {
+    from_primitive(t, "B is Flex, whose float primitive is FlexTensor")
+}
+
+/// `x`'s float primitive as the concrete `T` the caller has checked `B` to have.
+fn into_primitive<T: 'static, B: Backend, const D: usize>(x: Tensor<B, D>, why: &str) -> T {
+    match downcast::<T, B::FloatTensorPrimitive>(x.into_primitive().tensor()) {
+        Ok(t) => t,
+        Err(_) => unreachable!("{why}"),
+    }
+}
+
+/// The inverse of [`into_primitive`].
+fn from_primitive<T: 'static, B: Backend, const D: usize>(t: T, why: &str) -> Tensor<B, D> {
+    match downcast::<B::FloatTensorPrimitive, T>(t) {
         Ok(p) => Tensor::from_primitive(TensorPrimitive::Float(p)),
-        Err(_) => unreachable!("B is Flex, whose float primitive is FlexTensor"),
+        Err(_) => unreachable!("{why}"),
     }
 }
 
