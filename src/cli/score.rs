@@ -10,6 +10,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Map, Value};
 use tsumugi_stages::device::DeviceSpec;
+use tsumugi_stages::precision::Precision;
 use tsumugi_stages::score::{Interpreted, ScoreOptions, Scorer};
 use tsumugi_stages::tokenize::Truncation;
 
@@ -35,6 +36,11 @@ pub struct ScoreArgs {
     /// cpu, wgpu, wgpu:N, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
+    /// f32, bf16 or f16: the number type of the encoder layers' matrix products (half the
+    /// weights' memory, tensor-core speed on a GPU; wgpu has no bf16). Norms, softmax and
+    /// the head stay f32.
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
     /// Pairs per forward pass (pairs are grouped by length first).
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
@@ -55,6 +61,7 @@ pub fn run(args: ScoreArgs) -> anyhow::Result<ExitCode> {
         batch_size: args.batch,
         max_length: args.max_length,
         truncation: args.truncation,
+        precision: args.precision,
     };
     let scorer =
         Scorer::load_with_adapter(&args.model, args.adapter.as_deref(), args.device, options)

@@ -62,6 +62,10 @@ pub struct ServeArgs {
     /// cpu, wgpu, wgpu:N, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
+    /// f32, bf16 or f16: the number type of the encoder layers' matrix products (see
+    /// `tsumugi score --help`).
+    #[arg(long, default_value = "f32")]
+    pub precision: tsumugi_stages::precision::Precision,
     /// Pairs per forward pass within a batch (pairs are grouped by length first).
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
@@ -126,6 +130,7 @@ pub fn run(project: &Project, args: ServeArgs) -> anyhow::Result<ExitCode> {
         device: args.device,
         batch: args.batch,
         max_length: args.max_length,
+        precision: args.precision,
         max_batch_tokens: args.max_batch_tokens,
         max_wait: args.max_wait,
         queue: args.queue,

@@ -18,6 +18,7 @@ pub mod kinds;
 pub mod losses;
 pub mod metrics;
 pub mod plots;
+pub mod precision;
 pub mod rng;
 pub mod task;
 

@@ -173,7 +173,7 @@ impl<B: Backend> LoraLinear<B> {
             .forward(x.clone())
             .matmul(self.a.val().unsqueeze())
             .matmul(self.b.val().unsqueeze());
-        base.forward(x) + lora.mul_scalar(self.scaling)
+        crate::precision::linear(base, x) + lora.mul_scalar(self.scaling)
     }
 }
 
@@ -228,7 +228,7 @@ impl<B: Backend> LinearHook<B> for Vec<LayerLora<B>> {
     fn linear(&self, layer: usize, slot: usize, base: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
         match self.get(layer).and_then(|l| l.slots[slot].as_ref()) {
             Some(adapter) => adapter.forward(base, x),
-            None => base.forward(x),
+            None => crate::precision::linear(base, x),
         }
     }
 }

@@ -163,7 +163,7 @@ impl<B: Backend> OftLinear<B> {
 
     /// `base(x R)`.
     pub fn forward(&self, base: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        base.forward(self.rotate(x))
+        crate::precision::linear(base, self.rotate(x))
     }
 
     /// The base weight `[in, out]` with the rotation folded in, `R W` (PEFT `merge`); with

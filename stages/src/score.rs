@@ -12,6 +12,7 @@ use crate::device::{CpuBackend, DeviceSpec};
 use crate::error::{MlError, Result};
 use crate::head::HeadActivation;
 use crate::models::{CrossEncoder, LoadOptions, LoadReport, ModelDir, ModelInput};
+use crate::precision::Precision;
 use crate::tokenize::{EncodedPair, PairTokenizer, Truncation, length_batches};
 
 /// Batching and truncation of a scoring run.
@@ -22,6 +23,8 @@ pub struct ScoreOptions {
     /// Tokens per pair, special tokens included (capped at the model's limit).
     pub max_length: usize,
     pub truncation: Truncation,
+    /// The number type of the encoder layers' products ([`crate::precision`]).
+    pub precision: Precision,
 }
 
 impl Default for ScoreOptions {
@@ -30,6 +33,7 @@ impl Default for ScoreOptions {
             batch_size: 32,
             max_length: 512,
             truncation: Truncation::LongestFirst,
+            precision: Precision::F32,
         }
     }
 }
@@ -138,18 +142,22 @@ pub fn interpret(logits: &[f32], act: HeadActivation) -> Interpreted {
 }
 
 /// The model alone, or with a PEFT adapter merged in (the head comes from the adapter).
+/// In `precision` once merged.
 fn load_net<B: Backend>(
     dir: &ModelDir,
     adapter: Option<&Path>,
+    precision: Precision,
     device: &B::Device,
 ) -> Result<(CrossEncoder<B>, LoadReport)> {
-    match adapter {
-        None => CrossEncoder::load(dir, &LoadOptions::default(), device),
+    precision.check::<B>(device)?;
+    let (net, report) = match adapter {
+        None => CrossEncoder::load(dir, &LoadOptions::default(), device)?,
         Some(a) => {
             let (lora, _) = crate::peft::load_adapter::<B>(dir, a, device)?;
-            Ok((lora.merged(), LoadReport::default()))
+            (lora.merged(), LoadReport::default())
         }
-    }
+    };
+    Ok((net.with_precision(precision), report))
 }
 
 // One model per scorer, built once: the variants' size difference (the wgpu device) costs
@@ -205,21 +213,22 @@ impl Scorer {
         let tokenizer = PairTokenizer::for_model(&dir, options.max_length, options.truncation)?;
         let (model, report) = match device {
             DeviceSpec::Cpu => {
-                let (m, r) = load_net::<CpuBackend>(&dir, adapter, &Default::default())?;
+                let (m, r) =
+                    load_net::<CpuBackend>(&dir, adapter, options.precision, &Default::default())?;
                 (Loaded::Cpu(m), r)
             }
             #[cfg(feature = "wgpu")]
             DeviceSpec::Wgpu(_) => {
                 let d = device.wgpu_device();
                 device::probe::<device::WgpuBackend>(&device, &d)?;
-                let (m, r) = load_net(&dir, adapter, &d)?;
+                let (m, r) = load_net(&dir, adapter, options.precision, &d)?;
                 (Loaded::Wgpu(m, d), r)
             }
             #[cfg(feature = "cuda")]
             DeviceSpec::Cuda(_) => {
                 let d = device.cuda_device();
                 device::probe::<device::CudaBackend>(&device, &d)?;
-                let (m, r) = load_net(&dir, adapter, &d)?;
+                let (m, r) = load_net(&dir, adapter, options.precision, &d)?;
                 (Loaded::Cuda(m, d), r)
             }
             #[allow(unreachable_patterns)]

@@ -425,7 +425,14 @@ fn vlm_and_vlm_plus_ocr_caption_with_qwen2_vl() {
         root.join("imgs/b.png"),
     )
     .unwrap();
-    let vlm = VlmCaptioner::load(&fixture, DEFAULT_PROMPT, 8).unwrap();
+    let vlm = VlmCaptioner::<burn::backend::Flex>::load(
+        &fixture,
+        DEFAULT_PROMPT,
+        8,
+        &Default::default(),
+        Default::default(),
+    )
+    .unwrap();
 
     let (rows, timings) = run(
         root,

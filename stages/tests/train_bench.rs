@@ -76,6 +76,13 @@ fn lora_training_throughput() {
             Ok(v) => Some(v.parse().expect("TSUMUGI_BENCH_SHARD: a number")).filter(|&n| n > 0),
             Err(_) => (device == DeviceSpec::Cpu).then_some(tsumugi_stages::train::CPU_SHARD_PAIRS),
         },
+        // TSUMUGI_BENCH_PRECISION=bf16|f16: the frozen linears in that type (GPU bench).
+        precision: std::env::var("TSUMUGI_BENCH_PRECISION")
+            .map(|p| {
+                p.parse()
+                    .expect("TSUMUGI_BENCH_PRECISION: f32, bf16 or f16")
+            })
+            .unwrap_or_default(),
         fingerprint: String::new(),
     };
     use burn::backend::Autodiff;

@@ -73,6 +73,7 @@ fn spec(
         checkpoint_every: None,
         dropout_off: false,
         shard_pairs,
+        precision: Default::default(),
         fingerprint: String::new(),
     }
 }

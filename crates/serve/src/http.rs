@@ -46,6 +46,7 @@ pub struct Config {
     /// Pairs per forward pass inside one batcher call.
     pub batch: usize,
     pub max_length: usize,
+    pub precision: tsumugi_stages::precision::Precision,
     pub max_batch_tokens: usize,
     pub max_wait: Duration,
     pub queue: usize,
@@ -112,6 +113,7 @@ pub fn serve(config: Config, on_bound: impl FnOnce(SocketAddr)) -> anyhow::Resul
         batch_size: config.batch.max(1),
         max_length: config.max_length,
         truncation: Truncation::LongestFirst,
+        precision: config.precision,
     };
     let engine = Engine::start(
         config.model.clone(),

@@ -85,6 +85,9 @@ pub(crate) struct Config {
     preprocess: Preprocess,
     /// Tesseract's page segmentation mode, 0..=13 (default: Tesseract's own, 3).
     psm: Option<u8>,
+    /// vlm only: f32 (default) | bf16 | f16, the number type of Qwen2-VL's linears (half
+    /// the memory: 7B in about 16 GB). wgpu has no bf16.
+    precision: Option<crate::precision::Precision>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
@@ -197,17 +200,21 @@ fn load_vlm(
     dir: &Path,
     report: &dyn Reporter,
 ) -> Result<Box<dyn Captioner>> {
-    if input.device != "cpu" {
-        report.log(&format!(
-            "caption-images: Qwen2-VL runs on the CPU in this build (device {} is used by the other stages)",
-            input.device
-        ));
-    }
     let prompt = cfg.prompt.as_deref().unwrap_or(DEFAULT_PROMPT);
     let max = cfg.max_new_tokens.map_or(128, NonZeroUsize::get);
-    let vlm = crate::caption::vlm::VlmCaptioner::load(&input.project_root.join(dir), prompt, max)
-        .map_err(|e| anyhow!("caption-images stage `{}`: {e:#}", input.name))?;
-    Ok(Box::new(vlm))
+    let precision = cfg.precision.unwrap_or_default();
+    let device: crate::device::DeviceSpec = input.device.parse()?;
+    report.log(&format!(
+        "caption-images: Qwen2-VL on {device} in {precision}"
+    ));
+    crate::caption::vlm::load(
+        &input.project_root.join(dir),
+        prompt,
+        max,
+        device,
+        precision,
+    )
+    .map_err(|e| anyhow!("caption-images stage `{}`: {e:#}", input.name))
 }
 
 /// Without burn there is no VLM: refused before any image is read, never a stand-in.

@@ -126,6 +126,9 @@ pub(crate) struct Config {
     max_length: Option<usize>,
     /// Pairs per forward pass.
     batch: Option<usize>,
+    /// f32 (default) | bf16 | f16: the number type of the encoder layers' products
+    /// (see train-lora's `precision`).
+    precision: Option<crate::precision::Precision>,
     /// ranking: cut-offs of the metrics (e.g. [1, 5, 10]).
     ks: Option<Vec<usize>>,
     /// regression: accuracy / macro-F1 over scores rounded to this many classes.
@@ -331,9 +334,11 @@ fn logits<B: burn::prelude::Backend>(
     pairs: &[(String, String)],
     max_length: usize,
     batch: usize,
+    precision: crate::precision::Precision,
     device: &B::Device,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Vec<Vec<f32>>> {
+    precision.check::<B>(device)?;
     use crate::models::{CrossEncoder, LoadOptions, ModelDir};
     use crate::tokenize::{PairTokenizer, Truncation};
     let dir = ModelDir::open(base)?;
@@ -341,7 +346,8 @@ fn logits<B: burn::prelude::Backend>(
     let enc = tok.encode_all(pairs)?;
     Ok(match adapter {
         Some(a) => {
-            let (model, _) = crate::peft::load_adapter::<B>(&dir, a, device)?;
+            let (mut model, _) = crate::peft::load_adapter::<B>(&dir, a, device)?;
+            model.base = model.base.with_precision(precision);
             let mut out = Vec::with_capacity(enc.len());
             for chunk in enc.chunks(batch * 8) {
                 out.extend(crate::train::predict(&model, &tok, chunk, batch, device));
@@ -351,6 +357,7 @@ fn logits<B: burn::prelude::Backend>(
         }
         None => {
             let (model, _) = CrossEncoder::<B>::load(&dir, &LoadOptions::default(), device)?;
+            let model = model.with_precision(precision);
             crate::score::score_encoded(&model, &tok, &enc, batch, device, progress)
         }
     })
@@ -375,6 +382,7 @@ fn run(cfg: Config, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()>
     let device: DeviceSpec = input.device.parse()?;
     device.check_compiled()?;
     let ad = adapter.as_deref();
+    let precision = cfg.precision.unwrap_or_default();
     let logits = match device {
         DeviceSpec::Cpu => logits::<crate::device::CpuBackend>(
             &base,
@@ -382,6 +390,7 @@ fn run(cfg: Config, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()>
             &pairs,
             max_length,
             batch,
+            precision,
             &Default::default(),
             &mut progress,
         ),
@@ -392,6 +401,7 @@ fn run(cfg: Config, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()>
             &pairs,
             max_length,
             batch,
+            precision,
             &device.wgpu_device(),
             &mut progress,
         ),
@@ -402,6 +412,7 @@ fn run(cfg: Config, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()>
             &pairs,
             max_length,
             batch,
+            precision,
             &device.cuda_device(),
             &mut progress,
         ),

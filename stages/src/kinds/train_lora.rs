@@ -152,6 +152,10 @@ pub(crate) struct Config {
     checkpoint_dir: Option<PathBuf>,
     /// Optimizer steps between checkpoints.
     checkpoint_every: Option<u64>,
+    /// f32 (default) | bf16 | f16: the number type of the frozen base linears' products
+    /// (half their memory; tensor-core speed on a GPU). The adapter and head train in f32;
+    /// f16 scales the loss. wgpu has no bf16.
+    precision: Option<crate::precision::Precision>,
 }
 
 /// `optim:` of `train-lora` exactly as written: the keys of the trainer's `OptimSettings`
@@ -464,6 +468,7 @@ fn run(cfg: Config, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()>
         checkpoint_every: cfg.checkpoint_every,
         dropout_off: false,
         shard_pairs: (device == DeviceSpec::Cpu).then_some(crate::train::CPU_SHARD_PAIRS),
+        precision: cfg.precision.unwrap_or_default(),
         fingerprint: serde_json::to_string(input.with)?,
     };
     let outcome =

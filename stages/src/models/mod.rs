@@ -50,7 +50,7 @@ pub struct Plain;
 
 impl<B: Backend> LinearHook<B> for Plain {
     fn linear(&self, _: usize, _: usize, base: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        base.forward(x)
+        crate::precision::linear(base, x)
     }
 }
 
@@ -256,6 +256,22 @@ impl<B: Backend> CrossEncoder<B> {
     /// Logits `[batch, num_labels]`.
     pub fn forward(&self, input: &ModelInput<B>) -> Tensor<B, 2> {
         self.forward_with(input, &Plain)
+    }
+
+    /// The model with every encoder-layer linear (the frozen bulk of the weights) held in
+    /// `precision`'s half type; embeddings, norms, pooler and head stay f32 (see
+    /// [`crate::precision`]). Merge adapters before this: a merge wants f32 weights.
+    pub fn with_precision(mut self, precision: crate::precision::Precision) -> Self {
+        let Some(half) = precision.half() else {
+            return self;
+        };
+        for layer in 0..self.num_layers() {
+            for slot in 0..self.layer_linears().len() {
+                let l = self.layer_linear_mut(layer, slot);
+                *l = crate::precision::cast_linear(l.clone(), half);
+            }
+        }
+        self
     }
 }
 

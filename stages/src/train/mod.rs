@@ -37,6 +37,7 @@ use crate::error::{MlError, Result};
 use crate::lora::{LoraModel, LoraSettings};
 use crate::models::{CrossEncoder, LoadOptions, ModelDir, ModelInput};
 use crate::peft::{self, TensorSet, write_atomic};
+use crate::precision::Precision;
 use crate::rng::SplitMix;
 use crate::tokenize::{EncodedPair, PairTokenizer, Truncation, length_batches};
 use loss::LossKind;
@@ -425,6 +426,9 @@ pub struct TrainSpec {
     /// shard draws its rows' own dropout masks ([`crate::models::dropout`]), so a sharded
     /// run differs from an unsharded one by floating-point rounding only.
     pub shard_pairs: Option<usize>,
+    /// The number type of the frozen linears' products ([`crate::precision`]); the trained
+    /// tensors stay f32. f16 scales the loss ([`optim::LossScale`]).
+    pub precision: Precision,
     /// Identifies the run's settings; a checkpoint written under another one is not
     /// resumed from (the run starts over and replaces it).
     pub fingerprint: String,
@@ -466,6 +470,8 @@ pub struct TrainOutcome {
     pub stopped_early: bool,
     pub resumed_from: Option<u64>,
     pub final_loss: f64,
+    /// f16 steps skipped because their gradients overflowed (the loss scale was halved).
+    pub skipped_steps: u64,
 }
 
 /// The selection metric's name per task.
@@ -742,6 +748,7 @@ pub fn train<B: AutodiffBackend>(
     report: &dyn Reporter,
 ) -> Result<TrainOutcome> {
     spec.optim.validate()?;
+    spec.precision.check::<B>(device)?;
     let o = &spec.optim;
     let dir = ModelDir::open(&spec.model_dir)?;
     spec.lora.validate(dir.architecture.layer_linears())?;
@@ -854,6 +861,9 @@ pub fn train<B: AutodiffBackend>(
     if spec.dropout_off {
         model = model.without_dropout();
     }
+    model.base = model.base.with_precision(spec.precision);
+    let mut loss_scale = (spec.precision == Precision::F16).then(optim::LossScale::default);
+    let mut skipped_steps = 0u64;
     let metric = metric_name(spec.task);
     let mut history: Vec<StepLog> = Vec::new();
     let mut evals: Vec<EvalLog> = Vec::new();
@@ -931,6 +941,7 @@ pub fn train<B: AutodiffBackend>(
             let step_items: usize = group.iter().map(|m| m.len()).sum();
             let mut grads: optim::Grads<B> = Vec::new();
             let mut step_loss = 0.0;
+            let scale = loss_scale.as_ref().map_or(1.0, optim::LossScale::scale);
             for (micro, idx) in group.iter().enumerate() {
                 // Each micro-batch's dropout masks, drawn on the host row by row: the same
                 // on every backend and sharding, and untouched by other trainings in the
@@ -947,7 +958,11 @@ pub fn train<B: AutodiffBackend>(
                     let (loss, pairs) = batch_loss(m, &tok, &enc, shard, seq, spec.loss, device);
                     let loss = loss.mul_scalar(shard.len() as f64 / step_items as f64);
                     let value = loss.clone().into_scalar().elem::<f64>();
-                    let g = loss.backward();
+                    let g = if scale == 1.0 {
+                        loss.backward()
+                    } else {
+                        loss.mul_scalar(scale).backward()
+                    };
                     (value, optim::collect_grads(m, &g), pairs)
                 };
                 let parts = shards(&enc, idx, spec.shard_pairs);
@@ -972,31 +987,57 @@ pub fn train<B: AutodiffBackend>(
                 }
             }
             if !step_loss.is_finite() {
+                let hint = match spec.precision {
+                    Precision::F16 => {
+                        "; with precision: f16 a product may exceed f16's range (±65504): try bf16 or f32"
+                    }
+                    _ => "",
+                };
                 return Err(MlError::Input(format!(
-                    "step {}: the loss is {step_loss}; lower optim.lr or check the labels",
+                    "step {}: the loss is {step_loss}; lower optim.lr or check the labels{hint}",
                     step + 1
                 )));
+            }
+            if scale != 1.0 {
+                optim::scale_grads::<B>(&mut grads, 1.0 / scale);
             }
             let grad_norm = match o.grad_clip.filter(|c| *c > 0.0) {
                 Some(c) => optim::clip_grad_norm::<B>(&mut grads, c),
                 None => optim::global_norm::<B>(&grads),
             };
             let lr = o.lr * optim::lr_factor(o.schedule, step, warmup, total);
-            model = optim::adamw_step(model, grads, lr, o.adamw(), &mut state);
+            let apply = loss_scale
+                .as_mut()
+                .is_none_or(|s| s.update(grad_norm.is_finite()));
+            if apply {
+                model = optim::adamw_step(model, grads, lr, o.adamw(), &mut state);
+            } else {
+                // As GradScaler: no update, but the step counts in the schedule (and, so
+                // that a resumed run finds its place, in the step count).
+                state.step += 1;
+                skipped_steps += 1;
+                report.log(&format!(
+                    "step {}: f16 gradients overflowed at loss scale {scale}; step skipped, scale now {}",
+                    state.step,
+                    loss_scale.as_ref().map_or(1.0, optim::LossScale::scale)
+                ));
+            }
             let done = state.step;
-            history.push(StepLog {
-                step: done,
-                epoch,
-                loss: step_loss,
-                lr,
-                grad_norm,
-            });
+            if apply {
+                history.push(StepLog {
+                    step: done,
+                    epoch,
+                    loss: step_loss,
+                    lr,
+                    grad_norm,
+                });
+                report.metric("train/grad_norm", Some(done), grad_norm);
+            }
             report.metric("train/loss", Some(done), step_loss);
             report.metric("train/lr", Some(done), lr);
-            report.metric("train/grad_norm", Some(done), grad_norm);
             let rate = pairs_seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
             let recent: Vec<f64> = history.iter().rev().take(20).map(|h| h.loss).collect();
-            let mean = recent.iter().sum::<f64>() / recent.len() as f64;
+            let mean = recent.iter().sum::<f64>() / recent.len().max(1) as f64;
             report.progress(
                 done,
                 Some(last_step),
@@ -1059,6 +1100,7 @@ pub fn train<B: AutodiffBackend>(
         metric_name: metric,
         stopped_early,
         resumed_from,
+        skipped_steps,
     })
 }
 

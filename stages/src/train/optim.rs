@@ -138,6 +138,57 @@ pub fn clip_grad_norm<B: AutodiffBackend>(grads: &mut Grads<B>, max_norm: f64) -
     norm
 }
 
+/// Multiplies every gradient by `factor` (undoing a loss scale).
+pub fn scale_grads<B: AutodiffBackend>(grads: &mut Grads<B>, factor: f64) {
+    for g in grads.iter_mut().flatten() {
+        *g = g.clone().mul_scalar(factor);
+    }
+}
+
+/// Dynamic loss scaling for f16 training, with `torch.amp.GradScaler`'s rule: the loss is
+/// multiplied by the scale before the backward pass so that small gradients do not vanish
+/// below f16's smallest values, and the gradients divided by it after. A step whose
+/// gradients overflowed is skipped and the scale halved; after 2000 steps in a row without
+/// overflow it doubles.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LossScale {
+    scale: f64,
+    good_steps: u32,
+}
+
+impl Default for LossScale {
+    fn default() -> Self {
+        Self {
+            scale: 65536.0,
+            good_steps: 0,
+        }
+    }
+}
+
+impl LossScale {
+    const GROWTH_INTERVAL: u32 = 2000;
+
+    pub fn scale(&self) -> f64 {
+        self.scale
+    }
+
+    /// Records whether this step's (unscaled) gradients were finite; `false` means skip
+    /// the step.
+    pub fn update(&mut self, finite: bool) -> bool {
+        if !finite {
+            self.scale = (self.scale / 2.0).max(1.0);
+            self.good_steps = 0;
+            return false;
+        }
+        self.good_steps += 1;
+        if self.good_steps == Self::GROWTH_INTERVAL {
+            self.scale *= 2.0;
+            self.good_steps = 0;
+        }
+        true
+    }
+}
+
 /// AdamW's moments per trainable tensor, and the step count.
 #[derive(Debug, Clone)]
 pub struct AdamWState<B: Backend> {
@@ -246,6 +297,29 @@ pub fn adamw_step<B: AutodiffBackend, M: Module<B>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loss_scale_halves_on_overflow_and_doubles_after_2000_good_steps() {
+        let mut s = LossScale::default();
+        assert_eq!(s.scale(), 65536.0);
+        assert!(!s.update(false));
+        assert_eq!(s.scale(), 32768.0);
+        for _ in 0..1999 {
+            assert!(s.update(true));
+        }
+        assert_eq!(s.scale(), 32768.0);
+        assert!(s.update(true));
+        assert_eq!(s.scale(), 65536.0);
+        // An overflow resets the run of good steps.
+        for _ in 0..1000 {
+            s.update(true);
+        }
+        s.update(false);
+        for _ in 0..1999 {
+            s.update(true);
+        }
+        assert_eq!(s.scale(), 32768.0);
+    }
 
     #[test]
     fn schedules_match_transformers() {

@@ -2,6 +2,9 @@
 //! run one test body on every backend of the build ([`on_backends!`]).
 #![allow(dead_code, unused_macros)]
 
+#[cfg(feature = "ml")]
+pub mod training;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

@@ -11,6 +11,7 @@ use burn::tensor::activation;
 use super::config::TextConfig;
 use super::{Weights, rotate_half};
 use crate::error::Result;
+use crate::precision::linear;
 
 /// HF `Qwen2VLRMSNorm`: `x · rsqrt(mean(x²) + eps) · weight`.
 #[derive(Module, Debug)]
@@ -226,8 +227,8 @@ impl<B: Backend> TextModel<B> {
             x = x + layer.self_attn.forward(h, &cos, &sin, &mask, slot);
             let h = layer.post_attention_layernorm.forward(x.clone());
             let m = &layer.mlp;
-            let h = activation::silu(m.gate_proj.forward(h.clone())) * m.up_proj.forward(h);
-            x = x + m.down_proj.forward(h);
+            let h = activation::silu(linear(&m.gate_proj, h.clone())) * linear(&m.up_proj, h);
+            x = x + linear(&m.down_proj, h);
         }
         let x = if last_only {
             x.slice([0..1, seq - 1..seq, 0..d])
@@ -237,7 +238,7 @@ impl<B: Backend> TextModel<B> {
         let rows = x.dims()[1];
         let x = self.norm.forward(x).reshape([rows, d]);
         match &self.lm_head {
-            Some(head) => head.forward(x),
+            Some(head) => linear(head, x),
             None => x.matmul(self.embed_tokens.weight.val().transpose()),
         }
     }
@@ -294,9 +295,9 @@ impl<B: Backend> Attention<B> {
             let hd = t.dims()[2] / heads;
             t.reshape([b, seq, heads, hd]).swap_dims(1, 2)
         };
-        let q = split(self.q_proj.forward(x.clone()), nh);
-        let k = split(self.k_proj.forward(x.clone()), nkv);
-        let v = split(self.v_proj.forward(x), nkv);
+        let q = split(linear(&self.q_proj, x.clone()), nh);
+        let k = split(linear(&self.k_proj, x.clone()), nkv);
+        let v = split(linear(&self.v_proj, x), nkv);
         let hd = q.dims()[3];
         let rope = |t: Tensor<B, 4>| t.clone() * cos.clone() + rotate_half(t) * sin.clone();
         let (q, mut k, mut v) = (rope(q), rope(k), v);
@@ -318,6 +319,6 @@ impl<B: Backend> Attention<B> {
         let scores = scores.mask_fill(mask.clone(), f32::NEG_INFINITY);
         let probs = activation::softmax(scores, 3);
         let out = probs.matmul(v).swap_dims(1, 2).reshape([b, seq, nh * hd]);
-        self.o_proj.forward(out)
+        linear(&self.o_proj, out)
     }
 }

@@ -12,6 +12,7 @@ use super::config::VisionConfig;
 use super::{Weights, rotate_half};
 use crate::error::Result;
 use crate::models::cpu;
+use crate::precision::linear;
 
 /// HF `blocks.N.attn`: fused `qkv` (queries, keys, values side by side), `proj`.
 #[derive(Module, Debug)]
@@ -127,7 +128,7 @@ impl<B: Backend> VisionModel<B> {
     /// `[rows, C·T·P·P]` on a `grid_thw` grid (rows in the processor's block order).
     pub fn forward(&self, pixels: Tensor<B, 2>, grid_thw: [usize; 3]) -> Tensor<B, 2> {
         let device = pixels.device();
-        let mut x = self.patch_embed.forward(pixels);
+        let mut x = linear(&self.patch_embed, pixels);
         let [rows, d] = x.dims();
         let heads = self.blocks.first().map_or(1, |b| b.attn.num_heads);
         let (cos, sin) = self.rotary(grid_thw, d / heads, &device);
@@ -137,14 +138,14 @@ impl<B: Backend> VisionModel<B> {
             let h = block.norm1.forward(x.clone());
             x = x + block.attn.forward(h, &cos, &sin, frame, self.query_block);
             let h = block.norm2.forward(x.clone());
-            let h = block.mlp.fc1.forward(h);
+            let h = linear(&block.mlp.fc1, h);
             let h = h.clone() * activation::sigmoid(h * 1.702);
-            x = x + block.mlp.fc2.forward(h);
+            x = x + linear(&block.mlp.fc2, h);
         }
         let m2 = self.spatial_merge_size * self.spatial_merge_size;
         let x = self.merger.ln_q.forward(x).reshape([rows / m2, d * m2]);
-        let x = cpu::gelu(self.merger.mlp0.forward(x));
-        self.merger.mlp2.forward(x)
+        let x = cpu::gelu(linear(&self.merger.mlp0, x));
+        linear(&self.merger.mlp2, x)
     }
 
     /// `cos`, `sin` `[rows, head_dim]`: each patch's row angles on the first quarter of the
@@ -206,7 +207,7 @@ impl<B: Backend> VisionAttention<B> {
         let heads = self.num_heads;
         let hd = d / heads;
         // [rows, 3, heads, hd] → three [heads, rows, hd].
-        let qkv = self.qkv.forward(x).reshape([rows, 3, heads, hd]);
+        let qkv = linear(&self.qkv, x).reshape([rows, 3, heads, hd]);
         let part = |i: usize| {
             qkv.clone()
                 .slice([0..rows, i..i + 1, 0..heads, 0..hd])
@@ -236,6 +237,6 @@ impl<B: Backend> VisionAttention<B> {
             }
         }
         let out = Tensor::cat(outs, 1).swap_dims(0, 1).reshape([rows, d]);
-        self.proj.forward(out)
+        linear(&self.proj, out)
     }
 }
