@@ -507,3 +507,47 @@ fn train_evaluate_export_through_the_stage_contract() {
         "{err:#}"
     );
 }
+
+/// `precision: bf16` through the stage contract (on the CPU, where flex has bf16): the
+/// adapter trains and evaluates; it is not the f32 run's (the products round in bf16) but
+/// scores the test set like it. A misspelt precision is refused naming the choices.
+#[test]
+fn train_and_evaluate_in_bf16() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    write_pairs(&root.join("train.jsonl"), 24, 0);
+    write_pairs(&root.join("test.jsonl"), 10, 200);
+    let base = fixture();
+    let train_with = |precision: &str| {
+        json!({
+            "base": base, "train": "train.jsonl", "task": "regression",
+            "lora": {"r": 4, "alpha": 8, "targets": ["query", "value"]},
+            "optim": {"lr": 5e-3, "epochs": 2, "batch": 4}, "max_length": 32,
+            "precision": precision
+        })
+    };
+    let rep = Recorder::default();
+    let half = run("train-lora", root, "half", train_with("bf16"), &rep).unwrap();
+    let full = run("train-lora", root, "full", train_with("f32"), &rep).unwrap();
+    let weights = |o: &BTreeMap<String, PathBuf>| {
+        std::fs::read(o["adapter"].join("adapter_model.safetensors")).unwrap()
+    };
+    assert!(weights(&half) != weights(&full), "bf16 trained the f32 bytes");
+    let spearman = |name: &str, adapter: &Path, precision: &str| -> f64 {
+        let with = json!({"base": base, "adapter": adapter, "test": "test.jsonl",
+                          "task": "regression", "max_length": 32, "precision": precision});
+        let e = run("evaluate", root, name, with, &Recorder::default()).unwrap();
+        let m: Value = serde_json::from_str(&std::fs::read_to_string(&e["metrics"]).unwrap()).unwrap();
+        m["spearman"].as_f64().unwrap()
+    };
+    let (h, f) = (
+        spearman("eval_half", &half["adapter"], "bf16"),
+        spearman("eval_full", &full["adapter"], "f32"),
+    );
+    println!("test Spearman: bf16 {h:.4}, f32 {f:.4}");
+    assert!((h - f).abs() <= 0.1, "bf16 {h} vs f32 {f}");
+
+    let err = run("train-lora", root, "bad", train_with("fp16"), &rep).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("precision") && msg.contains("f16"), "{msg}");
+}
