@@ -190,12 +190,11 @@ fn chat_prompt_ids_and_positions_match_transformers() {
     }
 }
 
-/// Per reference case: its image, prompt ids, and the logits of `cap` next to
-/// transformers' (f32).
-fn case_logits<X: Backend>(
-    cap: &Qwen2VlCaptioner<X>,
-    device: &X::Device,
-) -> Vec<(String, Vec<u32>, Vec<f32>, Vec<f32>)> {
+/// One reference case: its image, prompt ids, and the logits of the model under test next
+/// to transformers' (f32).
+type CaseLogits = (String, Vec<u32>, Vec<f32>, Vec<f32>);
+
+fn case_logits<X: Backend>(cap: &Qwen2VlCaptioner<X>, device: &X::Device) -> Vec<CaseLogits> {
     let tensors = reference_tensors();
     let mut out = Vec::new();
     for (i, case) in reference_json()["cases"]

@@ -532,12 +532,16 @@ fn train_and_evaluate_in_bf16() {
     let weights = |o: &BTreeMap<String, PathBuf>| {
         std::fs::read(o["adapter"].join("adapter_model.safetensors")).unwrap()
     };
-    assert!(weights(&half) != weights(&full), "bf16 trained the f32 bytes");
+    assert!(
+        weights(&half) != weights(&full),
+        "bf16 trained the f32 bytes"
+    );
     let spearman = |name: &str, adapter: &Path, precision: &str| -> f64 {
         let with = json!({"base": base, "adapter": adapter, "test": "test.jsonl",
                           "task": "regression", "max_length": 32, "precision": precision});
         let e = run("evaluate", root, name, with, &Recorder::default()).unwrap();
-        let m: Value = serde_json::from_str(&std::fs::read_to_string(&e["metrics"]).unwrap()).unwrap();
+        let m: Value =
+            serde_json::from_str(&std::fs::read_to_string(&e["metrics"]).unwrap()).unwrap();
         m["spearman"].as_f64().unwrap()
     };
     let (h, f) = (

@@ -332,17 +332,16 @@ fn logits<B: burn::prelude::Backend>(
     base: &Path,
     adapter: Option<&Path>,
     pairs: &[(String, String)],
-    max_length: usize,
-    batch: usize,
-    precision: crate::precision::Precision,
+    opts: &crate::score::ScoreOptions,
     device: &B::Device,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Vec<Vec<f32>>> {
-    precision.check::<B>(device)?;
     use crate::models::{CrossEncoder, LoadOptions, ModelDir};
-    use crate::tokenize::{PairTokenizer, Truncation};
+    use crate::tokenize::PairTokenizer;
+    let (batch, precision) = (opts.batch_size, opts.precision);
+    precision.check::<B>(device)?;
     let dir = ModelDir::open(base)?;
-    let tok = PairTokenizer::for_model(&dir, max_length, Truncation::LongestFirst)?;
+    let tok = PairTokenizer::for_model(&dir, opts.max_length, opts.truncation)?;
     let enc = tok.encode_all(pairs)?;
     Ok(match adapter {
         Some(a) => {
@@ -373,24 +372,23 @@ fn run(cfg: Config, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()>
     let adapter = cfg.adapter.as_ref().map(|a| resolve(root, a));
     let rows = read_rows(&resolve(root, &cfg.test))?;
     let pairs: Vec<(String, String)> = rows.iter().map(|r| (r.a.clone(), r.b.clone())).collect();
-    let (max_length, batch) = (
-        cfg.max_length.unwrap_or(128),
-        cfg.batch.unwrap_or(64).max(1),
-    );
+    let opts = crate::score::ScoreOptions {
+        batch_size: cfg.batch.unwrap_or(64).max(1),
+        max_length: cfg.max_length.unwrap_or(128),
+        truncation: crate::tokenize::Truncation::LongestFirst,
+        precision: cfg.precision.unwrap_or_default(),
+    };
     let total = pairs.len() as u64;
     let mut progress = |done: usize| report.progress(done as u64, Some(total), "scoring");
     let device: DeviceSpec = input.device.parse()?;
     device.check_compiled()?;
     let ad = adapter.as_deref();
-    let precision = cfg.precision.unwrap_or_default();
     let logits = match device {
         DeviceSpec::Cpu => logits::<crate::device::CpuBackend>(
             &base,
             ad,
             &pairs,
-            max_length,
-            batch,
-            precision,
+            &opts,
             &Default::default(),
             &mut progress,
         ),
@@ -399,9 +397,7 @@ fn run(cfg: Config, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()>
             &base,
             ad,
             &pairs,
-            max_length,
-            batch,
-            precision,
+            &opts,
             &device.wgpu_device(),
             &mut progress,
         ),
@@ -410,9 +406,7 @@ fn run(cfg: Config, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()>
             &base,
             ad,
             &pairs,
-            max_length,
-            batch,
-            precision,
+            &opts,
             &device.cuda_device(),
             &mut progress,
         ),
