@@ -265,3 +265,87 @@ mod wgpu_training {
         }
     }
 }
+
+/// A reporter that keeps the log lines.
+#[derive(Default)]
+struct Lines(std::sync::Mutex<Vec<String>>);
+
+impl tsumugi_stages::contract::Reporter for Lines {
+    fn progress(&self, _: u64, _: Option<u64>, _: &str) {}
+    fn metric(&self, _: &str, _: Option<u64>, _: f64) {}
+    fn log(&self, line: &str) {
+        self.0.lock().unwrap().push(line.to_string());
+    }
+    fn cancelled(&self) -> bool {
+        false
+    }
+}
+
+/// f16's loss scaling at work: labels of 10⁴ make gradients that, times the initial scale
+/// 65536, pass f16's largest value (65504) inside the half products' backward pass. Those
+/// steps are skipped with the scale halved each time, until the scaled gradients fit; the
+/// steps after that train, and the run ends with finite numbers.
+#[test]
+fn f16_overflow_skips_steps_until_the_loss_scale_fits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = headless_bert(&tmp.path().join("model"));
+    let data = tmp.path().join("big.jsonl");
+    let text = std::fs::read_to_string(train_file(tmp.path())).unwrap();
+    let big: String = text
+        .lines()
+        .map(|l| {
+            let mut v: Value = serde_json::from_str(l).unwrap();
+            v["label"] = serde_json::json!(v["label"].as_f64().unwrap() * 1e4);
+            format!("{v}\n")
+        })
+        .collect();
+    std::fs::write(&data, big).unwrap();
+    let optim = OptimSettings {
+        batch: 2,
+        epochs: 6,
+        warmup: 0.0,
+        ..Default::default()
+    };
+    let mut s = spec(&model, &data, &tmp.path().join("out"), optim);
+    s.precision = Precision::F16;
+    s.shard_pairs = Some(2);
+    let lines = Lines::default();
+    let out = tsumugi_stages::train::train::<burn::backend::Autodiff<burn::backend::Flex>>(
+        &s,
+        &Default::default(),
+        &lines,
+    )
+    .unwrap();
+    let lines = lines.0.into_inner().unwrap();
+    let skipped: Vec<&String> = lines.iter().filter(|l| l.contains("overflowed")).collect();
+    println!(
+        "{} steps, {} skipped, {} trained; first skip: {:?}; last: {:?}",
+        out.steps,
+        out.skipped_steps,
+        out.history.len(),
+        skipped.first(),
+        skipped.last()
+    );
+    assert_eq!(out.steps, 24);
+    assert!(out.skipped_steps >= 1, "no step overflowed");
+    assert_eq!(skipped.len() as u64, out.skipped_steps);
+    assert_eq!(out.history.len() as u64, out.steps - out.skipped_steps);
+    assert!(out.history.len() >= 4, "the scale never came to fit");
+    assert!(skipped[0].contains("loss scale 65536"), "{}", skipped[0]);
+    assert!(
+        out.history
+            .iter()
+            .all(|h| h.loss.is_finite() && h.grad_norm.is_finite())
+    );
+    // The same data in f32 never skips.
+    s.precision = Precision::F32;
+    s.adapter_out = tmp.path().join("f32");
+    let f32_run = tsumugi_stages::train::train::<burn::backend::Autodiff<burn::backend::Flex>>(
+        &s,
+        &Default::default(),
+        &support::Quiet,
+    )
+    .unwrap();
+    assert_eq!(f32_run.skipped_steps, 0);
+    assert_eq!(f32_run.history.len(), 24);
+}
