@@ -47,6 +47,17 @@ fn run_with_env(
     env: &[(&str, &str)],
     rep: &Recorder,
 ) -> anyhow::Result<(Vec<Value>, Vec<Value>)> {
+    run_on("cpu", root, with, env, rep)
+}
+
+/// [`run_with_env`] on `device` (`--device`).
+fn run_on(
+    device: &str,
+    root: &Path,
+    with: Value,
+    env: &[(&str, &str)],
+    rep: &Recorder,
+) -> anyhow::Result<(Vec<Value>, Vec<Value>)> {
     let info = kinds::kind("caption-images").expect("registered");
     assert!(info.per_item);
     let dir = root.join("out/caption");
@@ -66,7 +77,7 @@ fn run_with_env(
         with: &with,
         outs: &outs,
         env: &env,
-        device: "cpu",
+        device,
     };
     kinds::implementation("caption-images")
         .expect("every build has it")
@@ -488,4 +499,70 @@ fn vlm_and_vlm_plus_ocr_caption_with_qwen2_vl() {
         "{}",
         rows[0]
     );
+}
+
+/// `method: vlm` on `--device wgpu` in f16 (CI: lavapipe): the stage runs Qwen2-VL there,
+/// the log names device and precision, and each row's caption is what that model, loaded
+/// the same way, generates. bf16 is refused by name before any image is read.
+#[cfg(feature = "wgpu")]
+mod wgpu {
+    use super::*;
+    use tsumugi_stages::caption::Captioner;
+    use tsumugi_stages::caption::vlm::VlmCaptioner;
+    use tsumugi_stages::kinds::caption_images::DEFAULT_PROMPT;
+    use tsumugi_stages::precision::Precision;
+
+    #[test]
+    fn vlm_captions_on_wgpu_in_f16() {
+        let Some(device) = support::wgpu_device() else {
+            return;
+        };
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2-vl");
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("imgs")).unwrap();
+        for name in ["wide-300x200.png", "disc-97x61.png"] {
+            std::fs::copy(
+                fixture.join("images").join(name),
+                root.join("imgs").join(name),
+            )
+            .unwrap();
+        }
+        let with = |precision: &str| {
+            json!({"images": "imgs", "method": "vlm", "model": fixture, "max_new_tokens": 8,
+                   "precision": precision})
+        };
+        let rep = Recorder::default();
+        let (rows, _) = run_on("wgpu", root, with("f16"), &[], &rep).unwrap();
+        assert!(
+            rep.lines
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains("Qwen2-VL on wgpu in f16")),
+            "{:?}",
+            rep.lines.lock().unwrap()
+        );
+        let vlm = VlmCaptioner::<burn::backend::Wgpu>::load(
+            &fixture,
+            DEFAULT_PROMPT,
+            8,
+            &device,
+            Precision::F16,
+        )
+        .unwrap();
+        assert_eq!(rows.len(), 2);
+        for row in &rows {
+            let img = image::open(root.join(row["image"].as_str().unwrap()))
+                .unwrap()
+                .to_rgb8();
+            assert_eq!(row["status"], "ok", "{row}");
+            assert_eq!(row["caption"], vlm.caption(&img, None).unwrap(), "{row}");
+        }
+        let err = run_on("wgpu", root, with("bf16"), &[], &Recorder::default()).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("precision: bf16 is not supported"),
+            "{err:#}"
+        );
+    }
 }
