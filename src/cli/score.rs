@@ -96,10 +96,11 @@ pub fn run(args: ScoreArgs) -> anyhow::Result<ExitCode> {
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
-        "scored {} pairs in {secs:.2} s ({:.1} pairs/s) on {}",
+        "scored {} pairs in {secs:.2} s ({:.1} pairs/s) on {} in {}",
         pairs.len(),
         pairs.len() as f64 / secs.max(1e-9),
-        scorer.device()
+        scorer.device(),
+        args.precision
     );
 
     let sink: Box<dyn Write> = match &args.out {
