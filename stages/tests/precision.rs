@@ -266,18 +266,24 @@ mod wgpu_training {
     }
 }
 
-/// A reporter that keeps the log lines.
+/// A reporter that keeps the log lines, and cancels the run at the step after
+/// `cancel_after` when set.
 #[derive(Default)]
-struct Lines(std::sync::Mutex<Vec<String>>);
+struct Lines {
+    lines: std::sync::Mutex<Vec<String>>,
+    cancel_after: Option<usize>,
+    polls: std::sync::atomic::AtomicUsize,
+}
 
 impl tsumugi_stages::contract::Reporter for Lines {
     fn progress(&self, _: u64, _: Option<u64>, _: &str) {}
     fn metric(&self, _: &str, _: Option<u64>, _: f64) {}
     fn log(&self, line: &str) {
-        self.0.lock().unwrap().push(line.to_string());
+        self.lines.lock().unwrap().push(line.to_string());
     }
     fn cancelled(&self) -> bool {
-        false
+        let polls = self.polls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.cancel_after.is_some_and(|n| polls >= n)
     }
 }
 
@@ -316,7 +322,7 @@ fn f16_overflow_skips_steps_until_the_loss_scale_fits() {
         &lines,
     )
     .unwrap();
-    let lines = lines.0.into_inner().unwrap();
+    let lines = lines.lines.into_inner().unwrap();
     let skipped: Vec<&String> = lines.iter().filter(|l| l.contains("overflowed")).collect();
     println!(
         "{} steps, {} skipped, {} trained; first skip: {:?}; last: {:?}",
@@ -337,6 +343,38 @@ fn f16_overflow_skips_steps_until_the_loss_scale_fits() {
             .iter()
             .all(|h| h.loss.is_finite() && h.grad_norm.is_finite())
     );
+    // Interrupted after 10 steps and resumed from the checkpoint: the loss scale travels
+    // with it, so the resumed run skips the same steps and ends with the same adapter.
+    let weights = |dir: &Path| std::fs::read(dir.join(peft::WEIGHTS_FILE)).unwrap();
+    let uninterrupted = weights(&s.adapter_out);
+    s.checkpoint_dir = Some(tmp.path().join("ck"));
+    s.checkpoint_every = Some(1);
+    s.adapter_out = tmp.path().join("resumed");
+    let stop = Lines {
+        cancel_after: Some(10),
+        ..Default::default()
+    };
+    let err = tsumugi_stages::train::train::<burn::backend::Autodiff<burn::backend::Flex>>(
+        &s,
+        &Default::default(),
+        &stop,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("cancelled"), "{err}");
+    let resumed = tsumugi_stages::train::train::<burn::backend::Autodiff<burn::backend::Flex>>(
+        &s,
+        &Default::default(),
+        &support::Quiet,
+    )
+    .unwrap();
+    assert_eq!(resumed.resumed_from, Some(10));
+    assert_eq!(resumed.skipped_steps, out.skipped_steps);
+    assert!(
+        weights(&s.adapter_out) == uninterrupted,
+        "the resumed f16 run differs from the uninterrupted one"
+    );
+    s.checkpoint_dir = None;
+
     // The same data in f32 never skips.
     s.precision = Precision::F32;
     s.adapter_out = tmp.path().join("f32");

@@ -521,6 +521,8 @@ fn run(cfg: Config, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()>
         "optim": spec.optim,
         "total_steps": outcome.total_steps,
         "warmup_steps": outcome.warmup_steps,
+        "precision": spec.precision,
+        "skipped_steps": outcome.skipped_steps,
     });
     write_json(out(input, "history")?, &history)?;
     let mut metrics = serde_json::Map::new();
@@ -549,6 +551,10 @@ fn run(cfg: Config, input: &StageInput<'_>, report: &dyn Reporter) -> Result<()>
     }
     put("train_seconds", outcome.train_seconds);
     put("pairs_per_s", outcome.pairs_per_s);
+    if spec.precision == crate::precision::Precision::F16 {
+        // Steps whose f16 gradients overflowed (skipped, the loss scale halved).
+        put("skipped_steps", outcome.skipped_steps as f64);
+    }
     if let Some(b) = &outcome.best {
         put(&format!("best_dev_{}", outcome.metric_name), b.metric);
         put("best_step", b.step as f64);

@@ -870,6 +870,15 @@ pub fn train<B: AutodiffBackend>(
     let mut best: Option<EvalLog> = None;
     let mut since_best = 0u64;
     if let Some(extra) = &resumed_extra {
+        // f16: the loss scale where the interrupted run left it, so that the resumed run
+        // skips the steps the uninterrupted one would.
+        if let (Some(ls), Ok(saved)) = (
+            loss_scale.as_mut(),
+            serde_json::from_value::<optim::LossScale>(extra["loss_scale"].clone()),
+        ) {
+            *ls = saved;
+        }
+        skipped_steps = extra["skipped_steps"].as_u64().unwrap_or(0);
         history =
             serde_json::from_value::<Vec<(u64, usize, f64, f64, f64)>>(extra["history"].clone())
                 .unwrap_or_default()
@@ -911,8 +920,13 @@ pub fn train<B: AutodiffBackend>(
         )
     };
 
-    let extra = |history: &[StepLog], evals: &[EvalLog]| {
+    let extra = |history: &[StepLog],
+                 evals: &[EvalLog],
+                 loss_scale: &Option<optim::LossScale>,
+                 skipped_steps: u64| {
         json!({
+            "loss_scale": loss_scale,
+            "skipped_steps": skipped_steps,
             "history": history.iter().map(|h| (h.step, h.epoch, h.loss, h.lr, h.grad_norm)).collect::<Vec<_>>(),
             "evals": evals.iter().map(|e| (e.step, e.loss, e.metric)).collect::<Vec<_>>(),
         })
@@ -1070,7 +1084,13 @@ pub fn train<B: AutodiffBackend>(
                 || spec.checkpoint_every.is_some_and(|c| done % c == 0)
                 || (at_eval && dev.is_some());
             if let (Some(ck), true) = (&spec.checkpoint_dir, checkpoint_due) {
-                save_checkpoint(ck, &model, spec, &state, extra(&history, &evals))?;
+                save_checkpoint(
+                    ck,
+                    &model,
+                    spec,
+                    &state,
+                    extra(&history, &evals, &loss_scale, skipped_steps),
+                )?;
             }
             if o.patience.is_some_and(|p| since_best >= p) {
                 report.log(&format!(

@@ -150,7 +150,7 @@ pub fn scale_grads<B: AutodiffBackend>(grads: &mut Grads<B>, factor: f64) {
 /// below f16's smallest values, and the gradients divided by it after. A step whose
 /// gradients overflowed is skipped and the scale halved; after 2000 steps in a row without
 /// overflow it doubles.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LossScale {
     scale: f64,
     good_steps: u32,
