@@ -734,7 +734,16 @@ fn load_optimizer<B: Backend>(dir: &Path, device: &B::Device) -> Result<(AdamWSt
             |x: &Vec<f32>| Tensor::<B, 1>::from_data(TensorData::new(x.clone(), [x.len()]), device);
         moments[i] = Some((t(m), t(v)));
     }
-    Ok((AdamWState { step, moments }, st["extra"].clone()))
+    // Steps skipped under f16 (absent before they existed: none).
+    let skipped = st["extra"]["skipped_steps"].as_u64().unwrap_or(0);
+    Ok((
+        AdamWState {
+            step,
+            skipped,
+            moments,
+        },
+        st["extra"].clone(),
+    ))
 }
 
 fn mix(seed: u64, a: u64) -> u64 {
@@ -863,7 +872,6 @@ pub fn train<B: AutodiffBackend>(
     }
     model.base = model.base.with_precision(spec.precision);
     let mut loss_scale = (spec.precision == Precision::F16).then(optim::LossScale::default);
-    let mut skipped_steps = 0u64;
     let metric = metric_name(spec.task);
     let mut history: Vec<StepLog> = Vec::new();
     let mut evals: Vec<EvalLog> = Vec::new();
@@ -878,7 +886,6 @@ pub fn train<B: AutodiffBackend>(
         ) {
             *ls = saved;
         }
-        skipped_steps = extra["skipped_steps"].as_u64().unwrap_or(0);
         history =
             serde_json::from_value::<Vec<(u64, usize, f64, f64, f64)>>(extra["history"].clone())
                 .unwrap_or_default()
@@ -1028,8 +1035,7 @@ pub fn train<B: AutodiffBackend>(
             } else {
                 // As GradScaler: no update, but the step counts in the schedule (and, so
                 // that a resumed run finds its place, in the step count).
-                state.step += 1;
-                skipped_steps += 1;
+                optim::skip_step(&mut state);
                 report.log(&format!(
                     "step {}: f16 gradients overflowed at loss scale {scale}; step skipped, scale now {}",
                     state.step,
@@ -1089,7 +1095,7 @@ pub fn train<B: AutodiffBackend>(
                     &model,
                     spec,
                     &state,
-                    extra(&history, &evals, &loss_scale, skipped_steps),
+                    extra(&history, &evals, &loss_scale, state.skipped),
                 )?;
             }
             if o.patience.is_some_and(|p| since_best >= p) {
@@ -1120,7 +1126,7 @@ pub fn train<B: AutodiffBackend>(
         metric_name: metric,
         stopped_early,
         resumed_from,
-        skipped_steps,
+        skipped_steps: state.skipped,
     })
 }
 

@@ -192,8 +192,11 @@ impl LossScale {
 /// AdamW's moments per trainable tensor, and the step count.
 #[derive(Debug, Clone)]
 pub struct AdamWState<B: Backend> {
-    /// Optimizer steps taken so far.
+    /// Optimizer steps taken so far, skipped ones included.
     pub step: u64,
+    /// Steps skipped without an update (f16 overflow): AdamW's bias correction counts the
+    /// updates only, `step − skipped`, as PyTorch's skipped `optimizer.step()` does.
+    pub skipped: u64,
     /// `(m, v)` per trainable tensor in visiting order, flattened; `None` until its first update.
     pub moments: Vec<Option<(Tensor<B, 1>, Tensor<B, 1>)>>,
 }
@@ -202,6 +205,7 @@ impl<B: Backend> Default for AdamWState<B> {
     fn default() -> Self {
         Self {
             step: 0,
+            skipped: 0,
             moments: Vec::new(),
         }
     }
@@ -272,6 +276,12 @@ pub fn fresh_leaves<B: AutodiffBackend, M: Module<B>>(module: &M) -> M {
     module.clone().map(&mut FreshLeaves)
 }
 
+/// A step without an update (its gradients overflowed): counted, nothing changes.
+pub fn skip_step<B: Backend>(state: &mut AdamWState<B>) {
+    state.step += 1;
+    state.skipped += 1;
+}
+
 /// One AdamW step with learning rate `lr` on every trainable tensor of `module` that has a
 /// gradient in `grads` (consumed).
 pub fn adamw_step<B: AutodiffBackend, M: Module<B>>(
@@ -282,7 +292,7 @@ pub fn adamw_step<B: AutodiffBackend, M: Module<B>>(
     state: &mut AdamWState<B::InnerBackend>,
 ) -> M {
     state.step += 1;
-    let t = state.step.min(i32::MAX as u64) as i32;
+    let t = (state.step - state.skipped).min(i32::MAX as u64) as i32;
     let mut up = Update::<B> {
         cfg,
         lr,
@@ -297,6 +307,54 @@ pub fn adamw_step<B: AutodiffBackend, M: Module<B>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A skipped step leaves AdamW's bias correction alone: the first update after a skip
+    /// is the first update of a run without one (PyTorch's skipped `optimizer.step()`).
+    #[test]
+    fn a_skipped_step_does_not_count_in_adamws_bias_correction() {
+        type B = burn::backend::Autodiff<burn::backend::Flex>;
+        let device = Default::default();
+        // Fixed values (a lazily initialised linear draws anew in each clone).
+        let linear = burn::nn::Linear::<B> {
+            weight: Param::from_tensor(Tensor::from_floats(
+                [[0.5, -0.1], [0.2, 0.3], [-0.4, 0.1]],
+                &device,
+            )),
+            bias: Some(Param::from_tensor(Tensor::from_floats([0.0, 0.1], &device))),
+        };
+        let grads = || -> Grads<B> {
+            vec![
+                Some(Tensor::from_floats(
+                    [0.1, -0.2, 0.3, 0.05, 0.0, -0.4],
+                    &device,
+                )),
+                Some(Tensor::from_floats([0.2, -0.1], &device)),
+            ]
+        };
+        let values = |l: &burn::nn::Linear<B>| -> Vec<f32> {
+            l.weight.val().into_data().to_vec::<f32>().unwrap()
+        };
+        let mut plain = AdamWState::default();
+        let a = adamw_step(
+            linear.clone(),
+            grads(),
+            1e-3,
+            AdamWConfig::default(),
+            &mut plain,
+        );
+        let mut skipped = AdamWState::default();
+        skip_step(&mut skipped);
+        let b = adamw_step(
+            linear.clone(),
+            grads(),
+            1e-3,
+            AdamWConfig::default(),
+            &mut skipped,
+        );
+        assert_eq!((plain.step, skipped.step), (1, 2));
+        assert_eq!(values(&a), values(&b));
+        assert_ne!(values(&a), values(&linear), "the step moved the weights");
+    }
 
     #[test]
     fn loss_scale_halves_on_overflow_and_doubles_after_2000_good_steps() {
